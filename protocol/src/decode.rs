@@ -1,0 +1,478 @@
+//! Streaming decoders for requests and responses (PROTOCOL.md §1-§3).
+//!
+//! A decoder is fed whatever bytes have arrived. It decides from the header
+//! alone whether a frame is acceptable (known code, exact payload_size, the
+//! 1028 size rules), buffers at most one header and one small payload
+//! (23 + 415 bytes), and hands the content of a 1028 out as borrowed
+//! slices of the caller's input, so a 4 GiB upload passes through in
+//! constant memory. Errors are sticky: once one is returned, every later
+//! call returns it again.
+
+use crate::consts::*;
+use crate::error::DecodeError;
+use crate::message::{Request, RequestHeader, RequestKind, Response, ResponseKind, Revision};
+use crate::wire::{le_u16, le_u32, ClientId, FixedName};
+
+/// Largest payload a request decoder ever buffers: 1026 (§2).
+const MAX_BUFFERED_REQUEST: usize = REQUEST_HEADER_LEN + NAME_LEN + PUBLIC_KEY_LEN;
+
+/// Largest piece of 1028 content handed out in one [`RequestEvent::FileData`],
+/// so the work done per event stays bounded whatever the caller's buffer.
+pub const MAX_DATA_CHUNK: usize = 1 << 20;
+
+/// One step of a decoded request stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestEvent<'a> {
+    /// A complete request other than 1028.
+    Request(RequestHeader, Request),
+    /// A 1028's header and fixed prefix; its content follows as
+    /// [`RequestEvent::FileData`] and ends with [`RequestEvent::FileEnd`].
+    FileStart {
+        /// The request header.
+        header: RequestHeader,
+        /// Encrypted size: a non-zero multiple of 16 (§2).
+        content_size: u32,
+        /// The file_name field as received.
+        file_name: FixedName,
+    },
+    /// The next piece of encrypted content, borrowed from the input.
+    FileData(&'a [u8]),
+    /// All content_size bytes of the current 1028 have been handed out.
+    FileEnd,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ReqState {
+    /// Awaiting (the rest of) a 23-byte header.
+    Header,
+    /// Header accepted; awaiting `need` payload bytes in the buffer.
+    Payload { header: RequestHeader, need: usize },
+    /// Inside a 1028's content; `remaining` bytes still to hand out.
+    Content { remaining: u32 },
+    /// The last content byte was handed out; FileEnd is due.
+    ContentDone,
+    /// A fatal error was returned; it is returned again.
+    Failed(DecodeError),
+}
+
+/// Streaming decoder of the request stream a server receives.
+#[derive(Debug)]
+pub struct RequestDecoder {
+    rev: Revision,
+    max_content: u64,
+    buf: Vec<u8>,
+    state: ReqState,
+}
+
+impl RequestDecoder {
+    /// A decoder accepting 1028 content up to `max_content` encrypted bytes
+    /// (capped at the protocol's own limit, [`MAX_CONTENT_SIZE`]).
+    pub fn new(rev: Revision, max_content: u64) -> Self {
+        RequestDecoder {
+            rev,
+            max_content: max_content.min(MAX_CONTENT_SIZE as u64),
+            buf: Vec::with_capacity(MAX_BUFFERED_REQUEST),
+            state: ReqState::Header,
+        }
+    }
+
+    /// Decodes the next event from `input`, advancing it past the bytes
+    /// used. `Ok(None)` means every byte of `input` was taken and more are
+    /// needed. Call again until it returns `Ok(None)` or an error.
+    pub fn decode<'a>(
+        &mut self,
+        input: &mut &'a [u8],
+    ) -> Result<Option<RequestEvent<'a>>, DecodeError> {
+        let result = self.step(input);
+        if let Err(e) = result {
+            self.state = ReqState::Failed(e);
+        }
+        result
+    }
+
+    /// True when no frame is in progress: the stream may end here cleanly.
+    pub fn is_between_frames(&self) -> bool {
+        matches!(self.state, ReqState::Header) && self.buf.is_empty()
+    }
+
+    /// True while a 1028's content is being handed out.
+    pub fn in_content(&self) -> bool {
+        matches!(self.state, ReqState::Content { .. } | ReqState::ContentDone)
+    }
+
+    /// Call at end of stream: an error if it ends inside a frame.
+    pub fn finish(&self) -> Result<(), DecodeError> {
+        match self.state {
+            ReqState::Failed(e) => Err(e),
+            _ if self.is_between_frames() => Ok(()),
+            _ => Err(DecodeError::Truncated),
+        }
+    }
+
+    fn step<'a>(&mut self, input: &mut &'a [u8]) -> Result<Option<RequestEvent<'a>>, DecodeError> {
+        loop {
+            match self.state {
+                ReqState::Failed(e) => return Err(e),
+                ReqState::ContentDone => {
+                    self.state = ReqState::Header;
+                    return Ok(Some(RequestEvent::FileEnd));
+                }
+                ReqState::Content { remaining } => {
+                    if input.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = input.len().min(remaining as usize).min(MAX_DATA_CHUNK);
+                    let (data, rest) = input.split_at(n);
+                    *input = rest;
+                    let left = remaining - n as u32;
+                    self.state = if left == 0 {
+                        ReqState::ContentDone
+                    } else {
+                        ReqState::Content { remaining: left }
+                    };
+                    return Ok(Some(RequestEvent::FileData(data)));
+                }
+                ReqState::Header => {
+                    if !fill(&mut self.buf, REQUEST_HEADER_LEN, input) {
+                        return Ok(None);
+                    }
+                    let header = self.check_header()?;
+                    let need = match header.kind {
+                        RequestKind::SendFile => FILE_PREFIX_LEN,
+                        _ => header.payload_size as usize,
+                    };
+                    self.state = ReqState::Payload { header, need };
+                }
+                ReqState::Payload { header, need } => {
+                    if !fill(&mut self.buf, REQUEST_HEADER_LEN + need, input) {
+                        return Ok(None);
+                    }
+                    let event = self.parse_payload(header)?;
+                    self.buf.clear();
+                    return Ok(Some(event));
+                }
+            }
+        }
+    }
+
+    /// Checks the header alone: known code, exact payload_size, 1028 size
+    /// rules and the configured limit (§2).
+    fn check_header(&self) -> Result<RequestHeader, DecodeError> {
+        let b = &self.buf;
+        let mut id = [0u8; CLIENT_ID_LEN];
+        id.copy_from_slice(&b[..CLIENT_ID_LEN]);
+        let code = le_u16(b, 17);
+        let payload_size = le_u32(b, 19);
+        let kind = self
+            .rev
+            .request_kind(code)
+            .ok_or(DecodeError::UnknownCode { code })?;
+        match kind.fixed_payload_size() {
+            Some(expected) if expected != payload_size => {
+                return Err(DecodeError::BadPayloadSize {
+                    code,
+                    got: payload_size,
+                    expected,
+                })
+            }
+            Some(_) => {}
+            None => self.check_file_size(payload_size)?,
+        }
+        Ok(RequestHeader {
+            client_id: ClientId(id),
+            version: b[16],
+            kind,
+            payload_size,
+        })
+    }
+
+    fn check_file_size(&self, payload_size: u32) -> Result<(), DecodeError> {
+        let bad = DecodeError::BadContentSize {
+            content_size: 0,
+            payload_size,
+        };
+        let content = payload_size.checked_sub(FILE_PREFIX_LEN as u32).ok_or(bad)?;
+        if content == 0 || content % AES_BLOCK_LEN as u32 != 0 {
+            return Err(DecodeError::BadContentSize {
+                content_size: content,
+                payload_size,
+            });
+        }
+        if content as u64 > self.max_content {
+            return Err(DecodeError::ContentTooLarge {
+                content_size: content as u64,
+                limit: self.max_content,
+            });
+        }
+        Ok(())
+    }
+
+    fn parse_payload<'a>(&mut self, header: RequestHeader) -> Result<RequestEvent<'a>, DecodeError> {
+        let p = &self.buf[REQUEST_HEADER_LEN..];
+        let name = || -> Result<FixedName, DecodeError> {
+            FixedName::from_field(p[..NAME_LEN].try_into().expect("buffered 255 bytes"))
+        };
+        let request = match header.kind {
+            RequestKind::SendFile => {
+                let content_size = le_u32(p, 0);
+                if content_size != header.payload_size - FILE_PREFIX_LEN as u32 {
+                    return Err(DecodeError::BadContentSize {
+                        content_size,
+                        payload_size: header.payload_size,
+                    });
+                }
+                let raw: &[u8; NAME_LEN] = p[4..4 + NAME_LEN].try_into().expect("prefix buffered");
+                let file_name = FixedName::from_field(raw)?;
+                self.state = ReqState::Content {
+                    remaining: content_size,
+                };
+                return Ok(RequestEvent::FileStart {
+                    header,
+                    content_size,
+                    file_name,
+                });
+            }
+            RequestKind::Register => Request::Register { name: name()? },
+            RequestKind::Reconnect => Request::Reconnect { name: name()? },
+            RequestKind::PublicKey => {
+                let mut key = Box::new([0u8; PUBLIC_KEY_LEN]);
+                key.copy_from_slice(&p[NAME_LEN..NAME_LEN + PUBLIC_KEY_LEN]);
+                Request::PublicKey {
+                    name: name()?,
+                    public_key: key,
+                }
+            }
+            RequestKind::CrcOk => Request::CrcOk { file_name: name()? },
+            RequestKind::CrcBad => Request::CrcBad { file_name: name()? },
+            RequestKind::CrcGiveUp => Request::CrcGiveUp { file_name: name()? },
+        };
+        self.state = ReqState::Header;
+        Ok(RequestEvent::Request(header, request))
+    }
+}
+
+/// Moves bytes from `input` into `buf` until it holds `want`; true once it does.
+fn fill(buf: &mut Vec<u8>, want: usize, input: &mut &[u8]) -> bool {
+    let take = want.saturating_sub(buf.len()).min(input.len());
+    buf.extend_from_slice(&input[..take]);
+    *input = &input[take..];
+    buf.len() >= want
+}
+
+/// Largest response: 2103 (§3).
+const MAX_RESPONSE: usize = RESPONSE_HEADER_LEN + CLIENT_ID_LEN + 4 + NAME_LEN + 4;
+
+/// Streaming decoder of the response stream a client receives. Responses
+/// are small, so each is buffered whole (at most 286 bytes).
+#[derive(Debug)]
+pub struct ResponseDecoder {
+    rev: Revision,
+    buf: Vec<u8>,
+    kind: Option<ResponseKind>,
+    failed: Option<DecodeError>,
+}
+
+impl ResponseDecoder {
+    /// A new decoder for revision `rev`.
+    pub fn new(rev: Revision) -> Self {
+        ResponseDecoder {
+            rev,
+            buf: Vec::with_capacity(MAX_RESPONSE),
+            kind: None,
+            failed: None,
+        }
+    }
+
+    /// Decodes the next response from `input`, advancing it past the bytes
+    /// used; `Ok(None)` when more bytes are needed.
+    pub fn decode(&mut self, input: &mut &[u8]) -> Result<Option<Response>, DecodeError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let result = self.step(input);
+        if let Err(e) = result {
+            self.failed = Some(e);
+        }
+        result
+    }
+
+    /// True when no response is partly received.
+    pub fn is_between_frames(&self) -> bool {
+        self.buf.is_empty() && self.failed.is_none()
+    }
+
+    fn step(&mut self, input: &mut &[u8]) -> Result<Option<Response>, DecodeError> {
+        let kind = match self.kind {
+            Some(k) => k,
+            None => {
+                if !fill(&mut self.buf, RESPONSE_HEADER_LEN, input) {
+                    return Ok(None);
+                }
+                let code = le_u16(&self.buf, 1);
+                let got = le_u32(&self.buf, 3);
+                let kind = self
+                    .rev
+                    .response_kind(code)
+                    .ok_or(DecodeError::UnknownCode { code })?;
+                if got != kind.payload_size() {
+                    return Err(DecodeError::BadPayloadSize {
+                        code,
+                        got,
+                        expected: kind.payload_size(),
+                    });
+                }
+                self.kind = Some(kind);
+                kind
+            }
+        };
+        let want = RESPONSE_HEADER_LEN + kind.payload_size() as usize;
+        if !fill(&mut self.buf, want, input) {
+            return Ok(None);
+        }
+        let response = parse_response(kind, &self.buf[RESPONSE_HEADER_LEN..])?;
+        self.buf.clear();
+        self.kind = None;
+        Ok(Some(response))
+    }
+}
+
+fn parse_response(kind: ResponseKind, p: &[u8]) -> Result<Response, DecodeError> {
+    let id = || {
+        let mut id = [0u8; CLIENT_ID_LEN];
+        id.copy_from_slice(&p[..CLIENT_ID_LEN]);
+        ClientId(id)
+    };
+    let key = || {
+        let mut k = Box::new([0u8; ENCRYPTED_KEY_LEN]);
+        k.copy_from_slice(&p[CLIENT_ID_LEN..CLIENT_ID_LEN + ENCRYPTED_KEY_LEN]);
+        k
+    };
+    Ok(match kind {
+        ResponseKind::Registered => Response::Registered { client_id: id() },
+        ResponseKind::RegistrationFailed => Response::RegistrationFailed,
+        ResponseKind::KeyAccepted => Response::KeyAccepted {
+            client_id: id(),
+            encrypted_key: key(),
+        },
+        ResponseKind::FileReceived => {
+            let raw: &[u8; NAME_LEN] = p[20..20 + NAME_LEN].try_into().expect("buffered");
+            Response::FileReceived {
+                client_id: id(),
+                content_size: le_u32(p, 16),
+                file_name: FixedName::from_field(raw)?,
+                cksum: le_u32(p, 20 + NAME_LEN),
+            }
+        }
+        ResponseKind::Ack => Response::Ack { client_id: id() },
+        ResponseKind::ReconnectAccepted => Response::ReconnectAccepted {
+            client_id: id(),
+            encrypted_key: key(),
+        },
+        ResponseKind::ReconnectDenied => Response::ReconnectDenied { client_id: id() },
+        ResponseKind::GeneralError => Response::GeneralError,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(code: u16, size: u32) -> Vec<u8> {
+        let mut h = vec![7u8; 16];
+        h.push(3);
+        h.extend_from_slice(&code.to_le_bytes());
+        h.extend_from_slice(&size.to_le_bytes());
+        h
+    }
+
+    fn decode_all(d: &mut RequestDecoder, mut input: &[u8]) -> Result<Vec<String>, DecodeError> {
+        let mut out = Vec::new();
+        while let Some(ev) = d.decode(&mut input)? {
+            out.push(format!("{ev:?}"));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn rejects_unknown_code_from_header_alone() {
+        let mut d = RequestDecoder::new(Revision::R2023c, u64::MAX);
+        assert_eq!(
+            decode_all(&mut d, &header(1032, 255)),
+            Err(DecodeError::UnknownCode { code: 1032 })
+        );
+        // sticky
+        assert_eq!(
+            d.decode(&mut &b""[..]),
+            Err(DecodeError::UnknownCode { code: 1032 })
+        );
+    }
+
+    #[test]
+    fn rejects_huge_payload_before_payload() {
+        let mut d = RequestDecoder::new(Revision::R2023c, u64::MAX);
+        assert!(matches!(
+            decode_all(&mut d, &header(1025, u32::MAX)),
+            Err(DecodeError::BadPayloadSize { .. })
+        ));
+        let mut d = RequestDecoder::new(Revision::R2023c, u64::MAX);
+        assert!(matches!(
+            decode_all(&mut d, &header(1028, u32::MAX)),
+            Err(DecodeError::BadContentSize { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_file_over_limit_from_header() {
+        let mut d = RequestDecoder::new(Revision::R2023c, 1024);
+        assert_eq!(
+            decode_all(&mut d, &header(1028, 259 + 1040)),
+            Err(DecodeError::ContentTooLarge {
+                content_size: 1040,
+                limit: 1024
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_content_not_multiple_of_16() {
+        for size in [259, 259 + 15, 259 + 17, 100] {
+            let mut d = RequestDecoder::new(Revision::R2023c, u64::MAX);
+            assert!(matches!(
+                decode_all(&mut d, &header(1028, size)),
+                Err(DecodeError::BadContentSize { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn streams_content_as_borrowed_slices() {
+        let mut frame = header(1028, 259 + 32);
+        frame.extend_from_slice(&32u32.to_le_bytes());
+        let mut name = [0u8; 255];
+        name[0] = b'f';
+        frame.extend_from_slice(&name);
+        frame.extend_from_slice(&[9u8; 32]);
+        let mut d = RequestDecoder::new(Revision::R2023c, u64::MAX);
+        let mut input = &frame[..frame.len() - 10];
+        assert!(matches!(d.decode(&mut input), Ok(Some(RequestEvent::FileStart { content_size: 32, .. }))));
+        assert_eq!(d.decode(&mut input), Ok(Some(RequestEvent::FileData(&[9u8; 22]))));
+        assert_eq!(d.decode(&mut input), Ok(None));
+        assert!(!d.is_between_frames());
+        assert_eq!(d.finish(), Err(DecodeError::Truncated));
+        let mut input = &frame[frame.len() - 10..];
+        assert_eq!(d.decode(&mut input), Ok(Some(RequestEvent::FileData(&[9u8; 10]))));
+        assert_eq!(d.decode(&mut input), Ok(Some(RequestEvent::FileEnd)));
+        assert_eq!(d.decode(&mut input), Ok(None));
+        assert!(d.is_between_frames());
+    }
+
+    #[test]
+    fn response_decoder_rejects_wrong_size() {
+        let mut d = ResponseDecoder::new(Revision::R2023c);
+        let frame = [3u8, 0x34, 0x08, 0, 0, 0, 0];
+        assert!(matches!(
+            d.decode(&mut &frame[..]),
+            Err(DecodeError::BadPayloadSize { code: 2100, .. })
+        ));
+    }
+}

@@ -1,0 +1,18 @@
+//! sealdrop-protocol: the sans-IO core of sealdrop.
+pub mod cksum;
+pub mod consts;
+pub mod crypto;
+pub mod decode;
+pub mod error;
+pub mod memstore;
+pub mod message;
+pub mod server;
+pub mod store;
+pub mod wire;
+
+pub use decode::{RequestDecoder, RequestEvent, ResponseDecoder};
+pub use error::DecodeError;
+pub use message::{Request, RequestHeader, RequestKind, Response, ResponseKind, Revision};
+pub use server::{ServerConfig, ServerEvent, ServerSession};
+pub use store::Store;
+pub use wire::{sanitize_file_name, ClientId, FixedName, NameError};
