@@ -191,7 +191,9 @@ impl RequestDecoder {
             content_size: 0,
             payload_size,
         };
-        let content = payload_size.checked_sub(FILE_PREFIX_LEN as u32).ok_or(bad)?;
+        let content = payload_size
+            .checked_sub(FILE_PREFIX_LEN as u32)
+            .ok_or(bad)?;
         if content == 0 || content % AES_BLOCK_LEN as u32 != 0 {
             return Err(DecodeError::BadContentSize {
                 content_size: content,
@@ -207,7 +209,10 @@ impl RequestDecoder {
         Ok(())
     }
 
-    fn parse_payload<'a>(&mut self, header: RequestHeader) -> Result<RequestEvent<'a>, DecodeError> {
+    fn parse_payload<'a>(
+        &mut self,
+        header: RequestHeader,
+    ) -> Result<RequestEvent<'a>, DecodeError> {
         let p = &self.buf[REQUEST_HEADER_LEN..];
         let name = || -> Result<FixedName, DecodeError> {
             FixedName::from_field(p[..NAME_LEN].try_into().expect("buffered 255 bytes"))
@@ -454,13 +459,25 @@ mod tests {
         frame.extend_from_slice(&[9u8; 32]);
         let mut d = RequestDecoder::new(Revision::R2023c, u64::MAX);
         let mut input = &frame[..frame.len() - 10];
-        assert!(matches!(d.decode(&mut input), Ok(Some(RequestEvent::FileStart { content_size: 32, .. }))));
-        assert_eq!(d.decode(&mut input), Ok(Some(RequestEvent::FileData(&[9u8; 22]))));
+        assert!(matches!(
+            d.decode(&mut input),
+            Ok(Some(RequestEvent::FileStart {
+                content_size: 32,
+                ..
+            }))
+        ));
+        assert_eq!(
+            d.decode(&mut input),
+            Ok(Some(RequestEvent::FileData(&[9u8; 22])))
+        );
         assert_eq!(d.decode(&mut input), Ok(None));
         assert!(!d.is_between_frames());
         assert_eq!(d.finish(), Err(DecodeError::Truncated));
         let mut input = &frame[frame.len() - 10..];
-        assert_eq!(d.decode(&mut input), Ok(Some(RequestEvent::FileData(&[9u8; 10]))));
+        assert_eq!(
+            d.decode(&mut input),
+            Ok(Some(RequestEvent::FileData(&[9u8; 10])))
+        );
         assert_eq!(d.decode(&mut input), Ok(Some(RequestEvent::FileEnd)));
         assert_eq!(d.decode(&mut input), Ok(None));
         assert!(d.is_between_frames());

@@ -4,6 +4,8 @@ pub mod consts;
 pub mod crypto;
 pub mod decode;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod memstore;
 pub mod message;
 pub mod server;

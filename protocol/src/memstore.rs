@@ -161,7 +161,11 @@ impl Store for MemoryStore {
         })
     }
 
-    fn write_upload(&mut self, upload: &mut MemoryUpload, plaintext: &[u8]) -> Result<(), StoreError> {
+    fn write_upload(
+        &mut self,
+        upload: &mut MemoryUpload,
+        plaintext: &[u8],
+    ) -> Result<(), StoreError> {
         if self.fail_writes {
             return Err(StoreError::new("No space left on device (injected)"));
         }
@@ -204,7 +208,8 @@ impl Store for MemoryStore {
         verdict: Verdict,
     ) -> Result<VerdictOutcome, StoreError> {
         self.db()?;
-        let matches = |p: &PendingUpload| p.upload.client_id == *id && p.upload.file_name == file_name;
+        let matches =
+            |p: &PendingUpload| p.upload.client_id == *id && p.upload.file_name == file_name;
         let chosen = prefer
             .filter(|u| self.pending.get(u).is_some_and(matches))
             .or_else(|| {

@@ -112,14 +112,21 @@ impl Revision {
     /// The numeric code of a request kind.
     pub fn request_code(self, kind: RequestKind) -> u16 {
         match self {
-            Revision::R2023c => 1025 + RequestKind::ALL.iter().position(|k| *k == kind).unwrap_or(0) as u16,
+            Revision::R2023c => {
+                1025 + RequestKind::ALL
+                    .iter()
+                    .position(|k| *k == kind)
+                    .unwrap_or(0) as u16
+            }
         }
     }
 
     /// The request kind of a numeric code, if this revision has it.
     pub fn request_kind(self, code: u16) -> Option<RequestKind> {
         match self {
-            Revision::R2023c => RequestKind::ALL.get(code.checked_sub(1025)? as usize).copied(),
+            Revision::R2023c => RequestKind::ALL
+                .get(code.checked_sub(1025)? as usize)
+                .copied(),
         }
     }
 
@@ -133,7 +140,9 @@ impl Revision {
     /// The response kind of a numeric code, if this revision has it.
     pub fn response_kind(self, code: u16) -> Option<ResponseKind> {
         match self {
-            Revision::R2023c => ResponseKind::ALL.get(code.checked_sub(2100)? as usize).copied(),
+            Revision::R2023c => ResponseKind::ALL
+                .get(code.checked_sub(2100)? as usize)
+                .copied(),
         }
     }
 

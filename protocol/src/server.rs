@@ -601,7 +601,11 @@ impl<U> ServerSession<U> {
         Ok(())
     }
 
-    fn registration_failed(&mut self, name: &FixedName, reason: &'static str) -> Result<(), String> {
+    fn registration_failed(
+        &mut self,
+        name: &FixedName,
+        reason: &'static str,
+    ) -> Result<(), String> {
         self.events.push(ServerEvent::RegistrationFailed {
             name: String::from_utf8_lossy(name.text()).into_owned(),
             reason,

@@ -137,8 +137,11 @@ pub trait Store {
     ) -> Result<Self::Upload, StoreError>;
 
     /// Appends decrypted bytes to an upload.
-    fn write_upload(&mut self, upload: &mut Self::Upload, plaintext: &[u8])
-        -> Result<(), StoreError>;
+    fn write_upload(
+        &mut self,
+        upload: &mut Self::Upload,
+        plaintext: &[u8],
+    ) -> Result<(), StoreError>;
 
     /// The upload is complete and its padding checked: keep it awaiting a
     /// verdict and return its handle.

@@ -237,10 +237,7 @@ mod tests {
     fn client_id_hex_round_trip() {
         let id = ClientId([0xab; 16]);
         assert_eq!(ClientId::from_hex(&id.to_hex()), Some(id));
-        assert_eq!(
-            ClientId::from_hex(&id.to_hex().to_uppercase()),
-            Some(id)
-        );
+        assert_eq!(ClientId::from_hex(&id.to_hex().to_uppercase()), Some(id));
         assert_eq!(ClientId::from_hex("zz"), None);
     }
 }

@@ -102,7 +102,10 @@ fn decode_responses(bytes: &[u8]) -> Vec<Response> {
 #[test]
 fn request_1028_gives_exactly_response_2103() {
     let mut h = Harness::new(alice_store());
-    assert_eq!(h.feed(&vector("request_1028.bin")), vector("response_2103.bin"));
+    assert_eq!(
+        h.feed(&vector("request_1028.bin")),
+        vector("response_2103.bin")
+    );
     assert_eq!(h.store.pending_count(), 1);
 }
 
@@ -111,9 +114,18 @@ fn request_1029_stores_the_file_verified_and_gives_exactly_2104() {
     let mut h = Harness::new(alice_store());
     h.feed(&vector("request_1028.bin"));
     let key = (alice_id(), "plain_1000.bin".to_string());
-    assert!(!h.store.files[&key].verified, "unconfirmed upload must not be verified");
-    assert!(h.store.files[&key].bytes.is_empty(), "unconfirmed bytes must not be at the final path");
-    assert_eq!(h.feed(&vector("request_1029.bin")), vector("response_2104.bin"));
+    assert!(
+        !h.store.files[&key].verified,
+        "unconfirmed upload must not be verified"
+    );
+    assert!(
+        h.store.files[&key].bytes.is_empty(),
+        "unconfirmed bytes must not be at the final path"
+    );
+    assert_eq!(
+        h.feed(&vector("request_1029.bin")),
+        vector("response_2104.bin")
+    );
     assert!(h.store.files[&key].verified);
     assert_eq!(h.store.files[&key].bytes, vector("plain_1000.bin"));
     assert_eq!(h.store.pending_count(), 0);
@@ -123,7 +135,10 @@ fn request_1029_stores_the_file_verified_and_gives_exactly_2104() {
 fn request_1031_gives_exactly_2104_and_stores_nothing() {
     let mut h = Harness::new(alice_store());
     h.feed(&vector("request_1028.bin"));
-    assert_eq!(h.feed(&vector("request_1031.bin")), vector("response_2104.bin"));
+    assert_eq!(
+        h.feed(&vector("request_1031.bin")),
+        vector("response_2104.bin")
+    );
     let key = (alice_id(), "plain_1000.bin".to_string());
     assert!(h.store.files[&key].bytes.is_empty());
     assert_eq!(h.store.pending_count(), 0);
@@ -135,8 +150,14 @@ fn request_1030_gets_no_response_and_a_resend_can_be_verified() {
     h.feed(&vector("request_1028.bin"));
     assert_eq!(h.feed(&vector("request_1030.bin")), b"");
     assert_eq!(h.store.pending_count(), 0);
-    assert_eq!(h.feed(&vector("request_1028.bin")), vector("response_2103.bin"));
-    assert_eq!(h.feed(&vector("request_1029.bin")), vector("response_2104.bin"));
+    assert_eq!(
+        h.feed(&vector("request_1028.bin")),
+        vector("response_2103.bin")
+    );
+    assert_eq!(
+        h.feed(&vector("request_1029.bin")),
+        vector("response_2104.bin")
+    );
     let key = (alice_id(), "plain_1000.bin".to_string());
     assert_eq!(h.store.files[&key].bytes, vector("plain_1000.bin"));
 }
@@ -144,13 +165,19 @@ fn request_1030_gets_no_response_and_a_resend_can_be_verified() {
 #[test]
 fn taken_name_gives_exactly_2101() {
     let mut h = Harness::new(alice_store());
-    assert_eq!(h.feed(&vector("request_1025.bin")), vector("response_2101.bin"));
+    assert_eq!(
+        h.feed(&vector("request_1025.bin")),
+        vector("response_2101.bin")
+    );
 }
 
 #[test]
 fn unknown_id_reconnect_gives_exactly_2106() {
     let mut h = Harness::new(MemoryStore::new());
-    assert_eq!(h.feed(&vector("request_1027.bin")), vector("response_2106.bin"));
+    assert_eq!(
+        h.feed(&vector("request_1027.bin")),
+        vector("response_2106.bin")
+    );
 }
 
 #[test]
@@ -195,19 +222,32 @@ fn new_client_registers_exchanges_keys_and_uploads_on_one_connection() {
     // Re-encrypt plain_1000 under the issued key and send it.
     let mut frame = vector("request_1028.bin")[..23 + 259].to_vec();
     frame[..16].copy_from_slice(&client_id.0);
-    frame.extend(sealdrop_protocol::crypto::cbc_encrypt(&aes, &vector("plain_1000.bin")));
+    frame.extend(sealdrop_protocol::crypto::cbc_encrypt(
+        &aes,
+        &vector("plain_1000.bin"),
+    ));
     let out = decode_responses(&h.feed(&frame));
     let [Response::FileReceived { cksum, .. }] = &out[..] else {
         panic!("expected 2103, got {out:?}");
     };
     assert_eq!(*cksum, 493196554);
     let out = decode_responses(&h.feed(&with_id(vector("request_1029.bin"), client_id)));
-    assert_eq!(out, [Response::Ack { client_id: *client_id }]);
+    assert_eq!(
+        out,
+        [Response::Ack {
+            client_id: *client_id
+        }]
+    );
 }
 
 #[test]
 fn every_split_point_gives_the_same_output() {
-    let frames = ["request_1028.bin", "request_1029.bin", "request_1027.bin", "request_1025.bin"];
+    let frames = [
+        "request_1028.bin",
+        "request_1029.bin",
+        "request_1027.bin",
+        "request_1025.bin",
+    ];
     let stream: Vec<u8> = frames.iter().flat_map(|f| vector(f)).collect();
     let mut whole = Harness::new(alice_store());
     let expected = whole.feed(&stream);
@@ -234,7 +274,10 @@ fn every_split_point_gives_the_same_output() {
 fn assert_error_and_close(frame: &[u8]) {
     let mut h = Harness::new(alice_store());
     assert_eq!(h.feed(frame), vector("response_2107.bin"));
-    assert!(matches!(h.session.close_reason(), Some(CloseReason::Decode(_))));
+    assert!(matches!(
+        h.session.close_reason(),
+        Some(CloseReason::Decode(_))
+    ));
     assert!(h.session.is_finished());
     // Nothing more is read once framing is lost.
     assert!(!h.session.wants_input());
@@ -283,14 +326,20 @@ fn short_header_then_eof_closes_without_reply() {
     let mut h = Harness::new(alice_store());
     assert_eq!(h.feed(&vector("bad_short_header.bin")), b"");
     h.session.handle_eof(&mut h.store);
-    assert_eq!(h.session.close_reason(), Some(CloseReason::PeerClosedMidFrame));
+    assert_eq!(
+        h.session.close_reason(),
+        Some(CloseReason::PeerClosedMidFrame)
+    );
     assert!(h.session.is_finished());
 }
 
 #[test]
 fn zero_key_gets_2107_and_the_connection_stays_open() {
     let mut h = Harness::new(alice_store());
-    assert_eq!(h.feed(&vector("bad_1026_not_a_key.bin")), vector("response_2107.bin"));
+    assert_eq!(
+        h.feed(&vector("bad_1026_not_a_key.bin")),
+        vector("response_2107.bin")
+    );
     assert!(h.session.wants_input());
     assert_eq!(h.feed(&vector("request_1027.bin")).len(), 151);
 }
@@ -298,10 +347,16 @@ fn zero_key_gets_2107_and_the_connection_stays_open() {
 #[test]
 fn file_from_unknown_client_is_drained_then_refused_and_connection_stays() {
     let mut h = Harness::new(MemoryStore::new());
-    assert_eq!(h.feed(&vector("request_1028.bin")), vector("response_2107.bin"));
+    assert_eq!(
+        h.feed(&vector("request_1028.bin")),
+        vector("response_2107.bin")
+    );
     assert!(h.session.wants_input());
     assert_eq!(h.store.open_uploads, 0);
-    assert_eq!(h.feed(&vector("request_1027.bin")), vector("response_2106.bin"));
+    assert_eq!(
+        h.feed(&vector("request_1027.bin")),
+        vector("response_2106.bin")
+    );
 }
 
 #[test]
@@ -309,14 +364,26 @@ fn requests_out_of_order_get_2107() {
     // Verdict with nothing pending, 1026 from an unknown id, a file before
     // any key exchange.
     let mut h = Harness::new(alice_store());
-    assert_eq!(h.feed(&vector("request_1029.bin")), vector("response_2107.bin"));
-    assert_eq!(h.feed(&vector("request_1031.bin")), vector("response_2107.bin"));
+    assert_eq!(
+        h.feed(&vector("request_1029.bin")),
+        vector("response_2107.bin")
+    );
+    assert_eq!(
+        h.feed(&vector("request_1031.bin")),
+        vector("response_2107.bin")
+    );
     let mut h = Harness::new(MemoryStore::new());
-    assert_eq!(h.feed(&vector("request_1026.bin")), vector("response_2107.bin"));
+    assert_eq!(
+        h.feed(&vector("request_1026.bin")),
+        vector("response_2107.bin")
+    );
     let mut store = alice_store();
     store.clients.get_mut(&alice_id()).unwrap().last_key = None;
     let mut h = Harness::new(store);
-    assert_eq!(h.feed(&vector("request_1028.bin")), vector("response_2107.bin"));
+    assert_eq!(
+        h.feed(&vector("request_1028.bin")),
+        vector("response_2107.bin")
+    );
 }
 
 #[test]
@@ -336,7 +403,10 @@ fn disk_full_gets_2107_and_an_earlier_verified_file_is_intact() {
     h.feed(&vector("request_1028.bin"));
     h.feed(&vector("request_1029.bin"));
     h.store.fail_writes = true;
-    assert_eq!(h.feed(&vector("request_1028.bin")), vector("response_2107.bin"));
+    assert_eq!(
+        h.feed(&vector("request_1028.bin")),
+        vector("response_2107.bin")
+    );
     h.store.fail_writes = false;
     let key = (alice_id(), "plain_1000.bin".to_string());
     assert!(h.store.files[&key].verified);
@@ -348,7 +418,10 @@ fn disk_full_gets_2107_and_an_earlier_verified_file_is_intact() {
 fn database_error_gets_2107_and_the_connection_stays() {
     let mut h = Harness::new(alice_store());
     h.store.fail_db = true;
-    assert_eq!(h.feed(&vector("request_1027.bin")), vector("response_2107.bin"));
+    assert_eq!(
+        h.feed(&vector("request_1027.bin")),
+        vector("response_2107.bin")
+    );
     h.store.fail_db = false;
     assert_eq!(h.feed(&vector("request_1027.bin")).len(), 151);
 }
@@ -414,8 +487,18 @@ fn file_names_are_reduced_to_base_names_and_bad_ones_refused() {
     let mut h = Harness::new(alice_store());
     let out = decode_responses(&h.feed(&frame_for(b"..\\..\\windows\\evil.txt")));
     assert!(matches!(out[..], [Response::FileReceived { .. }]));
-    assert!(h.store.files.contains_key(&(alice_id(), "evil.txt".to_string())));
-    for bad in [&b"../.."[..], b"a/", b"", b"tab\tname", b"bell\x07", "é".as_bytes()] {
+    assert!(h
+        .store
+        .files
+        .contains_key(&(alice_id(), "evil.txt".to_string())));
+    for bad in [
+        &b"../.."[..],
+        b"a/",
+        b"",
+        b"tab\tname",
+        b"bell\x07",
+        "é".as_bytes(),
+    ] {
         let out = h.feed(&frame_for(bad));
         assert_eq!(out, vector("response_2107.bin"), "name {bad:?}");
         assert!(h.session.wants_input());
@@ -428,7 +511,8 @@ fn half_header_times_out() {
     h.feed(&vector("request_1027.bin")[..10]);
     let deadline = h.session.poll_timeout().unwrap();
     assert_eq!(deadline, h.now + Duration::from_secs(10));
-    h.session.handle_timeout(deadline - Duration::from_millis(1), &mut h.store);
+    h.session
+        .handle_timeout(deadline - Duration::from_millis(1), &mut h.store);
     assert!(h.session.close_reason().is_none());
     h.session.handle_timeout(deadline, &mut h.store);
     assert_eq!(h.session.close_reason(), Some(CloseReason::HeaderTimeout));
@@ -498,7 +582,10 @@ fn peer_that_never_reads_is_backpressured_not_buffered() {
     }
     assert!(!session.wants_input());
     assert!(session.pending_output().len() < 1024 + 16);
-    assert!(!input.is_empty(), "input must be left for later, not buffered");
+    assert!(
+        !input.is_empty(),
+        "input must be left for later, not buffered"
+    );
     // The stalled writer is closed after the idle timeout.
     session.handle_timeout(now + Duration::from_secs(120), &mut store);
     assert_eq!(session.close_reason(), Some(CloseReason::WriteStalled));

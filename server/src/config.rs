@@ -1,0 +1,226 @@
+//! Command-line flags, `port.info`, and the limits they set.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use sealdrop_protocol::consts::{DEFAULT_PORT, MAX_PLAINTEXT_SIZE};
+use sealdrop_protocol::crypto::encrypted_len;
+use sealdrop_protocol::ServerConfig;
+use sealdrop_server::store::StoreConfig;
+
+/// Default cap on open client connections. Each idle connection costs a
+/// few KiB and one file descriptor; the server raises its soft descriptor
+/// limit to fit at start.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default time given to transfers in flight after SIGTERM or SIGINT.
+pub const DEFAULT_DRAIN_SECS: u64 = 30;
+
+/// sealdrop-server: receives files from sealdrop clients (protocol
+/// revision 2023c) and stores them under the data directory.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Address and port to listen on. Without it the port comes from
+    /// --port-file, on all IPv4 addresses.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+
+    /// File holding the TCP port on one line, as the original server read
+    /// it. Missing or invalid: a warning and port 1357.
+    #[arg(long, value_name = "PATH", default_value = "port.info")]
+    pub port_file: PathBuf,
+
+    /// Directory for the database (defensive.db) and received files
+    /// (files/<client id hex>/<name>).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub data_dir: PathBuf,
+
+    /// Most client connections open at once; beyond it the server stops
+    /// accepting until connections fall below 90% of the cap.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// Largest file (plaintext bytes) accepted; suffixes K, M, G, T (powers
+    /// of 1024). Default and maximum: the protocol's limit, 4294967023.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value_t = MAX_PLAINTEXT_SIZE)]
+    pub max_file_size: u64,
+
+    /// Seconds a client may take to send a complete request header.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub header_timeout: u64,
+
+    /// Seconds a connection may stay idle between requests (or not read
+    /// its responses) before it is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub idle_timeout: u64,
+
+    /// Minimum upload rate in bytes per second while file content streams,
+    /// averaged over --progress-window; slower uploads are closed.
+    #[arg(long, value_name = "BYTES_PER_SEC", default_value_t = 6554)]
+    pub min_rate: u64,
+
+    /// Window in seconds over which --min-rate is measured.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub progress_window: u64,
+
+    /// Bytes of responses buffered for a client that does not read them
+    /// before the server stops reading from it.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64K")]
+    pub max_output: u64,
+
+    /// Seconds a complete upload whose connection closed waits for a
+    /// verdict from another connection before it is thrown away.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub orphan_ttl: u64,
+
+    /// Seconds given to transfers in flight after SIGTERM or SIGINT.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_DRAIN_SECS)]
+    pub drain_timeout: u64,
+
+    /// Log filter when RUST_LOG is not set: error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Validate the configuration (flags, port file, data directory,
+    /// database) and exit: 0 if usable, 1 if not.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+const AFTER_HELP: &str = "\
+Environment:
+  RUST_LOG         log filter, overrides --log-level (e.g. RUST_LOG=debug)
+  NOTIFY_SOCKET    set by systemd for Type=notify: READY=1, STOPPING=1, WATCHDOG=1
+  LISTEN_FDS       set by systemd socket activation: the passed socket is used
+                   instead of --listen
+
+Exit status: 0 after a clean shutdown (SIGTERM/SIGINT) or a good --check-config,
+1 on a start-up error (bad configuration, unusable data directory or port).
+
+Example:
+  sealdrop-server --listen 127.0.0.1:1357 --data-dir /var/lib/sealdrop";
+
+/// Parses a byte count with an optional K, M, G or T suffix (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a byte count (e.g. 1048576, 64K, 2G)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// Reads the port from a `port.info` file (§8). `Err` carries the warning.
+pub fn read_port_file(path: &Path) -> Result<u16, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim();
+    match line.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(format!(
+            "{} does not hold a port number (found {line:?})",
+            path.display()
+        )),
+    }
+}
+
+/// Everything the running server needs, resolved from the flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where to listen when no socket is passed by systemd.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// Per-connection session limits.
+    pub session: ServerConfig,
+    /// Storage settings.
+    pub store: StoreConfig,
+    /// Drain deadline on shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Args {
+    /// Resolves the flags into settings; warnings (port file) are logged.
+    pub fn settings(&self) -> Result<Settings, String> {
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.max_file_size > MAX_PLAINTEXT_SIZE {
+            return Err(format!(
+                "--max-file-size {} exceeds the protocol's limit of {MAX_PLAINTEXT_SIZE} bytes",
+                self.max_file_size
+            ));
+        }
+        if self.progress_window == 0 || self.header_timeout == 0 || self.idle_timeout == 0 {
+            return Err("timeouts and --progress-window must be at least 1 second".into());
+        }
+        let listen = match self.listen {
+            Some(addr) => addr,
+            None => {
+                let port = read_port_file(&self.port_file).unwrap_or_else(|warning| {
+                    log::warn!("{warning}; using port {DEFAULT_PORT}");
+                    DEFAULT_PORT
+                });
+                SocketAddr::from(([0, 0, 0, 0], port))
+            }
+        };
+        let session = ServerConfig {
+            max_content: encrypted_len(self.max_file_size),
+            header_timeout: Duration::from_secs(self.header_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            progress_window: Duration::from_secs(self.progress_window),
+            min_progress_bytes: self.min_rate.saturating_mul(self.progress_window),
+            max_output: self.max_output.clamp(512, 16 << 20) as usize,
+            ..ServerConfig::default()
+        };
+        let store = StoreConfig {
+            orphan_ttl: Duration::from_secs(self.orphan_ttl),
+            ..StoreConfig::default()
+        };
+        Ok(Settings {
+            listen,
+            data_dir: self.data_dir.clone(),
+            max_connections: self.max_connections,
+            session,
+            store,
+            drain_timeout: Duration::from_secs(self.drain_timeout),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("17"), Ok(17));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn port_file_must_hold_a_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("port.info");
+        std::fs::write(&p, "4242\r\n").unwrap();
+        assert_eq!(read_port_file(&p), Ok(4242));
+        std::fs::write(&p, "banana\n").unwrap();
+        assert!(read_port_file(&p).is_err());
+        assert!(read_port_file(&dir.path().join("missing")).is_err());
+    }
+}

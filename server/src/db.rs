@@ -1,0 +1,885 @@
+//! The server's SQLite database, `<data dir>/defensive.db` (PROTOCOL.md §8).
+//!
+//! Tables exactly as §8 declares them (see [`CLIENTS_TABLE_SQL`] and
+//! [`FILES_TABLE_SQL`]). A database made by the reference Python peer has
+//! the same tables, perhaps with other declared types (`DATETIME`,
+//! `BOOLEAN`) or extra `NOT NULL`s; it opens as it is, since only the
+//! column names matter and the values are the same.
+//!
+//! Every acknowledged change must survive a crash, so the journal is WAL
+//! with `synchronous=FULL`: each commit is fsynced before it returns.
+//! `PRAGMA user_version` records the schema version ([`SCHEMA_VERSION`]);
+//! [`Db::open`] migrates older versions step by step. Errors become
+//! [`StoreError`]s naming the operation; they never contain key bytes.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior};
+use sealdrop_protocol::consts::PUBLIC_KEY_LEN;
+use sealdrop_protocol::crypto::AesKey;
+use sealdrop_protocol::store::{ClientRecord, StoreError};
+use sealdrop_protocol::ClientId;
+
+/// The database's file name in the data directory (§8, revision 2023c).
+pub const DB_FILE_NAME: &str = "defensive.db";
+
+/// How long a statement waits for a lock another process holds (an
+/// operator's `sqlite3` shell, a backup) before failing with "database is
+/// locked". WAL lets readers and the writer proceed together, so only a
+/// second writer or a checkpoint can block us, and only briefly. The server
+/// runs one event loop, so a wait stalls every connection: two seconds
+/// rides out a short lock without freezing the server for long; past it
+/// the request gets 2107 and the client retries (§6).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The schema version this server writes into `PRAGMA user_version`.
+/// Version 0 is a new database or one made by a peer that does not set
+/// it (the Python peer); version 1 has the §8 tables.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Statements kept prepared: every statement of this module fits, so the
+/// per-request ones (touch, lookups) are never re-parsed.
+const STATEMENT_CACHE_CAPACITY: usize = 32;
+
+/// The `clients` table exactly as §8 declares it.
+pub const CLIENTS_TABLE_SQL: &str = "CREATE TABLE clients(ID BLOB(16) PRIMARY KEY, Name TEXT UNIQUE, PublicKey BLOB(160), LastSeen TEXT, AESKey BLOB(16))";
+
+/// The `files` table exactly as §8 declares it.
+pub const FILES_TABLE_SQL: &str = "CREATE TABLE files(ID BLOB(16), FileName TEXT, PathName TEXT, Verified INTEGER, PRIMARY KEY(ID, FileName))";
+
+/// Columns this server reads and writes, per table; a table missing one
+/// is not a sealdrop table and the database is refused.
+const REQUIRED_COLUMNS: [(&str, &[&str]); 2] = [
+    (
+        "clients",
+        &["ID", "Name", "PublicKey", "LastSeen", "AESKey"],
+    ),
+    ("files", &["ID", "FileName", "PathName", "Verified"]),
+];
+
+/// One row of the `files` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRow {
+    /// The owning client (`ID`).
+    pub client: ClientId,
+    /// The stored base name (`FileName`).
+    pub file_name: String,
+    /// The final path as text (`PathName`).
+    pub path_name: String,
+    /// Whether a 1029 confirmed the file now at `path_name` (`Verified`).
+    pub verified: bool,
+}
+
+/// An open `defensive.db`. All calls come from one thread.
+pub struct Db {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("path", &self.conn.path())
+            .finish()
+    }
+}
+
+/// Maps a SQLite error to a [`StoreError`] naming the operation. SQLite's
+/// messages name tables and constraints, never bound values, so no key
+/// bytes can reach the log this way.
+fn op_err(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| StoreError::new(format!("database: {op}: {e}"))
+}
+
+impl Db {
+    /// Opens or creates `<data_dir>/defensive.db` (the folder must exist),
+    /// sets WAL, `synchronous=FULL` and [`BUSY_TIMEOUT`], and migrates the
+    /// schema to [`SCHEMA_VERSION`].
+    pub fn open(data_dir: &Path) -> Result<Db, StoreError> {
+        Db::open_path(&data_dir.join(DB_FILE_NAME))
+    }
+
+    /// [`Db::open`] for a database at any path.
+    pub fn open_path(path: &Path) -> Result<Db, StoreError> {
+        let conn = Connection::open(path).map_err(op_err("open"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(op_err("set busy timeout"))?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(op_err("set journal_mode=WAL"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            log::warn!(
+                "{}: journal_mode is {mode}, not WAL (filesystem without shared memory?)",
+                path.display()
+            );
+        }
+        // Per connection, not stored in the file: set on every open.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(op_err("set synchronous=FULL"))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+        let mut db = Db { conn };
+        db.migrate()?;
+        db.check_columns()?;
+        log::debug!(
+            "opened {} (schema version {SCHEMA_VERSION})",
+            path.display()
+        );
+        Ok(db)
+    }
+
+    /// The schema version recorded in the database.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(op_err("read user_version"))
+    }
+
+    /// The journal mode in effect (`wal` normally).
+    pub fn journal_mode(&self) -> Result<String, StoreError> {
+        self.conn
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .map_err(op_err("read journal_mode"))
+    }
+
+    /// Brings the schema from its recorded version to [`SCHEMA_VERSION`],
+    /// one step per version, each in its own transaction with the new
+    /// `user_version`. A database from a newer server is refused rather
+    /// than misread.
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version = self.schema_version()?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::new(format!(
+                "database: schema version {version} is newer than this server's {SCHEMA_VERSION}"
+            )));
+        }
+        if version < 1 {
+            self.migrate_to_1()?;
+            log::info!("database schema set up (version 0 -> 1)");
+        }
+        // Later versions: `if version < 2 { self.migrate_to_2()?; }` and so on.
+        Ok(())
+    }
+
+    /// Version 1: the §8 tables. A database made by the Python peer already
+    /// has them (it leaves user_version at 0); they are kept as they are.
+    fn migrate_to_1(&mut self) -> Result<(), StoreError> {
+        let op = "migrate schema to version 1";
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(op_err(op))?;
+        for sql in [CLIENTS_TABLE_SQL, FILES_TABLE_SQL] {
+            let sql = sql.replacen("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1);
+            tx.execute_batch(&sql).map_err(op_err(op))?;
+        }
+        tx.pragma_update(None, "user_version", 1i64)
+            .map_err(op_err(op))?;
+        tx.commit().map_err(op_err(op))
+    }
+
+    /// Refuses tables that lack a column this server uses.
+    fn check_columns(&self) -> Result<(), StoreError> {
+        for (table, required) in REQUIRED_COLUMNS {
+            let present = self.columns(table)?;
+            for column in required {
+                if !present
+                    .iter()
+                    .any(|(name, _)| name.eq_ignore_ascii_case(column))
+                {
+                    return Err(StoreError::new(format!(
+                        "database: table {table} has no column {column}; not a sealdrop database"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `(name, declared type)` of each column of `table`, in order.
+    pub fn columns(&self, table: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let op = "read table columns";
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, type FROM pragma_table_info(?1) ORDER BY cid")
+            .map_err(op_err(op))?;
+        let rows = stmt
+            .query_map([table], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(op_err(op))?;
+        rows.collect::<Result<_, _>>().map_err(op_err(op))
+    }
+
+    /// The client with this id, if any.
+    pub fn client_by_id(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+        let op = "look up client by id";
+        self.conn
+            .prepare_cached("SELECT ID, Name, PublicKey, AESKey FROM clients WHERE ID = ?1")
+            .map_err(op_err(op))?
+            .query_row([&id.0[..]], client_from_row)
+            .optional()
+            .map_err(op_err(op))?
+            .transpose()
+            .map_err(|e| StoreError::new(format!("database: {op}: {e}")))
+    }
+
+    /// The client with this name, if any.
+    pub fn client_by_name(&self, name: &str) -> Result<Option<ClientRecord>, StoreError> {
+        let op = "look up client by name";
+        self.conn
+            .prepare_cached("SELECT ID, Name, PublicKey, AESKey FROM clients WHERE Name = ?1")
+            .map_err(op_err(op))?
+            .query_row([name], client_from_row)
+            .optional()
+            .map_err(op_err(op))?
+            .transpose()
+            .map_err(|e| StoreError::new(format!("database: {op}: {e}")))
+    }
+
+    /// Inserts a new client (no key yet, LastSeen now). If `replace` is
+    /// given, that client is deleted first in the same transaction, but
+    /// only if it has no public key (§3: only an unkeyed name is released);
+    /// a keyed one stays and the insert then fails on the taken name.
+    pub fn register_client(
+        &mut self,
+        id: &ClientId,
+        name: &str,
+        replace: Option<&ClientId>,
+    ) -> Result<(), StoreError> {
+        let op = "register client";
+        let now = now_utc();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(op_err(op))?;
+        if let Some(old) = replace {
+            let deleted = tx
+                .prepare_cached("DELETE FROM clients WHERE ID = ?1 AND PublicKey IS NULL")
+                .map_err(op_err(op))?
+                .execute([&old.0[..]])
+                .map_err(op_err(op))?;
+            if deleted == 0 {
+                log::warn!(
+                    "register: client {} to replace is gone or keyed",
+                    old.to_hex()
+                );
+            }
+        }
+        tx.prepare_cached("INSERT INTO clients (ID, Name, LastSeen) VALUES (?1, ?2, ?3)")
+            .map_err(op_err(op))?
+            .execute((&id.0[..], name, &now))
+            .map_err(op_err(op))?;
+        tx.commit().map_err(op_err(op))
+    }
+
+    /// Stores the client's public key and the AES key of the 2102 as its
+    /// last key, and updates LastSeen. Fails for an unknown client.
+    pub fn set_public_key(
+        &self,
+        id: &ClientId,
+        public_key: &[u8; PUBLIC_KEY_LEN],
+        aes_key: &AesKey,
+    ) -> Result<(), StoreError> {
+        let op = "store public key";
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE clients SET PublicKey = ?1, AESKey = ?2, LastSeen = ?3 WHERE ID = ?4",
+            )
+            .map_err(op_err(op))?
+            .execute((
+                &public_key[..],
+                &aes_key.as_bytes()[..],
+                now_utc(),
+                &id.0[..],
+            ))
+            .map_err(op_err(op))?;
+        expect_one_row(op, changed)
+    }
+
+    /// Stores the AES key of a 2105 as the client's last key. Fails for an
+    /// unknown client.
+    pub fn set_last_key(&self, id: &ClientId, aes_key: &AesKey) -> Result<(), StoreError> {
+        let op = "store last key";
+        let changed = self
+            .conn
+            .prepare_cached("UPDATE clients SET AESKey = ?1 WHERE ID = ?2")
+            .map_err(op_err(op))?
+            .execute((&aes_key.as_bytes()[..], &id.0[..]))
+            .map_err(op_err(op))?;
+        expect_one_row(op, changed)
+    }
+
+    /// Sets LastSeen to now (§6: on every request). One cached UPDATE; an
+    /// unknown id changes nothing and is not an error. A second touch
+    /// within the same second matches no row, so it writes nothing and
+    /// costs no fsync.
+    pub fn touch(&self, id: &ClientId) -> Result<(), StoreError> {
+        let op = "update LastSeen";
+        self.conn
+            .prepare_cached("UPDATE clients SET LastSeen = ?1 WHERE ID = ?2 AND LastSeen IS NOT ?1")
+            .map_err(op_err(op))?
+            .execute((now_utc(), &id.0[..]))
+            .map_err(op_err(op))?;
+        Ok(())
+    }
+
+    /// The client's LastSeen text, if the client exists and has one.
+    pub fn last_seen(&self, id: &ClientId) -> Result<Option<String>, StoreError> {
+        let op = "read LastSeen";
+        let found: Option<Option<String>> = self
+            .conn
+            .prepare_cached("SELECT LastSeen FROM clients WHERE ID = ?1")
+            .map_err(op_err(op))?
+            .query_row([&id.0[..]], |row| row.get(0))
+            .optional()
+            .map_err(op_err(op))?;
+        Ok(found.flatten())
+    }
+
+    /// Number of registered clients.
+    pub fn client_count(&self) -> Result<u64, StoreError> {
+        let op = "count clients";
+        let count: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM clients")
+            .map_err(op_err(op))?
+            .query_row([], |row| row.get(0))
+            .map_err(op_err(op))?;
+        Ok(count.unsigned_abs())
+    }
+
+    /// Records a complete upload's name with Verified = 0, only if the
+    /// name has no row yet: a verified file's row keeps Verified = 1 until
+    /// a new upload of the name is verified (§6).
+    pub fn add_unverified_file(
+        &self,
+        id: &ClientId,
+        file_name: &str,
+        path_name: &str,
+    ) -> Result<(), StoreError> {
+        let op = "record received file";
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO files (ID, FileName, PathName, Verified) \
+                 VALUES (?1, ?2, ?3, 0)",
+            )
+            .map_err(op_err(op))?
+            .execute((&id.0[..], file_name, path_name))
+            .map_err(op_err(op))?;
+        Ok(())
+    }
+
+    /// Records the file now at `path_name` as verified (1029), creating or
+    /// replacing the name's row.
+    pub fn mark_verified(
+        &self,
+        id: &ClientId,
+        file_name: &str,
+        path_name: &str,
+    ) -> Result<(), StoreError> {
+        let op = "record verified file";
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO files (ID, FileName, PathName, Verified) \
+                 VALUES (?1, ?2, ?3, 1)",
+            )
+            .map_err(op_err(op))?
+            .execute((&id.0[..], file_name, path_name))
+            .map_err(op_err(op))?;
+        Ok(())
+    }
+
+    /// The row of one client's file, if any.
+    pub fn file(&self, id: &ClientId, file_name: &str) -> Result<Option<FileRow>, StoreError> {
+        let op = "look up file";
+        self.conn
+            .prepare_cached(
+                "SELECT ID, FileName, PathName, Verified FROM files \
+                 WHERE ID = ?1 AND FileName = ?2",
+            )
+            .map_err(op_err(op))?
+            .query_row((&id.0[..], file_name), file_from_row)
+            .optional()
+            .map_err(op_err(op))?
+            .transpose()
+            .map_err(|e| StoreError::new(format!("database: {op}: {e}")))
+    }
+
+    /// Every row of the `files` table, by client id and name.
+    pub fn files(&self) -> Result<Vec<FileRow>, StoreError> {
+        let op = "list files";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT ID, FileName, PathName, Verified FROM files ORDER BY ID, FileName",
+            )
+            .map_err(op_err(op))?;
+        let rows = stmt.query_map([], file_from_row).map_err(op_err(op))?;
+        let mut files = Vec::new();
+        for row in rows {
+            match row.map_err(op_err(op))? {
+                Ok(file) => files.push(file),
+                Err(e) => log::warn!("database: {op}: skipping a row: {e}"),
+            }
+        }
+        Ok(files)
+    }
+
+    /// The underlying connection, for tests in this crate.
+    #[cfg(test)]
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+/// An UPDATE of one client must have found it.
+fn expect_one_row(op: &str, changed: usize) -> Result<(), StoreError> {
+    if changed == 0 {
+        return Err(StoreError::new(format!("database: {op}: no such client")));
+    }
+    Ok(())
+}
+
+/// A 16-byte `ID` blob.
+fn client_id_from(value: ValueRef<'_>) -> Result<ClientId, String> {
+    match value {
+        ValueRef::Blob(b) => b
+            .try_into()
+            .map(ClientId)
+            .map_err(|_| format!("ID of {} bytes, not 16", b.len())),
+        other => Err(format!("ID is {}, not a blob", other.data_type())),
+    }
+}
+
+/// Text, also accepting a blob holding UTF-8 (some peers bind bytes).
+fn text_from(value: ValueRef<'_>, column: &str) -> Result<String, String> {
+    match value {
+        ValueRef::Text(t) | ValueRef::Blob(t) => {
+            String::from_utf8(t.to_vec()).map_err(|_| format!("{column} is not UTF-8"))
+        }
+        other => Err(format!("{column} is {}, not text", other.data_type())),
+    }
+}
+
+/// `ID, Name, PublicKey, AESKey` to a record. The outer error is SQLite's,
+/// the inner one a malformed value (which names the column, never its
+/// bytes).
+fn client_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ClientRecord, String>> {
+    let id = client_id_from(row.get_ref(0)?);
+    let name = text_from(row.get_ref(1)?, "Name");
+    let public_key = match row.get_ref(2)? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Blob(b) => <[u8; PUBLIC_KEY_LEN]>::try_from(b)
+            .map(|k| Some(Box::new(k)))
+            .map_err(|_| format!("PublicKey of {} bytes, not {PUBLIC_KEY_LEN}", b.len())),
+        other => Err(format!("PublicKey is {}, not a blob", other.data_type())),
+    };
+    let last_key = match row.get_ref(3)? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Blob(b) => AesKey::from_slice(b)
+            .map(Some)
+            .ok_or_else(|| format!("AESKey of {} bytes, not 16", b.len())),
+        other => Err(format!("AESKey is {}, not a blob", other.data_type())),
+    };
+    Ok((|| {
+        Ok(ClientRecord {
+            id: id?,
+            name: name?,
+            public_key: public_key?,
+            last_key: last_key?,
+        })
+    })())
+}
+
+/// `Verified` as stored by any peer: an integer (a Python bool is 0 or 1),
+/// or text such as `"1"`/`"true"` in a `BOOLEAN` column.
+fn verified_from(value: ValueRef<'_>) -> bool {
+    match value {
+        ValueRef::Integer(n) => n != 0,
+        ValueRef::Real(x) => x != 0.0,
+        ValueRef::Text(t) => matches!(
+            std::str::from_utf8(t).map(str::trim),
+            Ok("1" | "true" | "TRUE" | "True")
+        ),
+        ValueRef::Null | ValueRef::Blob(_) => false,
+    }
+}
+
+/// `ID, FileName, PathName, Verified` to a [`FileRow`].
+fn file_from_row(row: &Row<'_>) -> rusqlite::Result<Result<FileRow, String>> {
+    let client = client_id_from(row.get_ref(0)?);
+    let file_name = text_from(row.get_ref(1)?, "FileName");
+    let path_name = match row.get_ref(2)? {
+        ValueRef::Null => Ok(String::new()),
+        other => text_from(other, "PathName"),
+    };
+    let verified = verified_from(row.get_ref(3)?);
+    Ok((|| {
+        Ok(FileRow {
+            client: client?,
+            file_name: file_name?,
+            path_name: path_name?,
+            verified,
+        })
+    })())
+}
+
+/// The current time as LastSeen text (§8).
+pub fn now_utc() -> String {
+    utc_timestamp(SystemTime::now())
+}
+
+/// `t` as UTC ISO 8601, `YYYY-MM-DDTHH:MM:SSZ` (whole seconds; a time
+/// before 1970 prints as the epoch).
+pub fn utc_timestamp(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for non-negative days).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn open_temp() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        (dir, db)
+    }
+
+    fn table_sql(db: &Db, table: &str) -> String {
+        db.connection()
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [table],
+                |row| row.get(0),
+            )
+            .unwrap()
+    }
+
+    fn pk(byte: u8) -> [u8; PUBLIC_KEY_LEN] {
+        [byte; PUBLIC_KEY_LEN]
+    }
+
+    #[test]
+    fn schema_matches_protocol_section_8_exactly() {
+        let (_dir, db) = open_temp();
+        assert_eq!(table_sql(&db, "clients"), CLIENTS_TABLE_SQL);
+        assert_eq!(table_sql(&db, "files"), FILES_TABLE_SQL);
+        let clients = db.columns("clients").unwrap();
+        let expected = [
+            ("ID", "BLOB(16)"),
+            ("Name", "TEXT"),
+            ("PublicKey", "BLOB(160)"),
+            ("LastSeen", "TEXT"),
+            ("AESKey", "BLOB(16)"),
+        ];
+        let got: Vec<(&str, &str)> = clients
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.as_str()))
+            .collect();
+        assert_eq!(got, expected);
+        let files = db.columns("files").unwrap();
+        let got: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ID", "BLOB(16)"),
+                ("FileName", "TEXT"),
+                ("PathName", "TEXT"),
+                ("Verified", "INTEGER")
+            ]
+        );
+    }
+
+    #[test]
+    fn journal_is_wal_and_sync_is_full() {
+        let (_dir, db) = open_temp();
+        assert_eq!(db.journal_mode().unwrap(), "wal");
+        let sync: i64 = db
+            .connection()
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "FULL is 2");
+        let timeout: i64 = db
+            .connection()
+            .pragma_query_value(None, "busy_timeout", |r| r.get(0))
+            .unwrap();
+        assert_eq!(timeout, BUSY_TIMEOUT.as_millis() as i64);
+    }
+
+    #[test]
+    fn new_database_gets_current_schema_version() {
+        let (_dir, db) = open_temp();
+        assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn newer_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Db::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = Db::open(dir.path()).unwrap_err();
+        assert!(err.message.contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn foreign_tables_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+        conn.execute_batch("CREATE TABLE clients(ID BLOB, Whatever TEXT);")
+            .unwrap();
+        drop(conn);
+        let err = Db::open(dir.path()).unwrap_err();
+        assert!(err.message.contains("no column Name"), "{err}");
+    }
+
+    #[test]
+    fn opens_a_python_peer_database_with_old_declared_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE clients (ID BLOB(16) PRIMARY KEY, Name TEXT NOT NULL UNIQUE,
+                 PublicKey BLOB(160), LastSeen DATETIME, AESKey BLOB(16));
+             CREATE TABLE files (ID BLOB(16) NOT NULL, FileName TEXT NOT NULL,
+                 PathName TEXT NOT NULL, Verified BOOLEAN NOT NULL DEFAULT 0,
+                 PRIMARY KEY (ID, FileName));",
+        )
+        .unwrap();
+        let id = [7u8; 16];
+        conn.execute(
+            "INSERT INTO clients VALUES (?1, 'alice', ?2, '2024-05-01T10:00:00Z', ?3)",
+            (&id[..], &pk(1)[..], &[9u8; 16][..]),
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO files VALUES (?1, 'a.txt', './files/x/a.txt', 1)",
+            [&id[..]],
+        )
+        .unwrap();
+        drop(conn);
+
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+        let client = db.client_by_name("alice").unwrap().unwrap();
+        assert_eq!(client.id, ClientId(id));
+        assert_eq!(client.public_key.as_deref(), Some(&pk(1)));
+        assert_eq!(client.last_key, Some(AesKey::from_bytes([9; 16])));
+        assert_eq!(
+            db.last_seen(&ClientId(id)).unwrap().as_deref(),
+            Some("2024-05-01T10:00:00Z")
+        );
+        let files = db.files().unwrap();
+        assert_eq!(files.len(), 1);
+        assert!(files[0].verified);
+        // And it stays writable with the new code.
+        db.touch(&ClientId(id)).unwrap();
+        db.add_unverified_file(&ClientId(id), "b.txt", "./files/x/b.txt")
+            .unwrap();
+        assert!(!db.file(&ClientId(id), "b.txt").unwrap().unwrap().verified);
+    }
+
+    #[test]
+    fn clients_persist_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ClientId([1; 16]);
+        {
+            let mut db = Db::open(dir.path()).unwrap();
+            db.register_client(&id, "bob", None).unwrap();
+            db.set_public_key(&id, &pk(2), &AesKey::from_bytes([3; 16]))
+                .unwrap();
+            db.mark_verified(&id, "f", "/x/f").unwrap();
+        }
+        let db = Db::open(dir.path()).unwrap();
+        let client = db.client_by_id(&id).unwrap().unwrap();
+        assert_eq!(client.name, "bob");
+        assert_eq!(client.public_key.as_deref(), Some(&pk(2)));
+        assert_eq!(client.last_key, Some(AesKey::from_bytes([3; 16])));
+        assert_eq!(db.client_count().unwrap(), 1);
+        assert!(db.file(&id, "f").unwrap().unwrap().verified);
+    }
+
+    #[test]
+    fn register_with_replace_swaps_unkeyed_client_atomically() {
+        let (_dir, mut db) = open_temp();
+        let old = ClientId([1; 16]);
+        let new = ClientId([2; 16]);
+        db.register_client(&old, "carol", None).unwrap();
+        db.register_client(&new, "carol", Some(&old)).unwrap();
+        assert!(db.client_by_id(&old).unwrap().is_none());
+        assert_eq!(db.client_by_name("carol").unwrap().unwrap().id, new);
+        assert_eq!(db.client_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn register_never_replaces_a_keyed_client() {
+        let (_dir, mut db) = open_temp();
+        let old = ClientId([1; 16]);
+        db.register_client(&old, "dave", None).unwrap();
+        db.set_public_key(&old, &pk(5), &AesKey::from_bytes([5; 16]))
+            .unwrap();
+        let err = db
+            .register_client(&ClientId([2; 16]), "dave", Some(&old))
+            .unwrap_err();
+        assert!(err.message.contains("register client"), "{err}");
+        assert_eq!(db.client_by_name("dave").unwrap().unwrap().id, old);
+        assert!(db.client_by_id(&ClientId([2; 16])).unwrap().is_none());
+    }
+
+    #[test]
+    fn duplicate_name_fails_without_replace() {
+        let (_dir, mut db) = open_temp();
+        db.register_client(&ClientId([1; 16]), "erin", None)
+            .unwrap();
+        assert!(db
+            .register_client(&ClientId([2; 16]), "erin", None)
+            .is_err());
+        assert_eq!(db.client_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn keys_and_last_seen_are_recorded() {
+        let (_dir, mut db) = open_temp();
+        let id = ClientId([4; 16]);
+        db.register_client(&id, "frank", None).unwrap();
+        let fresh = db.client_by_id(&id).unwrap().unwrap();
+        assert!(fresh.public_key.is_none() && fresh.last_key.is_none());
+        db.set_public_key(&id, &pk(6), &AesKey::from_bytes([6; 16]))
+            .unwrap();
+        db.set_last_key(&id, &AesKey::from_bytes([7; 16])).unwrap();
+        let client = db.client_by_id(&id).unwrap().unwrap();
+        assert_eq!(client.public_key.as_deref(), Some(&pk(6)));
+        assert_eq!(client.last_key, Some(AesKey::from_bytes([7; 16])));
+
+        db.connection()
+            .execute("UPDATE clients SET LastSeen = '2000-01-01T00:00:00Z'", [])
+            .unwrap();
+        db.touch(&id).unwrap();
+        let seen = db.last_seen(&id).unwrap().unwrap();
+        assert_ne!(seen, "2000-01-01T00:00:00Z");
+        assert_eq!(seen.len(), 20);
+        assert!(seen.ends_with('Z') && seen.as_bytes()[10] == b'T', "{seen}");
+    }
+
+    #[test]
+    fn repeated_touch_within_a_second_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path()).unwrap();
+        let id = ClientId([4; 16]);
+        db.register_client(&id, "hank", None).unwrap();
+        let wal = dir.path().join(format!("{DB_FILE_NAME}-wal"));
+        // Retry if a second boundary falls between the two touches.
+        for _ in 0..3 {
+            db.touch(&id).unwrap();
+            let stamp = now_utc();
+            let size = fs::metadata(&wal).unwrap().len();
+            db.touch(&id).unwrap();
+            let unchanged = db.connection().changes() == 0;
+            if now_utc() == stamp {
+                assert!(unchanged);
+                assert_eq!(fs::metadata(&wal).unwrap().len(), size);
+                return;
+            }
+        }
+        panic!("three second boundaries in a row");
+    }
+
+    #[test]
+    fn key_updates_for_unknown_client_fail_but_touch_does_not() {
+        let (_dir, db) = open_temp();
+        let id = ClientId([9; 16]);
+        let key = AesKey::from_bytes([1; 16]);
+        assert!(db.set_public_key(&id, &pk(1), &key).is_err());
+        assert!(db.set_last_key(&id, &key).is_err());
+        db.touch(&id).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_operation_and_never_the_key() {
+        let (_dir, db) = open_temp();
+        let err = db
+            .set_last_key(&ClientId([9; 16]), &AesKey::from_bytes([0xEE; 16]))
+            .unwrap_err();
+        assert!(err.message.contains("store last key"), "{err}");
+        assert!(!err.message.to_lowercase().contains("ee"), "{err}");
+    }
+
+    #[test]
+    fn unverified_insert_never_downgrades_a_verified_row() {
+        let (_dir, db) = open_temp();
+        let id = ClientId([1; 16]);
+        db.add_unverified_file(&id, "f", "/p/f").unwrap();
+        assert!(!db.file(&id, "f").unwrap().unwrap().verified);
+        db.mark_verified(&id, "f", "/p/f").unwrap();
+        db.add_unverified_file(&id, "f", "/p/f").unwrap();
+        let row = db.file(&id, "f").unwrap().unwrap();
+        assert!(row.verified);
+        assert_eq!(row.path_name, "/p/f");
+        assert_eq!(db.files().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn malformed_client_row_is_an_error_not_a_panic() {
+        let (_dir, db) = open_temp();
+        db.connection()
+            .execute(
+                "INSERT INTO clients (ID, Name, AESKey) VALUES (?1, 'gina', x'0102')",
+                [&[5u8; 16][..]],
+            )
+            .unwrap();
+        let err = db.client_by_name("gina").unwrap_err();
+        assert!(err.message.contains("AESKey of 2 bytes"), "{err}");
+    }
+
+    #[test]
+    fn verified_accepts_every_peer_encoding() {
+        assert!(verified_from(ValueRef::Integer(1)));
+        assert!(!verified_from(ValueRef::Integer(0)));
+        assert!(verified_from(ValueRef::Text(b"true")));
+        assert!(verified_from(ValueRef::Text(b"1")));
+        assert!(!verified_from(ValueRef::Text(b"0")));
+        assert!(!verified_from(ValueRef::Null));
+    }
+
+    #[test]
+    fn timestamps_are_utc_iso_8601() {
+        let at = |s: u64| utc_timestamp(UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59Z");
+        assert_eq!(at(4_107_542_400), "2100-03-01T00:00:00Z");
+        assert_eq!(
+            utc_timestamp(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00Z"
+        );
+    }
+}

@@ -1,0 +1,508 @@
+//! Received files on disk (PROTOCOL.md §6 "Storage", §8 "Server files").
+//!
+//! Layout: `<data dir>/files/<client id hex>/<base name>`. An upload is
+//! written to a hidden temporary file `.part-<16 hex digits>` in the
+//! client's folder (22 bytes, whatever the file name's length) and reaches
+//! its final path only when the client confirms it (1029), by one rename.
+//! So an unconfirmed upload never replaces or damages an earlier verified
+//! file of the same name, and its bytes never sit at the final path (§6).
+//!
+//! A [`PartFile`] deletes its temporary file when dropped unless it was
+//! placed at its final path, so no code path (an error, an aborted upload,
+//! a server stop) leaves a partial file behind. [`cleanup_leftovers`]
+//! removes the ones a crash left.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sealdrop_protocol::ClientId;
+
+/// Name of the folder under the data directory that holds one folder per
+/// client (§8).
+pub const FILES_DIR: &str = "files";
+
+/// Prefix of a temporary upload file. A leading dot hides it from `ls`.
+pub const PART_PREFIX: &str = ".part-";
+
+/// Random hex digits after [`PART_PREFIX`]: 64 random bits, so two uploads
+/// never pick the same name in practice (and creation is exclusive anyway).
+pub const PART_HEX_DIGITS: usize = 16;
+
+/// Mode of the folders this module creates: received files are private to
+/// the server's user.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Mode of the temporary (and so of the stored) files: private to the
+/// server's user.
+pub const FILE_MODE: u32 = 0o600;
+
+/// How many random names [`PartFile::create`] tries before giving up. A
+/// collision needs 64 random bits to repeat, so more than one try means a
+/// client stored a file whose name happens to look like a temporary one.
+const CREATE_ATTEMPTS: usize = 8;
+
+/// `<data dir>/files`.
+pub fn files_root(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILES_DIR)
+}
+
+/// `<data dir>/files/<client id hex>`: the client's folder (§8).
+pub fn client_dir(data_dir: &Path, id: &ClientId) -> PathBuf {
+    files_root(data_dir).join(id.to_hex())
+}
+
+/// `<data dir>/files/<client id hex>/<base name>`: where a verified file
+/// lives. `file_name` must already be a safe base name (§2).
+pub fn final_path(data_dir: &Path, id: &ClientId, file_name: &str) -> PathBuf {
+    client_dir(data_dir, id).join(file_name)
+}
+
+/// Whether `name` has the exact form of a temporary upload file:
+/// [`PART_PREFIX`] then [`PART_HEX_DIGITS`] lower-case hex digits.
+pub fn is_part_name(name: &str) -> bool {
+    name.strip_prefix(PART_PREFIX).is_some_and(|hex| {
+        hex.len() == PART_HEX_DIGITS
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Creates `dir` (and missing parents, mode [`DIR_MODE`]) if it does not
+/// exist, then fsyncs its parent so the new folder survives a crash.
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => Ok(()),
+    }
+}
+
+/// fsyncs a folder, so that a rename or a new entry in it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Removes every temporary upload file (`.part-` + 16 hex digits) under
+/// `<data dir>/files/*/`: at start-up they are uploads a crash or a stop
+/// cut off before their verdict, so never confirmed (§6). A file for which
+/// `is_stored(client_hex, file_name)` is true is kept: it is a stored file
+/// a client happened to give such a name. Logs how many were removed and
+/// returns that count. A missing `files` folder counts as none.
+pub fn cleanup_leftovers(
+    data_dir: &Path,
+    is_stored: impl Fn(&str, &str) -> bool,
+) -> io::Result<usize> {
+    let root = files_root(data_dir);
+    let entries = match fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            let client = entry.file_name().to_string_lossy().into_owned();
+            removed += cleanup_client_dir(&entry.path(), &client, &is_stored);
+        }
+    }
+    if removed > 0 {
+        log::info!(
+            "removed {removed} unconfirmed upload(s) left by the last run in {}",
+            root.display()
+        );
+    } else {
+        log::debug!("no unconfirmed uploads left in {}", root.display());
+    }
+    Ok(removed)
+}
+
+/// Removes the leftover temporary files of one client folder; a failure
+/// is logged and skipped, so one bad entry does not stop the server.
+fn cleanup_client_dir(dir: &Path, client: &str, is_stored: &impl Fn(&str, &str) -> bool) -> usize {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            log::warn!("cannot list {} for leftovers: {e}", dir.display());
+            return 0;
+        }
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if !is_file || !is_part_name(name) || is_stored(client, name) {
+            continue;
+        }
+        match fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => log::warn!("cannot remove leftover {}: {e}", entry.path().display()),
+        }
+    }
+    removed
+}
+
+/// A random temporary file name: [`PART_PREFIX`] + 16 hex digits.
+fn random_part_name() -> io::Result<String> {
+    let mut bytes = [0u8; PART_HEX_DIGITS / 2];
+    getrandom::fill(&mut bytes).map_err(|e| io::Error::other(format!("getrandom: {e}")))?;
+    let mut name = String::with_capacity(PART_PREFIX.len() + PART_HEX_DIGITS);
+    name.push_str(PART_PREFIX);
+    for b in bytes {
+        name.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        name.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
+    }
+    Ok(name)
+}
+
+/// A temporary upload file. Bytes are appended with [`PartFile::write`];
+/// [`PartFile::place`] makes it durable at its final path. Dropped before
+/// that, it deletes its file.
+#[derive(Debug)]
+pub struct PartFile {
+    /// The temporary file's path.
+    path: PathBuf,
+    /// Open while bytes are being written; closed by [`PartFile::close`].
+    file: Option<File>,
+    /// Bytes written so far.
+    written: u64,
+    /// An earlier write failed: the content is incomplete for good.
+    failed: bool,
+    /// Renamed to its final path: nothing to delete any more.
+    placed: bool,
+    /// Deleted (or a deletion was tried): nothing to delete any more.
+    removed: bool,
+}
+
+impl PartFile {
+    /// Creates a new, empty temporary file in `dir` (which must exist),
+    /// mode [`FILE_MODE`], never overwriting an existing file.
+    pub fn create(dir: &Path) -> io::Result<PartFile> {
+        let mut last_error = None;
+        for _ in 0..CREATE_ATTEMPTS {
+            let path = dir.join(random_part_name()?);
+            let opened = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&path);
+            match opened {
+                Ok(file) => return Ok(PartFile::from_parts(path, file)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::other("no free temporary file name")))
+    }
+
+    /// Wraps an open file that lives at `path` (tests use it to write into
+    /// `/dev/full`).
+    pub(crate) fn from_parts(path: PathBuf, file: File) -> PartFile {
+        PartFile {
+            path,
+            file: Some(file),
+            written: 0,
+            failed: false,
+            placed: false,
+            removed: false,
+        }
+    }
+
+    /// The temporary file's path (its final path once placed is the
+    /// caller's business).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Whether [`PartFile::place`] renamed it to its final path.
+    pub fn is_placed(&self) -> bool {
+        self.placed
+    }
+
+    /// Appends `data`, straight to the file (callers pass large chunks).
+    /// After a failed write every later write and [`PartFile::close`]
+    /// fail too, since the content has a hole.
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("an earlier write to this upload failed"));
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Err(io::Error::other("upload already closed"));
+        };
+        match file.write_all(data) {
+            Ok(()) => {
+                self.written += data.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends writing and closes the file handle (a pending upload holds no
+    /// descriptor). Fails if an earlier write failed.
+    pub fn close(&mut self) -> io::Result<()> {
+        self.file = None;
+        if self.failed {
+            return Err(io::Error::other("an earlier write to this upload failed"));
+        }
+        Ok(())
+    }
+
+    /// Makes the content durable at `final_path` (§6, 1029): fsync the
+    /// temporary file, rename it over `final_path`, fsync the folder.
+    /// Until the rename succeeds nothing at `final_path` changes. If the
+    /// folder fsync fails after the rename, [`PartFile::is_placed`] is true
+    /// and calling `place` again only repeats the folder fsync.
+    pub fn place(&mut self, final_path: &Path) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("an earlier write to this upload failed"));
+        }
+        if !self.placed {
+            match self.file.take() {
+                Some(file) => file.sync_all()?,
+                None => File::open(&self.path)?.sync_all()?,
+            }
+            fs::rename(&self.path, final_path)?;
+            self.placed = true;
+        }
+        match final_path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+            _ => sync_dir(Path::new(".")),
+        }
+    }
+
+    /// Deletes the temporary file now (a drop does the same, but logs
+    /// instead of returning the error). A placed file is left alone.
+    pub fn discard(mut self) -> io::Result<()> {
+        self.remove()
+    }
+
+    /// Deletes the temporary file unless placed; a missing file is fine.
+    fn remove(&mut self) -> io::Result<()> {
+        self.file = None;
+        if self.placed || self.removed {
+            return Ok(());
+        }
+        self.removed = true; // tried once: a drop after a failed discard does not retry
+        match fs::remove_file(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            log::warn!("cannot remove temporary file {}: {e}", self.path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn part_names_are_22_bytes_of_prefix_and_lower_hex() {
+        let name = random_part_name().unwrap();
+        assert_eq!(name.len(), 22);
+        assert!(is_part_name(&name), "{name}");
+        assert!(is_part_name(".part-0123456789abcdef"));
+        assert!(!is_part_name(".part-0123456789ABCDEF"));
+        assert!(!is_part_name(".part-0123456789abcde"));
+        assert!(!is_part_name(".part-0123456789abcdef0"));
+        assert!(!is_part_name("part-0123456789abcdef"));
+        assert!(!is_part_name(".part-0123456789abcdeg"));
+    }
+
+    #[test]
+    fn layout_is_files_client_hex_name() {
+        let id = ClientId([0xab; 16]);
+        let path = final_path(Path::new("/data"), &id, "a.txt");
+        assert_eq!(
+            path,
+            Path::new("/data/files/abababababababababababababababab/a.txt")
+        );
+    }
+
+    #[test]
+    fn ensure_dir_creates_private_folders() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("files").join("c1");
+        ensure_dir(&dir).unwrap();
+        ensure_dir(&dir).unwrap();
+        for d in [tmp.path().join("files"), dir] {
+            let mode = fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, DIR_MODE, "{}", d.display());
+        }
+    }
+
+    #[test]
+    fn placed_part_file_moves_bytes_to_final_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut part = PartFile::create(tmp.path()).unwrap();
+        assert!(is_part_name(
+            part.path().file_name().unwrap().to_str().unwrap()
+        ));
+        part.write(b"hello ").unwrap();
+        part.write(b"world").unwrap();
+        assert_eq!(part.written(), 11);
+        part.close().unwrap();
+        let temp_path = part.path().to_path_buf();
+        let target = tmp.path().join("greeting.txt");
+        part.place(&target).unwrap();
+        assert!(part.is_placed());
+        drop(part);
+        assert_eq!(fs::read(&target).unwrap(), b"hello world");
+        assert!(!temp_path.exists());
+        assert_eq!(names_in(tmp.path()), ["greeting.txt"]);
+    }
+
+    #[test]
+    fn place_without_close_works_and_is_repeatable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut part = PartFile::create(tmp.path()).unwrap();
+        part.write(b"x").unwrap();
+        let target = tmp.path().join("x");
+        part.place(&target).unwrap();
+        part.place(&target).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"x");
+    }
+
+    #[test]
+    fn place_replaces_an_existing_file_in_one_rename() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("f");
+        fs::write(&target, b"old").unwrap();
+        let mut part = PartFile::create(tmp.path()).unwrap();
+        part.write(b"new").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+        part.place(&target).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+    }
+
+    #[test]
+    fn failed_place_leaves_final_path_and_temp_file_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut part = PartFile::create(tmp.path()).unwrap();
+        part.write(b"data").unwrap();
+        part.close().unwrap();
+        // A final path in a folder that does not exist: the rename fails.
+        let target = tmp.path().join("missing").join("f");
+        assert!(part.place(&target).is_err());
+        assert!(!part.is_placed());
+        assert_eq!(fs::read(part.path()).unwrap(), b"data");
+        let temp_path = part.path().to_path_buf();
+        drop(part);
+        assert!(!temp_path.exists());
+    }
+
+    #[test]
+    fn dropped_part_file_deletes_itself() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut part = PartFile::create(tmp.path()).unwrap();
+        part.write(b"partial").unwrap();
+        let path = part.path().to_path_buf();
+        assert!(path.exists());
+        drop(part);
+        assert!(!path.exists());
+        assert!(names_in(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn discarded_part_file_is_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut part = PartFile::create(tmp.path()).unwrap();
+        part.write(b"partial").unwrap();
+        part.close().unwrap();
+        let path = part.path().to_path_buf();
+        part.discard().unwrap();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn write_error_is_sticky_and_drop_still_deletes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(".part-00000000000000ff");
+        fs::write(&path, b"").unwrap();
+        // /dev/full fails every write with ENOSPC, even for root.
+        let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let mut part = PartFile::from_parts(path.clone(), full);
+        let err = part.write(&[0u8; 4096]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(28), "ENOSPC expected, got {err}");
+        assert!(part.write(b"more").is_err());
+        assert!(part.close().is_err());
+        assert!(part.place(&tmp.path().join("final")).is_err());
+        assert!(!tmp.path().join("final").exists());
+        drop(part);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn part_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let part = PartFile::create(tmp.path()).unwrap();
+        let mode = fs::metadata(part.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, FILE_MODE);
+    }
+
+    #[test]
+    fn cleanup_removes_only_temporary_files_not_stored_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = files_root(tmp.path()).join("aa");
+        let b = files_root(tmp.path()).join("bb");
+        ensure_dir(&a).unwrap();
+        ensure_dir(&b).unwrap();
+        fs::write(a.join(".part-0000000000000001"), b"1").unwrap();
+        fs::write(a.join(".part-0000000000000002"), b"2").unwrap();
+        fs::write(a.join("kept.txt"), b"k").unwrap();
+        fs::write(a.join(".part-notmine"), b"n").unwrap();
+        fs::write(b.join(".part-00000000000000aa"), b"stored").unwrap();
+        fs::write(b.join(".part-00000000000000bb"), b"3").unwrap();
+        fs::create_dir(b.join(".part-00000000000000cc")).unwrap();
+        let is_stored = |c: &str, n: &str| c == "bb" && n == ".part-00000000000000aa";
+        assert_eq!(cleanup_leftovers(tmp.path(), is_stored).unwrap(), 3);
+        assert_eq!(names_in(&a), [".part-notmine", "kept.txt"]);
+        assert_eq!(
+            names_in(&b),
+            [".part-00000000000000aa", ".part-00000000000000cc"]
+        );
+        assert_eq!(cleanup_leftovers(tmp.path(), is_stored).unwrap(), 0);
+    }
+
+    #[test]
+    fn cleanup_without_files_folder_finds_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(cleanup_leftovers(tmp.path(), |_, _| false).unwrap(), 0);
+    }
+}

@@ -1,0 +1,1031 @@
+//! [`DiskStore`]: the server's [`Store`], over SQLite ([`crate::db`]) and
+//! the filesystem ([`crate::files`]).
+//!
+//! It follows the reference peer's storage rules (peer README, "Verdicts";
+//! PROTOCOL.md §6 "Storage"):
+//!
+//! * An upload is written to a temporary file in the client's folder and
+//!   stays there, pending, after it completes. Nothing reaches the final
+//!   path before the client accepts it (1029).
+//! * A complete upload gets a `Verified = 0` row only if its name has no
+//!   row yet; a verified file's row keeps `Verified = 1` until a new upload
+//!   of the name is verified. Discarding an upload deletes its temporary
+//!   file and keeps the row as it was, so a `Verified = 1` row always
+//!   names the file a client confirmed, and a `Verified = 0` row never
+//!   claims a file.
+//! * Accepting fsyncs the temporary file, renames it over the final path,
+//!   fsyncs the folder, then sets `Verified = 1`. Until the rename nothing
+//!   earlier changes; if a later step fails the upload stays pending and a
+//!   retried 1029 finishes the remaining steps.
+//! * A pending upload outlives its connection (a verdict may come on a new
+//!   one, §1): [`Store::orphan_uploads`] marks it, and
+//!   [`DiskStore::expire_orphans`] deletes it after
+//!   [`StoreConfig::orphan_ttl`]. At most [`StoreConfig::max_pending`]
+//!   uploads are pending server-wide.
+//! * At start-up, temporary files a crash left behind are deleted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sealdrop_protocol::consts::PUBLIC_KEY_LEN;
+use sealdrop_protocol::crypto::AesKey;
+use sealdrop_protocol::store::{
+    ClientRecord, Store, StoreError, UploadId, UploadSummary, Verdict, VerdictOutcome,
+};
+use sealdrop_protocol::ClientId;
+
+use crate::db::{Db, FileRow};
+use crate::files::{self, PartFile};
+
+/// Default [`StoreConfig::orphan_ttl`]: 120 s, the server's idle timeout
+/// (as in the reference peer), so a client that reconnects for its verdict
+/// within the time a connection may sit idle still finds its upload.
+pub const DEFAULT_ORPHAN_TTL: Duration = Duration::from_secs(120);
+
+/// Default [`StoreConfig::max_pending`]: 1024 uploads. A client has one or
+/// two pending at a time; the cap bounds the disk space and memory that
+/// clients which never send a verdict can tie up.
+pub const DEFAULT_MAX_PENDING: usize = 1024;
+
+/// Tunables of a [`DiskStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// How long a pending upload is kept after its connection closed
+    /// without a verdict. Default [`DEFAULT_ORPHAN_TTL`] (120 s).
+    pub orphan_ttl: Duration,
+    /// Most uploads pending (complete, awaiting a verdict) server-wide;
+    /// past it the oldest is discarded. Default [`DEFAULT_MAX_PENDING`]
+    /// (1024); a value below 1 counts as 1.
+    pub max_pending: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            orphan_ttl: DEFAULT_ORPHAN_TTL,
+            max_pending: DEFAULT_MAX_PENDING,
+        }
+    }
+}
+
+/// An upload being received ([`Store::Upload`] of [`DiskStore`]): whose it
+/// is, where it will go, and its temporary file. Dropped without
+/// [`Store::finish_upload`], it deletes its temporary file.
+#[derive(Debug)]
+pub struct DiskUpload {
+    client: ClientId,
+    file_name: String,
+    final_path: PathBuf,
+    part: PartFile,
+}
+
+impl DiskUpload {
+    /// The uploading client.
+    pub fn client(&self) -> &ClientId {
+        &self.client
+    }
+
+    /// The file's base name.
+    pub fn file_name(&self) -> &str {
+        &self.file_name
+    }
+
+    /// Plaintext bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.part.written()
+    }
+
+    /// The temporary file being written.
+    pub fn temp_path(&self) -> &Path {
+        self.part.path()
+    }
+}
+
+/// A complete upload awaiting its verdict.
+#[derive(Debug)]
+struct Pending {
+    client: ClientId,
+    file_name: String,
+    final_path: PathBuf,
+    part: PartFile,
+    summary: UploadSummary,
+    /// When its connection closed (None while the connection lives).
+    orphaned_at: Option<Instant>,
+}
+
+/// The server's storage: `<data dir>/defensive.db` and
+/// `<data dir>/files/<client id hex>/<base name>` (§8).
+#[derive(Debug)]
+pub struct DiskStore {
+    data_dir: PathBuf,
+    config: StoreConfig,
+    db: Db,
+    /// Pending uploads by id; ids only grow, so the first is the oldest.
+    pending: BTreeMap<UploadId, Pending>,
+    next_id: UploadId,
+}
+
+/// Maps a filesystem error to a [`StoreError`] naming the operation.
+fn io_err(op: &str, e: std::io::Error) -> StoreError {
+    StoreError::new(format!("files: {op}: {e}"))
+}
+
+/// `path` as text for the `PathName` column (the data directory is checked
+/// to be UTF-8 at open, client folders and base names are ASCII).
+fn path_text(path: &Path) -> Result<&str, StoreError> {
+    path.to_str()
+        .ok_or_else(|| StoreError::new(format!("path {} is not UTF-8", path.display())))
+}
+
+/// Refuses a name that is not a plain base name. The session sanitizes
+/// names (§2); this is a second line so no name can leave the folder.
+fn check_base_name(name: &str) -> Result<(), StoreError> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == b'\\' || b.is_ascii_control());
+    if bad {
+        return Err(StoreError::new(format!(
+            "begin upload: unusable file name {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+impl DiskStore {
+    /// Opens the storage in `data_dir`, creating the folder, `files/` and
+    /// `defensive.db` as needed, and deletes the temporary files of uploads
+    /// a crash cut off (§6).
+    pub fn open(data_dir: &Path, config: StoreConfig) -> Result<DiskStore, StoreError> {
+        path_text(data_dir)?;
+        files::ensure_dir(data_dir).map_err(|e| io_err("create data directory", e))?;
+        files::ensure_dir(&files::files_root(data_dir))
+            .map_err(|e| io_err("create files directory", e))?;
+        let db = Db::open(data_dir)?;
+        let stored: std::collections::HashSet<(String, String)> = db
+            .files()?
+            .into_iter()
+            .map(|f| (f.client.to_hex(), f.file_name))
+            .collect();
+        files::cleanup_leftovers(data_dir, |client, name| {
+            stored.contains(&(client.to_owned(), name.to_owned()))
+        })
+        .map_err(|e| io_err("clean up leftover uploads", e))?;
+        log::info!(
+            "storage in {}: {} client(s), {} file record(s)",
+            data_dir.display(),
+            db.client_count()?,
+            stored.len()
+        );
+        Ok(DiskStore {
+            data_dir: data_dir.to_path_buf(),
+            config,
+            db,
+            pending: BTreeMap::new(),
+            next_id: 1,
+        })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The database, for read-only helpers (LastSeen, file rows).
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Number of registered clients.
+    pub fn client_count(&self) -> Result<u64, StoreError> {
+        self.db.client_count()
+    }
+
+    /// Number of uploads awaiting a verdict.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether this upload is still awaiting a verdict.
+    pub fn is_pending(&self, upload: UploadId) -> bool {
+        self.pending.contains_key(&upload)
+    }
+
+    /// Every `files` row as (client, name, final path, Verified).
+    pub fn files(&self) -> Result<Vec<(ClientId, String, PathBuf, bool)>, StoreError> {
+        Ok(self.db.files()?.into_iter().map(row_tuple).collect())
+    }
+
+    /// The `files` rows with Verified = 1, as (client, name, final path,
+    /// true): the files clients confirmed, which survive restarts (§8).
+    pub fn verified_files(&self) -> Result<Vec<(ClientId, String, PathBuf, bool)>, StoreError> {
+        let mut files = self.files()?;
+        files.retain(|f| f.3);
+        Ok(files)
+    }
+
+    /// Deletes the orphaned uploads whose connection closed at least
+    /// [`StoreConfig::orphan_ttl`] before `now`. Call it from the event
+    /// loop's timer (see [`DiskStore::next_orphan_deadline`]).
+    pub fn expire_orphans(&mut self, now: Instant) {
+        let ttl = self.config.orphan_ttl;
+        let expired: Vec<UploadId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.orphaned_at
+                    .is_some_and(|t| now.saturating_duration_since(t) >= ttl)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            self.drop_pending(id, "no verdict within the orphan timeout");
+        }
+    }
+
+    /// When the next orphaned upload expires, if any is orphaned.
+    pub fn next_orphan_deadline(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .filter_map(|p| p.orphaned_at)
+            .min()
+            .map(|t| t + self.config.orphan_ttl)
+    }
+
+    /// The pending upload a verdict applies to: `prefer` if it is pending
+    /// for this client and name, else the newest such one.
+    fn select_pending(
+        &self,
+        id: &ClientId,
+        name: &str,
+        prefer: Option<UploadId>,
+    ) -> Option<UploadId> {
+        let matches = |p: &Pending| p.client == *id && p.file_name == name;
+        if let Some(want) = prefer {
+            if self.pending.get(&want).is_some_and(matches) {
+                return Some(want);
+            }
+        }
+        self.pending
+            .iter()
+            .rev()
+            .find(|(_, p)| matches(p))
+            .map(|(&uid, _)| uid)
+    }
+
+    /// 1029: places the upload at its final path, then marks it verified.
+    /// On an error the upload stays pending; a retry resumes after the
+    /// last step that succeeded.
+    fn accept(&mut self, uid: UploadId) -> Result<(), StoreError> {
+        let Some(p) = self.pending.get_mut(&uid) else {
+            return Err(StoreError::new("accept upload: not pending"));
+        };
+        let who = format!("{} {:?}", p.client.to_hex(), p.file_name);
+        if let Err(e) = p.part.place(&p.final_path) {
+            log::warn!("accept {who}: {e} (placed: {})", p.part.is_placed());
+            return Err(io_err(&format!("accept {who}"), e));
+        }
+        self.db
+            .mark_verified(&p.client, &p.file_name, path_text(&p.final_path)?)?;
+        log::info!(
+            "stored {who}: {} bytes, cksum {}, verified",
+            p.summary.plain_len,
+            p.summary.cksum
+        );
+        self.pending.remove(&uid);
+        Ok(())
+    }
+
+    /// Removes a pending upload and deletes its temporary file. One that
+    /// an accept already placed at its final path stays there (its client
+    /// confirmed it).
+    fn drop_pending(&mut self, uid: UploadId, why: &str) {
+        let Some(p) = self.pending.remove(&uid) else {
+            return;
+        };
+        let who = format!("{} {:?}", p.client.to_hex(), p.file_name);
+        if p.part.is_placed() {
+            log::warn!("upload {uid} ({who}) {why}; already at its final path, left there");
+            return;
+        }
+        match p.part.discard() {
+            Ok(()) => log::info!("upload {uid} ({who}) discarded: {why}"),
+            Err(e) => {
+                log::warn!("upload {uid} ({who}) {why}; cannot delete its temporary file: {e}")
+            }
+        }
+    }
+
+    /// Discards the oldest pending uploads beyond [`StoreConfig::max_pending`].
+    fn enforce_pending_cap(&mut self) {
+        let cap = self.config.max_pending.max(1);
+        while self.pending.len() > cap {
+            let Some(&oldest) = self.pending.keys().next() else {
+                break;
+            };
+            log::warn!("more than {cap} uploads await a verdict: discarding the oldest");
+            self.drop_pending(oldest, "pending-upload cap reached");
+        }
+    }
+}
+
+/// A [`FileRow`] as the tuple the helpers return.
+fn row_tuple(f: FileRow) -> (ClientId, String, PathBuf, bool) {
+    (
+        f.client,
+        f.file_name,
+        PathBuf::from(f.path_name),
+        f.verified,
+    )
+}
+
+impl Store for DiskStore {
+    type Upload = DiskUpload;
+
+    fn client_by_id(&mut self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+        self.db.client_by_id(id)
+    }
+
+    fn client_by_name(&mut self, name: &str) -> Result<Option<ClientRecord>, StoreError> {
+        self.db.client_by_name(name)
+    }
+
+    fn register_client(
+        &mut self,
+        id: &ClientId,
+        name: &str,
+        replace: Option<&ClientId>,
+    ) -> Result<(), StoreError> {
+        self.db.register_client(id, name, replace)?;
+        match replace {
+            Some(old) => log::info!(
+                "registered {name:?} as {} (replacing unkeyed {})",
+                id.to_hex(),
+                old.to_hex()
+            ),
+            None => log::info!("registered {name:?} as {}", id.to_hex()),
+        }
+        Ok(())
+    }
+
+    fn set_public_key(
+        &mut self,
+        id: &ClientId,
+        public_key: &[u8; PUBLIC_KEY_LEN],
+        aes_key: &AesKey,
+    ) -> Result<(), StoreError> {
+        self.db.set_public_key(id, public_key, aes_key)?;
+        log::debug!("client {}: public key and AES key stored", id.to_hex());
+        Ok(())
+    }
+
+    fn set_last_key(&mut self, id: &ClientId, aes_key: &AesKey) -> Result<(), StoreError> {
+        self.db.set_last_key(id, aes_key)?;
+        log::debug!("client {}: last AES key stored", id.to_hex());
+        Ok(())
+    }
+
+    fn touch(&mut self, id: &ClientId) -> Result<(), StoreError> {
+        self.db.touch(id)
+    }
+
+    fn begin_upload(
+        &mut self,
+        id: &ClientId,
+        file_name: &str,
+        content_size: u32,
+    ) -> Result<DiskUpload, StoreError> {
+        check_base_name(file_name)?;
+        let dir = files::client_dir(&self.data_dir, id);
+        files::ensure_dir(&dir).map_err(|e| io_err("create client folder", e))?;
+        let part = PartFile::create(&dir).map_err(|e| io_err("create temporary file", e))?;
+        log::debug!(
+            "upload of {file_name:?} for {} ({content_size} encrypted bytes) into {}",
+            id.to_hex(),
+            part.path().display()
+        );
+        Ok(DiskUpload {
+            client: *id,
+            file_name: file_name.to_owned(),
+            final_path: dir.join(file_name),
+            part,
+        })
+    }
+
+    fn write_upload(
+        &mut self,
+        upload: &mut DiskUpload,
+        plaintext: &[u8],
+    ) -> Result<(), StoreError> {
+        upload.part.write(plaintext).map_err(|e| {
+            log::warn!("write to upload of {:?}: {e}", upload.file_name);
+            io_err("write upload", e)
+        })
+    }
+
+    fn finish_upload(
+        &mut self,
+        mut upload: DiskUpload,
+        summary: &UploadSummary,
+    ) -> Result<UploadId, StoreError> {
+        // On any error below `upload` is dropped and its file deleted:
+        // an upload cut short leaves no file and no row.
+        upload
+            .part
+            .close()
+            .map_err(|e| io_err("finish upload", e))?;
+        if upload.part.written() != summary.plain_len {
+            return Err(StoreError::new(format!(
+                "finish upload: {} bytes written but {} reported",
+                upload.part.written(),
+                summary.plain_len
+            )));
+        }
+        let path = path_text(&upload.final_path)?;
+        self.db
+            .add_unverified_file(&upload.client, &upload.file_name, path)?;
+        let uid = self.next_id;
+        self.next_id += 1;
+        log::debug!(
+            "upload {uid} of {:?} for {} complete: {} bytes, awaiting verdict",
+            upload.file_name,
+            upload.client.to_hex(),
+            summary.plain_len
+        );
+        let DiskUpload {
+            client,
+            file_name,
+            final_path,
+            part,
+        } = upload;
+        self.pending.insert(
+            uid,
+            Pending {
+                client,
+                file_name,
+                final_path,
+                part,
+                summary: *summary,
+                orphaned_at: None,
+            },
+        );
+        self.enforce_pending_cap();
+        Ok(uid)
+    }
+
+    fn abort_upload(&mut self, upload: DiskUpload) {
+        log::debug!(
+            "upload of {:?} for {} aborted after {} bytes",
+            upload.file_name,
+            upload.client.to_hex(),
+            upload.part.written()
+        );
+        if let Err(e) = upload.part.discard() {
+            log::warn!("cannot delete an aborted upload's temporary file: {e}");
+        }
+    }
+
+    fn apply_verdict(
+        &mut self,
+        id: &ClientId,
+        file_name: &str,
+        prefer: Option<UploadId>,
+        verdict: Verdict,
+    ) -> Result<VerdictOutcome, StoreError> {
+        let Some(uid) = self.select_pending(id, file_name, prefer) else {
+            return Ok(VerdictOutcome::NothingPending);
+        };
+        match verdict {
+            Verdict::Accept => self.accept(uid)?,
+            Verdict::Discard => self.drop_pending(uid, "the client rejected it"),
+        }
+        Ok(VerdictOutcome::Applied)
+    }
+
+    fn discard_upload(&mut self, upload: UploadId) {
+        self.drop_pending(upload, "its connection holds too many");
+    }
+
+    fn orphan_uploads(&mut self, uploads: &[UploadId]) {
+        let now = Instant::now();
+        for uid in uploads {
+            if let Some(p) = self.pending.get_mut(uid) {
+                p.orphaned_at.get_or_insert(now);
+                log::debug!("upload {uid} orphaned: its connection closed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    const ALICE: ClientId = ClientId([0xa1; 16]);
+    const BOB: ClientId = ClientId([0xb0; 16]);
+
+    fn open(dir: &Path) -> DiskStore {
+        DiskStore::open(dir, StoreConfig::default()).unwrap()
+    }
+
+    fn keyed(store: &mut DiskStore, id: &ClientId, name: &str) {
+        store.register_client(id, name, None).unwrap();
+        store
+            .set_public_key(id, &[1; PUBLIC_KEY_LEN], &AesKey::from_bytes([2; 16]))
+            .unwrap();
+    }
+
+    fn summary(data: &[u8]) -> UploadSummary {
+        UploadSummary {
+            plain_len: data.len() as u64,
+            cksum: 0,
+        }
+    }
+
+    /// A complete upload of `data` as `name`, awaiting its verdict.
+    fn upload(store: &mut DiskStore, id: &ClientId, name: &str, data: &[u8]) -> UploadId {
+        let mut up = store.begin_upload(id, name, 16).unwrap();
+        for chunk in data.chunks(7) {
+            store.write_upload(&mut up, chunk).unwrap();
+        }
+        store.finish_upload(up, &summary(data)).unwrap()
+    }
+
+    fn client_folder(store: &DiskStore, id: &ClientId) -> PathBuf {
+        files::client_dir(store.data_dir(), id)
+    }
+
+    /// Names in the client's folder, sorted.
+    fn listing(store: &DiskStore, id: &ClientId) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(client_folder(store, id)) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn temp_files(store: &DiskStore, id: &ClientId) -> usize {
+        listing(store, id)
+            .iter()
+            .filter(|n| files::is_part_name(n))
+            .count()
+    }
+
+    fn row(store: &DiskStore, id: &ClientId, name: &str) -> Option<FileRow> {
+        store.db().file(id, name).unwrap()
+    }
+
+    fn accept(store: &mut DiskStore, id: &ClientId, name: &str) -> VerdictOutcome {
+        store
+            .apply_verdict(id, name, None, Verdict::Accept)
+            .unwrap()
+    }
+
+    #[test]
+    fn default_config_is_120_s_and_1024_uploads() {
+        let config = StoreConfig::default();
+        assert_eq!(config.orphan_ttl, Duration::from_secs(120));
+        assert_eq!(config.max_pending, 1024);
+    }
+
+    #[test]
+    fn open_creates_data_dir_files_dir_and_database() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let store = open(&data);
+        assert!(data.join("files").is_dir());
+        assert!(data.join(crate::db::DB_FILE_NAME).is_file());
+        assert_eq!(store.db().journal_mode().unwrap(), "wal");
+        assert_eq!(store.client_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn clients_and_verified_files_persist_across_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(tmp.path());
+            keyed(&mut store, &ALICE, "alice");
+            upload(&mut store, &ALICE, "a.txt", b"persistent bytes");
+            assert_eq!(accept(&mut store, &ALICE, "a.txt"), VerdictOutcome::Applied);
+        }
+        let mut store = open(tmp.path());
+        let alice = store.client_by_name("alice").unwrap().unwrap();
+        assert_eq!(alice.id, ALICE);
+        assert!(alice.public_key.is_some());
+        assert_eq!(alice.last_key, Some(AesKey::from_bytes([2; 16])));
+        let verified = store.verified_files().unwrap();
+        let path = files::final_path(tmp.path(), &ALICE, "a.txt");
+        assert_eq!(verified, [(ALICE, "a.txt".to_owned(), path.clone(), true)]);
+        assert_eq!(fs::read(path).unwrap(), b"persistent bytes");
+    }
+
+    #[test]
+    fn register_with_replace_releases_the_unkeyed_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        store.register_client(&ALICE, "shared", None).unwrap();
+        store.register_client(&BOB, "shared", Some(&ALICE)).unwrap();
+        assert!(store.client_by_id(&ALICE).unwrap().is_none());
+        assert_eq!(store.client_by_name("shared").unwrap().unwrap().id, BOB);
+        assert_eq!(store.client_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn keys_and_touch_update_the_client_row() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        store
+            .set_last_key(&ALICE, &AesKey::from_bytes([3; 16]))
+            .unwrap();
+        let rec = store.client_by_id(&ALICE).unwrap().unwrap();
+        assert_eq!(rec.last_key, Some(AesKey::from_bytes([3; 16])));
+        store
+            .db()
+            .connection()
+            .execute("UPDATE clients SET LastSeen = 'long ago'", [])
+            .unwrap();
+        store.touch(&ALICE).unwrap();
+        let seen = store.db().last_seen(&ALICE).unwrap().unwrap();
+        assert!(seen.ends_with('Z'), "{seen}");
+    }
+
+    #[test]
+    fn accept_moves_bytes_to_final_path_and_sets_verified() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let uid = upload(&mut store, &ALICE, "big.bin", &data);
+        let outcome = store
+            .apply_verdict(&ALICE, "big.bin", Some(uid), Verdict::Accept)
+            .unwrap();
+        assert_eq!(outcome, VerdictOutcome::Applied);
+        let path = files::final_path(tmp.path(), &ALICE, "big.bin");
+        assert_eq!(fs::read(&path).unwrap(), data);
+        let row = row(&store, &ALICE, "big.bin").unwrap();
+        assert!(row.verified);
+        assert_eq!(row.path_name, path.to_str().unwrap());
+        assert_eq!(listing(&store, &ALICE), ["big.bin"]);
+        assert!(!store.is_pending(uid));
+        assert_eq!(
+            accept(&mut store, &ALICE, "big.bin"),
+            VerdictOutcome::NothingPending
+        );
+    }
+
+    #[test]
+    fn unconfirmed_upload_never_appears_at_final_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        let mut up = store.begin_upload(&ALICE, "f.txt", 16).unwrap();
+        let path = files::final_path(tmp.path(), &ALICE, "f.txt");
+        store.write_upload(&mut up, b"half").unwrap();
+        assert!(!path.exists());
+        let uid = store.finish_upload(up, &summary(b"half")).unwrap();
+        assert!(store.is_pending(uid));
+        assert!(!path.exists());
+        assert_eq!(temp_files(&store, &ALICE), 1);
+        // The first upload of a name gets a Verified = 0 row.
+        assert!(!row(&store, &ALICE, "f.txt").unwrap().verified);
+        // 1030 / 1031: gone, and still nothing at the final path.
+        let outcome = store
+            .apply_verdict(&ALICE, "f.txt", Some(uid), Verdict::Discard)
+            .unwrap();
+        assert_eq!(outcome, VerdictOutcome::Applied);
+        assert!(!path.exists());
+        assert!(listing(&store, &ALICE).is_empty());
+        assert!(!row(&store, &ALICE, "f.txt").unwrap().verified);
+    }
+
+    #[test]
+    fn discard_leaves_earlier_verified_file_byte_identical() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        upload(&mut store, &ALICE, "doc", b"version one");
+        accept(&mut store, &ALICE, "doc");
+        let uid = upload(&mut store, &ALICE, "doc", b"version two, corrupted");
+        let path = files::final_path(tmp.path(), &ALICE, "doc");
+        assert_eq!(fs::read(&path).unwrap(), b"version one");
+        assert!(
+            row(&store, &ALICE, "doc").unwrap().verified,
+            "stays verified"
+        );
+        store
+            .apply_verdict(&ALICE, "doc", Some(uid), Verdict::Discard)
+            .unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"version one");
+        assert!(row(&store, &ALICE, "doc").unwrap().verified);
+        assert_eq!(listing(&store, &ALICE), ["doc"]);
+    }
+
+    #[test]
+    fn new_upload_replaces_stored_file_once_verified() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        upload(&mut store, &ALICE, "doc", b"version one");
+        accept(&mut store, &ALICE, "doc");
+        upload(&mut store, &ALICE, "doc", b"version two");
+        accept(&mut store, &ALICE, "doc");
+        let path = files::final_path(tmp.path(), &ALICE, "doc");
+        assert_eq!(fs::read(path).unwrap(), b"version two");
+        assert_eq!(store.files().unwrap().len(), 1);
+        assert_eq!(listing(&store, &ALICE), ["doc"]);
+    }
+
+    #[test]
+    fn verdict_takes_preferred_upload_when_pending() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        let first = upload(&mut store, &ALICE, "f", b"first");
+        let second = upload(&mut store, &ALICE, "f", b"second");
+        store
+            .apply_verdict(&ALICE, "f", Some(first), Verdict::Accept)
+            .unwrap();
+        let path = files::final_path(tmp.path(), &ALICE, "f");
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert!(store.is_pending(second));
+    }
+
+    #[test]
+    fn verdict_takes_newest_upload_without_a_usable_preference() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        keyed(&mut store, &BOB, "bob");
+        let first = upload(&mut store, &ALICE, "f", b"first");
+        let second = upload(&mut store, &ALICE, "f", b"second");
+        let other_name = upload(&mut store, &ALICE, "g", b"other name");
+        let other_client = upload(&mut store, &BOB, "f", b"other client");
+        // A preference for another name or client does not apply.
+        for prefer in [None, Some(other_name), Some(other_client), Some(999)] {
+            let uid = upload(&mut store, &ALICE, "f", b"newest");
+            store
+                .apply_verdict(&ALICE, "f", prefer, Verdict::Discard)
+                .unwrap();
+            assert!(!store.is_pending(uid), "{prefer:?}");
+        }
+        store
+            .apply_verdict(&ALICE, "f", None, Verdict::Accept)
+            .unwrap();
+        let path = files::final_path(tmp.path(), &ALICE, "f");
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        assert!(!store.is_pending(second));
+        assert!(store.is_pending(first));
+        assert!(store.is_pending(other_name) && store.is_pending(other_client));
+    }
+
+    #[test]
+    fn verdict_without_pending_upload_finds_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        keyed(&mut store, &BOB, "bob");
+        upload(&mut store, &BOB, "f", b"bob's");
+        for verdict in [Verdict::Accept, Verdict::Discard] {
+            let outcome = store.apply_verdict(&ALICE, "f", None, verdict).unwrap();
+            assert_eq!(outcome, VerdictOutcome::NothingPending);
+        }
+        assert_eq!(store.pending_count(), 1);
+    }
+
+    #[test]
+    fn leftovers_are_cleaned_at_open_but_stored_files_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(tmp.path());
+            keyed(&mut store, &ALICE, "alice");
+            // A stored file whose name looks like a temporary one.
+            upload(&mut store, &ALICE, ".part-0123456789abcdef", b"real file");
+            accept(&mut store, &ALICE, ".part-0123456789abcdef");
+            upload(&mut store, &ALICE, "kept", b"kept");
+            accept(&mut store, &ALICE, "kept");
+        }
+        let folder = files::client_dir(tmp.path(), &ALICE);
+        fs::write(folder.join(".part-00000000deadbeef"), b"crash").unwrap();
+        let other = files::client_dir(tmp.path(), &BOB);
+        fs::create_dir_all(&other).unwrap();
+        fs::write(other.join(".part-feedfacefeedface"), b"crash").unwrap();
+        let store = open(tmp.path());
+        assert_eq!(listing(&store, &ALICE), [".part-0123456789abcdef", "kept"]);
+        assert!(listing(&store, &BOB).is_empty());
+    }
+
+    #[test]
+    fn orphaned_upload_expires_after_ttl_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        let orphan = upload(&mut store, &ALICE, "o", b"orphan");
+        let live = upload(&mut store, &ALICE, "l", b"live");
+        assert_eq!(store.next_orphan_deadline(), None);
+        let before = Instant::now();
+        store.orphan_uploads(&[orphan, 12345]);
+        let deadline = store.next_orphan_deadline().unwrap();
+        assert!(deadline >= before + DEFAULT_ORPHAN_TTL);
+        store.expire_orphans(Instant::now());
+        assert!(store.is_pending(orphan));
+        // A verdict may still come on a new connection before expiry.
+        store.expire_orphans(deadline - Duration::from_millis(1));
+        assert!(store.is_pending(orphan));
+        store.expire_orphans(deadline + Duration::from_secs(3600));
+        assert!(!store.is_pending(orphan));
+        assert!(
+            store.is_pending(live),
+            "a live connection's upload never expires"
+        );
+        assert_eq!(temp_files(&store, &ALICE), 1);
+        assert_eq!(store.next_orphan_deadline(), None);
+    }
+
+    #[test]
+    fn orphaned_upload_can_still_be_accepted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        let uid = upload(&mut store, &ALICE, "f", b"from the old connection");
+        store.orphan_uploads(&[uid]);
+        assert_eq!(accept(&mut store, &ALICE, "f"), VerdictOutcome::Applied);
+        let path = files::final_path(tmp.path(), &ALICE, "f");
+        assert_eq!(fs::read(path).unwrap(), b"from the old connection");
+    }
+
+    #[test]
+    fn max_pending_discards_the_oldest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            max_pending: 3,
+            ..StoreConfig::default()
+        };
+        let mut store = DiskStore::open(tmp.path(), config).unwrap();
+        keyed(&mut store, &ALICE, "alice");
+        let ids: Vec<UploadId> = (0..5)
+            .map(|i| upload(&mut store, &ALICE, &format!("f{i}"), b"x"))
+            .collect();
+        assert_eq!(store.pending_count(), 3);
+        assert!(!store.is_pending(ids[0]) && !store.is_pending(ids[1]));
+        assert!(ids[2..].iter().all(|&id| store.is_pending(id)));
+        assert_eq!(temp_files(&store, &ALICE), 3);
+    }
+
+    #[test]
+    fn discard_upload_deletes_its_temporary_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        let uid = upload(&mut store, &ALICE, "f", b"x");
+        store.discard_upload(uid);
+        store.discard_upload(uid);
+        assert!(!store.is_pending(uid));
+        assert_eq!(temp_files(&store, &ALICE), 0);
+    }
+
+    #[test]
+    fn aborted_upload_leaves_no_file_and_no_row() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        let mut up = store.begin_upload(&ALICE, "cut", 32).unwrap();
+        store.write_upload(&mut up, b"partial").unwrap();
+        let temp = up.temp_path().to_path_buf();
+        assert!(temp.exists());
+        store.abort_upload(up);
+        assert!(!temp.exists());
+        assert!(row(&store, &ALICE, "cut").is_none());
+        assert!(listing(&store, &ALICE).is_empty());
+    }
+
+    #[test]
+    fn dropped_upload_deletes_its_temporary_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        let mut up = store.begin_upload(&ALICE, "cut", 32).unwrap();
+        store.write_upload(&mut up, b"partial").unwrap();
+        let temp = up.temp_path().to_path_buf();
+        drop(up);
+        assert!(!temp.exists());
+    }
+
+    #[test]
+    fn write_error_returns_store_error_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        upload(&mut store, &ALICE, "doc", b"verified");
+        accept(&mut store, &ALICE, "doc");
+        // Swap the temporary file's handle for /dev/full: ENOSPC on write.
+        let mut up = store.begin_upload(&ALICE, "doc", 16).unwrap();
+        let temp = up.temp_path().to_path_buf();
+        let full = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        up.part = PartFile::from_parts(temp.clone(), full);
+        let err = store.write_upload(&mut up, &[0; 8192]).unwrap_err();
+        assert!(err.message.contains("write upload"), "{err}");
+        assert!(store.write_upload(&mut up, b"more").is_err());
+        store.abort_upload(up);
+        assert!(!temp.exists());
+        let path = files::final_path(tmp.path(), &ALICE, "doc");
+        assert_eq!(fs::read(path).unwrap(), b"verified");
+        assert_eq!(listing(&store, &ALICE), ["doc"]);
+    }
+
+    #[test]
+    fn failed_finish_deletes_the_upload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        let mut up = store.begin_upload(&ALICE, "f", 16).unwrap();
+        store.write_upload(&mut up, b"abc").unwrap();
+        let wrong = UploadSummary {
+            plain_len: 4,
+            cksum: 0,
+        };
+        assert!(store.finish_upload(up, &wrong).is_err());
+        assert_eq!(store.pending_count(), 0);
+        assert!(listing(&store, &ALICE).is_empty());
+        assert!(row(&store, &ALICE, "f").is_none());
+    }
+
+    #[test]
+    fn failed_accept_keeps_upload_pending_and_old_file_intact() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        upload(&mut store, &ALICE, "doc", b"old");
+        accept(&mut store, &ALICE, "doc");
+        let uid = upload(&mut store, &ALICE, "doc", b"new");
+        // Make the fsync/rename fail: the temporary file vanished.
+        let temp = store.pending[&uid].part.path().to_path_buf();
+        fs::rename(&temp, tmp.path().join("aside")).unwrap();
+        assert!(accept_err(&mut store, "doc").contains("accept"));
+        assert!(store.is_pending(uid));
+        let path = files::final_path(tmp.path(), &ALICE, "doc");
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert!(row(&store, &ALICE, "doc").unwrap().verified);
+        // Once the file is back, a retried 1029 succeeds.
+        fs::rename(tmp.path().join("aside"), &temp).unwrap();
+        assert_eq!(accept(&mut store, &ALICE, "doc"), VerdictOutcome::Applied);
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+    }
+
+    fn accept_err(store: &mut DiskStore, name: &str) -> String {
+        store
+            .apply_verdict(&ALICE, name, None, Verdict::Accept)
+            .unwrap_err()
+            .message
+    }
+
+    #[test]
+    fn dropping_the_store_deletes_pending_uploads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        upload(&mut store, &ALICE, "f", b"never confirmed");
+        let folder = client_folder(&store, &ALICE);
+        drop(store);
+        assert_eq!(fs::read_dir(folder).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn begin_upload_refuses_names_that_leave_the_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        for name in ["", ".", "..", "../x", "a/b", "a\\b", "a\nb"] {
+            assert!(store.begin_upload(&ALICE, name, 16).is_err(), "{name:?}");
+        }
+        assert!(!client_folder(&store, &ALICE).exists());
+    }
+
+    #[test]
+    fn client_folder_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        upload(&mut store, &ALICE, "f", b"x");
+        let mode = fs::metadata(client_folder(&store, &ALICE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}
