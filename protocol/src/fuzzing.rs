@@ -218,7 +218,7 @@ fn seeded_store() -> MemoryStore {
         ClientRecord {
             id,
             name: "alice".into(),
-            public_key: None,
+            public_key: Some(Box::new(*FUZZ_PUBLIC_KEY)),
             last_key: Some(AesKey::from_bytes(FUZZ_AES_KEY)),
         },
     );
@@ -229,6 +229,9 @@ fn seeded_store() -> MemoryStore {
 pub const FUZZ_CLIENT_ID: [u8; 16] = [
     0xe5, 0x14, 0x4c, 0x73, 0x41, 0x23, 0x49, 0x0e, 0x92, 0xfe, 0x9c, 0x54, 0x05, 0x2b, 0x3a, 0x46,
 ];
+/// Its public key: the SPKI of fixtures/vectors.
+pub const FUZZ_PUBLIC_KEY: &[u8; PUBLIC_KEY_LEN] =
+    include_bytes!("../../fixtures/vectors/rsa1024_public_spki.der");
 /// Its last AES key: the one of fixtures/vectors.
 pub const FUZZ_AES_KEY: [u8; 16] = [
     0xc9, 0x3d, 0x7e, 0xc7, 0xef, 0x13, 0xe9, 0x2f, 0x28, 0x55, 0x47, 0xfc, 0x8d, 0x56, 0x62, 0x51,
