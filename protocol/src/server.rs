@@ -808,6 +808,9 @@ impl<U> ServerSession<U> {
         let Some(inc) = self.incoming.take() else {
             return;
         };
+        // The scratch buffer is only needed while content streams; an idle
+        // connection keeps no large buffer.
+        self.scratch = Vec::new();
         let header = RequestHeader {
             client_id: inc.client_id,
             version: PROTOCOL_VERSION,
@@ -845,7 +848,6 @@ impl<U> ServerSession<U> {
         mut sink: Sink<U>,
         store: &mut S,
     ) -> Result<(UploadId, UploadSummary), String> {
-        self.scratch.clear();
         if sink.decryptor.finish(&mut self.scratch).is_err() {
             store.abort_upload(sink.upload);
             return Err("bad PKCS#7 padding after decryption (wrong key?)".into());

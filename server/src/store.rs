@@ -295,7 +295,7 @@ impl DiskStore {
         }
         self.db
             .mark_verified(&p.client, &p.file_name, path_text(&p.final_path)?)?;
-        log::info!(
+        log::debug!(
             "stored {who}: {} bytes, cksum {}, verified",
             p.summary.plain_len,
             p.summary.cksum
@@ -317,7 +317,7 @@ impl DiskStore {
             return;
         }
         match p.part.discard() {
-            Ok(()) => log::info!("upload {uid} ({who}) discarded: {why}"),
+            Ok(()) => log::debug!("upload {uid} ({who}) discarded: {why}"),
             Err(e) => {
                 log::warn!("upload {uid} ({who}) {why}; cannot delete its temporary file: {e}")
             }
@@ -366,12 +366,12 @@ impl Store for DiskStore {
     ) -> Result<(), StoreError> {
         self.db.register_client(id, name, replace)?;
         match replace {
-            Some(old) => log::info!(
+            Some(old) => log::debug!(
                 "registered {name:?} as {} (replacing unkeyed {})",
                 id.to_hex(),
                 old.to_hex()
             ),
-            None => log::info!("registered {name:?} as {}", id.to_hex()),
+            None => log::debug!("registered {name:?} as {}", id.to_hex()),
         }
         Ok(())
     }
