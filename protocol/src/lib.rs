@@ -1,5 +1,6 @@
 //! sealdrop-protocol: the sans-IO core of sealdrop.
 pub mod cksum;
+pub mod client;
 pub mod consts;
 pub mod crypto;
 pub mod decode;
@@ -12,6 +13,10 @@ pub mod server;
 pub mod store;
 pub mod wire;
 
+pub use client::{
+    Action as ClientAction, ClientConfig, ClientSession, Event as ClientEvent, FileSender,
+    FileUpload, Identity, Outcome as ClientOutcome,
+};
 pub use decode::{RequestDecoder, RequestEvent, ResponseDecoder};
 pub use error::DecodeError;
 pub use message::{Request, RequestHeader, RequestKind, Response, ResponseKind, Revision};

@@ -1,0 +1,138 @@
+//! Command-line flags. Flags override `transfer.info` (PROTOCOL.md §7), so
+//! scripts need no file on disk.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+use crate::report::{self, FailKind};
+
+/// Default `--connect-timeout`: generous for a loaded server on a LAN,
+/// short enough that a wrong address fails a script quickly.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 10.0;
+
+/// Default `--timeout`: the longest wait for one read or write. A server
+/// answers 2103 only after decrypting the last block and 2104 after an
+/// fsync of the stored file, which can take seconds for a large file on a
+/// slow disk.
+pub const DEFAULT_TIMEOUT_SECS: f64 = 30.0;
+
+/// Exit codes, shown after `--help` and documented in README.md.
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  the file was sent and verified (2104 after 1029)
+  2  usage or configuration error: bad flags, missing or malformed transfer.info,
+     malformed me.info, unusable --rsa-key, file name or size the protocol cannot carry
+  3  network failure: could not connect, or the connection was lost or timed out
+     on the first try and on all 3 retries of one request
+  4  the server refused us: registration failed (2101), also after a denied reconnect (2106)
+  5  the cksum was still wrong after four sends (1031 sent)
+  6  the server answered 2107 (general error) on the first try and on all 3 retries
+  7  local I/O error: the file cannot be read or changed size while being sent,
+     me.info / priv.key cannot be written
+  8  protocol violation: the server sent a response the protocol does not allow there
+
+Examples:
+  sealdrop-client                      # everything from ./transfer.info
+  sealdrop-client --server 127.0.0.1:1357 --name alice --file ./report.pdf --state-dir ~/.sealdrop
+  sealdrop-client --json --quiet --timeout 60 --file big.iso";
+
+/// Send one file to a sealdrop server, encrypted, and verify its checksum.
+///
+/// Without flags, reads `transfer.info` from the working directory: line 1
+/// HOST:PORT, line 2 the client name, line 3 the path of the file. A first
+/// run registers and saves `me.info` and `priv.key` (in --state-dir); later
+/// runs reconnect with them.
+#[derive(Debug, Parser)]
+#[command(name = "sealdrop-client", version, after_help = AFTER_HELP, args_override_self = true)]
+pub struct Args {
+    /// Server address, overriding line 1 of transfer.info [example: --server 127.0.0.1:1357]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: Option<String>,
+
+    /// Client name to register with, 1-100 printable ASCII characters, overriding line 2
+    /// of transfer.info [example: --name alice]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// File to send, overriding line 3 of transfer.info; its base name is what the server
+    /// stores [example: --file ./reports/q3.pdf]
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+
+    /// Folder holding me.info and priv.key (created if missing) [example: --state-dir ~/.sealdrop]
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub state_dir: PathBuf,
+
+    /// Seconds to wait for the TCP connection to open [example: --connect-timeout 3]
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_CONNECT_TIMEOUT_SECS,
+          value_parser = parse_seconds)]
+    pub connect_timeout: f64,
+
+    /// Seconds to wait for any one read or write (a response, or progress while sending);
+    /// each of the 3 retries waits again [example: --timeout 120]
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT_SECS,
+          value_parser = parse_seconds)]
+    pub timeout: f64,
+
+    /// Print nothing but errors: no progress bar, no retry notes, no success line
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    /// Print one JSON object on stdout at the end, also on failure:
+    /// {"file","bytes","cksum","attempts","seconds","client_id","outcome"}
+    #[arg(long)]
+    pub json: bool,
+
+    /// Use this RSA private key (DER PKCS#8 or PKCS#1, or their base64) instead of
+    /// generating one; for byte-exact tests
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub rsa_key: Option<PathBuf>,
+}
+
+impl Args {
+    /// `--connect-timeout` as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.connect_timeout)
+    }
+
+    /// `--timeout` as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout)
+    }
+}
+
+/// Longest timeout accepted: a day. A longer one is almost surely a typo,
+/// and `Duration::from_secs_f64` must not overflow.
+const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= MAX_TIMEOUT_SECS) {
+        return Err(format!(
+            "must be more than 0 and at most {MAX_TIMEOUT_SECS} seconds"
+        ));
+    }
+    Ok(secs)
+}
+
+/// Reports a flag error (exit 2) in one line, or prints --help / --version
+/// (exit 0).
+pub fn usage_error(e: clap::Error, started: Instant) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        // Printing help cannot usefully fail.
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("bad arguments");
+    let first = first.trim_start_matches("error: ");
+    let message = format!("{first}; see sealdrop-client --help");
+    let json = std::env::args().any(|a| a == "--json");
+    report::early_failure(FailKind::Usage, &message, json, started)
+}

@@ -1,0 +1,48 @@
+//! `sealdrop-client`: sends one file to a sealdrop server (PROTOCOL.md
+//! revision 2023c), a drop-in for the original C++ client.
+//!
+//! The protocol decisions live in `sealdrop_protocol::ClientSession`; this
+//! binary is its blocking driver: it reads the configuration and the state
+//! files (§7), owns the socket and the file, and reports the result. See
+//! `README.md` for the flags and exit codes.
+
+mod cli;
+mod config;
+mod driver;
+mod entropy;
+mod identity;
+mod net;
+mod progress;
+mod report;
+mod upload;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+
+use crate::cli::Args;
+use crate::report::{Failure, Report};
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    // Silent unless RUST_LOG asks: the user-facing output is the report.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => return cli::usage_error(e, started),
+    };
+    let report = Report::new(&args, started);
+    match run(&args, &report) {
+        Ok(done) => report.success(&done),
+        Err(failure) => report.failure(&failure),
+    }
+}
+
+/// Loads everything, runs the session, and returns what happened.
+fn run(args: &Args, report: &Report) -> Result<report::Done, Failure> {
+    let settings = config::Settings::resolve(args)?;
+    report.set_file(&settings.file);
+    let mut job = driver::Job::prepare(&settings, report, args.quiet)?;
+    job.run()
+}

@@ -1,0 +1,209 @@
+//! The TCP connection to the server: connect with a timeout, write
+//! requests, read one response at a time within a deadline.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use sealdrop_protocol::{DecodeError, Response, ResponseDecoder, Revision};
+
+/// Bytes read from the socket at a time. Responses are at most 286 bytes
+/// (2103), so this holds several; what one read brings beyond a response
+/// is kept for the next.
+const READ_BUF_LEN: usize = 4096;
+
+/// Where to connect, and how long to wait.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Limit for opening the connection (per resolved address).
+    pub connect_timeout: Duration,
+    /// Limit for one response, and for each write to make progress.
+    pub timeout: Duration,
+}
+
+impl Endpoint {
+    /// Resolves the host and connects to the first address that answers.
+    pub fn connect(&self) -> io::Result<Link> {
+        let mut last = None;
+        for addr in (self.host.as_str(), self.port).to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, self.connect_timeout) {
+                Ok(stream) => return Link::new(stream, self.timeout),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address found")))
+    }
+}
+
+/// Why no response could be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The connection failed, closed, or timed out.
+    Io(io::Error),
+    /// The bytes are not a valid response (framing lost).
+    Decode(DecodeError),
+}
+
+/// One open connection.
+pub struct Link {
+    stream: TcpStream,
+    decoder: ResponseDecoder,
+    buf: Box<[u8; READ_BUF_LEN]>,
+    start: usize,
+    end: usize,
+    timeout: Duration,
+}
+
+impl Link {
+    fn new(stream: TcpStream, timeout: Duration) -> io::Result<Link> {
+        // Requests are small and followed by a wait for the answer: send
+        // each at once rather than let Nagle hold it back.
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(Link {
+            stream,
+            decoder: ResponseDecoder::new(Revision::R2023c),
+            buf: Box::new([0; READ_BUF_LEN]),
+            start: 0,
+            end: 0,
+            timeout,
+        })
+    }
+
+    /// Writes all of `bytes`. Each write must make progress within the
+    /// timeout.
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads the next response, waiting at most the timeout in total.
+    pub fn read_response(&mut self) -> Result<Response, ReadError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let mut input = &self.buf[self.start..self.end];
+            let decoded = self.decoder.decode(&mut input);
+            self.start = self.end - input.len();
+            if let Some(response) = decoded.map_err(ReadError::Decode)? {
+                return Ok(response);
+            }
+            self.fill(deadline).map_err(ReadError::Io)?;
+        }
+    }
+
+    /// Reads more bytes into the (fully consumed) buffer.
+    fn fill(&mut self, deadline: Instant) -> io::Result<()> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            match self.stream.read(&mut self.buf[..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    (self.start, self.end) = (0, n);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Closes the connection (both directions; errors are moot by then).
+    pub fn close(self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// A short lower-case description of a network or file error for the
+/// one-line failure messages, without "(os error N)" noise.
+pub fn describe(e: &io::Error) -> String {
+    use io::ErrorKind::*;
+    let text = match e.kind() {
+        ConnectionRefused => "connection refused",
+        ConnectionReset => "connection reset by the server",
+        ConnectionAborted => "connection aborted",
+        BrokenPipe | UnexpectedEof => "connection closed by the server",
+        TimedOut | WouldBlock => "timed out",
+        NotFound => "not found",
+        PermissionDenied => "permission denied",
+        AddrNotAvailable => "address not available",
+        HostUnreachable => "host unreachable",
+        NetworkUnreachable => "network unreachable",
+        IsADirectory => "is a directory",
+        _ => return strip_os_error(&e.to_string()),
+    };
+    text.to_string()
+}
+
+/// "No such device (os error 19)" -> "no such device".
+fn strip_os_error(text: &str) -> String {
+    let text = match text.find(" (os error") {
+        Some(i) => &text[..i],
+        None => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// True for errors that mean "no answer in time".
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_are_short() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(describe(&refused), "connection refused");
+        let other = io::Error::from_raw_os_error(19);
+        assert!(
+            !describe(&other).contains("os error"),
+            "{}",
+            describe(&other)
+        );
+    }
+
+    #[test]
+    fn reads_responses_split_and_joined() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let ack = [3u8, 0x38, 0x08, 16, 0, 0, 0];
+            s.write_all(&ack[..3]).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            let mut rest = ack[3..].to_vec();
+            rest.extend_from_slice(&[1; 16]);
+            rest.extend_from_slice(&[3, 0x3b, 0x08, 0, 0, 0, 0]);
+            s.write_all(&rest).unwrap();
+        });
+        let ep = Endpoint {
+            host: "127.0.0.1".into(),
+            port,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+        };
+        let mut link = ep.connect().unwrap();
+        assert!(matches!(link.read_response(), Ok(Response::Ack { .. })));
+        assert!(matches!(link.read_response(), Ok(Response::GeneralError)));
+        assert!(
+            matches!(link.read_response(), Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof)
+        );
+        server.join().unwrap();
+    }
+}

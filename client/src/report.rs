@@ -1,0 +1,291 @@
+//! What the user and scripts see at the end: the success line, the one-line
+//! failure message, the `--json` object, and the exit code.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use sealdrop_protocol::ClientId;
+
+use crate::cli::Args;
+
+/// Prefix of every message on stderr.
+const PROGRAM: &str = "sealdrop-client";
+
+/// The kinds of failure, each with its exit code (README.md, `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    /// 2: bad flags or configuration.
+    Usage,
+    /// 3: could not connect, or lost the connection on every try.
+    Network,
+    /// 4: the server refused the registration (2101).
+    Refused,
+    /// 5: the cksum was wrong after four sends.
+    Crc,
+    /// 6: 2107 on every try.
+    ServerError,
+    /// 7: the file or the state files could not be read or written.
+    LocalIo,
+    /// 8: the server broke the protocol.
+    Protocol,
+}
+
+impl FailKind {
+    /// The process exit code.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            FailKind::Usage => 2,
+            FailKind::Network => 3,
+            FailKind::Refused => 4,
+            FailKind::Crc => 5,
+            FailKind::ServerError => 6,
+            FailKind::LocalIo => 7,
+            FailKind::Protocol => 8,
+        }
+    }
+
+    /// The `outcome` of the `--json` object.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            FailKind::Usage => "usage_error",
+            FailKind::Network => "network_error",
+            FailKind::Refused => "registration_failed",
+            FailKind::Crc => "crc_failed",
+            FailKind::ServerError => "server_error",
+            FailKind::LocalIo => "local_io_error",
+            FailKind::Protocol => "protocol_error",
+        }
+    }
+}
+
+/// A failed run: its kind and one line saying what failed and what to check.
+#[derive(Debug)]
+pub struct Failure {
+    /// Decides the exit code.
+    pub kind: FailKind,
+    /// The message, without the program prefix.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure of `kind`.
+    pub fn new(kind: FailKind, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A usage or configuration error (exit 2).
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure::new(FailKind::Usage, message)
+    }
+
+    /// A local I/O error (exit 7).
+    pub fn local(message: impl Into<String>) -> Failure {
+        Failure::new(FailKind::LocalIo, message)
+    }
+}
+
+/// A successful run.
+#[derive(Debug)]
+pub struct Done {
+    /// The base name sent.
+    pub file_name: String,
+    /// Plaintext bytes.
+    pub bytes: u64,
+    /// The verified cksum.
+    pub cksum: u32,
+    /// Sends it took.
+    pub attempts: u32,
+}
+
+/// What is known so far, for the final report also on failure.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// The file path as given.
+    pub file: Option<String>,
+    /// Its plaintext length.
+    pub bytes: Option<u64>,
+    /// Our cksum of the last complete send.
+    pub cksum: Option<u32>,
+    /// Sends started.
+    pub attempts: u32,
+    /// Our client id, once known.
+    pub client_id: Option<ClientId>,
+}
+
+/// Writes the run's messages to stdout and stderr.
+pub struct Report {
+    quiet: bool,
+    json: bool,
+    started: Instant,
+    summary: RefCell<Summary>,
+}
+
+impl Report {
+    /// A reporter configured by the flags.
+    pub fn new(args: &Args, started: Instant) -> Report {
+        Report {
+            quiet: args.quiet,
+            json: args.json,
+            started,
+            summary: RefCell::new(Summary::default()),
+        }
+    }
+
+    /// Records the file path for the JSON object.
+    pub fn set_file(&self, path: &std::path::Path) {
+        self.summary.borrow_mut().file = Some(path.to_string_lossy().into_owned());
+    }
+
+    /// Updates what is known.
+    pub fn update(&self, f: impl FnOnce(&mut Summary)) {
+        f(&mut self.summary.borrow_mut());
+    }
+
+    /// A note on stderr (a retry, a mismatch), unless `--quiet`.
+    pub fn note(&self, message: &str) {
+        if !self.quiet {
+            eprintln!("{PROGRAM}: {}", printable(message));
+        }
+    }
+
+    /// Prints the success line (or the JSON object); exit code 0.
+    pub fn success(&self, done: &Done) -> ExitCode {
+        let secs = self.started.elapsed().as_secs_f64();
+        if self.json {
+            println!("{}", json_object(&self.summary.borrow(), secs, "verified"));
+        } else if !self.quiet {
+            println!(
+                "sent {}: {} bytes, cksum {}, verified ({secs:.2} s, attempt {})",
+                printable(&done.file_name),
+                done.bytes,
+                done.cksum,
+                done.attempts
+            );
+        }
+        ExitCode::SUCCESS
+    }
+
+    /// Prints the failure line (and the JSON object); its exit code.
+    pub fn failure(&self, failure: &Failure) -> ExitCode {
+        let secs = self.started.elapsed().as_secs_f64();
+        eprintln!("{PROGRAM}: {}", printable(&failure.message));
+        if self.json {
+            let outcome = failure.kind.outcome();
+            println!("{}", json_object(&self.summary.borrow(), secs, outcome));
+        }
+        ExitCode::from(failure.kind.exit_code())
+    }
+}
+
+/// Reports a failure before the flags could be parsed.
+pub fn early_failure(kind: FailKind, message: &str, json: bool, started: Instant) -> ExitCode {
+    eprintln!("{PROGRAM}: {}", printable(message));
+    if json {
+        let secs = started.elapsed().as_secs_f64();
+        println!("{}", json_object(&Summary::default(), secs, kind.outcome()));
+    }
+    ExitCode::from(kind.exit_code())
+}
+
+/// The `--json` object: exactly the keys file, bytes, cksum, attempts,
+/// seconds, client_id, outcome; unknown values are `null`.
+pub fn json_object(s: &Summary, seconds: f64, outcome: &str) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "null".into());
+    format!(
+        "{{\"file\":{},\"bytes\":{},\"cksum\":{},\"attempts\":{},\"seconds\":{seconds:.3},\
+         \"client_id\":{},\"outcome\":{}}}",
+        opt(s.file.as_deref().map(json_string)),
+        opt(s.bytes.map(|b| b.to_string())),
+        opt(s.cksum.map(|c| c.to_string())),
+        s.attempts,
+        opt(s.client_id.map(|id| json_string(&id.to_hex()))),
+        json_string(outcome),
+    )
+}
+
+/// A JSON string literal.
+pub fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `text` with control characters escaped, so nothing a user or a file
+/// name holds can move the terminal's cursor or change its colours.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `text` in quotes, control characters escaped: for values in messages.
+pub fn quoted(text: &str) -> String {
+    format!("'{}'", printable(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_exactly_the_keys() {
+        let s = Summary {
+            file: Some("a\"b\n.txt".into()),
+            bytes: Some(5),
+            cksum: None,
+            attempts: 2,
+            client_id: Some(ClientId([0xab; 16])),
+        };
+        let text = json_object(&s, 1.5, "crc_failed");
+        assert_eq!(
+            text,
+            "{\"file\":\"a\\\"b\\u000a.txt\",\"bytes\":5,\"cksum\":null,\"attempts\":2,\
+             \"seconds\":1.500,\"client_id\":\"abababababababababababababababab\",\
+             \"outcome\":\"crc_failed\"}"
+        );
+    }
+
+    #[test]
+    fn printable_escapes_control_characters() {
+        assert_eq!(printable("ok \u{1b}[31mred\n"), "ok \\u{1b}[31mred\\n");
+        assert_eq!(printable("café"), "café");
+    }
+
+    #[test]
+    fn exit_codes_are_distinct() {
+        let kinds = [
+            FailKind::Usage,
+            FailKind::Network,
+            FailKind::Refused,
+            FailKind::Crc,
+            FailKind::ServerError,
+            FailKind::LocalIo,
+            FailKind::Protocol,
+        ];
+        let mut codes: Vec<u8> = kinds.iter().map(|k| k.exit_code()).collect();
+        codes.dedup();
+        assert_eq!(codes, [2, 3, 4, 5, 6, 7, 8]);
+    }
+}

@@ -1,0 +1,621 @@
+//! The real binary against a scripted fake server answering with the
+//! golden vector frames (fixtures/vectors).
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const KEY: &str = "rsa1024_private_pkcs8.der";
+const VECTOR_ID: &str = "e5144c734123490e92fe9c54052b3a46";
+
+/// Flags of a run against `server` sending plain_1000.bin as alice.
+fn flags(server: &str) -> Vec<String> {
+    let key = vector_path(KEY).to_string_lossy().into_owned();
+    [
+        "--server",
+        server,
+        "--name",
+        "alice",
+        "--file",
+        "plain_1000.bin",
+        "--rsa-key",
+        &key,
+        "--timeout",
+        "5",
+        "--connect-timeout",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run_with(dir: &std::path::Path, server: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = flags(server);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(dir, &args)
+}
+
+fn frames_of(server: &FakeServer) -> Vec<Vec<u8>> {
+    server.frames().into_iter().map(|f| f.bytes).collect()
+}
+
+fn assert_exit(o: &std::process::Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+#[test]
+fn new_client_sends_exactly_the_vector_frames() {
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 0);
+    let expected: Vec<Vec<u8>> = [
+        "request_1025.bin",
+        "request_1026.bin",
+        "request_1028.bin",
+        "request_1029.bin",
+    ]
+    .iter()
+    .map(|n| vector(n))
+    .collect();
+    assert_eq!(frames_of(&server), expected);
+    let line = stdout(&o);
+    assert!(
+        line.starts_with("sent plain_1000.bin: 1000 bytes, cksum 493196554, verified (")
+            && line.trim_end().ends_with(" s, attempt 1)"),
+        "{line:?}"
+    );
+}
+
+#[test]
+fn new_client_writes_me_info_and_priv_key_like_the_originals() {
+    let dir = workdir();
+    let state = dir.path().join("state");
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &["--state-dir", "state"]);
+    assert_exit(&o, 0);
+    let b64 = base64(&vector(KEY));
+    let me = fs::read_to_string(state.join("me.info")).unwrap();
+    assert_eq!(me, format!("alice\n{VECTOR_ID}\n{b64}\n"));
+    assert_eq!(
+        fs::read_to_string(state.join("priv.key")).unwrap(),
+        format!("{b64}\n")
+    );
+    #[cfg(unix)]
+    for f in ["me.info", "priv.key"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(state.join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+}
+
+#[test]
+fn me_info_is_not_written_before_key_exchange() {
+    let dir = workdir();
+    let server = FakeServer::start(|f, _| match f.code {
+        1026 => Reply::Send(vector("response_2107.bin")),
+        c => vector_reply(c),
+    });
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 6);
+    assert!(!dir.path().join("me.info").exists());
+    assert!(!dir.path().join("priv.key").exists());
+}
+
+#[test]
+fn returning_client_sends_1027_then_1028() {
+    let dir = workdir();
+    write_vector_me_info(dir.path());
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 0);
+    let expected: Vec<Vec<u8>> = ["request_1027.bin", "request_1028.bin", "request_1029.bin"]
+        .iter()
+        .map(|n| vector(n))
+        .collect();
+    assert_eq!(frames_of(&server), expected);
+}
+
+#[test]
+fn reads_wrapped_pkcs1_me_info_with_uppercase_hex() {
+    let dir = workdir();
+    let b64 = base64(&vector("rsa1024_private_pkcs1.der"));
+    let wrapped: Vec<String> = b64
+        .as_bytes()
+        .chunks(72)
+        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+        .collect();
+    let text = format!(
+        "alice\r\n{}\r\n{}\r\n",
+        VECTOR_ID.to_uppercase(),
+        wrapped.join("\r\n")
+    );
+    fs::write(dir.path().join("me.info"), text).unwrap();
+    let server = FakeServer::vectors();
+    // No --rsa-key: the key must come from me.info.
+    let o = run(
+        dir.path(),
+        &[
+            "--server",
+            &server.addr(),
+            "--name",
+            "alice",
+            "--file",
+            "plain_1000.bin",
+            "--timeout",
+            "5",
+        ],
+    );
+    assert_exit(&o, 0);
+    assert_eq!(server.frames()[0].bytes, vector("request_1027.bin"));
+    assert_eq!(server.frames()[1].bytes, vector("request_1028.bin"));
+}
+
+#[test]
+fn reconnect_denied_registers_anew_and_rewrites_me_info() {
+    let dir = workdir();
+    fs::write(
+        dir.path().join("me.info"),
+        format!("alice\n{VECTOR_ID}\n{}\n", base64(&vector(KEY))),
+    )
+    .unwrap();
+    let server = FakeServer::start(|f, _| match f.code {
+        1027 => Reply::Send(vector("response_2106.bin")),
+        c => vector_reply(c),
+    });
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 0);
+    assert_eq!(server.codes(), [1027, 1025, 1026, 1028, 1029]);
+    assert_eq!(server.frames()[1].bytes, vector("request_1025.bin"));
+    assert!(stderr(&o).contains("reconnect denied (2106): registering as a new client"));
+}
+
+#[test]
+fn transfer_info_with_crlf_is_read_from_the_working_directory() {
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    fs::write(
+        dir.path().join("transfer.info"),
+        format!("{}\r\nalice\r\nplain_1000.bin\r\n", server.addr()),
+    )
+    .unwrap();
+    let key = vector_path(KEY).to_string_lossy().into_owned();
+    let o = run(dir.path(), &["--rsa-key", &key, "--timeout", "5"]);
+    assert_exit(&o, 0);
+    assert_eq!(server.frames()[0].bytes, vector("request_1025.bin"));
+}
+
+#[test]
+fn flags_override_transfer_info() {
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    fs::write(
+        dir.path().join("transfer.info"),
+        "127.0.0.1:1\nbob\nmissing.bin\n",
+    )
+    .unwrap();
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 0);
+}
+
+#[test]
+fn file_is_sent_under_its_base_name() {
+    let dir = workdir();
+    fs::create_dir(dir.path().join("sub")).unwrap();
+    fs::rename(
+        dir.path().join("plain_1000.bin"),
+        dir.path().join("sub/plain_1000.bin"),
+    )
+    .unwrap();
+    let server = FakeServer::vectors();
+    let mut args = flags(&server.addr());
+    args[5] = "sub/plain_1000.bin".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(dir.path(), &args);
+    assert_exit(&o, 0);
+    assert_eq!(server.frames()[2].bytes, vector("request_1028.bin"));
+}
+
+#[test]
+fn refused_connection_exits_3_with_one_clear_line() {
+    let dir = workdir();
+    let addr = format!("127.0.0.1:{}", closed_port());
+    let o = run_with(dir.path(), &addr, &["--quiet"]);
+    assert_exit(&o, 3);
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("could not connect to {addr}: connection refused"))
+            && err.contains("is the server running"),
+        "{err}"
+    );
+}
+
+#[test]
+fn registration_failed_exits_4() {
+    let dir = workdir();
+    let server = FakeServer::start(|f, _| match f.code {
+        1025 => Reply::Send(vector("response_2101.bin")),
+        c => vector_reply(c),
+    });
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 4);
+    assert!(
+        stderr(&o).contains("refused to register 'alice' (2101)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn four_wrong_cksums_exit_5_after_four_sends_and_one_1031() {
+    let dir = workdir();
+    let server = FakeServer::start(|f, _| match f.code {
+        1028 => Reply::Send(wrong_crc_2103()),
+        c => vector_reply(c),
+    });
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 5);
+    let codes = server.codes();
+    assert_eq!(codes.iter().filter(|&&c| c == 1028).count(), 4);
+    assert_eq!(codes.iter().filter(|&&c| c == 1030).count(), 3);
+    assert_eq!(codes.iter().filter(|&&c| c == 1031).count(), 1);
+    assert_eq!(codes.last(), Some(&1031));
+    let frames = server.frames();
+    assert_eq!(frames[3].bytes, vector("request_1030.bin"));
+    assert_eq!(frames.last().unwrap().bytes, vector("request_1031.bin"));
+}
+
+#[test]
+fn one_wrong_cksum_then_success_after_a_resend() {
+    let dir = workdir();
+    let mut bad = 1;
+    let server = FakeServer::start(move |f, _| match f.code {
+        1028 if bad > 0 => {
+            bad -= 1;
+            Reply::Send(wrong_crc_2103())
+        }
+        c => vector_reply(c),
+    });
+    let o = run_with(dir.path(), &server.addr(), &["--json"]);
+    assert_exit(&o, 0);
+    assert_eq!(server.codes(), [1025, 1026, 1028, 1030, 1028, 1029]);
+    assert_eq!(json(&o)["attempts"], 2);
+}
+
+#[test]
+fn stray_2104_after_1030_is_skipped() {
+    let dir = workdir();
+    let mut bad = 1;
+    let server = FakeServer::start(move |f, _| match f.code {
+        1028 if bad > 0 => {
+            bad -= 1;
+            Reply::Send(wrong_crc_2103())
+        }
+        1030 => Reply::Send(vector("response_2104.bin")),
+        c => vector_reply(c),
+    });
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 0);
+}
+
+#[test]
+fn server_error_three_times_then_success() {
+    let dir = workdir();
+    let server = FakeServer::start(|f, i| match i {
+        0..=2 => Reply::Send(vector("response_2107.bin")),
+        _ => vector_reply(f.code),
+    });
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 0);
+    assert_eq!(server.codes(), [1025, 1025, 1025, 1025, 1026, 1028, 1029]);
+    assert_eq!(
+        stderr(&o).matches("server responded with an error").count(),
+        3,
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn server_error_four_times_exits_6() {
+    let dir = workdir();
+    let server = FakeServer::start(|_, _| Reply::Send(vector("response_2107.bin")));
+    let o = run_with(dir.path(), &server.addr(), &["--json"]);
+    assert_exit(&o, 6);
+    assert_eq!(server.codes(), [1025; 4]);
+    let v = json(&o);
+    assert_eq!(v["outcome"], "server_error");
+    assert_eq!(v["client_id"], serde_json::Value::Null);
+}
+
+#[test]
+fn server_closing_after_every_response_still_succeeds() {
+    let dir = workdir();
+    let server = FakeServer::start(|f, _| match vector_reply(f.code) {
+        Reply::Send(b) => Reply::SendAndClose(b),
+        other => other,
+    });
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 0);
+    let conns: Vec<usize> = server.frames().iter().map(|f| f.conn).collect();
+    assert_eq!(conns, [0, 1, 2, 3]);
+}
+
+#[test]
+fn silent_server_times_out_with_exit_3() {
+    let dir = workdir();
+    let server = FakeServer::start(|_, _| Reply::Hang);
+    let started = Instant::now();
+    let o = run_with(dir.path(), &server.addr(), &["--timeout", "0.3", "--quiet"]);
+    assert_exit(&o, 3);
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(stderr(&o).contains("no answer from"), "{}", stderr(&o));
+}
+
+#[test]
+fn undecodable_response_exits_8() {
+    let dir = workdir();
+    let server = FakeServer::start(|_, _| Reply::Send(vec![3, 0x99, 0x99, 0, 0, 0, 0]));
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 8);
+    assert!(stderr(&o).contains("broke the protocol"), "{}", stderr(&o));
+}
+
+#[test]
+fn unreadable_file_exits_7_before_connecting() {
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    let mut args = flags(&server.addr());
+    args[5] = "no-such-file.bin".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(dir.path(), &args);
+    assert_exit(&o, 7);
+    assert!(
+        stderr(&o).contains("cannot read 'no-such-file.bin': not found"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(server.frames().is_empty());
+}
+
+#[test]
+fn unwritable_state_dir_exits_7() {
+    let dir = workdir();
+    // A non-empty folder where priv.key goes: the rename over it fails
+    // (file permissions would not stop a test running as root).
+    fs::create_dir_all(dir.path().join("state/priv.key/x")).unwrap();
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &["--state-dir", "state"]);
+    assert_exit(&o, 7);
+    assert!(
+        stderr(&o).contains("could not save priv.key and me.info"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn too_large_file_is_refused_before_anything_is_sent() {
+    let dir = workdir();
+    let big = fs::File::create(dir.path().join("huge.bin")).unwrap();
+    big.set_len(4_294_967_024).unwrap(); // sparse: MAX_PLAINTEXT_SIZE + 1
+    let server = FakeServer::vectors();
+    let mut args = flags(&server.addr());
+    args[5] = "huge.bin".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(dir.path(), &args);
+    assert_exit(&o, 2);
+    assert!(
+        stderr(&o).contains("at most 4294967023 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(server.frames().is_empty());
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    let dir = workdir();
+    for args in [
+        vec!["--bogus"],
+        vec!["--timeout", "0"],
+        vec!["--timeout", "abc"],
+        vec![
+            "--server",
+            "no-port",
+            "--name",
+            "alice",
+            "--file",
+            "plain_1000.bin",
+        ],
+        vec![
+            "--server",
+            "127.0.0.1:1357",
+            "--name",
+            "",
+            "--file",
+            "plain_1000.bin",
+        ],
+        vec![
+            "--server",
+            "127.0.0.1:1357",
+            "--name",
+            &"n".repeat(101),
+            "--file",
+            "plain_1000.bin",
+        ],
+        vec![
+            "--server",
+            "127.0.0.1:1357",
+            "--name",
+            "alice",
+            "--file",
+            "/",
+        ],
+        vec!["--name", "alice"], // no transfer.info for the rest
+    ] {
+        let o = run(dir.path(), &args);
+        assert_exit(&o, 2);
+        assert_eq!(stderr(&o).lines().count(), 1, "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn unusable_rsa_key_exits_2() {
+    let dir = workdir();
+    fs::write(dir.path().join("bad.der"), b"not a key").unwrap();
+    let server = FakeServer::vectors();
+    let o = run(
+        dir.path(),
+        &[
+            "--server",
+            &server.addr(),
+            "--name",
+            "alice",
+            "--file",
+            "plain_1000.bin",
+            "--rsa-key",
+            "bad.der",
+        ],
+    );
+    assert_exit(&o, 2);
+    assert!(server.frames().is_empty());
+}
+
+#[test]
+fn malformed_me_info_exits_2() {
+    let dir = workdir();
+    fs::write(dir.path().join("me.info"), "alice\nnot-hex\nAAAA\n").unwrap();
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 2);
+    assert!(
+        stderr(&o).contains("me.info' is malformed"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn help_documents_flags_and_exit_codes() {
+    let dir = workdir();
+    let o = run(dir.path(), &["--help"]);
+    assert_exit(&o, 0);
+    let help = stdout(&o);
+    for needle in [
+        "--server",
+        "--name",
+        "--file",
+        "--state-dir",
+        "--connect-timeout",
+        "--timeout",
+        "--quiet",
+        "--json",
+        "Exit codes:",
+        "example",
+    ] {
+        assert!(help.contains(needle), "{needle}");
+    }
+    for code in 2..=8 {
+        assert!(help.contains(&format!("\n  {code}  ")), "exit code {code}");
+    }
+    assert!(!help.contains("--rsa-key <FILE>"), "hidden test flag");
+}
+
+#[test]
+fn json_output_on_success_and_failure() {
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &["--json"]);
+    assert_exit(&o, 0);
+    let v = json(&o);
+    assert_eq!(v["file"], "plain_1000.bin");
+    assert_eq!(v["bytes"], 1000);
+    assert_eq!(v["cksum"], 493196554);
+    assert_eq!(v["attempts"], 1);
+    assert_eq!(v["client_id"], VECTOR_ID);
+    assert_eq!(v["outcome"], "verified");
+    assert!(v["seconds"].as_f64().unwrap() >= 0.0);
+
+    let o = run_with(
+        dir.path(),
+        &format!("127.0.0.1:{}", closed_port()),
+        &["--json"],
+    );
+    assert_exit(&o, 3);
+    let v = json(&o);
+    assert_eq!(v["outcome"], "network_error");
+    assert_eq!(
+        v["client_id"], VECTOR_ID,
+        "from the me.info of the first run"
+    );
+    assert_eq!(v["cksum"], serde_json::Value::Null);
+
+    let o = run(dir.path(), &["--json", "--bogus"]);
+    assert_exit(&o, 2);
+    assert_eq!(json(&o)["outcome"], "usage_error");
+}
+
+#[test]
+fn stderr_of_a_non_terminal_has_no_control_characters() {
+    let dir = workdir();
+    let server = FakeServer::start(|f, i| match (f.code, i) {
+        (_, 0) => Reply::Send(vector("response_2107.bin")),
+        (1028, _) => Reply::Send(wrong_crc_2103()),
+        (c, _) => vector_reply(c),
+    });
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 5);
+    let odd_name = "evil\u{1b}[31m.bin";
+    fs::write(dir.path().join(odd_name), b"x").unwrap();
+    let o2 = run(
+        dir.path(),
+        &[
+            "--server",
+            &server.addr(),
+            "--name",
+            "alice",
+            "--file",
+            odd_name,
+        ],
+    );
+    assert_exit(&o2, 2);
+    for out in [&o, &o2] {
+        let err = &out.stderr;
+        assert!(!err.is_empty());
+        assert!(
+            err.iter()
+                .all(|&b| b == b'\n' || (0x20..0x7f).contains(&b) || b >= 0x80),
+            "{}",
+            stderr(out)
+        );
+    }
+}
+
+#[test]
+fn file_that_changes_size_before_it_is_sent_exits_7() {
+    let dir = workdir();
+    let path = dir.path().join("plain_1000.bin");
+    let server = FakeServer::start(move |f, _| {
+        if f.code == 1026 {
+            fs::write(&path, b"shorter now").unwrap();
+        }
+        vector_reply(f.code)
+    });
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 7);
+    assert!(stderr(&o).contains("changed size"), "{}", stderr(&o));
+    assert!(!server.codes().contains(&1028));
+}
