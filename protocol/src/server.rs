@@ -292,7 +292,6 @@ impl<U> ServerSession<U> {
         rng: &mut dyn Entropy,
     ) {
         let mut requests = 0;
-        let had_frame = !self.decoder.is_between_frames();
         let before = input.len();
         while self.wants_input() && requests < MAX_REQUESTS_PER_CALL {
             match self.decoder.decode(input) {
@@ -309,7 +308,7 @@ impl<U> ServerSession<U> {
             }
         }
         let taken = (before - input.len()) as u64;
-        self.update_timers(now, taken, had_frame || taken > 0);
+        self.update_timers(now, taken);
     }
 
     /// The peer closed its side of the connection.
@@ -473,26 +472,27 @@ impl<U> ServerSession<U> {
         }
     }
 
-    fn update_timers(&mut self, now: Instant, taken: u64, progressed: bool) {
+    /// After input was taken: counts content progress, and starts the
+    /// header deadline when a new request is partly received. Completed
+    /// requests reset the timers in [`Self::request_done`], so a client
+    /// pipelining whole requests never runs into the header deadline.
+    fn update_timers(&mut self, now: Instant, taken: u64) {
         if self.decoder.in_content() {
             self.window_bytes += taken;
-            if self.frame_started.is_some() {
-                // Content just began: the first window starts now.
-                self.frame_started = None;
-                self.window_bytes = 0;
-                self.progress_deadline = now + self.config.progress_window;
-            } else if self.window_bytes >= self.config.min_progress_bytes {
+            if self.window_bytes >= self.config.min_progress_bytes {
                 self.window_bytes = 0;
                 self.progress_deadline = now + self.config.progress_window;
             }
-        } else if self.decoder.is_between_frames() {
-            self.frame_started = None;
-            if progressed {
-                self.last_activity = now;
-            }
-        } else if self.frame_started.is_none() {
+        } else if !self.decoder.is_between_frames() && self.frame_started.is_none() {
             self.frame_started = Some(now);
         }
+    }
+
+    /// A request completed at `now`: the idle clock restarts from it and
+    /// the next partial request gets a fresh header deadline.
+    fn request_done(&mut self, now: Instant) {
+        self.frame_started = None;
+        self.last_activity = now;
     }
 
     fn send(&mut self, response: Response) {
@@ -510,6 +510,7 @@ impl<U> ServerSession<U> {
         match event {
             RequestEvent::Request(header, request) => {
                 self.on_request(header, request, store, rng);
+                self.request_done(now);
                 true
             }
             RequestEvent::FileStart {
@@ -517,8 +518,10 @@ impl<U> ServerSession<U> {
                 content_size,
                 file_name,
             } => {
-                // The deadline for the header is over; content timing starts.
-                self.frame_started = Some(now);
+                // The header deadline is over; the first progress window starts.
+                self.frame_started = None;
+                self.window_bytes = 0;
+                self.progress_deadline = now + self.config.progress_window;
                 self.on_file_start(header, content_size, file_name, now, store);
                 false
             }
@@ -528,6 +531,7 @@ impl<U> ServerSession<U> {
             }
             RequestEvent::FileEnd => {
                 self.on_file_end(now, store);
+                self.request_done(now);
                 true
             }
         }

@@ -599,3 +599,20 @@ fn last_seen_is_touched_on_requests_from_known_clients() {
     h.feed(&vector("request_1029.bin"));
     assert!(h.store.touches >= 3);
 }
+
+#[test]
+fn pipelined_requests_restart_the_header_deadline() {
+    // Each read ends inside a frame, but every read also completes one:
+    // the client is making progress and must not hit the header deadline.
+    let frame = vector("request_1027.bin");
+    let mut h = Harness::new(alice_store());
+    h.feed(&frame[..10]);
+    for _ in 0..100 {
+        h.now += Duration::from_secs(3);
+        let mut piece = frame[10..].to_vec();
+        piece.extend_from_slice(&frame[..10]);
+        assert_eq!(h.feed(&piece).len(), 151);
+        h.session.handle_timeout(h.now, &mut h.store);
+        assert_eq!(h.session.close_reason(), None);
+    }
+}

@@ -142,6 +142,32 @@ impl Db {
             .map_err(op_err("read journal_mode"))
     }
 
+    /// Checks an existing database without changing it (for
+    /// `--check-config`, which may run beside a live server): opens it
+    /// read-only, refuses a newer schema or missing columns. Returns a
+    /// one-line description.
+    pub fn check_read_only(path: &Path) -> Result<String, StoreError> {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(op_err("open read-only"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(op_err("set busy timeout"))?;
+        let db = Db { conn };
+        let version = db.schema_version()?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::new(format!(
+                "database: schema version {version} is newer than this server's {SCHEMA_VERSION}"
+            )));
+        }
+        if version == 0 && db.columns("clients")?.is_empty() {
+            return Ok("empty database; the tables will be created at start".into());
+        }
+        db.check_columns()?;
+        Ok(format!(
+            "schema version {version}, {} client(s)",
+            db.client_count()?
+        ))
+    }
+
     /// Brings the schema from its recorded version to [`SCHEMA_VERSION`],
     /// one step per version, each in its own transaction with the new
     /// `user_version`. A database from a newer server is refused rather

@@ -7,6 +7,7 @@ mod event_loop;
 mod logging;
 mod systemd;
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -31,18 +32,12 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     let settings = args.settings().map_err(anyhow::Error::msg)?;
+    if args.check_config {
+        return check_config(&settings);
+    }
     raise_descriptor_limit(settings.max_connections);
     let store = DiskStore::open(&settings.data_dir, settings.store.clone())
         .with_context(|| format!("cannot use data directory {}", settings.data_dir.display()))?;
-    if args.check_config {
-        check_listen(&settings)?;
-        println!(
-            "configuration ok: listen {}, data directory {}",
-            settings.listen,
-            settings.data_dir.display()
-        );
-        return Ok(());
-    }
     let listener = listener(&settings)?;
     let mut server =
         Server::new(listener, store, settings.clone()).context("cannot set up the event loop")?;
@@ -71,6 +66,52 @@ fn bind(settings: &Settings) -> Result<std::net::TcpListener> {
     // std sets SO_REUSEADDR on Unix, so a restart right after a crash binds at once.
     std::net::TcpListener::bind(settings.listen)
         .with_context(|| format!("cannot listen on {}", settings.listen))
+}
+
+/// `--check-config`: validates without side effects on the data directory,
+/// so it is safe beside a running server (no clean-up, no migration).
+fn check_config(settings: &Settings) -> Result<()> {
+    let dir = &settings.data_dir;
+    let what = check_data_dir(dir)
+        .with_context(|| format!("cannot use data directory {}", dir.display()))?;
+    check_listen(settings)?;
+    println!(
+        "configuration ok: listen {}, data directory {} ({what})",
+        settings.listen,
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The data directory (or, if it does not exist yet, its parent) must be
+/// a writable directory, and an existing database must be readable and of
+/// a schema this server knows.
+fn check_data_dir(dir: &Path) -> Result<String> {
+    if dir.to_str().is_none() {
+        anyhow::bail!("the path is not UTF-8 (file paths are stored as text)");
+    }
+    let existing = dir.exists();
+    let probe_in = if existing {
+        dir.to_path_buf()
+    } else {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        parent.unwrap_or(Path::new(".")).to_path_buf()
+    };
+    if !probe_in.is_dir() {
+        anyhow::bail!("{} is not a directory", probe_in.display());
+    }
+    let probe = probe_in.join(format!(".sealdrop-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("{} is not writable", probe_in.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    if !existing {
+        return Ok("will be created".into());
+    }
+    let db = dir.join(sealdrop_server::db::DB_FILE_NAME);
+    if !db.exists() {
+        return Ok("no database yet".into());
+    }
+    sealdrop_server::db::Db::check_read_only(&db).map_err(anyhow::Error::msg)
 }
 
 fn check_listen(settings: &Settings) -> Result<()> {

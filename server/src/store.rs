@@ -54,8 +54,10 @@ pub struct StoreConfig {
     /// How long a pending upload is kept after its connection closed
     /// without a verdict. Default [`DEFAULT_ORPHAN_TTL`] (120 s).
     pub orphan_ttl: Duration,
-    /// Most uploads pending (complete, awaiting a verdict) server-wide;
-    /// past it the oldest is discarded. Default [`DEFAULT_MAX_PENDING`]
+    /// Most uploads pending (complete, awaiting a verdict) server-wide. At
+    /// the cap a new one first evicts the oldest orphaned upload, then the
+    /// same client's oldest, and is refused if neither exists (never
+    /// another client's live upload). Default [`DEFAULT_MAX_PENDING`]
     /// (1024); a value below 1 counts as 1.
     pub max_pending: usize,
 }
@@ -118,12 +120,38 @@ struct Pending {
 /// `<data dir>/files/<client id hex>/<base name>` (§8).
 #[derive(Debug)]
 pub struct DiskStore {
+    /// Held for the store's lifetime: one server per data directory.
+    _lock: std::fs::File,
     data_dir: PathBuf,
     config: StoreConfig,
     db: Db,
     /// Pending uploads by id; ids only grow, so the first is the oldest.
     pending: BTreeMap<UploadId, Pending>,
     next_id: UploadId,
+}
+
+/// File in the data directory that a running server holds locked, so a
+/// second server on the same directory refuses to start instead of
+/// deleting the first one's uploads in progress.
+pub const LOCK_FILE_NAME: &str = ".sealdrop.lock";
+
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = data_dir.join(LOCK_FILE_NAME);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_err("open the lock file", e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::new(format!(
+            "{} is in use by another sealdrop-server (it holds {})",
+            data_dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err("lock the data directory", e)),
+    }
 }
 
 /// Maps a filesystem error to a [`StoreError`] naming the operation.
@@ -162,6 +190,7 @@ impl DiskStore {
     pub fn open(data_dir: &Path, config: StoreConfig) -> Result<DiskStore, StoreError> {
         path_text(data_dir)?;
         files::ensure_dir(data_dir).map_err(|e| io_err("create data directory", e))?;
+        let lock = lock_data_dir(data_dir)?;
         files::ensure_dir(&files::files_root(data_dir))
             .map_err(|e| io_err("create files directory", e))?;
         let db = Db::open(data_dir)?;
@@ -181,6 +210,7 @@ impl DiskStore {
             stored.len()
         );
         Ok(DiskStore {
+            _lock: lock,
             data_dir: data_dir.to_path_buf(),
             config,
             db,
@@ -325,15 +355,35 @@ impl DiskStore {
     }
 
     /// Discards the oldest pending uploads beyond [`StoreConfig::max_pending`].
-    fn enforce_pending_cap(&mut self) {
+    /// Makes room for one more pending upload of `client` under the
+    /// server-wide cap, without ever evicting a live upload of another
+    /// client: first the oldest orphaned upload (its connection is gone),
+    /// then the client's own oldest. If neither exists the new upload is
+    /// refused (2107), so a flood of unverified uploads only costs its
+    /// sender.
+    fn make_room(&mut self, client: &ClientId) -> Result<(), StoreError> {
         let cap = self.config.max_pending.max(1);
-        while self.pending.len() > cap {
-            let Some(&oldest) = self.pending.keys().next() else {
-                break;
+        while self.pending.len() >= cap {
+            let orphan = self
+                .pending
+                .iter()
+                .find(|(_, p)| p.orphaned_at.is_some())
+                .map(|(k, _)| *k);
+            let own = || {
+                self.pending
+                    .iter()
+                    .find(|(_, p)| p.client == *client)
+                    .map(|(k, _)| *k)
             };
-            log::warn!("more than {cap} uploads await a verdict: discarding the oldest");
-            self.drop_pending(oldest, "pending-upload cap reached");
+            let Some(victim) = orphan.or_else(own) else {
+                return Err(StoreError::new(format!(
+                    "{cap} uploads of other clients await a verdict (server-wide limit)"
+                )));
+            };
+            log::warn!("{cap} uploads await a verdict: discarding upload {victim}");
+            self.drop_pending(victim, "pending-upload cap reached");
         }
+        Ok(())
     }
 }
 
@@ -450,6 +500,7 @@ impl Store for DiskStore {
             )));
         }
         let path = path_text(&upload.final_path)?;
+        self.make_room(&upload.client)?;
         self.db
             .add_unverified_file(&upload.client, &upload.file_name, path)?;
         let uid = self.next_id;
@@ -477,7 +528,6 @@ impl Store for DiskStore {
                 orphaned_at: None,
             },
         );
-        self.enforce_pending_cap();
         Ok(uid)
     }
 
@@ -882,6 +932,68 @@ mod tests {
         assert!(!store.is_pending(ids[0]) && !store.is_pending(ids[1]));
         assert!(ids[2..].iter().all(|&id| store.is_pending(id)));
         assert_eq!(temp_files(&store, &ALICE), 3);
+    }
+
+    #[test]
+    fn second_store_on_the_same_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = open(tmp.path());
+        let err = DiskStore::open(tmp.path(), StoreConfig::default()).unwrap_err();
+        assert!(err.message.contains("in use by another sealdrop-server"), "{err}");
+        drop(first);
+        open(tmp.path());
+    }
+
+    #[test]
+    fn pending_cap_never_evicts_another_clients_live_upload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            max_pending: 2,
+            ..StoreConfig::default()
+        };
+        let mut store = DiskStore::open(tmp.path(), config).unwrap();
+        keyed(&mut store, &ALICE, "alice");
+        keyed(&mut store, &BOB, "bob");
+        let victim = upload(&mut store, &ALICE, "report", b"alice's");
+        let flood: Vec<UploadId> = (0..5)
+            .map(|i| upload(&mut store, &BOB, &format!("f{i}"), b"x"))
+            .collect();
+        assert!(store.is_pending(victim), "bob's flood evicted alice's upload");
+        assert!(store.is_pending(flood[4]) && !store.is_pending(flood[3]));
+        // Full of live uploads of others: alice's next one is refused...
+        store.discard_upload(flood[4]);
+        let _ = upload(&mut store, &BOB, "g", b"y");
+        let mut up = store.begin_upload(&ALICE, "second", 16).unwrap();
+        store.write_upload(&mut up, b"z").unwrap();
+        assert!(store.finish_upload(up, &summary(b"z")).is_ok(), "own oldest goes first");
+        assert!(!store.is_pending(victim));
+        // ...unless an orphan can go.
+        let mut up = store.begin_upload(&BOB, "h", 16).unwrap();
+        store.write_upload(&mut up, b"z").unwrap();
+        let bobs: Vec<UploadId> = store.pending.keys().copied().collect();
+        store.orphan_uploads(&bobs[..1]);
+        assert!(store.finish_upload(up, &summary(b"z")).is_ok());
+        assert!(!store.is_pending(bobs[0]));
+    }
+
+    #[test]
+    fn pending_cap_refuses_when_only_other_clients_live_uploads_remain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            max_pending: 2,
+            ..StoreConfig::default()
+        };
+        let mut store = DiskStore::open(tmp.path(), config).unwrap();
+        keyed(&mut store, &ALICE, "alice");
+        keyed(&mut store, &BOB, "bob");
+        upload(&mut store, &BOB, "a", b"x");
+        upload(&mut store, &BOB, "b", b"x");
+        let mut up = store.begin_upload(&ALICE, "report", 16).unwrap();
+        store.write_upload(&mut up, b"z").unwrap();
+        let err = store.finish_upload(up, &summary(b"z")).unwrap_err();
+        assert!(err.message.contains("server-wide limit"), "{err}");
+        assert_eq!(store.pending_count(), 2);
+        assert_eq!(temp_files(&store, &ALICE), 0);
     }
 
     #[test]

@@ -1,0 +1,239 @@
+//! Interoperability with the Python reference peer's CLIENT
+//! (`shared/peer/sealdrop_peer.py client ...`, exit 0 = verified) against
+//! our real server binary.
+//!
+//! Skipped unless `SEALDROP_INTEROP=1`; also skipped (with a message) when
+//! python3 or PyCryptodome is missing. The peer is found through
+//! `SEALDROP_PEER`, else `../shared/peer/sealdrop_peer.py` beside the
+//! workspace. Every test name starts with `interop_`, so
+//! `cargo test --workspace interop` (`make interop`) selects them.
+
+mod common;
+
+use std::error::Error;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use sealdrop_protocol::ClientId;
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+const DEFAULT_PEER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/peer/sealdrop_peer.py"
+);
+
+/// The peer script if the interop tests should run; otherwise prints why
+/// they are skipped and returns None.
+fn peer() -> Option<PathBuf> {
+    if std::env::var("SEALDROP_INTEROP").as_deref() != Ok("1") {
+        println!("skipped: set SEALDROP_INTEROP=1 to run the Python reference peer interop tests");
+        return None;
+    }
+    let python = Command::new("python3").arg("--version").output();
+    if !python.is_ok_and(|o| o.status.success()) {
+        println!("skipped: python3 is not installed");
+        return None;
+    }
+    let crypto = Command::new("python3")
+        .args([
+            "-c",
+            "import Crypto.Cipher.PKCS1_OAEP, Crypto.PublicKey.RSA",
+        ])
+        .output();
+    if !crypto.is_ok_and(|o| o.status.success()) {
+        println!("skipped: PyCryptodome is missing (python3 -m pip install pycryptodome)");
+        return None;
+    }
+    let path = std::env::var_os("SEALDROP_PEER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PEER));
+    assert!(
+        path.is_file(),
+        "SEALDROP_INTEROP=1 but the peer {} does not exist (set SEALDROP_PEER)",
+        path.display()
+    );
+    Some(path)
+}
+
+/// Runs the peer client once; returns its output (bounded in time).
+fn run_client(peer: &Path, s: &Server, name: &str, file: &Path, state: &Path) -> Ran {
+    run_bounded(
+        Command::new("python3")
+            .arg(peer)
+            .arg("client")
+            .arg("--server")
+            .arg(s.addr().to_string())
+            .arg("--name")
+            .arg(name)
+            .arg("--file")
+            .arg(file)
+            .arg("--state")
+            .arg(state)
+            .arg("--timeout")
+            .arg("60"),
+        Duration::from_secs(240),
+    )
+}
+
+/// Runs the peer client and requires exit 0 ("verified").
+fn send_ok(peer: &Path, s: &Server, name: &str, file: &Path, state: &Path) -> Ran {
+    let ran = run_client(peer, s, name, file, state);
+    assert!(
+        ran.status.success(),
+        "peer client failed ({}) sending {}:\nstdout: {}\nstderr: {}\nserver log:\n{}",
+        ran.status,
+        file.display(),
+        ran.stdout,
+        ran.stderr,
+        s.log_tail(30)
+    );
+    assert!(ran.stdout.contains("verified"), "stdout: {}", ran.stdout);
+    ran
+}
+
+/// The client id the peer saved in `me.info` (line 2, hex).
+fn saved_id(state: &Path) -> ClientId {
+    let text = fs::read_to_string(state.join("me.info")).expect("me.info written");
+    let line = text.lines().nth(1).expect("me.info line 2");
+    ClientId::from_hex(line.trim()).expect("hex client id")
+}
+
+/// The stored file is byte-identical and its row says Verified.
+fn assert_stored(s: &Server, id: &ClientId, file: &Path) {
+    let name = file.file_name().unwrap().to_str().unwrap();
+    assert_same_file(file, &s.final_path(id, name));
+    assert_eq!(s.file_row(id, name).map(|r| r.verified), Some(1), "{name}");
+}
+
+#[test]
+fn interop_peer_new_client_then_returning_client() -> TestResult {
+    let Some(peer) = peer() else { return Ok(()) };
+    let mut s = Server::start(&[]);
+    let scratch = s.scratch();
+    let state = scratch.join("state");
+    let first = scratch.join("first.bin");
+    write_random_file(&first, 1, 100_000);
+    let name = unique_name("py");
+
+    // New client: 1025, 1026, 1028, 1029.
+    send_ok(&peer, &s, &name, &first, &state);
+    let id = saved_id(&state);
+    assert_stored(&s, &id, &first);
+    let row = s.client_row(&name).expect("clients row");
+    assert_eq!(row.id, id.0);
+    assert_eq!(row.public_key.map(|k| k.len()), Some(160));
+    assert!(!s.log_contains("reconnect accepted"));
+
+    // Returning client, same state: 1027 -> 2105, then the upload.
+    let second = scratch.join("second.bin");
+    write_random_file(&second, 2, 30_000);
+    send_ok(&peer, &s, &name, &second, &state);
+    assert!(
+        s.log_contains("reconnect accepted"),
+        "the second run reconnected"
+    );
+    assert_eq!(saved_id(&state), id, "same identity");
+    assert_stored(&s, &id, &second);
+
+    // Returning client after a server restart.
+    s.restart();
+    let third = scratch.join("third.bin");
+    write_random_file(&third, 3, 4096);
+    send_ok(&peer, &s, &name, &third, &state);
+    assert!(s.log_contains("reconnect accepted"));
+    assert_eq!(saved_id(&state), id);
+    for f in [&first, &second, &third] {
+        assert_stored(&s, &id, f);
+    }
+    assert_eq!(client_rows(s.data_dir()).len(), 1);
+    Ok(())
+}
+
+#[test]
+fn interop_peer_sends_empty_100k_and_50m_files() -> TestResult {
+    let Some(peer) = peer() else { return Ok(()) };
+    let s = Server::start(&[]);
+    let scratch = s.scratch();
+    let state = scratch.join("state");
+    let name = unique_name("sizes");
+    let files = [
+        ("empty.bin", 0u64),
+        ("k100.bin", 100_000),
+        ("m50.bin", 50 << 20),
+    ];
+    for (i, (file, len)) in files.iter().enumerate() {
+        let path = scratch.join(file);
+        write_random_file(&path, 10 + i as u64, *len);
+        send_ok(&peer, &s, &name, &path, &state);
+        assert_stored(&s, &saved_id(&state), &path);
+    }
+    assert!(s.part_files().is_empty());
+    s.assert_db_consistent();
+    Ok(())
+}
+
+/// Child processes killed (if still running) when dropped.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            if c.try_wait().ok().flatten().is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+#[test]
+fn interop_peer_clients_run_concurrently() -> TestResult {
+    let Some(peer) = peer() else { return Ok(()) };
+    let s = Server::start(&[]);
+    let scratch = s.scratch();
+    let runs: Vec<(String, PathBuf, PathBuf)> = (0..4)
+        .map(|i| {
+            let file = scratch.join(format!("c{i}.bin"));
+            write_random_file(&file, 20 + i, 200_000 + i * 1000);
+            (unique_name("conc"), file, scratch.join(format!("state{i}")))
+        })
+        .collect();
+    let mut children = Children(
+        runs.iter()
+            .map(|(name, file, state)| {
+                Command::new("python3")
+                    .arg(&peer)
+                    .args(["client", "--server", &s.addr().to_string(), "--name", name])
+                    .arg("--file")
+                    .arg(file)
+                    .arg("--state")
+                    .arg(state)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn peer client")
+            })
+            .collect(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    for child in children.0.iter_mut() {
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("peer client did not finish in time"); // Children kills the rest
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "peer client exited {status}");
+    }
+    for (_, file, state) in &runs {
+        assert_stored(&s, &saved_id(state), file);
+    }
+    Ok(())
+}
