@@ -100,6 +100,14 @@ impl RequestDecoder {
         matches!(self.state, ReqState::Content { .. } | ReqState::ContentDone)
     }
 
+    /// Bytes of the current 1028's content not yet handed out, if inside one.
+    pub fn content_remaining(&self) -> Option<u32> {
+        match self.state {
+            ReqState::Content { remaining } => Some(remaining),
+            _ => None,
+        }
+    }
+
     /// Call at end of stream: an error if it ends inside a frame.
     pub fn finish(&self) -> Result<(), DecodeError> {
         match self.state {

@@ -317,10 +317,9 @@ impl<U> ServerSession<U> {
             Ok(()) => CloseReason::PeerClosed,
             Err(_) => CloseReason::PeerClosedMidFrame,
         };
+        // What is already answered is still written: a client that
+        // half-closes after its last request gets its replies.
         self.start_close(reason, store);
-        // Nobody will read what is left.
-        self.out.clear();
-        self.out_pos = 0;
     }
 
     /// The next deadline at which [`ServerSession::handle_timeout`] must run.
@@ -414,6 +413,13 @@ impl<U> ServerSession<U> {
     /// True while this connection holds complete uploads awaiting a verdict.
     pub fn awaiting_verdict(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// Encrypted bytes of the current 1028 still to come, if one is
+    /// streaming: lets the driver size its reads so they do not run far
+    /// past the content into requests it may have to hold back.
+    pub fn content_remaining(&self) -> Option<u32> {
+        self.decoder.content_remaining()
     }
 
     /// True when no request is partly received.

@@ -36,7 +36,14 @@ const SMALL_READ: usize = 16 * 1024;
 const CONTENT_READ: usize = 1 << 20;
 /// Reads and writes one connection may do per drive before others get a
 /// turn (sozu's MAX_LOOP_ITERATIONS idea).
-const DRIVE_BUDGET: usize = 32;
+const DRIVE_BUDGET: usize = 16;
+/// After a 2107 for an undecodable frame the server stops writing and
+/// reads (and drops) what the peer still sends for up to this long, so
+/// closing with unread input does not reset the connection before the
+/// peer has read the 2107 (the reference server drains briefly too).
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes dropped while lingering before the connection is closed.
+const LINGER_BYTES: usize = 1 << 20;
 /// Connections accepted per listener wake-up before the loop turns to the
 /// others.
 const ACCEPT_BUDGET: usize = 256;
@@ -94,6 +101,9 @@ struct Conn {
     serial: u64,
     /// The deadline a timer entry is queued for, if any.
     armed: Option<Instant>,
+    /// Set while lingering after a fatal 2107: the close deadline and the
+    /// bytes dropped so far.
+    linger: Option<(Instant, usize)>,
 }
 
 /// The server: listener, connections, timers, storage.
@@ -188,7 +198,7 @@ impl Server {
             let now = Instant::now();
             self.accept(now);
             for token in std::mem::take(&mut self.again) {
-                self.drive(token, now);
+                self.drive(token);
             }
             self.fire_timers(now);
             self.housekeeping(now);
@@ -336,9 +346,10 @@ impl Server {
             eof: false,
             serial: self.serial,
             armed: None,
+            linger: None,
         });
         log::info!("conn#{key} {peer}: connected ({} open)", self.conns.len());
-        self.drive(Token(key), now);
+        self.drive(Token(key));
     }
 
     fn on_conn_event(&mut self, token: Token, event: &mio::event::Event) {
@@ -355,28 +366,36 @@ impl Server {
     }
 
     /// Moves bytes for one connection until nothing changes or its budget
-    /// is spent.
-    fn drive(&mut self, token: Token, now: Instant) {
+    /// is spent. The clock is read at every step: a step may have waited
+    /// on the disk.
+    fn drive(&mut self, token: Token) {
         let key = token.0;
         let mut budget = DRIVE_BUDGET;
         loop {
+            let now = Instant::now();
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            let step = step(
-                conn,
-                &mut self.store,
-                &mut self.rng,
-                &mut self.read_buf,
-                now,
-            );
-            log_events(key, conn);
-            let finished = conn.session.is_finished();
-            match step {
-                Step::Failed(why) => return self.close(key, &why),
-                _ if finished => return self.close(key, "done"),
-                Step::Idle => break,
-                Step::Moved => {}
+            if let Some((until, _)) = conn.linger {
+                match linger_step(conn, &mut self.read_buf) {
+                    Step::Moved if now < until => {}
+                    Step::Idle if now < until => break,
+                    _ => return self.close(key, "2107 sent, framing lost"),
+                }
+            } else {
+                let step = step(conn, &mut self.store, &mut self.rng, &mut self.read_buf, now);
+                log_events(key, conn);
+                let finished = conn.session.is_finished();
+                match step {
+                    Step::Failed(why) => return self.close(key, &why),
+                    _ if finished && should_linger(conn) => {
+                        let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                        conn.linger = Some((now + LINGER, 0));
+                    }
+                    _ if finished => return self.close(key, "done"),
+                    Step::Idle => break,
+                    Step::Moved => {}
+                }
             }
             budget -= 1;
             if budget == 0 {
@@ -397,7 +416,11 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let Some(deadline) = conn.session.poll_timeout() else {
+        let deadline = match conn.linger {
+            Some((until, _)) => Some(until),
+            None => conn.session.poll_timeout(),
+        };
+        let Some(deadline) = deadline else {
             return;
         };
         if conn.armed.is_none_or(|armed| deadline < armed) {
@@ -419,8 +442,12 @@ impl Server {
                 continue; // stale entry
             }
             conn.armed = None;
+            if conn.linger.is_some_and(|(until, _)| now >= until) {
+                self.close(key, "2107 sent, framing lost");
+                continue;
+            }
             conn.session.handle_timeout(now, &mut self.store);
-            self.drive(Token(key), now);
+            self.drive(Token(key));
         }
     }
 
@@ -511,10 +538,12 @@ fn step(
     }
     // 3. Read more.
     if conn.readable && !conn.eof && conn.leftover.is_empty() && conn.session.wants_input() {
-        let size = if conn.session.is_receiving_file() {
-            CONTENT_READ
-        } else {
-            SMALL_READ
+        // Large reads only inside file content, and no further than its
+        // end: what a read brings past the content may have to be held
+        // back, and that must stay small.
+        let size = match conn.session.content_remaining() {
+            Some(left) => (left as usize).clamp(SMALL_READ, CONTENT_READ),
+            None => SMALL_READ,
         };
         match fold(conn.stream.read(&mut buf[..size])) {
             IoOutcome::Done(0) => {}
@@ -537,6 +566,34 @@ fn step(
         Step::Moved
     } else {
         Step::Idle
+    }
+}
+
+/// A connection closed for an undecodable frame lingers (see [`LINGER`])
+/// unless the peer already closed its side.
+fn should_linger(conn: &Conn) -> bool {
+    matches!(conn.session.close_reason(), Some(CloseReason::Decode(_))) && !conn.eof
+}
+
+/// Reads and drops input while lingering; `Failed` once the peer closed,
+/// errs, or sent more than [`LINGER_BYTES`].
+fn linger_step(conn: &mut Conn, buf: &mut [u8]) -> Step {
+    if !conn.readable {
+        return Step::Idle;
+    }
+    let Some((_, dropped)) = conn.linger.as_mut() else {
+        return Step::Idle;
+    };
+    match fold(conn.stream.read(&mut buf[..SMALL_READ])) {
+        IoOutcome::Done(n) if *dropped + n <= LINGER_BYTES => {
+            *dropped += n;
+            Step::Moved
+        }
+        IoOutcome::WouldBlock => {
+            conn.readable = false;
+            Step::Idle
+        }
+        _ => Step::Failed("lingering over".into()),
     }
 }
 
