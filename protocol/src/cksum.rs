@@ -158,7 +158,9 @@ mod tests {
 
     #[test]
     fn matches_table_driven_crc_across_simd_block_sizes() {
-        let data: Vec<u8> = (0..70_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..70_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         for len in (0..600).chain([4095, 4096, 4097, 65535, 65536, 70_000]) {
             assert_eq!(cksum(&data[..len]), table_cksum(&data[..len]), "len {len}");
         }

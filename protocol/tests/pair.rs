@@ -404,12 +404,11 @@ fn step_one(
     done: &mut Option<Outcome>,
 ) {
     let now = Instant::now();
-    let feed =
-        |s: &mut Server, bytes: &[u8], store: &mut MemoryStore, rng: &mut TestEntropy| {
-            let mut input = bytes;
-            s.handle_input(&mut input, now, store, rng);
-            assert!(input.is_empty());
-        };
+    let feed = |s: &mut Server, bytes: &[u8], store: &mut MemoryStore, rng: &mut TestEntropy| {
+        let mut input = bytes;
+        s.handle_input(&mut input, now, store, rng);
+        assert!(input.is_empty());
+    };
     match c.poll_action() {
         Some(Action::Connect { .. }) => c.handle_connected(),
         Some(Action::Send(bytes)) => feed(s, &bytes, store, rng),

@@ -168,6 +168,10 @@ impl Args {
         }
         let listen = match self.listen {
             Some(addr) => addr,
+            // systemd passes the socket: the port file is not consulted.
+            None if std::env::var_os("LISTEN_FDS").is_some() => {
+                SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))
+            }
             None => {
                 let port = read_port_file(&self.port_file).unwrap_or_else(|warning| {
                     log::warn!("{warning}; using port {DEFAULT_PORT}");

@@ -85,6 +85,26 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// Creates the database file with mode 0600 if it does not exist: it
+/// holds the AES keys (§8), and SQLite gives its -wal and -shm files the
+/// same mode as the database.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::new(format!(
+            "database: create {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 /// Maps a SQLite error to a [`StoreError`] naming the operation. SQLite's
 /// messages name tables and constraints, never bound values, so no key
 /// bytes can reach the log this way.
@@ -102,6 +122,7 @@ impl Db {
 
     /// [`Db::open`] for a database at any path.
     pub fn open_path(path: &Path) -> Result<Db, StoreError> {
+        create_private(path)?;
         let conn = Connection::open(path).map_err(op_err("open"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(op_err("set busy timeout"))?;
@@ -147,7 +168,8 @@ impl Db {
     /// read-only, refuses a newer schema or missing columns. Returns a
     /// one-line description.
     pub fn check_read_only(path: &Path) -> Result<String, StoreError> {
-        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(op_err("open read-only"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(op_err("set busy timeout"))?;
@@ -641,6 +663,18 @@ mod tests {
                 ("Verified", "INTEGER")
             ]
         );
+    }
+
+    #[test]
+    fn new_database_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let _db = Db::open(tmp.path()).unwrap();
+        let mode = std::fs::metadata(tmp.path().join(DB_FILE_NAME))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -383,7 +383,13 @@ impl Server {
                     _ => return self.close(key, "2107 sent, framing lost"),
                 }
             } else {
-                let step = step(conn, &mut self.store, &mut self.rng, &mut self.read_buf, now);
+                let step = step(
+                    conn,
+                    &mut self.store,
+                    &mut self.rng,
+                    &mut self.read_buf,
+                    now,
+                );
                 log_events(key, conn);
                 let finished = conn.session.is_finished();
                 match step {

@@ -939,7 +939,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let first = open(tmp.path());
         let err = DiskStore::open(tmp.path(), StoreConfig::default()).unwrap_err();
-        assert!(err.message.contains("in use by another sealdrop-server"), "{err}");
+        assert!(
+            err.message.contains("in use by another sealdrop-server"),
+            "{err}"
+        );
         drop(first);
         open(tmp.path());
     }
@@ -958,14 +961,20 @@ mod tests {
         let flood: Vec<UploadId> = (0..5)
             .map(|i| upload(&mut store, &BOB, &format!("f{i}"), b"x"))
             .collect();
-        assert!(store.is_pending(victim), "bob's flood evicted alice's upload");
+        assert!(
+            store.is_pending(victim),
+            "bob's flood evicted alice's upload"
+        );
         assert!(store.is_pending(flood[4]) && !store.is_pending(flood[3]));
         // Full of live uploads of others: alice's next one is refused...
         store.discard_upload(flood[4]);
         let _ = upload(&mut store, &BOB, "g", b"y");
         let mut up = store.begin_upload(&ALICE, "second", 16).unwrap();
         store.write_upload(&mut up, b"z").unwrap();
-        assert!(store.finish_upload(up, &summary(b"z")).is_ok(), "own oldest goes first");
+        assert!(
+            store.finish_upload(up, &summary(b"z")).is_ok(),
+            "own oldest goes first"
+        );
         assert!(!store.is_pending(victim));
         // ...unless an orphan can go.
         let mut up = store.begin_upload(&BOB, "h", 16).unwrap();
