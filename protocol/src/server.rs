@@ -108,6 +108,9 @@ pub enum CloseReason {
     Local,
 }
 
+/// Why a 1028 whose padding is wrong after decryption is refused.
+const BAD_PADDING: &str = "bad PKCS#7 padding after decryption (wrong key?)";
+
 /// A verdict as the client sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerdictKind {
@@ -212,6 +215,9 @@ struct Sink<U> {
     upload: U,
     decryptor: CbcDecryptor,
     cksum: Cksum,
+    /// The key is the client's stored last key, not one this connection
+    /// exchanged (§6 "keys").
+    stored_key: bool,
 }
 
 /// The 1028 being received.
@@ -536,7 +542,7 @@ impl<U> ServerSession<U> {
                 false
             }
             RequestEvent::FileEnd => {
-                self.on_file_end(now, store);
+                self.on_file_end(now, store, rng);
                 self.request_done(now);
                 true
             }
@@ -758,11 +764,9 @@ impl<U> ServerSession<U> {
             .map_err(|e| e.message)?
             .ok_or("unknown client id")?;
         store.touch(&id).map_err(|e| e.message)?;
-        let key = self
-            .keys
-            .iter()
-            .find(|(k, _)| *k == id)
-            .map(|(_, key)| key.clone())
+        let own = self.keys.iter().find(|(k, _)| *k == id).map(|(_, key)| key.clone());
+        let stored_key = own.is_none();
+        let key = own
             .or(rec.last_key)
             .ok_or("no key exchanged for this client")?;
         let base = base.ok_or("file name is empty, '.', '..' or has control or non-ASCII bytes")?;
@@ -773,6 +777,7 @@ impl<U> ServerSession<U> {
             upload,
             decryptor: CbcDecryptor::new(&key),
             cksum: Cksum::new(),
+            stored_key,
         })
     }
 
@@ -814,7 +819,12 @@ impl<U> ServerSession<U> {
     }
 
     /// The last content byte arrived: check padding, answer 2103 or 2107.
-    fn on_file_end<S: Store<Upload = U>>(&mut self, now: Instant, store: &mut S) {
+    fn on_file_end<S: Store<Upload = U>>(
+        &mut self,
+        now: Instant,
+        store: &mut S,
+        rng: &mut dyn Entropy,
+    ) {
         let Some(inc) = self.incoming.take() else {
             return;
         };
@@ -831,7 +841,21 @@ impl<U> ServerSession<U> {
             Ok(sink) => sink,
             Err(reason) => return self.refuse(&header, reason),
         };
+        let stored_key = sink.stored_key;
         match self.finish_sink(sink, store) {
+            Err(reason) if stored_key && reason == BAD_PADDING => {
+                // Anyone can send a 1028 under a client's id, and the
+                // answer (2103 or 2107) tells whether the padding was
+                // right: a padding oracle on the stored key. Retiring the
+                // key after one failure leaves one query per key; the
+                // client gets a fresh one with its next 1027.
+                let retired = store.set_last_key(&inc.client_id, &AesKey::generate(rng));
+                let note = match retired {
+                    Ok(()) => "; the stored key was retired",
+                    Err(_) => "; retiring the stored key failed",
+                };
+                self.refuse(&header, format!("{BAD_PADDING} under the stored key{note}"))
+            }
             Ok((upload, summary)) => {
                 self.keep_pending(inc.client_id, &inc.base, upload, store);
                 self.events.push(ServerEvent::UploadReceived {
@@ -860,7 +884,7 @@ impl<U> ServerSession<U> {
     ) -> Result<(UploadId, UploadSummary), String> {
         if sink.decryptor.finish(&mut self.scratch).is_err() {
             store.abort_upload(sink.upload);
-            return Err("bad PKCS#7 padding after decryption (wrong key?)".into());
+            return Err(BAD_PADDING.into());
         }
         sink.cksum.update(&self.scratch);
         if let Err(e) = store.write_upload(&mut sink.upload, &self.scratch) {

@@ -616,3 +616,33 @@ fn pipelined_requests_restart_the_header_deadline() {
         assert_eq!(h.session.close_reason(), None);
     }
 }
+
+#[test]
+fn bad_padding_under_the_stored_key_retires_it() {
+    // The padding oracle: anyone can send a 1028 under a known id on a
+    // connection that exchanged no key. One wrong padding retires the
+    // stored key, so the good frame under the old key now fails too.
+    let mut frame = vector("request_1028.bin");
+    *frame.last_mut().unwrap() ^= 0x55;
+    let mut h = Harness::new(alice_store());
+    assert_eq!(h.feed(&frame), vector("response_2107.bin"));
+    let old = AesKey::from_slice(&vector("aes_key.bin"));
+    assert_ne!(h.store.clients[&alice_id()].last_key, old);
+    let mut other = Harness::new(h.store);
+    assert_eq!(other.feed(&vector("request_1028.bin")), vector("response_2107.bin"));
+}
+
+#[test]
+fn bad_padding_under_the_connections_own_key_keeps_the_stored_key() {
+    let mut h = Harness::new(alice_store());
+    let out = decode_responses(&h.feed(&vector("request_1027.bin")));
+    let [Response::ReconnectAccepted { .. }] = &out[..] else {
+        panic!("expected 2105, got {out:?}");
+    };
+    let stored = h.store.clients[&alice_id()].last_key.clone();
+    // The vector frame is encrypted under the vector key, not this
+    // connection's new key: its padding fails, but no oracle is possible.
+    let out = h.feed(&vector("request_1028.bin"));
+    assert_eq!(out, vector("response_2107.bin"));
+    assert_eq!(h.store.clients[&alice_id()].last_key, stored);
+}
