@@ -1,0 +1,1134 @@
+//! sealdrop-bench: starts the real `sealdrop-server`, drives the real
+//! `sealdrop-client` and an in-bench protocol client on 127.0.0.1, and
+//! prints one table of figures, references measured in the same run,
+//! ratios and targets. See `bench/README.md`.
+
+mod e2e;
+mod idle;
+mod procs;
+mod profile;
+mod proto;
+mod sessions;
+mod table;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sealdrop_protocol::consts::MAX_PLAINTEXT_SIZE;
+
+use crate::procs::{Binaries, Cpu, Res, Server, SysCpu};
+use crate::proto::{Plain, Registered};
+use crate::table::{num, Row, Target};
+
+/// A key pair of the in-bench clients.
+type Key = Arc<sealdrop_protocol::crypto::RsaPrivateKey>;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+const USAGE: &str = "\
+usage: sealdrop-bench [--quick] [--profile] [--no-build] [--only STEPS]
+
+  --quick      smoke run (< 1 minute): 64 MiB instead of 1 GiB, 1000 instead of
+               10000 idle connections, 200 instead of 1000 concurrent clients,
+               256 MiB instead of the 4 GiB upload, shorter session batches
+  --profile    also run the big upload under perf stat / perf record (client and
+               server) and small sessions under strace -c, and print the results
+  --no-build   do not run `cargo build --release -p sealdrop-server -p sealdrop-client`
+               first; use the binaries next to this executable as they are
+  --only STEPS comma-separated subset of: e2e,sessions,crowd,idle,big
+
+Every step is bounded in time and kills the processes it starts. Temporary
+files go under $TMPDIR (default /tmp), which should be on the disk under test.";
+
+/// What a run measures, and how much.
+struct Plan {
+    quick: bool,
+    profile: bool,
+    build: bool,
+    only: Option<Vec<String>>,
+    e2e_size: u64,
+    e2e_rounds: usize,
+    fsync_count: usize,
+    fsync_limit: Duration,
+    seq_count: usize,
+    par_count: usize,
+    par_threads: usize,
+    batch_limit: Duration,
+    session_rounds: usize,
+    idle_counts: Vec<usize>,
+    crowd_clients: usize,
+    crowd_size: usize,
+    big_size: u64,
+}
+
+impl Plan {
+    fn from_args() -> Result<Plan, String> {
+        let mut quick = false;
+        let mut profile = false;
+        let mut build = true;
+        let mut only = None;
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--quick" => quick = true,
+                "--profile" => profile = true,
+                "--no-build" => build = false,
+                "--only" => {
+                    let list = args.next().ok_or("--only needs a list of steps")?;
+                    only = Some(list.split(',').map(str::to_owned).collect());
+                }
+                "-h" | "--help" => return Err(String::new()),
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        Ok(Plan {
+            quick,
+            profile,
+            build,
+            only,
+            e2e_size: if quick { 64 * MIB } else { GIB },
+            e2e_rounds: if quick { 1 } else { 3 },
+            fsync_count: if quick { 300 } else { 2000 },
+            fsync_limit: Duration::from_secs(if quick { 1 } else { 3 }),
+            seq_count: if quick { 200 } else { 1000 },
+            par_count: if quick { 500 } else { 3000 },
+            par_threads: 32,
+            batch_limit: Duration::from_secs(if quick { 3 } else { 15 }),
+            session_rounds: if quick { 2 } else { 5 },
+            idle_counts: if quick {
+                vec![1000]
+            } else {
+                vec![1000, 10_000]
+            },
+            crowd_clients: if quick { 200 } else { 1000 },
+            crowd_size: MIB as usize,
+            big_size: if quick { 256 * MIB } else { MAX_PLAINTEXT_SIZE },
+        })
+    }
+
+    fn runs(&self, step: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|l| l.iter().any(|s| s == step))
+    }
+}
+
+/// What one step produced.
+#[derive(Default)]
+struct Step {
+    rows: Vec<Row>,
+    /// Printed under "where time goes" when a row of the step missed.
+    breakdown: Vec<String>,
+    /// Printed always (skips, set-up facts).
+    notes: Vec<String>,
+    /// Printed with --profile.
+    profile: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let plan = match Plan::from_args() {
+        Ok(p) => p,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("sealdrop-bench: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&plan) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sealdrop-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn progress(text: &str) {
+    eprintln!("bench: {text}");
+}
+
+fn run(plan: &Plan) -> Res<()> {
+    let started = Instant::now();
+    let command: Vec<String> = std::env::args().collect();
+    let date = utc_now();
+    let base = std::env::temp_dir();
+    let machine_line = machine(&base);
+    let bins = procs::binaries(plan.build)?;
+    // 10,000 idle connections need 10,000 descriptors on our side too.
+    let nofile = rlimit::increase_nofile_limit(25_000).unwrap_or(0);
+    let mut steps: Vec<(&str, Step)> = Vec::new();
+    let mut setup = Step {
+        notes: bins.notes.clone(),
+        ..Step::default()
+    };
+    setup
+        .notes
+        .push(format!("open-file limit of the bench: {nofile}"));
+
+    let keys = if ["e2e", "sessions", "crowd", "big"]
+        .iter()
+        .any(|s| plan.runs(s))
+    {
+        progress("generating 4 RSA-1024 key pairs for the in-bench clients");
+        let t = Instant::now();
+        let k = proto::key_pool(4)?;
+        setup.notes.push(format!(
+            "in-bench client keys: 4 RSA-1024 pairs made in {:.1} s, shared by all clients",
+            t.elapsed().as_secs_f64()
+        ));
+        if let Ok((enc, dec)) = proto::rsa_costs(&k[0], 50) {
+            setup.notes.push(format!(
+                "RSA-1024 OAEP with the protocol crate: encrypt (server, per 2102/2105) {enc:.2} ms, \
+                 decrypt (client, per session) {dec:.2} ms"
+            ));
+        }
+        k
+    } else {
+        Vec::new()
+    };
+    steps.push(("setup", setup));
+    if plan.runs("e2e") {
+        steps.push(("e2e", step_e2e(plan, &bins, &base, &keys)));
+    }
+    if plan.runs("sessions") || plan.runs("crowd") {
+        let (s, c) = step_sessions_and_crowd(plan, &bins, &base, &keys);
+        if plan.runs("sessions") {
+            steps.push(("sessions", s));
+        }
+        if plan.runs("crowd") {
+            steps.push(("crowd", c));
+        }
+    }
+    if plan.runs("idle") {
+        steps.push(("idle", step_idle(plan, &bins, &base, nofile)));
+    }
+    if plan.runs("big") {
+        steps.push(("big", step_big(plan, &bins, &base, &keys)));
+    }
+    // The table keeps the order of the issue: e2e, sessions, idle, crowd, big.
+    let order = ["setup", "e2e", "sessions", "idle", "crowd", "big"];
+    steps.sort_by_key(|(name, _)| order.iter().position(|o| o == name));
+    print_report(
+        plan,
+        &command,
+        &date,
+        &machine_line,
+        &steps,
+        started.elapsed(),
+    );
+    Ok(())
+}
+
+fn print_report(
+    plan: &Plan,
+    command: &[String],
+    date: &str,
+    machine: &str,
+    steps: &[(&str, Step)],
+    took: Duration,
+) {
+    println!(
+        "sealdrop-bench{}",
+        if plan.quick { " (quick smoke run)" } else { "" }
+    );
+    println!("command: {}", command.join(" "));
+    println!("date:    {date}");
+    println!("machine: {machine}");
+    println!();
+    let rows: Vec<Row> = steps
+        .iter()
+        .flat_map(|(_, s)| s.rows.iter().cloned())
+        .collect();
+    print!("{}", table::render(&rows));
+    println!();
+    let notes: Vec<&String> = steps.iter().flat_map(|(_, s)| &s.notes).collect();
+    let skips: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            r.skipped
+                .as_ref()
+                .map(|w| format!("{}: skipped ({w})", r.what))
+        })
+        .collect();
+    if !notes.is_empty() || !skips.is_empty() {
+        println!("notes:");
+        for n in notes {
+            println!("  {n}");
+        }
+        for s in skips {
+            println!("  {s}");
+        }
+        println!();
+    }
+    let missed: Vec<&(&str, Step)> = steps
+        .iter()
+        .filter(|(_, s)| s.rows.iter().any(Row::missed))
+        .collect();
+    if !missed.is_empty() {
+        println!("where time goes (steps with a missed target):");
+        for (name, s) in missed {
+            println!("  [{name}]");
+            for l in &s.breakdown {
+                println!("    {l}");
+            }
+        }
+        println!();
+    }
+    let others: Vec<&(&str, Step)> = steps
+        .iter()
+        .filter(|(_, s)| !s.breakdown.is_empty() && !s.rows.iter().any(Row::missed))
+        .collect();
+    if !others.is_empty() {
+        println!("details of the other steps:");
+        for (name, s) in others {
+            println!("  [{name}]");
+            for l in &s.breakdown {
+                println!("    {l}");
+            }
+        }
+        println!();
+    }
+    if plan.profile {
+        println!("profile:");
+        for (name, s) in steps.iter().filter(|(_, s)| !s.profile.is_empty()) {
+            println!("  [{name}]");
+            for l in &s.profile {
+                println!("  {l}");
+            }
+        }
+        println!();
+    }
+    let n_miss = rows.iter().filter(|r| r.missed()).count();
+    let n_pass = rows.iter().filter(|r| r.verdict() == "PASS").count();
+    println!(
+        "{n_pass} targets met, {n_miss} missed, {} skipped; bench took {:.0} s",
+        rows.iter().filter(|r| r.verdict() == "SKIP").count(),
+        took.as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// e2e: real client vs scp vs openssl
+// ---------------------------------------------------------------------------
+
+const E2E_SCP_DEFAULT: f64 = 2.0;
+const E2E_SCP_GCM: f64 = 1.3;
+const E2E_OPENSSL: f64 = 0.4;
+const GCM: &str = "aes128-gcm@openssh.com";
+
+fn size_label(bytes: u64) -> String {
+    if bytes >= GIB && bytes.is_multiple_of(GIB) {
+        format!("{} GiB", bytes / GIB)
+    } else {
+        format!("{} MiB", bytes / MIB)
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+fn step_e2e(plan: &Plan, bins: &Binaries, base: &Path, keys: &[Key]) -> Step {
+    let mut step = Step::default();
+    let label = size_label(plan.e2e_size);
+    let what = format!("e2e {label}");
+    let skip_all = |step: &mut Step, why: &str| {
+        for (w, t) in [
+            (format!("{what} vs scp, default cipher"), E2E_SCP_DEFAULT),
+            (format!("{what} vs scp {GCM}"), E2E_SCP_GCM),
+            (
+                format!("{what} vs openssl aes-128-cbc encrypt"),
+                E2E_OPENSSL,
+            ),
+        ] {
+            step.rows
+                .push(Row::skipped(&w, "MB/s", Target::RatioAtLeast(t), why));
+        }
+    };
+    let Some(client_bin) = bins.client.as_ref() else {
+        skip_all(&mut step, "sealdrop-client not built");
+        return step;
+    };
+    if let Err(e) = e2e_inner(plan, client_bin, &bins.server, base, keys, &mut step, &what) {
+        step.rows.clear();
+        skip_all(&mut step, &e);
+    }
+    step
+}
+
+fn e2e_inner(
+    plan: &Plan,
+    client_bin: &Path,
+    server_bin: &Path,
+    base: &Path,
+    keys: &[Key],
+    step: &mut Step,
+    what: &str,
+) -> Res<()> {
+    let dir = tempdir(base, "sealdrop-bench-e2e-")?;
+    progress(&format!(
+        "e2e: writing a {} file and reading it into the page cache",
+        size_label(plan.e2e_size)
+    ));
+    let file = e2e::make_file(dir.path(), plan.e2e_size)?;
+    let mut server = Server::start(server_bin, base)?;
+    let client = e2e::RealClient::prepare(client_bin, dir.path(), &server)?;
+    let ssh_dir = tempdir(base, "sealdrop-bench-sshd-")?;
+    let sshd = e2e::Sshd::start(ssh_dir.path());
+    let default_cipher = e2e::default_cipher();
+    match &sshd {
+        Ok(s) => step.notes.extend(s.notes.iter().cloned()),
+        Err(e) => step.notes.push(format!("scp: skipped ({e})")),
+    }
+    let mut runs = Vec::new();
+    let mut scp_default = Vec::new();
+    let mut scp_gcm = Vec::new();
+    let mut scp_error = None;
+    let mut openssl = Vec::new();
+    let mut openssl_error = None;
+    let mut json = String::new();
+    for round in 0..plan.e2e_rounds {
+        progress(&format!(
+            "e2e: round {}/{}: sealdrop-client, scp, scp {GCM}, openssl speed",
+            round + 1,
+            plan.e2e_rounds
+        ));
+        let (run, j) = e2e::timed_client(&client, &server, &file)?;
+        runs.push(run);
+        json = j;
+        server.check_alive()?;
+        if let Ok(s) = &sshd {
+            match s
+                .copy(&file.path, None)
+                .and_then(|d| Ok((d, s.copy(&file.path, Some(GCM))?)))
+            {
+                Ok((d, g)) => {
+                    scp_default.push(file.size as f64 / 1e6 / d.as_secs_f64());
+                    scp_gcm.push(file.size as f64 / 1e6 / g.as_secs_f64());
+                }
+                Err(e) => scp_error = Some(e),
+            }
+        }
+        match e2e::openssl_speed() {
+            Ok(bps) => openssl.push(bps),
+            Err(e) => openssl_error = Some(e),
+        }
+    }
+    e2e::check_stored(&server, &json, &file)?;
+    let openssl = median(openssl).ok_or_else(|| openssl_error.unwrap_or_default());
+
+    let mbps: Vec<f64> = runs.iter().map(|r| r.mb_per_s(file.size)).collect();
+    let e2e_mbps = median(mbps.clone()).unwrap_or(0.0);
+    let n = runs.len();
+    step.rows.push(
+        Row::info(
+            &format!("{what} upload, sealdrop-client: wall, median of {n}"),
+            file.size as f64 / 1e6 / e2e_mbps,
+            "s",
+        )
+        .reference(format!(
+            "runs {}",
+            mbps.iter().map(|m| num(*m)).collect::<Vec<_>>().join(" / ") + " MB/s"
+        )),
+    );
+    let scp_row = |label: String, rates: &[f64], target: f64| match (
+        median(rates.to_vec()),
+        &scp_error,
+        &sshd,
+    ) {
+        (Some(r), _, _) => Row::info(&label, e2e_mbps, "MB/s")
+            .reference(format!("scp {} MB/s", num(r)))
+            .ratio(r, target),
+        (None, Some(e), _) => Row::skipped(&label, "MB/s", Target::RatioAtLeast(target), e.clone()),
+        (None, None, Err(e)) => {
+            Row::skipped(&label, "MB/s", Target::RatioAtLeast(target), e.clone())
+        }
+        (None, None, Ok(_)) => {
+            Row::skipped(&label, "MB/s", Target::RatioAtLeast(target), "no scp run")
+        }
+    };
+    step.rows.push(scp_row(
+        format!("{what} vs scp, default cipher {default_cipher}"),
+        &scp_default,
+        E2E_SCP_DEFAULT,
+    ));
+    step.rows.push(scp_row(
+        format!("{what} vs scp {GCM}"),
+        &scp_gcm,
+        E2E_SCP_GCM,
+    ));
+    let label = format!("{what} vs openssl aes-128-cbc encrypt");
+    step.rows.push(match &openssl {
+        Ok(bps) => Row::info(&label, e2e_mbps, "MB/s")
+            .reference(format!("openssl {} MB/s", num(bps / 1e6)))
+            .ratio(bps / 1e6, E2E_OPENSSL),
+        Err(e) => Row::skipped(&label, "MB/s", Target::RatioAtLeast(E2E_OPENSSL), e.clone()),
+    });
+    step.breakdown = e2e_breakdown(&runs, file.size, openssl.as_ref().ok().copied());
+    if let Some(key) = keys.first() {
+        progress("e2e: the same upload from the in-bench client, phase by phase");
+        match in_bench_phases(&server, key, &file) {
+            Ok(line) => step.breakdown.push(line),
+            Err(e) => step.breakdown.push(format!("in-bench upload failed: {e}")),
+        }
+    }
+    if plan.profile {
+        progress("e2e: profiling one more upload (perf stat, perf record)");
+        step.profile = if profile::perf_works() {
+            profile::upload(&client, &server, &file, dir.path())
+                .unwrap_or_else(|e| vec![format!("perf failed: {e}")])
+        } else {
+            vec!["perf not available (perf stat -e task-clock true fails)".into()]
+        };
+    }
+    Ok(())
+}
+
+/// Uploads `file` (read into memory) with the in-bench client and says
+/// how long each phase took: where the real client's wall time goes.
+fn in_bench_phases(server: &Server, key: &Key, file: &e2e::BigFile) -> Res<String> {
+    let client = proto::register(server.addr, "bench-e2e-phases", key)?;
+    let data = std::fs::read(&file.path).map_err(|e| e.to_string())?;
+    let (srv0, me0) = (server.cpu(), Cpu::me());
+    let t = proto::session(
+        server.addr,
+        &client,
+        "phases.bin",
+        Plain::Bytes(&data),
+        Duration::from_secs(600),
+        2,
+    )?;
+    let me = Cpu::me().since(me0);
+    let srv = server.cpu().since(srv0);
+    let send = t.total - t.wait_2103 - t.wait_2104;
+    Ok(format!(
+        "in-bench client, same file from memory: {:.2} s = reconnect+encrypt+send {:.2} s ({} MB/s), \
+         wait 2103 {:.2} s, wait 2104 (server fsync+rename) {:.2} s; server CPU user {:.2} s, sys {:.2} s; \
+         in-bench client CPU {:.2} s",
+        t.total.as_secs_f64(),
+        send.as_secs_f64(),
+        num(file.size as f64 / 1e6 / send.as_secs_f64()),
+        t.wait_2103.as_secs_f64(),
+        t.wait_2104.as_secs_f64(),
+        srv.user,
+        srv.sys,
+        me.user + me.sys
+    ))
+}
+
+fn e2e_breakdown(runs: &[e2e::Run], size: u64, openssl: Option<f64>) -> Vec<String> {
+    let mut out = Vec::new();
+    let gb = size as f64 / 1e9;
+    for (i, r) in runs.iter().enumerate() {
+        let wall = r.wall.as_secs_f64();
+        let srv = r.server_user + r.server_sys;
+        out.push(format!(
+            "run {}: wall {:.2} s; client CPU {:.2} s ({:.2} s/GB); server CPU {:.2} s (user {:.2}, sys {:.2}; {:.2} s/GB); \
+             together {:.0}% of the cores",
+            i + 1,
+            wall,
+            r.cpu,
+            r.cpu / gb,
+            srv,
+            r.server_user,
+            r.server_sys,
+            srv / gb,
+            100.0 * (r.cpu + srv) / (cores() * wall)
+        ));
+        out.push(format!(
+            "run {}: {}",
+            i + 1,
+            r.machine.describe(r.cpu + srv)
+        ));
+    }
+    if let Some(bps) = openssl {
+        out.push(format!(
+            "openssl aes-128-cbc encrypt alone needs {:.2} s/GB of one core; the client encrypts serially (CBC)",
+            1e9 / bps
+        ));
+    }
+    out.push("the wall time includes the RSA reconnect, the server's fsync of the whole file before 2104, and process start".into());
+    out
+}
+
+// ---------------------------------------------------------------------------
+// sessions/s and 1000 concurrent uploads, on one server
+// ---------------------------------------------------------------------------
+
+const SESSIONS_RATIO: f64 = 0.6;
+
+fn step_sessions_and_crowd(
+    plan: &Plan,
+    bins: &Binaries,
+    base: &Path,
+    keys: &[Key],
+) -> (Step, Step) {
+    let mut s = Step::default();
+    let mut c = Step::default();
+    let mut server = match Server::start(&bins.server, base) {
+        Ok(x) => x,
+        Err(e) => {
+            s.rows.push(Row::skipped(
+                "sessions/s",
+                "1/s",
+                Target::RatioAtLeast(SESSIONS_RATIO),
+                e.clone(),
+            ));
+            c.rows.push(Row::skipped(
+                "concurrent uploads",
+                "uploads",
+                Target::None,
+                e,
+            ));
+            return (s, c);
+        }
+    };
+    let count = plan.crowd_clients.max(plan.par_threads);
+    progress(&format!("sessions: registering {count} clients in advance"));
+    let t = Instant::now();
+    let clients = match sessions::register_many(server.addr, keys, "bench", count) {
+        Ok(x) => x,
+        Err(e) => {
+            s.rows.push(Row::skipped(
+                "sessions/s",
+                "1/s",
+                Target::RatioAtLeast(SESSIONS_RATIO),
+                e.clone(),
+            ));
+            c.rows.push(Row::skipped(
+                "concurrent uploads",
+                "uploads",
+                Target::None,
+                e,
+            ));
+            return (s, c);
+        }
+    };
+    s.notes.push(format!(
+        "registered {count} clients (1025 + 1026) in {:.1} s before timing",
+        t.elapsed().as_secs_f64()
+    ));
+    if plan.runs("sessions") {
+        if let Err(e) = sessions_inner(plan, &mut server, &clients, &mut s) {
+            s.rows.push(Row::skipped(
+                "sessions/s",
+                "1/s",
+                Target::RatioAtLeast(SESSIONS_RATIO),
+                e,
+            ));
+        }
+    }
+    if plan.runs("crowd") {
+        let n = plan.crowd_clients;
+        progress(&format!(
+            "crowd: {n} concurrent clients uploading {} each",
+            size_label(plan.crowd_size as u64)
+        ));
+        let what = format!(
+            "{n} concurrent clients x {}",
+            size_label(plan.crowd_size as u64)
+        );
+        match crowd_inner(&mut server, &clients[..n], plan.crowd_size, &what) {
+            Ok(step) => c = step,
+            Err(e) => c.rows.push(Row::skipped(
+                &format!("{what}: verified"),
+                "uploads",
+                Target::AtLeast(n as f64),
+                e,
+            )),
+        }
+    }
+    (s, c)
+}
+
+fn sessions_inner(
+    plan: &Plan,
+    server: &mut Server,
+    clients: &[Registered],
+    step: &mut Step,
+) -> Res<()> {
+    let ref_dir = tempdir(
+        server.data.path().parent().unwrap_or(Path::new(".")),
+        "sealdrop-bench-fsync-",
+    )?;
+    // Reference loop, sequential and concurrent batches in turns, so drift
+    // on a shared machine hits all three alike.
+    let rounds = plan.session_rounds;
+    let per = |n: usize| n.div_ceil(rounds);
+    let limit = plan.batch_limit / rounds as u32;
+    let (mut loops, mut seqs, mut pars) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu_seq, mut cpu_par) = (
+        (Cpu::default(), Cpu::default()),
+        (Cpu::default(), Cpu::default()),
+    );
+    let sys0 = SysCpu::now();
+    let (me_all, srv_all) = (Cpu::me(), server.cpu());
+    for r in 0..rounds {
+        progress(&format!(
+            "sessions: round {}/{rounds}: fsync loop, sequential sessions, {} threads",
+            r + 1,
+            plan.par_threads
+        ));
+        loops.push(sessions::fsync_loop(
+            ref_dir.path(),
+            per(plan.fsync_count),
+            plan.fsync_limit / rounds as u32,
+        )?);
+        let (me0, srv0) = (Cpu::me(), server.cpu());
+        seqs.push(sessions::small_sessions(
+            server.addr,
+            clients,
+            1,
+            per(plan.seq_count),
+            limit,
+        )?);
+        let (me1, srv1) = (Cpu::me(), server.cpu());
+        pars.push(sessions::small_sessions(
+            server.addr,
+            clients,
+            plan.par_threads,
+            per(plan.par_count),
+            limit,
+        )?);
+        let (me2, srv2) = (Cpu::me(), server.cpu());
+        cpu_seq = (
+            add(cpu_seq.0, me1.since(me0)),
+            add(cpu_seq.1, srv1.since(srv0)),
+        );
+        cpu_par = (
+            add(cpu_par.0, me2.since(me1)),
+            add(cpu_par.1, srv2.since(srv1)),
+        );
+    }
+    let sys = SysCpu::now().since(sys0);
+    let ours = total(Cpu::me().since(me_all)) + total(server.cpu().since(srv_all));
+    server.check_alive()?;
+    let reference = sessions::Rate::sum(&loops).per_sec();
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{}..{}", num(lo), num(hi))
+    };
+    let loop_rates: Vec<f64> = loops.iter().map(sessions::Rate::per_sec).collect();
+    step.rows.push(
+        Row::info(
+            "reference: write 1 KiB + fsync + rename loop",
+            reference,
+            "1/s",
+        )
+        .reference(format!("{rounds} turns, {} /s", spread(&loop_rates))),
+    );
+    let seq = sessions::Sessions::merge(&seqs);
+    let par = sessions::Sessions::merge(&pars);
+    let what = "sessions/s (1027, 1028 of 1 KiB, 1029)";
+    step.rows.push(
+        Row::info(&format!("{what}, sequential"), seq.rate.per_sec(), "1/s")
+            .reference(format!("fsync loop {}/s", num(reference)))
+            .ratio(reference, SESSIONS_RATIO),
+    );
+    step.rows.push(
+        Row::info(
+            &format!("{what}, {} threads", plan.par_threads),
+            par.rate.per_sec(),
+            "1/s",
+        )
+        .reference(format!("fsync loop {}/s", num(reference)))
+        .ratio(reference, SESSIONS_RATIO),
+    );
+    let per_ms = |cpu: Cpu, n: usize| 1000.0 * total(cpu) / n.max(1) as f64;
+    for (label, b, (me, srv)) in [("sequential", &seq, cpu_seq), ("concurrent", &par, cpu_par)] {
+        let m = b.mean;
+        step.breakdown.push(format!(
+            "{label}: {} sessions in {:.2} s; per session {:.2} ms = connect+1027/2105+RSA decrypt+send {:.2} ms, \
+             wait 2103 {:.2} ms, wait 2104 (fsync, rename, dir fsync, commit) {:.2} ms; \
+             CPU per session: server {:.2} ms, bench client {:.2} ms",
+            b.rate.count,
+            b.rate.elapsed.as_secs_f64(),
+            m.total_ms,
+            m.other_ms(),
+            m.wait_2103_ms,
+            m.wait_2104_ms,
+            per_ms(srv, b.rate.count),
+            per_ms(me, b.rate.count),
+        ));
+    }
+    step.breakdown.push(format!(
+        "reference loop: {:.2} ms per write+fsync+rename; the server does that plus a folder fsync \
+         and SQLite WAL commits (synchronous=FULL) per session",
+        1000.0 / reference
+    ));
+    step.breakdown.push(sys.describe(ours));
+    if plan.profile {
+        progress("sessions: strace -c on the server during 200 sequential sessions");
+        let r = profile::strace_during(server, ref_dir.path(), || {
+            sessions::small_sessions(server.addr, clients, 1, 200, plan.batch_limit).map(drop)
+        });
+        step.profile = match r {
+            Ok(lines) => {
+                std::iter::once("strace -c -f, server, 200 sequential sessions:".to_owned())
+                    .chain(lines)
+                    .collect()
+            }
+            Err(e) => vec![format!("strace failed: {e}")],
+        };
+    }
+    Ok(())
+}
+
+fn add(a: Cpu, b: Cpu) -> Cpu {
+    Cpu {
+        user: a.user + b.user,
+        sys: a.sys + b.sys,
+        child_user: a.child_user + b.child_user,
+        child_sys: a.child_sys + b.child_sys,
+    }
+}
+
+fn total(c: Cpu) -> f64 {
+    c.user + c.sys + c.child_user + c.child_sys
+}
+
+fn crowd_inner(server: &mut Server, clients: &[Registered], size: usize, what: &str) -> Res<Step> {
+    let mut step = Step::default();
+    let n = clients.len();
+    let (me0, srv0, sys0) = (Cpu::me(), server.cpu(), SysCpu::now());
+    let c = sessions::crowd(server.addr, clients, size)?;
+    let (me, srv) = (Cpu::me().since(me0), server.cpu().since(srv0));
+    let sys = SysCpu::now().since(sys0);
+    server.check_alive()?;
+    let wall = c.wall.as_secs_f64();
+    step.rows.push(
+        Row::info(&format!("{what}: verified"), c.verified as f64, "uploads")
+            .reference(format!("{} failed", c.failed))
+            .target(Target::AtLeast(n as f64)),
+    );
+    step.rows.push(
+        Row::info(&format!("{what}: wall"), wall, "s").reference(format!(
+            "{} MB/s aggregate",
+            num((c.verified * size) as f64 / 1e6 / wall.max(1e-9))
+        )),
+    );
+    step.rows.push(Row::info(
+        &format!("{what}: p50 session latency"),
+        c.p50.as_secs_f64() * 1000.0,
+        "ms",
+    ));
+    step.rows.push(Row::info(
+        &format!("{what}: p99 session latency"),
+        c.p99.as_secs_f64() * 1000.0,
+        "ms",
+    ));
+    if !c.failures.is_empty() {
+        step.breakdown
+            .push(format!("first failures: {}", c.failures.join(" | ")));
+    }
+    step.breakdown.push(format!(
+        "mean session {:.0} ms: wait 2103 {:.0} ms, wait 2104 {:.0} ms; CPU: server {:.2} s, bench clients {:.2} s over {wall:.2} s",
+        c.mean.total_ms,
+        c.mean.wait_2103_ms,
+        c.mean.wait_2104_ms,
+        srv.user + srv.sys,
+        me.user + me.sys
+    ));
+    step.breakdown.push(format!(
+        "one upload completed every {:.1} ms on average; the server's one thread fsyncs each file, \
+         its folder and the database before it answers 2104",
+        1000.0 * wall / c.verified.max(1) as f64
+    ));
+    step.breakdown.push(sys.describe(total(srv) + total(me)));
+    Ok(step)
+}
+
+// ---------------------------------------------------------------------------
+// idle connections
+// ---------------------------------------------------------------------------
+
+const IDLE_KIB: f64 = 16.0;
+
+fn step_idle(plan: &Plan, bins: &Binaries, base: &Path, nofile: u64) -> Step {
+    let mut step = Step::default();
+    let max = *plan.idle_counts.last().unwrap_or(&0);
+    let row_name = |n: usize| format!("{n} idle connections: server RSS per connection");
+    let target_of = |n: usize| {
+        if n >= 10_000 {
+            Target::Below(IDLE_KIB)
+        } else {
+            Target::None
+        }
+    };
+    let counts: Vec<usize> = plan.idle_counts.clone();
+    if nofile < max as u64 + 100 {
+        step.notes.push(format!(
+            "open-file limit {nofile} is too low for {max} connections"
+        ));
+    }
+    progress(&format!(
+        "idle: holding {} connections",
+        counts
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", then ")
+    ));
+    let result = Server::start(&bins.server, base).and_then(|mut s| {
+        let points = idle::hold(&mut s, &counts)?;
+        Ok((points, s.status_kib("RssAnon"), s.status_kib("RssFile")))
+    });
+    match result {
+        Ok((points, anon, file)) => {
+            for p in &points {
+                step.rows.push(
+                    Row::info(&row_name(p.conns), p.kib_per_conn(), "KiB")
+                        .reference(format!(
+                            "VmRSS {} -> {} MiB",
+                            num(p.rss_before as f64 / 1024.0),
+                            num(p.rss_after as f64 / 1024.0)
+                        ))
+                        .target(target_of(p.conns)),
+                );
+            }
+            step.breakdown.push(format!(
+                "server at the end: RssAnon {} KiB, RssFile {} KiB; kernel socket buffers are not in RSS",
+                anon.unwrap_or(0),
+                file.unwrap_or(0)
+            ));
+        }
+        Err(e) => {
+            for &n in &counts {
+                step.rows
+                    .push(Row::skipped(&row_name(n), "KiB", target_of(n), e.clone()));
+            }
+        }
+    }
+    step
+}
+
+// ---------------------------------------------------------------------------
+// the 4 GiB upload
+// ---------------------------------------------------------------------------
+
+const BIG_RSS_MIB: f64 = 32.0;
+
+fn step_big(plan: &Plan, bins: &Binaries, base: &Path, keys: &[Key]) -> Step {
+    let mut step = Step::default();
+    let label = if plan.big_size == MAX_PLAINTEXT_SIZE {
+        "4 GiB - 1 KiB".to_owned()
+    } else {
+        size_label(plan.big_size)
+    };
+    let what = format!("{label} upload: server peak RSS (VmHWM)");
+    match big_inner(plan, bins, base, keys, &label, &mut step) {
+        Ok(()) => {}
+        Err(e) => {
+            step.rows.clear();
+            step.rows
+                .push(Row::skipped(&what, "MiB", Target::Below(BIG_RSS_MIB), e));
+        }
+    }
+    step
+}
+
+fn big_inner(
+    plan: &Plan,
+    bins: &Binaries,
+    base: &Path,
+    keys: &[Key],
+    label: &str,
+    step: &mut Step,
+) -> Res<()> {
+    let free = procs::free_bytes(base).unwrap_or(u64::MAX);
+    if free < plan.big_size + GIB {
+        return Err(format!(
+            "only {} MiB free in {}",
+            free / MIB,
+            base.display()
+        ));
+    }
+    let mut server = Server::start(&bins.server, base)?;
+    let client = proto::register(server.addr, "bench-big", &keys[0])?;
+    let hwm_before = server.status_kib("VmHWM").unwrap_or(0);
+    progress(&format!("big: uploading {label} generated on the fly"));
+    let block = proto::pattern(MIB as usize, 14);
+    let peak = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop, pid) = (Arc::clone(&peak), Arc::clone(&stop), server.pid());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(r) = procs::status_kib(pid, "VmRSS") {
+                    peak.fetch_max(r, Ordering::Relaxed);
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let (srv0, me0, sys0, t) = (server.cpu(), Cpu::me(), SysCpu::now(), Instant::now());
+    let result = proto::session(
+        server.addr,
+        &client,
+        "big.bin",
+        Plain::Generated {
+            len: plan.big_size,
+            block: &block,
+        },
+        Duration::from_secs(600),
+        1,
+    );
+    let wall = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let times = result?;
+    server.check_alive()?;
+    let srv = server.cpu().since(srv0);
+    let me = Cpu::me().since(me0);
+    let sys = SysCpu::now().since(sys0);
+    let hwm = server.status_kib("VmHWM").ok_or("cannot read VmHWM")?;
+    step.rows.push(
+        Row::info(
+            &format!("{label} upload: server peak RSS (VmHWM)"),
+            hwm as f64 / 1024.0,
+            "MiB",
+        )
+        .reference(format!(
+            "sampled VmRSS max {} MiB; idle {} MiB",
+            num(peak.load(Ordering::Relaxed) as f64 / 1024.0),
+            num(hwm_before as f64 / 1024.0)
+        ))
+        .target(Target::Below(BIG_RSS_MIB)),
+    );
+    step.rows.push(
+        Row::info(
+            &format!("{label} upload: throughput (in-bench client)"),
+            plan.big_size as f64 / 1e6 / wall.as_secs_f64(),
+            "MB/s",
+        )
+        .reference(format!(
+            "2103 after {:.1} s, 2104 (fsync) {:.1} s later",
+            (times.total - times.wait_2104).as_secs_f64(),
+            times.wait_2104.as_secs_f64()
+        )),
+    );
+    step.breakdown.push(format!(
+        "server: VmHWM {hwm} KiB, RssAnon {} KiB, RssFile {} KiB; CPU {:.1} s over {:.1} s",
+        server.status_kib("RssAnon").unwrap_or(0),
+        server.status_kib("RssFile").unwrap_or(0),
+        srv.user + srv.sys,
+        wall.as_secs_f64()
+    ));
+    step.breakdown.push(sys.describe(total(srv) + total(me)));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------
+
+fn cores() -> f64 {
+    thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
+fn tempdir(base: &Path, prefix: &str) -> Res<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(base)
+        .map_err(|e| {
+            format!(
+                "cannot create a temporary directory in {}: {e}",
+                base.display()
+            )
+        })
+}
+
+/// One line about the machine: CPUs, memory, kernel, the temp dir's disk.
+fn machine(base: &Path) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = procs::status_kib_file("/proc/meminfo", "MemTotal").unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let device = std::process::Command::new("df")
+        .arg("-P")
+        .arg(base)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .nth(1)
+                .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        })
+        .unwrap_or_default();
+    format!(
+        "{cpus} x {model}, {:.1} GiB RAM, Linux {}; temp dir {} on {device}; load average {} at start",
+        mem as f64 / 1024.0 / 1024.0,
+        kernel.trim(),
+        PathBuf::from(base).display(),
+        procs::load_average()
+    )
+}
+
+/// The current UTC time as `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_convert() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(20_423), (2025, 12, 1));
+    }
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![1.0, 4.0]), Some(4.0));
+    }
+}
