@@ -165,6 +165,30 @@ fn random_part_name() -> io::Result<String> {
     Ok(name)
 }
 
+/// While an upload is written, every this many bytes are handed to the
+/// kernel's writeback at once (sync_file_range, SYNC_FILE_RANGE_WRITE), so
+/// the disk works while the rest arrives and the fsync before 2104 finds
+/// little left to do (measured: 0.5 s of a 1 GiB upload's 2.7 s was that
+/// final fsync). It also keeps dirty pages from piling up.
+pub const WRITEBACK_CHUNK: u64 = 8 << 20;
+
+/// Starts asynchronous writeback of a range; a hint, so failure is ignored.
+#[allow(unsafe_code)] // sync_file_range(2) has no safe wrapper in std.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor belongs to `file`, which outlives the call;
+    // no memory is passed to the kernel.
+    let rc = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if rc != 0 {
+        log::debug!("sync_file_range: {}", io::Error::last_os_error());
+    }
+}
+
 /// A temporary upload file. Bytes are appended with [`PartFile::write`];
 /// [`PartFile::place`] makes it durable at its final path. Dropped before
 /// that, it deletes its file.
@@ -176,6 +200,8 @@ pub struct PartFile {
     file: Option<File>,
     /// Bytes written so far.
     written: u64,
+    /// Bytes handed to the kernel's writeback by [`start_writeback`].
+    queued: u64,
     /// An earlier write failed: the content is incomplete for good.
     failed: bool,
     /// Renamed to its final path: nothing to delete any more.
@@ -212,6 +238,7 @@ impl PartFile {
             path,
             file: Some(file),
             written: 0,
+            queued: 0,
             failed: false,
             placed: false,
             removed: false,
@@ -247,6 +274,10 @@ impl PartFile {
         match file.write_all(data) {
             Ok(()) => {
                 self.written += data.len() as u64;
+                if self.written - self.queued >= WRITEBACK_CHUNK {
+                    start_writeback(file, self.queued, self.written - self.queued);
+                    self.queued = self.written;
+                }
                 Ok(())
             }
             Err(e) => {
