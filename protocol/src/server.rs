@@ -764,7 +764,11 @@ impl<U> ServerSession<U> {
             .map_err(|e| e.message)?
             .ok_or("unknown client id")?;
         store.touch(&id).map_err(|e| e.message)?;
-        let own = self.keys.iter().find(|(k, _)| *k == id).map(|(_, key)| key.clone());
+        let own = self
+            .keys
+            .iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, key)| key.clone());
         let stored_key = own.is_none();
         let key = own
             .or(rec.last_key)

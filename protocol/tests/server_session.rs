@@ -629,7 +629,10 @@ fn bad_padding_under_the_stored_key_retires_it() {
     let old = AesKey::from_slice(&vector("aes_key.bin"));
     assert_ne!(h.store.clients[&alice_id()].last_key, old);
     let mut other = Harness::new(h.store);
-    assert_eq!(other.feed(&vector("request_1028.bin")), vector("response_2107.bin"));
+    assert_eq!(
+        other.feed(&vector("request_1028.bin")),
+        vector("response_2107.bin")
+    );
 }
 
 #[test]
