@@ -197,6 +197,11 @@ pub enum ServerEvent {
         applied: bool,
         /// Sends of this file on this connection so far.
         attempts: u32,
+        /// Plaintext bytes and cksum of the last send, if this connection
+        /// received it.
+        last: Option<UploadSummary>,
+        /// Time from the first send's header to the verdict.
+        duration: Option<Duration>,
     },
     /// A well-formed request was answered with 2107; the connection stays.
     Refused {
@@ -243,6 +248,10 @@ struct Attempts {
     client_id: ClientId,
     base: String,
     count: u32,
+    /// When the first send began.
+    started: Instant,
+    /// Size and cksum of the last complete send.
+    last: Option<UploadSummary>,
 }
 
 /// The server side of one connection. See the module docs for how to drive it.
@@ -521,7 +530,7 @@ impl<U> ServerSession<U> {
     ) -> bool {
         match event {
             RequestEvent::Request(header, request) => {
-                self.on_request(header, request, store, rng);
+                self.on_request(header, request, now, store, rng);
                 self.request_done(now);
                 true
             }
@@ -562,6 +571,7 @@ impl<U> ServerSession<U> {
         &mut self,
         header: RequestHeader,
         request: Request,
+        now: Instant,
         store: &mut S,
         rng: &mut dyn Entropy,
     ) {
@@ -572,13 +582,13 @@ impl<U> ServerSession<U> {
             }
             Request::Reconnect { name } => self.on_reconnect(&header, &name, store, rng),
             Request::CrcOk { file_name } => {
-                self.on_verdict(&header, &file_name, VerdictKind::CrcOk, store)
+                self.on_verdict(&header, &file_name, VerdictKind::CrcOk, now, store)
             }
             Request::CrcBad { file_name } => {
-                self.on_verdict(&header, &file_name, VerdictKind::CrcBad, store)
+                self.on_verdict(&header, &file_name, VerdictKind::CrcBad, now, store)
             }
             Request::CrcGiveUp { file_name } => {
-                self.on_verdict(&header, &file_name, VerdictKind::CrcGiveUp, store)
+                self.on_verdict(&header, &file_name, VerdictKind::CrcGiveUp, now, store)
             }
         };
         if let Err(reason) = result {
@@ -730,7 +740,7 @@ impl<U> ServerSession<U> {
     ) {
         let id = header.client_id;
         let base = sanitize_file_name(file_name.text()).map(str::to_owned);
-        let attempt = self.count_attempt(id, base.as_deref().unwrap_or(""));
+        let attempt = self.count_attempt(id, base.as_deref().unwrap_or(""), now);
         let sink = self.open_sink(id, base.as_deref(), content_size, store);
         let shown = base
             .clone()
@@ -785,7 +795,7 @@ impl<U> ServerSession<U> {
         })
     }
 
-    fn count_attempt(&mut self, id: ClientId, base: &str) -> u32 {
+    fn count_attempt(&mut self, id: ClientId, base: &str, now: Instant) -> u32 {
         match &mut self.attempts {
             Some(a) if a.client_id == id && a.base == base => {
                 a.count += 1;
@@ -796,6 +806,8 @@ impl<U> ServerSession<U> {
                     client_id: id,
                     base: base.to_owned(),
                     count: 1,
+                    started: now,
+                    last: None,
                 });
                 1
             }
@@ -862,6 +874,11 @@ impl<U> ServerSession<U> {
             }
             Ok((upload, summary)) => {
                 self.keep_pending(inc.client_id, &inc.base, upload, store);
+                if let Some(a) = self.attempts.as_mut() {
+                    if a.client_id == inc.client_id && a.base == inc.base {
+                        a.last = Some(summary);
+                    }
+                }
                 self.events.push(ServerEvent::UploadReceived {
                     client_id: inc.client_id,
                     file_name: inc.base,
@@ -929,6 +946,7 @@ impl<U> ServerSession<U> {
         header: &RequestHeader,
         file_name: &FixedName,
         kind: VerdictKind,
+        now: Instant,
         store: &mut S,
     ) -> Result<(), String> {
         let id = header.client_id;
@@ -954,9 +972,13 @@ impl<U> ServerSession<U> {
             self.pending.remove(i);
         }
         let applied = outcome == VerdictOutcome::Applied;
-        let attempts = match &self.attempts {
-            Some(a) if a.client_id == id && a.base == base => a.count,
-            _ => 0,
+        let (attempts, last, duration) = match &self.attempts {
+            Some(a) if a.client_id == id && a.base == base => (
+                a.count,
+                a.last,
+                Some(now.saturating_duration_since(a.started)),
+            ),
+            _ => (0, None, None),
         };
         if kind != VerdictKind::CrcBad {
             self.attempts = None;
@@ -967,6 +989,8 @@ impl<U> ServerSession<U> {
             verdict: kind,
             applied,
             attempts,
+            last,
+            duration,
         });
         match (kind, applied) {
             // §3: 1030 gets no response.

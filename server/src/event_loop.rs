@@ -663,7 +663,7 @@ fn log_events(key: usize, conn: &mut Conn) {
                 attempt,
                 duration,
             } => log::info!(
-                "conn#{key} {p}: upload client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempt={attempt} duration={:.3}s outcome=received (2103, awaiting verdict)",
+                "conn#{key} {p}: 1028 received client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempt={attempt} in {:.3}s (2103, awaiting verdict)",
                 duration.as_secs_f64()
             ),
             ServerEvent::Verdict {
@@ -672,15 +672,22 @@ fn log_events(key: usize, conn: &mut Conn) {
                 verdict,
                 applied,
                 attempts,
+                last,
+                duration,
             } => {
                 let outcome = match (verdict, applied) {
                     (VerdictKind::CrcOk, true) => "verified",
-                    (VerdictKind::CrcBad, _) => "crc-mismatch, resending",
-                    (VerdictKind::CrcGiveUp, _) => "crc-mismatch, client gave up",
-                    (VerdictKind::CrcOk, false) => "nothing pending (2107)",
+                    (VerdictKind::CrcBad, _) => "crc-mismatch-resending",
+                    (VerdictKind::CrcGiveUp, _) => "crc-mismatch-gave-up",
+                    (VerdictKind::CrcOk, false) => "nothing-pending(2107)",
                 };
+                let (bytes, cksum) = match last {
+                    Some(s) => (s.plain_len.to_string(), s.cksum.to_string()),
+                    None => ("?".into(), "?".into()),
+                };
+                let secs = duration.map_or("?".into(), |d| format!("{:.3}s", d.as_secs_f64()));
                 log::info!(
-                    "conn#{key} {p}: upload client={client_id} file={file_name:?} attempts={attempts} outcome={outcome}"
+                    "conn#{key} {p}: upload client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempts={attempts} duration={secs} outcome={outcome}"
                 )
             }
             ServerEvent::Refused {
