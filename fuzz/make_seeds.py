@@ -27,6 +27,19 @@ seeds['server_session']['whole_session'] = b''.join(session)
 seeds['server_session']['resend'] = read('request_1028.bin') + read('request_1030.bin') + \
     read('request_1028.bin') + read('request_1031.bin')
 seeds['response_decoder']['all'] = b''.join(read(n) for n in responses)
+# client_session: a mode byte (0 new client, 1 returning) then the server's stream.
+new_client = b''.join(read(n) for n in ['response_2100.bin', 'response_2102.bin',
+                                         'response_2103.bin', 'response_2104.bin'])
+returning = b''.join(read(n) for n in ['response_2105.bin', 'response_2103.bin', 'response_2104.bin'])
+denied = read('response_2106.bin') + new_client
+client_seeds = {'new_client': b'\x00' + new_client, 'returning': b'\x01' + returning,
+                'denied': b'\x01' + denied, 'errors': b'\x00' + read('response_2107.bin') * 4,
+                'taken': b'\x00' + read('response_2101.bin')}
+d = os.path.join(HERE, 'corpus', 'client_session')
+os.makedirs(d, exist_ok=True)
+for name, data in client_seeds.items():
+    with open(os.path.join(d, name), 'wb') as f:
+        f.write(data)
 for target, files in seeds.items():
     d = os.path.join(HERE, 'corpus', target)
     os.makedirs(d, exist_ok=True)

@@ -280,3 +280,86 @@ pub fn server_session(data: &[u8]) {
     );
     assert!(store.pending_count() == store.orphan_count());
 }
+
+/// The vector private key, parsed once.
+fn fuzz_private_key() -> crate::crypto::RsaPrivateKey {
+    static KEY: std::sync::OnceLock<crate::crypto::RsaPrivateKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        crate::crypto::RsaPrivateKey::from_der(include_bytes!(
+            "../../fixtures/vectors/rsa1024_private_pkcs8.der"
+        ))
+        .expect("the vector key parses")
+    })
+    .clone()
+}
+
+/// Client session against a hostile server: the input's first byte picks
+/// a new or returning client, the rest is the server's byte stream.
+/// Never panics, never loops: once the stream is exhausted (every further
+/// read sees a closed connection) the session ends within a bounded
+/// number of steps, and only a real 2104 after 1029 counts as verified.
+pub fn client_session(data: &[u8]) {
+    use crate::client::{Action, ClientConfig, ClientSession, Identity, Outcome};
+    let Some((&mode, stream)) = data.split_first() else {
+        return;
+    };
+    let identity = (mode & 1 == 1).then(|| Identity {
+        name: "alice".into(),
+        client_id: ClientId(FUZZ_CLIENT_ID),
+        key: fuzz_private_key(),
+    });
+    let content = [0x42u8; 100];
+    let Ok(mut session) = ClientSession::new(ClientConfig {
+        revision: Revision::R2023c,
+        name: "alice".into(),
+        file_name: "f.bin".into(),
+        plain_len: content.len() as u64,
+        identity,
+    }) else {
+        return;
+    };
+    let mut rng = TestEntropy::new(5);
+    let mut decoder = ResponseDecoder::new(Revision::R2023c);
+    let mut input = stream;
+    let mut sent_1029 = false;
+    for _ in 0..10_000 {
+        match session.poll_action() {
+            Some(Action::Connect { .. }) => session.handle_connected(),
+            Some(Action::Send(bytes)) => {
+                sent_1029 |= bytes.len() >= 19 && bytes[17..19] == 1029u16.to_le_bytes();
+            }
+            Some(Action::SendFile(upload)) => {
+                let mut upload = *upload;
+                let mut out = Vec::new();
+                upload
+                    .sender
+                    .push(&content, &mut out)
+                    .expect("declared size");
+                let cksum = upload.sender.finish(&mut out).expect("declared size");
+                session.handle_file_sent(cksum);
+            }
+            Some(Action::GenerateKeyPair) => {
+                session
+                    .handle_key_pair(fuzz_private_key())
+                    .expect("vector key fits");
+            }
+            Some(Action::Done(outcome)) => {
+                if matches!(outcome, Outcome::Verified { .. }) {
+                    assert!(sent_1029, "verified without a 1029");
+                }
+                return;
+            }
+            None => match decoder.decode(&mut input) {
+                Ok(Some(r)) => session.handle_response(r, &mut rng),
+                Ok(None) => session.handle_connection_lost(),
+                Err(e) => {
+                    session.handle_decode_error(e);
+                    decoder = ResponseDecoder::new(Revision::R2023c);
+                    input = &[];
+                }
+            },
+        }
+        while session.poll_event().is_some() {}
+    }
+    panic!("client session did not finish");
+}

@@ -48,3 +48,8 @@ fn sanitizer_corpus() {
 fn request_roundtrip_corpus() {
     replay("request_roundtrip", fuzzing::request_roundtrip);
 }
+
+#[test]
+fn client_session_corpus() {
+    replay("client_session", fuzzing::client_session);
+}
