@@ -135,6 +135,25 @@ pub struct DiskStore {
 /// deleting the first one's uploads in progress.
 pub const LOCK_FILE_NAME: &str = ".sealdrop.lock";
 
+/// A file at its final path was confirmed by its client (only an accept
+/// places a file there), so a Verified = 0 row for it is left over from an
+/// accept whose database update failed (a full disk, a crash between the
+/// rename and the commit): mark it verified.
+fn repair_unmarked(db: &Db, data_dir: &Path) -> Result<(), StoreError> {
+    for f in db.files()? {
+        let path = files::final_path(data_dir, &f.client, &f.file_name);
+        if !f.verified && path.is_file() {
+            db.mark_verified(&f.client, &f.file_name, path_text(&path)?)?;
+            log::warn!(
+                "{} {:?}: at its final path but not marked verified (interrupted accept); marked now",
+                f.client.to_hex(),
+                f.file_name
+            );
+        }
+    }
+    Ok(())
+}
+
 fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
     let path = data_dir.join(LOCK_FILE_NAME);
     let file = std::fs::OpenOptions::new()
@@ -199,6 +218,7 @@ impl DiskStore {
             .into_iter()
             .map(|f| (f.client.to_hex(), f.file_name))
             .collect();
+        repair_unmarked(&db, data_dir)?;
         files::cleanup_leftovers(data_dir, |client, name| {
             stored.contains(&(client.to_owned(), name.to_owned()))
         })
@@ -343,7 +363,15 @@ impl DiskStore {
         };
         let who = format!("{} {:?}", p.client.to_hex(), p.file_name);
         if p.part.is_placed() {
-            log::warn!("upload {uid} ({who}) {why}; already at its final path, left there");
+            // Only an accepted (client-confirmed) upload is ever placed, so
+            // its record must say Verified; the update that failed during
+            // the accept is tried once more (and again at the next start).
+            let marked = path_text(&p.final_path)
+                .and_then(|path| self.db.mark_verified(&p.client, &p.file_name, path));
+            match marked {
+                Ok(()) => log::info!("upload {uid} ({who}) {why}; already at its final path, now marked verified"),
+                Err(e) => log::warn!("upload {uid} ({who}) {why}; at its final path, marking it verified failed: {e}"),
+            }
             return;
         }
         match p.part.discard() {

@@ -1441,3 +1441,153 @@ pub fn join_all<T>(handles: Vec<std::thread::JoinHandle<T>>, timeout: Duration) 
         .map(|(i, h)| h.join().unwrap_or_else(|_| panic!("thread {i} panicked")))
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// Restarts expected to fail, mounts (faults.rs, flipped_bytes.rs)
+// ---------------------------------------------------------------------------
+
+impl Server {
+    /// As [`Server::start_again`] but without waiting for `listening on`:
+    /// for a restart that is expected to fail (see [`Server::wait_exit`]).
+    pub fn spawn_again(&mut self) {
+        assert!(self.try_exit().is_some(), "spawn_again on a running server");
+        let lines: Vec<String> = self.log.lock().unwrap().lines.iter().cloned().collect();
+        self.old_log.extend(lines);
+        self.spawn();
+    }
+
+    /// Waits (bounded) until the log reader has seen the end of the
+    /// server's stderr, so that every line of an exited run is in the log.
+    pub fn wait_log_closed(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || self.log.lock().unwrap().closed)
+    }
+}
+
+/// Runs `mount ARGS...` (bounded); `Err` carries its stderr.
+pub fn run_mount(args: &[&str]) -> Result<(), String> {
+    let ran = run_bounded(Command::new("mount").args(args), Duration::from_secs(20));
+    if ran.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "mount {}: {} {}",
+            args.join(" "),
+            ran.status,
+            ran.stderr.trim()
+        ))
+    }
+}
+
+/// A tmpfs mounted on a folder, unmounted when dropped (lazily if a
+/// process still uses it).
+pub struct TmpfsMount {
+    path: PathBuf,
+    mounted: bool,
+}
+
+impl TmpfsMount {
+    /// Mounts a tmpfs with `options` (e.g. `size=2m`) on `path`, which
+    /// must exist.
+    pub fn mount(path: &Path, options: &str) -> Result<TmpfsMount, String> {
+        let p = path.to_str().expect("UTF-8 mount point");
+        run_mount(&["-t", "tmpfs", "-o", options, "tmpfs", p])?;
+        Ok(TmpfsMount {
+            path: path.to_path_buf(),
+            mounted: true,
+        })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Remounts read-only (`ro`) or read-write (`rw`).
+    pub fn remount(&self, mode: &str) {
+        let p = self.path.to_str().unwrap();
+        run_mount(&["-o", &format!("remount,{mode}"), p])
+            .unwrap_or_else(|e| panic!("remount {mode}: {e}"));
+    }
+
+    /// Unmounts now (lazily if busy); idempotent.
+    pub fn unmount(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        self.mounted = false;
+        let p = self.path.to_str().unwrap().to_string();
+        for args in [vec![p.clone()], vec!["-l".to_string(), p.clone()]] {
+            let ran = run_bounded(Command::new("umount").args(&args), Duration::from_secs(20));
+            if ran.status.success() {
+                return;
+            }
+            eprintln!("umount {args:?}: {}", ran.stderr.trim());
+        }
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// Whether a tmpfs can be mounted here (a sandbox may forbid it): mounts
+/// and unmounts one on a scratch folder. `Err` carries the reason.
+pub fn tmpfs_mount_works() -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("sealdrop-mount-probe-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let mut m = TmpfsMount::mount(dir.path(), "size=64k")?;
+    m.unmount();
+    Ok(())
+}
+
+/// A [`Server`] whose data directory is a tmpfs: on drop the server is
+/// killed first, then the tmpfs unmounted, then the temporary folder
+/// removed (in that order, so nothing stays mounted or behind).
+pub struct MountedServer {
+    pub server: Server,
+    pub mount: TmpfsMount,
+}
+
+impl MountedServer {
+    /// Mounts a tmpfs with `options` on the new server's data directory,
+    /// runs `prepare` on it, then spawns the server (without waiting).
+    pub fn spawn(
+        opts: ServerOpts,
+        options: &str,
+        prepare: impl FnOnce(&TmpfsMount),
+    ) -> Result<MountedServer, String> {
+        let mut mount: Option<Result<TmpfsMount, String>> = None;
+        let server = Server::spawn_with(opts, |data| {
+            let m = TmpfsMount::mount(data, options);
+            if let Ok(m) = &m {
+                prepare(m);
+            }
+            mount = Some(m);
+        });
+        match mount.expect("prepare ran") {
+            Ok(mount) => Ok(MountedServer { server, mount }),
+            Err(e) => {
+                drop(server);
+                Err(e)
+            }
+        }
+    }
+
+    /// As [`MountedServer::spawn`], then waits for `listening on`.
+    pub fn start(opts: ServerOpts, options: &str) -> Result<MountedServer, String> {
+        let mut m = MountedServer::spawn(opts, options, |_| {})?;
+        m.server.wait_listening();
+        Ok(m)
+    }
+}
+
+impl Drop for MountedServer {
+    fn drop(&mut self) {
+        self.server.kill9();
+        self.mount.unmount();
+    }
+}
