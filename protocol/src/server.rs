@@ -20,6 +20,7 @@
 //! Time comes in as an argument and randomness through [`Entropy`], so the
 //! session is deterministic under test.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::cksum::Cksum;
@@ -260,7 +261,7 @@ pub struct ServerSession<U> {
     decoder: RequestDecoder,
     out: Vec<u8>,
     out_pos: usize,
-    events: Vec<ServerEvent>,
+    events: VecDeque<ServerEvent>,
     keys: Vec<(ClientId, AesKey)>,
     incoming: Option<Incoming<U>>,
     pending: Vec<Pending>,
@@ -282,7 +283,7 @@ impl<U> ServerSession<U> {
             config,
             out: Vec::new(),
             out_pos: 0,
-            events: Vec::new(),
+            events: VecDeque::new(),
             keys: Vec::new(),
             incoming: None,
             pending: Vec::new(),
@@ -419,12 +420,6 @@ impl<U> ServerSession<U> {
         self.closing
     }
 
-    /// True while a 1028's content is streaming in (the server's drain on
-    /// shutdown waits for these).
-    pub fn is_receiving_file(&self) -> bool {
-        self.decoder.in_content()
-    }
-
     /// True while this connection holds complete uploads awaiting a verdict.
     pub fn awaiting_verdict(&self) -> bool {
         !self.pending.is_empty()
@@ -445,11 +440,7 @@ impl<U> ServerSession<U> {
     /// The next event for the log.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
-        if self.events.is_empty() {
-            None
-        } else {
-            Some(self.events.remove(0))
-        }
+        self.events.pop_front()
     }
 
     /// Releases everything the session holds in the store: an upload in
@@ -462,7 +453,8 @@ impl<U> ServerSession<U> {
         }
         if self.closing.is_none() {
             self.closing = Some(CloseReason::Local);
-            self.events.push(ServerEvent::Closing(CloseReason::Local));
+            self.events
+                .push_back(ServerEvent::Closing(CloseReason::Local));
         }
         self.closed = true;
         if let Some(inc) = self.incoming.take() {
@@ -485,7 +477,7 @@ impl<U> ServerSession<U> {
             return;
         }
         self.closing = Some(reason);
-        self.events.push(ServerEvent::Closing(reason));
+        self.events.push_back(ServerEvent::Closing(reason));
         if let Some(inc) = self.incoming.take() {
             if let Ok(sink) = inc.sink {
                 store.abort_upload(sink.upload);
@@ -559,7 +551,7 @@ impl<U> ServerSession<U> {
     }
 
     fn refuse(&mut self, header: &RequestHeader, reason: impl Into<String>) {
-        self.events.push(ServerEvent::Refused {
+        self.events.push_back(ServerEvent::Refused {
             kind: header.kind,
             client_id: header.client_id,
             reason: reason.into(),
@@ -618,7 +610,7 @@ impl<U> ServerSession<U> {
         store
             .register_client(&id, text, replace.as_ref())
             .map_err(|e| e.message)?;
-        self.events.push(ServerEvent::Registered {
+        self.events.push_back(ServerEvent::Registered {
             client_id: id,
             name: text.to_owned(),
             replaced: replace.is_some(),
@@ -632,7 +624,7 @@ impl<U> ServerSession<U> {
         name: &FixedName,
         reason: &'static str,
     ) -> Result<(), String> {
-        self.events.push(ServerEvent::RegistrationFailed {
+        self.events.push_back(ServerEvent::RegistrationFailed {
             name: String::from_utf8_lossy(name.text()).into_owned(),
             reason,
         });
@@ -668,7 +660,8 @@ impl<U> ServerSession<U> {
             .set_public_key(&id, public_key, &aes)
             .map_err(|e| e.message)?;
         self.remember_key(id, aes);
-        self.events.push(ServerEvent::KeyAccepted { client_id: id });
+        self.events
+            .push_back(ServerEvent::KeyAccepted { client_id: id });
         self.send(Response::KeyAccepted {
             client_id: id,
             encrypted_key: Box::new(encrypted),
@@ -687,7 +680,7 @@ impl<U> ServerSession<U> {
         let id = header.client_id;
         let rec = store.client_by_id(&id).map_err(|e| e.message)?;
         let deny = |this: &mut Self, reason| {
-            this.events.push(ServerEvent::ReconnectDenied {
+            this.events.push_back(ServerEvent::ReconnectDenied {
                 client_id: id,
                 reason,
             });
@@ -713,7 +706,8 @@ impl<U> ServerSession<U> {
             .map_err(|e| format!("RSA encryption failed: {e}"))?;
         store.set_last_key(&id, &aes).map_err(|e| e.message)?;
         self.remember_key(id, aes);
-        self.events.push(ServerEvent::Reconnected { client_id: id });
+        self.events
+            .push_back(ServerEvent::Reconnected { client_id: id });
         self.send(Response::ReconnectAccepted {
             client_id: id,
             encrypted_key: Box::new(encrypted),
@@ -745,7 +739,7 @@ impl<U> ServerSession<U> {
         let shown = base
             .clone()
             .unwrap_or_else(|| String::from_utf8_lossy(file_name.text()).into_owned());
-        self.events.push(ServerEvent::UploadStarted {
+        self.events.push_back(ServerEvent::UploadStarted {
             client_id: id,
             file_name: shown.clone(),
             content_size,
@@ -879,7 +873,7 @@ impl<U> ServerSession<U> {
                         a.last = Some(summary);
                     }
                 }
-                self.events.push(ServerEvent::UploadReceived {
+                self.events.push_back(ServerEvent::UploadReceived {
                     client_id: inc.client_id,
                     file_name: inc.base,
                     bytes: summary.plain_len,
@@ -983,7 +977,7 @@ impl<U> ServerSession<U> {
         if kind != VerdictKind::CrcBad {
             self.attempts = None;
         }
-        self.events.push(ServerEvent::Verdict {
+        self.events.push_back(ServerEvent::Verdict {
             client_id: id,
             file_name: base.to_owned(),
             verdict: kind,
