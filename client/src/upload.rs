@@ -123,8 +123,9 @@ pub fn send_file(
     result
 }
 
-/// The helper thread: reads, cksums and encrypts the file, handing each
-/// chunk to the writer. Errors go down the same channel.
+/// Helper thread: sends the header, then reads the file a chunk at a time
+/// and encrypts each chunk in place (whole 1 MiB chunks; a short last one
+/// goes through the copying path), computing the cksum on the way.
 fn encrypt_file(
     file: &mut File,
     header: Vec<u8>,
@@ -132,16 +133,25 @@ fn encrypt_file(
     full: &SyncSender<Result<Chunk, SendError>>,
     empty: &Receiver<Vec<u8>>,
 ) {
-    let mut plain = vec![0u8; CHUNK_LEN];
-    let mut bytes = header;
+    let head = Chunk {
+        bytes: header,
+        plain: 0,
+        cksum: None,
+    };
+    if full.send(Ok(head)).is_err() {
+        return;
+    }
     loop {
-        let step = read_full(file, &mut plain)
+        let mut buf = empty.try_recv().unwrap_or_default();
+        // Recycled buffers keep their length, so this rarely writes zeros.
+        buf.resize(CHUNK_LEN, 0);
+        let step = read_full(file, &mut buf)
             .map_err(SendError::read)
-            .and_then(|n| encrypt_chunk(&mut sender, &plain[..n], &mut bytes).map(|()| n));
+            .and_then(|n| encrypt_buffer(&mut sender, &mut buf, n).map(|()| n));
         let chunk = match step {
             Ok(0) => break,
             Ok(n) => Chunk {
-                bytes,
+                bytes: buf,
                 plain: n as u64,
                 cksum: None,
             },
@@ -153,10 +163,8 @@ fn encrypt_file(
         if full.send(Ok(chunk)).is_err() {
             return; // the writer failed and left
         }
-        bytes = empty.try_recv().unwrap_or_default();
-        bytes.clear();
-        bytes.reserve(CHUNK_LEN + AES_BLOCK_LEN);
     }
+    let mut bytes = Vec::with_capacity(AES_BLOCK_LEN);
     let last = match sender.finish(&mut bytes) {
         Ok(cksum) => Ok(Chunk {
             bytes,
@@ -168,14 +176,18 @@ fn encrypt_file(
     let _ = full.send(last);
 }
 
-fn encrypt_chunk(
-    sender: &mut FileSender,
-    plain: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), SendError> {
-    sender
-        .push(plain, out)
-        .map_err(|e| SendError::Local(e.to_string()))
+/// Turns the `n` plaintext bytes at the start of `buf` into the ciphertext
+/// to send, leaving exactly those bytes in `buf`.
+fn encrypt_buffer(sender: &mut FileSender, buf: &mut Vec<u8>, n: usize) -> Result<(), SendError> {
+    let local = |e: sealdrop_protocol::client::FileSizeChanged| SendError::Local(e.to_string());
+    if sender.push_in_place(&mut buf[..n]).map_err(local)? {
+        buf.truncate(n);
+        return Ok(());
+    }
+    let mut out = Vec::with_capacity(n + AES_BLOCK_LEN);
+    sender.push(&buf[..n], &mut out).map_err(local)?;
+    *buf = out;
+    Ok(())
 }
 
 /// This thread: writes chunks as they come; returns the cksum after the

@@ -582,6 +582,25 @@ impl CbcEncryptor {
         }
     }
 
+    /// True when [`CbcEncryptor::update_in_place`] can take `len` bytes:
+    /// whole blocks, and no bytes carried over from earlier input.
+    pub fn can_update_in_place(&self, len: usize) -> bool {
+        self.buf_len == 0 && len % AES_BLOCK_LEN == 0
+    }
+
+    /// Encrypts `buf` in place, saving the copy [`CbcEncryptor::update`]
+    /// makes. Returns false, leaving `buf` untouched, unless
+    /// [`CbcEncryptor::can_update_in_place`] holds.
+    pub fn update_in_place(&mut self, buf: &mut [u8]) -> bool {
+        if !self.can_update_in_place(buf.len()) {
+            return false;
+        }
+        if !buf.is_empty() {
+            self.cipher.encrypt_blocks(as_blocks_mut(buf));
+        }
+        true
+    }
+
     /// Pads the buffered tail with PKCS#7 (1 to 16 bytes, §4), encrypts it
     /// and appends the final block to `out`.
     pub fn finish(mut self, out: &mut Vec<u8>) {
@@ -966,6 +985,28 @@ mod tests {
                 encrypted_len(n as u64)
             );
         }
+    }
+
+    #[test]
+    fn in_place_update_equals_copying_update() {
+        let key = AesKey::from_bytes([9; 16]);
+        let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+        let mut a = CbcEncryptor::new(&key);
+        let mut b = CbcEncryptor::new(&key);
+        let mut copied = Vec::new();
+        a.update(&data, &mut copied);
+        let mut in_place = data.clone();
+        assert!(b.update_in_place(&mut in_place));
+        assert_eq!(in_place, copied);
+        // A carried partial block or a partial length refuses.
+        let mut c = CbcEncryptor::new(&key);
+        c.update(&data[..5], &mut Vec::new());
+        assert!(!c.update_in_place(&mut data.clone()));
+        assert!(!CbcEncryptor::new(&key).update_in_place(&mut data[..17].to_vec()));
+        let (mut end_a, mut end_b) = (Vec::new(), Vec::new());
+        a.finish(&mut end_a);
+        b.finish(&mut end_b);
+        assert_eq!(end_a, end_b);
     }
 
     #[test]

@@ -244,6 +244,25 @@ impl FileSender {
         Ok(())
     }
 
+    /// Like [`FileSender::push`], but encrypts `buf` in place (no copy)
+    /// and returns `Ok(true)`, when it holds whole blocks and nothing is
+    /// carried over from earlier input; otherwise returns `Ok(false)` and
+    /// leaves `buf` alone, so the caller uses `push`.
+    pub fn push_in_place(&mut self, buf: &mut [u8]) -> Result<bool, FileSizeChanged> {
+        let seen = self.cksum.len() + buf.len() as u64;
+        if seen > self.declared {
+            return Err(FileSizeChanged {
+                declared: self.declared,
+                seen,
+            });
+        }
+        if !self.encryptor.can_update_in_place(buf.len()) {
+            return Ok(false);
+        }
+        self.cksum.update(buf);
+        Ok(self.encryptor.update_in_place(buf))
+    }
+
     /// Plaintext bytes still expected.
     pub fn remaining(&self) -> u64 {
         self.declared - self.cksum.len()
