@@ -585,7 +585,7 @@ impl CbcEncryptor {
     /// True when [`CbcEncryptor::update_in_place`] can take `len` bytes:
     /// whole blocks, and no bytes carried over from earlier input.
     pub fn can_update_in_place(&self, len: usize) -> bool {
-        self.buf_len == 0 && len % AES_BLOCK_LEN == 0
+        self.buf_len == 0 && len.is_multiple_of(AES_BLOCK_LEN)
     }
 
     /// Encrypts `buf` in place, saving the copy [`CbcEncryptor::update`]
