@@ -569,6 +569,23 @@ fn e2e_breakdown(runs: &[e2e::Run], size: u64, openssl: Option<f64>) -> Vec<Stri
 
 const SESSIONS_RATIO: f64 = 0.6;
 
+/// Both session steps skipped for the same reason.
+fn skip_sessions_and_crowd(mut s: Step, mut c: Step, why: String) -> (Step, Step) {
+    s.rows.push(Row::skipped(
+        "sessions/s",
+        "1/s",
+        Target::RatioAtLeast(SESSIONS_RATIO),
+        why.clone(),
+    ));
+    c.rows.push(Row::skipped(
+        "concurrent uploads",
+        "uploads",
+        Target::None,
+        why,
+    ));
+    (s, c)
+}
+
 fn step_sessions_and_crowd(
     plan: &Plan,
     bins: &Binaries,
@@ -579,42 +596,14 @@ fn step_sessions_and_crowd(
     let mut c = Step::default();
     let mut server = match Server::start(&bins.server, base) {
         Ok(x) => x,
-        Err(e) => {
-            s.rows.push(Row::skipped(
-                "sessions/s",
-                "1/s",
-                Target::RatioAtLeast(SESSIONS_RATIO),
-                e.clone(),
-            ));
-            c.rows.push(Row::skipped(
-                "concurrent uploads",
-                "uploads",
-                Target::None,
-                e,
-            ));
-            return (s, c);
-        }
+        Err(e) => return skip_sessions_and_crowd(s, c, e),
     };
     let count = plan.crowd_clients.max(plan.par_threads);
     progress(&format!("sessions: registering {count} clients in advance"));
     let t = Instant::now();
     let clients = match sessions::register_many(server.addr, keys, "bench", count) {
         Ok(x) => x,
-        Err(e) => {
-            s.rows.push(Row::skipped(
-                "sessions/s",
-                "1/s",
-                Target::RatioAtLeast(SESSIONS_RATIO),
-                e.clone(),
-            ));
-            c.rows.push(Row::skipped(
-                "concurrent uploads",
-                "uploads",
-                Target::None,
-                e,
-            ));
-            return (s, c);
-        }
+        Err(e) => return skip_sessions_and_crowd(s, c, e),
     };
     s.notes.push(format!(
         "registered {count} clients (1025 + 1026) in {:.1} s before timing",

@@ -26,6 +26,18 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// 127.0.0.1:`port` with 5 s timeouts, for tests against a local
+    /// scripted server.
+    #[cfg(test)]
+    pub(crate) fn loopback_for_tests(port: u16) -> Endpoint {
+        Endpoint {
+            host: "127.0.0.1".into(),
+            port,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
     /// Resolves the host and connects to the first address that answers.
     pub fn connect(&self) -> io::Result<Link> {
         let mut last = None;
@@ -192,12 +204,7 @@ mod tests {
             rest.extend_from_slice(&[3, 0x3b, 0x08, 0, 0, 0, 0]);
             s.write_all(&rest).unwrap();
         });
-        let ep = Endpoint {
-            host: "127.0.0.1".into(),
-            port,
-            connect_timeout: Duration::from_secs(5),
-            timeout: Duration::from_secs(5),
-        };
+        let ep = Endpoint::loopback_for_tests(port);
         let mut link = ep.connect().unwrap();
         assert!(matches!(link.read_response(), Ok(Response::Ack { .. })));
         assert!(matches!(link.read_response(), Ok(Response::GeneralError)));

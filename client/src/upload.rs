@@ -230,7 +230,6 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::net::TcpListener;
-    use std::time::Duration;
 
     use sealdrop_protocol::client::{Action, ClientConfig};
     use sealdrop_protocol::crypto::{RsaPrivateKey, TestEntropy};
@@ -288,12 +287,7 @@ mod tests {
             s.read_to_end(&mut all).unwrap();
             all
         });
-        let ep = Endpoint {
-            host: "127.0.0.1".into(),
-            port,
-            connect_timeout: Duration::from_secs(5),
-            timeout: Duration::from_secs(5),
-        };
+        let ep = Endpoint::loopback_for_tests(port);
         let mut link = ep.connect().unwrap();
         let path = format!("{VECTORS}plain_1048577.bin");
         let mut source = Source::open(Path::new(&path)).unwrap();
