@@ -107,6 +107,10 @@ pub enum CloseReason {
     PeerClosedMidFrame,
     /// The driver closed the connection (shutdown, I/O error).
     Local,
+    /// The driver could not make durable what answers already written by
+    /// the session acknowledged; they were replaced by a 2107
+    /// ([`ServerSession::retract_output`]).
+    NotDurable,
 }
 
 /// Why a 1028 whose padding is wrong after decryption is refused.
@@ -401,6 +405,23 @@ impl<U> ServerSession<U> {
         if n > 0 {
             self.last_activity = now;
         }
+    }
+
+    /// Replaces every byte of [`ServerSession::pending_output`] after the
+    /// first `keep` with a single 2107 and closes the session once that is
+    /// written (§3: a database or disk error).
+    ///
+    /// For a driver that holds answers back until the storage changes they
+    /// acknowledge are synced (group commit): when the sync fails, the
+    /// held answers must never reach the client. The session's own view of
+    /// what it sent (a key, an upload awaiting its verdict) is then wrong,
+    /// so it only closes; the client's retry starts over on a new
+    /// connection.
+    pub fn retract_output<S: Store<Upload = U>>(&mut self, keep: usize, store: &mut S) {
+        let keep = keep.min(self.pending_output().len());
+        self.out.truncate(self.out_pos + keep);
+        self.send(Response::GeneralError);
+        self.start_close(CloseReason::NotDurable, store);
     }
 
     /// Whether the session takes more input now (false while closing or

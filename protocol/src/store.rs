@@ -159,8 +159,10 @@ pub trait Store {
     /// named by `prefer` (this connection's) when it is still pending,
     /// else the newest pending one of that name from any connection (§1:
     /// a client may use a new connection per step). Accepting makes the
-    /// file durable at its final path and marks it Verified before
-    /// returning; nothing earlier is damaged if it fails.
+    /// file durable at its final path and marks it Verified before the
+    /// answer reaches the client: before returning, or, in a store that
+    /// groups syncs (the server's group commit), before its driver
+    /// releases the answer; nothing earlier is damaged if it fails.
     fn apply_verdict(
         &mut self,
         id: &ClientId,

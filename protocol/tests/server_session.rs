@@ -649,3 +649,45 @@ fn bad_padding_under_the_connections_own_key_keeps_the_stored_key() {
     assert_eq!(out, vector("response_2107.bin"));
     assert_eq!(h.store.clients[&alice_id()].last_key, stored);
 }
+
+/// Answers a driver could not make durable (a failed group commit) are
+/// replaced by exactly one 2107, what was released before stays, and the
+/// session closes without taking more input.
+#[test]
+fn retracted_answers_become_one_2107_and_the_session_closes() {
+    let mut h = Harness::new(alice_store());
+    let mut input = &vector("request_1028.bin")[..];
+    h.session
+        .handle_input(&mut input, h.now, &mut h.store, &mut h.rng);
+    assert!(input.is_empty());
+    let released = h.session.pending_output().len();
+    assert_eq!(h.session.pending_output(), &vector("response_2103.bin")[..]);
+    let mut input = &vector("request_1029.bin")[..];
+    h.session
+        .handle_input(&mut input, h.now, &mut h.store, &mut h.rng);
+    assert_eq!(
+        h.session.pending_output().len(),
+        released + vector("response_2104.bin").len()
+    );
+    h.session.retract_output(released, &mut h.store);
+    let mut expected = vector("response_2103.bin");
+    let mut error = Vec::new();
+    Response::GeneralError.encode(Revision::R2023c, &mut error);
+    expected.extend_from_slice(&error);
+    assert_eq!(h.session.pending_output(), &expected[..]);
+    assert_eq!(h.session.close_reason(), Some(CloseReason::NotDurable));
+    assert!(!h.session.wants_input());
+    assert!(!h.session.is_finished(), "the 2107 is still to be written");
+    let n = h.session.pending_output().len();
+    h.session.consume_output(n, h.now);
+    assert!(h.session.is_finished());
+    // Keeping more than there is keeps everything and still adds the 2107.
+    let mut h = Harness::new(alice_store());
+    let mut input = &vector("request_1028.bin")[..];
+    h.session
+        .handle_input(&mut input, h.now, &mut h.store, &mut h.rng);
+    h.session.retract_output(usize::MAX, &mut h.store);
+    let mut expected = vector("response_2103.bin");
+    expected.extend_from_slice(&error);
+    assert_eq!(h.session.pending_output(), &expected[..]);
+}
