@@ -8,7 +8,7 @@ use clap::Parser;
 use sealdrop_protocol::consts::{DEFAULT_PORT, MAX_PLAINTEXT_SIZE};
 use sealdrop_protocol::crypto::encrypted_len;
 use sealdrop_protocol::ServerConfig;
-use sealdrop_server::store::StoreConfig;
+use sealdrop_server::store::{StoreConfig, SyncMode};
 
 /// Default cap on open client connections. Each idle connection costs a
 /// few KiB and one file descriptor; the server raises its soft descriptor
@@ -79,6 +79,14 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_DRAIN_SECS)]
     pub drain_timeout: u64,
 
+    /// How confirmed files are made durable before 2104. syncfs: two
+    /// filesystem syncs for all files confirmed in one loop pass (fastest
+    /// with many clients; also waits for other dirty data on the same
+    /// filesystem, so give the data directory its own). fsync: one fsync
+    /// per file and per client folder (touches nothing else).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = SyncModeArg::Syncfs)]
+    pub sync_mode: SyncModeArg,
+
     /// Log filter when RUST_LOG is not set: error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -87,6 +95,15 @@ pub struct Args {
     /// database) and exit: 0 if usable, 1 if not.
     #[arg(long)]
     pub check_config: bool,
+}
+
+/// `--sync-mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncModeArg {
+    /// syncfs(2) per batch.
+    Syncfs,
+    /// fsync(2) per file and folder.
+    Fsync,
 }
 
 const AFTER_HELP: &str = "\
@@ -191,6 +208,10 @@ impl Args {
         };
         let store = StoreConfig {
             orphan_ttl: Duration::from_secs(self.orphan_ttl),
+            sync_mode: match self.sync_mode {
+                SyncModeArg::Syncfs => SyncMode::Syncfs,
+                SyncModeArg::Fsync => SyncMode::Fsync,
+            },
             ..StoreConfig::default()
         };
         Ok(Settings {

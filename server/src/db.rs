@@ -16,6 +16,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::ValueRef;
+use std::cell::Cell;
+
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior};
 use sealdrop_protocol::consts::PUBLIC_KEY_LEN;
 use sealdrop_protocol::crypto::AesKey;
@@ -72,9 +74,24 @@ pub struct FileRow {
     pub verified: bool,
 }
 
+/// Where a group commit stands (see [`Db::set_batching`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Batch {
+    /// No uncommitted write.
+    Idle,
+    /// Writes wait in an open transaction for [`Db::commit_batch`].
+    Open,
+    /// A failed statement made SQLite roll the open transaction back
+    /// (a full disk, an I/O error): the next commit must report failure.
+    Lost,
+}
+
 /// An open `defensive.db`. All calls come from one thread.
 pub struct Db {
     conn: Connection,
+    /// Group commit on: writes wait for [`Db::commit_batch`].
+    batching: bool,
+    batch: Cell<Batch>,
 }
 
 impl std::fmt::Debug for Db {
@@ -139,7 +156,7 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(op_err("set synchronous=FULL"))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-        let mut db = Db { conn };
+        let mut db = Db::from_connection(conn);
         db.migrate()?;
         db.check_columns()?;
         log::debug!(
@@ -147,6 +164,14 @@ impl Db {
             path.display()
         );
         Ok(db)
+    }
+
+    fn from_connection(conn: Connection) -> Db {
+        Db {
+            conn,
+            batching: false,
+            batch: Cell::new(Batch::Idle),
+        }
     }
 
     /// The schema version recorded in the database.
@@ -173,7 +198,7 @@ impl Db {
         let conn = Connection::open_with_flags(path, flags).map_err(op_err("open read-only"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(op_err("set busy timeout"))?;
-        let db = Db { conn };
+        let db = Db::from_connection(conn);
         let version = db.schema_version()?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::new(format!(
@@ -283,40 +308,130 @@ impl Db {
             .map_err(|e| StoreError::new(format!("database: {op}: {e}")))
     }
 
+    /// Group commit. With batching on, writes are not committed one by one:
+    /// they collect in one open transaction until [`Db::commit_batch`], so
+    /// the requests of one event-loop pass share one WAL fsync. Whoever
+    /// turns it on must not acknowledge a write before that commit
+    /// succeeded. Off (the default), each write is committed and fsynced
+    /// before it returns. Turning it off commits what is waiting.
+    pub fn set_batching(&mut self, on: bool) -> Result<(), StoreError> {
+        if !on {
+            self.commit_batch()?;
+        }
+        self.batching = on;
+        Ok(())
+    }
+
+    /// Whether writes wait for [`Db::commit_batch`] (or a failed batch
+    /// waits to be reported).
+    pub fn has_batch(&self) -> bool {
+        self.batch.get() != Batch::Idle
+    }
+
+    /// Commits the writes made since the last commit (one fsync), or rolls
+    /// them all back and fails if one of them or the commit failed. Does
+    /// nothing when nothing waits.
+    pub fn commit_batch(&self) -> Result<(), StoreError> {
+        let state = self.batch.replace(Batch::Idle);
+        let open = !self.conn.is_autocommit();
+        if state == Batch::Lost {
+            if open {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            return Err(StoreError::new(
+                "database: a failed statement rolled back the changes awaiting commit",
+            ));
+        }
+        if !open {
+            return Ok(());
+        }
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            return Err(op_err("commit")(e));
+        }
+        Ok(())
+    }
+
+    /// Runs one write: inside the open batch when batching (opening it
+    /// first), else committed on its own.
+    fn write<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        if self.batching && self.conn.is_autocommit() {
+            if self.batch.get() == Batch::Open {
+                // The transaction vanished under us (see below).
+                self.batch.set(Batch::Lost);
+            }
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(op_err(op))?;
+            if self.batch.get() == Batch::Idle {
+                self.batch.set(Batch::Open);
+            }
+        }
+        let result = f(&self.conn);
+        if self.batch.get() == Batch::Open && self.conn.is_autocommit() {
+            // SQLite rolls a whole transaction back after some errors
+            // (SQLITE_FULL, SQLITE_IOERR): the batch's earlier writes are gone.
+            self.batch.set(Batch::Lost);
+        }
+        result.map_err(op_err(op))
+    }
+
     /// Inserts a new client (no key yet, LastSeen now). If `replace` is
     /// given, that client is deleted first in the same transaction, but
     /// only if it has no public key (§3: only an unkeyed name is released);
     /// a keyed one stays and the insert then fails on the taken name.
     pub fn register_client(
-        &mut self,
+        &self,
         id: &ClientId,
         name: &str,
         replace: Option<&ClientId>,
     ) -> Result<(), StoreError> {
-        let op = "register client";
         let now = now_utc();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(op_err(op))?;
-        if let Some(old) = replace {
-            let deleted = tx
-                .prepare_cached("DELETE FROM clients WHERE ID = ?1 AND PublicKey IS NULL")
-                .map_err(op_err(op))?
-                .execute([&old.0[..]])
-                .map_err(op_err(op))?;
-            if deleted == 0 {
-                log::warn!(
-                    "register: client {} to replace is gone or keyed",
-                    old.to_hex()
-                );
+        self.write("register client", |c| {
+            // Atomic on its own: a transaction when none is open, else a
+            // savepoint inside the batch.
+            let (begin, done, undo) = if c.is_autocommit() {
+                ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+            } else {
+                (
+                    "SAVEPOINT register",
+                    "RELEASE register",
+                    "ROLLBACK TO register; RELEASE register",
+                )
+            };
+            c.execute_batch(begin)?;
+            let result = (|| {
+                if let Some(old) = replace {
+                    let deleted = c
+                        .prepare_cached("DELETE FROM clients WHERE ID = ?1 AND PublicKey IS NULL")?
+                        .execute([&old.0[..]])?;
+                    if deleted == 0 {
+                        log::warn!(
+                            "register: client {} to replace is gone or keyed",
+                            old.to_hex()
+                        );
+                    }
+                }
+                c.prepare_cached("INSERT INTO clients (ID, Name, LastSeen) VALUES (?1, ?2, ?3)")?
+                    .execute((&id.0[..], name, &now))?;
+                Ok(())
+            })();
+            match result {
+                Ok(()) => c.execute_batch(done),
+                Err(e) => {
+                    if !c.is_autocommit() {
+                        let _ = c.execute_batch(undo);
+                    }
+                    Err(e)
+                }
             }
-        }
-        tx.prepare_cached("INSERT INTO clients (ID, Name, LastSeen) VALUES (?1, ?2, ?3)")
-            .map_err(op_err(op))?
-            .execute((&id.0[..], name, &now))
-            .map_err(op_err(op))?;
-        tx.commit().map_err(op_err(op))
+        })
     }
 
     /// Stores the client's public key and the AES key of the 2102 as its
@@ -328,19 +443,17 @@ impl Db {
         aes_key: &AesKey,
     ) -> Result<(), StoreError> {
         let op = "store public key";
-        let changed = self
-            .conn
-            .prepare_cached(
+        let changed = self.write(op, |c| {
+            c.prepare_cached(
                 "UPDATE clients SET PublicKey = ?1, AESKey = ?2, LastSeen = ?3 WHERE ID = ?4",
-            )
-            .map_err(op_err(op))?
+            )?
             .execute((
                 &public_key[..],
                 &aes_key.as_bytes()[..],
                 now_utc(),
                 &id.0[..],
             ))
-            .map_err(op_err(op))?;
+        })?;
         expect_one_row(op, changed)
     }
 
@@ -348,12 +461,10 @@ impl Db {
     /// unknown client.
     pub fn set_last_key(&self, id: &ClientId, aes_key: &AesKey) -> Result<(), StoreError> {
         let op = "store last key";
-        let changed = self
-            .conn
-            .prepare_cached("UPDATE clients SET AESKey = ?1 WHERE ID = ?2")
-            .map_err(op_err(op))?
-            .execute((&aes_key.as_bytes()[..], &id.0[..]))
-            .map_err(op_err(op))?;
+        let changed = self.write(op, |c| {
+            c.prepare_cached("UPDATE clients SET AESKey = ?1 WHERE ID = ?2")?
+                .execute((&aes_key.as_bytes()[..], &id.0[..]))
+        })?;
         expect_one_row(op, changed)
     }
 
@@ -362,12 +473,12 @@ impl Db {
     /// within the same second matches no row, so it writes nothing and
     /// costs no fsync.
     pub fn touch(&self, id: &ClientId) -> Result<(), StoreError> {
-        let op = "update LastSeen";
-        self.conn
-            .prepare_cached("UPDATE clients SET LastSeen = ?1 WHERE ID = ?2 AND LastSeen IS NOT ?1")
-            .map_err(op_err(op))?
+        self.write("update LastSeen", |c| {
+            c.prepare_cached(
+                "UPDATE clients SET LastSeen = ?1 WHERE ID = ?2 AND LastSeen IS NOT ?1",
+            )?
             .execute((now_utc(), &id.0[..]))
-            .map_err(op_err(op))?;
+        })?;
         Ok(())
     }
 
@@ -405,15 +516,13 @@ impl Db {
         file_name: &str,
         path_name: &str,
     ) -> Result<(), StoreError> {
-        let op = "record received file";
-        self.conn
-            .prepare_cached(
+        self.write("record received file", |c| {
+            c.prepare_cached(
                 "INSERT OR IGNORE INTO files (ID, FileName, PathName, Verified) \
                  VALUES (?1, ?2, ?3, 0)",
-            )
-            .map_err(op_err(op))?
+            )?
             .execute((&id.0[..], file_name, path_name))
-            .map_err(op_err(op))?;
+        })?;
         Ok(())
     }
 
@@ -425,15 +534,13 @@ impl Db {
         file_name: &str,
         path_name: &str,
     ) -> Result<(), StoreError> {
-        let op = "record verified file";
-        self.conn
-            .prepare_cached(
+        self.write("record verified file", |c| {
+            c.prepare_cached(
                 "INSERT OR REPLACE INTO files (ID, FileName, PathName, Verified) \
                  VALUES (?1, ?2, ?3, 1)",
-            )
-            .map_err(op_err(op))?
+            )?
             .execute((&id.0[..], file_name, path_name))
-            .map_err(op_err(op))?;
+        })?;
         Ok(())
     }
 
@@ -772,7 +879,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = ClientId([1; 16]);
         {
-            let mut db = Db::open(dir.path()).unwrap();
+            let db = Db::open(dir.path()).unwrap();
             db.register_client(&id, "bob", None).unwrap();
             db.set_public_key(&id, &pk(2), &AesKey::from_bytes([3; 16]))
                 .unwrap();
@@ -789,7 +896,7 @@ mod tests {
 
     #[test]
     fn register_with_replace_swaps_unkeyed_client_atomically() {
-        let (_dir, mut db) = open_temp();
+        let (_dir, db) = open_temp();
         let old = ClientId([1; 16]);
         let new = ClientId([2; 16]);
         db.register_client(&old, "carol", None).unwrap();
@@ -801,7 +908,7 @@ mod tests {
 
     #[test]
     fn register_never_replaces_a_keyed_client() {
-        let (_dir, mut db) = open_temp();
+        let (_dir, db) = open_temp();
         let old = ClientId([1; 16]);
         db.register_client(&old, "dave", None).unwrap();
         db.set_public_key(&old, &pk(5), &AesKey::from_bytes([5; 16]))
@@ -816,7 +923,7 @@ mod tests {
 
     #[test]
     fn duplicate_name_fails_without_replace() {
-        let (_dir, mut db) = open_temp();
+        let (_dir, db) = open_temp();
         db.register_client(&ClientId([1; 16]), "erin", None)
             .unwrap();
         assert!(db
@@ -827,7 +934,7 @@ mod tests {
 
     #[test]
     fn keys_and_last_seen_are_recorded() {
-        let (_dir, mut db) = open_temp();
+        let (_dir, db) = open_temp();
         let id = ClientId([4; 16]);
         db.register_client(&id, "frank", None).unwrap();
         let fresh = db.client_by_id(&id).unwrap().unwrap();
@@ -852,7 +959,7 @@ mod tests {
     #[test]
     fn repeated_touch_within_a_second_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(dir.path()).unwrap();
+        let db = Db::open(dir.path()).unwrap();
         let id = ClientId([4; 16]);
         db.register_client(&id, "hank", None).unwrap();
         let wal = dir.path().join(format!("{DB_FILE_NAME}-wal"));

@@ -6,6 +6,14 @@
 //! something may have changed for it: write what it has, feed it what it
 //! has read, read more, until nothing moves or its budget is used (then it
 //! is queued to be driven again without waiting for an event).
+//!
+//! Group commit: storage changes made during a pass are not synced one by
+//! one. Answers a connection produces during a pass are held back (only
+//! its `released` bytes may be written) until the pass ends with one
+//! [`DiskStore::sync`]; then they are released, or, if the sync failed
+//! for them, replaced by a 2107 ([`ServerSession::retract_output`]). So no
+//! answer ever acknowledges a change that is not on the disk, and one
+//! fsync serves every client of the pass.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -104,6 +112,11 @@ struct Conn {
     /// Set while lingering after a fatal 2107: the close deadline and the
     /// bytes dropped so far.
     linger: Option<(Instant, usize)>,
+    /// Bytes at the front of the session's output that may be written:
+    /// what it produced before the current pass (group commit).
+    released: usize,
+    /// Driven in the current pass (listed in `Server::touched`).
+    in_pass: bool,
 }
 
 /// The server: listener, connections, timers, storage.
@@ -125,6 +138,9 @@ pub struct Server {
     accept_backlog: bool,
     /// Connections to drive again without waiting for an event.
     again: Vec<Token>,
+    /// Connections driven in this pass, whose new output waits for the
+    /// pass's storage sync.
+    touched: Vec<usize>,
     /// Set once SIGTERM/SIGINT arrived: the drain deadline.
     draining: Option<Instant>,
     /// The connection cap was hit; accepting waits for RESUME_PERCENT.
@@ -141,6 +157,10 @@ impl Server {
         settings: Settings,
     ) -> io::Result<Server> {
         listener.set_nonblocking(true)?;
+        let mut store = store;
+        store
+            .set_group_commit(true)
+            .map_err(|e| io::Error::other(e.to_string()))?;
         let mut listener = TcpListener::from_std(listener);
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
@@ -165,6 +185,7 @@ impl Server {
             accept_paused_until: None,
             accept_backlog: false,
             again: Vec::new(),
+            touched: Vec::new(),
             draining: None,
             capped: false,
             next_housekeeping: now + HOUSEKEEPING,
@@ -202,9 +223,72 @@ impl Server {
             }
             self.fire_timers(now);
             self.housekeeping(now);
+            self.end_pass();
             if self.drain_done(now) {
+                if let Err(e) = self.store.set_group_commit(false) {
+                    log::error!("storage sync at exit failed: {e}");
+                }
                 return Ok(());
             }
+        }
+    }
+
+    /// Marks a connection as driven in this pass (its output so far was
+    /// released when the last pass ended) and tags the storage calls that
+    /// follow with it.
+    fn enter(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !conn.in_pass {
+            conn.in_pass = true;
+            conn.released = conn.session.pending_output().len();
+            self.touched.push(key);
+        }
+        self.store.set_actor(conn.serial);
+    }
+
+    /// Ends a pass: one storage sync for everything the pass changed, then
+    /// the answers held back are released (or replaced by a 2107 where the
+    /// sync failed) and their connections queued to write them.
+    fn end_pass(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        let synced = if self.store.has_unsynced() {
+            Some(self.store.sync())
+        } else {
+            None
+        };
+        if let Some(Err(e)) = &synced {
+            log::error!("storage sync failed: {e}; this pass's answers become 2107");
+        }
+        for key in touched {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if !conn.in_pass {
+                continue; // listed twice (a reused key)
+            }
+            conn.in_pass = false;
+            let len = conn.session.pending_output().len();
+            if len <= conn.released {
+                conn.released = len;
+                continue;
+            }
+            let failed = match &synced {
+                Some(Err(_)) => true,
+                Some(Ok(report)) => report.failed.contains(&conn.serial),
+                None => false,
+            };
+            if failed {
+                log::warn!(
+                    "conn#{key} {}: answers withheld (not durable): 2107 and close",
+                    conn.peer
+                );
+                conn.session.retract_output(conn.released, &mut self.store);
+                log_events(key, conn);
+            }
+            conn.released = conn.session.pending_output().len();
+            self.again.push(Token(key));
         }
     }
 
@@ -347,6 +431,8 @@ impl Server {
             serial: self.serial,
             armed: None,
             linger: None,
+            released: 0,
+            in_pass: false,
         });
         log::info!("conn#{key} {peer}: connected ({} open)", self.conns.len());
         self.drive(Token(key));
@@ -370,6 +456,7 @@ impl Server {
     /// on the disk.
     fn drive(&mut self, token: Token) {
         let key = token.0;
+        self.enter(key);
         let mut budget = DRIVE_BUDGET;
         loop {
             let now = Instant::now();
@@ -452,7 +539,10 @@ impl Server {
                 self.close(key, "2107 sent, framing lost");
                 continue;
             }
-            conn.session.handle_timeout(now, &mut self.store);
+            self.enter(key);
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.session.handle_timeout(now, &mut self.store);
+            }
             self.drive(Token(key));
         }
     }
@@ -520,11 +610,14 @@ fn step(
     now: Instant,
 ) -> Step {
     let mut moved = false;
-    // 1. Write what the session has.
-    if conn.writable && !conn.session.pending_output().is_empty() {
-        match fold(conn.stream.write(conn.session.pending_output())) {
+    // 1. Write what the session has, as far as it is released.
+    let out = conn.session.pending_output();
+    conn.released = conn.released.min(out.len());
+    if conn.writable && conn.released > 0 {
+        match fold(conn.stream.write(&out[..conn.released])) {
             IoOutcome::Done(n) => {
                 conn.session.consume_output(n, now);
+                conn.released -= n.min(conn.released);
                 moved = n > 0;
             }
             IoOutcome::WouldBlock => conn.writable = false,
@@ -578,7 +671,10 @@ fn step(
 /// A connection closed for an undecodable frame lingers (see [`LINGER`])
 /// unless the peer already closed its side.
 fn should_linger(conn: &Conn) -> bool {
-    matches!(conn.session.close_reason(), Some(CloseReason::Decode(_))) && !conn.eof
+    matches!(
+        conn.session.close_reason(),
+        Some(CloseReason::Decode(_) | CloseReason::NotDurable)
+    ) && !conn.eof
 }
 
 /// Reads and drops input while lingering; `Failed` once the peer closed,
@@ -618,6 +714,7 @@ fn describe_close(reason: CloseReason) -> &'static str {
         CloseReason::PeerClosed => "peer closed",
         CloseReason::PeerClosedMidFrame => "peer closed inside a request",
         CloseReason::Local => "closed by the server",
+        CloseReason::NotDurable => "storage sync failed (2107 sent)",
     }
 }
 

@@ -23,6 +23,15 @@
 //!   [`StoreConfig::orphan_ttl`]. At most [`StoreConfig::max_pending`]
 //!   uploads are pending server-wide.
 //! * At start-up, temporary files a crash left behind are deleted.
+//!
+//! Group commit ([`DiskStore::set_group_commit`], what the server runs):
+//! database writes wait in one open transaction and accepted uploads wait
+//! in a list until [`DiskStore::sync`], which the event loop calls once per
+//! pass before it sends that pass's answers. One sync then serves every
+//! connection of the pass: the accepted files' writeback is started for
+//! all of them before the first fsync (one journal commit covers them),
+//! each folder is fsynced once, and the database commits once. Without it
+//! every call is durable before it returns (tests, tools).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +57,27 @@ pub const DEFAULT_ORPHAN_TTL: Duration = Duration::from_secs(120);
 /// clients which never send a verdict can tie up.
 pub const DEFAULT_MAX_PENDING: usize = 1024;
 
+/// How a group commit ([`DiskStore::sync`]) makes accepted files durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Two syncfs(2) calls per batch, whatever its size: one for the files'
+    /// contents (skipped when an earlier one already covered them), one
+    /// after the renames for every folder. Cheapest by far when many
+    /// clients confirm at once (each client has its own folder, and each
+    /// folder fsync is a device flush), but it also waits for any other
+    /// dirty data on the same filesystem, so the data directory is best on
+    /// a filesystem of its own. Needs Linux 5.8 or later, which reports
+    /// write errors through syncfs; older kernels get `Fsync`.
+    Syncfs,
+    /// fsync(2) of each accepted file (their writeback started together)
+    /// and of each folder touched: touches nothing else on the
+    /// filesystem, costs a flush per file and per folder.
+    Fsync,
+}
+
+/// Default [`StoreConfig::sync_mode`].
+pub const DEFAULT_SYNC_MODE: SyncMode = SyncMode::Syncfs;
+
 /// Tunables of a [`DiskStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
@@ -60,6 +90,8 @@ pub struct StoreConfig {
     /// another client's live upload). Default [`DEFAULT_MAX_PENDING`]
     /// (1024); a value below 1 counts as 1.
     pub max_pending: usize,
+    /// How group commit syncs files. Default [`DEFAULT_SYNC_MODE`].
+    pub sync_mode: SyncMode,
 }
 
 impl Default for StoreConfig {
@@ -67,6 +99,7 @@ impl Default for StoreConfig {
         StoreConfig {
             orphan_ttl: DEFAULT_ORPHAN_TTL,
             max_pending: DEFAULT_MAX_PENDING,
+            sync_mode: DEFAULT_SYNC_MODE,
         }
     }
 }
@@ -114,6 +147,9 @@ struct Pending {
     summary: UploadSummary,
     /// When its connection closed (None while the connection lives).
     orphaned_at: Option<Instant>,
+    /// Its content is durable once [`DiskStore::fs_syncs`] reaches this:
+    /// the first filesystem sync begun after it was complete covers it.
+    durable_at_sync: u64,
 }
 
 /// The server's storage: `<data dir>/defensive.db` and
@@ -128,6 +164,36 @@ pub struct DiskStore {
     /// Pending uploads by id; ids only grow, so the first is the oldest.
     pending: BTreeMap<UploadId, Pending>,
     next_id: UploadId,
+    /// Group commit on (see the module docs).
+    group_commit: bool,
+    /// Who the calls come from now ([`DiskStore::set_actor`]).
+    actor: Actor,
+    /// Accepted uploads waiting for [`DiskStore::sync`], with their actor.
+    placing: Vec<(Actor, UploadId, Pending)>,
+    /// The `files` folder, open for syncfs(2) (in [`SyncMode::Syncfs`]).
+    /// Held for the store's lifetime, so the kernel reports every write
+    /// error on the filesystem since the last sync through it.
+    fs_handle: Option<std::fs::File>,
+    /// Successful filesystem syncs so far.
+    fs_syncs: u64,
+}
+
+/// Whom a change made under group commit belongs to: the event loop tags
+/// its calls with a connection's serial number, so a sync that fails for
+/// one file can say whose answer must not be sent.
+pub type Actor = u64;
+
+/// Accepted files synced together per step of [`DiskStore::sync`]: bounds
+/// the file descriptors it holds open at once.
+pub const SYNC_FILES_PER_STEP: usize = 64;
+
+/// What a [`DiskStore::sync`] left undone for some actors while the rest
+/// of the batch became durable.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Actors whose accepted upload could not be made durable (the upload
+    /// is pending again, orphaned, so a retried 1029 can finish it).
+    pub failed: Vec<Actor>,
 }
 
 /// File in the data directory that a running server holds locked, so a
@@ -223,11 +289,31 @@ impl DiskStore {
             stored.contains(&(client.to_owned(), name.to_owned()))
         })
         .map_err(|e| io_err("clean up leftover uploads", e))?;
+
+        let fs_handle = match config.sync_mode {
+            SyncMode::Syncfs if files::syncfs_reports_errors() => Some(
+                std::fs::File::open(files::files_root(data_dir))
+                    .map_err(|e| io_err("open files directory", e))?,
+            ),
+            SyncMode::Syncfs => {
+                log::warn!(
+                    "this kernel does not report write errors through syncfs (Linux < 5.8): \
+                     syncing each file instead"
+                );
+                None
+            }
+            SyncMode::Fsync => None,
+        };
         log::info!(
-            "storage in {}: {} client(s), {} file record(s)",
+            "storage in {}: {} client(s), {} file record(s); confirmed files synced by {}",
             data_dir.display(),
             db.client_count()?,
-            stored.len()
+            stored.len(),
+            if fs_handle.is_some() {
+                "syncfs"
+            } else {
+                "fsync"
+            }
         );
         Ok(DiskStore {
             _lock: lock,
@@ -236,7 +322,231 @@ impl DiskStore {
             db,
             pending: BTreeMap::new(),
             next_id: 1,
+            group_commit: false,
+            actor: 0,
+            placing: Vec::new(),
+            fs_handle,
+            fs_syncs: 0,
         })
+    }
+
+    /// Turns group commit on or off (see the module docs). Turning it off
+    /// syncs what waits first.
+    pub fn set_group_commit(&mut self, on: bool) -> Result<SyncReport, StoreError> {
+        let report = if on {
+            SyncReport::default()
+        } else {
+            self.sync()?
+        };
+        self.db.set_batching(on)?;
+        self.group_commit = on;
+        Ok(report)
+    }
+
+    /// Tags the calls that follow with `actor` (group commit).
+    pub fn set_actor(&mut self, actor: Actor) {
+        self.actor = actor;
+    }
+
+    /// Whether changes wait for [`DiskStore::sync`].
+    pub fn has_unsynced(&self) -> bool {
+        self.db.has_batch() || !self.placing.is_empty()
+    }
+
+    /// Makes every change since the last sync durable (group commit):
+    /// accepted files are fsynced, renamed to their final paths and their
+    /// folders fsynced, then the database commits once, marking them
+    /// Verified. `Err`: the database commit failed, so none of the
+    /// batch's database changes happened and no answer of the batch may
+    /// be sent; the accepted uploads are pending again (orphaned; those
+    /// already renamed are marked Verified when a retried 1029 or their
+    /// expiry comes, or at the next start). `Ok` with failed actors: those
+    /// actors' accepted uploads (and only they) are not stored;
+    /// everything else is durable.
+    pub fn sync(&mut self) -> Result<SyncReport, StoreError> {
+        let mut report = SyncReport::default();
+        if !self.has_unsynced() {
+            return Ok(report);
+        }
+        let mut placing = std::mem::take(&mut self.placing);
+        let mut placed = Vec::new();
+        if self.fs_handle.is_some() {
+            placed = self.place_all_syncfs(std::mem::take(&mut placing), &mut report);
+        }
+        while !placing.is_empty() {
+            let rest = placing.split_off(placing.len().min(SYNC_FILES_PER_STEP));
+            let step = std::mem::replace(&mut placing, rest);
+            placed.extend(self.place_step(step, &mut report));
+        }
+        let mut marking = Ok(());
+        for (_, p) in &placed {
+            marking = path_text(&p.final_path)
+                .and_then(|t| self.db.mark_verified(&p.client, &p.file_name, t));
+            if marking.is_err() {
+                break;
+            }
+        }
+        let committed = marking.and_then(|()| self.db.commit_batch());
+        if let Err(e) = committed {
+            // Also rolls back whatever the failed mark left open.
+            let _ = self.db.commit_batch();
+            log::warn!(
+                "group commit failed: {e}; {} accepted upload(s) pending again",
+                placed.len()
+            );
+            let now = Instant::now();
+            for (uid, mut p) in placed {
+                p.orphaned_at = Some(now);
+                self.pending.insert(uid, p);
+            }
+            return Err(e);
+        }
+        for (_, p) in &placed {
+            log::debug!(
+                "stored {} {:?}: {} bytes, cksum {}, verified",
+                p.client.to_hex(),
+                p.file_name,
+                p.summary.plain_len,
+                p.summary.cksum
+            );
+        }
+        Ok(report)
+    }
+
+    /// [`DiskStore::sync`] in [`SyncMode::Syncfs`]: a filesystem sync for
+    /// the contents unless an earlier one covered them all, the renames,
+    /// a filesystem sync for the folders. Returns the uploads now at their
+    /// final paths.
+    fn place_all_syncfs(
+        &mut self,
+        batch: Vec<(Actor, UploadId, Pending)>,
+        report: &mut SyncReport,
+    ) -> Vec<(UploadId, Pending)> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        if batch
+            .iter()
+            .any(|(_, _, p)| p.durable_at_sync > self.fs_syncs)
+        {
+            if let Err(e) = self.sync_filesystem() {
+                // Pages whose writeback failed may be lost and are not
+                // reported twice: no complete upload can be trusted.
+                log::error!(
+                    "filesystem sync: {e}; discarding {} accepted and {} pending upload(s)",
+                    batch.len(),
+                    self.pending.len()
+                );
+                report
+                    .failed
+                    .extend(batch.iter().map(|(actor, _, _)| *actor));
+                let all: Vec<UploadId> = self.pending.keys().copied().collect();
+                for uid in all {
+                    self.drop_pending(uid, "a filesystem sync failed");
+                }
+                return Vec::new();
+            }
+        }
+        let now = Instant::now();
+        let mut renamed = Vec::with_capacity(batch.len());
+        for (actor, uid, mut p) in batch {
+            p.part.mark_synced();
+            match p.part.rename_to(&p.final_path) {
+                Ok(()) => renamed.push((actor, uid, p)),
+                Err(e) => {
+                    log::warn!(
+                        "accept {} {:?}: {e}; pending again for a retried 1029",
+                        p.client.to_hex(),
+                        p.file_name
+                    );
+                    report.failed.push(actor);
+                    p.orphaned_at = Some(now);
+                    self.pending.insert(uid, p);
+                }
+            }
+        }
+        if let Err(e) = self.sync_filesystem() {
+            // Renamed, but the renames may not survive a crash: no answer
+            // is sent. They stay recorded as verified (see `place_step`).
+            log::warn!("filesystem sync after {} rename(s): {e}", renamed.len());
+            report
+                .failed
+                .extend(renamed.iter().map(|(actor, _, _)| *actor));
+        }
+        renamed.into_iter().map(|(_, uid, p)| (uid, p)).collect()
+    }
+
+    /// One syncfs(2) of the data directory's filesystem.
+    fn sync_filesystem(&mut self) -> std::io::Result<()> {
+        let Some(handle) = self.fs_handle.as_ref() else {
+            return Err(std::io::Error::other("no filesystem handle"));
+        };
+        files::sync_filesystem(handle)?;
+        self.fs_syncs += 1;
+        Ok(())
+    }
+
+    /// One step of [`DiskStore::sync`]: starts writeback of every file,
+    /// fsyncs each, renames each, fsyncs each folder once. Returns the
+    /// uploads now at their final paths; the others are pending again
+    /// (orphaned) and their actors are reported failed.
+    fn place_step(
+        &mut self,
+        mut step: Vec<(Actor, UploadId, Pending)>,
+        report: &mut SyncReport,
+    ) -> Vec<(UploadId, Pending)> {
+        let mut failed: Vec<(Actor, UploadId, Pending, std::io::Error)> = Vec::new();
+        for (_, _, p) in step.iter_mut() {
+            let _ = p.part.start_sync(); // an error shows again in sync()
+        }
+        let mut synced = Vec::with_capacity(step.len());
+        for (actor, uid, mut p) in step {
+            match p.part.sync().and_then(|()| p.part.rename_to(&p.final_path)) {
+                Ok(()) => synced.push((actor, uid, p)),
+                Err(e) => failed.push((actor, uid, p, e)),
+            }
+        }
+        let mut dirs: Vec<PathBuf> = synced
+            .iter()
+            .filter_map(|(_, _, p)| p.final_path.parent().map(Path::to_path_buf))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let bad_dirs: Vec<(PathBuf, std::io::Error)> = dirs
+            .into_iter()
+            .filter_map(|d| files::sync_dir(&d).err().map(|e| (d, e)))
+            .collect();
+        let mut placed = Vec::with_capacity(synced.len());
+        for (actor, uid, p) in synced {
+            let bad = bad_dirs
+                .iter()
+                .find(|(d, _)| p.final_path.parent() == Some(d.as_path()));
+            if let Some((_, e)) = bad {
+                // Renamed, but the rename may not survive a crash: its
+                // answer is not sent. It stays recorded as verified (its
+                // client confirmed it; the old file, if the rename is
+                // lost, was verified too).
+                log::warn!(
+                    "accept {} {:?}: folder fsync: {e}",
+                    p.client.to_hex(),
+                    p.file_name
+                );
+                report.failed.push(actor);
+            }
+            placed.push((uid, p));
+        }
+        let now = Instant::now();
+        for (actor, uid, mut p, e) in failed {
+            log::warn!(
+                "accept {} {:?}: {e}; pending again for a retried 1029",
+                p.client.to_hex(),
+                p.file_name
+            );
+            report.failed.push(actor);
+            p.orphaned_at = Some(now);
+            self.pending.insert(uid, p);
+        }
+        placed
     }
 
     /// The data directory.
@@ -335,6 +645,13 @@ impl DiskStore {
     /// On an error the upload stays pending; a retry resumes after the
     /// last step that succeeded.
     fn accept(&mut self, uid: UploadId) -> Result<(), StoreError> {
+        if self.group_commit {
+            let Some(p) = self.pending.remove(&uid) else {
+                return Err(StoreError::new("accept upload: not pending"));
+            };
+            self.placing.push((self.actor, uid, p));
+            return Ok(());
+        }
         let Some(p) = self.pending.get_mut(&uid) else {
             return Err(StoreError::new("accept upload: not pending"));
         };
@@ -554,6 +871,7 @@ impl Store for DiskStore {
                 part,
                 summary: *summary,
                 orphaned_at: None,
+                durable_at_sync: self.fs_syncs + 1,
             },
         );
         Ok(uid)

@@ -68,6 +68,19 @@ fn expect_2107_stays_open(c: &mut Conn, within: Duration) {
     }
 }
 
+/// Expects 2107 followed by the server closing the connection: what a
+/// verdict gets when the storage sync of its pass fails (the held 2104 is
+/// replaced, and the session, whose view of what it answered is now
+/// wrong, closes).
+fn expect_2107_then_closed(c: &mut Conn, within: Duration) {
+    match c.try_recv(within) {
+        Ok(Response::GeneralError) => {}
+        other => panic!("expected 2107, got {other:?}"),
+    }
+    let after = c.expect_closed(Duration::from_secs(10));
+    assert!(after.is_empty(), "{} bytes after the 2107", after.len());
+}
+
 // ---------------------------------------------------------------------------
 // Disk full
 // ---------------------------------------------------------------------------
@@ -143,7 +156,7 @@ fn disk_full_at_the_verdict_keeps_the_upload_for_a_retried_1029() {
     // The database cannot grow: 2107, and the upload stays pending
     // (still temporary, or already renamed but not yet marked verified).
     client.send_verdict(&mut c, 1029, "fresh.bin");
-    expect_2107_stays_open(&mut c, Duration::from_secs(20));
+    expect_2107_then_closed(&mut c, Duration::from_secs(20));
     let at_final = fs::read(s.final_path(&client.id, "fresh.bin")).ok();
     let parts = s.part_files();
     match &at_final {
@@ -160,8 +173,10 @@ fn disk_full_at_the_verdict_keeps_the_upload_for_a_retried_1029() {
     }
     assert_eq!(fs::read(s.final_path(&client.id, "doc")).unwrap(), v1);
     assert!(s.log_contains("full"), "{}", s.log_tail(20));
-    // Space again: the retried 1029 completes the verdict.
+    // Space again: the 1029 retried on a new connection completes the
+    // verdict.
     fs::remove_file(&filler).unwrap();
+    let mut c = s.connect();
     client.verify(&mut c, "fresh.bin");
     assert!(fs::read(s.final_path(&client.id, "fresh.bin")).unwrap() == fresh);
     assert_eq!(s.file_row(&client.id, "fresh.bin").unwrap().verified, 1);
@@ -228,8 +243,9 @@ fn confirmed_file_whose_database_update_failed_is_left_with_verified_0() {
         client.check_received(&r, &n, fresh.len() as u64, cksum(&fresh));
         let filler = fill_disk(m.server.data_dir());
         client.send_verdict(&mut c, 1029, &n);
-        expect_2107_stays_open(&mut c, Duration::from_secs(20));
+        expect_2107_then_closed(&mut c, Duration::from_secs(20));
         fs::remove_file(&filler).unwrap();
+        c = m.server.connect();
         if m.server.final_path(&client.id, &n).exists() {
             name = Some(n);
             break;
@@ -789,6 +805,52 @@ fn database_locked_when_a_big_upload_ends_gets_2107_and_a_resend_succeeds() {
     client.check_received(&r, "doc", v2.len() as u64, cksum(&v2));
     client.verify(&mut c, "doc");
     assert!(fs::read(s.final_path(&client.id, "doc")).unwrap() == v2);
+    assert!(s.part_files().is_empty(), "{:?}", s.part_files());
+    s.assert_db_consistent();
+    s.good_client(5000);
+    s.assert_alive();
+}
+
+// ---------------------------------------------------------------------------
+// A confirmed file that cannot be placed (group commit fails one actor)
+// ---------------------------------------------------------------------------
+
+/// The server syncs a whole loop pass at once and holds that pass's
+/// answers until then. When one confirmed file cannot be placed (here a
+/// folder sits at its final path), only that client's held 2104 becomes a
+/// 2107 (and its connection closes); a client confirming in the same
+/// moment gets its 2104, and the retried 1029 succeeds once the way is
+/// clear.
+#[test]
+fn a_confirmed_file_that_cannot_be_placed_gets_2107_and_a_retry_succeeds() {
+    let _g = heavy();
+    let mut s = Server::start(&[]);
+    let (alice, mut a) = Client::setup(s.addr(), &unique_name("blocked"));
+    let (bob, mut b) = Client::setup(s.addr(), &unique_name("beside"));
+    let data_a = random_bytes(40, 30_000);
+    let data_b = random_bytes(41, 30_000);
+    for (client, conn, data) in [(&alice, &mut a, &data_a), (&bob, &mut b, &data_b)] {
+        client.send_file(conn, "report.pdf", data);
+        let r = conn.recv();
+        client.check_received(&r, "report.pdf", data.len() as u64, cksum(data));
+    }
+    let in_the_way = s.final_path(&alice.id, "report.pdf");
+    fs::create_dir(&in_the_way).unwrap();
+    fs::write(in_the_way.join("keep"), b"k").unwrap();
+    alice.send_verdict(&mut a, 1029, "report.pdf");
+    bob.send_verdict(&mut b, 1029, "report.pdf");
+    expect_2107_then_closed(&mut a, Duration::from_secs(20));
+    b.expect(2104);
+    assert!(fs::read(s.final_path(&bob.id, "report.pdf")).unwrap() == data_b);
+    assert_eq!(s.file_row(&bob.id, "report.pdf").unwrap().verified, 1);
+    assert_eq!(s.file_row(&alice.id, "report.pdf").unwrap().verified, 0);
+    assert!(in_the_way.join("keep").exists());
+    assert!(s.log_contains("answers withheld"), "{}", s.log_tail(20));
+    fs::remove_dir_all(&in_the_way).unwrap();
+    let mut a = s.connect();
+    alice.verify(&mut a, "report.pdf");
+    assert!(fs::read(&in_the_way).unwrap() == data_a);
+    assert_eq!(s.file_row(&alice.id, "report.pdf").unwrap().verified, 1);
     assert!(s.part_files().is_empty(), "{:?}", s.part_files());
     s.assert_db_consistent();
     s.good_client(5000);
