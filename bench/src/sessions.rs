@@ -213,7 +213,6 @@ pub fn small_sessions(
                     "small.bin",
                     Plain::Bytes(data),
                     SESSION_TIMEOUT,
-                    i as u64,
                 ) {
                     Ok(st) => times.lock().expect("not poisoned").push(st),
                     Err(e) => {
@@ -276,15 +275,8 @@ pub fn crowd(addr: SocketAddr, clients: &[Registered], size: usize) -> Res<Crowd
             .spawn(move || {
                 drop(gate.read());
                 let file = format!("crowd-{i}.bin");
-                proto::session(
-                    addr,
-                    &client,
-                    &file,
-                    Plain::Bytes(&data),
-                    SESSION_TIMEOUT,
-                    i as u64,
-                )
-                .map(|t| (t, Instant::now()))
+                proto::session(addr, &client, &file, Plain::Bytes(&data), SESSION_TIMEOUT)
+                    .map(|t| (t, Instant::now()))
             });
         match spawned {
             Ok(h) => handles.push(h),
