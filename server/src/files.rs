@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use sealdrop_protocol::ClientId;
 
+use crate::direct::DirectWriter;
+
 /// Name of the folder under the data directory that holds one folder per
 /// client (§8).
 pub const FILES_DIR: &str = "files";
@@ -246,6 +248,8 @@ pub struct PartFile {
     failed: bool,
     /// The content is on the disk (fsynced after the last write).
     synced: bool,
+    /// Set by [`PartFile::use_direct_io`]: appends go through O_DIRECT.
+    direct: Option<DirectWriter>,
     /// Renamed to its final path: nothing to delete any more.
     placed: bool,
     /// Deleted (or a deletion was tried): nothing to delete any more.
@@ -283,6 +287,7 @@ impl PartFile {
             queued: 0,
             failed: false,
             synced: false,
+            direct: None,
             placed: false,
             removed: false,
         }
@@ -304,6 +309,18 @@ impl PartFile {
         self.placed
     }
 
+    /// Switches a new, empty upload to O_DIRECT appends (a large upload:
+    /// see [`crate::direct`]). Returns whether it did; when the
+    /// filesystem refuses or too many direct uploads run, writes stay
+    /// buffered.
+    pub fn use_direct_io(&mut self) -> bool {
+        if self.written > 0 || self.direct.is_some() || self.file.is_none() {
+            return self.direct.is_some();
+        }
+        self.direct = DirectWriter::open(&self.path);
+        self.direct.is_some()
+    }
+
     /// Appends `data`, straight to the file (callers pass large chunks).
     /// After a failed write every later write and [`PartFile::close`]
     /// fail too, since the content has a hole.
@@ -314,6 +331,19 @@ impl PartFile {
         let Some(file) = self.file.as_mut() else {
             return Err(io::Error::other("upload already closed"));
         };
+        if let Some(direct) = self.direct.as_mut() {
+            return match direct.write(data) {
+                Ok(()) => {
+                    self.written += data.len() as u64;
+                    self.synced = false;
+                    Ok(())
+                }
+                Err(e) => {
+                    self.failed = true;
+                    Err(e)
+                }
+            };
+        }
         match file.write_all(data) {
             Ok(()) => {
                 self.written += data.len() as u64;
@@ -334,11 +364,28 @@ impl PartFile {
     /// Ends writing and closes the file handle (a pending upload holds no
     /// descriptor). Fails if an earlier write failed.
     pub fn close(&mut self) -> io::Result<()> {
+        let finished = self.finish_direct();
         self.file = None;
         if self.failed {
             return Err(io::Error::other("an earlier write to this upload failed"));
         }
-        Ok(())
+        finished
+    }
+
+    /// Writes what a direct writer still holds (its tail through the
+    /// buffered descriptor) and ends direct appends.
+    fn finish_direct(&mut self) -> io::Result<()> {
+        let Some(direct) = self.direct.take() else {
+            return Ok(());
+        };
+        let result = match self.file.as_ref() {
+            Some(tail) if !self.failed => direct.finish(tail),
+            _ => Ok(()),
+        };
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
     }
 
     /// Makes the content durable at `final_path` (§6, 1029): fsync the
@@ -372,6 +419,7 @@ impl PartFile {
         if self.placed || self.synced {
             return Ok(());
         }
+        self.finish_direct()?;
         let file = match self.file.take() {
             Some(file) => file,
             None => File::open(&self.path)?,
@@ -393,6 +441,7 @@ impl PartFile {
         if self.placed || self.synced {
             return Ok(());
         }
+        self.finish_direct()?;
         match self.file.take() {
             Some(file) => file.sync_all()?,
             None => File::open(&self.path)?.sync_all()?,
@@ -404,7 +453,7 @@ impl PartFile {
     /// Records that the content is on the disk because the whole
     /// filesystem was synced ([`sync_filesystem`]) after the last write.
     pub fn mark_synced(&mut self) {
-        if !self.failed {
+        if !self.failed && self.direct.is_none() {
             self.file = None;
             self.synced = true;
         }
@@ -488,6 +537,26 @@ mod tests {
         let target = tmp.path().join("f");
         part.rename_to(&target).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn direct_io_upload_places_byte_exact_content() {
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+        let tmp = tempfile::tempdir_in(target).unwrap();
+        let data: Vec<u8> = (0..(3 << 20) + 777)
+            .map(|i: usize| (i % 251) as u8)
+            .collect();
+        let mut part = PartFile::create(tmp.path()).unwrap();
+        let direct = part.use_direct_io();
+        eprintln!("O_DIRECT in use: {direct}");
+        for piece in data.chunks(1_000_003) {
+            part.write(piece).unwrap();
+        }
+        assert_eq!(part.written(), data.len() as u64);
+        part.close().unwrap();
+        let target = tmp.path().join("big.bin");
+        part.place(&target).unwrap();
+        assert!(fs::read(&target).unwrap() == data);
     }
 
     #[test]

@@ -801,11 +801,14 @@ impl Store for DiskStore {
         check_base_name(file_name)?;
         let dir = files::client_dir(&self.data_dir, id);
         files::ensure_dir(&dir).map_err(|e| io_err("create client folder", e))?;
-        let part = PartFile::create(&dir).map_err(|e| io_err("create temporary file", e))?;
+        let mut part = PartFile::create(&dir).map_err(|e| io_err("create temporary file", e))?;
+        let direct =
+            u64::from(content_size) >= crate::direct::DIRECT_MIN_SIZE && part.use_direct_io();
         log::debug!(
-            "upload of {file_name:?} for {} ({content_size} encrypted bytes) into {}",
+            "upload of {file_name:?} for {} ({content_size} encrypted bytes) into {}{}",
             id.to_hex(),
-            part.path().display()
+            part.path().display(),
+            if direct { " (O_DIRECT)" } else { "" }
         );
         Ok(DiskUpload {
             client: *id,
