@@ -453,16 +453,7 @@ impl DiskStore {
             p.part.mark_synced();
             match p.part.rename_to(&p.final_path) {
                 Ok(()) => renamed.push((actor, uid, p)),
-                Err(e) => {
-                    log::warn!(
-                        "accept {} {:?}: {e}; pending again for a retried 1029",
-                        p.client.to_hex(),
-                        p.file_name
-                    );
-                    report.failed.push(actor);
-                    p.orphaned_at = Some(now);
-                    self.pending.insert(uid, p);
-                }
+                Err(e) => self.unplaced(actor, uid, p, &e, now, report),
             }
         }
         if let Err(e) = self.sync_filesystem() {
@@ -536,17 +527,31 @@ impl DiskStore {
             placed.push((uid, p));
         }
         let now = Instant::now();
-        for (actor, uid, mut p, e) in failed {
-            log::warn!(
-                "accept {} {:?}: {e}; pending again for a retried 1029",
-                p.client.to_hex(),
-                p.file_name
-            );
-            report.failed.push(actor);
-            p.orphaned_at = Some(now);
-            self.pending.insert(uid, p);
+        for (actor, uid, p, e) in failed {
+            self.unplaced(actor, uid, p, &e, now, report);
         }
         placed
+    }
+
+    /// An accepted upload that could not be placed: its actor's answer is
+    /// not sent, and it is pending again (orphaned) for a retried 1029.
+    fn unplaced(
+        &mut self,
+        actor: Actor,
+        uid: UploadId,
+        mut p: Pending,
+        e: &std::io::Error,
+        now: Instant,
+        report: &mut SyncReport,
+    ) {
+        log::warn!(
+            "accept {} {:?}: {e}; pending again for a retried 1029",
+            p.client.to_hex(),
+            p.file_name
+        );
+        report.failed.push(actor);
+        p.orphaned_at = Some(now);
+        self.pending.insert(uid, p);
     }
 
     /// The data directory.
