@@ -840,8 +840,8 @@ fn crowd_inner(server: &mut Server, clients: &[Registered], size: usize, what: &
         me.user + me.sys
     ));
     step.breakdown.push(format!(
-        "one upload completed every {:.1} ms on average; the server's one thread fsyncs each file, \
-         its folder and the database before it answers 2104",
+        "one upload completed every {:.1} ms on average; the server syncs the files, folders and \
+         database rows of each loop pass together before it answers that pass's 2104s",
         1000.0 * wall / c.verified.max(1) as f64
     ));
     step.breakdown.push(sys.describe(total(srv) + total(me)));
