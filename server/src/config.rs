@@ -79,8 +79,8 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_DRAIN_SECS)]
     pub drain_timeout: u64,
 
-    /// How confirmed files are made durable before 2104. syncfs: two
-    /// filesystem syncs for all files confirmed in one loop pass (fastest
+    /// How confirmed files are made durable before 2104. syncfs: one or
+    /// two filesystem syncs for everything one loop pass changed (fastest
     /// with many clients; also waits for other dirty data on the same
     /// filesystem, so give the data directory its own). fsync: one fsync
     /// per file and per client folder (touches nothing else).
