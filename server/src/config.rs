@@ -80,7 +80,7 @@ pub struct Args {
     pub drain_timeout: u64,
 
     /// How confirmed files are made durable before 2104. syncfs: one or
-    /// two filesystem syncs for everything one loop pass changed (fastest
+    /// two filesystem syncs for all files confirmed in one loop pass (fastest
     /// with many clients; also waits for other dirty data on the same
     /// filesystem, so give the data directory its own). fsync: one fsync
     /// per file and per client folder (touches nothing else).

@@ -322,25 +322,6 @@ impl Db {
         Ok(())
     }
 
-    /// `PRAGMA synchronous` in effect: 1 NORMAL, 2 FULL.
-    pub fn pragma_synchronous(&self) -> Result<i64, StoreError> {
-        self.conn
-            .pragma_query_value(None, "synchronous", |row| row.get(0))
-            .map_err(op_err("read synchronous"))
-    }
-
-    /// Whether a commit fsyncs the WAL (`synchronous=FULL`, the default)
-    /// or leaves that to the caller (`synchronous=NORMAL`: the caller
-    /// syncs the whole filesystem after each commit before acknowledging
-    /// it; SQLite still syncs around checkpoints, so the database stays
-    /// consistent either way). Not inside a transaction.
-    pub fn set_wal_fsync(&self, on: bool) -> Result<(), StoreError> {
-        let level = if on { "FULL" } else { "NORMAL" };
-        self.conn
-            .pragma_update(None, "synchronous", level)
-            .map_err(op_err("set synchronous"))
-    }
-
     /// Whether writes wait for [`Db::commit_batch`] (or a failed batch
     /// waits to be reported).
     pub fn has_batch(&self) -> bool {

@@ -365,6 +365,14 @@ impl PartFile {
     /// descriptor). Fails if an earlier write failed.
     pub fn close(&mut self) -> io::Result<()> {
         let finished = self.finish_direct();
+        if let Some(file) = self.file.as_ref() {
+            // The rest goes to the disk while the client sends its verdict,
+            // so the sync that places the file finds little left to write.
+            if !self.failed && self.written > self.queued {
+                start_writeback(file, self.queued, self.written - self.queued);
+                self.queued = self.written;
+            }
+        }
         self.file = None;
         if self.failed {
             return Err(io::Error::other("an earlier write to this upload failed"));

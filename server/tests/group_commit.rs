@@ -261,26 +261,3 @@ fn a_verified_row_whose_file_is_missing_is_set_back_to_0_at_open() {
     assert_eq!(committed_verified(dir, 1, "kept"), Some(1));
     assert_eq!(store.verified_files().unwrap().len(), 1);
 }
-
-#[test]
-fn syncfs_mode_leaves_the_wal_fsync_to_the_store_and_fsync_mode_keeps_it() {
-    for (mode, expected) in [(SyncMode::Syncfs, 1), (SyncMode::Fsync, 2)] {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut store = open(tmp.path(), mode);
-        // 1 = NORMAL (the store's filesystem sync makes commits durable),
-        // 2 = FULL (SQLite fsyncs the WAL at each commit).
-        assert_eq!(
-            store.db().pragma_synchronous().unwrap(),
-            expected,
-            "{mode:?}"
-        );
-        keyed(&mut store, 1);
-        upload(&mut store, 1, "f", b"bytes");
-        store.sync().unwrap();
-        accept(&mut store, 1, "f");
-        store.sync().unwrap();
-        assert_eq!(committed_verified(tmp.path(), 1, "f"), Some(1));
-        store.set_group_commit(false).unwrap();
-        assert_eq!(store.db().pragma_synchronous().unwrap(), 2, "{mode:?}");
-    }
-}
