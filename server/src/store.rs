@@ -1333,16 +1333,23 @@ mod tests {
         open(tmp.path());
     }
 
-    #[test]
-    fn pending_cap_never_evicts_another_clients_live_upload() {
-        let tmp = tempfile::tempdir().unwrap();
+    /// A store for keyed alice and bob with a server-wide cap of two
+    /// pending uploads.
+    fn alice_and_bob_with_two_pending(dir: &Path) -> DiskStore {
         let config = StoreConfig {
             max_pending: 2,
             ..StoreConfig::default()
         };
-        let mut store = DiskStore::open(tmp.path(), config).unwrap();
+        let mut store = DiskStore::open(dir, config).unwrap();
         keyed(&mut store, &ALICE, "alice");
         keyed(&mut store, &BOB, "bob");
+        store
+    }
+
+    #[test]
+    fn pending_cap_never_evicts_another_clients_live_upload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = alice_and_bob_with_two_pending(tmp.path());
         let victim = upload(&mut store, &ALICE, "report", b"alice's");
         let flood: Vec<UploadId> = (0..5)
             .map(|i| upload(&mut store, &BOB, &format!("f{i}"), b"x"))
@@ -1374,13 +1381,7 @@ mod tests {
     #[test]
     fn pending_cap_refuses_when_only_other_clients_live_uploads_remain() {
         let tmp = tempfile::tempdir().unwrap();
-        let config = StoreConfig {
-            max_pending: 2,
-            ..StoreConfig::default()
-        };
-        let mut store = DiskStore::open(tmp.path(), config).unwrap();
-        keyed(&mut store, &ALICE, "alice");
-        keyed(&mut store, &BOB, "bob");
+        let mut store = alice_and_bob_with_two_pending(tmp.path());
         upload(&mut store, &BOB, "a", b"x");
         upload(&mut store, &BOB, "b", b"x");
         let mut up = store.begin_upload(&ALICE, "report", 16).unwrap();

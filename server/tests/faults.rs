@@ -281,20 +281,6 @@ fn confirmed_file_whose_database_update_failed_is_left_with_verified_0() {
 // Read-only data directory
 // ---------------------------------------------------------------------------
 
-fn check_config(data_dir: &Path) -> Ran {
-    run_bounded(
-        Command::new(SERVER_BIN)
-            .arg("--check-config")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env_remove("LISTEN_FDS")
-            .env_remove("NOTIFY_SOCKET"),
-        Duration::from_secs(20),
-    )
-}
-
 /// The server (already spawned) must exit 1 within a few seconds, and its
 /// log must name the data directory and the read-only filesystem.
 fn assert_refuses_read_only(s: &mut Server) {

@@ -537,20 +537,6 @@ fn sigterm_drains_uploads_notifies_systemd_and_exits_zero() {
     assert!(s.log_contains("shut down cleanly"));
 }
 
-fn check_config(data_dir: &std::path::Path) -> Ran {
-    run_bounded(
-        Command::new(SERVER_BIN)
-            .arg("--check-config")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env_remove("LISTEN_FDS")
-            .env_remove("NOTIFY_SOCKET"),
-        Duration::from_secs(20),
-    )
-}
-
 #[test]
 fn check_config_accepts_a_good_setup_and_refuses_unusable_data_dirs() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1381,6 +1381,22 @@ pub struct Ran {
     pub stderr: String,
 }
 
+/// `sealdrop-server --check-config` on `data_dir` (any port, no systemd
+/// environment), bounded to 20 s.
+pub fn check_config(data_dir: &Path) -> Ran {
+    run_bounded(
+        Command::new(SERVER_BIN)
+            .arg("--check-config")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env_remove("LISTEN_FDS")
+            .env_remove("NOTIFY_SOCKET"),
+        Duration::from_secs(20),
+    )
+}
+
 /// Runs `cmd` to completion, killing it if it takes longer than `timeout`
 /// (then panics). Stdout and stderr are collected.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Ran {
