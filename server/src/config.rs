@@ -4,11 +4,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::store::{StoreConfig, SyncMode};
 use clap::Parser;
 use sealdrop_protocol::consts::{DEFAULT_PORT, MAX_PLAINTEXT_SIZE};
 use sealdrop_protocol::crypto::encrypted_len;
 use sealdrop_protocol::ServerConfig;
-use sealdrop_server::store::{StoreConfig, SyncMode};
 
 /// Default cap on open client connections. Each idle connection costs a
 /// few KiB and one file descriptor; the server raises its soft descriptor
@@ -166,6 +166,19 @@ pub struct Settings {
     pub store: StoreConfig,
     /// Drain deadline on shutdown.
     pub drain_timeout: Duration,
+}
+
+impl Settings {
+    /// The defaults of every flag, listening on `listen` with data in
+    /// `data_dir`: what an in-process server of the tests runs with.
+    pub fn with_defaults(listen: SocketAddr, data_dir: &Path) -> Settings {
+        let args = Args::parse_from(["sealdrop-server", "--listen", &listen.to_string()]);
+        let mut settings = args
+            .settings()
+            .expect("the default flags form valid settings");
+        settings.data_dir = data_dir.to_path_buf();
+        settings
+    }
 }
 
 impl Args {

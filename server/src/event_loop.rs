@@ -19,23 +19,28 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::store::DiskStore;
 use sealdrop_protocol::crypto::Entropy;
 use sealdrop_protocol::server::{CloseReason, ServerEvent, VerdictKind};
 use sealdrop_protocol::ServerSession;
-use sealdrop_server::store::DiskStore;
 
 use crate::config::Settings;
+use crate::inprocess::Observed;
 use crate::systemd;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+const WAKER: Token = Token(usize::MAX - 3);
 /// Read size between requests: requests are at most 438 bytes, so a small
 /// read keeps what an idle or hostile connection can leave buffered small.
 const SMALL_READ: usize = 16 * 1024;
@@ -124,7 +129,13 @@ pub struct Server {
     poll: Poll,
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
-    signals: Signals,
+    /// SIGTERM/SIGINT as poll events, once [`Server::handle_signals`] ran.
+    signals: Option<Signals>,
+    /// Wakes the loop for a [`StopHandle`].
+    waker: Arc<Waker>,
+    stop_requested: Arc<AtomicBool>,
+    /// Where a copy of every loop and session event goes (tests, bench).
+    observer: Option<Sender<Observed>>,
     conns: Slab<Conn>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     store: DiskStore,
@@ -166,16 +177,16 @@ impl Server {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals =
-            Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
-        poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let now = Instant::now();
         Ok(Server {
             poll,
             listener: Some(listener),
             local_addr,
-            signals,
+            signals: None,
+            waker,
+            stop_requested: Arc::new(AtomicBool::new(false)),
+            observer: None,
             conns: Slab::with_capacity(settings.max_connections.min(1024)),
             timers: BinaryHeap::new(),
             store,
@@ -192,6 +203,32 @@ impl Server {
             watchdog: systemd::watchdog_interval().map(|d| (d, now)),
             settings,
         })
+    }
+
+    /// Makes SIGTERM and SIGINT start a drain (what the binary does; an
+    /// in-process server is stopped through its [`StopHandle`] instead).
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        let mut signals =
+            Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// A handle that starts a drain from another thread, as SIGTERM does.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            waker: Arc::clone(&self.waker),
+            requested: Arc::clone(&self.stop_requested),
+        }
+    }
+
+    /// Sends a copy of every event the loop logs to `observer` (tests and
+    /// the benchmark read what the server did from it, not from the log).
+    pub fn set_observer(&mut self, observer: Sender<Observed>) {
+        self.observer = Some(observer);
     }
 
     /// The address actually listened on.
@@ -212,6 +249,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.on_signals(),
+                    WAKER => self.on_wake(),
                     LISTENER => self.accept_backlog = true,
                     token => self.on_conn_event(token, event),
                 }
@@ -285,7 +323,7 @@ impl Server {
                     conn.peer
                 );
                 conn.session.retract_output(conn.released, &mut self.store);
-                log_events(key, conn);
+                log_events(key, conn, &self.observer);
             }
             conn.released = conn.session.pending_output().len();
             self.again.push(Token(key));
@@ -313,7 +351,10 @@ impl Server {
     }
 
     fn on_signals(&mut self) {
-        let got: Vec<i32> = self.signals.pending().collect();
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let got: Vec<i32> = signals.pending().collect();
         if got.is_empty() || self.draining.is_some() {
             return;
         }
@@ -323,6 +364,22 @@ impl Server {
             self.conns.len(),
             self.settings.drain_timeout
         );
+        self.start_drain();
+    }
+
+    fn on_wake(&mut self) {
+        if !self.stop_requested.load(Ordering::Acquire) || self.draining.is_some() {
+            return;
+        }
+        log::info!(
+            "stop requested: no new connections, draining {} connection(s) for up to {:?}",
+            self.conns.len(),
+            self.settings.drain_timeout
+        );
+        self.start_drain();
+    }
+
+    fn start_drain(&mut self) {
         systemd::stopping();
         self.draining = Some(Instant::now() + self.settings.drain_timeout);
         if let Some(mut l) = self.listener.take() {
@@ -435,6 +492,14 @@ impl Server {
             in_pass: false,
         });
         log::info!("conn#{key} {peer}: connected ({} open)", self.conns.len());
+        observe(
+            &self.observer,
+            Observed::Connected {
+                conn: key,
+                serial: self.serial,
+                peer,
+            },
+        );
         self.drive(Token(key));
     }
 
@@ -477,7 +542,7 @@ impl Server {
                     &mut self.read_buf,
                     now,
                 );
-                log_events(key, conn);
+                log_events(key, conn, &self.observer);
                 let finished = conn.session.is_finished();
                 match step {
                     Step::Failed(why) => return self.close(key, &why),
@@ -566,7 +631,7 @@ impl Server {
         }
         let mut conn = self.conns.remove(key);
         conn.session.close(&mut self.store);
-        log_events(key, &mut conn);
+        log_events(key, &mut conn, &self.observer);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let reason = conn
             .session
@@ -577,6 +642,15 @@ impl Server {
             "conn#{key} {}: closed: {reason} ({why}); {} open",
             conn.peer,
             self.conns.len()
+        );
+        observe(
+            &self.observer,
+            Observed::Closed {
+                conn: key,
+                serial: conn.serial,
+                reason: conn.session.close_reason(),
+                why: why.to_owned(),
+            },
         );
         if self.capped && self.conns.len() * 100 < self.settings.max_connections * RESUME_PERCENT {
             self.capped = false;
@@ -720,8 +794,18 @@ fn describe_close(reason: CloseReason) -> &'static str {
 
 /// Writes the session's events to the log: one line per event, one summary
 /// line per upload. Never key material or content.
-fn log_events(key: usize, conn: &mut Conn) {
+fn log_events(key: usize, conn: &mut Conn, observer: &Option<Sender<Observed>>) {
     while let Some(event) = conn.session.poll_event() {
+        if observer.is_some() {
+            observe(
+                observer,
+                Observed::Session {
+                    conn: key,
+                    serial: conn.serial,
+                    event: event.clone(),
+                },
+            );
+        }
         let p = conn.peer;
         match event {
             ServerEvent::Registered {
@@ -795,6 +879,32 @@ fn log_events(key: usize, conn: &mut Conn) {
             ServerEvent::Closing(reason) => {
                 log::debug!("conn#{key} {p}: closing: {}", describe_close(reason))
             }
+        }
+    }
+}
+
+/// Hands a copy of an event to the observer, if one listens.
+fn observe(observer: &Option<Sender<Observed>>, event: Observed) {
+    if let Some(tx) = observer {
+        // A test that stopped listening must not stop the server.
+        let _ = tx.send(event);
+    }
+}
+
+/// Starts a drain of a running [`Server`] from another thread, as SIGTERM
+/// does: no new connections, transfers in flight get `--drain-timeout`.
+#[derive(Clone)]
+pub struct StopHandle {
+    waker: Arc<Waker>,
+    requested: Arc<AtomicBool>,
+}
+
+impl StopHandle {
+    /// Asks the loop to drain and return.
+    pub fn stop(&self) {
+        self.requested.store(true, Ordering::Release);
+        if let Err(e) = self.waker.wake() {
+            log::warn!("cannot wake the event loop to stop it: {e}");
         }
     }
 }

@@ -2,21 +2,16 @@
 //! adopts) the listening socket, tells systemd it is ready, and runs the
 //! event loop until SIGTERM or SIGINT.
 
-mod config;
-mod event_loop;
-mod logging;
-mod systemd;
-
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 
+use sealdrop_server::config::{Args, Settings};
+use sealdrop_server::event_loop::Server;
 use sealdrop_server::store::DiskStore;
-
-use crate::config::{Args, Settings};
-use crate::event_loop::Server;
+use sealdrop_server::{logging, systemd};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -41,6 +36,9 @@ fn run(args: &Args) -> Result<()> {
     let listener = listener(&settings)?;
     let mut server =
         Server::new(listener, store, settings.clone()).context("cannot set up the event loop")?;
+    server
+        .handle_signals()
+        .context("cannot set up the event loop")?;
     let addr = server.local_addr();
     log::info!(
         "listening on {addr}, data in {}, up to {} connections",
