@@ -10,7 +10,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -104,10 +104,8 @@ impl Running {
     /// The next event, waiting at most `timeout`; `None` on timeout or
     /// once the loop is gone.
     pub fn next_event(&self, timeout: Duration) -> Option<Observed> {
-        match self.events.recv_timeout(timeout) {
-            Ok(e) => Some(e),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        // Timeout or the loop gone: nothing more to see.
+        self.events.recv_timeout(timeout).ok()
     }
 
     /// Every event observed so far, without waiting.
