@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => return cli::usage_error(e, started),
     };
-    let report = Report::new(&args, started);
+    let report = Report::new(args.quiet, args.json, started);
     match run(&args, &report) {
         Ok(done) => report.success(&done),
         Err(failure) => report.failure(&failure),

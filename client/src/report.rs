@@ -8,8 +8,6 @@ use std::time::Instant;
 
 use sealdrop_protocol::ClientId;
 
-use crate::cli::Args;
-
 /// Prefix of every message on stderr.
 const PROGRAM: &str = "sealdrop-client";
 
@@ -126,11 +124,12 @@ pub struct Report {
 }
 
 impl Report {
-    /// A reporter configured by the flags.
-    pub fn new(args: &Args, started: Instant) -> Report {
+    /// A reporter for `--quiet` and `--json` as given; `started` is when
+    /// the run began, for the `seconds` reported.
+    pub fn new(quiet: bool, json: bool, started: Instant) -> Report {
         Report {
-            quiet: args.quiet,
-            json: args.json,
+            quiet,
+            json,
             started,
             summary: RefCell::new(Summary::default()),
         }
