@@ -234,26 +234,84 @@ fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
 /// A temporary upload file. Bytes are appended with [`PartFile::write`];
 /// [`PartFile::place`] makes it durable at its final path. Dropped before
 /// that, it deletes its file.
+///
+/// Its life is a [`State`]: `Writing` (the start), then `Closed`,
+/// `Syncing` and `Synced` on the way to `Placed`; a failed write leads to
+/// `Failed` for good, and a deletion to `Removed`.
 #[derive(Debug)]
 pub struct PartFile {
     /// The temporary file's path.
     path: PathBuf,
-    /// Open while bytes are being written; closed by [`PartFile::close`].
-    file: Option<File>,
     /// Bytes written so far.
     written: u64,
-    /// Bytes handed to the kernel's writeback by [`start_writeback`].
-    queued: u64,
-    /// An earlier write failed: the content is incomplete for good.
-    failed: bool,
-    /// The content is on the disk (fsynced after the last write).
-    synced: bool,
-    /// Set by [`PartFile::use_direct_io`]: appends go through O_DIRECT.
-    direct: Option<DirectWriter>,
+    /// Where the file is in its life, with what that state needs.
+    state: State,
+}
+
+/// The states of a [`PartFile`]. Each holds only what it needs: a
+/// descriptor only while one is in use, a direct writer only while bytes
+/// are appended. So a failed upload cannot be synced or renamed, a direct
+/// writer cannot outlive the writing, and only synced content can be
+/// renamed over a stored file.
+#[derive(Debug)]
+enum State {
+    /// Open for appends; the state a new upload starts in.
+    Writing {
+        /// The (buffered) descriptor; a direct upload's tail goes through
+        /// it at the end.
+        file: File,
+        /// How appended bytes reach the file.
+        appends: Appends,
+    },
+    /// A write failed: the content has a hole for good, so every later
+    /// write, close and sync fails. The temporary file is still there.
+    Failed,
+    /// Writing ended and no descriptor is held (a pending upload); the
+    /// content may still be only in the page cache.
+    Closed,
+    /// [`PartFile::start_sync`] started writeback of the complete content;
+    /// the descriptor is kept for the fsync.
+    Syncing {
+        /// A descriptor of the complete file.
+        file: File,
+    },
+    /// The content is on the disk (fsynced, or the filesystem synced,
+    /// after the last write); no descriptor.
+    Synced,
     /// Renamed to its final path: nothing to delete any more.
-    placed: bool,
-    /// Deleted (or a deletion was tried): nothing to delete any more.
-    removed: bool,
+    Placed,
+    /// Deleted, or a deletion was tried: nothing to delete any more.
+    Removed,
+}
+
+/// How a `Writing` [`PartFile`] appends.
+#[derive(Debug)]
+enum Appends {
+    /// Through the page cache; the bytes before `queued` were handed to
+    /// the kernel's writeback by [`start_writeback`].
+    Buffered {
+        /// Bytes handed to writeback so far.
+        queued: u64,
+    },
+    /// Through O_DIRECT, chosen by [`PartFile::use_direct_io`].
+    Direct(DirectWriter),
+}
+
+impl Appends {
+    /// Ends appending: writes what a direct writer still holds (its tail
+    /// through `file`). Returns how many bytes were already handed to
+    /// writeback (none of a direct upload's: it bypassed the page cache).
+    fn finish(self, file: &File) -> io::Result<u64> {
+        match self {
+            Appends::Buffered { queued } => Ok(queued),
+            Appends::Direct(direct) => direct.finish(file).map(|()| 0),
+        }
+    }
+}
+
+/// The error of every write, close and sync after a failed write.
+fn earlier_write_failed() -> io::Error {
+    io::Error::other("an earlier write to this upload failed")
 }
 
 impl PartFile {
@@ -282,14 +340,11 @@ impl PartFile {
     pub(crate) fn from_parts(path: PathBuf, file: File) -> PartFile {
         PartFile {
             path,
-            file: Some(file),
             written: 0,
-            queued: 0,
-            failed: false,
-            synced: false,
-            direct: None,
-            placed: false,
-            removed: false,
+            state: State::Writing {
+                file,
+                appends: Appends::Buffered { queued: 0 },
+            },
         }
     }
 
@@ -306,93 +361,89 @@ impl PartFile {
 
     /// Whether [`PartFile::place`] renamed it to its final path.
     pub fn is_placed(&self) -> bool {
-        self.placed
+        matches!(self.state, State::Placed)
     }
 
     /// Switches a new, empty upload to O_DIRECT appends (a large upload:
     /// see [`crate::direct`]). Returns whether it did; when the
     /// filesystem refuses or too many direct uploads run, writes stay
-    /// buffered.
+    /// buffered. Only an upload still writing, with nothing written, can
+    /// switch.
     pub fn use_direct_io(&mut self) -> bool {
-        if self.written > 0 || self.direct.is_some() || self.file.is_none() {
-            return self.direct.is_some();
+        if let State::Writing { appends, .. } = &mut self.state {
+            if matches!(appends, Appends::Buffered { .. }) && self.written == 0 {
+                if let Some(direct) = DirectWriter::open(&self.path) {
+                    *appends = Appends::Direct(direct);
+                }
+            }
         }
-        self.direct = DirectWriter::open(&self.path);
-        self.direct.is_some()
+        matches!(
+            self.state,
+            State::Writing {
+                appends: Appends::Direct(_),
+                ..
+            }
+        )
     }
 
     /// Appends `data`, straight to the file (callers pass large chunks).
     /// After a failed write every later write and [`PartFile::close`]
-    /// fail too, since the content has a hole.
+    /// fail too, since the content has a hole. Once writing ended
+    /// ([`PartFile::close`], [`PartFile::start_sync`], [`PartFile::sync`],
+    /// [`PartFile::mark_synced`]) a write fails and changes nothing.
     pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        if self.failed {
-            return Err(io::Error::other("an earlier write to this upload failed"));
-        }
-        let Some(file) = self.file.as_mut() else {
-            return Err(io::Error::other("upload already closed"));
+        let written = match &mut self.state {
+            State::Failed => return Err(earlier_write_failed()),
+            State::Writing { file, appends } => {
+                let written = self.written + data.len() as u64;
+                let appended = match appends {
+                    Appends::Direct(direct) => direct.write(data),
+                    Appends::Buffered { queued } => file.write_all(data).map(|()| {
+                        if written - *queued >= WRITEBACK_CHUNK {
+                            start_writeback(file, *queued, written - *queued);
+                            *queued = written;
+                        }
+                    }),
+                };
+                if let Err(e) = appended {
+                    self.state = State::Failed;
+                    return Err(e);
+                }
+                written
+            }
+            State::Closed
+            | State::Syncing { .. }
+            | State::Synced
+            | State::Placed
+            | State::Removed => return Err(io::Error::other("upload already closed")),
         };
-        if let Some(direct) = self.direct.as_mut() {
-            return match direct.write(data) {
-                Ok(()) => {
-                    self.written += data.len() as u64;
-                    self.synced = false;
-                    Ok(())
-                }
-                Err(e) => {
-                    self.failed = true;
-                    Err(e)
-                }
-            };
-        }
-        match file.write_all(data) {
-            Ok(()) => {
-                self.written += data.len() as u64;
-                self.synced = false;
-                if self.written - self.queued >= WRITEBACK_CHUNK {
-                    start_writeback(file, self.queued, self.written - self.queued);
-                    self.queued = self.written;
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.failed = true;
-                Err(e)
-            }
-        }
+        self.written = written;
+        Ok(())
     }
 
     /// Ends writing and closes the file handle (a pending upload holds no
-    /// descriptor). Fails if an earlier write failed.
+    /// descriptor). Fails if an earlier write failed, or if a direct
+    /// upload's last bytes cannot be written (the upload then fails for
+    /// good). Closing a closed, synced or placed upload does nothing.
     pub fn close(&mut self) -> io::Result<()> {
-        let finished = self.finish_direct();
-        if let Some(file) = self.file.as_ref() {
-            // The rest goes to the disk while the client sends its verdict,
-            // so the sync that places the file finds little left to write.
-            if !self.failed && self.written > self.queued {
-                start_writeback(file, self.queued, self.written - self.queued);
-                self.queued = self.written;
-            }
-        }
-        self.file = None;
-        if self.failed {
-            return Err(io::Error::other("an earlier write to this upload failed"));
-        }
-        finished
-    }
-
-    /// Writes what a direct writer still holds (its tail through the
-    /// buffered descriptor) and ends direct appends.
-    fn finish_direct(&mut self) -> io::Result<()> {
-        let Some(direct) = self.direct.take() else {
-            return Ok(());
+        let (state, result) = match self.take_state() {
+            State::Writing { file, appends } => match appends.finish(&file) {
+                Ok(queued) => {
+                    // The rest goes to the disk while the client sends its
+                    // verdict, so the sync that places the file finds little
+                    // left to write.
+                    if self.written > queued {
+                        start_writeback(&file, queued, self.written - queued);
+                    }
+                    (State::Closed, Ok(()))
+                }
+                Err(_) => (State::Failed, Err(earlier_write_failed())),
+            },
+            State::Failed => (State::Failed, Err(earlier_write_failed())),
+            State::Syncing { .. } | State::Closed => (State::Closed, Ok(())),
+            same @ (State::Synced | State::Placed | State::Removed) => (same, Ok(())),
         };
-        let result = match self.file.as_ref() {
-            Some(tail) if !self.failed => direct.finish(tail),
-            _ => Ok(()),
-        };
-        if result.is_err() {
-            self.failed = true;
-        }
+        self.state = state;
         result
     }
 
@@ -406,7 +457,7 @@ impl PartFile {
     /// syncs: [`PartFile::start_sync`], [`PartFile::sync`],
     /// [`PartFile::rename_to`], then [`sync_dir`] on the folder.
     pub fn place(&mut self, final_path: &Path) -> io::Result<()> {
-        if !self.placed {
+        if !self.is_placed() {
             self.sync()?;
             self.rename_to(final_path)?;
         }
@@ -416,54 +467,76 @@ impl PartFile {
         }
     }
 
-    /// Opens the complete file again (if closed) and starts writing all of
-    /// it to the disk without waiting. Starting many files' writeback
-    /// before fsyncing any lets one filesystem journal commit cover them
-    /// all, instead of one commit per file.
+    /// Ends writing, opens the complete file again (if closed) and starts
+    /// writing all of it to the disk without waiting. Starting many files'
+    /// writeback before fsyncing any lets one filesystem journal commit
+    /// cover them all, instead of one commit per file.
     pub fn start_sync(&mut self) -> io::Result<()> {
-        if self.failed {
-            return Err(io::Error::other("an earlier write to this upload failed"));
-        }
-        if self.placed || self.synced {
-            return Ok(());
-        }
-        self.finish_direct()?;
-        let file = match self.file.take() {
-            Some(file) => file,
-            None => File::open(&self.path)?,
+        let (state, result) = match self.take_state() {
+            State::Writing { file, appends } => match appends.finish(&file) {
+                Ok(queued) => {
+                    if self.written > queued {
+                        start_writeback(&file, queued, self.written - queued);
+                    }
+                    (State::Syncing { file }, Ok(()))
+                }
+                Err(e) => (State::Failed, Err(e)),
+            },
+            // Closing handed everything to writeback already.
+            State::Closed => match File::open(&self.path) {
+                Ok(file) => (State::Syncing { file }, Ok(())),
+                Err(e) => (State::Closed, Err(e)),
+            },
+            State::Failed => (State::Failed, Err(earlier_write_failed())),
+            same @ (State::Syncing { .. } | State::Synced | State::Placed) => (same, Ok(())),
+            State::Removed => (State::Removed, Err(already_removed())),
         };
-        if self.written > self.queued {
-            start_writeback(&file, self.queued, self.written - self.queued);
-            self.queued = self.written;
-        }
-        self.file = Some(file);
-        Ok(())
+        self.state = state;
+        result
     }
 
-    /// Waits until the content is on the disk (fsync), then closes the
-    /// file handle.
+    /// Ends writing and waits until the content is on the disk (fsync),
+    /// then closes the file handle. If the fsync fails the upload is
+    /// closed, not synced, and `sync` may be tried again.
     pub fn sync(&mut self) -> io::Result<()> {
-        if self.failed {
-            return Err(io::Error::other("an earlier write to this upload failed"));
-        }
-        if self.placed || self.synced {
-            return Ok(());
-        }
-        self.finish_direct()?;
-        match self.file.take() {
-            Some(file) => file.sync_all()?,
-            None => File::open(&self.path)?.sync_all()?,
-        }
-        self.synced = true;
-        Ok(())
+        let (state, result) = match self.take_state() {
+            State::Writing { file, appends } => match appends.finish(&file) {
+                Ok(_) => fsync(&file),
+                Err(e) => (State::Failed, Err(e)),
+            },
+            State::Syncing { file } => fsync(&file),
+            State::Closed => match File::open(&self.path) {
+                Ok(file) => fsync(&file),
+                Err(e) => (State::Closed, Err(e)),
+            },
+            State::Failed => (State::Failed, Err(earlier_write_failed())),
+            same @ (State::Synced | State::Placed) => (same, Ok(())),
+            State::Removed => (State::Removed, Err(already_removed())),
+        };
+        self.state = state;
+        result
     }
 
     /// Records that the content is on the disk because the whole
     /// filesystem was synced ([`sync_filesystem`]) after the last write.
+    /// Does nothing to a failed upload, nor to a direct one still writing
+    /// (its last bytes are in its buffer, not in the file).
     pub fn mark_synced(&mut self) {
-        if !self.failed && self.direct.is_none() {
-            self.file = None;
-            self.synced = true;
+        match self.state {
+            State::Writing {
+                appends: Appends::Buffered { .. },
+                ..
+            }
+            | State::Closed
+            | State::Syncing { .. } => self.state = State::Synced,
+            State::Writing {
+                appends: Appends::Direct(_),
+                ..
+            }
+            | State::Failed
+            | State::Synced
+            | State::Placed
+            | State::Removed => {}
         }
     }
 
@@ -471,15 +544,19 @@ impl PartFile {
     /// is synced ([`sync_dir`]). Refused before [`PartFile::sync`], so
     /// unsynced bytes can never replace a stored file.
     pub fn rename_to(&mut self, final_path: &Path) -> io::Result<()> {
-        if self.placed {
-            return Ok(());
+        match self.state {
+            State::Placed => Ok(()),
+            State::Synced => {
+                fs::rename(&self.path, final_path)?;
+                self.state = State::Placed;
+                Ok(())
+            }
+            State::Writing { .. }
+            | State::Failed
+            | State::Closed
+            | State::Syncing { .. }
+            | State::Removed => Err(io::Error::other("rename before the content was synced")),
         }
-        if !self.synced {
-            return Err(io::Error::other("rename before the content was synced"));
-        }
-        fs::rename(&self.path, final_path)?;
-        self.placed = true;
-        Ok(())
     }
 
     /// Deletes the temporary file now (a drop does the same, but logs
@@ -489,17 +566,39 @@ impl PartFile {
     }
 
     /// Deletes the temporary file unless placed; a missing file is fine.
+    /// Tried once: a drop after a failed discard does not retry.
     fn remove(&mut self) -> io::Result<()> {
-        self.file = None;
-        if self.placed || self.removed {
+        if matches!(self.state, State::Placed | State::Removed) {
             return Ok(());
         }
-        self.removed = true; // tried once: a drop after a failed discard does not retry
+        self.state = State::Removed; // closes any descriptor first
         match fs::remove_file(&self.path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
+
+    /// Takes the state out for a transition, leaving `Closed` until the
+    /// caller stores the next one.
+    fn take_state(&mut self) -> State {
+        std::mem::replace(&mut self.state, State::Closed)
+    }
+}
+
+/// fsyncs a complete upload's file: `Synced` on success, else `Closed`
+/// (the descriptor is dropped either way, and a later sync opens the file
+/// again).
+fn fsync(file: &File) -> (State, io::Result<()>) {
+    match file.sync_all() {
+        Ok(()) => (State::Synced, Ok(())),
+        Err(e) => (State::Closed, Err(e)),
+    }
+}
+
+/// The error of syncing an upload whose file was deleted (unreachable from
+/// outside: only a drop follows a deletion).
+fn already_removed() -> io::Error {
+    io::Error::other("upload already deleted")
 }
 
 impl Drop for PartFile {
@@ -578,6 +677,77 @@ mod tests {
         part.sync().unwrap();
         part.rename_to(&target).unwrap();
         assert!(part.is_placed());
+    }
+
+    /// The group-commit path (start_sync of every file, then sync and
+    /// rename of each), from an upload still writing and from a closed one.
+    #[test]
+    fn start_sync_then_sync_then_rename_places_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        for close_first in [false, true] {
+            let mut part = PartFile::create(tmp.path()).unwrap();
+            part.write(b"abc").unwrap();
+            if close_first {
+                part.close().unwrap();
+            }
+            part.start_sync().unwrap();
+            part.start_sync().unwrap();
+            // Writing ended, and the content is not yet known durable.
+            assert!(part.write(b"d").is_err());
+            let target = tmp.path().join(format!("f{close_first}"));
+            assert!(part.rename_to(&target).is_err());
+            part.sync().unwrap();
+            part.rename_to(&target).unwrap();
+            assert!(part.is_placed());
+            assert_eq!(part.written(), 3);
+            assert_eq!(fs::read(&target).unwrap(), b"abc");
+        }
+        assert_eq!(names_in(tmp.path()), ["ffalse", "ftrue"]);
+    }
+
+    #[test]
+    fn write_after_close_is_refused_and_close_is_repeatable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut part = PartFile::create(tmp.path()).unwrap();
+        part.write(b"abc").unwrap();
+        part.close().unwrap();
+        assert!(part.write(b"d").is_err());
+        part.close().unwrap();
+        assert_eq!(part.written(), 3);
+        part.sync().unwrap();
+        assert!(part.write(b"d").is_err());
+        assert_eq!(fs::read(part.path()).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn failed_upload_is_never_marked_synced_or_renamed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(".part-00000000000000fe");
+        fs::write(&path, b"").unwrap();
+        let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let mut part = PartFile::from_parts(path.clone(), full);
+        assert!(part.write(&[0u8; 4096]).is_err());
+        assert!(part.start_sync().is_err());
+        assert!(part.sync().is_err());
+        part.mark_synced();
+        let target = tmp.path().join("final");
+        assert!(part.rename_to(&target).is_err());
+        assert!(!part.is_placed());
+        assert!(!target.exists());
+        part.discard().unwrap();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn discarding_a_placed_file_leaves_it_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut part = PartFile::create(tmp.path()).unwrap();
+        part.write(b"kept").unwrap();
+        let target = tmp.path().join("kept.txt");
+        part.place(&target).unwrap();
+        part.discard().unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"kept");
+        assert_eq!(names_in(tmp.path()), ["kept.txt"]);
     }
 
     #[test]
