@@ -166,7 +166,7 @@ fn seeded_store(id: ClientId, key: &AesKey) -> MemoryStore {
 /// bytes the session wrote back.
 fn serve(stream: &[u8], piece: usize, store: &mut MemoryStore, rng: &mut TestEntropy) -> Vec<u8> {
     let now = Instant::now();
-    let mut session = ServerSession::new(ServerConfig::default(), now);
+    let mut session = ServerSession::new(ServerConfig::default(), 1, now);
     let mut written = Vec::new();
     for mut input in stream.chunks(piece) {
         while !input.is_empty() {
@@ -179,7 +179,7 @@ fn serve(stream: &[u8], piece: usize, store: &mut MemoryStore, rng: &mut TestEnt
         }
     }
     session.handle_eof(store);
-    session.close(store);
+    session.close(now, store);
     written
 }
 

@@ -1,8 +1,11 @@
-//! Errors of the decoders and sessions, and how each maps to the wire.
+//! Errors of the decoders and the server session, as small enums whose
+//! variants say what happened. Which wire answer each one gets is decided
+//! in one place, [`crate::server::answer_to`]; this module depends on no
+//! other module of the crate but crypto's error type.
 
 use std::fmt;
 
-use crate::message::ResponseKind;
+use crate::crypto::CryptoError;
 
 /// A frame that cannot be decoded. Framing is lost after any of these, so
 /// the server answers 2107 and closes (§3), except for [`Truncated`]
@@ -46,16 +49,6 @@ pub enum DecodeError {
     Truncated,
 }
 
-impl DecodeError {
-    /// The response a server sends for this error before closing, if any.
-    pub fn response(&self) -> Option<ResponseKind> {
-        match self {
-            DecodeError::Truncated => None,
-            _ => Some(ResponseKind::GeneralError),
-        }
-    }
-}
-
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -90,3 +83,245 @@ impl fmt::Display for DecodeError {
 }
 
 impl std::error::Error for DecodeError {}
+
+/// Why a 1025 was refused with 2101.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationError {
+    /// The name is empty or not printable ASCII.
+    NameUnusable,
+    /// A client that completed key exchange holds the name (§3).
+    NameTaken,
+}
+
+impl fmt::Display for RegistrationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RegistrationError::NameUnusable => "name is empty or not printable ASCII",
+            RegistrationError::NameTaken => "name belongs to a client with a key",
+        })
+    }
+}
+
+/// Why a 1027 was refused with 2106.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconnectError {
+    /// No client has that id.
+    UnknownClient,
+    /// The name is not the one registered for the id.
+    NameMismatch,
+    /// The client never completed key exchange.
+    NoPublicKey,
+    /// The stored public key no longer parses.
+    StoredKeyUnusable,
+}
+
+impl fmt::Display for ReconnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReconnectError::UnknownClient => "unknown client id",
+            ReconnectError::NameMismatch => "name does not match the registered one",
+            ReconnectError::NoPublicKey => "client never sent a public key",
+            ReconnectError::StoredKeyUnusable => "stored public key is unusable",
+        })
+    }
+}
+
+/// What became of the stored key after a 1028 under it failed its padding
+/// check (the padding-oracle defence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredKey {
+    /// The key was this connection's own (exchanged on it): kept.
+    NotUsed,
+    /// The stored key was replaced by a random one.
+    Retired,
+    /// Replacing it failed (a storage error).
+    RetireFailed,
+}
+
+/// Why a well-formed request was refused with 2107 while the connection
+/// stays open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No client has the header's id.
+    UnknownClient,
+    /// The name is not the one registered for the id.
+    NameMismatch,
+    /// The 1026 public key is not a usable RSA-1024 key.
+    PublicKeyRefused(CryptoError),
+    /// Encrypting the AES key for the client failed.
+    KeyEncryption(CryptoError),
+    /// No AES key was ever exchanged for the client.
+    NoKey,
+    /// The 1028 file name is empty, `.`, `..` or has control or non-ASCII
+    /// bytes.
+    UnusableFileName,
+    /// The verdict's file name cannot be a stored name.
+    UnusableVerdictName,
+    /// The content's PKCS#7 padding is wrong after decryption (a wrong
+    /// key, or a probe for a padding oracle).
+    BadPadding(StoredKey),
+    /// A verdict (1029, 1031) found no upload awaiting it.
+    NothingPending,
+    /// Eight random ids in a row were taken.
+    NoFreeClientId,
+    /// Storage failed.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Store(e)
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const BAD_PADDING: &str = "bad PKCS#7 padding after decryption (wrong key?)";
+        match self {
+            Refusal::UnknownClient => f.write_str("unknown client id"),
+            Refusal::NameMismatch => f.write_str("name does not match the registered one"),
+            Refusal::PublicKeyRefused(e) => write!(f, "public key refused: {e}"),
+            Refusal::KeyEncryption(e) => write!(f, "RSA encryption failed: {e}"),
+            Refusal::NoKey => f.write_str("no key exchanged for this client"),
+            Refusal::UnusableFileName => {
+                f.write_str("file name is empty, '.', '..' or has control or non-ASCII bytes")
+            }
+            Refusal::UnusableVerdictName => f.write_str("unusable file name"),
+            Refusal::BadPadding(StoredKey::NotUsed) => f.write_str(BAD_PADDING),
+            Refusal::BadPadding(StoredKey::Retired) => {
+                write!(
+                    f,
+                    "{BAD_PADDING} under the stored key; the stored key was retired"
+                )
+            }
+            Refusal::BadPadding(StoredKey::RetireFailed) => write!(
+                f,
+                "{BAD_PADDING} under the stored key; retiring the stored key failed"
+            ),
+            Refusal::NothingPending => f.write_str("no upload of that name awaits a verdict"),
+            Refusal::NoFreeClientId => f.write_str("could not draw an unused client id"),
+            Refusal::Store(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Everything a server session can meet that is not the answer a request
+/// asked for. [`crate::server::answer_to`] maps each to its wire answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionError {
+    /// 1025 refused: 2101.
+    Registration(RegistrationError),
+    /// 1027 refused: 2106.
+    Reconnect(ReconnectError),
+    /// A request refused: 2107, the connection stays.
+    Refused(Refusal),
+    /// A frame that cannot be decoded: 2107 and close (framing is lost),
+    /// or only close if the stream ended inside it.
+    Decode(DecodeError),
+    /// Answers already produced acknowledged changes the store could not
+    /// make durable: they are withdrawn, 2107 and close.
+    NotDurable,
+}
+
+impl From<Refusal> for SessionError {
+    fn from(r: Refusal) -> Self {
+        SessionError::Refused(r)
+    }
+}
+
+impl From<StoreError> for SessionError {
+    fn from(e: StoreError) -> Self {
+        SessionError::Refused(Refusal::Store(e))
+    }
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Registration(e) => e.fmt(f),
+            SessionError::Reconnect(e) => e.fmt(f),
+            SessionError::Refused(e) => e.fmt(f),
+            SessionError::Decode(e) => e.fmt(f),
+            SessionError::NotDurable => f.write_str("storage could not make the answers durable"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+/// A storage failure. The session answers it with 2107 and keeps the
+/// connection (§3: a database or disk error). No variant carries key
+/// material or file content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// A database operation failed.
+    Database {
+        /// The operation ("register client", "commit", ...).
+        op: String,
+        /// The engine's message (names tables and constraints, never
+        /// bound values).
+        detail: String,
+    },
+    /// A filesystem operation failed.
+    Files {
+        /// The operation ("write upload", "accept <client> <name>", ...).
+        op: String,
+        /// The kind of the I/O error.
+        kind: std::io::ErrorKind,
+        /// The I/O error as the system describes it.
+        detail: String,
+    },
+    /// The record the operation needs does not exist.
+    NotFound {
+        /// The operation.
+        op: &'static str,
+        /// What is missing ("no such client", "not pending").
+        what: &'static str,
+    },
+    /// Every slot for uploads awaiting a verdict holds a live upload of
+    /// another client (the server-wide cap).
+    PendingFull {
+        /// The cap.
+        cap: usize,
+    },
+    /// Data failed a consistency check (a path that is not UTF-8, a size
+    /// that disagrees, a name that could leave its folder, a schema this
+    /// program does not know, a data directory in use).
+    Invalid(String),
+}
+
+impl StoreError {
+    /// A database failure of `op`.
+    pub fn database(op: impl Into<String>, detail: impl fmt::Display) -> StoreError {
+        StoreError::Database {
+            op: op.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// A filesystem failure of `op`.
+    pub fn files(op: impl Into<String>, e: &std::io::Error) -> StoreError {
+        StoreError::Files {
+            op: op.into(),
+            kind: e.kind(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Database { op, detail } => write!(f, "database: {op}: {detail}"),
+            StoreError::Files { op, detail, .. } => write!(f, "files: {op}: {detail}"),
+            StoreError::NotFound { op, what } => write!(f, "{op}: {what}"),
+            StoreError::PendingFull { cap } => write!(
+                f,
+                "{cap} uploads of other clients await a verdict (server-wide limit)"
+            ),
+            StoreError::Invalid(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}

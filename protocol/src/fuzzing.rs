@@ -13,7 +13,7 @@ use crate::decode::{RequestDecoder, RequestEvent, ResponseDecoder};
 use crate::memstore::MemoryStore;
 use crate::message::{encode_file_header, Request, Response, Revision};
 use crate::server::{ServerConfig, ServerSession};
-use crate::store::ClientRecord;
+use crate::store::{ClientRecord, Durability, Store};
 use crate::wire::{sanitize_file_name, ClientId};
 
 /// Splits fuzz input into a list of split sizes (from the first byte) and
@@ -238,20 +238,22 @@ pub const FUZZ_AES_KEY: [u8; 16] = [
 ];
 
 /// Server session on an arbitrary byte stream with arbitrary split points
-/// and clock steps: never panics, output is always a valid response
-/// stream, output and uploads stay bounded, closing releases everything.
-/// Some passes end like a failed group commit: their answers are
-/// retracted ([`ServerSession::retract_output`]), in whatever state the
-/// session is.
-pub fn server_session(data: &[u8]) {
+/// and clock steps, starting at `start` (the caller's clock: this crate
+/// reads none): never panics, output is always a valid response stream,
+/// output and uploads stay bounded, closing releases everything. The
+/// store runs in group commit, and some passes end in a failed commit, in
+/// whatever state the session is: held answers never come out, a 2107
+/// and a close do ([`ServerSession::handle_commit`]).
+pub fn server_session(data: &[u8], start: Instant) {
     let (sizes, stream) = splits(data);
     let config = ServerConfig {
         max_output: 4096,
         ..ServerConfig::default()
     };
-    let mut now = Instant::now();
-    let mut session = ServerSession::new(config, now);
+    let mut now = start;
+    let mut session = ServerSession::new(config, 1, now);
     let mut store = seeded_store();
+    store.group_commit = true;
     let mut rng = TestEntropy::new(data.len() as u64);
     let mut responses = ResponseDecoder::new(Revision::R2023c);
     for (i, piece) in pieces(stream, &sizes).into_iter().enumerate() {
@@ -260,9 +262,16 @@ pub fn server_session(data: &[u8]) {
         while !input.is_empty() && session.wants_input() && rounds < 1000 {
             session.handle_input(&mut input, now, &mut store, &mut rng);
             assert!(session.pending_output().len() <= 4096 + 512);
-            if sizes[(i * 31 + rounds) % sizes.len()] % 13 == 5 {
-                session.retract_output(0, &mut store);
-                assert!(!session.wants_input());
+            if store.uncommitted() {
+                store.fail_commit = sizes[(i * 31 + rounds) % sizes.len()] % 13 == 5;
+                let held = session.holds_output();
+                let commit = store.commit(now);
+                let outcome = commit.outcome(session.conn());
+                session.handle_commit(outcome, &mut store);
+                assert!(!session.holds_output());
+                if held && outcome == Durability::Failed {
+                    assert!(!session.wants_input());
+                }
             }
             let mut out = session.pending_output();
             while responses
@@ -280,7 +289,9 @@ pub fn server_session(data: &[u8]) {
         while session.poll_event().is_some() {}
     }
     session.handle_eof(&mut store);
-    session.close(&mut store);
+    let commit = store.commit(now);
+    session.handle_commit(commit.outcome(session.conn()), &mut store);
+    session.close(now, &mut store);
     assert_eq!(
         store.open_uploads, 0,
         "closing releases the upload in progress"

@@ -1,8 +1,16 @@
 //! [`MemoryStore`]: a [`Store`] held in memory, for pair tests, fuzzing and
 //! anything else that needs a server without a disk. It follows the same
-//! rules as the server's disk store (PROTOCOL.md §6 "storage").
+//! rules as the server's disk store (PROTOCOL.md §6 "storage"), with the
+//! same list of uploads awaiting a verdict ([`PendingSet`]).
+//!
+//! By default every change is final at once (never [`Store::uncommitted`]).
+//! With [`MemoryStore::group_commit`] on it behaves like the server's
+//! store: changes wait for [`Store::commit`], and a failed commit
+//! ([`MemoryStore::fail_commit`]) puts the records back as they were at
+//! the last commit and the accepted uploads back among the pending ones.
 
 use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime};
 
 use crate::consts::PUBLIC_KEY_LEN;
 use crate::crypto::AesKey;
@@ -26,23 +34,24 @@ pub struct MemoryUpload {
     bytes: Vec<u8>,
 }
 
+/// Records as they were at the last commit, and what the batch accepted.
 #[derive(Debug)]
-struct PendingUpload {
-    upload: MemoryUpload,
-    orphaned: bool,
+struct Batch {
+    clients: BTreeMap<ClientId, ClientRecord>,
+    files: BTreeMap<(ClientId, String), StoredFile>,
+    accepted: Vec<(UploadId, PendingEntry<Vec<u8>>)>,
 }
 
 /// Records, files and pending uploads in memory. Set `fail_writes` to make
 /// every upload write fail (a full disk), `fail_db` to make every record
 /// operation fail (a broken database).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     /// Clients by id.
     pub clients: BTreeMap<ClientId, ClientRecord>,
     /// Files by (client, base name): the final paths.
     pub files: BTreeMap<(ClientId, String), StoredFile>,
-    pending: BTreeMap<UploadId, PendingUpload>,
-    next_upload: UploadId,
+    pending: PendingSet<Vec<u8>>,
     /// Uploads begun and not yet finished or aborted.
     pub open_uploads: usize,
     /// Make `write_upload` fail.
@@ -51,12 +60,49 @@ pub struct MemoryStore {
     pub fail_db: bool,
     /// Number of `touch` calls (LastSeen updates).
     pub touches: u64,
+    /// Changes wait for [`Store::commit`] (as in the server).
+    pub group_commit: bool,
+    /// Make the next commits fail as a whole.
+    pub fail_commit: bool,
+    /// Make the next commit fail for these connections only (their
+    /// accepted uploads are not stored).
+    pub fail_commit_for: Vec<ConnId>,
+    /// Commits made (successful or not).
+    pub commits: u64,
+    batch: Option<Batch>,
+    /// Wall-clock time last given by [`Store::housekeeping`].
+    pub wall: Option<SystemTime>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::with_limits(PendingLimits::default())
+    }
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store with these caps on pending uploads.
+    pub fn with_limits(limits: PendingLimits) -> Self {
+        MemoryStore {
+            clients: BTreeMap::new(),
+            files: BTreeMap::new(),
+            pending: PendingSet::new(limits),
+            open_uploads: 0,
+            fail_writes: false,
+            fail_db: false,
+            touches: 0,
+            group_commit: false,
+            fail_commit: false,
+            fail_commit_for: Vec::new(),
+            commits: 0,
+            batch: None,
+            wall: None,
+        }
     }
 
     /// Uploads awaiting a verdict.
@@ -66,22 +112,41 @@ impl MemoryStore {
 
     /// Pending uploads whose connection closed.
     pub fn orphan_count(&self) -> usize {
-        self.pending.values().filter(|p| p.orphaned).count()
+        self.pending
+            .iter()
+            .filter(|(_, p)| p.orphaned_at.is_some())
+            .count()
     }
 
     fn db(&self) -> Result<(), StoreError> {
         if self.fail_db {
-            Err(StoreError::new("database unavailable (injected)"))
+            Err(StoreError::database(
+                "any",
+                "database unavailable (injected)",
+            ))
         } else {
             Ok(())
         }
     }
 
+    /// Opens a batch before a change under group commit.
+    fn change(&mut self) {
+        if self.group_commit && self.batch.is_none() {
+            self.batch = Some(Batch {
+                clients: self.clients.clone(),
+                files: self.files.clone(),
+                accepted: Vec::new(),
+            });
+        }
+    }
+
     fn client_mut(&mut self, id: &ClientId) -> Result<&mut ClientRecord, StoreError> {
         self.db()?;
-        self.clients
-            .get_mut(id)
-            .ok_or_else(|| StoreError::new("no such client"))
+        self.change();
+        self.clients.get_mut(id).ok_or(StoreError::NotFound {
+            op: "update client",
+            what: "no such client",
+        })
     }
 }
 
@@ -100,16 +165,25 @@ impl Store for MemoryStore {
 
     fn register_client(
         &mut self,
+        _cx: Ctx,
         id: &ClientId,
         name: &str,
         replace: Option<&ClientId>,
     ) -> Result<(), StoreError> {
         self.db()?;
+        let taken = self
+            .clients
+            .values()
+            .any(|c| c.name == name && Some(&c.id) != replace);
+        if taken || self.clients.contains_key(id) {
+            return Err(StoreError::database(
+                "register client",
+                "UNIQUE constraint failed",
+            ));
+        }
+        self.change();
         if let Some(old) = replace {
             self.clients.remove(old);
-        }
-        if self.clients.values().any(|c| c.name == name) || self.clients.contains_key(id) {
-            return Err(StoreError::new("UNIQUE constraint failed"));
         }
         self.clients.insert(
             *id,
@@ -125,6 +199,7 @@ impl Store for MemoryStore {
 
     fn set_public_key(
         &mut self,
+        _cx: Ctx,
         id: &ClientId,
         public_key: &[u8; PUBLIC_KEY_LEN],
         aes_key: &AesKey,
@@ -135,12 +210,17 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn set_last_key(&mut self, id: &ClientId, aes_key: &AesKey) -> Result<(), StoreError> {
+    fn set_last_key(
+        &mut self,
+        _cx: Ctx,
+        id: &ClientId,
+        aes_key: &AesKey,
+    ) -> Result<(), StoreError> {
         self.client_mut(id)?.last_key = Some(aes_key.clone());
         Ok(())
     }
 
-    fn touch(&mut self, id: &ClientId) -> Result<(), StoreError> {
+    fn touch(&mut self, _cx: Ctx, id: &ClientId) -> Result<(), StoreError> {
         self.client_mut(id)?;
         self.touches += 1;
         Ok(())
@@ -148,6 +228,7 @@ impl Store for MemoryStore {
 
     fn begin_upload(
         &mut self,
+        _cx: Ctx,
         id: &ClientId,
         file_name: &str,
         _content_size: u32,
@@ -167,7 +248,11 @@ impl Store for MemoryStore {
         plaintext: &[u8],
     ) -> Result<(), StoreError> {
         if self.fail_writes {
-            return Err(StoreError::new("No space left on device (injected)"));
+            return Err(StoreError::Files {
+                op: "write upload".into(),
+                kind: std::io::ErrorKind::StorageFull,
+                detail: "No space left on device (injected)".into(),
+            });
         }
         upload.bytes.extend_from_slice(plaintext);
         Ok(())
@@ -175,25 +260,24 @@ impl Store for MemoryStore {
 
     fn finish_upload(
         &mut self,
+        cx: Ctx,
         upload: MemoryUpload,
         _summary: &UploadSummary,
-    ) -> Result<UploadId, StoreError> {
+    ) -> Result<(), StoreError> {
         self.open_uploads -= 1;
         self.db()?;
-        self.next_upload += 1;
+        for (victim, _) in self.pending.make_room(cx.conn, &upload.client_id)? {
+            self.pending.remove(victim);
+        }
+        self.change();
         let key = (upload.client_id, upload.file_name.clone());
         self.files.entry(key).or_insert_with(|| StoredFile {
             bytes: Vec::new(),
             verified: false,
         });
-        self.pending.insert(
-            self.next_upload,
-            PendingUpload {
-                upload,
-                orphaned: false,
-            },
-        );
-        Ok(self.next_upload)
+        self.pending
+            .insert(cx.conn, upload.client_id, upload.file_name, upload.bytes);
+        Ok(())
     }
 
     fn abort_upload(&mut self, _upload: MemoryUpload) {
@@ -202,48 +286,83 @@ impl Store for MemoryStore {
 
     fn apply_verdict(
         &mut self,
+        cx: Ctx,
         id: &ClientId,
         file_name: &str,
-        prefer: Option<UploadId>,
         verdict: Verdict,
     ) -> Result<VerdictOutcome, StoreError> {
         self.db()?;
-        let matches =
-            |p: &PendingUpload| p.upload.client_id == *id && p.upload.file_name == file_name;
-        let chosen = prefer
-            .filter(|u| self.pending.get(u).is_some_and(matches))
-            .or_else(|| {
-                self.pending
-                    .iter()
-                    .rev()
-                    .find(|(_, p)| matches(p))
-                    .map(|(k, _)| *k)
-            });
-        let Some(key) = chosen else {
+        let Some(uid) = self.pending.select(cx.conn, id, file_name) else {
             return Ok(VerdictOutcome::NothingPending);
         };
-        let p = self.pending.remove(&key).expect("chosen from the map");
+        let p = self.pending.remove(uid).expect("selected from the set");
         if verdict == Verdict::Accept {
+            self.change();
             self.files.insert(
                 (*id, file_name.to_owned()),
                 StoredFile {
-                    bytes: p.upload.bytes,
+                    bytes: p.data.clone(),
                     verified: true,
                 },
             );
+            if let Some(batch) = self.batch.as_mut() {
+                batch.accepted.push((uid, p));
+            }
         }
         Ok(VerdictOutcome::Applied)
     }
 
-    fn discard_upload(&mut self, upload: UploadId) {
-        self.pending.remove(&upload);
+    fn has_pending(&self, conn: ConnId) -> bool {
+        self.pending.has_conn(conn)
     }
 
-    fn orphan_uploads(&mut self, uploads: &[UploadId]) {
-        for u in uploads {
-            if let Some(p) = self.pending.get_mut(u) {
-                p.orphaned = true;
+    fn connection_closed(&mut self, cx: Ctx) {
+        self.pending.orphan(cx.conn, cx.now);
+    }
+
+    fn uncommitted(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    fn commit(&mut self, now: Instant) -> Commit {
+        let Some(batch) = self.batch.take() else {
+            return Commit::default();
+        };
+        self.commits += 1;
+        if self.fail_commit {
+            self.clients = batch.clients;
+            self.files = batch.files;
+            for (uid, p) in batch.accepted {
+                self.pending.restore(uid, p, now);
             }
+            return Commit {
+                error: Some(StoreError::database("commit", "disk I/O error (injected)")),
+                failed: Vec::new(),
+            };
+        }
+        let failed = std::mem::take(&mut self.fail_commit_for);
+        for (uid, p) in batch.accepted {
+            if failed.contains(&p.conn) {
+                // Not placed: the old file (if any) stays, the upload
+                // waits for a retried 1029.
+                let key = (p.client, p.file_name.clone());
+                match batch.files.get(&key) {
+                    Some(old) => self.files.insert(key, old.clone()),
+                    None => self.files.remove(&key),
+                };
+                self.pending.restore(uid, p, now);
+            }
+        }
+        Commit {
+            error: None,
+            failed,
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant, wall: SystemTime) {
+        self.wall = Some(wall);
+        for uid in self.pending.expired(now) {
+            self.pending.remove(uid);
         }
     }
 }

@@ -9,13 +9,22 @@
 //!    [`MAX_REQUESTS_PER_CALL`] requests (call again).
 //! 2. Write [`ServerSession::pending_output`] to the socket and report what
 //!    was written with [`ServerSession::consume_output`].
-//! 3. Drain [`ServerSession::poll_event`] for logging.
-//! 4. Arm a timer for [`ServerSession::poll_timeout`] and call
+//! 3. Once per pass of the loop, if the store has changes waiting
+//!    ([`Store::uncommitted`]), call [`Store::commit`] and hand each
+//!    session that [`ServerSession::holds_output`] its outcome with
+//!    [`ServerSession::handle_commit`]. An answer produced while the store
+//!    had uncommitted changes is held (not in `pending_output`) until
+//!    then: released if durable, replaced by a 2107 and a close if not.
+//! 4. Drain [`ServerSession::poll_event`] for logging.
+//! 5. Arm a timer for [`ServerSession::poll_timeout`] and call
 //!    [`ServerSession::handle_timeout`] when it passes (or early: it is
 //!    idempotent).
-//! 5. On end of stream call [`ServerSession::handle_eof`]. When
+//! 6. On end of stream call [`ServerSession::handle_eof`]. When
 //!    [`ServerSession::is_finished`] is true, call
 //!    [`ServerSession::close`] and drop the connection.
+//!
+//! Errors are [`SessionError`] values; [`answer_to`] is the one place that
+//! decides which answer each gets on the wire.
 //!
 //! Time comes in as an argument and randomness through [`Entropy`], so the
 //! session is deterministic under test.
@@ -27,9 +36,11 @@ use crate::cksum::Cksum;
 use crate::consts::*;
 use crate::crypto::{AesKey, CbcDecryptor, Entropy, RsaPublicKey};
 use crate::decode::{RequestDecoder, RequestEvent};
-use crate::error::DecodeError;
-use crate::message::{Request, RequestHeader, RequestKind, Response, Revision};
-use crate::store::{Store, UploadId, UploadSummary, Verdict, VerdictOutcome};
+use crate::error::{
+    DecodeError, ReconnectError, Refusal, RegistrationError, SessionError, StoredKey,
+};
+use crate::message::{Request, RequestHeader, RequestKind, Response, ResponseKind, Revision};
+use crate::store::{ConnId, Ctx, Durability, Store, UploadSummary, Verdict, VerdictOutcome};
 use crate::wire::{sanitize_file_name, ClientId, FixedName};
 
 /// Most complete requests handled in one [`ServerSession::handle_input`]
@@ -68,9 +79,6 @@ pub struct ServerConfig {
     /// Output buffered for a peer that is not reading before the session
     /// stops taking input. Default 64 KiB (a few hundred responses).
     pub max_output: usize,
-    /// Complete uploads one connection may hold awaiting a verdict; beyond
-    /// it the oldest is discarded. Default 16.
-    pub max_pending_uploads: usize,
 }
 
 impl Default for ServerConfig {
@@ -83,7 +91,6 @@ impl Default for ServerConfig {
             progress_window: Duration::from_secs(10),
             min_progress_bytes: 64 * 1024,
             max_output: 64 * 1024,
-            max_pending_uploads: 16,
         }
     }
 }
@@ -107,14 +114,11 @@ pub enum CloseReason {
     PeerClosedMidFrame,
     /// The driver closed the connection (shutdown, I/O error).
     Local,
-    /// The driver could not make durable what answers already written by
-    /// the session acknowledged; they were replaced by a 2107
-    /// ([`ServerSession::retract_output`]).
+    /// The store could not make durable what answers the session held
+    /// acknowledged; they were replaced by a 2107
+    /// ([`ServerSession::handle_commit`]).
     NotDurable,
 }
-
-/// Why a 1028 whose padding is wrong after decryption is refused.
-const BAD_PADDING: &str = "bad PKCS#7 padding after decryption (wrong key?)";
 
 /// A verdict as the client sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +149,7 @@ pub enum ServerEvent {
         /// The name asked for, lossily decoded.
         name: String,
         /// Why.
-        reason: &'static str,
+        reason: RegistrationError,
     },
     /// 2102 sent.
     KeyAccepted {
@@ -162,7 +166,7 @@ pub enum ServerEvent {
         /// The id of the refused 1027.
         client_id: ClientId,
         /// Why.
-        reason: &'static str,
+        reason: ReconnectError,
     },
     /// A 1028 began streaming.
     UploadStarted {
@@ -214,13 +218,42 @@ pub enum ServerEvent {
         kind: RequestKind,
         /// Its client id.
         client_id: ClientId,
-        /// Why, for the log.
-        reason: String,
+        /// Why.
+        reason: Refusal,
     },
     /// The session is closing.
     Closing(CloseReason),
 }
 
+/// What the session does about a [`SessionError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Send a response of this kind; the connection stays.
+    Send(ResponseKind),
+    /// Send a response of this kind, then close.
+    SendAndClose(ResponseKind),
+    /// Close without a word (the peer is gone).
+    Close,
+}
+
+/// The one place that decides the wire answer to every error (§3): 2101
+/// for a refused registration, 2106 for a refused reconnect, 2107 for a
+/// refused request (the connection stays), 2107 and a close when framing
+/// is lost or held answers could not be made durable, and only a close
+/// when the stream ended inside a frame.
+pub fn answer_to(error: &SessionError) -> Answer {
+    match error {
+        SessionError::Registration(_) => Answer::Send(ResponseKind::RegistrationFailed),
+        SessionError::Reconnect(_) => Answer::Send(ResponseKind::ReconnectDenied),
+        SessionError::Refused(_) => Answer::Send(ResponseKind::GeneralError),
+        SessionError::Decode(DecodeError::Truncated) => Answer::Close,
+        SessionError::Decode(_) | SessionError::NotDurable => {
+            Answer::SendAndClose(ResponseKind::GeneralError)
+        }
+    }
+}
+
+/// Where a 1028's decrypted content goes.
 struct Sink<U> {
     upload: U,
     decryptor: CbcDecryptor,
@@ -228,6 +261,15 @@ struct Sink<U> {
     /// The key is the client's stored last key, not one this connection
     /// exchanged (§6 "keys").
     stored_key: bool,
+}
+
+/// What happens to the content of the 1028 being received.
+enum Content<U> {
+    /// Decrypted into the store (boxed: the decryptor's key schedule is
+    /// large, and most connections never upload).
+    Storing(Box<Sink<U>>),
+    /// Read and dropped; the request is refused with this once complete.
+    Dropping(Refusal),
 }
 
 /// The 1028 being received.
@@ -238,14 +280,13 @@ struct Incoming<U> {
     content_size: u32,
     started: Instant,
     attempt: u32,
-    /// `Err(reason)`: the content is read and dropped, then 2107 is sent.
-    sink: Result<Sink<U>, String>,
+    content: Content<U>,
 }
 
-struct Pending {
-    client_id: ClientId,
-    base: String,
-    upload: UploadId,
+/// Why a complete 1028 could not be kept.
+enum FinishError {
+    BadPadding,
+    Store(crate::store::StoreError),
 }
 
 /// Sends of one file name on this connection, to report attempt numbers.
@@ -259,20 +300,86 @@ struct Attempts {
     last: Option<UploadSummary>,
 }
 
+/// Where the session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Taking requests.
+    Open,
+    /// No more input; the last output is being written.
+    Closing(CloseReason),
+    /// [`ServerSession::close`] released everything.
+    Closed(CloseReason),
+}
+
+/// Responses not yet written. Bytes from `held` on wait for a commit.
+#[derive(Debug, Default)]
+struct Output {
+    buf: Vec<u8>,
+    pos: usize,
+    /// Start (an index into `buf`) of the answers that wait for the
+    /// store's next commit.
+    held: Option<usize>,
+}
+
+impl Output {
+    /// What may be written now.
+    fn released(&self) -> &[u8] {
+        let end = self.held.unwrap_or(self.buf.len());
+        &self.buf[self.pos..end]
+    }
+
+    /// Every byte not yet written, held ones included.
+    fn unsent(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn consume(&mut self, n: usize) {
+        let end = self.held.unwrap_or(self.buf.len());
+        self.pos = (self.pos + n).min(end);
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            self.held = self.held.map(|_| 0);
+        } else if self.pos > self.buf.len() / 2 {
+            self.buf.drain(..self.pos);
+            self.held = self.held.map(|h| h - self.pos);
+            self.pos = 0;
+        }
+    }
+
+    /// Holds everything from `mark` (an earlier `buf.len()`) on.
+    fn hold_from(&mut self, mark: usize) {
+        if self.held.is_none() {
+            self.held = Some(mark.max(self.pos));
+        }
+    }
+
+    /// Drops the held answers.
+    fn withdraw(&mut self) {
+        if let Some(h) = self.held.take() {
+            self.buf.truncate(h);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.pos = 0;
+        self.held = None;
+    }
+}
+
 /// The server side of one connection. See the module docs for how to drive it.
 pub struct ServerSession<U> {
     config: ServerConfig,
+    conn: ConnId,
     decoder: RequestDecoder,
-    out: Vec<u8>,
-    out_pos: usize,
+    out: Output,
     events: VecDeque<ServerEvent>,
     keys: Vec<(ClientId, AesKey)>,
     incoming: Option<Incoming<U>>,
-    pending: Vec<Pending>,
     attempts: Option<Attempts>,
     scratch: Vec<u8>,
-    closing: Option<CloseReason>,
-    closed: bool,
+    phase: Phase,
     last_activity: Instant,
     frame_started: Option<Instant>,
     progress_deadline: Instant,
@@ -280,26 +387,30 @@ pub struct ServerSession<U> {
 }
 
 impl<U> ServerSession<U> {
-    /// A session for a connection accepted at `now`.
-    pub fn new(config: ServerConfig, now: Instant) -> Self {
+    /// A session for connection `conn` (the driver's serial number for it,
+    /// which the store sees in every call) accepted at `now`.
+    pub fn new(config: ServerConfig, conn: ConnId, now: Instant) -> Self {
         ServerSession {
             decoder: RequestDecoder::new(config.revision, config.max_content),
             config,
-            out: Vec::new(),
-            out_pos: 0,
+            conn,
+            out: Output::default(),
             events: VecDeque::new(),
             keys: Vec::new(),
             incoming: None,
-            pending: Vec::new(),
             attempts: None,
             scratch: Vec::new(),
-            closing: None,
-            closed: false,
+            phase: Phase::Open,
             last_activity: now,
             frame_started: None,
             progress_deadline: now,
             window_bytes: 0,
         }
+    }
+
+    /// The connection this session serves, as the store knows it.
+    pub fn conn(&self) -> ConnId {
+        self.conn
     }
 
     /// Takes bytes from `input` (see the module docs). Bytes left in
@@ -314,6 +425,7 @@ impl<U> ServerSession<U> {
         let mut requests = 0;
         let before = input.len();
         while self.wants_input() && requests < MAX_REQUESTS_PER_CALL {
+            let mark = self.out.buf.len();
             match self.decoder.decode(input) {
                 Ok(None) => break,
                 Ok(Some(event)) => {
@@ -322,9 +434,17 @@ impl<U> ServerSession<U> {
                     }
                 }
                 Err(e) => {
-                    self.send(Response::GeneralError);
-                    self.start_close(CloseReason::Decode(e), store);
+                    let header = RequestHeader {
+                        client_id: ClientId::ZERO,
+                        version: PROTOCOL_VERSION,
+                        kind: RequestKind::Register,
+                        payload_size: 0,
+                    };
+                    self.fail(&header, &[], SessionError::Decode(e), store);
                 }
+            }
+            if store.uncommitted() && self.out.buf.len() > mark {
+                self.out.hold_from(mark);
             }
         }
         let taken = (before - input.len()) as u64;
@@ -344,11 +464,14 @@ impl<U> ServerSession<U> {
 
     /// The next deadline at which [`ServerSession::handle_timeout`] must run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.closed {
-            return None;
+        match self.phase {
+            Phase::Closed(_) => return None,
+            // Flushing a last response.
+            Phase::Closing(_) => return Some(self.last_activity + self.config.idle_timeout),
+            Phase::Open => {}
         }
-        if self.closing.is_some() || self.output_blocked() {
-            // Flushing a last response, or a peer not reading.
+        if self.output_blocked() {
+            // A peer not reading.
             return Some(self.last_activity + self.config.idle_timeout);
         }
         if self.decoder.in_content() {
@@ -368,9 +491,8 @@ impl<U> ServerSession<U> {
         if now < deadline {
             return;
         }
-        if self.closing.is_some() {
+        if matches!(self.phase, Phase::Closing(_)) {
             self.out.clear();
-            self.out_pos = 0;
             return;
         }
         let reason = if self.output_blocked() {
@@ -384,66 +506,75 @@ impl<U> ServerSession<U> {
         };
         self.start_close(reason, store);
         self.out.clear();
-        self.out_pos = 0;
     }
 
-    /// Bytes waiting to be written to the peer.
+    /// Bytes that may be written to the peer now (answers held for a
+    /// commit are not among them).
     pub fn pending_output(&self) -> &[u8] {
-        &self.out[self.out_pos..]
+        self.out.released()
     }
 
     /// Reports that `n` bytes of [`ServerSession::pending_output`] were written.
     pub fn consume_output(&mut self, n: usize, now: Instant) {
-        self.out_pos = (self.out_pos + n).min(self.out.len());
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-        } else if self.out_pos > self.out.len() / 2 {
-            self.out.drain(..self.out_pos);
-            self.out_pos = 0;
-        }
+        self.out.consume(n);
         if n > 0 {
             self.last_activity = now;
         }
     }
 
-    /// Replaces every byte of [`ServerSession::pending_output`] after the
-    /// first `keep` with a single 2107 and closes the session once that is
-    /// written (§3: a database or disk error).
-    ///
-    /// For a driver that holds answers back until the storage changes they
-    /// acknowledge are synced (group commit): when the sync fails, the
-    /// held answers must never reach the client. The session's own view of
-    /// what it sent (a key, an upload awaiting its verdict) is then wrong,
-    /// so it only closes; the client's retry starts over on a new
-    /// connection.
-    pub fn retract_output<S: Store<Upload = U>>(&mut self, keep: usize, store: &mut S) {
-        let keep = keep.min(self.pending_output().len());
-        self.out.truncate(self.out_pos + keep);
-        self.send(Response::GeneralError);
-        self.start_close(CloseReason::NotDurable, store);
+    /// True while answers wait for the outcome of the store's next commit
+    /// ([`ServerSession::handle_commit`]).
+    pub fn holds_output(&self) -> bool {
+        self.out.held.is_some()
+    }
+
+    /// The outcome of the commit the held answers waited for: released
+    /// when durable; when not, they are withdrawn and replaced by a 2107,
+    /// and the session closes (its own view of what it sent, a key or an
+    /// upload awaiting its verdict, may be wrong; the client's retry
+    /// starts over on a new connection).
+    pub fn handle_commit<S: Store<Upload = U>>(&mut self, outcome: Durability, store: &mut S) {
+        if self.out.held.is_none() {
+            return;
+        }
+        match outcome {
+            Durability::Durable => self.out.held = None,
+            Durability::Failed => {
+                self.out.withdraw();
+                let header = RequestHeader {
+                    client_id: ClientId::ZERO,
+                    version: PROTOCOL_VERSION,
+                    kind: RequestKind::Register,
+                    payload_size: 0,
+                };
+                self.fail(&header, &[], SessionError::NotDurable, store);
+            }
+        }
     }
 
     /// Whether the session takes more input now (false while closing or
     /// while its output is full).
     pub fn wants_input(&self) -> bool {
-        self.closing.is_none() && !self.output_blocked()
+        self.phase == Phase::Open && !self.output_blocked()
     }
 
     /// True once the session is closing and its last output is written:
     /// the driver closes the socket.
     pub fn is_finished(&self) -> bool {
-        self.closing.is_some() && self.pending_output().is_empty()
+        self.phase != Phase::Open && self.out.unsent() == 0
     }
 
     /// Why the session is closing, if it is.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.closing
+        match self.phase {
+            Phase::Closing(reason) | Phase::Closed(reason) => Some(reason),
+            Phase::Open => None,
+        }
     }
 
-    /// True while this connection holds complete uploads awaiting a verdict.
-    pub fn awaiting_verdict(&self) -> bool {
-        !self.pending.is_empty()
+    /// Whether output, held or not, is still to be written.
+    pub fn has_unsent_output(&self) -> bool {
+        self.out.unsent() > 0
     }
 
     /// Encrypted bytes of the current 1028 still to come, if one is
@@ -465,42 +596,50 @@ impl<U> ServerSession<U> {
     }
 
     /// Releases everything the session holds in the store: an upload in
-    /// progress is thrown away, uploads awaiting a verdict are handed over
-    /// as orphans. Call once before dropping the session; later calls do
-    /// nothing.
-    pub fn close<S: Store<Upload = U>>(&mut self, store: &mut S) {
-        if self.closed {
-            return;
-        }
-        if self.closing.is_none() {
-            self.closing = Some(CloseReason::Local);
-            self.events
-                .push_back(ServerEvent::Closing(CloseReason::Local));
-        }
-        self.closed = true;
-        if let Some(inc) = self.incoming.take() {
-            if let Ok(sink) = inc.sink {
-                store.abort_upload(sink.upload);
+    /// progress is thrown away, and the store is told the connection
+    /// closed (its uploads awaiting a verdict become orphans). Call once
+    /// before dropping the session; later calls do nothing.
+    pub fn close<S: Store<Upload = U>>(&mut self, now: Instant, store: &mut S) {
+        let reason = match self.phase {
+            Phase::Closed(_) => return,
+            Phase::Closing(reason) => reason,
+            Phase::Open => {
+                self.events
+                    .push_back(ServerEvent::Closing(CloseReason::Local));
+                CloseReason::Local
             }
-        }
-        let ids: Vec<UploadId> = self.pending.drain(..).map(|p| p.upload).collect();
-        if !ids.is_empty() {
-            store.orphan_uploads(&ids);
-        }
+        };
+        self.phase = Phase::Closed(reason);
+        self.abort_incoming(store);
+        store.connection_closed(Ctx {
+            conn: self.conn,
+            now,
+        });
     }
 
     fn output_blocked(&self) -> bool {
-        self.pending_output().len() >= self.config.max_output
+        self.out.unsent() >= self.config.max_output
+    }
+
+    fn ctx(&self, now: Instant) -> Ctx {
+        Ctx {
+            conn: self.conn,
+            now,
+        }
     }
 
     fn start_close<S: Store<Upload = U>>(&mut self, reason: CloseReason, store: &mut S) {
-        if self.closing.is_some() {
+        if self.phase != Phase::Open {
             return;
         }
-        self.closing = Some(reason);
+        self.phase = Phase::Closing(reason);
         self.events.push_back(ServerEvent::Closing(reason));
+        self.abort_incoming(store);
+    }
+
+    fn abort_incoming<S: Store<Upload = U>>(&mut self, store: &mut S) {
         if let Some(inc) = self.incoming.take() {
-            if let Ok(sink) = inc.sink {
+            if let Content::Storing(sink) = inc.content {
                 store.abort_upload(sink.upload);
             }
         }
@@ -530,7 +669,62 @@ impl<U> ServerSession<U> {
     }
 
     fn send(&mut self, response: Response) {
-        response.encode(self.config.revision, &mut self.out);
+        response.encode(self.config.revision, &mut self.out.buf);
+    }
+
+    /// Reports an error and answers it as [`answer_to`] decides.
+    /// `request_name` is the 1025's name field (for the log).
+    fn fail<S: Store<Upload = U>>(
+        &mut self,
+        header: &RequestHeader,
+        request_name: &[u8],
+        error: SessionError,
+        store: &mut S,
+    ) {
+        let answer = answer_to(&error);
+        let close = match error {
+            SessionError::Registration(reason) => {
+                self.events.push_back(ServerEvent::RegistrationFailed {
+                    name: String::from_utf8_lossy(request_name).into_owned(),
+                    reason,
+                });
+                None
+            }
+            SessionError::Reconnect(reason) => {
+                self.events.push_back(ServerEvent::ReconnectDenied {
+                    client_id: header.client_id,
+                    reason,
+                });
+                None
+            }
+            // The Verdict event already tells the log.
+            SessionError::Refused(Refusal::NothingPending) => None,
+            SessionError::Refused(reason) => {
+                self.events.push_back(ServerEvent::Refused {
+                    kind: header.kind,
+                    client_id: header.client_id,
+                    reason,
+                });
+                None
+            }
+            SessionError::Decode(e) => Some(CloseReason::Decode(e)),
+            SessionError::NotDurable => Some(CloseReason::NotDurable),
+        };
+        let kind = match answer {
+            Answer::Send(kind) | Answer::SendAndClose(kind) => Some(kind),
+            Answer::Close => None,
+        };
+        match kind {
+            Some(ResponseKind::RegistrationFailed) => self.send(Response::RegistrationFailed),
+            Some(ResponseKind::ReconnectDenied) => self.send(Response::ReconnectDenied {
+                client_id: header.client_id,
+            }),
+            Some(_) => self.send(Response::GeneralError),
+            None => {}
+        }
+        if let Some(reason) = close {
+            self.start_close(reason, store);
+        }
     }
 
     /// Handles one decoder event; true when it completed a request.
@@ -571,15 +765,6 @@ impl<U> ServerSession<U> {
         }
     }
 
-    fn refuse(&mut self, header: &RequestHeader, reason: impl Into<String>) {
-        self.events.push_back(ServerEvent::Refused {
-            kind: header.kind,
-            client_id: header.client_id,
-            reason: reason.into(),
-        });
-        self.send(Response::GeneralError);
-    }
-
     fn on_request<S: Store<Upload = U>>(
         &mut self,
         header: RequestHeader,
@@ -588,24 +773,28 @@ impl<U> ServerSession<U> {
         store: &mut S,
         rng: &mut dyn Entropy,
     ) {
-        let result = match request {
-            Request::Register { name } => self.on_register(&name, store, rng),
+        let result = match &request {
+            Request::Register { name } => self.on_register(name, now, store, rng),
             Request::PublicKey { name, public_key } => {
-                self.on_public_key(&header, &name, &public_key, store, rng)
+                self.on_public_key(&header, name, public_key, now, store, rng)
             }
-            Request::Reconnect { name } => self.on_reconnect(&header, &name, store, rng),
+            Request::Reconnect { name } => self.on_reconnect(&header, name, now, store, rng),
             Request::CrcOk { file_name } => {
-                self.on_verdict(&header, &file_name, VerdictKind::CrcOk, now, store)
+                self.on_verdict(&header, file_name, VerdictKind::CrcOk, now, store)
             }
             Request::CrcBad { file_name } => {
-                self.on_verdict(&header, &file_name, VerdictKind::CrcBad, now, store)
+                self.on_verdict(&header, file_name, VerdictKind::CrcBad, now, store)
             }
             Request::CrcGiveUp { file_name } => {
-                self.on_verdict(&header, &file_name, VerdictKind::CrcGiveUp, now, store)
+                self.on_verdict(&header, file_name, VerdictKind::CrcGiveUp, now, store)
             }
         };
-        if let Err(reason) = result {
-            self.refuse(&header, reason);
+        if let Err(error) = result {
+            let name: &[u8] = match &request {
+                Request::Register { name } => name.text(),
+                _ => &[],
+            };
+            self.fail(&header, name, error, store);
         }
     }
 
@@ -613,24 +802,22 @@ impl<U> ServerSession<U> {
     fn on_register<S: Store<Upload = U>>(
         &mut self,
         name: &FixedName,
+        now: Instant,
         store: &mut S,
         rng: &mut dyn Entropy,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let Some(text) = name.printable() else {
-            return self.registration_failed(name, "name is empty or not printable ASCII");
+            return Err(SessionError::Registration(RegistrationError::NameUnusable));
         };
-        let existing = store.client_by_name(text).map_err(|e| e.message)?;
-        let replace = match &existing {
+        let replace = match store.client_by_name(text)? {
             Some(rec) if rec.public_key.is_some() => {
-                return self.registration_failed(name, "name belongs to a client with a key");
+                return Err(SessionError::Registration(RegistrationError::NameTaken));
             }
             Some(rec) => Some(rec.id),
             None => None,
         };
         let id = new_client_id(store, rng)?;
-        store
-            .register_client(&id, text, replace.as_ref())
-            .map_err(|e| e.message)?;
+        store.register_client(self.ctx(now), &id, text, replace.as_ref())?;
         self.events.push_back(ServerEvent::Registered {
             client_id: id,
             name: text.to_owned(),
@@ -640,46 +827,29 @@ impl<U> ServerSession<U> {
         Ok(())
     }
 
-    fn registration_failed(
-        &mut self,
-        name: &FixedName,
-        reason: &'static str,
-    ) -> Result<(), String> {
-        self.events.push_back(ServerEvent::RegistrationFailed {
-            name: String::from_utf8_lossy(name.text()).into_owned(),
-            reason,
-        });
-        self.send(Response::RegistrationFailed);
-        Ok(())
-    }
-
     /// 1026 (§3 2102, §4).
     fn on_public_key<S: Store<Upload = U>>(
         &mut self,
         header: &RequestHeader,
         name: &FixedName,
         public_key: &[u8; PUBLIC_KEY_LEN],
+        now: Instant,
         store: &mut S,
         rng: &mut dyn Entropy,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let id = header.client_id;
-        let rec = store
-            .client_by_id(&id)
-            .map_err(|e| e.message)?
-            .ok_or("unknown client id")?;
-        store.touch(&id).map_err(|e| e.message)?;
+        let cx = self.ctx(now);
+        let rec = store.client_by_id(&id)?.ok_or(Refusal::UnknownClient)?;
+        store.touch(cx, &id)?;
         if rec.name.as_bytes() != name.text() {
-            return Err("name does not match the registered one".into());
+            return Err(Refusal::NameMismatch.into());
         }
-        let key = RsaPublicKey::from_spki_der(public_key)
-            .map_err(|e| format!("public key refused: {e}"))?;
+        let key = RsaPublicKey::from_spki_der(public_key).map_err(Refusal::PublicKeyRefused)?;
         let aes = AesKey::generate(rng);
         let encrypted = key
             .encrypt_aes_key(&aes, rng)
-            .map_err(|e| format!("RSA encryption failed: {e}"))?;
-        store
-            .set_public_key(&id, public_key, &aes)
-            .map_err(|e| e.message)?;
+            .map_err(Refusal::KeyEncryption)?;
+        store.set_public_key(cx, &id, public_key, &aes)?;
         self.remember_key(id, aes);
         self.events
             .push_back(ServerEvent::KeyAccepted { client_id: id });
@@ -695,37 +865,31 @@ impl<U> ServerSession<U> {
         &mut self,
         header: &RequestHeader,
         name: &FixedName,
+        now: Instant,
         store: &mut S,
         rng: &mut dyn Entropy,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let id = header.client_id;
-        let rec = store.client_by_id(&id).map_err(|e| e.message)?;
-        let deny = |this: &mut Self, reason| {
-            this.events.push_back(ServerEvent::ReconnectDenied {
-                client_id: id,
-                reason,
-            });
-            this.send(Response::ReconnectDenied { client_id: id });
-            Ok(())
+        let cx = self.ctx(now);
+        let deny = |reason| Err(SessionError::Reconnect(reason));
+        let Some(rec) = store.client_by_id(&id)? else {
+            return deny(ReconnectError::UnknownClient);
         };
-        let Some(rec) = rec else {
-            return deny(self, "unknown client id");
-        };
-        store.touch(&id).map_err(|e| e.message)?;
+        store.touch(cx, &id)?;
         if rec.name.as_bytes() != name.text() {
-            return deny(self, "name does not match the registered one");
+            return deny(ReconnectError::NameMismatch);
         }
         let Some(spki) = rec.public_key.as_deref() else {
-            return deny(self, "client never sent a public key");
+            return deny(ReconnectError::NoPublicKey);
         };
         let Ok(key) = RsaPublicKey::from_spki_der(spki) else {
-            return deny(self, "stored public key is unusable");
+            return deny(ReconnectError::StoredKeyUnusable);
         };
         let aes = AesKey::generate(rng);
         let encrypted = key
             .encrypt_aes_key(&aes, rng)
-            .map_err(|e| format!("RSA encryption failed: {e}"))?;
-        store.set_last_key(&id, &aes).map_err(|e| e.message)?;
+            .map_err(Refusal::KeyEncryption)?;
+        store.set_last_key(cx, &id, &aes)?;
         self.remember_key(id, aes);
         self.events
             .push_back(ServerEvent::Reconnected { client_id: id });
@@ -756,7 +920,10 @@ impl<U> ServerSession<U> {
         let id = header.client_id;
         let base = sanitize_file_name(file_name.text()).map(str::to_owned);
         let attempt = self.count_attempt(id, base.as_deref().unwrap_or(""), now);
-        let sink = self.open_sink(id, base.as_deref(), content_size, store);
+        let content = match self.open_sink(id, base.as_deref(), content_size, now, store) {
+            Ok(sink) => Content::Storing(Box::new(sink)),
+            Err(refusal) => Content::Dropping(refusal),
+        };
         let shown = base
             .clone()
             .unwrap_or_else(|| String::from_utf8_lossy(file_name.text()).into_owned());
@@ -773,7 +940,7 @@ impl<U> ServerSession<U> {
             content_size,
             started: now,
             attempt,
-            sink,
+            content,
         });
     }
 
@@ -782,26 +949,21 @@ impl<U> ServerSession<U> {
         id: ClientId,
         base: Option<&str>,
         content_size: u32,
+        now: Instant,
         store: &mut S,
-    ) -> Result<Sink<U>, String> {
-        let rec = store
-            .client_by_id(&id)
-            .map_err(|e| e.message)?
-            .ok_or("unknown client id")?;
-        store.touch(&id).map_err(|e| e.message)?;
+    ) -> Result<Sink<U>, Refusal> {
+        let cx = self.ctx(now);
+        let rec = store.client_by_id(&id)?.ok_or(Refusal::UnknownClient)?;
+        store.touch(cx, &id)?;
         let own = self
             .keys
             .iter()
             .find(|(k, _)| *k == id)
             .map(|(_, key)| key.clone());
         let stored_key = own.is_none();
-        let key = own
-            .or(rec.last_key)
-            .ok_or("no key exchanged for this client")?;
-        let base = base.ok_or("file name is empty, '.', '..' or has control or non-ASCII bytes")?;
-        let upload = store
-            .begin_upload(&id, base, content_size)
-            .map_err(|e| e.message)?;
+        let key = own.or(rec.last_key).ok_or(Refusal::NoKey)?;
+        let base = base.ok_or(Refusal::UnusableFileName)?;
+        let upload = store.begin_upload(cx, &id, base, content_size)?;
         Ok(Sink {
             upload,
             decryptor: CbcDecryptor::new(&key),
@@ -833,7 +995,7 @@ impl<U> ServerSession<U> {
         let Some(inc) = self.incoming.as_mut() else {
             return;
         };
-        let Ok(sink) = inc.sink.as_mut() else {
+        let Content::Storing(sink) = &mut inc.content else {
             return;
         };
         for piece in data.chunks(DECRYPT_PIECE) {
@@ -841,7 +1003,8 @@ impl<U> ServerSession<U> {
             sink.decryptor.update(piece, &mut self.scratch);
             sink.cksum.update(&self.scratch);
             if let Err(e) = store.write_upload(&mut sink.upload, &self.scratch) {
-                if let Ok(sink) = std::mem::replace(&mut inc.sink, Err(e.message)) {
+                let failed = std::mem::replace(&mut inc.content, Content::Dropping(e.into()));
+                if let Content::Storing(sink) = failed {
                     store.abort_upload(sink.upload);
                 }
                 return;
@@ -868,27 +1031,15 @@ impl<U> ServerSession<U> {
             kind: RequestKind::SendFile,
             payload_size: inc.content_size + FILE_PREFIX_LEN as u32,
         };
-        let sink = match inc.sink {
-            Ok(sink) => sink,
-            Err(reason) => return self.refuse(&header, reason),
+        let sink = match inc.content {
+            Content::Storing(sink) => *sink,
+            Content::Dropping(refusal) => {
+                return self.fail(&header, &[], refusal.into(), store);
+            }
         };
         let stored_key = sink.stored_key;
-        match self.finish_sink(sink, store) {
-            Err(reason) if stored_key && reason == BAD_PADDING => {
-                // Anyone can send a 1028 under a client's id, and the
-                // answer (2103 or 2107) tells whether the padding was
-                // right: a padding oracle on the stored key. Retiring the
-                // key after one failure leaves one query per key; the
-                // client gets a fresh one with its next 1027.
-                let retired = store.set_last_key(&inc.client_id, &AesKey::generate(rng));
-                let note = match retired {
-                    Ok(()) => "; the stored key was retired",
-                    Err(_) => "; retiring the stored key failed",
-                };
-                self.refuse(&header, format!("{BAD_PADDING} under the stored key{note}"))
-            }
-            Ok((upload, summary)) => {
-                self.keep_pending(inc.client_id, &inc.base, upload, store);
+        match self.finish_sink(sink, now, store) {
+            Ok(summary) => {
                 if let Some(a) = self.attempts.as_mut() {
                     if a.client_id == inc.client_id && a.base == inc.base {
                         a.last = Some(summary);
@@ -909,50 +1060,51 @@ impl<U> ServerSession<U> {
                     cksum: summary.cksum,
                 });
             }
-            Err(reason) => self.refuse(&header, reason),
+            Err(FinishError::BadPadding) if stored_key => {
+                // Anyone can send a 1028 under a client's id, and the
+                // answer (2103 or 2107) tells whether the padding was
+                // right: a padding oracle on the stored key. Retiring the
+                // key after one failure leaves one query per key; the
+                // client gets a fresh one with its next 1027.
+                let retired =
+                    store.set_last_key(self.ctx(now), &inc.client_id, &AesKey::generate(rng));
+                let key = match retired {
+                    Ok(()) => StoredKey::Retired,
+                    Err(_) => StoredKey::RetireFailed,
+                };
+                self.fail(&header, &[], Refusal::BadPadding(key).into(), store);
+            }
+            Err(FinishError::BadPadding) => {
+                let refusal = Refusal::BadPadding(StoredKey::NotUsed);
+                self.fail(&header, &[], refusal.into(), store);
+            }
+            Err(FinishError::Store(e)) => self.fail(&header, &[], e.into(), store),
         }
     }
 
     fn finish_sink<S: Store<Upload = U>>(
         &mut self,
         mut sink: Sink<U>,
+        now: Instant,
         store: &mut S,
-    ) -> Result<(UploadId, UploadSummary), String> {
+    ) -> Result<UploadSummary, FinishError> {
         if sink.decryptor.finish(&mut self.scratch).is_err() {
             store.abort_upload(sink.upload);
-            return Err(BAD_PADDING.into());
+            return Err(FinishError::BadPadding);
         }
         sink.cksum.update(&self.scratch);
         if let Err(e) = store.write_upload(&mut sink.upload, &self.scratch) {
             store.abort_upload(sink.upload);
-            return Err(e.message);
+            return Err(FinishError::Store(e));
         }
         let summary = UploadSummary {
             plain_len: sink.cksum.len(),
             cksum: sink.cksum.finish(),
         };
-        let id = store
-            .finish_upload(sink.upload, &summary)
-            .map_err(|e| e.message)?;
-        Ok((id, summary))
-    }
-
-    fn keep_pending<S: Store<Upload = U>>(
-        &mut self,
-        client_id: ClientId,
-        base: &str,
-        upload: UploadId,
-        store: &mut S,
-    ) {
-        if self.pending.len() >= self.config.max_pending_uploads.max(1) {
-            let old = self.pending.remove(0);
-            store.discard_upload(old.upload);
-        }
-        self.pending.push(Pending {
-            client_id,
-            base: base.to_owned(),
-            upload,
-        });
+        store
+            .finish_upload(self.ctx(now), sink.upload, &summary)
+            .map_err(FinishError::Store)?;
+        Ok(summary)
     }
 
     /// 1029, 1030, 1031 (§3, §6).
@@ -963,29 +1115,17 @@ impl<U> ServerSession<U> {
         kind: VerdictKind,
         now: Instant,
         store: &mut S,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let id = header.client_id;
-        store
-            .client_by_id(&id)
-            .map_err(|e| e.message)?
-            .ok_or("unknown client id")?;
-        store.touch(&id).map_err(|e| e.message)?;
-        let base = sanitize_file_name(file_name.text()).ok_or("unusable file name")?;
-        let mine = self
-            .pending
-            .iter()
-            .rposition(|p| p.client_id == id && p.base == base);
-        let prefer = mine.map(|i| self.pending[i].upload);
+        let cx = self.ctx(now);
+        store.client_by_id(&id)?.ok_or(Refusal::UnknownClient)?;
+        store.touch(cx, &id)?;
+        let base = sanitize_file_name(file_name.text()).ok_or(Refusal::UnusableVerdictName)?;
         let verdict = match kind {
             VerdictKind::CrcOk => Verdict::Accept,
             _ => Verdict::Discard,
         };
-        let outcome = store
-            .apply_verdict(&id, base, prefer, verdict)
-            .map_err(|e| e.message)?;
-        if let Some(i) = mine {
-            self.pending.remove(i);
-        }
+        let outcome = store.apply_verdict(cx, &id, base, verdict)?;
         let applied = outcome == VerdictOutcome::Applied;
         let (attempts, last, duration) = match &self.attempts {
             Some(a) if a.client_id == id && a.base == base => (
@@ -1009,26 +1149,34 @@ impl<U> ServerSession<U> {
         });
         match (kind, applied) {
             // §3: 1030 gets no response.
-            (VerdictKind::CrcBad, _) => {}
-            (_, true) => self.send(Response::Ack { client_id: id }),
-            (_, false) => self.send(Response::GeneralError),
+            (VerdictKind::CrcBad, _) => Ok(()),
+            (_, true) => {
+                self.send(Response::Ack { client_id: id });
+                Ok(())
+            }
+            (_, false) => Err(Refusal::NothingPending.into()),
         }
-        Ok(())
+    }
+}
+
+impl From<crate::store::StoreError> for FinishError {
+    fn from(e: crate::store::StoreError) -> Self {
+        FinishError::Store(e)
     }
 }
 
 /// A fresh random id with the UUIDv4 version and variant bits, unused in
 /// the store.
-fn new_client_id<S: Store>(store: &mut S, rng: &mut dyn Entropy) -> Result<ClientId, String> {
+fn new_client_id<S: Store>(store: &mut S, rng: &mut dyn Entropy) -> Result<ClientId, SessionError> {
     for _ in 0..8 {
         let mut id = [0u8; CLIENT_ID_LEN];
         rng.fill_bytes(&mut id);
         id[6] = (id[6] & 0x0f) | 0x40;
         id[8] = (id[8] & 0x3f) | 0x80;
         let id = ClientId(id);
-        if id != ClientId::ZERO && store.client_by_id(&id).map_err(|e| e.message)?.is_none() {
+        if id != ClientId::ZERO && store.client_by_id(&id)?.is_none() {
             return Ok(id);
         }
     }
-    Err("could not draw an unused client id".into())
+    Err(Refusal::NoFreeClientId.into())
 }

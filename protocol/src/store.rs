@@ -1,18 +1,64 @@
-//! What a server session needs from storage, as a trait.
+//! What a server session needs from storage: the [`Store`] contract.
 //!
 //! The session decides everything the protocol decides (which response,
-//! which key, which upload a verdict applies to); a [`Store`] only keeps
-//! records and bytes. The server implements it over SQLite and the
-//! filesystem; [`crate::memstore::MemoryStore`] implements it in memory
-//! for tests and fuzzing. Every method may fail with a [`StoreError`],
-//! which the session answers with 2107 while keeping the connection open
-//! (§3: a database or disk error).
+//! which key, which upload a verdict applies to); a [`Store`] keeps
+//! records, bytes and the uploads awaiting a verdict, and owns
+//! durability. The server implements it over SQLite and the filesystem;
+//! [`crate::memstore::MemoryStore`] implements it in memory for tests and
+//! fuzzing.
+//!
+//! # Calls, time and connections
+//!
+//! Every call that changes something is told who it is for and when: a
+//! [`Ctx`] carries the connection ([`ConnId`], the driver's serial number,
+//! unique for the server's life) and the driver's clock. A store reads no
+//! clock of its own; [`Store::housekeeping`] gives it the wall-clock time
+//! that goes with the driver's monotonic one (for LastSeen).
+//!
+//! # Durability: one commit per pass
+//!
+//! A store may hold changes back and make them durable together
+//! ([`Store::commit`], once per pass of the driver's loop), so one sync
+//! serves every connection of the pass. While [`Store::uncommitted`] is
+//! true, an answer the session produces may acknowledge a change that is
+//! not durable yet: the session holds it (it is not in
+//! [`crate::ServerSession::pending_output`]) until the driver hands it the
+//! outcome of the next commit for its connection ([`Commit::outcome`]):
+//! released when durable, replaced by a 2107 and a close when not. A store
+//! that makes every change durable before returning simply never reports
+//! itself uncommitted.
+//!
+//! # Uploads awaiting a verdict
+//!
+//! A complete upload stays pending until a verdict (1029/1030/1031) for
+//! its client and name. The store keeps the only list of them
+//! ([`PendingSet`], shared by both implementations): a verdict takes the
+//! newest pending upload of its connection, else the newest of any
+//! connection (§1: a client may use a new connection per step); when a
+//! connection closes its uploads become orphans, deleted after a while
+//! unless a verdict comes on another connection.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::consts::PUBLIC_KEY_LEN;
 use crate::crypto::AesKey;
+pub use crate::error::StoreError;
 use crate::wire::ClientId;
+
+/// A connection as the store knows it: the driver's serial number for it,
+/// unique for the life of the server.
+pub type ConnId = u64;
+
+/// Who a store call is for and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ctx {
+    /// The connection the call comes from.
+    pub conn: ConnId,
+    /// The driver's clock.
+    pub now: Instant,
+}
 
 /// A registered client as the store keeps it (§8 `clients` table).
 #[derive(Clone, PartialEq, Eq)]
@@ -68,34 +114,41 @@ pub enum VerdictOutcome {
     NothingPending,
 }
 
-/// A storage failure: a database or filesystem error, a full disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreError {
-    /// What failed, for the log. Never contains key material or file content.
-    pub message: String,
+/// Whether the answers a connection produced before a commit may go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Everything they acknowledge is durable: send them.
+    Durable,
+    /// Something they acknowledge is not: never send them (2107, close).
+    Failed,
 }
 
-impl StoreError {
-    /// An error with a message for the log.
-    pub fn new(message: impl Into<String>) -> Self {
-        StoreError {
-            message: message.into(),
+/// The result of one [`Store::commit`].
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// `Some`: the commit as a whole failed; nothing of the batch is
+    /// durable and no held answer may go out.
+    pub error: Option<StoreError>,
+    /// Connections whose own change (an accepted upload) could not be made
+    /// durable while the rest of the batch was.
+    pub failed: Vec<ConnId>,
+}
+
+impl Commit {
+    /// The outcome for the answers `conn` holds.
+    pub fn outcome(&self, conn: ConnId) -> Durability {
+        if self.error.is_some() || self.failed.contains(&conn) {
+            Durability::Failed
+        } else {
+            Durability::Durable
         }
     }
 }
 
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-/// Storage behind a server session. Calls come from one thread; each call
+/// Storage behind server sessions. Calls come from one thread; each call
 /// is expected to finish quickly (the server runs one event loop).
 pub trait Store {
-    /// An upload being received: the server's temporary file.
+    /// An upload being received (the server's temporary file).
     type Upload;
 
     /// The client with this id, if any.
@@ -108,6 +161,7 @@ pub trait Store {
     /// never sent a public key, §3) is deleted in the same transaction.
     fn register_client(
         &mut self,
+        cx: Ctx,
         id: &ClientId,
         name: &str,
         replace: Option<&ClientId>,
@@ -116,21 +170,24 @@ pub trait Store {
     /// Records the client's public key and the AES key sent in 2102.
     fn set_public_key(
         &mut self,
+        cx: Ctx,
         id: &ClientId,
         public_key: &[u8; PUBLIC_KEY_LEN],
         aes_key: &AesKey,
     ) -> Result<(), StoreError>;
 
-    /// Records the AES key sent in 2105 as the client's last key.
-    fn set_last_key(&mut self, id: &ClientId, aes_key: &AesKey) -> Result<(), StoreError>;
+    /// Records the AES key sent in 2105 (or a fresh one that retires the
+    /// old) as the client's last key.
+    fn set_last_key(&mut self, cx: Ctx, id: &ClientId, aes_key: &AesKey) -> Result<(), StoreError>;
 
     /// Updates LastSeen for a known client (§6: on every request).
-    fn touch(&mut self, id: &ClientId) -> Result<(), StoreError>;
+    fn touch(&mut self, cx: Ctx, id: &ClientId) -> Result<(), StoreError>;
 
     /// Starts receiving `file_name` (already reduced to a safe base name)
     /// for a client. Nothing may appear at the final path yet (§6).
     fn begin_upload(
         &mut self,
+        cx: Ctx,
         id: &ClientId,
         file_name: &str,
         content_size: u32,
@@ -143,39 +200,429 @@ pub trait Store {
         plaintext: &[u8],
     ) -> Result<(), StoreError>;
 
-    /// The upload is complete and its padding checked: keep it awaiting a
-    /// verdict and return its handle.
+    /// The upload is complete and its padding checked: keep it pending,
+    /// awaiting a verdict, for `cx.conn`. May discard older pending
+    /// uploads to stay within the store's caps (the connection's own
+    /// oldest, orphans); fails if only other clients' live uploads hold
+    /// the slots.
     fn finish_upload(
         &mut self,
+        cx: Ctx,
         upload: Self::Upload,
         summary: &UploadSummary,
-    ) -> Result<UploadId, StoreError>;
+    ) -> Result<(), StoreError>;
 
     /// Throws away an upload that did not complete (bad padding, a write
     /// error, a connection lost mid-file).
     fn abort_upload(&mut self, upload: Self::Upload);
 
-    /// Applies a verdict to the client's upload of `file_name`: the one
-    /// named by `prefer` (this connection's) when it is still pending,
-    /// else the newest pending one of that name from any connection (§1:
-    /// a client may use a new connection per step). Accepting makes the
-    /// file durable at its final path and marks it Verified before the
-    /// answer reaches the client: before returning, or, in a store that
-    /// groups syncs (the server's group commit), before its driver
-    /// releases the answer; nothing earlier is damaged if it fails.
+    /// Applies a verdict to the client's pending upload of `file_name`:
+    /// the newest of `cx.conn`'s, else the newest of any connection.
+    /// Accepting places the file at its final path and marks it Verified;
+    /// the answer that says so must wait for the commit that makes it
+    /// durable ([`Store::uncommitted`]). Nothing earlier is damaged if it
+    /// fails.
     fn apply_verdict(
         &mut self,
+        cx: Ctx,
         id: &ClientId,
         file_name: &str,
-        prefer: Option<UploadId>,
         verdict: Verdict,
     ) -> Result<VerdictOutcome, StoreError>;
 
-    /// Throws away one pending upload (a connection holding too many).
-    fn discard_upload(&mut self, upload: UploadId);
+    /// Whether `conn` has uploads awaiting a verdict.
+    fn has_pending(&self, conn: ConnId) -> bool;
 
-    /// The connection that produced these pending uploads closed; the store
-    /// keeps them for a while (a verdict may come on another connection)
-    /// and then throws them away.
-    fn orphan_uploads(&mut self, uploads: &[UploadId]);
+    /// `cx.conn` closed: its pending uploads become orphans, kept for a
+    /// while (a verdict may come on another connection), then deleted.
+    fn connection_closed(&mut self, cx: Ctx);
+
+    /// Whether changes made since the last [`Store::commit`] are not
+    /// durable yet: answers produced now must wait for its outcome.
+    fn uncommitted(&self) -> bool;
+
+    /// Makes every change since the last commit durable, at once; says
+    /// for which connections that failed. Called by the driver once per
+    /// pass while [`Store::uncommitted`] is true.
+    fn commit(&mut self, now: Instant) -> Commit;
+
+    /// Periodic work at `now` (the driver's clock, with `wall` the
+    /// wall-clock time that goes with it): orphans past their time are
+    /// deleted.
+    fn housekeeping(&mut self, now: Instant, wall: SystemTime);
+}
+
+/// A pending upload in a [`PendingSet`].
+#[derive(Debug)]
+pub struct PendingEntry<T> {
+    /// Whose it is.
+    pub client: ClientId,
+    /// Its base name.
+    pub file_name: String,
+    /// The connection that sent it.
+    pub conn: ConnId,
+    /// Since when its connection is closed (`None` while it lives).
+    pub orphaned_at: Option<Instant>,
+    /// What the store keeps for it (its temporary file, its bytes).
+    pub data: T,
+}
+
+/// Limits of a [`PendingSet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingLimits {
+    /// Most uploads pending at once, server-wide (at least 1).
+    pub max_total: usize,
+    /// Most uploads one connection may hold pending; beyond it its oldest
+    /// is discarded (at least 1).
+    pub max_per_conn: usize,
+    /// How long an orphan waits for a verdict from another connection.
+    pub orphan_ttl: Duration,
+}
+
+/// Default [`PendingLimits::max_total`]: 1024 uploads. A client has one or
+/// two pending at a time; the cap bounds the disk space and memory that
+/// clients which never send a verdict can tie up.
+pub const DEFAULT_MAX_PENDING: usize = 1024;
+
+/// Default [`PendingLimits::max_per_conn`]: 16 uploads.
+pub const DEFAULT_MAX_PENDING_PER_CONN: usize = 16;
+
+/// Default [`PendingLimits::orphan_ttl`]: 120 s, the server's idle timeout
+/// (as in the reference peer), so a client that reconnects for its
+/// verdict within the time a connection may sit idle still finds its
+/// upload.
+pub const DEFAULT_ORPHAN_TTL: Duration = Duration::from_secs(120);
+
+impl Default for PendingLimits {
+    fn default() -> Self {
+        PendingLimits {
+            max_total: DEFAULT_MAX_PENDING,
+            max_per_conn: DEFAULT_MAX_PENDING_PER_CONN,
+            orphan_ttl: DEFAULT_ORPHAN_TTL,
+        }
+    }
+}
+
+/// Why a pending upload left the set without a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// Its connection holds more than [`PendingLimits::max_per_conn`].
+    ConnectionFull,
+    /// The server-wide cap was reached.
+    ServerFull,
+    /// No verdict within [`PendingLimits::orphan_ttl`] of its connection's close.
+    Expired,
+}
+
+impl fmt::Display for Eviction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Eviction::ConnectionFull => "its connection holds too many",
+            Eviction::ServerFull => "pending-upload cap reached",
+            Eviction::Expired => "no verdict within the orphan timeout",
+        })
+    }
+}
+
+/// The uploads awaiting a verdict, with the rules both stores follow: which
+/// upload a verdict takes, which is discarded at a cap, when orphans
+/// expire. Ids only grow, so the first entry is the oldest.
+#[derive(Debug)]
+pub struct PendingSet<T> {
+    entries: BTreeMap<UploadId, PendingEntry<T>>,
+    next_id: UploadId,
+    limits: PendingLimits,
+}
+
+impl<T> PendingSet<T> {
+    /// An empty set.
+    pub fn new(limits: PendingLimits) -> Self {
+        PendingSet {
+            entries: BTreeMap::new(),
+            next_id: 1,
+            limits,
+        }
+    }
+
+    /// The limits in effect.
+    pub fn limits(&self) -> &PendingLimits {
+        &self.limits
+    }
+
+    /// Number of pending uploads.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether `id` is pending.
+    pub fn contains(&self, id: UploadId) -> bool {
+        self.entries.contains_key(&id)
+    }
+
+    /// The entry of `id`.
+    pub fn get(&self, id: UploadId) -> Option<&PendingEntry<T>> {
+        self.entries.get(&id)
+    }
+
+    /// Every entry, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (UploadId, &PendingEntry<T>)> {
+        self.entries.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// Whether `conn` holds pending uploads.
+    pub fn has_conn(&self, conn: ConnId) -> bool {
+        self.entries
+            .values()
+            .any(|p| p.conn == conn && p.orphaned_at.is_none())
+    }
+
+    /// The uploads to discard so that one more of `client` on `conn` fits:
+    /// the connection's oldest beyond its cap, then (server-wide) the
+    /// oldest orphan, else the client's own oldest. `Err` if only other
+    /// clients' live uploads hold the slots. Nothing is removed here:
+    /// call [`PendingSet::remove`] on each returned id.
+    pub fn make_room(
+        &self,
+        conn: ConnId,
+        client: &ClientId,
+    ) -> Result<Vec<(UploadId, Eviction)>, StoreError> {
+        let mut victims: Vec<(UploadId, Eviction)> = Vec::new();
+        let chosen = |victims: &Vec<(UploadId, Eviction)>, id: &UploadId| {
+            victims.iter().any(|(v, _)| v == id)
+        };
+        let per_conn = self.limits.max_per_conn.max(1);
+        let own: Vec<UploadId> = self
+            .entries
+            .iter()
+            .filter(|(_, p)| p.conn == conn && p.orphaned_at.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        if own.len() >= per_conn {
+            victims.extend(
+                own[..=own.len() - per_conn]
+                    .iter()
+                    .map(|&k| (k, Eviction::ConnectionFull)),
+            );
+        }
+        let cap = self.limits.max_total.max(1);
+        while self.entries.len() - victims.len() >= cap {
+            let orphan = self
+                .entries
+                .iter()
+                .find(|(k, p)| p.orphaned_at.is_some() && !chosen(&victims, k))
+                .map(|(k, _)| *k);
+            let same_client = || {
+                self.entries
+                    .iter()
+                    .find(|(k, p)| p.client == *client && !chosen(&victims, k))
+                    .map(|(k, _)| *k)
+            };
+            match orphan.or_else(same_client) {
+                Some(victim) => victims.push((victim, Eviction::ServerFull)),
+                None => return Err(StoreError::PendingFull { cap }),
+            }
+        }
+        Ok(victims)
+    }
+
+    /// Adds a complete upload for `conn` (after [`PendingSet::make_room`]).
+    pub fn insert(
+        &mut self,
+        conn: ConnId,
+        client: ClientId,
+        file_name: String,
+        data: T,
+    ) -> UploadId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.entries.insert(
+            id,
+            PendingEntry {
+                client,
+                file_name,
+                conn,
+                orphaned_at: None,
+                data,
+            },
+        );
+        id
+    }
+
+    /// Puts back an entry taken out with [`PendingSet::remove`] (an accept
+    /// that could not be completed), as an orphan since `now` so it
+    /// expires unless a retried verdict comes.
+    pub fn restore(&mut self, id: UploadId, mut entry: PendingEntry<T>, now: Instant) {
+        entry.orphaned_at.get_or_insert(now);
+        self.entries.insert(id, entry);
+    }
+
+    /// The upload a verdict of `conn` on `client`'s `file_name` applies
+    /// to: the connection's newest, else the newest of any connection.
+    pub fn select(&self, conn: ConnId, client: &ClientId, file_name: &str) -> Option<UploadId> {
+        let matches = |p: &PendingEntry<T>| p.client == *client && p.file_name == file_name;
+        let newest = |own: bool| {
+            self.entries
+                .iter()
+                .rev()
+                .find(|(_, p)| matches(p) && (!own || (p.conn == conn && p.orphaned_at.is_none())))
+                .map(|(k, _)| *k)
+        };
+        newest(true).or_else(|| newest(false))
+    }
+
+    /// Takes an entry out.
+    pub fn remove(&mut self, id: UploadId) -> Option<PendingEntry<T>> {
+        self.entries.remove(&id)
+    }
+
+    /// Marks `conn`'s uploads orphaned at `now`.
+    pub fn orphan(&mut self, conn: ConnId, now: Instant) -> usize {
+        let mut n = 0;
+        for p in self.entries.values_mut() {
+            if p.conn == conn && p.orphaned_at.is_none() {
+                p.orphaned_at = Some(now);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The orphans whose time ran out at `now`, oldest first (not removed).
+    pub fn expired(&self, now: Instant) -> Vec<UploadId> {
+        let ttl = self.limits.orphan_ttl;
+        self.entries
+            .iter()
+            .filter(|(_, p)| {
+                p.orphaned_at
+                    .is_some_and(|t| now.saturating_duration_since(t) >= ttl)
+            })
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// When the next orphan expires, if any is orphaned.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.entries
+            .values()
+            .filter_map(|p| p.orphaned_at)
+            .min()
+            .map(|t| t + self.limits.orphan_ttl)
+    }
+
+    /// Ids of every entry, oldest first.
+    pub fn ids(&self) -> Vec<UploadId> {
+        self.entries.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALICE: ClientId = ClientId([0xa1; 16]);
+    const BOB: ClientId = ClientId([0xb0; 16]);
+
+    fn set(max_total: usize, max_per_conn: usize) -> PendingSet<()> {
+        PendingSet::new(PendingLimits {
+            max_total,
+            max_per_conn,
+            orphan_ttl: Duration::from_secs(10),
+        })
+    }
+
+    fn add(
+        s: &mut PendingSet<()>,
+        conn: ConnId,
+        client: ClientId,
+        name: &str,
+    ) -> Result<UploadId, StoreError> {
+        for (victim, _) in s.make_room(conn, &client)? {
+            s.remove(victim);
+        }
+        Ok(s.insert(conn, client, name.into(), ()))
+    }
+
+    #[test]
+    fn a_verdict_takes_its_connections_newest_else_the_newest_of_any() {
+        let mut s = set(100, 100);
+        let other_old = add(&mut s, 2, ALICE, "f").unwrap();
+        let mine = add(&mut s, 1, ALICE, "f").unwrap();
+        let other_new = add(&mut s, 2, ALICE, "f").unwrap();
+        add(&mut s, 1, BOB, "f").unwrap();
+        add(&mut s, 1, ALICE, "g").unwrap();
+        assert_eq!(s.select(1, &ALICE, "f"), Some(mine));
+        assert_eq!(s.select(3, &ALICE, "f"), Some(other_new));
+        s.remove(other_new);
+        assert_eq!(s.select(3, &ALICE, "f"), Some(mine));
+        s.orphan(1, Instant::now());
+        s.remove(mine);
+        assert_eq!(s.select(1, &ALICE, "f"), Some(other_old));
+        assert_eq!(s.select(1, &ALICE, "h"), None);
+    }
+
+    #[test]
+    fn a_connection_over_its_cap_loses_its_own_oldest() {
+        let mut s = set(100, 2);
+        let a = add(&mut s, 1, ALICE, "a").unwrap();
+        let b = add(&mut s, 1, ALICE, "b").unwrap();
+        let other = add(&mut s, 2, ALICE, "x").unwrap();
+        let c = add(&mut s, 1, ALICE, "c").unwrap();
+        assert!(!s.contains(a) && s.contains(b) && s.contains(c) && s.contains(other));
+    }
+
+    #[test]
+    fn the_server_cap_takes_orphans_then_the_clients_own_and_never_another_clients_live_upload() {
+        let mut s = set(2, 100);
+        let alices = add(&mut s, 1, ALICE, "report").unwrap();
+        let bob1 = add(&mut s, 2, BOB, "a").unwrap();
+        let bob2 = add(&mut s, 2, BOB, "b").unwrap();
+        assert!(s.contains(alices) && !s.contains(bob1) && s.contains(bob2));
+        // Only bob's live upload and alice's own: alice's goes first.
+        let alice2 = add(&mut s, 1, ALICE, "second").unwrap();
+        assert!(!s.contains(alices) && s.contains(alice2));
+        // Full of another client's live uploads: refused.
+        let mut full = set(1, 100);
+        add(&mut full, 2, BOB, "a").unwrap();
+        assert_eq!(
+            add(&mut full, 1, ALICE, "x").unwrap_err(),
+            StoreError::PendingFull { cap: 1 }
+        );
+        // An orphan may go.
+        full.orphan(2, Instant::now());
+        add(&mut full, 1, ALICE, "x").unwrap();
+    }
+
+    #[test]
+    fn orphans_expire_after_their_ttl_only() {
+        let mut s = set(100, 100);
+        let t0 = Instant::now();
+        let orphan = add(&mut s, 1, ALICE, "o").unwrap();
+        add(&mut s, 2, ALICE, "live").unwrap();
+        assert_eq!(s.next_expiry(), None);
+        assert_eq!(s.orphan(1, t0), 1);
+        assert_eq!(s.next_expiry(), Some(t0 + Duration::from_secs(10)));
+        assert!(s.expired(t0 + Duration::from_secs(9)).is_empty());
+        assert_eq!(s.expired(t0 + Duration::from_secs(10)), [orphan]);
+        assert!(s.has_conn(2) && !s.has_conn(1));
+    }
+
+    #[test]
+    fn a_commit_fails_everyone_on_error_and_only_the_named_otherwise() {
+        let partial = Commit {
+            error: None,
+            failed: vec![3],
+        };
+        assert_eq!(partial.outcome(3), Durability::Failed);
+        assert_eq!(partial.outcome(4), Durability::Durable);
+        let total = Commit {
+            error: Some(StoreError::Invalid("x".into())),
+            failed: vec![],
+        };
+        assert_eq!(total.outcome(4), Durability::Failed);
+    }
 }

@@ -36,7 +36,9 @@ fn response_decoder_corpus() {
 
 #[test]
 fn server_session_corpus() {
-    replay("server_session", fuzzing::server_session);
+    replay("server_session", |data| {
+        fuzzing::server_session(data, std::time::Instant::now())
+    });
 }
 
 #[test]

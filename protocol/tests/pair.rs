@@ -64,13 +64,17 @@ impl Pair {
 
     fn connect(&mut self) {
         self.disconnect();
-        self.server = Some(ServerSession::new(ServerConfig::default(), self.now));
         self.connections += 1;
+        self.server = Some(ServerSession::new(
+            ServerConfig::default(),
+            self.connections as u64,
+            self.now,
+        ));
     }
 
     fn disconnect(&mut self) {
         if let Some(mut s) = self.server.take() {
-            s.close(&mut self.store);
+            s.close(self.now, &mut self.store);
         }
         self.responses.clear();
     }
@@ -367,8 +371,8 @@ fn two_sessions_of_one_client_do_not_disturb_each_other() {
     let mut ca = client("jack", &a, Some(clone(&identity)));
     let mut cb = client("jack", &b, Some(clone(&identity)));
     let now = Instant::now();
-    let mut sa: Server = ServerSession::new(ServerConfig::default(), now);
-    let mut sb: Server = ServerSession::new(ServerConfig::default(), now);
+    let mut sa: Server = ServerSession::new(ServerConfig::default(), 1, now);
+    let mut sb: Server = ServerSession::new(ServerConfig::default(), 2, now);
     let mut rng = TestEntropy::new(9);
     let mut done = [None, None];
     for _ in 0..200 {

@@ -8,7 +8,7 @@ use sealdrop_protocol::consts::*;
 use sealdrop_protocol::crypto::{AesKey, RsaPrivateKey, TestEntropy};
 use sealdrop_protocol::memstore::MemoryStore;
 use sealdrop_protocol::server::{CloseReason, ServerConfig, ServerSession};
-use sealdrop_protocol::store::{ClientRecord, Store};
+use sealdrop_protocol::store::{ClientRecord, Durability, Store};
 use sealdrop_protocol::{ClientId, Response, ResponseDecoder, Revision};
 
 type Session = ServerSession<<MemoryStore as Store>::Upload>;
@@ -54,7 +54,7 @@ impl Harness {
     fn with_config(store: MemoryStore, config: ServerConfig) -> Self {
         let now = Instant::now();
         Harness {
-            session: ServerSession::new(config, now),
+            session: ServerSession::new(config, 1, now),
             store,
             rng: TestEntropy::new(7),
             now,
@@ -439,7 +439,7 @@ fn unconfirmed_upload_never_replaces_a_verified_file() {
     h.feed(&vector("request_1031.bin"));
     // And one more that is simply abandoned by closing the connection.
     h.feed(&frame);
-    h.session.close(&mut h.store);
+    h.session.close(h.now, &mut h.store);
     let key = (alice_id(), "plain_1000.bin".to_string());
     assert_eq!(h.store.files[&key].bytes, vector("plain_1000.bin"));
     assert!(h.store.files[&key].verified);
@@ -453,7 +453,7 @@ fn upload_cut_short_by_eof_is_aborted() {
     h.feed(&frame[..600]);
     assert_eq!(h.store.open_uploads, 1);
     h.session.handle_eof(&mut h.store);
-    h.session.close(&mut h.store);
+    h.session.close(h.now, &mut h.store);
     assert_eq!(h.store.open_uploads, 0);
     assert_eq!(h.store.pending_count(), 0);
 }
@@ -543,7 +543,7 @@ fn trickling_upload_is_closed_as_too_slow() {
         h.session.handle_timeout(h.now, &mut h.store);
     }
     assert_eq!(h.session.close_reason(), Some(CloseReason::TooSlow));
-    h.session.close(&mut h.store);
+    h.session.close(h.now, &mut h.store);
     assert_eq!(h.store.open_uploads, 0);
 }
 
@@ -572,7 +572,7 @@ fn peer_that_never_reads_is_backpressured_not_buffered() {
         ..ServerConfig::default()
     };
     let now = Instant::now();
-    let mut session: Session = ServerSession::new(config, now);
+    let mut session: Session = ServerSession::new(config, 1, now);
     let mut store = alice_store();
     let mut rng = TestEntropy::new(3);
     let burst: Vec<u8> = (0..1000).flat_map(|_| vector("request_1025.bin")).collect();
@@ -650,26 +650,38 @@ fn bad_padding_under_the_connections_own_key_keeps_the_stored_key() {
     assert_eq!(h.store.clients[&alice_id()].last_key, stored);
 }
 
-/// Answers a driver could not make durable (a failed group commit) are
-/// replaced by exactly one 2107, what was released before stays, and the
-/// session closes without taking more input.
+/// The group-commit contract: an answer produced while the store has
+/// uncommitted changes is held until the commit's outcome; a durable
+/// commit releases it, a failed one withdraws it for one 2107 and a close,
+/// and what was released before stays.
 #[test]
-fn retracted_answers_become_one_2107_and_the_session_closes() {
-    let mut h = Harness::new(alice_store());
+fn held_answers_wait_for_the_commit_and_a_failed_commit_turns_them_into_one_2107() {
+    let mut store = alice_store();
+    store.group_commit = true;
+    let mut h = Harness::new(store);
     let mut input = &vector("request_1028.bin")[..];
     h.session
         .handle_input(&mut input, h.now, &mut h.store, &mut h.rng);
     assert!(input.is_empty());
-    let released = h.session.pending_output().len();
+    assert!(h.store.uncommitted());
+    assert!(h.session.holds_output());
+    assert!(h.session.pending_output().is_empty(), "2103 held");
+    assert!(!h.session.is_finished());
+    let commit = h.store.commit(h.now);
+    h.session
+        .handle_commit(commit.outcome(h.session.conn()), &mut h.store);
+    assert!(!h.session.holds_output());
     assert_eq!(h.session.pending_output(), &vector("response_2103.bin")[..]);
+    // The 1029 accepts; its commit fails: the 2104 never comes out.
     let mut input = &vector("request_1029.bin")[..];
     h.session
         .handle_input(&mut input, h.now, &mut h.store, &mut h.rng);
-    assert_eq!(
-        h.session.pending_output().len(),
-        released + vector("response_2104.bin").len()
-    );
-    h.session.retract_output(released, &mut h.store);
+    assert_eq!(h.session.pending_output(), &vector("response_2103.bin")[..]);
+    h.store.fail_commit = true;
+    let commit = h.store.commit(h.now);
+    assert_eq!(commit.outcome(h.session.conn()), Durability::Failed);
+    h.session
+        .handle_commit(commit.outcome(h.session.conn()), &mut h.store);
     let mut expected = vector("response_2103.bin");
     let mut error = Vec::new();
     Response::GeneralError.encode(Revision::R2023c, &mut error);
@@ -681,13 +693,46 @@ fn retracted_answers_become_one_2107_and_the_session_closes() {
     let n = h.session.pending_output().len();
     h.session.consume_output(n, h.now);
     assert!(h.session.is_finished());
-    // Keeping more than there is keeps everything and still adds the 2107.
-    let mut h = Harness::new(alice_store());
-    let mut input = &vector("request_1028.bin")[..];
+    // Nothing the withdrawn answer claimed is stored; the upload waits
+    // (orphaned) for a retried 1029.
+    let key = (alice_id(), "plain_1000.bin".to_string());
+    assert!(!h.store.files[&key].verified);
+    assert_eq!(h.store.pending_count(), 1);
+}
+
+#[test]
+fn a_commit_that_fails_for_another_connection_releases_this_ones_answers() {
+    let mut store = alice_store();
+    store.group_commit = true;
+    let mut h = Harness::new(store);
+    h.store.fail_commit_for = vec![h.session.conn() + 1];
+    let mut input = &vector("request_1027.bin")[..];
     h.session
         .handle_input(&mut input, h.now, &mut h.store, &mut h.rng);
-    h.session.retract_output(usize::MAX, &mut h.store);
-    let mut expected = vector("response_2103.bin");
-    expected.extend_from_slice(&error);
-    assert_eq!(h.session.pending_output(), &expected[..]);
+    assert!(h.session.holds_output());
+    let commit = h.store.commit(h.now);
+    h.session
+        .handle_commit(commit.outcome(h.session.conn()), &mut h.store);
+    let out = decode_responses(h.session.pending_output());
+    assert!(
+        matches!(&out[..], [Response::ReconnectAccepted { .. }]),
+        "{out:?}"
+    );
+    assert_eq!(h.session.close_reason(), None);
+}
+
+#[test]
+fn answers_made_while_nothing_waits_for_a_commit_go_out_at_once() {
+    let mut store = alice_store();
+    store.group_commit = true;
+    let mut h = Harness::new(store);
+    // A malformed frame changes nothing in the store.
+    let mut input: &[u8] = &[0u8; 23];
+    h.session
+        .handle_input(&mut input, h.now, &mut h.store, &mut h.rng);
+    assert!(!h.store.uncommitted());
+    assert!(!h.session.holds_output());
+    let mut error = Vec::new();
+    Response::GeneralError.encode(Revision::R2023c, &mut error);
+    assert_eq!(h.session.pending_output(), &error[..]);
 }

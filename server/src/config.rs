@@ -119,8 +119,67 @@ Exit status: 0 after a clean shutdown (SIGTERM/SIGINT) or a good --check-config,
 Example:
   sealdrop-server --listen 127.0.0.1:1357 --data-dir /var/lib/sealdrop";
 
+/// A flag or `port.info` value the server cannot use. The messages are
+/// what the operator reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A byte count that does not parse.
+    NotASize(String),
+    /// A byte count beyond 2^64.
+    SizeTooLarge(String),
+    /// `port.info` cannot be read.
+    PortFileUnreadable {
+        /// Its path.
+        path: PathBuf,
+        /// The I/O error.
+        detail: String,
+    },
+    /// `port.info` does not hold a port number.
+    PortFileInvalid {
+        /// Its path.
+        path: PathBuf,
+        /// Its first line.
+        found: String,
+    },
+    /// `--max-connections 0`.
+    NoConnections,
+    /// `--max-file-size` beyond the protocol's limit.
+    FileSizeOverLimit(u64),
+    /// A timeout or window of 0 seconds.
+    ZeroDuration,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::NotASize(text) => {
+                write!(f, "'{text}' is not a byte count (e.g. 1048576, 64K, 2G)")
+            }
+            ConfigError::SizeTooLarge(text) => write!(f, "'{text}' is too large"),
+            ConfigError::PortFileUnreadable { path, detail } => {
+                write!(f, "cannot read {}: {detail}", path.display())
+            }
+            ConfigError::PortFileInvalid { path, found } => write!(
+                f,
+                "{} does not hold a port number (found {found:?})",
+                path.display()
+            ),
+            ConfigError::NoConnections => f.write_str("--max-connections must be at least 1"),
+            ConfigError::FileSizeOverLimit(size) => write!(
+                f,
+                "--max-file-size {size} exceeds the protocol's limit of {MAX_PLAINTEXT_SIZE} bytes"
+            ),
+            ConfigError::ZeroDuration => {
+                f.write_str("timeouts and --progress-window must be at least 1 second")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 /// Parses a byte count with an optional K, M, G or T suffix (powers of 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
     let t = text.trim();
     let (digits, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
         Some('K') => (&t[..t.len() - 1], 10),
@@ -132,22 +191,24 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let n: u64 = digits
         .trim()
         .parse()
-        .map_err(|_| format!("'{text}' is not a byte count (e.g. 1048576, 64K, 2G)"))?;
+        .map_err(|_| ConfigError::NotASize(text.to_owned()))?;
     n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("'{text}' is too large"))
+        .ok_or_else(|| ConfigError::SizeTooLarge(text.to_owned()))
 }
 
-/// Reads the port from a `port.info` file (§8). `Err` carries the warning.
-pub fn read_port_file(path: &Path) -> Result<u16, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+/// Reads the port from a `port.info` file (§8). `Err` is the warning.
+pub fn read_port_file(path: &Path) -> Result<u16, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::PortFileUnreadable {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
     let line = text.lines().next().unwrap_or("").trim();
     match line.parse::<u16>() {
         Ok(p) if p != 0 => Ok(p),
-        _ => Err(format!(
-            "{} does not hold a port number (found {line:?})",
-            path.display()
-        )),
+        _ => Err(ConfigError::PortFileInvalid {
+            path: path.to_path_buf(),
+            found: line.to_owned(),
+        }),
     }
 }
 
@@ -183,18 +244,15 @@ impl Settings {
 
 impl Args {
     /// Resolves the flags into settings; warnings (port file) are logged.
-    pub fn settings(&self) -> Result<Settings, String> {
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
         if self.max_connections == 0 {
-            return Err("--max-connections must be at least 1".into());
+            return Err(ConfigError::NoConnections);
         }
         if self.max_file_size > MAX_PLAINTEXT_SIZE {
-            return Err(format!(
-                "--max-file-size {} exceeds the protocol's limit of {MAX_PLAINTEXT_SIZE} bytes",
-                self.max_file_size
-            ));
+            return Err(ConfigError::FileSizeOverLimit(self.max_file_size));
         }
         if self.progress_window == 0 || self.header_timeout == 0 || self.idle_timeout == 0 {
-            return Err("timeouts and --progress-window must be at least 1 second".into());
+            return Err(ConfigError::ZeroDuration);
         }
         let listen = match self.listen {
             Some(addr) => addr,

@@ -115,10 +115,10 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
     {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StoreError::new(format!(
-            "database: create {}: {e}",
-            path.display()
-        ))),
+        Err(e) => Err(StoreError::database(
+            format!("create {}", path.display()),
+            e,
+        )),
     }
 }
 
@@ -126,7 +126,7 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
 /// messages name tables and constraints, never bound values, so no key
 /// bytes can reach the log this way.
 fn op_err(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
-    move |e| StoreError::new(format!("database: {op}: {e}"))
+    move |e| StoreError::database(op, e)
 }
 
 impl Db {
@@ -201,7 +201,7 @@ impl Db {
         let db = Db::from_connection(conn);
         let version = db.schema_version()?;
         if version > SCHEMA_VERSION {
-            return Err(StoreError::new(format!(
+            return Err(StoreError::Invalid(format!(
                 "database: schema version {version} is newer than this server's {SCHEMA_VERSION}"
             )));
         }
@@ -222,7 +222,7 @@ impl Db {
     fn migrate(&mut self) -> Result<(), StoreError> {
         let version = self.schema_version()?;
         if version > SCHEMA_VERSION {
-            return Err(StoreError::new(format!(
+            return Err(StoreError::Invalid(format!(
                 "database: schema version {version} is newer than this server's {SCHEMA_VERSION}"
             )));
         }
@@ -260,7 +260,7 @@ impl Db {
                     .iter()
                     .any(|(name, _)| name.eq_ignore_ascii_case(column))
                 {
-                    return Err(StoreError::new(format!(
+                    return Err(StoreError::Invalid(format!(
                         "database: table {table} has no column {column}; not a sealdrop database"
                     )));
                 }
@@ -292,7 +292,7 @@ impl Db {
             .optional()
             .map_err(op_err(op))?
             .transpose()
-            .map_err(|e| StoreError::new(format!("database: {op}: {e}")))
+            .map_err(|e| StoreError::database(op, e))
     }
 
     /// The client with this name, if any.
@@ -305,7 +305,7 @@ impl Db {
             .optional()
             .map_err(op_err(op))?
             .transpose()
-            .map_err(|e| StoreError::new(format!("database: {op}: {e}")))
+            .map_err(|e| StoreError::database(op, e))
     }
 
     /// Group commit. With batching on, writes are not committed one by one:
@@ -338,8 +338,9 @@ impl Db {
             if open {
                 let _ = self.conn.execute_batch("ROLLBACK");
             }
-            return Err(StoreError::new(
-                "database: a failed statement rolled back the changes awaiting commit",
+            return Err(StoreError::database(
+                "commit",
+                "a failed statement rolled back the changes awaiting commit",
             ));
         }
         if !open {
@@ -382,7 +383,8 @@ impl Db {
         result.map_err(op_err(op))
     }
 
-    /// Inserts a new client (no key yet, LastSeen now). If `replace` is
+    /// Inserts a new client (no key yet, LastSeen `seen`, a
+    /// [`utc_timestamp`]). If `replace` is
     /// given, that client is deleted first in the same transaction, but
     /// only if it has no public key (§3: only an unkeyed name is released);
     /// a keyed one stays and the insert then fails on the taken name.
@@ -391,8 +393,8 @@ impl Db {
         id: &ClientId,
         name: &str,
         replace: Option<&ClientId>,
+        seen: &str,
     ) -> Result<(), StoreError> {
-        let now = now_utc();
         self.write("register client", |c| {
             // Atomic on its own: a transaction when none is open, else a
             // savepoint inside the batch.
@@ -419,7 +421,7 @@ impl Db {
                     }
                 }
                 c.prepare_cached("INSERT INTO clients (ID, Name, LastSeen) VALUES (?1, ?2, ?3)")?
-                    .execute((&id.0[..], name, &now))?;
+                    .execute((&id.0[..], name, seen))?;
                 Ok(())
             })();
             match result {
@@ -435,24 +437,20 @@ impl Db {
     }
 
     /// Stores the client's public key and the AES key of the 2102 as its
-    /// last key, and updates LastSeen. Fails for an unknown client.
+    /// last key, and sets LastSeen to `seen`. Fails for an unknown client.
     pub fn set_public_key(
         &self,
         id: &ClientId,
         public_key: &[u8; PUBLIC_KEY_LEN],
         aes_key: &AesKey,
+        seen: &str,
     ) -> Result<(), StoreError> {
         let op = "store public key";
         let changed = self.write(op, |c| {
             c.prepare_cached(
                 "UPDATE clients SET PublicKey = ?1, AESKey = ?2, LastSeen = ?3 WHERE ID = ?4",
             )?
-            .execute((
-                &public_key[..],
-                &aes_key.as_bytes()[..],
-                now_utc(),
-                &id.0[..],
-            ))
+            .execute((&public_key[..], &aes_key.as_bytes()[..], seen, &id.0[..]))
         })?;
         expect_one_row(op, changed)
     }
@@ -468,16 +466,16 @@ impl Db {
         expect_one_row(op, changed)
     }
 
-    /// Sets LastSeen to now (§6: on every request). One cached UPDATE; an
+    /// Sets LastSeen to `seen` (§6: on every request). One cached UPDATE; an
     /// unknown id changes nothing and is not an error. A second touch
     /// within the same second matches no row, so it writes nothing and
     /// costs no fsync.
-    pub fn touch(&self, id: &ClientId) -> Result<(), StoreError> {
+    pub fn touch(&self, id: &ClientId, seen: &str) -> Result<(), StoreError> {
         self.write("update LastSeen", |c| {
             c.prepare_cached(
                 "UPDATE clients SET LastSeen = ?1 WHERE ID = ?2 AND LastSeen IS NOT ?1",
             )?
-            .execute((now_utc(), &id.0[..]))
+            .execute((seen, &id.0[..]))
         })?;
         Ok(())
     }
@@ -566,7 +564,7 @@ impl Db {
             .optional()
             .map_err(op_err(op))?
             .transpose()
-            .map_err(|e| StoreError::new(format!("database: {op}: {e}")))
+            .map_err(|e| StoreError::database(op, e))
     }
 
     /// Every row of the `files` table, by client id and name.
@@ -599,51 +597,110 @@ impl Db {
 /// An UPDATE of one client must have found it.
 fn expect_one_row(op: &str, changed: usize) -> Result<(), StoreError> {
     if changed == 0 {
-        return Err(StoreError::new(format!("database: {op}: no such client")));
+        return Err(StoreError::database(op, "no such client"));
     }
     Ok(())
 }
 
+/// A stored value of the wrong shape (it names the column, never the
+/// value's bytes).
+#[derive(Debug)]
+enum BadValue {
+    /// A blob of the wrong length.
+    Size {
+        column: &'static str,
+        len: usize,
+        want: usize,
+    },
+    /// A value of the wrong SQLite type.
+    Type {
+        column: &'static str,
+        found: rusqlite::types::Type,
+        want: &'static str,
+    },
+    /// Text that is not UTF-8.
+    NotUtf8 { column: &'static str },
+}
+
+impl std::fmt::Display for BadValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadValue::Size { column, len, want } => {
+                write!(f, "{column} of {len} bytes, not {want}")
+            }
+            BadValue::Type {
+                column,
+                found,
+                want,
+            } => write!(f, "{column} is {found}, not {want}"),
+            BadValue::NotUtf8 { column } => write!(f, "{column} is not UTF-8"),
+        }
+    }
+}
+
 /// A 16-byte `ID` blob.
-fn client_id_from(value: ValueRef<'_>) -> Result<ClientId, String> {
+fn client_id_from(value: ValueRef<'_>) -> Result<ClientId, BadValue> {
     match value {
-        ValueRef::Blob(b) => b
-            .try_into()
-            .map(ClientId)
-            .map_err(|_| format!("ID of {} bytes, not 16", b.len())),
-        other => Err(format!("ID is {}, not a blob", other.data_type())),
+        ValueRef::Blob(b) => b.try_into().map(ClientId).map_err(|_| BadValue::Size {
+            column: "ID",
+            len: b.len(),
+            want: 16,
+        }),
+        other => Err(BadValue::Type {
+            column: "ID",
+            found: other.data_type(),
+            want: "a blob",
+        }),
     }
 }
 
 /// Text, also accepting a blob holding UTF-8 (some peers bind bytes).
-fn text_from(value: ValueRef<'_>, column: &str) -> Result<String, String> {
+fn text_from(value: ValueRef<'_>, column: &'static str) -> Result<String, BadValue> {
     match value {
         ValueRef::Text(t) | ValueRef::Blob(t) => {
-            String::from_utf8(t.to_vec()).map_err(|_| format!("{column} is not UTF-8"))
+            String::from_utf8(t.to_vec()).map_err(|_| BadValue::NotUtf8 { column })
         }
-        other => Err(format!("{column} is {}, not text", other.data_type())),
+        other => Err(BadValue::Type {
+            column,
+            found: other.data_type(),
+            want: "text",
+        }),
     }
 }
 
 /// `ID, Name, PublicKey, AESKey` to a record. The outer error is SQLite's,
 /// the inner one a malformed value (which names the column, never its
 /// bytes).
-fn client_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ClientRecord, String>> {
+fn client_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ClientRecord, BadValue>> {
     let id = client_id_from(row.get_ref(0)?);
     let name = text_from(row.get_ref(1)?, "Name");
     let public_key = match row.get_ref(2)? {
         ValueRef::Null => Ok(None),
         ValueRef::Blob(b) => <[u8; PUBLIC_KEY_LEN]>::try_from(b)
             .map(|k| Some(Box::new(k)))
-            .map_err(|_| format!("PublicKey of {} bytes, not {PUBLIC_KEY_LEN}", b.len())),
-        other => Err(format!("PublicKey is {}, not a blob", other.data_type())),
+            .map_err(|_| BadValue::Size {
+                column: "PublicKey",
+                len: b.len(),
+                want: PUBLIC_KEY_LEN,
+            }),
+        other => Err(BadValue::Type {
+            column: "PublicKey",
+            found: other.data_type(),
+            want: "a blob",
+        }),
     };
     let last_key = match row.get_ref(3)? {
         ValueRef::Null => Ok(None),
-        ValueRef::Blob(b) => AesKey::from_slice(b)
-            .map(Some)
-            .ok_or_else(|| format!("AESKey of {} bytes, not 16", b.len())),
-        other => Err(format!("AESKey is {}, not a blob", other.data_type())),
+        ValueRef::Blob(b) => AesKey::from_slice(b).map(Some).ok_or(BadValue::Size {
+            column: "AESKey",
+            len: b.len(),
+            want: 16,
+        }),
+        other => Err(BadValue::Type {
+            column: "AESKey",
+            found: other.data_type(),
+            want: "a blob",
+        }),
     };
     Ok((|| {
         Ok(ClientRecord {
@@ -670,7 +727,7 @@ fn verified_from(value: ValueRef<'_>) -> bool {
 }
 
 /// `ID, FileName, PathName, Verified` to a [`FileRow`].
-fn file_from_row(row: &Row<'_>) -> rusqlite::Result<Result<FileRow, String>> {
+fn file_from_row(row: &Row<'_>) -> rusqlite::Result<Result<FileRow, BadValue>> {
     let client = client_id_from(row.get_ref(0)?);
     let file_name = text_from(row.get_ref(1)?, "FileName");
     let path_name = match row.get_ref(2)? {
@@ -688,7 +745,9 @@ fn file_from_row(row: &Row<'_>) -> rusqlite::Result<Result<FileRow, String>> {
     })())
 }
 
-/// The current time as LastSeen text (§8).
+/// The current time as LastSeen text (§8), for tests: the store is told
+/// the time by its caller.
+#[cfg(test)]
 pub fn now_utc() -> String {
     utc_timestamp(SystemTime::now())
 }
@@ -824,7 +883,7 @@ mod tests {
             .unwrap();
         drop(conn);
         let err = Db::open(dir.path()).unwrap_err();
-        assert!(err.message.contains("newer"), "{err}");
+        assert!(err.to_string().contains("newer"), "{err}");
     }
 
     #[test]
@@ -835,7 +894,7 @@ mod tests {
             .unwrap();
         drop(conn);
         let err = Db::open(dir.path()).unwrap_err();
-        assert!(err.message.contains("no column Name"), "{err}");
+        assert!(err.to_string().contains("no column Name"), "{err}");
     }
 
     #[test]
@@ -877,7 +936,7 @@ mod tests {
         assert_eq!(files.len(), 1);
         assert!(files[0].verified);
         // And it stays writable with the new code.
-        db.touch(&ClientId(id)).unwrap();
+        db.touch(&ClientId(id), &now_utc()).unwrap();
         db.add_unverified_file(&ClientId(id), "b.txt", "./files/x/b.txt")
             .unwrap();
         assert!(!db.file(&ClientId(id), "b.txt").unwrap().unwrap().verified);
@@ -889,8 +948,8 @@ mod tests {
         let id = ClientId([1; 16]);
         {
             let db = Db::open(dir.path()).unwrap();
-            db.register_client(&id, "bob", None).unwrap();
-            db.set_public_key(&id, &pk(2), &AesKey::from_bytes([3; 16]))
+            db.register_client(&id, "bob", None, &now_utc()).unwrap();
+            db.set_public_key(&id, &pk(2), &AesKey::from_bytes([3; 16]), &now_utc())
                 .unwrap();
             db.mark_verified(&id, "f", "/x/f").unwrap();
         }
@@ -908,8 +967,9 @@ mod tests {
         let (_dir, db) = open_temp();
         let old = ClientId([1; 16]);
         let new = ClientId([2; 16]);
-        db.register_client(&old, "carol", None).unwrap();
-        db.register_client(&new, "carol", Some(&old)).unwrap();
+        db.register_client(&old, "carol", None, &now_utc()).unwrap();
+        db.register_client(&new, "carol", Some(&old), &now_utc())
+            .unwrap();
         assert!(db.client_by_id(&old).unwrap().is_none());
         assert_eq!(db.client_by_name("carol").unwrap().unwrap().id, new);
         assert_eq!(db.client_count().unwrap(), 1);
@@ -919,13 +979,13 @@ mod tests {
     fn register_never_replaces_a_keyed_client() {
         let (_dir, db) = open_temp();
         let old = ClientId([1; 16]);
-        db.register_client(&old, "dave", None).unwrap();
-        db.set_public_key(&old, &pk(5), &AesKey::from_bytes([5; 16]))
+        db.register_client(&old, "dave", None, &now_utc()).unwrap();
+        db.set_public_key(&old, &pk(5), &AesKey::from_bytes([5; 16]), &now_utc())
             .unwrap();
         let err = db
-            .register_client(&ClientId([2; 16]), "dave", Some(&old))
+            .register_client(&ClientId([2; 16]), "dave", Some(&old), &now_utc())
             .unwrap_err();
-        assert!(err.message.contains("register client"), "{err}");
+        assert!(err.to_string().contains("register client"), "{err}");
         assert_eq!(db.client_by_name("dave").unwrap().unwrap().id, old);
         assert!(db.client_by_id(&ClientId([2; 16])).unwrap().is_none());
     }
@@ -933,10 +993,10 @@ mod tests {
     #[test]
     fn duplicate_name_fails_without_replace() {
         let (_dir, db) = open_temp();
-        db.register_client(&ClientId([1; 16]), "erin", None)
+        db.register_client(&ClientId([1; 16]), "erin", None, &now_utc())
             .unwrap();
         assert!(db
-            .register_client(&ClientId([2; 16]), "erin", None)
+            .register_client(&ClientId([2; 16]), "erin", None, &now_utc())
             .is_err());
         assert_eq!(db.client_count().unwrap(), 1);
     }
@@ -945,10 +1005,10 @@ mod tests {
     fn keys_and_last_seen_are_recorded() {
         let (_dir, db) = open_temp();
         let id = ClientId([4; 16]);
-        db.register_client(&id, "frank", None).unwrap();
+        db.register_client(&id, "frank", None, &now_utc()).unwrap();
         let fresh = db.client_by_id(&id).unwrap().unwrap();
         assert!(fresh.public_key.is_none() && fresh.last_key.is_none());
-        db.set_public_key(&id, &pk(6), &AesKey::from_bytes([6; 16]))
+        db.set_public_key(&id, &pk(6), &AesKey::from_bytes([6; 16]), &now_utc())
             .unwrap();
         db.set_last_key(&id, &AesKey::from_bytes([7; 16])).unwrap();
         let client = db.client_by_id(&id).unwrap().unwrap();
@@ -958,7 +1018,7 @@ mod tests {
         db.connection()
             .execute("UPDATE clients SET LastSeen = '2000-01-01T00:00:00Z'", [])
             .unwrap();
-        db.touch(&id).unwrap();
+        db.touch(&id, &now_utc()).unwrap();
         let seen = db.last_seen(&id).unwrap().unwrap();
         assert_ne!(seen, "2000-01-01T00:00:00Z");
         assert_eq!(seen.len(), 20);
@@ -970,14 +1030,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
         let id = ClientId([4; 16]);
-        db.register_client(&id, "hank", None).unwrap();
+        db.register_client(&id, "hank", None, &now_utc()).unwrap();
         let wal = dir.path().join(format!("{DB_FILE_NAME}-wal"));
         // Retry if a second boundary falls between the two touches.
         for _ in 0..3 {
-            db.touch(&id).unwrap();
+            db.touch(&id, &now_utc()).unwrap();
             let stamp = now_utc();
             let size = fs::metadata(&wal).unwrap().len();
-            db.touch(&id).unwrap();
+            db.touch(&id, &now_utc()).unwrap();
             let unchanged = db.connection().changes() == 0;
             if now_utc() == stamp {
                 assert!(unchanged);
@@ -993,9 +1053,9 @@ mod tests {
         let (_dir, db) = open_temp();
         let id = ClientId([9; 16]);
         let key = AesKey::from_bytes([1; 16]);
-        assert!(db.set_public_key(&id, &pk(1), &key).is_err());
+        assert!(db.set_public_key(&id, &pk(1), &key, &now_utc()).is_err());
         assert!(db.set_last_key(&id, &key).is_err());
-        db.touch(&id).unwrap();
+        db.touch(&id, &now_utc()).unwrap();
     }
 
     #[test]
@@ -1004,8 +1064,8 @@ mod tests {
         let err = db
             .set_last_key(&ClientId([9; 16]), &AesKey::from_bytes([0xEE; 16]))
             .unwrap_err();
-        assert!(err.message.contains("store last key"), "{err}");
-        assert!(!err.message.to_lowercase().contains("ee"), "{err}");
+        assert!(err.to_string().contains("store last key"), "{err}");
+        assert!(!err.to_string().to_lowercase().contains("ee"), "{err}");
     }
 
     #[test]
@@ -1032,7 +1092,7 @@ mod tests {
             )
             .unwrap();
         let err = db.client_by_name("gina").unwrap_err();
-        assert!(err.message.contains("AESKey of 2 bytes"), "{err}");
+        assert!(err.to_string().contains("AESKey of 2 bytes"), "{err}");
     }
 
     #[test]

@@ -7,13 +7,15 @@
 //! has read, read more, until nothing moves or its budget is used (then it
 //! is queued to be driven again without waiting for an event).
 //!
-//! Group commit: storage changes made during a pass are not synced one by
-//! one. Answers a connection produces during a pass are held back (only
-//! its `released` bytes may be written) until the pass ends with one
-//! [`DiskStore::sync`]; then they are released, or, if the sync failed
-//! for them, replaced by a 2107 ([`ServerSession::retract_output`]). So no
-//! answer ever acknowledges a change that is not on the disk, and one
-//! fsync serves every client of the pass.
+//! Group commit is the store's contract ([`Store::commit`]): storage
+//! changes made during a pass are not synced one by one, and a session
+//! holds every answer it produces while the store has uncommitted
+//! changes. A pass ends with one commit if anything waits; the loop hands
+//! each session that holds answers the commit's outcome for its
+//! connection ([`ServerSession::handle_commit`]) and queues it to write.
+//! The loop never edits a session's output. So no answer ever
+//! acknowledges a change that is not durable, and one sync serves every
+//! client of the pass.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -22,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -32,6 +34,7 @@ use slab::Slab;
 use crate::store::DiskStore;
 use sealdrop_protocol::crypto::Entropy;
 use sealdrop_protocol::server::{CloseReason, ServerEvent, VerdictKind};
+use sealdrop_protocol::store::{Durability, Store};
 use sealdrop_protocol::ServerSession;
 
 use crate::config::Settings;
@@ -117,9 +120,6 @@ struct Conn {
     /// Set while lingering after a fatal 2107: the close deadline and the
     /// bytes dropped so far.
     linger: Option<(Instant, usize)>,
-    /// Bytes at the front of the session's output that may be written:
-    /// what it produced before the current pass (group commit).
-    released: usize,
     /// Driven in the current pass (listed in `Server::touched`).
     in_pass: bool,
 }
@@ -149,8 +149,8 @@ pub struct Server {
     accept_backlog: bool,
     /// Connections to drive again without waiting for an event.
     again: Vec<Token>,
-    /// Connections driven in this pass, whose new output waits for the
-    /// pass's storage sync.
+    /// Connections driven in this pass: those whose sessions hold answers
+    /// get the outcome of the pass's commit.
     touched: Vec<usize>,
     /// Set once SIGTERM/SIGINT arrived: the drain deadline.
     draining: Option<Instant>,
@@ -169,9 +169,7 @@ impl Server {
     ) -> io::Result<Server> {
         listener.set_nonblocking(true)?;
         let mut store = store;
-        store
-            .set_group_commit(true)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        store.housekeeping(Instant::now(), SystemTime::now());
         let mut listener = TcpListener::from_std(listener);
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
@@ -263,40 +261,37 @@ impl Server {
             self.housekeeping(now);
             self.end_pass();
             if self.drain_done(now) {
-                if let Err(e) = self.store.set_group_commit(false) {
-                    log::error!("storage sync at exit failed: {e}");
+                if self.store.uncommitted() {
+                    if let Some(e) = self.store.commit(Instant::now()).error {
+                        log::error!("storage sync at exit failed: {e}");
+                    }
                 }
                 return Ok(());
             }
         }
     }
 
-    /// Marks a connection as driven in this pass (its output so far was
-    /// released when the last pass ended) and tags the storage calls that
-    /// follow with it.
+    /// Lists a connection as driven in this pass.
     fn enter(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         if !conn.in_pass {
             conn.in_pass = true;
-            conn.released = conn.session.pending_output().len();
             self.touched.push(key);
         }
-        self.store.set_actor(conn.serial);
     }
 
-    /// Ends a pass: one storage sync for everything the pass changed, then
-    /// the answers held back are released (or replaced by a 2107 where the
-    /// sync failed) and their connections queued to write them.
+    /// Ends a pass: one store commit for everything the pass changed, then
+    /// each session holding answers gets the outcome for its connection
+    /// and is queued to write what it released (or its 2107).
     fn end_pass(&mut self) {
         let touched = std::mem::take(&mut self.touched);
-        let synced = if self.store.has_unsynced() {
-            Some(self.store.sync())
-        } else {
-            None
-        };
-        if let Some(Err(e)) = &synced {
+        let commit = self
+            .store
+            .uncommitted()
+            .then(|| self.store.commit(Instant::now()));
+        if let Some(e) = commit.as_ref().and_then(|c| c.error.as_ref()) {
             log::error!("storage sync failed: {e}; this pass's answers become 2107");
         }
         for key in touched {
@@ -307,25 +302,20 @@ impl Server {
                 continue; // listed twice (a reused key)
             }
             conn.in_pass = false;
-            let len = conn.session.pending_output().len();
-            if len <= conn.released {
-                conn.released = len;
+            if !conn.session.holds_output() {
                 continue;
             }
-            let failed = match &synced {
-                Some(Err(_)) => true,
-                Some(Ok(report)) => report.failed.contains(&conn.serial),
-                None => false,
-            };
-            if failed {
+            let outcome = commit
+                .as_ref()
+                .map_or(Durability::Durable, |c| c.outcome(conn.serial));
+            if outcome == Durability::Failed {
                 log::warn!(
                     "conn#{key} {}: answers withheld (not durable): 2107 and close",
                     conn.peer
                 );
-                conn.session.retract_output(conn.released, &mut self.store);
-                log_events(key, conn, &self.observer);
             }
-            conn.released = conn.session.pending_output().len();
+            conn.session.handle_commit(outcome, &mut self.store);
+            log_events(key, conn, &self.observer);
             self.again.push(Token(key));
         }
     }
@@ -388,7 +378,7 @@ impl Server {
         let idle: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| drain_can_close(c))
+            .filter(|(_, c)| drain_can_close(c, &self.store))
             .map(|(k, _)| k)
             .collect();
         for key in idle {
@@ -480,7 +470,7 @@ impl Server {
         entry.insert(Conn {
             stream,
             peer,
-            session: ServerSession::new(self.settings.session.clone(), now),
+            session: ServerSession::new(self.settings.session.clone(), self.serial, now),
             leftover: Vec::new(),
             readable: true,
             writable: true,
@@ -488,7 +478,6 @@ impl Server {
             serial: self.serial,
             armed: None,
             linger: None,
-            released: 0,
             in_pass: false,
         });
         log::info!("conn#{key} {peer}: connected ({} open)", self.conns.len());
@@ -563,7 +552,7 @@ impl Server {
         }
         let draining = self.draining.is_some();
         if let Some(conn) = self.conns.get(key) {
-            if draining && drain_can_close(conn) {
+            if draining && drain_can_close(conn, &self.store) {
                 return self.close(key, "server shutting down");
             }
         }
@@ -620,7 +609,7 @@ impl Server {
             }
         }
         if now >= self.next_housekeeping {
-            self.store.expire_orphans(now);
+            self.store.housekeeping(now, SystemTime::now());
             self.next_housekeeping = now + HOUSEKEEPING;
         }
     }
@@ -630,7 +619,7 @@ impl Server {
             return;
         }
         let mut conn = self.conns.remove(key);
-        conn.session.close(&mut self.store);
+        conn.session.close(Instant::now(), &mut self.store);
         log_events(key, &mut conn, &self.observer);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let reason = conn
@@ -662,11 +651,11 @@ impl Server {
 
 /// During a drain a connection may be closed once it is between requests,
 /// has written everything and holds no upload awaiting its verdict.
-fn drain_can_close(conn: &Conn) -> bool {
+fn drain_can_close(conn: &Conn, store: &DiskStore) -> bool {
     conn.session.is_idle()
         && conn.leftover.is_empty()
-        && conn.session.pending_output().is_empty()
-        && !conn.session.awaiting_verdict()
+        && !conn.session.has_unsent_output()
+        && !store.has_pending(conn.serial)
 }
 
 enum Step {
@@ -684,14 +673,12 @@ fn step(
     now: Instant,
 ) -> Step {
     let mut moved = false;
-    // 1. Write what the session has, as far as it is released.
+    // 1. Write what the session released.
     let out = conn.session.pending_output();
-    conn.released = conn.released.min(out.len());
-    if conn.writable && conn.released > 0 {
-        match fold(conn.stream.write(&out[..conn.released])) {
+    if conn.writable && !out.is_empty() {
+        match fold(conn.stream.write(out)) {
             IoOutcome::Done(n) => {
                 conn.session.consume_output(n, now);
-                conn.released -= n.min(conn.released);
                 moved = n > 0;
             }
             IoOutcome::WouldBlock => conn.writable = false,

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let settings = args.settings().map_err(anyhow::Error::msg)?;
+    let settings = args.settings()?;
     if args.check_config {
         return check_config(&settings);
     }
@@ -81,10 +81,30 @@ fn check_config(settings: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// What `--check-config` found in the data directory.
+enum DataDirState {
+    /// It does not exist; the server will create it.
+    WillBeCreated,
+    /// It exists without a database.
+    NoDatabase,
+    /// Its database, as `Db::check_read_only` describes it.
+    Database(String),
+}
+
+impl std::fmt::Display for DataDirState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataDirState::WillBeCreated => f.write_str("will be created"),
+            DataDirState::NoDatabase => f.write_str("no database yet"),
+            DataDirState::Database(what) => f.write_str(what),
+        }
+    }
+}
+
 /// The data directory (or, if it does not exist yet, its parent) must be
 /// a writable directory, and an existing database must be readable and of
 /// a schema this server knows.
-fn check_data_dir(dir: &Path) -> Result<String> {
+fn check_data_dir(dir: &Path) -> Result<DataDirState> {
     if dir.to_str().is_none() {
         anyhow::bail!("the path is not UTF-8 (file paths are stored as text)");
     }
@@ -103,13 +123,15 @@ fn check_data_dir(dir: &Path) -> Result<String> {
         .with_context(|| format!("{} is not writable", probe_in.display()))?;
     let _ = std::fs::remove_file(&probe);
     if !existing {
-        return Ok("will be created".into());
+        return Ok(DataDirState::WillBeCreated);
     }
     let db = dir.join(sealdrop_server::db::DB_FILE_NAME);
     if !db.exists() {
-        return Ok("no database yet".into());
+        return Ok(DataDirState::NoDatabase);
     }
-    sealdrop_server::db::Db::check_read_only(&db).map_err(anyhow::Error::msg)
+    Ok(DataDirState::Database(
+        sealdrop_server::db::Db::check_read_only(&db)?,
+    ))
 }
 
 fn check_listen(settings: &Settings) -> Result<()> {

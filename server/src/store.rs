@@ -13,54 +13,53 @@
 //!   file and keeps the row as it was, so a `Verified = 1` row always
 //!   names the file a client confirmed, and a `Verified = 0` row never
 //!   claims a file.
-//! * Accepting fsyncs the temporary file, renames it over the final path,
-//!   fsyncs the folder, then sets `Verified = 1`. Until the rename nothing
+//! * Accepting syncs the temporary file, renames it over the final path,
+//!   syncs the folder, then sets `Verified = 1`. Until the rename nothing
 //!   earlier changes; if a later step fails the upload stays pending and a
 //!   retried 1029 finishes the remaining steps.
-//! * A pending upload outlives its connection (a verdict may come on a new
-//!   one, §1): [`Store::orphan_uploads`] marks it, and
-//!   [`DiskStore::expire_orphans`] deletes it after
-//!   [`StoreConfig::orphan_ttl`]. At most [`StoreConfig::max_pending`]
-//!   uploads are pending server-wide.
+//! * The uploads awaiting a verdict are one [`PendingSet`] (the rules of
+//!   the protocol crate): a pending upload outlives its connection (a
+//!   verdict may come on a new one, §1) and expires
+//!   [`StoreConfig::orphan_ttl`] after its connection closed; at most
+//!   [`StoreConfig::max_pending`] are pending server-wide and
+//!   [`StoreConfig::max_pending_per_conn`] per connection.
 //! * At start-up, temporary files a crash left behind are deleted.
 //!
-//! Group commit ([`DiskStore::set_group_commit`], what the server runs):
-//! database writes wait in one open transaction and accepted uploads wait
-//! in a list until [`DiskStore::sync`], which the event loop calls once per
-//! pass before it sends that pass's answers. One sync then serves every
-//! connection of the pass. In [`SyncMode::Syncfs`]: a filesystem sync for
-//! the accepted files' contents (skipped when an earlier one covered
-//! them), the renames, the database commit (one WAL fsync), and one
-//! filesystem sync for all renames and folders. In [`SyncMode::Fsync`]: each file fsynced (writeback
-//! started for all first), renamed, each folder fsynced once, one WAL
-//! fsync. Without group commit every call is durable before it returns
-//! (tests, tools).
+//! Durability is group commit, the [`Store`] contract: database writes
+//! wait in one open transaction and accepted uploads wait in a list until
+//! [`Store::commit`], which the event loop calls once per pass before that
+//! pass's answers go out. One commit then serves every connection of the
+//! pass. In [`SyncMode::Syncfs`]: a filesystem sync for the accepted
+//! files' contents (skipped when an earlier one covered them), the
+//! renames, the database commit (one WAL fsync), and one filesystem sync
+//! for all renames and folders. In [`SyncMode::Fsync`]: each file fsynced
+//! (writeback started for all first), renamed, each folder fsynced once,
+//! one WAL fsync. Nothing is durable before its commit; dropping the
+//! store without one rolls the uncommitted records back.
+//!
+//! The store reads no clock: every call carries the loop's time
+//! ([`Ctx`]), and [`Store::housekeeping`] gives it the wall-clock time
+//! that goes with it, from which LastSeen is written.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use sealdrop_protocol::consts::PUBLIC_KEY_LEN;
 use sealdrop_protocol::crypto::AesKey;
 use sealdrop_protocol::store::{
-    ClientRecord, Store, StoreError, UploadId, UploadSummary, Verdict, VerdictOutcome,
+    ClientRecord, Commit, ConnId, Ctx, Eviction, PendingEntry, PendingLimits, PendingSet, Store,
+    StoreError, UploadId, UploadSummary, Verdict, VerdictOutcome,
 };
 use sealdrop_protocol::ClientId;
 
-use crate::db::{Db, FileRow};
+use crate::db::{utc_timestamp, Db, FileRow};
 use crate::files::{self, PartFile};
 
-/// Default [`StoreConfig::orphan_ttl`]: 120 s, the server's idle timeout
-/// (as in the reference peer), so a client that reconnects for its verdict
-/// within the time a connection may sit idle still finds its upload.
-pub const DEFAULT_ORPHAN_TTL: Duration = Duration::from_secs(120);
+pub use sealdrop_protocol::store::{
+    DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_CONN, DEFAULT_ORPHAN_TTL,
+};
 
-/// Default [`StoreConfig::max_pending`]: 1024 uploads. A client has one or
-/// two pending at a time; the cap bounds the disk space and memory that
-/// clients which never send a verdict can tie up.
-pub const DEFAULT_MAX_PENDING: usize = 1024;
-
-/// How a group commit ([`DiskStore::sync`]) makes accepted files durable.
+/// How a group commit ([`Store::commit`]) makes accepted files durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
     /// At most two syncfs(2) calls per batch, whatever its size: one for
@@ -93,6 +92,10 @@ pub struct StoreConfig {
     /// another client's live upload). Default [`DEFAULT_MAX_PENDING`]
     /// (1024); a value below 1 counts as 1.
     pub max_pending: usize,
+    /// Most uploads one connection may hold pending; beyond it the
+    /// connection's oldest is discarded. Default
+    /// [`DEFAULT_MAX_PENDING_PER_CONN`] (16).
+    pub max_pending_per_conn: usize,
     /// How group commit syncs files. Default [`DEFAULT_SYNC_MODE`].
     pub sync_mode: SyncMode,
 }
@@ -102,7 +105,18 @@ impl Default for StoreConfig {
         StoreConfig {
             orphan_ttl: DEFAULT_ORPHAN_TTL,
             max_pending: DEFAULT_MAX_PENDING,
+            max_pending_per_conn: DEFAULT_MAX_PENDING_PER_CONN,
             sync_mode: DEFAULT_SYNC_MODE,
+        }
+    }
+}
+
+impl StoreConfig {
+    fn pending_limits(&self) -> PendingLimits {
+        PendingLimits {
+            max_total: self.max_pending,
+            max_per_conn: self.max_pending_per_conn,
+            orphan_ttl: self.orphan_ttl,
         }
     }
 }
@@ -140,20 +154,18 @@ impl DiskUpload {
     }
 }
 
-/// A complete upload awaiting its verdict.
+/// What the store keeps for a complete upload awaiting its verdict.
 #[derive(Debug)]
-struct Pending {
-    client: ClientId,
-    file_name: String,
+pub struct PendingFile {
     final_path: PathBuf,
     part: PartFile,
     summary: UploadSummary,
-    /// When its connection closed (None while the connection lives).
-    orphaned_at: Option<Instant>,
     /// Its content is durable once [`DiskStore::fs_syncs`] reaches this:
     /// the first filesystem sync begun after it was complete covers it.
     durable_at_sync: u64,
 }
+
+type Pending = PendingEntry<PendingFile>;
 
 /// The server's storage: `<data dir>/defensive.db` and
 /// `<data dir>/files/<client id hex>/<base name>` (§8).
@@ -164,40 +176,24 @@ pub struct DiskStore {
     data_dir: PathBuf,
     config: StoreConfig,
     db: Db,
-    /// Pending uploads by id; ids only grow, so the first is the oldest.
-    pending: BTreeMap<UploadId, Pending>,
-    next_id: UploadId,
-    /// Group commit on (see the module docs).
-    group_commit: bool,
-    /// Who the calls come from now ([`DiskStore::set_actor`]).
-    actor: Actor,
-    /// Accepted uploads waiting for [`DiskStore::sync`], with their actor.
-    placing: Vec<(Actor, UploadId, Pending)>,
+    /// The only list of uploads awaiting a verdict.
+    pending: PendingSet<PendingFile>,
+    /// Accepted uploads waiting for the next commit.
+    placing: Vec<(UploadId, Pending)>,
     /// The `files` folder, open for syncfs(2) (in [`SyncMode::Syncfs`]).
     /// Held for the store's lifetime, so the kernel reports every write
     /// error on the filesystem since the last sync through it.
     fs_handle: Option<std::fs::File>,
     /// Successful filesystem syncs so far.
     fs_syncs: u64,
+    /// The loop's clock and the wall-clock time that went with it at the
+    /// last [`Store::housekeeping`].
+    wall_anchor: Option<(Instant, SystemTime)>,
 }
 
-/// Whom a change made under group commit belongs to: the event loop tags
-/// its calls with a connection's serial number, so a sync that fails for
-/// one file can say whose answer must not be sent.
-pub type Actor = u64;
-
-/// Accepted files synced together per step of [`DiskStore::sync`]: bounds
-/// the file descriptors it holds open at once.
+/// Accepted files synced together per step of a commit in
+/// [`SyncMode::Fsync`]: bounds the file descriptors it holds open at once.
 pub const SYNC_FILES_PER_STEP: usize = 64;
-
-/// What a [`DiskStore::sync`] left undone for some actors while the rest
-/// of the batch became durable.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct SyncReport {
-    /// Actors whose accepted upload could not be made durable (the upload
-    /// is pending again, orphaned, so a retried 1029 can finish it).
-    pub failed: Vec<Actor>,
-}
 
 /// File in the data directory that a running server holds locked, so a
 /// second server on the same directory refuses to start instead of
@@ -250,7 +246,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
         .map_err(|e| io_err("open the lock file", e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::new(format!(
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Invalid(format!(
             "{} is in use by another sealdrop-server (it holds {})",
             data_dir.display(),
             path.display()
@@ -261,14 +257,14 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
 
 /// Maps a filesystem error to a [`StoreError`] naming the operation.
 fn io_err(op: &str, e: std::io::Error) -> StoreError {
-    StoreError::new(format!("files: {op}: {e}"))
+    StoreError::files(op, &e)
 }
 
 /// `path` as text for the `PathName` column (the data directory is checked
 /// to be UTF-8 at open, client folders and base names are ASCII).
 fn path_text(path: &Path) -> Result<&str, StoreError> {
     path.to_str()
-        .ok_or_else(|| StoreError::new(format!("path {} is not UTF-8", path.display())))
+        .ok_or_else(|| StoreError::Invalid(format!("path {} is not UTF-8", path.display())))
 }
 
 /// Refuses a name that is not a plain base name. The session sanitizes
@@ -281,11 +277,15 @@ fn check_base_name(name: &str) -> Result<(), StoreError> {
             .bytes()
             .any(|b| b == b'/' || b == b'\\' || b.is_ascii_control());
     if bad {
-        return Err(StoreError::new(format!(
+        return Err(StoreError::Invalid(format!(
             "begin upload: unusable file name {name:?}"
         )));
     }
     Ok(())
+}
+
+fn who(p: &Pending) -> String {
+    format!("{} {:?}", p.client.to_hex(), p.file_name)
 }
 
 impl DiskStore {
@@ -298,7 +298,7 @@ impl DiskStore {
         let lock = lock_data_dir(data_dir)?;
         files::ensure_dir(&files::files_root(data_dir))
             .map_err(|e| io_err("create files directory", e))?;
-        let db = Db::open(data_dir)?;
+        let mut db = Db::open(data_dir)?;
         let stored: std::collections::HashSet<(String, String)> = db
             .files()?
             .into_iter()
@@ -335,139 +335,37 @@ impl DiskStore {
                 "fsync"
             }
         );
+        // Group commit: writes wait in one transaction for `commit`.
+        db.set_batching(true)?;
         Ok(DiskStore {
             _lock: lock,
             data_dir: data_dir.to_path_buf(),
+            pending: PendingSet::new(config.pending_limits()),
             config,
             db,
-            pending: BTreeMap::new(),
-            next_id: 1,
-            group_commit: false,
-            actor: 0,
             placing: Vec::new(),
             fs_handle,
             fs_syncs: 0,
+            wall_anchor: None,
         })
     }
 
-    /// Turns group commit on or off (see the module docs). Turning it off
-    /// syncs what waits first.
-    ///
-    /// In [`SyncMode::Syncfs`] a [`DiskStore::sync`] commits (one WAL
-    /// fsync) and, only if it placed files, then syncs the filesystem once
-    /// for the renames and folders. The Verified = 1 of a file may so be
-    /// durable a moment before its rename; a crash in between leaves a
-    /// Verified = 1 row without its file, which [`DiskStore::open`] sets
-    /// back to 0 (see `repair_records`). Passes that only change the
-    /// database never sync the filesystem, so other uploads' dirty pages
-    /// (and other writers on the same filesystem) do not slow them.
-    /// (Measured: with every pass ending in one filesystem sync instead,
-    /// and the WAL not fsynced, 32 clients made 1154 and 1087 sessions/s
-    /// against 1147 and 862 this way, but 1000 clients uploading 1 MiB each
-    /// took 12.9 s instead of 3.6 s, the syncs writing out every upload
-    /// still arriving.)
-    pub fn set_group_commit(&mut self, on: bool) -> Result<SyncReport, StoreError> {
-        let report = if on {
-            SyncReport::default()
-        } else {
-            self.sync()?
-        };
-        self.db.set_batching(on)?;
-        self.group_commit = on;
-        Ok(report)
-    }
-
-    /// Tags the calls that follow with `actor` (group commit).
-    pub fn set_actor(&mut self, actor: Actor) {
-        self.actor = actor;
-    }
-
-    /// Whether changes wait for [`DiskStore::sync`].
-    pub fn has_unsynced(&self) -> bool {
-        self.db.has_batch() || !self.placing.is_empty()
-    }
-
-    /// Makes every change since the last sync durable (group commit):
-    /// accepted files are fsynced, renamed to their final paths and their
-    /// folders fsynced, then the database commits once, marking them
-    /// Verified. `Err`: the database commit failed, so none of the
-    /// batch's database changes happened and no answer of the batch may
-    /// be sent; the accepted uploads are pending again (orphaned; those
-    /// already renamed are marked Verified when a retried 1029 or their
-    /// expiry comes, or at the next start). `Ok` with failed actors: those
-    /// actors' accepted uploads (and only they) are not stored;
-    /// everything else is durable.
-    pub fn sync(&mut self) -> Result<SyncReport, StoreError> {
-        let mut report = SyncReport::default();
-        if !self.has_unsynced() {
-            return Ok(report);
-        }
-        let mut placing = std::mem::take(&mut self.placing);
-        let mut placed = Vec::new();
-        if self.fs_handle.is_some() {
-            placed = self.place_all_syncfs(std::mem::take(&mut placing), &mut report);
-        }
-        while !placing.is_empty() {
-            let rest = placing.split_off(placing.len().min(SYNC_FILES_PER_STEP));
-            let step = std::mem::replace(&mut placing, rest);
-            placed.extend(self.place_step(step, &mut report));
-        }
-        let mut marking = Ok(());
-        for (_, p) in &placed {
-            marking = path_text(&p.final_path)
-                .and_then(|t| self.db.mark_verified(&p.client, &p.file_name, t));
-            if marking.is_err() {
-                break;
-            }
-        }
-        let mut committed = marking.and_then(|()| self.db.commit_batch());
-        if committed.is_ok() && self.fs_handle.is_some() && !placed.is_empty() {
-            // One flush for every rename and folder of the pass.
-            committed = self
-                .sync_filesystem()
-                .map_err(|e| io_err("filesystem sync", e));
-        }
-        if let Err(e) = committed {
-            // Also rolls back whatever the failed mark left open.
-            let _ = self.db.commit_batch();
-            log::warn!(
-                "group commit failed: {e}; {} accepted upload(s) pending again",
-                placed.len()
-            );
-            let now = Instant::now();
-            for (uid, mut p) in placed {
-                p.orphaned_at = Some(now);
-                self.pending.insert(uid, p);
-            }
-            return Err(e);
-        }
-        for (_, p) in &placed {
-            log::debug!(
-                "stored {} {:?}: {} bytes, cksum {}, verified",
-                p.client.to_hex(),
-                p.file_name,
-                p.summary.plain_len,
-                p.summary.cksum
-            );
-        }
-        Ok(report)
-    }
-
-    /// [`DiskStore::sync`] in [`SyncMode::Syncfs`], first half: a
+    /// [`Store::commit`] in [`SyncMode::Syncfs`], first half: a
     /// filesystem sync for the contents unless an earlier one covered them
-    /// all, then the renames (made durable by the sync that ends
-    /// [`DiskStore::sync`]). Returns the uploads now at their final paths.
+    /// all, then the renames (made durable by the sync that ends the
+    /// commit). Returns the uploads now at their final paths.
     fn place_all_syncfs(
         &mut self,
-        batch: Vec<(Actor, UploadId, Pending)>,
-        report: &mut SyncReport,
+        batch: Vec<(UploadId, Pending)>,
+        now: Instant,
+        failed: &mut Vec<ConnId>,
     ) -> Vec<(UploadId, Pending)> {
         if batch.is_empty() {
             return Vec::new();
         }
         if batch
             .iter()
-            .any(|(_, _, p)| p.durable_at_sync > self.fs_syncs)
+            .any(|(_, p)| p.data.durable_at_sync > self.fs_syncs)
         {
             if let Err(e) = self.sync_filesystem() {
                 // Pages whose writeback failed may be lost and are not
@@ -477,26 +375,22 @@ impl DiskStore {
                     batch.len(),
                     self.pending.len()
                 );
-                report
-                    .failed
-                    .extend(batch.iter().map(|(actor, _, _)| *actor));
-                let all: Vec<UploadId> = self.pending.keys().copied().collect();
-                for uid in all {
-                    self.drop_pending(uid, "a filesystem sync failed");
+                failed.extend(batch.iter().map(|(_, p)| p.conn));
+                for uid in self.pending.ids() {
+                    self.drop_pending(uid, &"a filesystem sync failed");
                 }
                 return Vec::new();
             }
         }
-        let now = Instant::now();
         let mut renamed = Vec::with_capacity(batch.len());
-        for (actor, uid, mut p) in batch {
-            p.part.mark_synced();
-            match p.part.rename_to(&p.final_path) {
-                Ok(()) => renamed.push((actor, uid, p)),
-                Err(e) => self.unplaced(actor, uid, p, &e, now, report),
+        for (uid, mut p) in batch {
+            p.data.part.mark_synced();
+            match p.data.part.rename_to(&p.data.final_path) {
+                Ok(()) => renamed.push((uid, p)),
+                Err(e) => self.unplaced(uid, p, &e, now, failed),
             }
         }
-        renamed.into_iter().map(|(_, uid, p)| (uid, p)).collect()
+        renamed
     }
 
     /// One syncfs(2) of the data directory's filesystem.
@@ -509,29 +403,36 @@ impl DiskStore {
         Ok(())
     }
 
-    /// One step of [`DiskStore::sync`]: starts writeback of every file,
-    /// fsyncs each, renames each, fsyncs each folder once. Returns the
-    /// uploads now at their final paths; the others are pending again
-    /// (orphaned) and their actors are reported failed.
+    /// One step of a commit in [`SyncMode::Fsync`]: starts writeback of
+    /// every file, fsyncs each, renames each, fsyncs each folder once.
+    /// Returns the uploads now at their final paths; the others are
+    /// pending again (orphaned) and their connections reported failed.
     fn place_step(
         &mut self,
-        mut step: Vec<(Actor, UploadId, Pending)>,
-        report: &mut SyncReport,
+        mut step: Vec<(UploadId, Pending)>,
+        now: Instant,
+        failed: &mut Vec<ConnId>,
     ) -> Vec<(UploadId, Pending)> {
-        let mut failed: Vec<(Actor, UploadId, Pending, std::io::Error)> = Vec::new();
-        for (_, _, p) in step.iter_mut() {
-            let _ = p.part.start_sync(); // an error shows again in sync()
+        let mut unplaced: Vec<(UploadId, Pending, std::io::Error)> = Vec::new();
+        for (_, p) in step.iter_mut() {
+            let _ = p.data.part.start_sync(); // an error shows again in sync()
         }
         let mut synced = Vec::with_capacity(step.len());
-        for (actor, uid, mut p) in step {
-            match p.part.sync().and_then(|()| p.part.rename_to(&p.final_path)) {
-                Ok(()) => synced.push((actor, uid, p)),
-                Err(e) => failed.push((actor, uid, p, e)),
+        for (uid, mut p) in step {
+            let final_path = p.data.final_path.clone();
+            match p
+                .data
+                .part
+                .sync()
+                .and_then(|()| p.data.part.rename_to(&final_path))
+            {
+                Ok(()) => synced.push((uid, p)),
+                Err(e) => unplaced.push((uid, p, e)),
             }
         }
         let mut dirs: Vec<PathBuf> = synced
             .iter()
-            .filter_map(|(_, _, p)| p.final_path.parent().map(Path::to_path_buf))
+            .filter_map(|(_, p)| p.data.final_path.parent().map(Path::to_path_buf))
             .collect();
         dirs.sort();
         dirs.dedup();
@@ -539,51 +440,39 @@ impl DiskStore {
             .into_iter()
             .filter_map(|d| files::sync_dir(&d).err().map(|e| (d, e)))
             .collect();
-        let mut placed = Vec::with_capacity(synced.len());
-        for (actor, uid, p) in synced {
+        for (_, p) in &synced {
             let bad = bad_dirs
                 .iter()
-                .find(|(d, _)| p.final_path.parent() == Some(d.as_path()));
+                .find(|(d, _)| p.data.final_path.parent() == Some(d.as_path()));
             if let Some((_, e)) = bad {
                 // Renamed, but the rename may not survive a crash: its
                 // answer is not sent. It stays recorded as verified (its
                 // client confirmed it; the old file, if the rename is
                 // lost, was verified too).
-                log::warn!(
-                    "accept {} {:?}: folder fsync: {e}",
-                    p.client.to_hex(),
-                    p.file_name
-                );
-                report.failed.push(actor);
+                log::warn!("accept {}: folder fsync: {e}", who(p));
+                failed.push(p.conn);
             }
-            placed.push((uid, p));
         }
-        let now = Instant::now();
-        for (actor, uid, p, e) in failed {
-            self.unplaced(actor, uid, p, &e, now, report);
+        for (uid, p, e) in unplaced {
+            self.unplaced(uid, p, &e, now, failed);
         }
-        placed
+        synced
     }
 
-    /// An accepted upload that could not be placed: its actor's answer is
-    /// not sent, and it is pending again (orphaned) for a retried 1029.
+    /// An accepted upload that could not be placed: its connection's
+    /// answer is not sent, and it is pending again (orphaned) for a
+    /// retried 1029.
     fn unplaced(
         &mut self,
-        actor: Actor,
         uid: UploadId,
-        mut p: Pending,
+        p: Pending,
         e: &std::io::Error,
         now: Instant,
-        report: &mut SyncReport,
+        failed: &mut Vec<ConnId>,
     ) {
-        log::warn!(
-            "accept {} {:?}: {e}; pending again for a retried 1029",
-            p.client.to_hex(),
-            p.file_name
-        );
-        report.failed.push(actor);
-        p.orphaned_at = Some(now);
-        self.pending.insert(uid, p);
+        log::warn!("accept {}: {e}; pending again for a retried 1029", who(&p));
+        failed.push(p.conn);
+        self.pending.restore(uid, p, now);
     }
 
     /// The data directory.
@@ -613,7 +502,12 @@ impl DiskStore {
 
     /// Whether this upload is still awaiting a verdict.
     pub fn is_pending(&self, upload: UploadId) -> bool {
-        self.pending.contains_key(&upload)
+        self.pending.contains(upload)
+    }
+
+    /// The ids of the uploads awaiting a verdict, oldest first.
+    pub fn pending_ids(&self) -> Vec<UploadId> {
+        self.pending.ids()
     }
 
     /// Every `files` row as (client, name, final path, Verified).
@@ -630,97 +524,44 @@ impl DiskStore {
     }
 
     /// Deletes the orphaned uploads whose connection closed at least
-    /// [`StoreConfig::orphan_ttl`] before `now`. Call it from the event
-    /// loop's timer (see [`DiskStore::next_orphan_deadline`]).
+    /// [`StoreConfig::orphan_ttl`] before `now` (part of
+    /// [`Store::housekeeping`]).
     pub fn expire_orphans(&mut self, now: Instant) {
-        let ttl = self.config.orphan_ttl;
-        let expired: Vec<UploadId> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| {
-                p.orphaned_at
-                    .is_some_and(|t| now.saturating_duration_since(t) >= ttl)
-            })
-            .map(|(&id, _)| id)
-            .collect();
-        for id in expired {
-            self.drop_pending(id, "no verdict within the orphan timeout");
+        for id in self.pending.expired(now) {
+            self.drop_pending(id, &Eviction::Expired);
         }
     }
 
     /// When the next orphaned upload expires, if any is orphaned.
     pub fn next_orphan_deadline(&self) -> Option<Instant> {
-        self.pending
-            .values()
-            .filter_map(|p| p.orphaned_at)
-            .min()
-            .map(|t| t + self.config.orphan_ttl)
+        self.pending.next_expiry()
     }
 
-    /// The pending upload a verdict applies to: `prefer` if it is pending
-    /// for this client and name, else the newest such one.
-    fn select_pending(
-        &self,
-        id: &ClientId,
-        name: &str,
-        prefer: Option<UploadId>,
-    ) -> Option<UploadId> {
-        let matches = |p: &Pending| p.client == *id && p.file_name == name;
-        if let Some(want) = prefer {
-            if self.pending.get(&want).is_some_and(matches) {
-                return Some(want);
-            }
-        }
-        self.pending
-            .iter()
-            .rev()
-            .find(|(_, p)| matches(p))
-            .map(|(&uid, _)| uid)
-    }
-
-    /// 1029: places the upload at its final path, then marks it verified.
-    /// On an error the upload stays pending; a retry resumes after the
-    /// last step that succeeded.
-    fn accept(&mut self, uid: UploadId) -> Result<(), StoreError> {
-        if self.group_commit {
-            let Some(p) = self.pending.remove(&uid) else {
-                return Err(StoreError::new("accept upload: not pending"));
-            };
-            self.placing.push((self.actor, uid, p));
-            return Ok(());
-        }
-        let Some(p) = self.pending.get_mut(&uid) else {
-            return Err(StoreError::new("accept upload: not pending"));
+    /// LastSeen text for the loop's time `now`, from the wall-clock time
+    /// the last [`Store::housekeeping`] paired with the loop's clock (the
+    /// epoch before the first).
+    fn seen(&self, now: Instant) -> String {
+        let wall = match self.wall_anchor {
+            Some((at, wall)) if now >= at => wall + (now - at),
+            Some((at, wall)) => wall - (at - now),
+            None => SystemTime::UNIX_EPOCH,
         };
-        let who = format!("{} {:?}", p.client.to_hex(), p.file_name);
-        if let Err(e) = p.part.place(&p.final_path) {
-            log::warn!("accept {who}: {e} (placed: {})", p.part.is_placed());
-            return Err(io_err(&format!("accept {who}"), e));
-        }
-        self.db
-            .mark_verified(&p.client, &p.file_name, path_text(&p.final_path)?)?;
-        log::debug!(
-            "stored {who}: {} bytes, cksum {}, verified",
-            p.summary.plain_len,
-            p.summary.cksum
-        );
-        self.pending.remove(&uid);
-        Ok(())
+        utc_timestamp(wall)
     }
 
     /// Removes a pending upload and deletes its temporary file. One that
     /// an accept already placed at its final path stays there (its client
     /// confirmed it).
-    fn drop_pending(&mut self, uid: UploadId, why: &str) {
-        let Some(p) = self.pending.remove(&uid) else {
+    fn drop_pending(&mut self, uid: UploadId, why: &dyn std::fmt::Display) {
+        let Some(p) = self.pending.remove(uid) else {
             return;
         };
-        let who = format!("{} {:?}", p.client.to_hex(), p.file_name);
-        if p.part.is_placed() {
+        let who = who(&p);
+        if p.data.part.is_placed() {
             // Only an accepted (client-confirmed) upload is ever placed, so
             // its record must say Verified; the update that failed during
             // the accept is tried once more (and again at the next start).
-            let marked = path_text(&p.final_path)
+            let marked = path_text(&p.data.final_path)
                 .and_then(|path| self.db.mark_verified(&p.client, &p.file_name, path));
             match marked {
                 Ok(()) => log::info!("upload {uid} ({who}) {why}; already at its final path, now marked verified"),
@@ -728,44 +569,12 @@ impl DiskStore {
             }
             return;
         }
-        match p.part.discard() {
+        match p.data.part.discard() {
             Ok(()) => log::debug!("upload {uid} ({who}) discarded: {why}"),
             Err(e) => {
                 log::warn!("upload {uid} ({who}) {why}; cannot delete its temporary file: {e}")
             }
         }
-    }
-
-    /// Discards the oldest pending uploads beyond [`StoreConfig::max_pending`].
-    /// Makes room for one more pending upload of `client` under the
-    /// server-wide cap, without ever evicting a live upload of another
-    /// client: first the oldest orphaned upload (its connection is gone),
-    /// then the client's own oldest. If neither exists the new upload is
-    /// refused (2107), so a flood of unverified uploads only costs its
-    /// sender.
-    fn make_room(&mut self, client: &ClientId) -> Result<(), StoreError> {
-        let cap = self.config.max_pending.max(1);
-        while self.pending.len() >= cap {
-            let orphan = self
-                .pending
-                .iter()
-                .find(|(_, p)| p.orphaned_at.is_some())
-                .map(|(k, _)| *k);
-            let own = || {
-                self.pending
-                    .iter()
-                    .find(|(_, p)| p.client == *client)
-                    .map(|(k, _)| *k)
-            };
-            let Some(victim) = orphan.or_else(own) else {
-                return Err(StoreError::new(format!(
-                    "{cap} uploads of other clients await a verdict (server-wide limit)"
-                )));
-            };
-            log::warn!("{cap} uploads await a verdict: discarding upload {victim}");
-            self.drop_pending(victim, "pending-upload cap reached");
-        }
-        Ok(())
     }
 }
 
@@ -792,11 +601,13 @@ impl Store for DiskStore {
 
     fn register_client(
         &mut self,
+        cx: Ctx,
         id: &ClientId,
         name: &str,
         replace: Option<&ClientId>,
     ) -> Result<(), StoreError> {
-        self.db.register_client(id, name, replace)?;
+        self.db
+            .register_client(id, name, replace, &self.seen(cx.now))?;
         match replace {
             Some(old) => log::debug!(
                 "registered {name:?} as {} (replacing unkeyed {})",
@@ -810,27 +621,35 @@ impl Store for DiskStore {
 
     fn set_public_key(
         &mut self,
+        cx: Ctx,
         id: &ClientId,
         public_key: &[u8; PUBLIC_KEY_LEN],
         aes_key: &AesKey,
     ) -> Result<(), StoreError> {
-        self.db.set_public_key(id, public_key, aes_key)?;
+        self.db
+            .set_public_key(id, public_key, aes_key, &self.seen(cx.now))?;
         log::debug!("client {}: public key and AES key stored", id.to_hex());
         Ok(())
     }
 
-    fn set_last_key(&mut self, id: &ClientId, aes_key: &AesKey) -> Result<(), StoreError> {
+    fn set_last_key(
+        &mut self,
+        _cx: Ctx,
+        id: &ClientId,
+        aes_key: &AesKey,
+    ) -> Result<(), StoreError> {
         self.db.set_last_key(id, aes_key)?;
         log::debug!("client {}: last AES key stored", id.to_hex());
         Ok(())
     }
 
-    fn touch(&mut self, id: &ClientId) -> Result<(), StoreError> {
-        self.db.touch(id)
+    fn touch(&mut self, cx: Ctx, id: &ClientId) -> Result<(), StoreError> {
+        self.db.touch(id, &self.seen(cx.now))
     }
 
     fn begin_upload(
         &mut self,
+        _cx: Ctx,
         id: &ClientId,
         file_name: &str,
         content_size: u32,
@@ -868,9 +687,10 @@ impl Store for DiskStore {
 
     fn finish_upload(
         &mut self,
+        cx: Ctx,
         mut upload: DiskUpload,
         summary: &UploadSummary,
-    ) -> Result<UploadId, StoreError> {
+    ) -> Result<(), StoreError> {
         // On any error below `upload` is dropped and its file deleted:
         // an upload cut short leaves no file and no row.
         upload
@@ -878,43 +698,48 @@ impl Store for DiskStore {
             .close()
             .map_err(|e| io_err("finish upload", e))?;
         if upload.part.written() != summary.plain_len {
-            return Err(StoreError::new(format!(
+            return Err(StoreError::Invalid(format!(
                 "finish upload: {} bytes written but {} reported",
                 upload.part.written(),
                 summary.plain_len
             )));
         }
         let path = path_text(&upload.final_path)?;
-        self.make_room(&upload.client)?;
+        for (victim, why) in self.pending.make_room(cx.conn, &upload.client)? {
+            if why == Eviction::ServerFull {
+                log::warn!(
+                    "{} uploads await a verdict: discarding upload {victim}",
+                    self.config.max_pending.max(1)
+                );
+            }
+            self.drop_pending(victim, &why);
+        }
         self.db
             .add_unverified_file(&upload.client, &upload.file_name, path)?;
-        let uid = self.next_id;
-        self.next_id += 1;
-        log::debug!(
-            "upload {uid} of {:?} for {} complete: {} bytes, awaiting verdict",
-            upload.file_name,
-            upload.client.to_hex(),
-            summary.plain_len
-        );
         let DiskUpload {
             client,
             file_name,
             final_path,
             part,
         } = upload;
-        self.pending.insert(
-            uid,
-            Pending {
-                client,
-                file_name,
+        let name = file_name.clone();
+        let uid = self.pending.insert(
+            cx.conn,
+            client,
+            file_name,
+            PendingFile {
                 final_path,
                 part,
                 summary: *summary,
-                orphaned_at: None,
                 durable_at_sync: self.fs_syncs + 1,
             },
         );
-        Ok(uid)
+        log::debug!(
+            "upload {uid} of {name:?} for {} complete: {} bytes, awaiting verdict",
+            client.to_hex(),
+            summary.plain_len
+        );
+        Ok(())
     }
 
     fn abort_upload(&mut self, upload: DiskUpload) {
@@ -931,33 +756,115 @@ impl Store for DiskStore {
 
     fn apply_verdict(
         &mut self,
+        cx: Ctx,
         id: &ClientId,
         file_name: &str,
-        prefer: Option<UploadId>,
         verdict: Verdict,
     ) -> Result<VerdictOutcome, StoreError> {
-        let Some(uid) = self.select_pending(id, file_name, prefer) else {
+        let Some(uid) = self.pending.select(cx.conn, id, file_name) else {
             return Ok(VerdictOutcome::NothingPending);
         };
         match verdict {
-            Verdict::Accept => self.accept(uid)?,
-            Verdict::Discard => self.drop_pending(uid, "the client rejected it"),
+            Verdict::Accept => {
+                let mut p = self.pending.remove(uid).ok_or(StoreError::NotFound {
+                    op: "accept upload",
+                    what: "not pending",
+                })?;
+                // The answer goes to the connection that accepted it.
+                p.conn = cx.conn;
+                self.placing.push((uid, p));
+            }
+            Verdict::Discard => self.drop_pending(uid, &"the client rejected it"),
         }
         Ok(VerdictOutcome::Applied)
     }
 
-    fn discard_upload(&mut self, upload: UploadId) {
-        self.drop_pending(upload, "its connection holds too many");
+    fn has_pending(&self, conn: ConnId) -> bool {
+        self.pending.has_conn(conn)
     }
 
-    fn orphan_uploads(&mut self, uploads: &[UploadId]) {
-        let now = Instant::now();
-        for uid in uploads {
-            if let Some(p) = self.pending.get_mut(uid) {
-                p.orphaned_at.get_or_insert(now);
-                log::debug!("upload {uid} orphaned: its connection closed");
+    fn connection_closed(&mut self, cx: Ctx) {
+        let n = self.pending.orphan(cx.conn, cx.now);
+        if n > 0 {
+            log::debug!("{n} upload(s) orphaned: their connection closed");
+        }
+    }
+
+    fn uncommitted(&self) -> bool {
+        self.db.has_batch() || !self.placing.is_empty()
+    }
+
+    /// Makes every change since the last commit durable: accepted files
+    /// are synced, renamed to their final paths and their folders synced,
+    /// then the database commits once, marking them Verified. `error`: the
+    /// database commit failed, so none of the batch's database changes
+    /// happened and no answer of the batch may be sent; the accepted
+    /// uploads are pending again (orphaned; those already renamed are
+    /// marked Verified when a retried 1029 or their expiry comes, or at
+    /// the next start). `failed` connections: their accepted uploads (and
+    /// only they) are not stored; everything else is durable.
+    fn commit(&mut self, now: Instant) -> Commit {
+        let mut failed = Vec::new();
+        if !self.uncommitted() {
+            return Commit::default();
+        }
+        let mut placing = std::mem::take(&mut self.placing);
+        let mut placed = Vec::new();
+        if self.fs_handle.is_some() {
+            placed = self.place_all_syncfs(std::mem::take(&mut placing), now, &mut failed);
+        }
+        while !placing.is_empty() {
+            let rest = placing.split_off(placing.len().min(SYNC_FILES_PER_STEP));
+            let step = std::mem::replace(&mut placing, rest);
+            placed.extend(self.place_step(step, now, &mut failed));
+        }
+        let mut marking = Ok(());
+        for (_, p) in &placed {
+            marking = path_text(&p.data.final_path)
+                .and_then(|t| self.db.mark_verified(&p.client, &p.file_name, t));
+            if marking.is_err() {
+                break;
             }
         }
+        let mut committed = marking.and_then(|()| self.db.commit_batch());
+        if committed.is_ok() && self.fs_handle.is_some() && !placed.is_empty() {
+            // One flush for every rename and folder of the pass.
+            committed = self
+                .sync_filesystem()
+                .map_err(|e| io_err("filesystem sync", e));
+        }
+        if let Err(e) = committed {
+            // Also rolls back whatever the failed mark left open.
+            let _ = self.db.commit_batch();
+            log::warn!(
+                "group commit failed: {e}; {} accepted upload(s) pending again",
+                placed.len()
+            );
+            for (uid, p) in placed {
+                self.pending.restore(uid, p, now);
+            }
+            return Commit {
+                error: Some(e),
+                failed,
+            };
+        }
+        for (_, p) in &placed {
+            log::debug!(
+                "stored {}: {} bytes, cksum {}, verified",
+                who(p),
+                p.data.summary.plain_len,
+                p.data.summary.cksum
+            );
+        }
+        Commit {
+            error: None,
+            failed,
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant, wall: SystemTime) {
+        self.wall_anchor = Some((now, wall));
+        self.expire_orphans(now);
     }
 }
 
@@ -968,16 +875,43 @@ mod tests {
 
     const ALICE: ClientId = ClientId([0xa1; 16]);
     const BOB: ClientId = ClientId([0xb0; 16]);
+    /// The connection most calls come from.
+    const CONN: ConnId = 1;
+
+    fn cx(conn: ConnId) -> Ctx {
+        Ctx {
+            conn,
+            now: Instant::now(),
+        }
+    }
 
     fn open(dir: &Path) -> DiskStore {
-        DiskStore::open(dir, StoreConfig::default()).unwrap()
+        open_with(dir, StoreConfig::default())
+    }
+
+    fn open_with(dir: &Path, config: StoreConfig) -> DiskStore {
+        let mut store = DiskStore::open(dir, config).unwrap();
+        store.housekeeping(Instant::now(), SystemTime::now());
+        store
+    }
+
+    /// Commits and expects every connection's changes durable.
+    fn commit(store: &mut DiskStore) {
+        let c = store.commit(Instant::now());
+        assert!(c.error.is_none() && c.failed.is_empty(), "{c:?}");
     }
 
     fn keyed(store: &mut DiskStore, id: &ClientId, name: &str) {
-        store.register_client(id, name, None).unwrap();
+        store.register_client(cx(CONN), id, name, None).unwrap();
         store
-            .set_public_key(id, &[1; PUBLIC_KEY_LEN], &AesKey::from_bytes([2; 16]))
+            .set_public_key(
+                cx(CONN),
+                id,
+                &[1; PUBLIC_KEY_LEN],
+                &AesKey::from_bytes([2; 16]),
+            )
             .unwrap();
+        commit(store);
     }
 
     fn summary(data: &[u8]) -> UploadSummary {
@@ -987,13 +921,26 @@ mod tests {
         }
     }
 
-    /// A complete upload of `data` as `name`, awaiting its verdict.
-    fn upload(store: &mut DiskStore, id: &ClientId, name: &str, data: &[u8]) -> UploadId {
-        let mut up = store.begin_upload(id, name, 16).unwrap();
+    /// A complete upload of `data` as `name` on `conn`, awaiting its
+    /// verdict; its id.
+    fn upload_on(
+        store: &mut DiskStore,
+        conn: ConnId,
+        id: &ClientId,
+        name: &str,
+        data: &[u8],
+    ) -> UploadId {
+        let mut up = store.begin_upload(cx(conn), id, name, 16).unwrap();
         for chunk in data.chunks(7) {
             store.write_upload(&mut up, chunk).unwrap();
         }
-        store.finish_upload(up, &summary(data)).unwrap()
+        store.finish_upload(cx(conn), up, &summary(data)).unwrap();
+        commit(store);
+        *store.pending_ids().last().unwrap()
+    }
+
+    fn upload(store: &mut DiskStore, id: &ClientId, name: &str, data: &[u8]) -> UploadId {
+        upload_on(store, CONN, id, name, data)
     }
 
     fn client_folder(store: &DiskStore, id: &ClientId) -> PathBuf {
@@ -1023,17 +970,26 @@ mod tests {
         store.db().file(id, name).unwrap()
     }
 
+    fn verdict(store: &mut DiskStore, conn: ConnId, name: &str, v: Verdict) -> VerdictOutcome {
+        let outcome = store.apply_verdict(cx(conn), &ALICE, name, v).unwrap();
+        commit(store);
+        outcome
+    }
+
     fn accept(store: &mut DiskStore, id: &ClientId, name: &str) -> VerdictOutcome {
-        store
-            .apply_verdict(id, name, None, Verdict::Accept)
-            .unwrap()
+        let outcome = store
+            .apply_verdict(cx(CONN), id, name, Verdict::Accept)
+            .unwrap();
+        commit(store);
+        outcome
     }
 
     #[test]
-    fn default_config_is_120_s_and_1024_uploads() {
+    fn default_config_is_120_s_1024_uploads_and_16_per_connection() {
         let config = StoreConfig::default();
         assert_eq!(config.orphan_ttl, Duration::from_secs(120));
         assert_eq!(config.max_pending, 1024);
+        assert_eq!(config.max_pending_per_conn, 16);
     }
 
     #[test]
@@ -1068,11 +1024,53 @@ mod tests {
     }
 
     #[test]
+    fn changes_wait_for_the_commit_and_are_lost_without_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(tmp.path());
+            assert!(!store.uncommitted());
+            store
+                .register_client(cx(CONN), &ALICE, "alice", None)
+                .unwrap();
+            assert!(store.uncommitted());
+            commit(&mut store);
+            assert!(!store.uncommitted());
+            store.register_client(cx(CONN), &BOB, "bob", None).unwrap();
+            // Dropped without a commit: nothing acknowledged, nothing kept.
+        }
+        let mut store = open(tmp.path());
+        assert!(store.client_by_name("alice").unwrap().is_some());
+        assert!(store.client_by_name("bob").unwrap().is_none());
+    }
+
+    #[test]
+    fn last_seen_is_the_wall_time_paired_with_the_loops_clock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = DiskStore::open(tmp.path(), StoreConfig::default()).unwrap();
+        let t0 = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        store.housekeeping(t0, wall);
+        let later = Ctx {
+            conn: CONN,
+            now: t0 + Duration::from_secs(61),
+        };
+        store.register_client(later, &ALICE, "alice", None).unwrap();
+        commit(&mut store);
+        let seen = store.db().last_seen(&ALICE).unwrap().unwrap();
+        assert_eq!(seen, "2023-11-14T22:14:21Z");
+    }
+
+    #[test]
     fn register_with_replace_releases_the_unkeyed_name() {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = open(tmp.path());
-        store.register_client(&ALICE, "shared", None).unwrap();
-        store.register_client(&BOB, "shared", Some(&ALICE)).unwrap();
+        store
+            .register_client(cx(CONN), &ALICE, "shared", None)
+            .unwrap();
+        store
+            .register_client(cx(CONN), &BOB, "shared", Some(&ALICE))
+            .unwrap();
+        commit(&mut store);
         assert!(store.client_by_id(&ALICE).unwrap().is_none());
         assert_eq!(store.client_by_name("shared").unwrap().unwrap().id, BOB);
         assert_eq!(store.client_count().unwrap(), 1);
@@ -1084,8 +1082,9 @@ mod tests {
         let mut store = open(tmp.path());
         keyed(&mut store, &ALICE, "alice");
         store
-            .set_last_key(&ALICE, &AesKey::from_bytes([3; 16]))
+            .set_last_key(cx(CONN), &ALICE, &AesKey::from_bytes([3; 16]))
             .unwrap();
+        commit(&mut store);
         let rec = store.client_by_id(&ALICE).unwrap().unwrap();
         assert_eq!(rec.last_key, Some(AesKey::from_bytes([3; 16])));
         store
@@ -1093,23 +1092,27 @@ mod tests {
             .connection()
             .execute("UPDATE clients SET LastSeen = 'long ago'", [])
             .unwrap();
-        store.touch(&ALICE).unwrap();
+        store.touch(cx(CONN), &ALICE).unwrap();
+        commit(&mut store);
         let seen = store.db().last_seen(&ALICE).unwrap().unwrap();
         assert!(seen.ends_with('Z'), "{seen}");
     }
 
     #[test]
-    fn accept_moves_bytes_to_final_path_and_sets_verified() {
+    fn accept_moves_bytes_to_final_path_and_sets_verified_at_the_commit() {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = open(tmp.path());
         keyed(&mut store, &ALICE, "alice");
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let uid = upload(&mut store, &ALICE, "big.bin", &data);
         let outcome = store
-            .apply_verdict(&ALICE, "big.bin", Some(uid), Verdict::Accept)
+            .apply_verdict(cx(CONN), &ALICE, "big.bin", Verdict::Accept)
             .unwrap();
         assert_eq!(outcome, VerdictOutcome::Applied);
         let path = files::final_path(tmp.path(), &ALICE, "big.bin");
+        assert!(store.uncommitted());
+        assert!(!path.exists(), "nothing placed before the commit");
+        commit(&mut store);
         assert_eq!(fs::read(&path).unwrap(), data);
         let row = row(&store, &ALICE, "big.bin").unwrap();
         assert!(row.verified);
@@ -1127,21 +1130,23 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = open(tmp.path());
         keyed(&mut store, &ALICE, "alice");
-        let mut up = store.begin_upload(&ALICE, "f.txt", 16).unwrap();
+        let mut up = store.begin_upload(cx(CONN), &ALICE, "f.txt", 16).unwrap();
         let path = files::final_path(tmp.path(), &ALICE, "f.txt");
         store.write_upload(&mut up, b"half").unwrap();
         assert!(!path.exists());
-        let uid = store.finish_upload(up, &summary(b"half")).unwrap();
-        assert!(store.is_pending(uid));
+        store
+            .finish_upload(cx(CONN), up, &summary(b"half"))
+            .unwrap();
+        commit(&mut store);
+        let uid = store.pending_ids()[0];
         assert!(!path.exists());
         assert_eq!(temp_files(&store, &ALICE), 1);
         // The first upload of a name gets a Verified = 0 row.
         assert!(!row(&store, &ALICE, "f.txt").unwrap().verified);
         // 1030 / 1031: gone, and still nothing at the final path.
-        let outcome = store
-            .apply_verdict(&ALICE, "f.txt", Some(uid), Verdict::Discard)
-            .unwrap();
+        let outcome = verdict(&mut store, CONN, "f.txt", Verdict::Discard);
         assert_eq!(outcome, VerdictOutcome::Applied);
+        assert!(!store.is_pending(uid));
         assert!(!path.exists());
         assert!(listing(&store, &ALICE).is_empty());
         assert!(!row(&store, &ALICE, "f.txt").unwrap().verified);
@@ -1161,9 +1166,8 @@ mod tests {
             row(&store, &ALICE, "doc").unwrap().verified,
             "stays verified"
         );
-        store
-            .apply_verdict(&ALICE, "doc", Some(uid), Verdict::Discard)
-            .unwrap();
+        verdict(&mut store, CONN, "doc", Verdict::Discard);
+        assert!(!store.is_pending(uid));
         assert_eq!(fs::read(&path).unwrap(), b"version one");
         assert!(row(&store, &ALICE, "doc").unwrap().verified);
         assert_eq!(listing(&store, &ALICE), ["doc"]);
@@ -1185,41 +1189,36 @@ mod tests {
     }
 
     #[test]
-    fn verdict_takes_preferred_upload_when_pending() {
+    fn verdict_takes_its_connections_upload_first() {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = open(tmp.path());
         keyed(&mut store, &ALICE, "alice");
-        let first = upload(&mut store, &ALICE, "f", b"first");
-        let second = upload(&mut store, &ALICE, "f", b"second");
-        store
-            .apply_verdict(&ALICE, "f", Some(first), Verdict::Accept)
-            .unwrap();
+        let first = upload_on(&mut store, 1, &ALICE, "f", b"first");
+        let second = upload_on(&mut store, 2, &ALICE, "f", b"second");
+        verdict(&mut store, 1, "f", Verdict::Accept);
         let path = files::final_path(tmp.path(), &ALICE, "f");
         assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert!(!store.is_pending(first));
         assert!(store.is_pending(second));
     }
 
     #[test]
-    fn verdict_takes_newest_upload_without_a_usable_preference() {
+    fn verdict_takes_newest_upload_of_any_connection_without_one_of_its_own() {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = open(tmp.path());
         keyed(&mut store, &ALICE, "alice");
         keyed(&mut store, &BOB, "bob");
-        let first = upload(&mut store, &ALICE, "f", b"first");
-        let second = upload(&mut store, &ALICE, "f", b"second");
-        let other_name = upload(&mut store, &ALICE, "g", b"other name");
-        let other_client = upload(&mut store, &BOB, "f", b"other client");
-        // A preference for another name or client does not apply.
-        for prefer in [None, Some(other_name), Some(other_client), Some(999)] {
-            let uid = upload(&mut store, &ALICE, "f", b"newest");
-            store
-                .apply_verdict(&ALICE, "f", prefer, Verdict::Discard)
-                .unwrap();
-            assert!(!store.is_pending(uid), "{prefer:?}");
+        let first = upload_on(&mut store, 1, &ALICE, "f", b"first");
+        let second = upload_on(&mut store, 2, &ALICE, "f", b"second");
+        let other_name = upload_on(&mut store, 3, &ALICE, "g", b"other name");
+        let other_client = upload_on(&mut store, 3, &BOB, "f", b"other client");
+        // Connection 3 holds nothing of alice's "f": the newest goes.
+        for _ in 0..3 {
+            let uid = upload_on(&mut store, 4, &ALICE, "f", b"newest");
+            verdict(&mut store, 3, "f", Verdict::Discard);
+            assert!(!store.is_pending(uid));
         }
-        store
-            .apply_verdict(&ALICE, "f", None, Verdict::Accept)
-            .unwrap();
+        verdict(&mut store, 3, "f", Verdict::Accept);
         let path = files::final_path(tmp.path(), &ALICE, "f");
         assert_eq!(fs::read(&path).unwrap(), b"second");
         assert!(!store.is_pending(second));
@@ -1234,9 +1233,11 @@ mod tests {
         keyed(&mut store, &ALICE, "alice");
         keyed(&mut store, &BOB, "bob");
         upload(&mut store, &BOB, "f", b"bob's");
-        for verdict in [Verdict::Accept, Verdict::Discard] {
-            let outcome = store.apply_verdict(&ALICE, "f", None, verdict).unwrap();
-            assert_eq!(outcome, VerdictOutcome::NothingPending);
+        for v in [Verdict::Accept, Verdict::Discard] {
+            assert_eq!(
+                verdict(&mut store, CONN, "f", v),
+                VerdictOutcome::NothingPending
+            );
         }
         assert_eq!(store.pending_count(), 1);
     }
@@ -1268,19 +1269,24 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = open(tmp.path());
         keyed(&mut store, &ALICE, "alice");
-        let orphan = upload(&mut store, &ALICE, "o", b"orphan");
-        let live = upload(&mut store, &ALICE, "l", b"live");
+        let orphan = upload_on(&mut store, 1, &ALICE, "o", b"orphan");
+        let live = upload_on(&mut store, 2, &ALICE, "l", b"live");
         assert_eq!(store.next_orphan_deadline(), None);
-        let before = Instant::now();
-        store.orphan_uploads(&[orphan, 12345]);
+        assert!(store.has_pending(1));
+        let closed_at = Instant::now();
+        store.connection_closed(Ctx {
+            conn: 1,
+            now: closed_at,
+        });
+        assert!(!store.has_pending(1) && store.has_pending(2));
         let deadline = store.next_orphan_deadline().unwrap();
-        assert!(deadline >= before + DEFAULT_ORPHAN_TTL);
-        store.expire_orphans(Instant::now());
+        assert_eq!(deadline, closed_at + DEFAULT_ORPHAN_TTL);
+        store.housekeeping(closed_at, SystemTime::now());
         assert!(store.is_pending(orphan));
         // A verdict may still come on a new connection before expiry.
-        store.expire_orphans(deadline - Duration::from_millis(1));
+        store.housekeeping(deadline - Duration::from_millis(1), SystemTime::now());
         assert!(store.is_pending(orphan));
-        store.expire_orphans(deadline + Duration::from_secs(3600));
+        store.housekeeping(deadline + Duration::from_secs(3600), SystemTime::now());
         assert!(!store.is_pending(orphan));
         assert!(
             store.is_pending(live),
@@ -1295,9 +1301,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = open(tmp.path());
         keyed(&mut store, &ALICE, "alice");
-        let uid = upload(&mut store, &ALICE, "f", b"from the old connection");
-        store.orphan_uploads(&[uid]);
-        assert_eq!(accept(&mut store, &ALICE, "f"), VerdictOutcome::Applied);
+        upload_on(&mut store, 1, &ALICE, "f", b"from the old connection");
+        store.connection_closed(cx(1));
+        assert_eq!(
+            verdict(&mut store, 2, "f", Verdict::Accept),
+            VerdictOutcome::Applied
+        );
         let path = files::final_path(tmp.path(), &ALICE, "f");
         assert_eq!(fs::read(path).unwrap(), b"from the old connection");
     }
@@ -1309,7 +1318,7 @@ mod tests {
             max_pending: 3,
             ..StoreConfig::default()
         };
-        let mut store = DiskStore::open(tmp.path(), config).unwrap();
+        let mut store = open_with(tmp.path(), config);
         keyed(&mut store, &ALICE, "alice");
         let ids: Vec<UploadId> = (0..5)
             .map(|i| upload(&mut store, &ALICE, &format!("f{i}"), b"x"))
@@ -1321,12 +1330,32 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_over_its_cap_loses_its_oldest_and_only_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            max_pending_per_conn: 2,
+            ..StoreConfig::default()
+        };
+        let mut store = open_with(tmp.path(), config);
+        keyed(&mut store, &ALICE, "alice");
+        let other = upload_on(&mut store, 2, &ALICE, "x", b"x");
+        let ids: Vec<UploadId> = (0..3)
+            .map(|i| upload_on(&mut store, 1, &ALICE, &format!("f{i}"), b"x"))
+            .collect();
+        assert!(!store.is_pending(ids[0]));
+        assert!(store.is_pending(ids[1]) && store.is_pending(ids[2]));
+        assert!(store.is_pending(other));
+        assert_eq!(temp_files(&store, &ALICE), 3);
+    }
+
+    #[test]
     fn second_store_on_the_same_directory_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let first = open(tmp.path());
         let err = DiskStore::open(tmp.path(), StoreConfig::default()).unwrap_err();
         assert!(
-            err.message.contains("in use by another sealdrop-server"),
+            err.to_string()
+                .contains("in use by another sealdrop-server"),
             "{err}"
         );
         drop(first);
@@ -1340,7 +1369,7 @@ mod tests {
             max_pending: 2,
             ..StoreConfig::default()
         };
-        let mut store = DiskStore::open(dir, config).unwrap();
+        let mut store = open_with(dir, config);
         keyed(&mut store, &ALICE, "alice");
         keyed(&mut store, &BOB, "bob");
         store
@@ -1350,57 +1379,39 @@ mod tests {
     fn pending_cap_never_evicts_another_clients_live_upload() {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = alice_and_bob_with_two_pending(tmp.path());
-        let victim = upload(&mut store, &ALICE, "report", b"alice's");
+        let victim = upload_on(&mut store, 1, &ALICE, "report", b"alice's");
         let flood: Vec<UploadId> = (0..5)
-            .map(|i| upload(&mut store, &BOB, &format!("f{i}"), b"x"))
+            .map(|i| upload_on(&mut store, 2, &BOB, &format!("f{i}"), b"x"))
             .collect();
         assert!(
             store.is_pending(victim),
             "bob's flood evicted alice's upload"
         );
         assert!(store.is_pending(flood[4]) && !store.is_pending(flood[3]));
-        // Full of live uploads of others: alice's next one is refused...
-        store.discard_upload(flood[4]);
-        let _ = upload(&mut store, &BOB, "g", b"y");
-        let mut up = store.begin_upload(&ALICE, "second", 16).unwrap();
-        store.write_upload(&mut up, b"z").unwrap();
-        assert!(
-            store.finish_upload(up, &summary(b"z")).is_ok(),
-            "own oldest goes first"
-        );
+        // Full of live uploads of others and her own: her own oldest goes.
+        let second = upload_on(&mut store, 1, &ALICE, "second", b"z");
+        assert!(store.is_pending(second), "own oldest goes first");
         assert!(!store.is_pending(victim));
-        // ...unless an orphan can go.
-        let mut up = store.begin_upload(&BOB, "h", 16).unwrap();
+        // Bob's connection closes: an orphan can go.
+        store.connection_closed(cx(2));
+        let mut up = store.begin_upload(cx(3), &BOB, "h", 16).unwrap();
         store.write_upload(&mut up, b"z").unwrap();
-        let bobs: Vec<UploadId> = store.pending.keys().copied().collect();
-        store.orphan_uploads(&bobs[..1]);
-        assert!(store.finish_upload(up, &summary(b"z")).is_ok());
-        assert!(!store.is_pending(bobs[0]));
+        assert!(store.finish_upload(cx(3), up, &summary(b"z")).is_ok());
+        assert!(!store.is_pending(flood[4]));
     }
 
     #[test]
     fn pending_cap_refuses_when_only_other_clients_live_uploads_remain() {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = alice_and_bob_with_two_pending(tmp.path());
-        upload(&mut store, &BOB, "a", b"x");
-        upload(&mut store, &BOB, "b", b"x");
-        let mut up = store.begin_upload(&ALICE, "report", 16).unwrap();
+        upload_on(&mut store, 2, &BOB, "a", b"x");
+        upload_on(&mut store, 2, &BOB, "b", b"x");
+        let mut up = store.begin_upload(cx(1), &ALICE, "report", 16).unwrap();
         store.write_upload(&mut up, b"z").unwrap();
-        let err = store.finish_upload(up, &summary(b"z")).unwrap_err();
-        assert!(err.message.contains("server-wide limit"), "{err}");
+        let err = store.finish_upload(cx(1), up, &summary(b"z")).unwrap_err();
+        assert_eq!(err, StoreError::PendingFull { cap: 2 });
+        assert!(err.to_string().contains("server-wide limit"), "{err}");
         assert_eq!(store.pending_count(), 2);
-        assert_eq!(temp_files(&store, &ALICE), 0);
-    }
-
-    #[test]
-    fn discard_upload_deletes_its_temporary_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut store = open(tmp.path());
-        keyed(&mut store, &ALICE, "alice");
-        let uid = upload(&mut store, &ALICE, "f", b"x");
-        store.discard_upload(uid);
-        store.discard_upload(uid);
-        assert!(!store.is_pending(uid));
         assert_eq!(temp_files(&store, &ALICE), 0);
     }
 
@@ -1409,7 +1420,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = open(tmp.path());
         keyed(&mut store, &ALICE, "alice");
-        let mut up = store.begin_upload(&ALICE, "cut", 32).unwrap();
+        let mut up = store.begin_upload(cx(CONN), &ALICE, "cut", 32).unwrap();
         store.write_upload(&mut up, b"partial").unwrap();
         let temp = up.temp_path().to_path_buf();
         assert!(temp.exists());
@@ -1424,7 +1435,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = open(tmp.path());
         keyed(&mut store, &ALICE, "alice");
-        let mut up = store.begin_upload(&ALICE, "cut", 32).unwrap();
+        let mut up = store.begin_upload(cx(CONN), &ALICE, "cut", 32).unwrap();
         store.write_upload(&mut up, b"partial").unwrap();
         let temp = up.temp_path().to_path_buf();
         drop(up);
@@ -1439,7 +1450,7 @@ mod tests {
         upload(&mut store, &ALICE, "doc", b"verified");
         accept(&mut store, &ALICE, "doc");
         // Swap the temporary file's handle for /dev/full: ENOSPC on write.
-        let mut up = store.begin_upload(&ALICE, "doc", 16).unwrap();
+        let mut up = store.begin_upload(cx(CONN), &ALICE, "doc", 16).unwrap();
         let temp = up.temp_path().to_path_buf();
         let full = fs::OpenOptions::new()
             .write(true)
@@ -1447,7 +1458,10 @@ mod tests {
             .unwrap();
         up.part = PartFile::from_parts(temp.clone(), full);
         let err = store.write_upload(&mut up, &[0; 8192]).unwrap_err();
-        assert!(err.message.contains("write upload"), "{err}");
+        assert!(
+            matches!(&err, StoreError::Files { op, .. } if op == "write upload"),
+            "{err}"
+        );
         assert!(store.write_upload(&mut up, b"more").is_err());
         store.abort_upload(up);
         assert!(!temp.exists());
@@ -1461,30 +1475,44 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = open(tmp.path());
         keyed(&mut store, &ALICE, "alice");
-        let mut up = store.begin_upload(&ALICE, "f", 16).unwrap();
+        let mut up = store.begin_upload(cx(CONN), &ALICE, "f", 16).unwrap();
         store.write_upload(&mut up, b"abc").unwrap();
         let wrong = UploadSummary {
             plain_len: 4,
             cksum: 0,
         };
-        assert!(store.finish_upload(up, &wrong).is_err());
+        assert!(store.finish_upload(cx(CONN), up, &wrong).is_err());
         assert_eq!(store.pending_count(), 0);
         assert!(listing(&store, &ALICE).is_empty());
         assert!(row(&store, &ALICE, "f").is_none());
     }
 
     #[test]
-    fn failed_accept_keeps_upload_pending_and_old_file_intact() {
+    fn failed_accept_fails_only_its_connection_and_a_retried_1029_succeeds() {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = open(tmp.path());
         keyed(&mut store, &ALICE, "alice");
         upload(&mut store, &ALICE, "doc", b"old");
         accept(&mut store, &ALICE, "doc");
         let uid = upload(&mut store, &ALICE, "doc", b"new");
-        // Make the fsync/rename fail: the temporary file vanished.
-        let temp = store.pending[&uid].part.path().to_path_buf();
+        // Make the sync/rename fail: the temporary file vanished.
+        let temp = store
+            .pending
+            .get(uid)
+            .unwrap()
+            .data
+            .part
+            .path()
+            .to_path_buf();
         fs::rename(&temp, tmp.path().join("aside")).unwrap();
-        assert!(accept_err(&mut store, "doc").contains("accept"));
+        store
+            .apply_verdict(cx(7), &ALICE, "doc", Verdict::Accept)
+            .unwrap();
+        store.touch(cx(8), &ALICE).unwrap();
+        let c = store.commit(Instant::now());
+        assert!(c.error.is_none());
+        assert_eq!(c.failed, [7]);
+        assert_eq!(c.outcome(8), sealdrop_protocol::store::Durability::Durable);
         assert!(store.is_pending(uid));
         let path = files::final_path(tmp.path(), &ALICE, "doc");
         assert_eq!(fs::read(&path).unwrap(), b"old");
@@ -1493,13 +1521,6 @@ mod tests {
         fs::rename(tmp.path().join("aside"), &temp).unwrap();
         assert_eq!(accept(&mut store, &ALICE, "doc"), VerdictOutcome::Applied);
         assert_eq!(fs::read(&path).unwrap(), b"new");
-    }
-
-    fn accept_err(store: &mut DiskStore, name: &str) -> String {
-        store
-            .apply_verdict(&ALICE, name, None, Verdict::Accept)
-            .unwrap_err()
-            .message
     }
 
     #[test]
@@ -1518,7 +1539,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = open(tmp.path());
         for name in ["", ".", "..", "../x", "a/b", "a\\b", "a\nb"] {
-            assert!(store.begin_upload(&ALICE, name, 16).is_err(), "{name:?}");
+            assert!(
+                store.begin_upload(cx(CONN), &ALICE, name, 16).is_err(),
+                "{name:?}"
+            );
         }
         assert!(!client_folder(&store, &ALICE).exists());
     }

@@ -1,19 +1,22 @@
-//! Group commit in the storage layer ([`DiskStore::set_group_commit`],
-//! [`DiskStore::sync`]), in both sync modes: nothing a batch changes is
-//! visible on disk or to another database reader before the sync, all of
-//! it is after; a file that cannot be placed fails only its own actor and
-//! stays pending for a retried verdict; a failed statement inside a batch
-//! leaves the rest of the batch intact.
+//! Group commit in the storage layer, the [`Store`] contract's
+//! `uncommitted` / `commit`, in both sync modes: nothing a batch changes is
+//! visible on disk or to another database reader before the commit, all
+//! of it is after; a file that cannot be placed fails only its own
+//! connection and stays pending for a retried verdict; a failed statement
+//! inside a batch leaves the rest of the batch intact.
 
 use std::fs;
 use std::path::Path;
+use std::time::{Instant, SystemTime};
 
 use rusqlite::{Connection, OpenFlags};
 use sealdrop_protocol::consts::PUBLIC_KEY_LEN;
 use sealdrop_protocol::crypto::AesKey;
-use sealdrop_protocol::store::{Store, UploadId, UploadSummary, Verdict, VerdictOutcome};
+use sealdrop_protocol::store::{
+    Commit, ConnId, Ctx, Store, UploadId, UploadSummary, Verdict, VerdictOutcome,
+};
 use sealdrop_protocol::ClientId;
-use sealdrop_server::db::Db;
+use sealdrop_server::db::{utc_timestamp, Db};
 use sealdrop_server::files;
 use sealdrop_server::store::{DiskStore, StoreConfig, SyncMode, SYNC_FILES_PER_STEP};
 
@@ -25,39 +28,66 @@ fn open(dir: &Path, mode: SyncMode) -> DiskStore {
         ..StoreConfig::default()
     };
     let mut store = DiskStore::open(dir, config).unwrap();
-    store.set_group_commit(true).unwrap();
+    store.housekeeping(Instant::now(), SystemTime::now());
     store
+}
+
+/// A call from connection `conn`, now.
+fn cx(conn: ConnId) -> Ctx {
+    Ctx {
+        conn,
+        now: Instant::now(),
+    }
+}
+
+fn sync(store: &mut DiskStore) -> Commit {
+    let c = store.commit(Instant::now());
+    assert!(c.error.is_none(), "{:?}", c.error);
+    c
+}
+
+fn now_text() -> String {
+    utc_timestamp(SystemTime::now())
 }
 
 fn id(n: u8) -> ClientId {
     ClientId([n; 16])
 }
 
-/// Registers and keys client `n` and syncs, so later batches start clean.
+/// Registers and keys client `n` and commits, so later batches start clean.
 fn keyed(store: &mut DiskStore, n: u8) {
     store
-        .register_client(&id(n), &format!("client{n}"), None)
+        .register_client(cx(1), &id(n), &format!("client{n}"), None)
         .unwrap();
     store
-        .set_public_key(&id(n), &[1; PUBLIC_KEY_LEN], &AesKey::from_bytes([2; 16]))
+        .set_public_key(
+            cx(1),
+            &id(n),
+            &[1; PUBLIC_KEY_LEN],
+            &AesKey::from_bytes([2; 16]),
+        )
         .unwrap();
-    store.sync().unwrap();
+    assert!(sync(store).failed.is_empty());
 }
 
-/// A complete upload of `data` as `name`, awaiting its verdict.
+/// A complete upload of `data` as `name` from client `who`'s own
+/// connection (1000 + who), awaiting its verdict.
 fn upload(store: &mut DiskStore, who: u8, name: &str, data: &[u8]) -> UploadId {
-    let mut up = store.begin_upload(&id(who), name, 16).unwrap();
+    let conn = 1000 + u64::from(who);
+    let mut up = store.begin_upload(cx(conn), &id(who), name, 16).unwrap();
     store.write_upload(&mut up, data).unwrap();
     let summary = UploadSummary {
         plain_len: data.len() as u64,
         cksum: 0,
     };
-    store.finish_upload(up, &summary).unwrap()
+    store.finish_upload(cx(conn), up, &summary).unwrap();
+    *store.pending_ids().last().unwrap()
 }
 
-fn accept(store: &mut DiskStore, who: u8, name: &str) -> VerdictOutcome {
+/// A 1029 from connection `conn` (one that holds no upload of its own).
+fn accept(store: &mut DiskStore, conn: ConnId, who: u8, name: &str) -> VerdictOutcome {
     store
-        .apply_verdict(&id(who), name, None, Verdict::Accept)
+        .apply_verdict(cx(conn), &id(who), name, Verdict::Accept)
         .unwrap()
 }
 
@@ -91,16 +121,15 @@ fn an_accepted_upload_is_placed_and_committed_only_by_the_sync() {
         let mut store = open(dir, mode);
         keyed(&mut store, 1);
         let uid = upload(&mut store, 1, "a.txt", b"first version");
-        store.sync().unwrap();
-        store.set_actor(42);
-        assert_eq!(accept(&mut store, 1, "a.txt"), VerdictOutcome::Applied);
+        sync(&mut store);
+        assert_eq!(accept(&mut store, 42, 1, "a.txt"), VerdictOutcome::Applied);
         let path = files::final_path(dir, &id(1), "a.txt");
         assert!(!path.exists(), "{mode:?}: placed before the sync");
         assert_eq!(committed_verified(dir, 1, "a.txt"), Some(0), "{mode:?}");
-        assert!(store.has_unsynced());
-        let report = store.sync().unwrap();
+        assert!(store.uncommitted());
+        let report = sync(&mut store);
         assert!(report.failed.is_empty(), "{mode:?}: {report:?}");
-        assert!(!store.has_unsynced());
+        assert!(!store.uncommitted());
         assert_eq!(fs::read(&path).unwrap(), b"first version", "{mode:?}");
         assert_eq!(committed_verified(dir, 1, "a.txt"), Some(1), "{mode:?}");
         assert!(!store.is_pending(uid));
@@ -118,24 +147,18 @@ fn database_writes_of_a_batch_are_invisible_until_the_sync() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let mut store = open(dir, SyncMode::Syncfs);
-    store.register_client(&id(1), "one", None).unwrap();
-    store.register_client(&id(2), "two", None).unwrap();
+    store.register_client(cx(1), &id(1), "one", None).unwrap();
+    store.register_client(cx(2), &id(2), "two", None).unwrap();
     // The batch sees its own writes...
     assert!(store.client_by_name("two").unwrap().is_some());
     // ...another reader does not.
     assert_eq!(committed_clients(dir), 0);
-    store.sync().unwrap();
+    sync(&mut store);
     assert_eq!(committed_clients(dir), 2);
-    // Turning group commit off syncs what waits.
-    store.register_client(&id(3), "three", None).unwrap();
-    store.set_group_commit(false).unwrap();
-    assert_eq!(committed_clients(dir), 3);
-    store.register_client(&id(4), "four", None).unwrap();
-    assert_eq!(
-        committed_clients(dir),
-        4,
-        "without group commit each write commits"
-    );
+    // Dropped before its commit, a batch is gone.
+    store.register_client(cx(3), &id(3), "three", None).unwrap();
+    drop(store);
+    assert_eq!(committed_clients(dir), 2);
 }
 
 #[test]
@@ -149,15 +172,14 @@ fn more_files_than_one_step_are_all_placed_by_one_sync() {
             keyed(&mut store, n as u8);
             upload(&mut store, n as u8, "f.bin", &[n as u8; 100]);
         }
-        store.sync().unwrap();
+        sync(&mut store);
         for n in 0..count {
-            store.set_actor(n as u64);
             assert_eq!(
-                accept(&mut store, n as u8, "f.bin"),
+                accept(&mut store, 100 + n as u64, n as u8, "f.bin"),
                 VerdictOutcome::Applied
             );
         }
-        let report = store.sync().unwrap();
+        let report = sync(&mut store);
         assert!(report.failed.is_empty(), "{mode:?}: {report:?}");
         for n in 0..count {
             let path = files::final_path(dir, &id(n as u8), "f.bin");
@@ -178,20 +200,17 @@ fn a_file_that_cannot_be_placed_fails_only_its_actor_and_stays_pending() {
         keyed(&mut store, 2);
         let blocked = upload(&mut store, 1, "x", b"blocked bytes");
         upload(&mut store, 2, "y", b"fine bytes");
-        store.sync().unwrap();
+        sync(&mut store);
         // A non-empty folder where client 1's file must go: the rename fails.
         let in_the_way = files::final_path(dir, &id(1), "x");
         fs::create_dir(&in_the_way).unwrap();
         fs::write(in_the_way.join("keep"), b"k").unwrap();
-        store.set_actor(11);
-        accept(&mut store, 1, "x");
-        store.set_actor(22);
-        accept(&mut store, 2, "y");
-        store.set_actor(33);
+        accept(&mut store, 11, 1, "x");
+        accept(&mut store, 22, 2, "y");
         store
-            .set_last_key(&id(2), &AesKey::from_bytes([9; 16]))
+            .set_last_key(cx(33), &id(2), &AesKey::from_bytes([9; 16]))
             .unwrap();
-        let report = store.sync().unwrap();
+        let report = sync(&mut store);
         assert_eq!(report.failed, vec![11], "{mode:?}");
         // The rest of the batch is durable.
         assert_eq!(
@@ -205,9 +224,8 @@ fn a_file_that_cannot_be_placed_fails_only_its_actor_and_stays_pending() {
         // way is clear.
         assert!(store.is_pending(blocked), "{mode:?}");
         fs::remove_dir_all(&in_the_way).unwrap();
-        store.set_actor(44);
-        assert_eq!(accept(&mut store, 1, "x"), VerdictOutcome::Applied);
-        assert!(store.sync().unwrap().failed.is_empty());
+        assert_eq!(accept(&mut store, 44, 1, "x"), VerdictOutcome::Applied);
+        assert!(sync(&mut store).failed.is_empty());
         assert_eq!(fs::read(&in_the_way).unwrap(), b"blocked bytes");
         assert_eq!(committed_verified(dir, 1, "x"), Some(1));
     }
@@ -218,15 +236,23 @@ fn a_failed_statement_inside_a_batch_keeps_the_rest_of_the_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let mut db = Db::open(tmp.path()).unwrap();
     db.set_batching(true).unwrap();
-    db.register_client(&id(1), "taken", None).unwrap();
+    let seen = now_text();
+    db.register_client(&id(1), "taken", None, &seen).unwrap();
     // Same name: refused, and only this statement is undone.
-    assert!(db.register_client(&id(2), "taken", None).is_err());
+    assert!(db.register_client(&id(2), "taken", None, &seen).is_err());
     // A replacement that must not happen (client 1 is keyed by then):
     // the DELETE and the INSERT are undone together.
-    db.set_public_key(&id(1), &[3; PUBLIC_KEY_LEN], &AesKey::from_bytes([4; 16]))
-        .unwrap();
-    assert!(db.register_client(&id(5), "taken", Some(&id(1))).is_err());
-    db.register_client(&id(6), "other", None).unwrap();
+    db.set_public_key(
+        &id(1),
+        &[3; PUBLIC_KEY_LEN],
+        &AesKey::from_bytes([4; 16]),
+        &seen,
+    )
+    .unwrap();
+    assert!(db
+        .register_client(&id(5), "taken", Some(&id(1)), &seen)
+        .is_err());
+    db.register_client(&id(6), "other", None, &seen).unwrap();
     assert!(db.has_batch());
     db.commit_batch().unwrap();
     assert!(!db.has_batch());
@@ -249,9 +275,9 @@ fn a_verified_row_whose_file_is_missing_is_set_back_to_0_at_open() {
         keyed(&mut store, 1);
         upload(&mut store, 1, "kept", b"kept bytes");
         upload(&mut store, 1, "lost", b"lost bytes");
-        accept(&mut store, 1, "kept");
-        accept(&mut store, 1, "lost");
-        assert!(store.sync().unwrap().failed.is_empty());
+        accept(&mut store, 2, 1, "kept");
+        accept(&mut store, 2, 1, "lost");
+        assert!(sync(&mut store).failed.is_empty());
     }
     // A crash inside the flush that carried both the rename and the
     // Verified = 1 kept only the row (here: the file is removed).
