@@ -835,7 +835,7 @@ fn second_register_on_the_same_connection() {
     second.exchange_key(&mut c);
     // Now the name is keyed: 2101.
     assert_eq!(
-        Client::new(&name).try_register(&mut c),
+        Client::new(&name).register_reply(&mut c),
         Response::RegistrationFailed
     );
     // Another name on the same connection registers.
@@ -1506,7 +1506,7 @@ fn locked_database_gets_2107_and_a_retried_request_succeeds() {
     // A registration needs a write: 2107 once the server's busy timeout passes.
     let mut other = s.connect();
     let mut newcomer = Client::new(&unique_name("locked"));
-    assert_eq!(newcomer.try_register(&mut other), Response::GeneralError);
+    assert_eq!(newcomer.register_reply(&mut other), Response::GeneralError);
     // The verdict cannot be recorded either.
     client.send_verdict(&mut c, 1029, "doc");
     assert_eq!(c.recv(), Response::GeneralError);
