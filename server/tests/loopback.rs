@@ -1,6 +1,8 @@
-//! End-to-end tests of the real `sealdrop-server` binary over loopback:
-//! byte-exact golden vectors, full client flows, restarts, concurrency,
-//! stalled peers, SIGTERM draining with sd_notify, and `--check-config`.
+//! End-to-end tests of the server over loopback: byte-exact golden
+//! vectors, full client flows, restarts, concurrency and stalled peers on
+//! an in-process server; SIGTERM and SIGINT draining with sd_notify,
+//! `--check-config`, and the descriptors of a busy process on the real
+//! `sealdrop-server` binary.
 
 mod common;
 
@@ -8,7 +10,7 @@ use std::fs;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use sealdrop_protocol::cksum::cksum;
 use sealdrop_protocol::crypto::{cbc_encrypt, encrypted_len, AesKey, CbcEncryptor, TestEntropy};
 use sealdrop_protocol::message::encode_file_header;
 use sealdrop_protocol::{ClientId, Request, Response};
+use sealdrop_server::direct::direct_writers_in_use;
 
 /// Sends a vector frame and reads exactly `reply_len` raw bytes.
 fn exchange_raw(c: &mut Conn, frame: &[u8], reply_len: usize) -> Vec<u8> {
@@ -27,8 +30,7 @@ fn exchange_raw(c: &mut Conn, frame: &[u8], reply_len: usize) -> Vec<u8> {
 
 #[test]
 fn vectors_are_answered_byte_for_byte_on_a_seeded_database() {
-    let mut s = Server::spawn_with(ServerOpts::default(), seed_vector_client);
-    s.wait_listening();
+    let s = InProcess::start_prepared(|_| {}, seed_vector_client);
     let id = vector_client_id();
     let final_path = s.final_path(&id, "plain_1000.bin");
     let plain = vector("plain_1000.bin");
@@ -109,7 +111,7 @@ fn vectors_are_answered_byte_for_byte_on_a_seeded_database() {
     drop(c);
 
     // A fresh server does not know the id: request_1027 -> response_2106.
-    let fresh = Server::start(&[]);
+    let fresh = InProcess::start();
     let mut c = fresh.connect();
     let r = exchange_raw(&mut c, &vector("request_1027.bin"), 23);
     assert_eq!(
@@ -125,20 +127,21 @@ fn vector_session_of_a_new_client_matches_the_transcript_headers() {
     // request_1025 on a fresh server -> 2100 (random id), then the vector
     // 1026 cannot be used (it carries the vector id), so the rest of the
     // transcript is checked on a database where "alice" is unkeyed.
-    let s = Server::start(&[]);
+    let s = InProcess::start();
     let mut c = s.connect();
     let r = exchange_raw(&mut c, &vector("request_1025.bin"), 23);
     assert_eq!(r[..7], vector("response_2100.bin")[..7], "2100 header");
     assert_ne!(r[7..], [0u8; 16], "a real id is issued");
 
-    let s2 = Server::spawn_with(ServerOpts::default(), |d| {
-        seed_vector_client(d);
-        let db = rusqlite::Connection::open(d.join("defensive.db")).unwrap();
-        db.execute("UPDATE clients SET PublicKey = NULL, AESKey = NULL", ())
-            .unwrap();
-    });
-    let mut s2 = s2;
-    s2.wait_listening();
+    let s2 = InProcess::start_prepared(
+        |_| {},
+        |d| {
+            seed_vector_client(d);
+            let db = rusqlite::Connection::open(d.join("defensive.db")).unwrap();
+            db.execute("UPDATE clients SET PublicKey = NULL, AESKey = NULL", ())
+                .unwrap();
+        },
+    );
     let mut c = s2.connect();
     let r = exchange_raw(&mut c, &vector("request_1026.bin"), 151);
     assert_eq!(
@@ -165,7 +168,7 @@ fn vector_session_of_a_new_client_matches_the_transcript_headers() {
 #[test]
 fn new_client_full_flow_then_returning_client_after_restart() {
     let _heavy = heavy();
-    let mut s = Server::start(&[]);
+    let mut s = InProcess::start();
     let scratch = s.scratch();
     let files = [
         ("empty.bin", 0u64),
@@ -224,7 +227,7 @@ fn new_client_full_flow_then_returning_client_after_restart() {
 
 #[test]
 fn client_using_a_new_connection_per_step_succeeds() {
-    let s = Server::start(&[]);
+    let s = InProcess::start();
     let (mut client, c) = Client::setup(s.addr(), &unique_name("steps"));
     drop(c);
     // 1027 on one connection.
@@ -252,6 +255,7 @@ fn client_using_a_new_connection_per_step_succeeds() {
     assert!(s.part_files().is_empty());
 }
 
+/// A process of its own: the check counts the server's descriptors.
 #[test]
 fn thousand_open_connections_while_a_real_upload_completes() {
     let _heavy = heavy();
@@ -305,7 +309,7 @@ fn thousand_open_connections_while_a_real_upload_completes() {
 #[test]
 fn hundred_concurrent_clients_each_upload_one_mib() {
     let _heavy = heavy();
-    let s = Server::start(&[]);
+    let s = InProcess::start();
     let addr = s.addr();
     let handles: Vec<_> = (0..100u64)
         .map(|i| {
@@ -327,6 +331,7 @@ fn hundred_concurrent_clients_each_upload_one_mib() {
     assert!(s.part_files().is_empty());
 }
 
+/// A process of its own: the check counts the server's descriptors.
 #[test]
 fn two_hundred_stalled_half_headers_are_closed_by_the_header_timeout() {
     let _heavy = heavy();
@@ -377,7 +382,7 @@ fn trickle_upload(
 ) -> Option<u32> {
     let mut head = Vec::new();
     encode_file_header(
-        common::REV,
+        REV,
         &client.id,
         encrypted_len(total) as u32,
         &fixed(name),
@@ -607,7 +612,7 @@ fn check_config_refuses_bad_flags() {
 #[test]
 fn aes_key_of_a_connection_is_not_disturbed_by_another_session() {
     // §6: two sessions of one client at once must not disturb each other.
-    let s = Server::start(&[]);
+    let s = InProcess::start();
     let (mut client, mut a) = Client::setup(s.addr(), &unique_name("two"));
     let key_a = AesKey::from_bytes(*client.key().as_bytes());
     let mut b = s.connect();
@@ -641,7 +646,7 @@ fn aes_key_of_a_connection_is_not_disturbed_by_another_session() {
 
 /// LastSeen of `name`, after setting it to an old value through a
 /// writable connection of our own.
-fn age_last_seen(s: &Server, name: &str) {
+fn age_last_seen(s: &InProcess, name: &str) {
     let db = rusqlite::Connection::open(s.data_dir().join("defensive.db")).unwrap();
     db.busy_timeout(Duration::from_secs(5)).unwrap();
     let n = db
@@ -653,7 +658,7 @@ fn age_last_seen(s: &Server, name: &str) {
     assert_eq!(n, 1);
 }
 
-fn assert_fresh_last_seen(s: &Server, name: &str, what: &str) {
+fn assert_fresh_last_seen(s: &InProcess, name: &str, what: &str) {
     let fresh = |v: &str| v != "2000-01-01T00:00:00Z";
     assert!(
         wait_until(Duration::from_secs(5), || s
@@ -682,7 +687,7 @@ fn assert_fresh_last_seen(s: &Server, name: &str, what: &str) {
 
 #[test]
 fn last_seen_is_updated_on_every_request_of_a_known_client() {
-    let s = Server::start(&[]);
+    let s = InProcess::start();
     let (mut client, mut c) = Client::setup(s.addr(), &unique_name("seen"));
     let name = client.name.clone();
     assert_fresh_last_seen(&s, &name, "1025/1026");
@@ -779,7 +784,7 @@ fn check_config_on_the_data_dir_of_a_running_server_does_not_disturb_it() {
     // An operator validates the configuration (a pre-flight check before
     // a restart, ExecStartPre=...) while the server runs. The check must
     // not touch the running server's uploads in progress.
-    let s = Server::start(&[]);
+    let s = InProcess::start();
     let (client, mut c) = Client::setup(s.addr(), &unique_name("preflight"));
     let data = random_bytes(80, 50_000);
     client.send_file(&mut c, "inflight.bin", &data);
@@ -809,9 +814,21 @@ fn check_config_on_the_data_dir_of_a_running_server_does_not_disturb_it() {
 #[test]
 fn large_uploads_are_stored_byte_exact_and_a_cut_one_leaves_nothing() {
     let _heavy = heavy();
-    let mut s = Server::start(&["--log-level", "debug"]);
+    let s = InProcess::start();
     let addr = s.addr();
     let sizes = [40 << 20, (17 << 20) + 4097];
+    // How many uploads were written with O_DIRECT at once, at most.
+    let direct = Arc::new(AtomicUsize::new(0));
+    let uploading = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (direct, uploading) = (direct.clone(), uploading.clone());
+        thread::spawn(move || {
+            while uploading.load(Ordering::SeqCst) {
+                direct.fetch_max(direct_writers_in_use(), Ordering::SeqCst);
+                thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
     let handles: Vec<_> = sizes
         .iter()
         .enumerate()
@@ -825,11 +842,13 @@ fn large_uploads_are_stored_byte_exact_and_a_cut_one_leaves_nothing() {
         })
         .collect();
     let results = join_all(handles, Duration::from_secs(120));
+    uploading.store(false, Ordering::SeqCst);
+    join_all(vec![sampler], Duration::from_secs(5));
     for (client, data) in &results {
         let stored = fs::read(s.final_path(&client.id, "large.bin")).unwrap();
         assert!(stored == *data, "stored file differs");
     }
-    eprintln!("O_DIRECT used: {}", s.log_contains("(O_DIRECT)"));
+    eprintln!("O_DIRECT used: {}", direct.load(Ordering::SeqCst) > 0);
     // A new version cut off after half its content.
     let (client, _) = &results[0];
     let mut c = s.connect();
