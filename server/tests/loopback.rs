@@ -30,7 +30,7 @@ fn exchange_raw(c: &mut Conn, frame: &[u8], reply_len: usize) -> Vec<u8> {
 
 #[test]
 fn vectors_are_answered_byte_for_byte_on_a_seeded_database() {
-    let s = InProcess::start_prepared(|_| {}, seed_vector_client);
+    let mut s = InProcess::start_prepared(|_| {}, seed_vector_client);
     let id = vector_client_id();
     let final_path = s.final_path(&id, "plain_1000.bin");
     let plain = vector("plain_1000.bin");
@@ -814,7 +814,7 @@ fn check_config_on_the_data_dir_of_a_running_server_does_not_disturb_it() {
 #[test]
 fn large_uploads_are_stored_byte_exact_and_a_cut_one_leaves_nothing() {
     let _heavy = heavy();
-    let s = InProcess::start();
+    let mut s = InProcess::start();
     let addr = s.addr();
     let sizes = [40 << 20, (17 << 20) + 4097];
     // How many uploads were written with O_DIRECT at once, at most.

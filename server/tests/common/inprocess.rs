@@ -81,6 +81,28 @@ impl TestServer for InProcess {
             .collect();
         format!("last events of the server:\n{}", lines.join("\n"))
     }
+
+    /// A 1027 of an unknown id on a new connection must get its 2106.
+    fn assert_alive(&mut self) {
+        let nobody = ClientId([0xa1; 16]);
+        let probe = Conn::open(self.addr(), Duration::from_secs(10)).and_then(|mut c| {
+            c.try_send(&request_frame(
+                &nobody,
+                &Request::Reconnect {
+                    name: fixed("alive?"),
+                },
+            ))?;
+            c.try_recv(Duration::from_secs(10))
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        });
+        match probe {
+            Ok(Response::ReconnectDenied { client_id }) if client_id == nobody => {}
+            other => panic!(
+                "the server does not serve any more: {other:?}\n{}",
+                self.recent()
+            ),
+        }
+    }
 }
 
 impl InProcess {
@@ -160,29 +182,6 @@ impl InProcess {
     pub fn restart(&mut self) {
         self.stop();
         self.start_again();
-    }
-
-    /// Panics unless the server still serves: a 1027 of an unknown id on
-    /// a new connection gets its 2106.
-    pub fn assert_alive(&self) {
-        let nobody = ClientId([0xa1; 16]);
-        let probe = Conn::open(self.addr(), Duration::from_secs(10)).and_then(|mut c| {
-            c.try_send(&request_frame(
-                &nobody,
-                &Request::Reconnect {
-                    name: fixed("alive?"),
-                },
-            ))?;
-            c.try_recv(Duration::from_secs(10))
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        });
-        match probe {
-            Ok(Response::ReconnectDenied { client_id }) if client_id == nobody => {}
-            other => panic!(
-                "the server does not serve any more: {other:?}\n{}",
-                self.recent()
-            ),
-        }
     }
 
     /// Moves the events the loop sent since the last call into `seen`.

@@ -52,6 +52,8 @@ pub trait TestServer {
     fn tmp_dir(&self) -> &Path;
     /// What it did last (log tail, events), for failure messages.
     fn recent(&self) -> String;
+    /// Panics (saying why) unless it still runs.
+    fn assert_alive(&mut self);
 
     /// A new connection to it.
     fn connect(&self) -> Conn {
@@ -223,6 +225,23 @@ impl TestServer for Server {
     fn recent(&self) -> String {
         self.log_tail(40)
     }
+
+    fn assert_alive(&mut self) {
+        if !self.is_alive() {
+            // Let the log reader catch up with the last lines.
+            std::thread::sleep(Duration::from_millis(300));
+            let signals: Vec<String> = self
+                .log_lines()
+                .into_iter()
+                .filter(|l| l.contains("signal") || l.contains("ERROR") || l.contains("panicked"))
+                .collect();
+            panic!(
+                "server is not running any more (exit {:?}); signal/error lines: {signals:?}\n{}",
+                self.exit,
+                self.log_tail(60)
+            );
+        }
+    }
 }
 
 impl Server {
@@ -372,24 +391,6 @@ impl Server {
                 .lines()
                 .any(|l| l.starts_with("State:") && l.contains('Z')),
             Err(_) => false,
-        }
-    }
-
-    /// Panics (with the log) unless the process still runs.
-    pub fn assert_alive(&mut self) {
-        if !self.is_alive() {
-            // Let the log reader catch up with the last lines.
-            std::thread::sleep(Duration::from_millis(300));
-            let signals: Vec<String> = self
-                .log_lines()
-                .into_iter()
-                .filter(|l| l.contains("signal") || l.contains("ERROR") || l.contains("panicked"))
-                .collect();
-            panic!(
-                "server is not running any more (exit {:?}); signal/error lines: {signals:?}\n{}",
-                self.exit,
-                self.log_tail(60)
-            );
         }
     }
 
