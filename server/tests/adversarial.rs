@@ -1,12 +1,14 @@
-//! Hostile peers against the real `sealdrop-server` binary.
+//! Hostile peers against the server: an in-process one, except where the
+//! check is about the process (its memory, its descriptors, a descriptor
+//! limit of its own), which runs the real `sealdrop-server` binary.
 //!
 //! Every test checks the observable outcome of one hostile behaviour
 //! (reply bytes, close, files on disk) AND that a well-behaved client on
 //! another connection completes an upload while the hostile connection is
-//! still open. Each ends with [`epilogue`]: the server process is still
-//! alive, serves another good client, no `.part-*` file is left once the
-//! hostile connections are closed and the orphan TTL (1 s) has passed, and
-//! nothing was written outside `DIR/files/<client id>/`.
+//! still open. Each ends with [`epilogue`]: the server is still alive,
+//! serves another good client, no `.part-*` file is left once the hostile
+//! connections are closed and the orphan TTL (1 s) has passed, and nothing
+//! was written outside `DIR/files/<client id>/`.
 
 mod common;
 
@@ -22,10 +24,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use sealdrop_protocol::cksum::cksum;
 use sealdrop_protocol::consts::MAX_CONTENT_SIZE;
-use sealdrop_protocol::crypto::{cbc_encrypt, AesKey};
+use sealdrop_protocol::crypto::{cbc_encrypt, encrypted_len, AesKey};
 use sealdrop_protocol::{ClientId, Request, Response};
+use sealdrop_server::config::Settings;
 
-/// Short limits so that timeouts show within a test's time.
+/// Short limits so that timeouts show within a test's time (the server
+/// process's flags; [`short_limits`] sets the same in-process).
 const ARGS: &[&str] = &[
     "--header-timeout",
     "2",
@@ -49,13 +53,29 @@ const FIXED_SIZES: [(u16, u32); 6] = [
     (1031, 255),
 ];
 
-fn server() -> Server {
+/// [`ARGS`] as settings.
+fn short_limits(s: &mut Settings) {
+    s.session.header_timeout = Duration::from_secs(2);
+    s.session.idle_timeout = Duration::from_secs(3);
+    s.session.progress_window = Duration::from_secs(1);
+    // --min-rate 4096 over the 1 s window.
+    s.session.min_progress_bytes = 4096;
+    s.store.orphan_ttl = Duration::from_secs(1);
+}
+
+/// An in-process server with [`short_limits`].
+fn server() -> InProcess {
+    InProcess::start_with(short_limits)
+}
+
+/// The binary with [`ARGS`], for the checks of the process itself.
+fn server_process() -> Server {
     Server::start(ARGS)
 }
 
 /// The checks every hostile test ends with (hostile connections must be
 /// dropped before).
-fn epilogue(s: &mut Server) {
+fn epilogue(s: &mut impl TestServer) {
     s.assert_alive();
     s.good_client(3000);
     s.assert_no_parts_within(Duration::from_secs(8));
@@ -65,7 +85,7 @@ fn epilogue(s: &mut Server) {
 }
 
 /// Nothing but the database and `files/<32 hex>/<base name>` was written.
-fn assert_nothing_outside_client_folders(s: &Server) {
+fn assert_nothing_outside_client_folders(s: &impl TestServer) {
     let data = s.data_dir();
     for p in walk(data) {
         let rel = p.strip_prefix(data).unwrap();
@@ -86,7 +106,7 @@ fn assert_nothing_outside_client_folders(s: &Server) {
     }
 }
 
-fn keyed(s: &Server) -> (Client, Conn) {
+fn keyed(s: &impl TestServer) -> (Client, Conn) {
     Client::setup(s.addr(), &unique_name("k"))
 }
 
@@ -386,7 +406,11 @@ fn random_garbage_gets_2107_and_close() {
 
 #[test]
 fn file_over_max_file_size_is_refused_from_its_header() {
-    let mut s = Server::start(&[&["--max-file-size", "1M"][..], ARGS].concat());
+    let mut s = InProcess::start_with(|s| {
+        short_limits(s);
+        // --max-file-size 1M
+        s.session.max_content = encrypted_len(1 << 20);
+    });
     let (client, mut c) = keyed(&s);
     // 2 MiB of content announced; only the header and prefix are sent.
     let mut f = header(&client.id, 3, 1028, 259 + (2 << 20));
@@ -677,13 +701,12 @@ fn public_keys_that_are_not_usable_keys_get_2107_and_stay_open() {
 #[test]
 fn golden_bad_key_frames_are_refused() {
     // "alice" registered but never sent a key.
-    let mut s = Server::spawn_with(ServerOpts::args(ARGS), |d| {
+    let mut s = InProcess::start_prepared(short_limits, |d| {
         seed_client(d, &vector_client_id(), "alice", &[], &[]);
         let db = rusqlite::Connection::open(d.join("defensive.db")).unwrap();
         db.execute("UPDATE clients SET PublicKey = NULL, AESKey = NULL", ())
             .unwrap();
     });
-    s.wait_listening();
     // 160 zero bytes as the key: 2107, the connection stays.
     let mut c = s.connect();
     c.send(&vector("bad_1026_not_a_key.bin"));
@@ -1052,15 +1075,21 @@ fn many_idle_connections_are_closed_by_the_idle_timeout() {
 
 #[test]
 fn connection_cap_held_by_idle_peers_frees_up_by_the_idle_timeout() {
-    let mut s = Server::start(&[&["--max-connections", "20"][..], ARGS].concat());
+    let mut s = InProcess::start_with(|s| {
+        short_limits(s);
+        s.max_connections = 20;
+    });
     let holders: Vec<Conn> = (0..20).map(|_| s.connect()).collect();
-    assert!(s.wait_log("(20 open)", Duration::from_secs(5)));
+    assert!(s.wait_open(20, Duration::from_secs(5)));
     // A good client waits in the backlog until the idle holders time out
     // (3 s), then it is served.
     let t = Instant::now();
     s.good_client(5000);
     let waited = t.elapsed();
-    assert!(s.log_contains("connection cap of 20 reached"));
+    // The cap was reached and held: the good client's connection (the
+    // 21st) was accepted only once a holder had been closed.
+    assert!(s.connected() > 20, "{} accepted", s.connected());
+    assert_eq!(s.peak_open(), 20, "more than the cap open at once");
     assert!(
         waited >= Duration::from_secs(1),
         "served at once past the cap ({waited:?})"
@@ -1070,9 +1099,10 @@ fn connection_cap_held_by_idle_peers_frees_up_by_the_idle_timeout() {
     epilogue(&mut s);
 }
 
+/// A process of its own: the check is the server's resident memory.
 #[test]
 fn pipelined_reconnects_never_read_keep_memory_bounded() {
-    let mut s = server();
+    let mut s = server_process();
     let rss_before = s.rss_kib();
     // A flooder with a tiny receive buffer that never reads its replies.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -1233,9 +1263,10 @@ fn same_name_uploaded_on_two_connections_at_once_never_mixes() {
     epilogue(&mut s);
 }
 
+/// A process of its own: the check counts the server's descriptors.
 #[test]
 fn connect_and_reset_storm_leaves_the_server_serving() {
-    let mut s = server();
+    let mut s = server_process();
     let addr = s.addr();
     let storm = thread::spawn(move || {
         for i in 0..1000u32 {
@@ -1494,7 +1525,7 @@ fn storage_error_gets_2107_and_the_connection_stays() {
 fn locked_database_gets_2107_and_a_retried_request_succeeds() {
     // Each locked statement stalls the single event loop for the 2 s busy
     // timeout, so the short --idle-timeout of the other tests is not used.
-    let mut s = Server::start(&["--orphan-ttl", "1"]);
+    let mut s = InProcess::start_with(|s| s.store.orphan_ttl = Duration::from_secs(1));
     let (client, mut c) = keyed(&s);
     let v1 = random_bytes(50, 4000);
     client.upload_verified(&mut c, "doc", &v1);
@@ -1530,6 +1561,8 @@ fn cpu_ticks(pid: u32) -> u64 {
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
+/// A process of its own: its own descriptor limit, its CPU time, and the
+/// log line of a failed accept (no event reports one).
 #[test]
 fn descriptor_exhaustion_neither_crashes_nor_spins() {
     let opts = ServerOpts {
@@ -1560,6 +1593,8 @@ fn descriptor_exhaustion_neither_crashes_nor_spins() {
     epilogue(&mut s);
 }
 
+/// A process of its own: its own descriptor limit, and the log lines of
+/// the cap and of failed accepts.
 #[test]
 fn connection_cap_below_the_descriptor_limit_keeps_uploads_working() {
     let opts = ServerOpts {
@@ -1595,7 +1630,10 @@ fn half_closed_pipelining_client_gets_every_reply() {
     // window. End of the request stream is not "nobody will read": every
     // request must still be answered before the server closes. (Long
     // header timeout: see pipelining_client_is_not_cut_off_by_the_header_timeout.)
-    let mut s = Server::start(&["--header-timeout", "60", "--orphan-ttl", "1"]);
+    let mut s = InProcess::start_with(|s| {
+        s.session.header_timeout = Duration::from_secs(60);
+        s.store.orphan_ttl = Duration::from_secs(1);
+    });
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     sock.connect(&s.addr().into()).unwrap();
@@ -1646,7 +1684,10 @@ fn pipelining_client_is_not_cut_off_by_the_header_timeout() {
     // frame. The header timeout (1 s here) must run from the first byte
     // of the request being received, not from the first partial frame
     // seen since the stream was last between frames.
-    let mut s = Server::start(&["--header-timeout", "1", "--orphan-ttl", "1"]);
+    let mut s = InProcess::start_with(|s| {
+        s.session.header_timeout = Duration::from_secs(1);
+        s.store.orphan_ttl = Duration::from_secs(1);
+    });
     let c = s.connect();
     let mut writer = c.stream.try_clone().unwrap();
     let mut all = Vec::new();
@@ -1680,7 +1721,7 @@ fn pipelining_client_is_not_cut_off_by_the_header_timeout() {
                 assert_eq!(client_id.0[..4], got.to_le_bytes());
                 got += 1;
             }
-            other => panic!("after {got} of {n} replies: {other:?}\n{}", s.log_tail(3)),
+            other => panic!("after {got} of {n} replies: {other:?}\n{}", s.recent()),
         }
     }
     assert!(join_all(vec![t], Duration::from_secs(30))[0]);
