@@ -1,11 +1,13 @@
-//! Faults of the environment around the real `sealdrop-server` binary: a
-//! full disk, a read-only data directory, `kill -9` at random points of
-//! many uploads, and a database another process holds locked.
+//! Faults of the environment around the server: a full disk, a database
+//! another process holds locked, and a confirmed file that cannot be
+//! placed, on an in-process server; a read-only data directory at start
+//! (exit status and message) and `kill -9` at random points of many
+//! uploads on the real `sealdrop-server` binary.
 //!
 //! The disk and read-only cases mount a tmpfs as the data directory (the
 //! tests run as root; chmod would not stop root). Where mounting is not
 //! permitted they print `skipped: cannot mount tmpfs here: ...` and pass.
-//! Every mount is undone by a drop guard, after the server is killed.
+//! Every mount is undone by a drop guard, after the server is stopped.
 
 mod common;
 
@@ -21,7 +23,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use sealdrop_protocol::cksum::cksum;
 use sealdrop_protocol::crypto::AesKey;
-use sealdrop_protocol::{Request, Response};
+use sealdrop_protocol::server::CloseReason;
+use sealdrop_protocol::{Request, Response, ServerEvent};
 
 /// Prints the skip line and returns false if no tmpfs can be mounted.
 fn can_mount() -> bool {
@@ -91,7 +94,7 @@ fn disk_full_mid_upload_gets_2107_and_damages_nothing() {
         return;
     }
     let _g = heavy();
-    let mut m = MountedServer::start(ServerOpts::default(), "size=2m").unwrap();
+    let mut m = MountedInProcess::start(|_| {}, "size=2m").unwrap();
     let s = &mut m.server;
     let (client, mut c) = Client::setup(s.addr(), &unique_name("full"));
     let v1 = random_bytes(1, 100_000);
@@ -115,9 +118,13 @@ fn disk_full_mid_upload_gets_2107_and_damages_nothing() {
         assert!(s.file_row(&client.id, "big.bin").is_none());
     }
     assert!(
-        s.log_contains("No space left on device"),
+        s.wait_session(Duration::from_secs(5), |e| matches!(
+            e,
+            ServerEvent::Refused { reason, .. }
+                if reason.to_string().contains("No space left on device")
+        )),
         "the 2107s were for a full disk:\n{}",
-        s.log_tail(30)
+        s.recent()
     );
     // The space came back: the same connection and a new client both work.
     let after = random_bytes(4, 200_000);
@@ -139,7 +146,7 @@ fn disk_full_at_the_verdict_keeps_the_upload_for_a_retried_1029() {
         return;
     }
     let _g = heavy();
-    let mut m = MountedServer::start(ServerOpts::default(), "size=3m").unwrap();
+    let mut m = MountedInProcess::start(|_| {}, "size=3m").unwrap();
     let s = &mut m.server;
     let (client, mut c) = Client::setup(s.addr(), &unique_name("fullv"));
     let v1 = random_bytes(5, 50_000);
@@ -172,7 +179,12 @@ fn disk_full_at_the_verdict_keeps_the_upload_for_a_retried_1029() {
         }
     }
     assert_eq!(fs::read(s.final_path(&client.id, "doc")).unwrap(), v1);
-    assert!(s.log_contains("full"), "{}", s.log_tail(20));
+    // The storage sync of the 1029's pass failed (the disk is full).
+    assert!(
+        s.wait_close(CloseReason::NotDurable, Duration::from_secs(5)),
+        "{}",
+        s.recent()
+    );
     // Space again: the 1029 retried on a new connection completes the
     // verdict.
     fs::remove_file(&filler).unwrap();
@@ -228,8 +240,8 @@ fn confirmed_file_whose_database_update_failed_is_left_with_verified_0() {
         return;
     }
     let _g = heavy();
-    let opts = ServerOpts::args(&["--orphan-ttl", "1"]);
-    let mut m = MountedServer::start(opts, "size=3m").unwrap();
+    let mut m = MountedInProcess::start(|s| s.store.orphan_ttl = Duration::from_secs(1), "size=3m")
+        .unwrap();
     let (mut client, mut c) = Client::setup(m.server.addr(), &unique_name("unmarked"));
     let fresh = random_bytes(8, 1 << 20);
     let mut name = None;
@@ -282,7 +294,8 @@ fn confirmed_file_whose_database_update_failed_is_left_with_verified_0() {
 // ---------------------------------------------------------------------------
 
 /// The server (already spawned) must exit 1 within a few seconds, and its
-/// log must name the data directory and the read-only filesystem.
+/// log must name the data directory and the read-only filesystem. (A
+/// process of its own: its exit status and its log are the check.)
 fn assert_refuses_read_only(s: &mut Server) {
     let t = Instant::now();
     let st = s.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| {
@@ -491,6 +504,7 @@ fn upload_round(
     }
 }
 
+/// A process of its own: `kill -9`.
 #[test]
 fn kill9_at_random_points_of_20_uploads_then_restart() {
     const NAMES: [&str; 3] = ["alpha.bin", "beta.doc", "gamma"];
@@ -683,7 +697,7 @@ fn hold_exclusive_lock(
 #[test]
 fn database_locked_across_the_1029_of_a_big_upload_keeps_it_for_a_retry() {
     let _g = heavy();
-    let mut s = Server::start(&[]);
+    let mut s = InProcess::start();
     let (client, mut c) = Client::setup(s.addr(), &unique_name("lock1029"));
     let v1 = random_bytes(20, 20_000);
     client.upload_verified(&mut c, "doc", &v1);
@@ -751,7 +765,7 @@ fn database_locked_across_the_1029_of_a_big_upload_keeps_it_for_a_retry() {
 #[test]
 fn database_locked_when_a_big_upload_ends_gets_2107_and_a_resend_succeeds() {
     let _g = heavy();
-    let mut s = Server::start(&[]);
+    let mut s = InProcess::start();
     let (client, mut c) = Client::setup(s.addr(), &unique_name("lockend"));
     let v1 = random_bytes(30, 20_000);
     client.upload_verified(&mut c, "doc", &v1);
@@ -810,7 +824,7 @@ fn database_locked_when_a_big_upload_ends_gets_2107_and_a_resend_succeeds() {
 #[test]
 fn a_confirmed_file_that_cannot_be_placed_gets_2107_and_a_retry_succeeds() {
     let _g = heavy();
-    let mut s = Server::start(&[]);
+    let mut s = InProcess::start();
     let (alice, mut a) = Client::setup(s.addr(), &unique_name("blocked"));
     let (bob, mut b) = Client::setup(s.addr(), &unique_name("beside"));
     let data_a = random_bytes(40, 30_000);
@@ -831,7 +845,12 @@ fn a_confirmed_file_that_cannot_be_placed_gets_2107_and_a_retry_succeeds() {
     assert_eq!(s.file_row(&bob.id, "report.pdf").unwrap().verified, 1);
     assert_eq!(s.file_row(&alice.id, "report.pdf").unwrap().verified, 0);
     assert!(in_the_way.join("keep").exists());
-    assert!(s.log_contains("answers withheld"), "{}", s.log_tail(20));
+    // Alice's held answers were withheld: not durable, 2107 and close.
+    assert!(
+        s.wait_close(CloseReason::NotDurable, Duration::from_secs(5)),
+        "{}",
+        s.recent()
+    );
     fs::remove_dir_all(&in_the_way).unwrap();
     let mut a = s.connect();
     alice.verify(&mut a, "report.pdf");

@@ -231,9 +231,29 @@ impl InProcess {
         self.saw(|e| matches!(e, Observed::Session { event, .. } if pred(event)))
     }
 
-    /// Whether a connection of the current run was closed for `reason`.
-    pub fn saw_close(&self, reason: CloseReason) -> bool {
-        self.saw(|e| matches!(e, Observed::Closed { reason: Some(r), .. } if *r == reason))
+    /// Waits (bounded) for a session event that satisfies `pred` (one
+    /// already seen counts).
+    pub fn wait_session(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&ServerEvent) -> bool,
+    ) -> bool {
+        wait_until(timeout, || self.saw_session(&mut pred))
+    }
+
+    /// Waits (bounded) until a session of the current run is closing, or
+    /// a connection was closed, for `reason`.
+    pub fn wait_close(&self, reason: CloseReason, timeout: Duration) -> bool {
+        self.wait_saw(timeout, |e| match e {
+            Observed::Session {
+                event: ServerEvent::Closing(r),
+                ..
+            } => *r == reason,
+            Observed::Closed {
+                reason: Some(r), ..
+            } => *r == reason,
+            _ => false,
+        })
     }
 
     /// Connections accepted in the current run.
