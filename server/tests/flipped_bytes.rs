@@ -1,5 +1,5 @@
 //! One flipped byte in the encrypted content of a 1028, between an
-//! in-test client and the real `sealdrop-server` (a proxy thread on
+//! in-test client and an in-process server (a proxy thread on
 //! 127.0.0.1 rewrites the byte on its way). The server must never store
 //! the damaged content as verified: it answers 2103 with the cksum of
 //! what it decrypted (the client sees the mismatch, sends 1030 and sends
@@ -235,7 +235,7 @@ fn predict(client: &Client, ct: &[u8], off: usize, mask: u8) -> Option<(u32, usi
 }
 
 /// After a damaged send: nothing new at the final path, the row as before.
-fn assert_untouched(s: &Server, client: &Client, name: &str, before: &Option<Vec<u8>>) {
+fn assert_untouched(s: &InProcess, client: &Client, name: &str, before: &Option<Vec<u8>>) {
     let got = std::fs::read(s.final_path(&client.id, name)).ok();
     assert!(
         got == *before,
@@ -249,7 +249,7 @@ fn assert_untouched(s: &Server, client: &Client, name: &str, before: &Option<Vec
 }
 
 /// After the good resend: stored, verified, byte-identical, no leftovers.
-fn assert_stored(s: &Server, client: &Client, name: &str, data: &[u8]) {
+fn assert_stored(s: &InProcess, client: &Client, name: &str, data: &[u8]) {
     let got = std::fs::read(s.final_path(&client.id, name)).unwrap();
     assert!(got == data, "{name}: stored bytes differ from the original");
     assert_eq!(s.file_row(&client.id, name).unwrap().verified, 1, "{name}");
@@ -292,7 +292,7 @@ fn offsets() -> Vec<(usize, u8)> {
 #[test]
 fn one_flipped_byte_is_caught_and_the_clean_resend_is_stored() {
     let _g = heavy();
-    let mut s = Server::start(&[]);
+    let mut s = InProcess::start();
     let proxy = Proxy::start(s.addr());
     let (client, mut c) = Client::setup(proxy.addr, &unique_name("flip"));
     let mut same: Option<Vec<u8>> = None;
@@ -397,7 +397,7 @@ fn give_up_after_four(c: &mut Conn, client: &Client, name: &str, data: &[u8]) {
 #[test]
 fn damage_on_every_send_ends_with_1031_and_nothing_verified() {
     let _g = heavy();
-    let mut s = Server::start(&[]);
+    let mut s = InProcess::start();
     let proxy = Proxy::start(s.addr());
     let (client, mut c) = Client::setup(proxy.addr, &unique_name("always"));
     let old = random_bytes(1, 10_000);
