@@ -1,6 +1,6 @@
 //! Interoperability with the Python reference peer's CLIENT
 //! (`shared/peer/sealdrop_peer.py client ...`, exit 0 = verified) against
-//! our real server binary.
+//! our server, in-process.
 //!
 //! Skipped unless `SEALDROP_INTEROP=1`; also skipped (with a message) when
 //! python3 or PyCryptodome is missing. The peer is found through
@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use sealdrop_protocol::ClientId;
+use sealdrop_protocol::{ClientId, ServerEvent};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -60,7 +60,7 @@ fn peer() -> Option<PathBuf> {
 }
 
 /// Runs the peer client once; returns its output (bounded in time).
-fn run_client(peer: &Path, s: &Server, name: &str, file: &Path, state: &Path) -> Ran {
+fn run_client(peer: &Path, s: &InProcess, name: &str, file: &Path, state: &Path) -> Ran {
     run_bounded(
         Command::new("python3")
             .arg(peer)
@@ -80,16 +80,16 @@ fn run_client(peer: &Path, s: &Server, name: &str, file: &Path, state: &Path) ->
 }
 
 /// Runs the peer client and requires exit 0 ("verified").
-fn send_ok(peer: &Path, s: &Server, name: &str, file: &Path, state: &Path) -> Ran {
+fn send_ok(peer: &Path, s: &InProcess, name: &str, file: &Path, state: &Path) -> Ran {
     let ran = run_client(peer, s, name, file, state);
     assert!(
         ran.status.success(),
-        "peer client failed ({}) sending {}:\nstdout: {}\nstderr: {}\nserver log:\n{}",
+        "peer client failed ({}) sending {}:\nstdout: {}\nstderr: {}\n{}",
         ran.status,
         file.display(),
         ran.stdout,
         ran.stderr,
-        s.log_tail(30)
+        s.recent()
     );
     assert!(ran.stdout.contains("verified"), "stdout: {}", ran.stdout);
     ran
@@ -102,8 +102,13 @@ fn saved_id(state: &Path) -> ClientId {
     ClientId::from_hex(line.trim()).expect("hex client id")
 }
 
+/// Whether the server accepted a 1027 (2105) since it started.
+fn reconnected(s: &InProcess) -> bool {
+    s.saw_session(|e| matches!(e, ServerEvent::Reconnected { .. }))
+}
+
 /// The stored file is byte-identical and its row says Verified.
-fn assert_stored(s: &Server, id: &ClientId, file: &Path) {
+fn assert_stored(s: &InProcess, id: &ClientId, file: &Path) {
     let name = file.file_name().unwrap().to_str().unwrap();
     assert_same_file(file, &s.final_path(id, name));
     assert_eq!(s.file_row(id, name).map(|r| r.verified), Some(1), "{name}");
@@ -112,7 +117,7 @@ fn assert_stored(s: &Server, id: &ClientId, file: &Path) {
 #[test]
 fn interop_peer_new_client_then_returning_client() -> TestResult {
     let Some(peer) = peer() else { return Ok(()) };
-    let mut s = Server::start(&[]);
+    let mut s = InProcess::start();
     let scratch = s.scratch();
     let state = scratch.join("state");
     let first = scratch.join("first.bin");
@@ -126,16 +131,13 @@ fn interop_peer_new_client_then_returning_client() -> TestResult {
     let row = s.client_row(&name).expect("clients row");
     assert_eq!(row.id, id.0);
     assert_eq!(row.public_key.map(|k| k.len()), Some(160));
-    assert!(!s.log_contains("reconnect accepted"));
+    assert!(!reconnected(&s));
 
     // Returning client, same state: 1027 -> 2105, then the upload.
     let second = scratch.join("second.bin");
     write_random_file(&second, 2, 30_000);
     send_ok(&peer, &s, &name, &second, &state);
-    assert!(
-        s.log_contains("reconnect accepted"),
-        "the second run reconnected"
-    );
+    assert!(reconnected(&s), "the second run reconnected");
     assert_eq!(saved_id(&state), id, "same identity");
     assert_stored(&s, &id, &second);
 
@@ -144,7 +146,7 @@ fn interop_peer_new_client_then_returning_client() -> TestResult {
     let third = scratch.join("third.bin");
     write_random_file(&third, 3, 4096);
     send_ok(&peer, &s, &name, &third, &state);
-    assert!(s.log_contains("reconnect accepted"));
+    assert!(reconnected(&s));
     assert_eq!(saved_id(&state), id);
     for f in [&first, &second, &third] {
         assert_stored(&s, &id, f);
@@ -156,7 +158,7 @@ fn interop_peer_new_client_then_returning_client() -> TestResult {
 #[test]
 fn interop_peer_sends_empty_100k_and_50m_files() -> TestResult {
     let Some(peer) = peer() else { return Ok(()) };
-    let s = Server::start(&[]);
+    let s = InProcess::start();
     let scratch = s.scratch();
     let state = scratch.join("state");
     let name = unique_name("sizes");
@@ -193,7 +195,7 @@ impl Drop for Children {
 #[test]
 fn interop_peer_clients_run_concurrently() -> TestResult {
     let Some(peer) = peer() else { return Ok(()) };
-    let s = Server::start(&[]);
+    let s = InProcess::start();
     let scratch = s.scratch();
     let runs: Vec<(String, PathBuf, PathBuf)> = (0..4)
         .map(|i| {
