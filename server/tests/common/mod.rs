@@ -39,7 +39,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
 use sealdrop_protocol::ClientId;
 
 /// What an in-process server and a server process both offer.
@@ -85,11 +84,6 @@ pub trait TestServer {
     /// Every `.part-*` file anywhere under the data directory.
     fn part_files(&self) -> Vec<PathBuf> {
         self.data().part_files()
-    }
-
-    /// A read-only connection to `defensive.db`.
-    fn db(&self) -> Connection {
-        self.data().db()
     }
 
     /// All `files` rows.
@@ -465,12 +459,6 @@ impl Server {
     pub fn start_again(&mut self) {
         self.spawn_again();
         self.wait_listening();
-    }
-
-    /// Graceful stop, then start again.
-    pub fn restart(&mut self) {
-        self.stop();
-        self.start_again();
     }
 
     /// As [`Server::start_again`] but without waiting for `listening on`:
