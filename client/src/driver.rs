@@ -246,7 +246,7 @@ impl<'a> Job<'a> {
         };
         match link.read_response() {
             Ok(response) => {
-                let code = Revision::R2023c.response_code(response.kind());
+                let code = Revision::R2023c.response_code(response.kind()).unwrap_or(0);
                 log::debug!("conn#{} <- {code}", self.conns);
                 self.session.handle_response(response, &mut self.rng)
             }
@@ -394,7 +394,8 @@ fn request_label(kind: RequestKind) -> String {
         RequestKind::CrcBad => "CRC bad",
         RequestKind::CrcGiveUp => "CRC bad, giving up",
     };
-    format!("{} ({what})", Revision::R2023c.request_code(kind))
+    let code = Revision::R2023c.request_code(kind).unwrap_or(0);
+    format!("{code} ({what})")
 }
 
 fn load_fixed_key(path: &std::path::Path) -> Result<RsaPrivateKey, Failure> {

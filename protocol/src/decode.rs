@@ -1,16 +1,22 @@
-//! Streaming decoders for requests and responses (PROTOCOL.md §1-§3).
+//! Streaming decoders for requests and responses (PROTOCOL.md §1-§3, §9).
 //!
 //! A decoder is fed whatever bytes have arrived. It decides from the header
 //! alone whether a frame is acceptable (known code, exact payload_size, the
-//! 1028 size rules), buffers at most one header and one small payload
-//! (23 + 415 bytes), and hands the content of a 1028 out as borrowed
-//! slices of the caller's input, so a 4 GiB upload passes through in
-//! constant memory. Errors are sticky: once one is returned, every later
-//! call returns it again.
+//! file message's size rules), buffers at most one header and one small
+//! payload (23 + 415 bytes), and hands the content of a file message out as
+//! borrowed slices of the caller's input, so a 4 GiB upload passes through
+//! in constant memory. Every revision's layout is read here, from its
+//! [`Revision`] table: the 2022c client id inside file and verdict payloads
+//! (and the public 2022c client whose 1103 declares a payload that leaves
+//! the content out), and the 2024 packet prefix. Errors are sticky: once
+//! one is returned, every later call returns it again.
 
 use crate::consts::*;
 use crate::error::DecodeError;
-use crate::message::{Request, RequestHeader, RequestKind, Response, ResponseKind, Revision};
+use crate::message::{
+    PacketHeader, Request, RequestHeader, RequestKind, Response, ResponseKind, Revision,
+};
+use crate::revision::FileLayout;
 use crate::wire::{le_u16, le_u32, ClientId, FixedName};
 
 /// Largest payload a request decoder ever buffers: 1026 (§2).
@@ -25,15 +31,23 @@ pub const MAX_DATA_CHUNK: usize = 1 << 20;
 pub enum RequestEvent<'a> {
     /// A complete request other than 1028.
     Request(RequestHeader, Request),
-    /// A 1028's header and fixed prefix; its content follows as
-    /// [`RequestEvent::FileData`] and ends with [`RequestEvent::FileEnd`].
+    /// A file message's header and fixed prefix (1028, 1103, or one 2024
+    /// packet); its content follows as [`RequestEvent::FileData`] and ends
+    /// with [`RequestEvent::FileEnd`].
     FileStart {
         /// The request header.
         header: RequestHeader,
-        /// Encrypted size: a non-zero multiple of 16 (§2).
+        /// The content_size field. In a single-message layout the
+        /// encrypted size, a non-zero multiple of 16 (§2); in a 2024
+        /// packet, as the client filled it (whole file or this packet).
         content_size: u32,
         /// The file_name field as received.
         file_name: FixedName,
+        /// Content bytes this message carries (`content_size` except in
+        /// 2024 packets).
+        data_len: u32,
+        /// The 2024 packet fields, in a packet layout.
+        packet: Option<PacketHeader>,
     },
     /// The next piece of encrypted content, borrowed from the input.
     FileData(&'a [u8]),
@@ -146,7 +160,7 @@ impl RequestDecoder {
                     }
                     let header = self.check_header()?;
                     let need = match header.kind {
-                        RequestKind::SendFile => FILE_PREFIX_LEN,
+                        RequestKind::SendFile => self.rev.file_prefix_len(),
                         _ => header.payload_size as usize,
                     };
                     self.state = ReqState::Payload { header, need };
@@ -175,7 +189,7 @@ impl RequestDecoder {
             .rev
             .request_kind(code)
             .ok_or(DecodeError::UnknownCode { code })?;
-        match kind.fixed_payload_size() {
+        match self.rev.fixed_payload_size(kind) {
             Some(expected) if expected != payload_size => {
                 return Err(DecodeError::BadPayloadSize {
                     code,
@@ -194,20 +208,35 @@ impl RequestDecoder {
         })
     }
 
+    /// The file message's size rules that the header alone can check.
     fn check_file_size(&self, payload_size: u32) -> Result<(), DecodeError> {
         let bad = DecodeError::BadContentSize {
             content_size: 0,
             payload_size,
         };
-        let content = payload_size
-            .checked_sub(FILE_PREFIX_LEN as u32)
-            .ok_or(bad)?;
-        if content == 0 || content % AES_BLOCK_LEN as u32 != 0 {
+        let prefix = self.rev.file_prefix_len() as u32;
+        let content = payload_size.checked_sub(prefix).ok_or(bad)?;
+        match self.rev.file_layout() {
+            // The content's size is checked with the prefix.
+            FileLayout::Single if self.rev.id_in_payload() && content == 0 => Ok(()),
+            FileLayout::Single => self.check_content_size(content, payload_size),
+            FileLayout::Packets if content == 0 => Err(bad),
+            FileLayout::Packets => self.check_limit(content),
+        }
+    }
+
+    /// A whole encrypted content: a non-zero multiple of 16 within the limit.
+    fn check_content_size(&self, content: u32, payload_size: u32) -> Result<(), DecodeError> {
+        if content == 0 || !content.is_multiple_of(AES_BLOCK_LEN as u32) {
             return Err(DecodeError::BadContentSize {
                 content_size: content,
                 payload_size,
             });
         }
+        self.check_limit(content)
+    }
+
+    fn check_limit(&self, content: u32) -> Result<(), DecodeError> {
         if content as u64 > self.max_content {
             return Err(DecodeError::ContentTooLarge {
                 content_size: content as u64,
@@ -217,33 +246,108 @@ impl RequestDecoder {
         Ok(())
     }
 
-    fn parse_payload<'a>(
-        &mut self,
-        header: RequestHeader,
-    ) -> Result<RequestEvent<'a>, DecodeError> {
+    /// The payload starts with the header's client id again (2022c).
+    fn check_id(&self, header: &RequestHeader) -> Result<(), DecodeError> {
         let p = &self.buf[REQUEST_HEADER_LEN..];
-        let name = || -> Result<FixedName, DecodeError> {
-            FixedName::from_field(p[..NAME_LEN].try_into().expect("buffered 255 bytes"))
+        if p[..CLIENT_ID_LEN] != header.client_id.0 {
+            return Err(DecodeError::IdMismatch);
+        }
+        Ok(())
+    }
+
+    /// The prefix of a file message: content_size, name, and (2024) the
+    /// packet fields. Returns the event and the content bytes that follow.
+    fn parse_file_prefix<'a>(
+        &self,
+        header: RequestHeader,
+    ) -> Result<(RequestEvent<'a>, u32), DecodeError> {
+        let id = if self.rev.id_in_payload() {
+            self.check_id(&header)?;
+            CLIENT_ID_LEN
+        } else {
+            0
         };
-        let request = match header.kind {
-            RequestKind::SendFile => {
-                let content_size = le_u32(p, 0);
-                if content_size != header.payload_size - FILE_PREFIX_LEN as u32 {
+        let p = &self.buf[REQUEST_HEADER_LEN + id..];
+        let content_size = le_u32(p, 0);
+        let prefix = self.rev.file_prefix_len() as u32;
+        let declared = header.payload_size - prefix;
+        let (name_at, data_len, packet) = match self.rev.file_layout() {
+            FileLayout::Single => {
+                let data_len = if id > 0 && declared == 0 {
+                    // §9.1: a public 2022c client declares 275 and sends
+                    // the content after it.
+                    self.check_content_size(content_size, header.payload_size)?;
+                    content_size
+                } else if content_size != declared {
+                    return Err(DecodeError::BadContentSize {
+                        content_size,
+                        payload_size: header.payload_size,
+                    });
+                } else {
+                    declared
+                };
+                (4, data_len, None)
+            }
+            FileLayout::Packets => {
+                if content_size == 0 {
                     return Err(DecodeError::BadContentSize {
                         content_size,
                         payload_size: header.payload_size,
                     });
                 }
-                let raw: &[u8; NAME_LEN] = p[4..4 + NAME_LEN].try_into().expect("prefix buffered");
-                let file_name = FixedName::from_field(raw)?;
-                self.state = ReqState::Content {
-                    remaining: content_size,
-                };
-                return Ok(RequestEvent::FileStart {
-                    header,
+                self.check_limit(content_size)?;
+                let packet = PacketHeader {
                     content_size,
-                    file_name,
-                });
+                    orig_size: le_u32(p, 4),
+                    first: le_u16(p, 8),
+                    second: le_u16(p, 10),
+                };
+                (12, declared, Some(packet))
+            }
+        };
+        let raw: &[u8; NAME_LEN] = p[name_at..name_at + NAME_LEN]
+            .try_into()
+            .expect("prefix buffered");
+        let file_name = FixedName::from_field(raw)?;
+        let event = RequestEvent::FileStart {
+            header,
+            content_size,
+            file_name,
+            data_len,
+            packet,
+        };
+        Ok((event, data_len))
+    }
+
+    fn parse_payload<'a>(
+        &mut self,
+        header: RequestHeader,
+    ) -> Result<RequestEvent<'a>, DecodeError> {
+        let verdict = matches!(
+            header.kind,
+            RequestKind::CrcOk | RequestKind::CrcBad | RequestKind::CrcGiveUp
+        );
+        let skip = if verdict && self.rev.id_in_payload() {
+            self.check_id(&header)?;
+            CLIENT_ID_LEN
+        } else {
+            0
+        };
+        let p = &self.buf[REQUEST_HEADER_LEN..];
+        let name = || -> Result<FixedName, DecodeError> {
+            FixedName::from_field(
+                p[skip..skip + NAME_LEN]
+                    .try_into()
+                    .expect("buffered 255 bytes"),
+            )
+        };
+        let request = match header.kind {
+            RequestKind::SendFile => {
+                let (event, data_len) = self.parse_file_prefix(header)?;
+                self.state = ReqState::Content {
+                    remaining: data_len,
+                };
+                return Ok(event);
             }
             RequestKind::Register => Request::Register { name: name()? },
             RequestKind::Reconnect => Request::Reconnect { name: name()? },

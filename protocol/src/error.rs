@@ -45,6 +45,8 @@ pub enum DecodeError {
     },
     /// A 255-byte string field with no NUL (§1).
     NameWithoutNul,
+    /// A 2022c payload whose repeated client id differs from the header's.
+    IdMismatch,
     /// The stream ended in the middle of a frame.
     Truncated,
 }
@@ -77,6 +79,9 @@ impl fmt::Display for DecodeError {
                 "file of {content_size} encrypted bytes exceeds the limit of {limit}"
             ),
             DecodeError::NameWithoutNul => f.write_str("name field without a NUL terminator"),
+            DecodeError::IdMismatch => {
+                f.write_str("client id in the payload differs from the header's")
+            }
             DecodeError::Truncated => f.write_str("stream ended inside a frame"),
         }
     }

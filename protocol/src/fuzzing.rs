@@ -171,6 +171,7 @@ pub fn request_roundtrip(data: &[u8]) {
                 header,
                 content_size,
                 file_name,
+                ..
             } => {
                 encode_file_header(
                     Revision::R2023c,

@@ -7,8 +7,11 @@ pub mod decode;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod kind;
 pub mod memstore;
 pub mod message;
+pub mod packets;
+pub mod revision;
 pub mod server;
 pub mod store;
 pub mod wire;

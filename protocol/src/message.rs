@@ -1,156 +1,14 @@
-//! Requests and responses of revision 2023c, their codes, and encoders
-//! (PROTOCOL.md §1-§3).
+//! Requests and responses, and their encoders (PROTOCOL.md §1-§3, §9).
 //!
-//! Codes go through a [`Revision`] so the other published revisions (§9)
-//! can be added as further tables: the rest of the crate talks in
-//! [`RequestKind`] and [`ResponseKind`], never in raw numbers.
+//! Codes and payload layouts go through a [`Revision`] (a table, see
+//! [`crate::revision`]): the rest of the crate talks in [`RequestKind`]
+//! and [`ResponseKind`], never in raw numbers.
 
 use crate::consts::*;
 use crate::wire::{ClientId, FixedName};
 
-/// What a request asks for, independent of the numeric code (§2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RequestKind {
-    /// Register a new client (1025).
-    Register,
-    /// Send the client's public key (1026).
-    PublicKey,
-    /// Reconnect as a known client (1027).
-    Reconnect,
-    /// Send a file (1028).
-    SendFile,
-    /// The cksum matched (1029).
-    CrcOk,
-    /// The cksum did not match; the file follows again (1030).
-    CrcBad,
-    /// The cksum did not match a fourth time; giving up (1031).
-    CrcGiveUp,
-}
-
-/// What a response says, independent of the numeric code (§3). The
-/// discriminant is the offset from the revision's response base (§9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ResponseKind {
-    /// 2100: registered.
-    Registered = 0,
-    /// 2101: registration failed.
-    RegistrationFailed = 1,
-    /// 2102: public key accepted, AES key follows.
-    KeyAccepted = 2,
-    /// 2103: file received, with its cksum.
-    FileReceived = 3,
-    /// 2104: acknowledged.
-    Ack = 4,
-    /// 2105: reconnect accepted, AES key follows.
-    ReconnectAccepted = 5,
-    /// 2106: reconnect denied.
-    ReconnectDenied = 6,
-    /// 2107: general server error.
-    GeneralError = 7,
-}
-
-impl ResponseKind {
-    const ALL: [ResponseKind; 8] = [
-        ResponseKind::Registered,
-        ResponseKind::RegistrationFailed,
-        ResponseKind::KeyAccepted,
-        ResponseKind::FileReceived,
-        ResponseKind::Ack,
-        ResponseKind::ReconnectAccepted,
-        ResponseKind::ReconnectDenied,
-        ResponseKind::GeneralError,
-    ];
-
-    /// The exact payload_size of this response (§3 table).
-    pub fn payload_size(self) -> u32 {
-        match self {
-            ResponseKind::Registered | ResponseKind::Ack | ResponseKind::ReconnectDenied => {
-                CLIENT_ID_LEN as u32
-            }
-            ResponseKind::RegistrationFailed | ResponseKind::GeneralError => 0,
-            ResponseKind::KeyAccepted | ResponseKind::ReconnectAccepted => {
-                (CLIENT_ID_LEN + ENCRYPTED_KEY_LEN) as u32
-            }
-            ResponseKind::FileReceived => (CLIENT_ID_LEN + 4 + NAME_LEN + 4) as u32,
-        }
-    }
-}
-
-impl RequestKind {
-    const ALL: [RequestKind; 7] = [
-        RequestKind::Register,
-        RequestKind::PublicKey,
-        RequestKind::Reconnect,
-        RequestKind::SendFile,
-        RequestKind::CrcOk,
-        RequestKind::CrcBad,
-        RequestKind::CrcGiveUp,
-    ];
-
-    /// The exact payload_size of this request, or `None` for 1028 whose
-    /// size is 259 + content_size (§2 table).
-    pub fn fixed_payload_size(self) -> Option<u32> {
-        match self {
-            RequestKind::PublicKey => Some((NAME_LEN + PUBLIC_KEY_LEN) as u32),
-            RequestKind::SendFile => None,
-            _ => Some(NAME_LEN as u32),
-        }
-    }
-}
-
-/// A published revision of the protocol (§9). Only 2023c is implemented;
-/// each further one is a new variant with its own code table and, where
-/// its payloads differ, its own branch in the decoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Revision {
-    /// Revision 2023c: requests 1025-1031, responses 2100-2107, AES-128.
-    #[default]
-    R2023c,
-}
-
-impl Revision {
-    /// The numeric code of a request kind.
-    pub fn request_code(self, kind: RequestKind) -> u16 {
-        match self {
-            Revision::R2023c => {
-                1025 + RequestKind::ALL
-                    .iter()
-                    .position(|k| *k == kind)
-                    .unwrap_or(0) as u16
-            }
-        }
-    }
-
-    /// The request kind of a numeric code, if this revision has it.
-    pub fn request_kind(self, code: u16) -> Option<RequestKind> {
-        match self {
-            Revision::R2023c => RequestKind::ALL
-                .get(code.checked_sub(1025)? as usize)
-                .copied(),
-        }
-    }
-
-    /// The numeric code of a response kind: base + offset (§9).
-    pub fn response_code(self, kind: ResponseKind) -> u16 {
-        match self {
-            Revision::R2023c => 2100 + kind as u16,
-        }
-    }
-
-    /// The response kind of a numeric code, if this revision has it.
-    pub fn response_kind(self, code: u16) -> Option<ResponseKind> {
-        match self {
-            Revision::R2023c => ResponseKind::ALL
-                .get(code.checked_sub(2100)? as usize)
-                .copied(),
-        }
-    }
-
-    /// Length of the AES key this revision uses (§9).
-    pub fn aes_key_len(self) -> usize {
-        AES_KEY_LEN
-    }
-}
+pub use crate::kind::{RequestKind, ResponseKind};
+pub use crate::revision::Revision;
 
 /// The fields of a request header (§1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,11 +73,19 @@ impl Request {
         }
     }
 
-    /// Appends the whole frame, header included, to `out`.
+    /// Appends the whole frame, header included, to `out`. In 2022c the
+    /// verdicts repeat the client id first (§9).
     pub fn encode(&self, rev: Revision, client_id: &ClientId, out: &mut Vec<u8>) {
         let kind = self.kind();
-        let size = kind.fixed_payload_size().unwrap_or(0);
+        let size = rev.fixed_payload_size(kind).unwrap_or(0);
         encode_request_header(rev, client_id, kind, size, out);
+        let verdict = matches!(
+            kind,
+            RequestKind::CrcOk | RequestKind::CrcBad | RequestKind::CrcGiveUp
+        );
+        if verdict && rev.id_in_payload() {
+            out.extend_from_slice(&client_id.0);
+        }
         match self {
             Request::Register { name } | Request::Reconnect { name } => {
                 out.extend_from_slice(name.raw())
@@ -235,7 +101,9 @@ impl Request {
     }
 }
 
-/// Appends a request header to `out`.
+/// Appends a request header to `out`. The revision must have `kind`
+/// (2022c has no reconnect); a caller asking for one it lacks gets code 0,
+/// which every server refuses.
 pub fn encode_request_header(
     rev: Revision,
     client_id: &ClientId,
@@ -243,15 +111,21 @@ pub fn encode_request_header(
     payload_size: u32,
     out: &mut Vec<u8>,
 ) {
+    let code = rev.request_code(kind);
+    debug_assert!(code.is_some(), "{rev} has no {kind:?}");
     out.extend_from_slice(&client_id.0);
     out.push(PROTOCOL_VERSION);
-    out.extend_from_slice(&rev.request_code(kind).to_le_bytes());
+    out.extend_from_slice(&code.unwrap_or(0).to_le_bytes());
     out.extend_from_slice(&payload_size.to_le_bytes());
 }
 
-/// Appends the header and fixed prefix of a 1028 (everything before the
-/// content) to `out`. `content_size` must be a non-zero multiple of 16 no
-/// larger than [`MAX_CONTENT_SIZE`]; the caller streams the content after.
+/// Appends the header and fixed prefix of a single-message file request
+/// (1028, 1103: everything before the content) to `out`, for a revision
+/// whose layout is [`FileLayout::Single`]. `content_size` must be a
+/// non-zero multiple of 16 no larger than [`MAX_CONTENT_SIZE`]; the caller
+/// streams the content after.
+///
+/// [`FileLayout::Single`]: crate::revision::FileLayout::Single
 pub fn encode_file_header(
     rev: Revision,
     client_id: &ClientId,
@@ -260,9 +134,47 @@ pub fn encode_file_header(
     out: &mut Vec<u8>,
 ) {
     debug_assert!(content_size <= MAX_CONTENT_SIZE);
-    let payload = content_size.saturating_add(FILE_PREFIX_LEN as u32);
+    debug_assert_eq!(rev.file_layout(), crate::revision::FileLayout::Single);
+    let payload = content_size.saturating_add(rev.file_prefix_len() as u32);
     encode_request_header(rev, client_id, RequestKind::SendFile, payload, out);
+    if rev.id_in_payload() {
+        out.extend_from_slice(&client_id.0);
+    }
     out.extend_from_slice(&content_size.to_le_bytes());
+    out.extend_from_slice(file_name.raw());
+}
+
+/// The fields of a 2024 file packet before its content (§9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketHeader {
+    /// content_size: the whole file's ciphertext size, or this packet's
+    /// (§9.1: clients differ).
+    pub content_size: u32,
+    /// orig_file_size: the whole file's plaintext size, or this packet's.
+    pub orig_size: u32,
+    /// The first u16 as it travels: packet_number in most clients.
+    pub first: u16,
+    /// The second u16: total_packets in most clients.
+    pub second: u16,
+}
+
+/// Appends the header and fixed prefix of a 2024 file packet carrying
+/// `data_len` content bytes to `out`; the caller appends the bytes.
+pub fn encode_packet_header(
+    rev: Revision,
+    client_id: &ClientId,
+    packet: &PacketHeader,
+    file_name: &FixedName,
+    data_len: u32,
+    out: &mut Vec<u8>,
+) {
+    debug_assert_eq!(rev.file_layout(), crate::revision::FileLayout::Packets);
+    let payload = data_len.saturating_add(rev.file_prefix_len() as u32);
+    encode_request_header(rev, client_id, RequestKind::SendFile, payload, out);
+    out.extend_from_slice(&packet.content_size.to_le_bytes());
+    out.extend_from_slice(&packet.orig_size.to_le_bytes());
+    out.extend_from_slice(&packet.first.to_le_bytes());
+    out.extend_from_slice(&packet.second.to_le_bytes());
     out.extend_from_slice(file_name.raw());
 }
 
@@ -333,11 +245,14 @@ impl Response {
         }
     }
 
-    /// Appends the whole frame, header included, to `out`.
+    /// Appends the whole frame, header included, to `out`. The revision
+    /// must have the response (2022c has no 2105-2107).
     pub fn encode(&self, rev: Revision, out: &mut Vec<u8>) {
         let kind = self.kind();
+        let code = rev.response_code(kind);
+        debug_assert!(code.is_some(), "{rev} has no {kind:?}");
         out.push(PROTOCOL_VERSION);
-        out.extend_from_slice(&rev.response_code(kind).to_le_bytes());
+        out.extend_from_slice(&code.unwrap_or(0).to_le_bytes());
         out.extend_from_slice(&kind.payload_size().to_le_bytes());
         match self {
             Response::Registered { client_id }
@@ -378,11 +293,11 @@ mod tests {
     fn code_tables_round_trip() {
         let rev = Revision::R2023c;
         for (i, k) in RequestKind::ALL.iter().enumerate() {
-            assert_eq!(rev.request_code(*k), 1025 + i as u16);
+            assert_eq!(rev.request_code(*k), Some(1025 + i as u16));
             assert_eq!(rev.request_kind(1025 + i as u16), Some(*k));
         }
         for (i, k) in ResponseKind::ALL.iter().enumerate() {
-            assert_eq!(rev.response_code(*k), 2100 + i as u16);
+            assert_eq!(rev.response_code(*k), Some(2100 + i as u16));
             assert_eq!(rev.response_kind(2100 + i as u16), Some(*k));
         }
         assert_eq!(rev.request_kind(1024), None);

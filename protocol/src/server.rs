@@ -745,6 +745,7 @@ impl<U> ServerSession<U> {
                 header,
                 content_size,
                 file_name,
+                ..
             } => {
                 // The header deadline is over; the first progress window starts.
                 self.frame_started = None;

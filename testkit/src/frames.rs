@@ -56,6 +56,7 @@ pub fn raw_field(text: &[u8]) -> [u8; NAME_LEN] {
 /// Response code of a response.
 pub fn code_of(r: &Response) -> u16 {
     REV.response_code(r.kind())
+        .expect("2023c has every response")
 }
 
 /// The client id echoed by a response that carries one.

@@ -1,0 +1,396 @@
+//! The 2024 file message: one upload sent as numbered packets (PROTOCOL.md
+//! §9, §9.1), and the rules that turn whatever a public client sends into
+//! one decision per upload.
+//!
+//! Public 2024 clients differ on four things, and the server decides each
+//! from the first packet, deterministically:
+//!
+//! * **Numbering**: the first packet's number is 0 or 1 and sets the base.
+//! * **Field order**: packet_number then total_packets (most), or total
+//!   then number. If the first packet's first field is larger than its
+//!   second, the fields are read the other way round for the whole upload
+//!   (a first packet is number 0 or 1, so a first field above the second
+//!   can only be a total).
+//! * **Granularity**: *split* (the whole file encrypted once, the
+//!   ciphertext cut into pieces: one decryptor runs across the packets and
+//!   the padding is checked at the end) when the upload is one packet, or
+//!   when content_size equals the padded size of orig_file_size and the
+//!   first packet does not carry all content_size bytes. Otherwise *each*
+//!   (every packet encrypted and padded on its own with a zero IV, so every
+//!   packet's length is a non-zero multiple of 16 and its padding is
+//!   checked on its own).
+//! * **Sizes**: content_size and orig_file_size may count the whole file or
+//!   the packet; only split mode relies on content_size (the whole
+//!   ciphertext, which the packets must add up to exactly).
+//!
+//! After the first packet, packets must come in order (number = last + 1),
+//! with the same total, name and client; a packet carrying the first
+//! number starts the upload over. Anything else is a [`PacketError`],
+//! answered with the revision's error response, and the partial upload is
+//! dropped.
+
+use std::fmt;
+
+use crate::consts::AES_BLOCK_LEN;
+use crate::message::PacketHeader;
+
+/// How the packets of one upload were encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// One ciphertext of the whole file, cut into pieces.
+    Split,
+    /// Each packet a separately padded ciphertext (zero IV each time).
+    Each,
+}
+
+impl fmt::Display for Granularity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Granularity::Split => "split",
+            Granularity::Each => "each",
+        })
+    }
+}
+
+/// Why a packet does not fit the upload it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketError {
+    /// A first packet (no upload in progress) whose number is neither 0
+    /// nor 1, or whose total is 0.
+    BadFirst {
+        /// The two u16 fields as sent.
+        fields: (u16, u16),
+    },
+    /// A packet whose number is not the next one.
+    OutOfOrder {
+        /// The number expected.
+        expected: u16,
+        /// The number received.
+        got: u16,
+    },
+    /// A packet with a total other than the first packet's.
+    TotalChanged {
+        /// The first packet's total.
+        was: u16,
+        /// This packet's total.
+        now: u16,
+    },
+    /// A packet whose file name or client differs from the first packet's.
+    NameChanged,
+    /// In each mode, a packet whose length is not a non-zero multiple of 16.
+    NotBlocks {
+        /// Its length.
+        len: u32,
+    },
+    /// In split mode, packets adding up to more or less than content_size.
+    SizeMismatch {
+        /// content_size of the first packet: the whole ciphertext.
+        expected: u64,
+        /// Bytes received (so far, or at the last packet).
+        got: u64,
+    },
+}
+
+impl fmt::Display for PacketError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PacketError::BadFirst { fields } => write!(
+                f,
+                "first packet numbered {}/{}: a first packet is number 0 or 1 of a non-zero total",
+                fields.0, fields.1
+            ),
+            PacketError::OutOfOrder { expected, got } => {
+                write!(f, "packet {got} where packet {expected} was due")
+            }
+            PacketError::TotalChanged { was, now } => {
+                write!(f, "total_packets changed from {was} to {now}")
+            }
+            PacketError::NameChanged => {
+                f.write_str("a packet for another file or client in the middle of an upload")
+            }
+            PacketError::NotBlocks { len } => write!(
+                f,
+                "separately encrypted packet of {len} bytes: not a non-zero multiple of 16"
+            ),
+            PacketError::SizeMismatch { expected, got } => write!(
+                f,
+                "packets carry {got} bytes of a {expected}-byte ciphertext"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PacketError {}
+
+/// What a packet means for the upload in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketStep {
+    /// The next packet of the upload; `last` when it completes it.
+    Next {
+        /// This is the final packet.
+        last: bool,
+    },
+    /// A packet with the first number: the upload starts over.
+    Restart,
+}
+
+/// The decisions and progress of one packetised upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketRun {
+    /// Number of the first packet: 0 or 1.
+    pub base: u16,
+    /// total_packets travels first.
+    pub swapped: bool,
+    /// Packets in the upload.
+    pub total: u16,
+    /// How the content is encrypted.
+    pub granularity: Granularity,
+    /// content_size of the first packet.
+    pub first_content_size: u32,
+    /// The number of the last packet received.
+    pub last: u16,
+    /// Content bytes received so far.
+    pub received: u64,
+}
+
+/// The padded ciphertext size of `plain` bytes (§4).
+fn padded(plain: u32) -> u64 {
+    (u64::from(plain) / AES_BLOCK_LEN as u64 + 1) * AES_BLOCK_LEN as u64
+}
+
+impl PacketRun {
+    /// Starts an upload with its first packet, carrying `data_len` bytes.
+    pub fn start(p: &PacketHeader, data_len: u32) -> Result<PacketRun, PacketError> {
+        let (number, total, swapped) = if p.first > p.second {
+            (p.second, p.first, true)
+        } else {
+            (p.first, p.second, false)
+        };
+        if number > 1 || total == 0 {
+            return Err(PacketError::BadFirst {
+                fields: (p.first, p.second),
+            });
+        }
+        // Numbered from 0, a total of N ends at N - 1.
+        let granularity = if total == 1
+            || (u64::from(p.content_size) == padded(p.orig_size) && data_len < p.content_size)
+        {
+            Granularity::Split
+        } else {
+            Granularity::Each
+        };
+        let mut run = PacketRun {
+            base: number,
+            swapped,
+            total,
+            granularity,
+            first_content_size: p.content_size,
+            last: number,
+            received: 0,
+        };
+        run.take(data_len)?;
+        Ok(run)
+    }
+
+    /// The number of the final packet.
+    pub fn last_number(&self) -> u16 {
+        // total >= 1; numbered from 0 the last is total - 1.
+        self.total - 1 + self.base
+    }
+
+    /// Whether the packet received last completed the upload.
+    pub fn is_complete(&self) -> bool {
+        self.last == self.last_number()
+    }
+
+    /// A further packet of the upload (`same_file`: its name and client
+    /// are the first packet's).
+    pub fn next(
+        &mut self,
+        p: &PacketHeader,
+        data_len: u32,
+        same_file: bool,
+    ) -> Result<PacketStep, PacketError> {
+        let (number, total) = if self.swapped {
+            (p.second, p.first)
+        } else {
+            (p.first, p.second)
+        };
+        if number == self.base {
+            return Ok(PacketStep::Restart);
+        }
+        if !same_file {
+            return Err(PacketError::NameChanged);
+        }
+        if total != self.total {
+            return Err(PacketError::TotalChanged {
+                was: self.total,
+                now: total,
+            });
+        }
+        let expected = self.last.wrapping_add(1);
+        if self.is_complete() || number != expected {
+            return Err(PacketError::OutOfOrder {
+                expected,
+                got: number,
+            });
+        }
+        self.last = number;
+        self.take(data_len)?;
+        Ok(PacketStep::Next {
+            last: self.is_complete(),
+        })
+    }
+
+    /// Whether the first packet's own step is the last (a one-packet upload).
+    pub fn first_is_last(&self) -> bool {
+        self.is_complete()
+    }
+
+    /// Counts a packet's bytes against the mode's rules.
+    fn take(&mut self, data_len: u32) -> Result<(), PacketError> {
+        if self.granularity == Granularity::Each
+            && (data_len == 0 || !data_len.is_multiple_of(AES_BLOCK_LEN as u32))
+        {
+            return Err(PacketError::NotBlocks { len: data_len });
+        }
+        self.received += u64::from(data_len);
+        if self.granularity == Granularity::Split {
+            let expected = u64::from(self.first_content_size);
+            let short = self.is_complete() && self.received != expected;
+            if self.received > expected || short {
+                return Err(PacketError::SizeMismatch {
+                    expected,
+                    got: self.received,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pk(content_size: u32, orig_size: u32, first: u16, second: u16) -> PacketHeader {
+        PacketHeader {
+            content_size,
+            orig_size,
+            first,
+            second,
+        }
+    }
+
+    #[test]
+    fn whole_file_sizes_with_cut_ciphertext_is_split() {
+        // 1000 bytes -> 1008 ciphertext, cut in 512 + 496 (the vectors).
+        let mut run = PacketRun::start(&pk(1008, 1000, 1, 2), 512).unwrap();
+        assert_eq!(run.granularity, Granularity::Split);
+        assert!(!run.is_complete());
+        assert_eq!(
+            run.next(&pk(1008, 1000, 2, 2), 496, true),
+            Ok(PacketStep::Next { last: true })
+        );
+    }
+
+    #[test]
+    fn per_packet_sizes_with_padded_pieces_is_each() {
+        // 4096-byte plaintext pieces of a 10000-byte file: 4112 on the wire.
+        let run = PacketRun::start(&pk(4112, 4096, 1, 3), 4112).unwrap();
+        assert_eq!(run.granularity, Granularity::Each);
+        // Whole-file sizes but padded pieces: content_size > padded(orig).
+        let run = PacketRun::start(&pk(10_048, 10_000, 1, 3), 4112).unwrap();
+        assert_eq!(run.granularity, Granularity::Each);
+    }
+
+    #[test]
+    fn one_packet_is_split_whatever_the_fields_say() {
+        let run = PacketRun::start(&pk(1008, 1000, 1, 1), 1008).unwrap();
+        assert_eq!(run.granularity, Granularity::Split);
+        assert!(run.first_is_last());
+        let run = PacketRun::start(&pk(1008, 1000, 0, 1), 1008).unwrap();
+        assert!(run.first_is_last());
+    }
+
+    #[test]
+    fn numbering_from_zero_and_swapped_fields() {
+        let mut run = PacketRun::start(&pk(48, 40, 0, 3), 16).unwrap();
+        assert_eq!((run.base, run.swapped), (0, false));
+        run.next(&pk(48, 40, 1, 3), 16, true).unwrap();
+        assert_eq!(
+            run.next(&pk(48, 40, 2, 3), 16, true),
+            Ok(PacketStep::Next { last: true })
+        );
+        // total first: (3, 1) is packet 1 of 3.
+        let mut run = PacketRun::start(&pk(48, 40, 3, 1), 16).unwrap();
+        assert_eq!((run.base, run.swapped, run.total), (1, true, 3));
+        run.next(&pk(48, 40, 3, 2), 16, true).unwrap();
+        assert_eq!(
+            run.next(&pk(48, 40, 3, 3), 16, true),
+            Ok(PacketStep::Next { last: true })
+        );
+    }
+
+    #[test]
+    fn bad_sequences_are_refused() {
+        assert!(matches!(
+            PacketRun::start(&pk(48, 40, 2, 3), 16),
+            Err(PacketError::BadFirst { .. })
+        ));
+        assert!(matches!(
+            PacketRun::start(&pk(48, 40, 0, 0), 16),
+            Err(PacketError::BadFirst { .. })
+        ));
+        let first = || PacketRun::start(&pk(48, 40, 1, 3), 16).unwrap();
+        assert_eq!(
+            first().next(&pk(48, 40, 3, 3), 16, true),
+            Err(PacketError::OutOfOrder {
+                expected: 2,
+                got: 3
+            })
+        );
+        assert_eq!(
+            first().next(&pk(48, 40, 2, 4), 16, true),
+            Err(PacketError::TotalChanged { was: 3, now: 4 })
+        );
+        assert_eq!(
+            first().next(&pk(48, 40, 2, 3), 16, false),
+            Err(PacketError::NameChanged)
+        );
+        // Duplicate of the current number.
+        let mut run = first();
+        run.next(&pk(48, 40, 2, 3), 16, true).unwrap();
+        assert!(run.next(&pk(48, 40, 2, 3), 16, true).is_err());
+        // Past the total.
+        run.next(&pk(48, 40, 3, 3), 16, true).unwrap();
+        assert!(run.next(&pk(48, 40, 4, 3), 16, true).is_err());
+        // The first number again starts over.
+        assert_eq!(
+            first().next(&pk(48, 40, 1, 3), 16, true),
+            Ok(PacketStep::Restart)
+        );
+    }
+
+    #[test]
+    fn split_packets_must_add_up_to_content_size() {
+        let mut run = PacketRun::start(&pk(1008, 1000, 1, 2), 512).unwrap();
+        assert_eq!(
+            run.next(&pk(1008, 1000, 2, 2), 480, true),
+            Err(PacketError::SizeMismatch {
+                expected: 1008,
+                got: 992
+            })
+        );
+        let mut run = PacketRun::start(&pk(1008, 1000, 1, 3), 512).unwrap();
+        assert!(run.next(&pk(1008, 1000, 2, 3), 512, true).is_err());
+    }
+
+    #[test]
+    fn each_mode_packets_must_be_whole_blocks() {
+        assert_eq!(
+            PacketRun::start(&pk(4000, 4000, 1, 2), 4000),
+            Err(PacketError::NotBlocks { len: 4000 })
+        );
+    }
+}
