@@ -1,5 +1,7 @@
 //! Cryptography of PROTOCOL.md §4: RSA-1024 keys, RSAES-OAEP (SHA-1) key
-//! transport, and streaming AES-128-CBC with a zero IV and PKCS#7 padding.
+//! transport, and streaming AES-CBC with a zero IV and PKCS#7 padding:
+//! AES-128 in most revisions, AES-256 in 2024a and 2024c (§9). The key's
+//! size ([`AesKeySize`]) picks the cipher.
 //!
 //! The crate is sans-IO and has **no** source of randomness of its own: every
 //! operation that needs random bytes (key generation, OAEP encryption, RSA
@@ -15,7 +17,7 @@
 use core::convert::Infallible;
 use core::fmt;
 
-use aes::Aes128;
+use aes::{Aes128, Aes256};
 use cbc::cipher::array::Array;
 use cbc::cipher::block_padding::Pkcs7;
 use cbc::cipher::consts::U16;
@@ -143,7 +145,8 @@ pub enum CryptoError {
     KeyGeneration,
     /// RSA-OAEP encryption failed.
     Encrypt,
-    /// RSA-OAEP decryption failed, or the plaintext is not a 16-byte AES key (§4).
+    /// RSA-OAEP decryption failed, or the plaintext is not a 16- or 32-byte
+    /// AES key (§4, §9).
     Decrypt,
     /// AES-CBC ciphertext is not a non-zero multiple of 16 bytes or its
     /// PKCS#7 padding is wrong (§4).
@@ -164,7 +167,7 @@ impl fmt::Display for CryptoError {
             Self::BadPrivateKey => f.write_str("not a valid PKCS#8 or PKCS#1 RSA private key"),
             Self::KeyGeneration => f.write_str("RSA key generation failed"),
             Self::Encrypt => f.write_str("RSA-OAEP encryption failed"),
-            Self::Decrypt => f.write_str("RSA-OAEP decryption failed or did not give a 16-byte AES key"),
+            Self::Decrypt => f.write_str("RSA-OAEP decryption failed or did not give a 16- or 32-byte AES key"),
             Self::BadPadding => f.write_str("AES-CBC ciphertext has a bad length or bad PKCS#7 padding"),
         }
     }
@@ -176,39 +179,122 @@ impl std::error::Error for CryptoError {}
 // AES key
 // ---------------------------------------------------------------------------
 
-/// An AES-128 key (§4): 16 bytes, fresh for every 2102 and 2105.
+/// The two AES key sizes of the published revisions (§4, §9): 128 bits for
+/// 2022c, 2023a and 2023c, 256 bits for 2024a and 2024c. Either key travels
+/// as one 128-byte RSAES-OAEP-SHA1 block; only the cipher changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AesKeySize {
+    /// AES-128: a 16-byte key.
+    Aes128,
+    /// AES-256: a 32-byte key (2024a, 2024c).
+    Aes256,
+}
+
+impl AesKeySize {
+    /// Key length in bytes: 16 or 32.
+    #[must_use]
+    #[allow(clippy::len_without_is_empty)] // a key size is never empty
+    pub const fn len(self) -> usize {
+        match self {
+            Self::Aes128 => AES128_KEY_LEN,
+            Self::Aes256 => AES256_KEY_LEN,
+        }
+    }
+
+    /// Key length in bits: 128 or 256.
+    #[must_use]
+    pub const fn bits(self) -> usize {
+        self.len() * 8
+    }
+
+    /// The size whose key is `len` bytes long (16 or 32), else `None`.
+    #[must_use]
+    pub const fn from_len(len: usize) -> Option<Self> {
+        match len {
+            AES128_KEY_LEN => Some(Self::Aes128),
+            AES256_KEY_LEN => Some(Self::Aes256),
+            _ => None,
+        }
+    }
+}
+
+/// Length of an AES-128 key in bytes (the `AES_KEY_LEN` of §4).
+const AES128_KEY_LEN: usize = AES_KEY_LEN;
+/// Length of an AES-256 key in bytes (2024a, 2024c).
+const AES256_KEY_LEN: usize = 32;
+
+/// The key bytes, typed by size so each cipher gets its fixed-size array.
+#[derive(Clone, PartialEq, Eq)]
+enum KeyBytes {
+    Aes128([u8; AES128_KEY_LEN]),
+    Aes256([u8; AES256_KEY_LEN]),
+}
+
+/// An AES key (§4, §9): 16 bytes (AES-128) or 32 bytes (AES-256, revisions
+/// 2024a and 2024c), fresh for every 2102/2105 (1602/1605). The key's size
+/// picks the cipher of [`CbcEncryptor`], [`CbcDecryptor`], [`cbc_encrypt`]
+/// and [`cbc_decrypt`].
 ///
 /// Prints as `AesKey(<redacted>)` and overwrites its bytes with zeros when
-/// dropped. Equality is a plain (not constant-time) comparison.
+/// dropped. Equality is a plain (not constant-time) comparison; keys of
+/// different sizes are never equal. No heap allocation.
 #[derive(Clone, PartialEq, Eq)]
-pub struct AesKey([u8; AES_KEY_LEN]);
+pub struct AesKey(KeyBytes);
 
 impl AesKey {
-    /// Wraps 16 key bytes.
+    /// Wraps 16 key bytes (AES-128).
     #[must_use]
     pub fn from_bytes(bytes: [u8; AES_KEY_LEN]) -> Self {
-        Self(bytes)
+        Self(KeyBytes::Aes128(bytes))
     }
 
-    /// Wraps `bytes` if it is exactly 16 bytes long, else `None`.
+    /// Wraps `bytes` if it is exactly 16 (AES-128) or 32 (AES-256) bytes
+    /// long, else `None`.
     #[must_use]
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        let arr: [u8; AES_KEY_LEN] = bytes.try_into().ok()?;
-        Some(Self(arr))
+        match AesKeySize::from_len(bytes.len())? {
+            AesKeySize::Aes128 => Some(Self(KeyBytes::Aes128(bytes.try_into().ok()?))),
+            AesKeySize::Aes256 => Some(Self(KeyBytes::Aes256(bytes.try_into().ok()?))),
+        }
     }
 
-    /// A fresh key of 16 bytes from `rng` (§4).
+    /// A fresh 16-byte (AES-128) key from `rng` (§4). Same as
+    /// [`generate_sized`](Self::generate_sized)`(rng, AesKeySize::Aes128)`.
     #[must_use]
     pub fn generate(rng: &mut dyn Entropy) -> Self {
-        let mut k = Self([0u8; AES_KEY_LEN]);
-        rng.fill_bytes(&mut k.0);
+        Self::generate_sized(rng, AesKeySize::Aes128)
+    }
+
+    /// A fresh key of `size` from `rng` (§4, §9: 256 bits for 2024a/c).
+    #[must_use]
+    pub fn generate_sized(rng: &mut dyn Entropy, size: AesKeySize) -> Self {
+        let mut k = Self(match size {
+            AesKeySize::Aes128 => KeyBytes::Aes128([0u8; AES128_KEY_LEN]),
+            AesKeySize::Aes256 => KeyBytes::Aes256([0u8; AES256_KEY_LEN]),
+        });
+        match &mut k.0 {
+            KeyBytes::Aes128(b) => rng.fill_bytes(b),
+            KeyBytes::Aes256(b) => rng.fill_bytes(b),
+        }
         k
     }
 
-    /// The raw key bytes.
+    /// The key's size: AES-128 or AES-256.
     #[must_use]
-    pub fn as_bytes(&self) -> &[u8; AES_KEY_LEN] {
-        &self.0
+    pub fn size(&self) -> AesKeySize {
+        match self.0 {
+            KeyBytes::Aes128(_) => AesKeySize::Aes128,
+            KeyBytes::Aes256(_) => AesKeySize::Aes256,
+        }
+    }
+
+    /// The raw key bytes: 16 or 32 of them ([`size`](Self::size)`.len()`).
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            KeyBytes::Aes128(b) => b,
+            KeyBytes::Aes256(b) => b,
+        }
     }
 }
 
@@ -220,7 +306,10 @@ impl fmt::Debug for AesKey {
 
 impl Drop for AesKey {
     fn drop(&mut self) {
-        self.0.zeroize();
+        match &mut self.0 {
+            KeyBytes::Aes128(b) => b.zeroize(),
+            KeyBytes::Aes256(b) => b.zeroize(),
+        }
     }
 }
 
@@ -340,13 +429,18 @@ impl RsaPrivateKey {
         RsaPublicKey(self.0.to_public_key())
     }
 
-    /// Decrypts the `encrypted_aes_key` of a 2102/2105 (§3, §4):
-    /// RSAES-OAEP with SHA-1, MGF1-SHA-1 and an empty label, blinded with
-    /// bytes from `rng`. `ciphertext` must be 128 bytes.
+    /// Decrypts the `encrypted_aes_key` of a 2102/2105 or 1602/1605 (§3, §4,
+    /// §9): RSAES-OAEP with SHA-1, MGF1-SHA-1 and an empty label, blinded
+    /// with bytes from `rng`. `ciphertext` must be 128 bytes.
+    ///
+    /// The key comes back at the size the OAEP block held: 16 bytes gives
+    /// an AES-128 key, 32 bytes an AES-256 key, so the caller needs no
+    /// revision here. A caller that wants to insist on its revision's size
+    /// compares [`AesKey::size`] afterwards.
     ///
     /// # Errors
     /// [`CryptoError::Decrypt`] if the ciphertext has the wrong length, does
-    /// not decrypt, or does not hold exactly 16 bytes.
+    /// not decrypt, or holds neither 16 nor 32 bytes.
     pub fn decrypt_aes_key(
         &self,
         ciphertext: &[u8],
@@ -474,14 +568,15 @@ impl RsaPublicKey {
         )
     }
 
-    /// Encrypts `key` for the 2102/2105 `encrypted_aes_key` field (§3, §4):
-    /// RSAES-OAEP with SHA-1, MGF1-SHA-1 and an empty label, padding seed
-    /// from `rng`. The output is randomized; it decrypts with the matching
-    /// [`RsaPrivateKey::decrypt_aes_key`].
+    /// Encrypts `key` (16 or 32 bytes, whichever it is) for the 2102/2105 or
+    /// 1602/1605 `encrypted_aes_key` field (§3, §4, §9): RSAES-OAEP with
+    /// SHA-1, MGF1-SHA-1 and an empty label, padding seed from `rng`, always
+    /// 128 bytes. The output is randomized; it decrypts with the matching
+    /// [`RsaPrivateKey::decrypt_aes_key`] to a key of the same size.
     ///
     /// # Errors
     /// [`CryptoError::Encrypt`] if the `rsa` crate fails (never expected for
-    /// a 1024-bit key and a 16-byte message).
+    /// a 1024-bit key and a 16- or 32-byte message; OAEP-SHA1 takes up to 86).
     pub fn encrypt_aes_key(
         &self,
         key: &AesKey,
@@ -497,12 +592,97 @@ impl RsaPublicKey {
 }
 
 // ---------------------------------------------------------------------------
-// AES-128-CBC, zero IV, PKCS#7
+// AES-128/256-CBC, zero IV, PKCS#7
 // ---------------------------------------------------------------------------
 
 type Aes128CbcEnc = cbc::Encryptor<Aes128>;
 type Aes128CbcDec = cbc::Decryptor<Aes128>;
+type Aes256CbcEnc = cbc::Encryptor<Aes256>;
+type Aes256CbcDec = cbc::Decryptor<Aes256>;
 type AesBlock = Array<u8, U16>;
+
+/// CBC encryption state for either key size (zero IV, §4).
+///
+/// The size is matched once per call, never per block: each method hands
+/// the whole run of blocks to the `cbc` crate, which keeps its own
+/// AES-NI/parallel fast paths for both sizes. Held inline, no heap.
+enum CbcEnc {
+    Aes128(Aes128CbcEnc),
+    Aes256(Aes256CbcEnc),
+}
+
+impl CbcEnc {
+    fn new(key: &AesKey) -> Self {
+        match &key.0 {
+            KeyBytes::Aes128(k) => Self::Aes128(Aes128CbcEnc::new(k.into(), (&ZERO_IV).into())),
+            KeyBytes::Aes256(k) => Self::Aes256(Aes256CbcEnc::new(k.into(), (&ZERO_IV).into())),
+        }
+    }
+
+    /// Encrypts whole blocks in place, chaining from the previous call.
+    #[inline]
+    fn encrypt_blocks(&mut self, blocks: &mut [AesBlock]) {
+        match self {
+            Self::Aes128(c) => c.encrypt_blocks(blocks),
+            Self::Aes256(c) => c.encrypt_blocks(blocks),
+        }
+    }
+
+    /// One-shot PKCS#7 encryption with the `cbc` crate's own padding code.
+    fn encrypt_padded_vec(self, plain: &[u8]) -> Vec<u8> {
+        match self {
+            Self::Aes128(c) => c.encrypt_padded_vec::<Pkcs7>(plain),
+            Self::Aes256(c) => c.encrypt_padded_vec::<Pkcs7>(plain),
+        }
+    }
+
+    fn size(&self) -> AesKeySize {
+        match self {
+            Self::Aes128(_) => AesKeySize::Aes128,
+            Self::Aes256(_) => AesKeySize::Aes256,
+        }
+    }
+}
+
+/// CBC decryption state for either key size; as [`CbcEnc`].
+enum CbcDec {
+    Aes128(Aes128CbcDec),
+    Aes256(Aes256CbcDec),
+}
+
+impl CbcDec {
+    fn new(key: &AesKey) -> Self {
+        match &key.0 {
+            KeyBytes::Aes128(k) => Self::Aes128(Aes128CbcDec::new(k.into(), (&ZERO_IV).into())),
+            KeyBytes::Aes256(k) => Self::Aes256(Aes256CbcDec::new(k.into(), (&ZERO_IV).into())),
+        }
+    }
+
+    /// Decrypts whole blocks in place, chaining from the previous call.
+    #[inline]
+    fn decrypt_blocks(&mut self, blocks: &mut [AesBlock]) {
+        match self {
+            Self::Aes128(c) => c.decrypt_blocks(blocks),
+            Self::Aes256(c) => c.decrypt_blocks(blocks),
+        }
+    }
+
+    /// One-shot PKCS#7 decryption with the `cbc` crate's own unpadding code.
+    fn decrypt_padded_vec(self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        match self {
+            Self::Aes128(c) => c.decrypt_padded_vec::<Pkcs7>(ciphertext),
+            Self::Aes256(c) => c.decrypt_padded_vec::<Pkcs7>(ciphertext),
+        }
+        .map_err(|_| CryptoError::BadPadding)
+    }
+
+    fn size(&self) -> AesKeySize {
+        match self {
+            Self::Aes128(_) => AesKeySize::Aes128,
+            Self::Aes256(_) => AesKeySize::Aes256,
+        }
+    }
+}
 
 /// The IV of §4: 16 zero bytes.
 const ZERO_IV: [u8; AES_BLOCK_LEN] = [0u8; AES_BLOCK_LEN];
@@ -530,7 +710,8 @@ pub fn checked_encrypted_len(plain_len: u64) -> Option<u64> {
     (plain_len / AES_BLOCK_LEN as u64 + 1).checked_mul(AES_BLOCK_LEN as u64)
 }
 
-/// Streaming AES-128-CBC encryptor with a zero IV and PKCS#7 padding (§4).
+/// Streaming AES-CBC encryptor with a zero IV and PKCS#7 padding (§4):
+/// AES-128 or AES-256, as the key given to [`new`](Self::new) is.
 ///
 /// Feed the file in chunks of any size with [`update`](Self::update), then
 /// call [`finish`](Self::finish). The total output is exactly
@@ -541,7 +722,7 @@ pub fn checked_encrypted_len(plain_len: u64) -> Option<u64> {
 /// (AES-NI where available); at most 15 bytes are held between calls. No
 /// allocation beyond growing `out`.
 pub struct CbcEncryptor {
-    cipher: Aes128CbcEnc,
+    cipher: CbcEnc,
     buf: [u8; AES_BLOCK_LEN],
     buf_len: usize,
 }
@@ -551,7 +732,7 @@ impl CbcEncryptor {
     #[must_use]
     pub fn new(key: &AesKey) -> Self {
         Self {
-            cipher: Aes128CbcEnc::new(key.as_bytes().into(), (&ZERO_IV).into()),
+            cipher: CbcEnc::new(key),
             buf: [0u8; AES_BLOCK_LEN],
             buf_len: 0,
         }
@@ -615,12 +796,14 @@ impl CbcEncryptor {
 impl fmt::Debug for CbcEncryptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CbcEncryptor")
+            .field("key_size", &self.cipher.size())
             .field("buffered", &self.buf_len)
             .finish_non_exhaustive()
     }
 }
 
-/// Streaming AES-128-CBC decryptor with a zero IV and PKCS#7 padding (§4).
+/// Streaming AES-CBC decryptor with a zero IV and PKCS#7 padding (§4):
+/// AES-128 or AES-256, as the key given to [`new`](Self::new) is.
 ///
 /// Feed the 1028 content in chunks of any size with
 /// [`update`](Self::update); it appends plaintext but always holds back the
@@ -633,7 +816,7 @@ impl fmt::Debug for CbcEncryptor {
 /// blocks in parallel (CBC decryption is parallelisable). No allocation
 /// beyond growing `out`.
 pub struct CbcDecryptor {
-    cipher: Aes128CbcDec,
+    cipher: CbcDec,
     /// Partial ciphertext block.
     buf: [u8; AES_BLOCK_LEN],
     buf_len: usize,
@@ -647,7 +830,7 @@ impl CbcDecryptor {
     #[must_use]
     pub fn new(key: &AesKey) -> Self {
         Self {
-            cipher: Aes128CbcDec::new(key.as_bytes().into(), (&ZERO_IV).into()),
+            cipher: CbcDec::new(key),
             buf: [0u8; AES_BLOCK_LEN],
             buf_len: 0,
             held: [0u8; AES_BLOCK_LEN],
@@ -718,6 +901,7 @@ impl CbcDecryptor {
 impl fmt::Debug for CbcDecryptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CbcDecryptor")
+            .field("key_size", &self.cipher.size())
             .field(
                 "buffered",
                 &(self.buf_len + usize::from(self.has_held) * AES_BLOCK_LEN),
@@ -726,16 +910,18 @@ impl fmt::Debug for CbcDecryptor {
     }
 }
 
-/// One-shot AES-128-CBC encryption with the zero IV and PKCS#7 (§4); the
-/// result is [`encrypted_len`]`(plain.len())` bytes. Uses the `cbc` crate's
-/// own padding code, independent of [`CbcEncryptor`].
+/// One-shot AES-CBC encryption (AES-128 or AES-256, as `key` is) with the
+/// zero IV and PKCS#7 (§4); the result is [`encrypted_len`]`(plain.len())`
+/// bytes. Uses the `cbc` crate's own padding code, independent of
+/// [`CbcEncryptor`].
 #[must_use]
 pub fn cbc_encrypt(key: &AesKey, plain: &[u8]) -> Vec<u8> {
-    Aes128CbcEnc::new(key.as_bytes().into(), (&ZERO_IV).into()).encrypt_padded_vec::<Pkcs7>(plain)
+    CbcEnc::new(key).encrypt_padded_vec(plain)
 }
 
-/// One-shot AES-128-CBC decryption with the zero IV and PKCS#7 (§4). Uses
-/// the `cbc` crate's own unpadding code, independent of [`CbcDecryptor`].
+/// One-shot AES-CBC decryption (AES-128 or AES-256, as `key` is) with the
+/// zero IV and PKCS#7 (§4). Uses the `cbc` crate's own unpadding code,
+/// independent of [`CbcDecryptor`].
 ///
 /// # Errors
 /// [`CryptoError::BadPadding`] under the same conditions as
@@ -744,9 +930,7 @@ pub fn cbc_decrypt(key: &AesKey, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoErr
     if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(AES_BLOCK_LEN) {
         return Err(CryptoError::BadPadding);
     }
-    Aes128CbcDec::new(key.as_bytes().into(), (&ZERO_IV).into())
-        .decrypt_padded_vec::<Pkcs7>(ciphertext)
-        .map_err(|_| CryptoError::BadPadding)
+    CbcDec::new(key).decrypt_padded_vec(ciphertext)
 }
 
 #[cfg(test)]
@@ -762,6 +946,25 @@ mod tests {
         env!("CARGO_MANIFEST_DIR"),
         "/../fixtures/vectors/rsa1024_public_spki.der"
     ));
+    const PLAIN_1000: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/vectors/plain_1000.bin"
+    ));
+    /// The 32-byte AES key of revisions 2024a/c (PyCryptodome vectors).
+    const KEY_2024C: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/vectors/2024c/aes_key.bin"
+    ));
+    /// `plain_1000.bin` under `KEY_2024C`: AES-256-CBC, zero IV, PKCS#7.
+    const CIPHER_1000_2024C: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/vectors/2024c/cipher_1000.bin"
+    ));
+    /// `KEY_2024C` under the vector RSA key, RSAES-OAEP-SHA1.
+    const OAEP_2024C: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/vectors/2024c/oaep_ciphertext.bin"
+    ));
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -769,6 +972,22 @@ mod tests {
 
     fn test_key() -> AesKey {
         AesKey::from_bytes(*b"0123456789abcdef")
+    }
+
+    fn test_key_256() -> AesKey {
+        AesKey::from_slice(b"0123456789abcdef0123456789ABCDEF").expect("32 bytes")
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// Encrypts whole blocks with no padding (zero IV), for hand-built last blocks.
+    fn encrypt_raw_blocks(key: &AesKey, buf: &mut [u8]) {
+        CbcEnc::new(key).encrypt_blocks(as_blocks_mut(buf));
     }
 
     fn stream_encrypt(key: &AesKey, data: &[u8], chunk: usize) -> Vec<u8> {
@@ -814,11 +1033,165 @@ mod tests {
     }
 
     #[test]
-    fn aes_key_from_slice_requires_16_bytes() {
-        assert!(AesKey::from_slice(&[0u8; 15]).is_none());
-        assert!(AesKey::from_slice(&[0u8; 17]).is_none());
+    fn aes_key_from_slice_takes_16_or_32_bytes_only() {
+        for len in [0, 1, 15, 17, 24, 31, 33, 48, 64] {
+            assert!(AesKey::from_slice(&vec![0u8; len]).is_none(), "{len}");
+            assert_eq!(AesKeySize::from_len(len), None, "{len}");
+        }
         let k = AesKey::from_slice(&[9u8; 16]).expect("16 bytes");
         assert_eq!(k.as_bytes(), &[9u8; 16]);
+        assert_eq!(k.size(), AesKeySize::Aes128);
+        assert_eq!(k, AesKey::from_bytes([9u8; 16]));
+        let k = AesKey::from_slice(&[9u8; 32]).expect("32 bytes");
+        assert_eq!(k.as_bytes(), &[9u8; 32]);
+        assert_eq!(k.size(), AesKeySize::Aes256);
+        // Same leading bytes, different size: different keys.
+        assert_ne!(k, AesKey::from_bytes([9u8; 16]));
+    }
+
+    #[test]
+    fn aes_key_sizes() {
+        assert_eq!(AesKeySize::Aes128.len(), 16);
+        assert_eq!(AesKeySize::Aes256.len(), 32);
+        assert_eq!(AesKeySize::Aes128.bits(), 128);
+        assert_eq!(AesKeySize::Aes256.bits(), 256);
+        for size in [AesKeySize::Aes128, AesKeySize::Aes256] {
+            assert_eq!(AesKeySize::from_len(size.len()), Some(size));
+            let k = AesKey::generate_sized(&mut TestEntropy::new(4), size);
+            assert_eq!(k.size(), size);
+            assert_eq!(k.as_bytes().len(), size.len());
+            assert_ne!(k.as_bytes(), &vec![0u8; size.len()][..]);
+            assert_eq!(k, AesKey::generate_sized(&mut TestEntropy::new(4), size));
+            assert_ne!(k, AesKey::generate_sized(&mut TestEntropy::new(5), size));
+        }
+        // generate() stays AES-128, byte-identical to generate_sized(Aes128).
+        let k = AesKey::generate(&mut TestEntropy::new(4));
+        assert_eq!(k.size(), AesKeySize::Aes128);
+        assert_eq!(
+            k,
+            AesKey::generate_sized(&mut TestEntropy::new(4), AesKeySize::Aes128)
+        );
+    }
+
+    #[test]
+    fn aes256_cbc_matches_the_2024c_vector() {
+        let key = AesKey::from_slice(KEY_2024C).expect("aes_key.bin is 32 bytes");
+        assert_eq!(key.size(), AesKeySize::Aes256);
+        assert_eq!(PLAIN_1000.len(), 1000);
+        assert_eq!(CIPHER_1000_2024C.len() as u64, encrypted_len(1000));
+        assert_eq!(cbc_encrypt(&key, PLAIN_1000), CIPHER_1000_2024C);
+        assert_eq!(
+            cbc_decrypt(&key, CIPHER_1000_2024C).expect("valid"),
+            PLAIN_1000
+        );
+        // Streaming, in odd-sized pieces, gives the same bytes both ways.
+        for chunk in [1, 3, 7, 15, 16, 17, 33, 100, 999, 1000, 4096] {
+            assert_eq!(
+                stream_encrypt(&key, PLAIN_1000, chunk),
+                CIPHER_1000_2024C,
+                "chunk {chunk}"
+            );
+            assert_eq!(
+                stream_decrypt(&key, CIPHER_1000_2024C, chunk).expect("valid"),
+                PLAIN_1000,
+                "chunk {chunk}"
+            );
+        }
+        // The 128-bit key is not a prefix shortcut: the first 16 bytes of the
+        // 256-bit key encrypt differently.
+        let short = AesKey::from_slice(&KEY_2024C[..16]).expect("16 bytes");
+        assert_ne!(cbc_encrypt(&short, PLAIN_1000), CIPHER_1000_2024C);
+    }
+
+    /// NIST SP 800-38A F.2.1 (CBC-AES128) and F.2.5 (CBC-AES256). Their IV
+    /// is 000102..0f; with the zero IV of §4 the same chain comes out when
+    /// the first plaintext block is XORed with that IV beforehand.
+    #[test]
+    fn cbc_matches_nist_sp800_38a() {
+        let plain = unhex(concat!(
+            "6bc1bee22e409f96e93d7e117393172a",
+            "ae2d8a571e03ac9c9eb76fac45af8e51",
+            "30c81c46a35ce411e5fbc1191a0a52ef",
+            "f69f2445df4f9b17ad2b417be66c3710",
+        ));
+        for (key, want) in [
+            (
+                "2b7e151628aed2a6abf7158809cf4f3c",
+                concat!(
+                    "7649abac8119b246cee98e9b12e9197d",
+                    "5086cb9b507219ee95db113a917678b2",
+                    "73bed6b8e3c1743b7116e69e22229516",
+                    "3ff1caa1681fac09120eca307586e1a7",
+                ),
+            ),
+            (
+                "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4",
+                concat!(
+                    "f58c4c04d6e5f1ba779eabfb5f7bfbd6",
+                    "9cfc4e967edb808d679f777bc6702c7d",
+                    "39f23369a9d9bacfa530e26304231461",
+                    "b2eb05e2c39be9fcda6c19078c6a9d1b",
+                ),
+            ),
+        ] {
+            let key = AesKey::from_slice(&unhex(key)).expect("key");
+            let mut input = plain.clone();
+            for (i, b) in input[..16].iter_mut().enumerate() {
+                *b ^= i as u8;
+            }
+            let want = unhex(want);
+            let ct = cbc_encrypt(&key, &input);
+            assert_eq!(ct.len(), 80, "{:?}", key.size());
+            assert_eq!(&ct[..64], &want[..], "{:?}", key.size());
+            let mut streamed = input.clone();
+            let mut enc = CbcEncryptor::new(&key);
+            assert!(enc.update_in_place(&mut streamed));
+            assert_eq!(streamed, want, "{:?}", key.size());
+            assert_eq!(cbc_decrypt(&key, &ct).expect("valid"), input);
+        }
+    }
+
+    #[test]
+    fn oaep_vector_decrypts_to_the_2024c_key() {
+        let private = RsaPrivateKey::from_pkcs8_der(PKCS8).expect("fixture key");
+        let key = private
+            .decrypt_aes_key(OAEP_2024C, &mut TestEntropy::new(11))
+            .expect("decrypt");
+        assert_eq!(key.size(), AesKeySize::Aes256);
+        assert_eq!(key.as_bytes(), KEY_2024C);
+    }
+
+    #[test]
+    fn oaep_round_trip_of_a_256_bit_key() {
+        let private = RsaPrivateKey::from_pkcs8_der(PKCS8).expect("fixture key");
+        let public = private.public_key();
+        let mut rng = TestEntropy::new(43);
+        let key = AesKey::generate_sized(&mut rng, AesKeySize::Aes256);
+        let ct = public.encrypt_aes_key(&key, &mut rng).expect("encrypt");
+        assert_eq!(ct.len(), ENCRYPTED_KEY_LEN);
+        let back = private.decrypt_aes_key(&ct, &mut rng).expect("decrypt");
+        assert_eq!(back.size(), AesKeySize::Aes256);
+        assert_eq!(back, key);
+    }
+
+    #[test]
+    fn aes256_in_place_update_equals_copying_update() {
+        let key = test_key_256();
+        let data: Vec<u8> = (0..4096u32).map(|i| (i * 13) as u8).collect();
+        let mut a = CbcEncryptor::new(&key);
+        let mut b = CbcEncryptor::new(&key);
+        let mut copied = Vec::new();
+        a.update(&data, &mut copied);
+        let mut in_place = data.clone();
+        assert!(b.update_in_place(&mut in_place));
+        assert_eq!(in_place, copied);
+        let (mut end_a, mut end_b) = (Vec::new(), Vec::new());
+        a.finish(&mut end_a);
+        b.finish(&mut end_b);
+        assert_eq!(end_a, end_b);
+        copied.extend_from_slice(&end_a);
+        assert_eq!(copied, cbc_encrypt(&key, &data));
+        assert_eq!(cbc_decrypt(&key, &copied).expect("valid"), data);
     }
 
     #[test]
@@ -836,6 +1209,18 @@ mod tests {
         let enc = CbcEncryptor::new(&key);
         let dec = CbcDecryptor::new(&key);
         let s = format!("{enc:?} {dec:?}");
+        assert!(!s.to_lowercase().contains("abab"), "{s}");
+        assert!(!s.contains("171"), "{s}");
+
+        let key = AesKey::from_slice(&[0xAB; 32]).expect("32 bytes");
+        assert_eq!(format!("{key:?}"), "AesKey(<redacted>)");
+        assert_eq!(format!("{key:#?}"), "AesKey(<redacted>)");
+        let s = format!(
+            "{:?} {:?}",
+            CbcEncryptor::new(&key),
+            CbcDecryptor::new(&key)
+        );
+        assert!(s.contains("Aes256"), "{s}");
         assert!(!s.to_lowercase().contains("abab"), "{s}");
         assert!(!s.contains("171"), "{s}");
 
@@ -947,19 +1332,22 @@ mod tests {
     }
 
     #[test]
-    fn oaep_of_a_non_16_byte_message_is_refused() {
+    fn oaep_of_a_message_neither_16_nor_32_bytes_is_refused() {
         let private = RsaPrivateKey::from_pkcs8_der(PKCS8).expect("fixture key");
         let mut rng = TestEntropy::new(5);
-        let mut adapter = EntropyRng(&mut rng);
-        let ct = private
-            .0
-            .to_public_key()
-            .oaep_encrypt_with_rng::<Sha1, _>(&mut adapter, &[1u8; 17])
-            .expect("encrypt 17 bytes");
-        assert_eq!(
-            private.decrypt_aes_key(&ct, &mut rng),
-            Err(CryptoError::Decrypt)
-        );
+        for len in [0usize, 1, 15, 17, 24, 31, 33, 64, 86] {
+            let mut adapter = EntropyRng(&mut rng);
+            let ct = private
+                .0
+                .to_public_key()
+                .oaep_encrypt_with_rng::<Sha1, _>(&mut adapter, &vec![1u8; len])
+                .expect("encrypt");
+            assert_eq!(
+                private.decrypt_aes_key(&ct, &mut rng),
+                Err(CryptoError::Decrypt),
+                "{len} bytes"
+            );
+        }
     }
 
     #[test]
@@ -1052,29 +1440,34 @@ mod tests {
 
     #[test]
     fn every_invalid_pad_value_is_rejected() {
-        let key = test_key();
-        // Build last blocks directly: encrypt raw blocks without padding.
-        for pad in [0u8, 17, 0x80, 0xFF] {
-            let mut ct = [pad; 16].to_vec();
-            Aes128CbcEnc::new(key.as_bytes().into(), (&ZERO_IV).into())
-                .encrypt_blocks(as_blocks_mut(&mut ct));
-            assert_eq!(
-                stream_decrypt(&key, &ct, 16),
-                Err(CryptoError::BadPadding),
-                "pad {pad}"
-            );
-            assert_eq!(
-                cbc_decrypt(&key, &ct),
-                Err(CryptoError::BadPadding),
-                "pad {pad}"
-            );
+        for key in [test_key(), test_key_256()] {
+            // Build last blocks directly: encrypt raw blocks without padding.
+            for pad in [0u8, 17, 0x80, 0xFF] {
+                let mut ct = [pad; 16].to_vec();
+                encrypt_raw_blocks(&key, &mut ct);
+                assert_eq!(
+                    stream_decrypt(&key, &ct, 16),
+                    Err(CryptoError::BadPadding),
+                    "pad {pad}"
+                );
+                assert_eq!(
+                    cbc_decrypt(&key, &ct),
+                    Err(CryptoError::BadPadding),
+                    "pad {pad}"
+                );
+            }
+            // Pad 3 with one wrong padding byte.
+            let mut ct = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 9, 3, 3].to_vec();
+            encrypt_raw_blocks(&key, &mut ct);
+            assert_eq!(stream_decrypt(&key, &ct, 3), Err(CryptoError::BadPadding));
+            assert_eq!(cbc_decrypt(&key, &ct), Err(CryptoError::BadPadding));
+            // The same block with the right padding decrypts.
+            let mut ct = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 3, 3, 3].to_vec();
+            encrypt_raw_blocks(&key, &mut ct);
+            let want = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
+            assert_eq!(stream_decrypt(&key, &ct, 3).as_deref(), Ok(&want[..]));
+            assert_eq!(cbc_decrypt(&key, &ct).as_deref(), Ok(&want[..]));
         }
-        // Pad 3 with one wrong padding byte.
-        let mut ct = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 9, 3, 3].to_vec();
-        Aes128CbcEnc::new(key.as_bytes().into(), (&ZERO_IV).into())
-            .encrypt_blocks(as_blocks_mut(&mut ct));
-        assert_eq!(stream_decrypt(&key, &ct, 3), Err(CryptoError::BadPadding));
-        assert_eq!(cbc_decrypt(&key, &ct), Err(CryptoError::BadPadding));
     }
 
     #[test]
@@ -1087,15 +1480,16 @@ mod tests {
 
     #[test]
     fn truncated_or_empty_ciphertext_is_an_error() {
-        let key = test_key();
-        let ct = cbc_encrypt(&key, &[3u8; 100]);
-        for len in [0, 1, 15, 17, ct.len() - 1] {
-            assert_eq!(
-                stream_decrypt(&key, &ct[..len], 4),
-                Err(CryptoError::BadPadding),
-                "len {len}"
-            );
-            assert_eq!(cbc_decrypt(&key, &ct[..len]), Err(CryptoError::BadPadding));
+        for key in [test_key(), test_key_256()] {
+            let ct = cbc_encrypt(&key, &[3u8; 100]);
+            for len in [0, 1, 15, 17, ct.len() - 1] {
+                assert_eq!(
+                    stream_decrypt(&key, &ct[..len], 4),
+                    Err(CryptoError::BadPadding),
+                    "len {len}"
+                );
+                assert_eq!(cbc_decrypt(&key, &ct[..len]), Err(CryptoError::BadPadding));
+            }
         }
     }
 
@@ -1186,9 +1580,14 @@ mod tests {
         fn streaming_cbc_equals_one_shot_for_any_chunking(
             data in proptest::collection::vec(any::<u8>(), 0..2048),
             cuts in proptest::collection::vec(0usize..2048, 0..10),
-            key in any::<[u8; 16]>(),
+            key in any::<[u8; 32]>(),
+            wide in any::<bool>(),
         ) {
-            let key = AesKey::from_bytes(key);
+            let key = if wide {
+                AesKey::from_slice(&key).expect("32 bytes")
+            } else {
+                AesKey::from_slice(&key[..16]).expect("16 bytes")
+            };
             let one_shot = cbc_encrypt(&key, &data);
             prop_assert_eq!(one_shot.len() as u64, encrypted_len(data.len() as u64));
 
@@ -1224,8 +1623,9 @@ mod tests {
         fn decrypting_random_bytes_never_panics(
             data in proptest::collection::vec(any::<u8>(), 0..200),
             chunk in 1usize..40,
+            wide in any::<bool>(),
         ) {
-            let key = test_key();
+            let key = if wide { test_key_256() } else { test_key() };
             let streamed = stream_decrypt(&key, &data, chunk);
             let one_shot = cbc_decrypt(&key, &data);
             prop_assert_eq!(streamed, one_shot);

@@ -450,7 +450,7 @@ impl Db {
             c.prepare_cached(
                 "UPDATE clients SET PublicKey = ?1, AESKey = ?2, LastSeen = ?3 WHERE ID = ?4",
             )?
-            .execute((&public_key[..], &aes_key.as_bytes()[..], seen, &id.0[..]))
+            .execute((&public_key[..], aes_key.as_bytes(), seen, &id.0[..]))
         })?;
         expect_one_row(op, changed)
     }
@@ -461,7 +461,7 @@ impl Db {
         let op = "store last key";
         let changed = self.write(op, |c| {
             c.prepare_cached("UPDATE clients SET AESKey = ?1 WHERE ID = ?2")?
-                .execute((&aes_key.as_bytes()[..], &id.0[..]))
+                .execute((aes_key.as_bytes(), &id.0[..]))
         })?;
         expect_one_row(op, changed)
     }

@@ -1206,13 +1206,13 @@ fn pipelined_requests_read_concurrently_are_all_answered_in_order() {
 fn same_name_uploaded_on_two_connections_at_once_never_mixes() {
     let mut s = server();
     let (mut client, mut a) = keyed(&s);
-    let key_a = AesKey::from_bytes(*client.key().as_bytes());
+    let key_a = client.key().clone();
     let mut b = s.connect();
     assert!(matches!(
         client.reconnect(&mut b),
         Response::ReconnectAccepted { .. }
     ));
-    let key_b = AesKey::from_bytes(*client.key().as_bytes());
+    let key_b = client.key().clone();
     let data_a = random_bytes(0xa, 300_000);
     let data_b = random_bytes(0xb, 300_016);
     let frame_a = file_frame(

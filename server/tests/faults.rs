@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sealdrop_protocol::cksum::cksum;
-use sealdrop_protocol::crypto::AesKey;
 use sealdrop_protocol::server::CloseReason;
 use sealdrop_protocol::{Request, Response, ServerEvent};
 
@@ -555,7 +554,7 @@ fn kill9_at_random_points_of_20_uploads_then_restart() {
             let c = conn.take().unwrap();
             let mut me = Client::new(&client.name);
             me.id = client.id;
-            me.aes = Some(AesKey::from_bytes(*client.key().as_bytes()));
+            me.aes = Some(client.key().clone());
             let data = data.clone();
             thread::spawn(move || upload_round(c, me, name, &data, &frame, verdict, &progress))
         };

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sealdrop_protocol::cksum::cksum;
-use sealdrop_protocol::crypto::{cbc_encrypt, encrypted_len, AesKey, CbcEncryptor, TestEntropy};
+use sealdrop_protocol::crypto::{cbc_encrypt, encrypted_len, CbcEncryptor, TestEntropy};
 use sealdrop_protocol::message::encode_file_header;
 use sealdrop_protocol::{ClientId, Request, Response};
 use sealdrop_server::direct::direct_writers_in_use;
@@ -91,7 +91,7 @@ fn vectors_are_answered_byte_for_byte_on_a_seeded_database() {
     let row = s.client_row("alice").unwrap();
     assert_eq!(
         row.aes_key.as_deref(),
-        Some(&key.as_bytes()[..]),
+        Some(key.as_bytes()),
         "AESKey is the last key sent"
     );
     assert!(
@@ -614,7 +614,7 @@ fn aes_key_of_a_connection_is_not_disturbed_by_another_session() {
     // §6: two sessions of one client at once must not disturb each other.
     let s = InProcess::start();
     let (mut client, mut a) = Client::setup(s.addr(), &unique_name("two"));
-    let key_a = AesKey::from_bytes(*client.key().as_bytes());
+    let key_a = client.key().clone();
     let mut b = s.connect();
     assert!(matches!(
         client.reconnect(&mut b),

@@ -193,7 +193,7 @@ fn kill9_at_arbitrary_points_of_repeated_replacements() {
             let (acked, sent_ok) = (acked.clone(), sent_ok.clone());
             let mut c = conn.take().unwrap();
             let id = client.id;
-            let key = sealdrop_protocol::crypto::AesKey::from_bytes(*client.key().as_bytes());
+            let key = client.key().clone();
             let name = client.name.clone();
             let first = next;
             thread::spawn(move || {
