@@ -55,10 +55,51 @@ pub enum RequestEvent<'a> {
     FileEnd,
 }
 
+/// Which revision a request decoder reads (§9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevisionChoice {
+    /// Always this one.
+    Fixed(Revision),
+    /// Decided by the connection's first request: 825-902 is 2024c;
+    /// 1025-1031 is `range_1025` (2023c or 2024a, which share their codes);
+    /// 1100-1106 is 2022c or 2023a, told apart at the first 1102 (2023a
+    /// only), 1103 (by its layout) or verdict (by its payload_size). A first
+    /// request that does not decode in the revision its code points to,
+    /// or any other code, makes the connection 2023c.
+    Auto {
+        /// What 1025-1031 means on this connection.
+        range_1025: Revision,
+    },
+}
+
+impl Default for RevisionChoice {
+    fn default() -> Self {
+        RevisionChoice::Fixed(Revision::R2023c)
+    }
+}
+
+/// How far revision detection has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detect {
+    /// The revision is known.
+    Decided,
+    /// No request yet; decided by the first one's code.
+    First { range_1025: Revision },
+    /// 2022c or 2023a: same codes, same 1100 and 1101; read as 2023a.
+    OldPair,
+}
+
+/// Bytes of a 1103's payload that tell 2022c from 2023a: client id and
+/// content_size in 2022c.
+const PEEK_1103: usize = CLIENT_ID_LEN + 4;
+
 #[derive(Debug, Clone, Copy)]
 enum ReqState {
     /// Awaiting (the rest of) a 23-byte header.
     Header,
+    /// A 1103 while 2022c and 2023a are undecided: awaiting the payload's
+    /// first bytes.
+    Peek { header: RequestHeader },
     /// Header accepted; awaiting `need` payload bytes in the buffer.
     Payload { header: RequestHeader, need: usize },
     /// Inside a 1028's content; `remaining` bytes still to hand out.
@@ -73,6 +114,9 @@ enum ReqState {
 #[derive(Debug)]
 pub struct RequestDecoder {
     rev: Revision,
+    detect: Detect,
+    /// No request has been decoded yet.
+    first_frame: bool,
     max_content: u64,
     buf: Vec<u8>,
     state: ReqState,
@@ -82,12 +126,36 @@ impl RequestDecoder {
     /// A decoder accepting 1028 content up to `max_content` encrypted bytes
     /// (capped at the protocol's own limit, [`MAX_CONTENT_SIZE`]).
     pub fn new(rev: Revision, max_content: u64) -> Self {
+        Self::with_choice(RevisionChoice::Fixed(rev), max_content)
+    }
+
+    /// A decoder whose revision is fixed or detected (see
+    /// [`RevisionChoice`]).
+    pub fn with_choice(choice: RevisionChoice, max_content: u64) -> Self {
+        let (rev, detect) = match choice {
+            RevisionChoice::Fixed(rev) => (rev, Detect::Decided),
+            RevisionChoice::Auto { range_1025 } => (Revision::R2023c, Detect::First { range_1025 }),
+        };
         RequestDecoder {
             rev,
+            detect,
+            first_frame: true,
             max_content: max_content.min(MAX_CONTENT_SIZE as u64),
             buf: Vec::with_capacity(MAX_BUFFERED_REQUEST),
             state: ReqState::Header,
         }
+    }
+
+    /// The revision the stream is read in. While 2022c and 2023a are not
+    /// told apart yet it says 2023a (their shared requests are read the
+    /// same); [`RequestDecoder::is_decided`] is then false.
+    pub fn revision(&self) -> Revision {
+        self.rev
+    }
+
+    /// Whether the revision is known for sure.
+    pub fn is_decided(&self) -> bool {
+        self.detect == Detect::Decided
     }
 
     /// Decodes the next event from `input`, advancing it past the bytes
@@ -98,8 +166,19 @@ impl RequestDecoder {
         input: &mut &'a [u8],
     ) -> Result<Option<RequestEvent<'a>>, DecodeError> {
         let result = self.step(input);
-        if let Err(e) = result {
-            self.state = ReqState::Failed(e);
+        match &result {
+            Err(e) => {
+                if self.first_frame {
+                    // An implausible first request: the connection is 2023c.
+                    self.rev = Revision::R2023c;
+                    self.detect = Detect::Decided;
+                }
+                self.state = ReqState::Failed(*e);
+            }
+            Ok(Some(RequestEvent::Request(..) | RequestEvent::FileStart { .. })) => {
+                self.first_frame = false;
+            }
+            Ok(_) => {}
         }
         result
     }
@@ -158,11 +237,31 @@ impl RequestDecoder {
                     if !fill(&mut self.buf, REQUEST_HEADER_LEN, input) {
                         return Ok(None);
                     }
+                    self.detect_from_header();
                     let header = self.check_header()?;
+                    if header.kind == RequestKind::SendFile && self.detect == Detect::OldPair {
+                        let shortest = Revision::R2023a.file_prefix_len() as u32;
+                        if header.payload_size < shortest {
+                            // Too short for either: refused as 2023a.
+                            self.decide(Revision::R2023a);
+                            self.check_file_size(header.payload_size)?;
+                        }
+                        self.state = ReqState::Peek { header };
+                        continue;
+                    }
                     let need = match header.kind {
                         RequestKind::SendFile => self.rev.file_prefix_len(),
                         _ => header.payload_size as usize,
                     };
+                    self.state = ReqState::Payload { header, need };
+                }
+                ReqState::Peek { header } => {
+                    if !fill(&mut self.buf, REQUEST_HEADER_LEN + PEEK_1103, input) {
+                        return Ok(None);
+                    }
+                    self.decide_1103(&header);
+                    self.check_file_size(header.payload_size)?;
+                    let need = self.rev.file_prefix_len();
                     self.state = ReqState::Payload { header, need };
                 }
                 ReqState::Payload { header, need } => {
@@ -175,6 +274,58 @@ impl RequestDecoder {
                 }
             }
         }
+    }
+
+    /// Revision detection from a header's code and payload_size (see
+    /// [`RevisionChoice::Auto`]).
+    fn detect_from_header(&mut self) {
+        let code = le_u16(&self.buf, 17);
+        if let Detect::First { range_1025 } = self.detect {
+            let (rev, detect) = match code {
+                825..=902 => (Revision::R2024c, Detect::Decided),
+                1025..=1031 => (range_1025, Detect::Decided),
+                1100..=1106 => (Revision::R2023a, Detect::OldPair),
+                _ => (Revision::R2023c, Detect::Decided),
+            };
+            self.rev = rev;
+            self.detect = detect;
+        }
+        if self.detect != Detect::OldPair {
+            return;
+        }
+        let payload_size = le_u32(&self.buf, 19);
+        let id_verdict = (CLIENT_ID_LEN + NAME_LEN) as u32;
+        match code {
+            1102 => self.decide(Revision::R2023a),
+            1104..=1106 if payload_size == id_verdict => self.decide(Revision::R2022c),
+            1104..=1106 => self.decide(Revision::R2023a),
+            _ => {}
+        }
+    }
+
+    fn decide(&mut self, rev: Revision) {
+        self.rev = rev;
+        self.detect = Detect::Decided;
+    }
+
+    /// 2022c or 2023a from a 1103's first bytes: 2022c when the payload
+    /// starts with the header's client id and payload_size is 275 +
+    /// content_size (or exactly 275, §9.1) with content_size a non-zero
+    /// multiple of 16.
+    fn decide_1103(&mut self, header: &RequestHeader) {
+        let p = &self.buf[REQUEST_HEADER_LEN..];
+        let content_size = le_u32(p, CLIENT_ID_LEN);
+        let prefix = Revision::R2022c.file_prefix_len() as u32;
+        let sizes = header.payload_size.checked_sub(prefix) == Some(content_size)
+            || (header.payload_size == prefix
+                && content_size != 0
+                && content_size.is_multiple_of(AES_BLOCK_LEN as u32));
+        let rev = if p[..CLIENT_ID_LEN] == header.client_id.0 && sizes {
+            Revision::R2022c
+        } else {
+            Revision::R2023a
+        };
+        self.decide(rev);
     }
 
     /// Checks the header alone: known code, exact payload_size, 1028 size
@@ -198,6 +349,8 @@ impl RequestDecoder {
                 })
             }
             Some(_) => {}
+            // Undecided 2022c/2023a: checked once the 1103 tells which.
+            None if self.detect == Detect::OldPair => {}
             None => self.check_file_size(payload_size)?,
         }
         Ok(RequestHeader {

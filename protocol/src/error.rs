@@ -6,6 +6,7 @@
 use std::fmt;
 
 use crate::crypto::CryptoError;
+use crate::packets::PacketError;
 
 /// A frame that cannot be decoded. Framing is lost after any of these, so
 /// the server answers 2107 and closes (§3), except for [`Truncated`]
@@ -167,6 +168,9 @@ pub enum Refusal {
     BadPadding(StoredKey),
     /// A verdict (1029, 1031) found no upload awaiting it.
     NothingPending,
+    /// A 2024 packet that does not fit its upload (order, total, name,
+    /// sizes); the partial upload is dropped.
+    Packet(PacketError),
     /// Eight random ids in a row were taken.
     NoFreeClientId,
     /// Storage failed.
@@ -204,6 +208,7 @@ impl fmt::Display for Refusal {
                 "{BAD_PADDING} under the stored key; retiring the stored key failed"
             ),
             Refusal::NothingPending => f.write_str("no upload of that name awaits a verdict"),
+            Refusal::Packet(e) => write!(f, "file packet refused: {e}"),
             Refusal::NoFreeClientId => f.write_str("could not draw an unused client id"),
             Refusal::Store(e) => e.fmt(f),
         }

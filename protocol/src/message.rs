@@ -8,6 +8,7 @@ use crate::consts::*;
 use crate::wire::{ClientId, FixedName};
 
 pub use crate::kind::{RequestKind, ResponseKind};
+pub use crate::packets::PacketHeader;
 pub use crate::revision::Revision;
 
 /// The fields of a request header (§1).
@@ -142,20 +143,6 @@ pub fn encode_file_header(
     }
     out.extend_from_slice(&content_size.to_le_bytes());
     out.extend_from_slice(file_name.raw());
-}
-
-/// The fields of a 2024 file packet before its content (§9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PacketHeader {
-    /// content_size: the whole file's ciphertext size, or this packet's
-    /// (§9.1: clients differ).
-    pub content_size: u32,
-    /// orig_file_size: the whole file's plaintext size, or this packet's.
-    pub orig_size: u32,
-    /// The first u16 as it travels: packet_number in most clients.
-    pub first: u16,
-    /// The second u16: total_packets in most clients.
-    pub second: u16,
 }
 
 /// Appends the header and fixed prefix of a 2024 file packet carrying

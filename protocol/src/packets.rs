@@ -32,7 +32,20 @@
 use std::fmt;
 
 use crate::consts::AES_BLOCK_LEN;
-use crate::message::PacketHeader;
+
+/// The fields of a 2024 file packet before its content (§9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketHeader {
+    /// content_size: the whole file's ciphertext size, or this packet's
+    /// (§9.1: clients differ).
+    pub content_size: u32,
+    /// orig_file_size: the whole file's plaintext size, or this packet's.
+    pub orig_size: u32,
+    /// The first u16 as it travels: packet_number in most clients.
+    pub first: u16,
+    /// The second u16: total_packets in most clients.
+    pub second: u16,
+}
 
 /// How the packets of one upload were encrypted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,8 +402,8 @@ mod tests {
     #[test]
     fn each_mode_packets_must_be_whole_blocks() {
         assert_eq!(
-            PacketRun::start(&pk(4000, 4000, 1, 2), 4000),
-            Err(PacketError::NotBlocks { len: 4000 })
+            PacketRun::start(&pk(1000, 1000, 1, 2), 1000),
+            Err(PacketError::NotBlocks { len: 1000 })
         );
     }
 }

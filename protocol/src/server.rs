@@ -34,12 +34,15 @@ use std::time::{Duration, Instant};
 
 use crate::cksum::Cksum;
 use crate::consts::*;
-use crate::crypto::{AesKey, CbcDecryptor, Entropy, RsaPublicKey};
-use crate::decode::{RequestDecoder, RequestEvent};
+use crate::crypto::{AesKey, AesKeySize, CbcDecryptor, Entropy, RsaPublicKey};
+use crate::decode::{RequestDecoder, RequestEvent, RevisionChoice};
 use crate::error::{
     DecodeError, ReconnectError, Refusal, RegistrationError, SessionError, StoredKey,
 };
-use crate::message::{Request, RequestHeader, RequestKind, Response, ResponseKind, Revision};
+use crate::message::{
+    PacketHeader, Request, RequestHeader, RequestKind, Response, ResponseKind, Revision,
+};
+use crate::packets::{Granularity, PacketRun, PacketStep};
 use crate::store::{ConnId, Ctx, Durability, Store, UploadSummary, Verdict, VerdictOutcome};
 use crate::wire::{sanitize_file_name, ClientId, FixedName};
 
@@ -57,8 +60,9 @@ pub const DECRYPT_PIECE: usize = 256 * 1024;
 /// chosen for a file drop on the open internet.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Protocol revision the request codes are read in (§9).
-    pub revision: Revision,
+    /// Protocol revision of the connection, fixed or detected from its
+    /// first request (§9). Default: fixed 2023c.
+    pub revision: RevisionChoice,
     /// Largest 1028 content_size accepted (encrypted bytes); larger ones
     /// are refused from the header alone. Default: the protocol's own
     /// limit, [`MAX_CONTENT_SIZE`] (about 4 GiB).
@@ -84,7 +88,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            revision: Revision::R2023c,
+            revision: RevisionChoice::default(),
             max_content: MAX_CONTENT_SIZE as u64,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
@@ -114,6 +118,10 @@ pub enum CloseReason {
     PeerClosedMidFrame,
     /// The driver closed the connection (shutdown, I/O error).
     Local,
+    /// A request was refused in a revision that has no error response
+    /// (2022c, §9): closed without one, so the client reconnects and
+    /// retries.
+    NoErrorResponse,
     /// The store could not make durable what answers the session held
     /// acknowledged; they were replaced by a 2107
     /// ([`ServerSession::handle_commit`]).
@@ -221,6 +229,11 @@ pub enum ServerEvent {
         /// Why.
         reason: Refusal,
     },
+    /// The connection's revision was detected from its requests (§9).
+    RevisionDetected {
+        /// The revision it speaks.
+        revision: Revision,
+    },
     /// The session is closing.
     Closing(CloseReason),
 }
@@ -236,13 +249,16 @@ pub enum Answer {
     Close,
 }
 
-/// The one place that decides the wire answer to every error (§3): 2101
-/// for a refused registration, 2106 for a refused reconnect, 2107 for a
-/// refused request (the connection stays), 2107 and a close when framing
+/// The one place that decides the wire answer to every error (§3, §9):
+/// 2101 for a refused registration, 2106 for a refused reconnect, 2107 for
+/// a refused request (the connection stays), 2107 and a close when framing
 /// is lost or held answers could not be made durable, and only a close
-/// when the stream ended inside a frame.
-pub fn answer_to(error: &SessionError) -> Answer {
-    match error {
+/// when the stream ended inside a frame. In the 2024 revisions these are
+/// 1601, 1606 and 1607. A revision without the response (2022c has no
+/// 2105-2107) closes the connection without a word instead: its clients
+/// reconnect and retry.
+pub fn answer_to(error: &SessionError, rev: Revision) -> Answer {
+    let answer = match error {
         SessionError::Registration(_) => Answer::Send(ResponseKind::RegistrationFailed),
         SessionError::Reconnect(_) => Answer::Send(ResponseKind::ReconnectDenied),
         SessionError::Refused(_) => Answer::Send(ResponseKind::GeneralError),
@@ -250,12 +266,19 @@ pub fn answer_to(error: &SessionError) -> Answer {
         SessionError::Decode(_) | SessionError::NotDurable => {
             Answer::SendAndClose(ResponseKind::GeneralError)
         }
+    };
+    match answer {
+        Answer::Send(kind) | Answer::SendAndClose(kind) if !rev.has_response(kind) => Answer::Close,
+        other => other,
     }
 }
 
-/// Where a 1028's decrypted content goes.
+/// Where a file message's decrypted content goes.
 struct Sink<U> {
     upload: U,
+    /// The key, to start a fresh decryptor for each separately encrypted
+    /// 2024 packet.
+    key: AesKey,
     decryptor: CbcDecryptor,
     cksum: Cksum,
     /// The key is the client's stored last key, not one this connection
@@ -272,15 +295,28 @@ enum Content<U> {
     Dropping(Refusal),
 }
 
-/// The 1028 being received.
+/// The upload being received: one file message, or the packets of one
+/// 2024 upload.
 struct Incoming<U> {
     client_id: ClientId,
+    /// The file_name field of the (first) message, echoed in 2103/1603.
     file_name: FixedName,
     base: String,
+    /// content_size of the latest message, echoed in 2103/1603.
     content_size: u32,
     started: Instant,
     attempt: u32,
     content: Content<U>,
+    /// The 2024 packet sequence, in a packet layout.
+    packets: Option<PacketRun>,
+}
+
+/// A file message's header and prefix, as the decoder handed them over.
+struct FileMessage {
+    header: RequestHeader,
+    content_size: u32,
+    file_name: FixedName,
+    data_len: u32,
 }
 
 /// Why a complete 1028 could not be kept.
@@ -391,7 +427,7 @@ impl<U> ServerSession<U> {
     /// which the store sees in every call) accepted at `now`.
     pub fn new(config: ServerConfig, conn: ConnId, now: Instant) -> Self {
         ServerSession {
-            decoder: RequestDecoder::new(config.revision, config.max_content),
+            decoder: RequestDecoder::with_choice(config.revision, config.max_content),
             config,
             conn,
             out: Output::default(),
@@ -426,9 +462,15 @@ impl<U> ServerSession<U> {
         let before = input.len();
         while self.wants_input() && requests < MAX_REQUESTS_PER_CALL {
             let mark = self.out.buf.len();
+            let decided = self.decoder.is_decided();
             match self.decoder.decode(input) {
                 Ok(None) => break,
                 Ok(Some(event)) => {
+                    if !decided && self.decoder.is_decided() {
+                        self.events.push_back(ServerEvent::RevisionDetected {
+                            revision: self.decoder.revision(),
+                        });
+                    }
                     if self.on_event(event, now, store, rng) {
                         requests += 1;
                     }
@@ -669,7 +711,26 @@ impl<U> ServerSession<U> {
     }
 
     fn send(&mut self, response: Response) {
-        response.encode(self.config.revision, &mut self.out.buf);
+        response.encode(self.answer_revision(), &mut self.out.buf);
+    }
+
+    /// The revision answers are written in. While 2022c and 2023a are not
+    /// told apart yet this is 2022c: its responses (2100-2104) are 2023a's
+    /// too, and it has no error response, so an error closes the
+    /// connection as both revisions' clients survive.
+    pub fn answer_revision(&self) -> Revision {
+        if self.decoder.is_decided() {
+            self.decoder.revision()
+        } else {
+            Revision::R2022c
+        }
+    }
+
+    /// A fresh AES key of the size the connection's revision uses.
+    fn new_key(&self, rng: &mut dyn Entropy) -> AesKey {
+        let size = AesKeySize::from_len(self.answer_revision().aes_key_len())
+            .unwrap_or(AesKeySize::Aes128);
+        AesKey::generate_sized(rng, size)
     }
 
     /// Reports an error and answers it as [`answer_to`] decides.
@@ -681,7 +742,7 @@ impl<U> ServerSession<U> {
         error: SessionError,
         store: &mut S,
     ) {
-        let answer = answer_to(&error);
+        let answer = answer_to(&error, self.answer_revision());
         let close = match error {
             SessionError::Registration(reason) => {
                 self.events.push_back(ServerEvent::RegistrationFailed {
@@ -710,9 +771,10 @@ impl<U> ServerSession<U> {
             SessionError::Decode(e) => Some(CloseReason::Decode(e)),
             SessionError::NotDurable => Some(CloseReason::NotDurable),
         };
-        let kind = match answer {
-            Answer::Send(kind) | Answer::SendAndClose(kind) => Some(kind),
-            Answer::Close => None,
+        let (kind, close) = match answer {
+            Answer::Send(kind) | Answer::SendAndClose(kind) => (Some(kind), close),
+            // The revision has no such response: say nothing, close.
+            Answer::Close => (None, close.or(Some(CloseReason::NoErrorResponse))),
         };
         match kind {
             Some(ResponseKind::RegistrationFailed) => self.send(Response::RegistrationFailed),
@@ -745,13 +807,23 @@ impl<U> ServerSession<U> {
                 header,
                 content_size,
                 file_name,
-                ..
+                data_len,
+                packet,
             } => {
                 // The header deadline is over; the first progress window starts.
                 self.frame_started = None;
                 self.window_bytes = 0;
                 self.progress_deadline = now + self.config.progress_window;
-                self.on_file_start(header, content_size, file_name, now, store);
+                let message = FileMessage {
+                    header,
+                    content_size,
+                    file_name,
+                    data_len,
+                };
+                match packet {
+                    None => self.on_file_start(message, now, store),
+                    Some(p) => self.on_packet_start(message, p, now, store),
+                }
                 false
             }
             RequestEvent::FileData(data) => {
@@ -846,7 +918,7 @@ impl<U> ServerSession<U> {
             return Err(Refusal::NameMismatch.into());
         }
         let key = RsaPublicKey::from_spki_der(public_key).map_err(Refusal::PublicKeyRefused)?;
-        let aes = AesKey::generate(rng);
+        let aes = self.new_key(rng);
         let encrypted = key
             .encrypt_aes_key(&aes, rng)
             .map_err(Refusal::KeyEncryption)?;
@@ -886,7 +958,7 @@ impl<U> ServerSession<U> {
         let Ok(key) = RsaPublicKey::from_spki_der(spki) else {
             return deny(ReconnectError::StoredKeyUnusable);
         };
-        let aes = AesKey::generate(rng);
+        let aes = self.new_key(rng);
         let encrypted = key
             .encrypt_aes_key(&aes, rng)
             .map_err(Refusal::KeyEncryption)?;
@@ -909,40 +981,102 @@ impl<U> ServerSession<U> {
         self.keys.push((id, key));
     }
 
-    /// 1028 header: decide whether the content is stored or dropped.
-    fn on_file_start<S: Store<Upload = U>>(
+    /// A single file message (1028, 1103): decide whether its content is
+    /// stored or dropped.
+    fn on_file_start<S: Store<Upload = U>>(&mut self, m: FileMessage, now: Instant, store: &mut S) {
+        self.start_upload(m, Ok(None), now, store);
+    }
+
+    /// Starts receiving an upload (a single message, or a 2024 upload's
+    /// first packet) into the store, or sets it up to be dropped.
+    fn start_upload<S: Store<Upload = U>>(
         &mut self,
-        header: RequestHeader,
-        content_size: u32,
-        file_name: FixedName,
+        m: FileMessage,
+        packets: Result<Option<PacketRun>, Refusal>,
         now: Instant,
         store: &mut S,
     ) {
-        let id = header.client_id;
-        let base = sanitize_file_name(file_name.text()).map(str::to_owned);
+        let id = m.header.client_id;
+        let base = sanitize_file_name(m.file_name.text()).map(str::to_owned);
         let attempt = self.count_attempt(id, base.as_deref().unwrap_or(""), now);
-        let content = match self.open_sink(id, base.as_deref(), content_size, now, store) {
-            Ok(sink) => Content::Storing(Box::new(sink)),
+        // The store sizes its writes by the whole upload.
+        let whole = match &packets {
+            Ok(Some(run)) if run.granularity == Granularity::Each => {
+                u32::try_from(u64::from(m.data_len) * u64::from(run.total)).unwrap_or(u32::MAX)
+            }
+            _ => m.content_size,
+        };
+        let content = match packets.clone() {
             Err(refusal) => Content::Dropping(refusal),
+            Ok(_) => match self.open_sink(id, base.as_deref(), whole, now, store) {
+                Ok(sink) => Content::Storing(Box::new(sink)),
+                Err(refusal) => Content::Dropping(refusal),
+            },
         };
         let shown = base
             .clone()
-            .unwrap_or_else(|| String::from_utf8_lossy(file_name.text()).into_owned());
+            .unwrap_or_else(|| String::from_utf8_lossy(m.file_name.text()).into_owned());
         self.events.push_back(ServerEvent::UploadStarted {
             client_id: id,
             file_name: shown.clone(),
-            content_size,
+            content_size: m.content_size,
             attempt,
         });
         self.incoming = Some(Incoming {
             client_id: id,
-            file_name,
+            file_name: m.file_name,
             base: shown,
-            content_size,
+            content_size: m.content_size,
             started: now,
             attempt,
             content,
+            packets: packets.ok().flatten(),
         });
+    }
+
+    /// A 2024 packet (§9, [`crate::packets`]): the first of an upload, the
+    /// next one, or one that does not fit (refused once its bytes are
+    /// read, and the partial upload dropped).
+    fn on_packet_start<S: Store<Upload = U>>(
+        &mut self,
+        m: FileMessage,
+        p: PacketHeader,
+        now: Instant,
+        store: &mut S,
+    ) {
+        let Some(inc) = self.incoming.as_mut() else {
+            let run = PacketRun::start(&p, m.data_len)
+                .map(Some)
+                .map_err(Refusal::Packet);
+            return self.start_upload(m, run, now, store);
+        };
+        let same_file = inc.client_id == m.header.client_id && inc.file_name == m.file_name;
+        let step = match inc.packets.as_mut() {
+            Some(run) => run.next(&p, m.data_len, same_file),
+            // A refused first packet left nothing to continue.
+            None => Ok(PacketStep::Restart),
+        };
+        match step {
+            Ok(PacketStep::Next { .. }) => {
+                inc.content_size = m.content_size;
+            }
+            Ok(PacketStep::Restart) => {
+                self.abort_incoming(store);
+                let run = PacketRun::start(&p, m.data_len)
+                    .map(Some)
+                    .map_err(Refusal::Packet);
+                self.start_upload(m, run, now, store);
+            }
+            Err(e) => {
+                let failed =
+                    std::mem::replace(&mut inc.content, Content::Dropping(Refusal::Packet(e)));
+                if let Content::Storing(sink) = failed {
+                    store.abort_upload(sink.upload);
+                }
+                inc.packets = None;
+                inc.client_id = m.header.client_id;
+            }
+        }
     }
 
     fn open_sink<S: Store<Upload = U>>(
@@ -968,6 +1102,7 @@ impl<U> ServerSession<U> {
         Ok(Sink {
             upload,
             decryptor: CbcDecryptor::new(&key),
+            key,
             cksum: Cksum::new(),
             stored_key,
         })
@@ -1013,34 +1148,61 @@ impl<U> ServerSession<U> {
         }
     }
 
-    /// The last content byte arrived: check padding, answer 2103 or 2107.
+    /// The last content byte of a file message arrived. A single message,
+    /// or the last packet of an upload: check padding, answer 2103 or an
+    /// error. An earlier packet: check its own padding if it was encrypted
+    /// on its own, and wait for the next.
     fn on_file_end<S: Store<Upload = U>>(
         &mut self,
         now: Instant,
         store: &mut S,
         rng: &mut dyn Entropy,
     ) {
-        let Some(inc) = self.incoming.take() else {
+        let Some(mut inc) = self.incoming.take() else {
             return;
         };
-        // The scratch buffer is only needed while content streams; an idle
-        // connection keeps no large buffer.
-        self.scratch = Vec::new();
         let header = RequestHeader {
             client_id: inc.client_id,
             version: PROTOCOL_VERSION,
             kind: RequestKind::SendFile,
-            payload_size: inc.content_size + FILE_PREFIX_LEN as u32,
+            payload_size: inc.content_size,
         };
-        let sink = match inc.content {
-            Content::Storing(sink) => *sink,
+        let mut sink = match inc.content {
+            Content::Storing(sink) => sink,
             Content::Dropping(refusal) => {
+                self.scratch = Vec::new();
                 return self.fail(&header, &[], refusal.into(), store);
             }
         };
-        let stored_key = sink.stored_key;
-        match self.finish_sink(sink, now, store) {
-            Ok(summary) => {
+        let each = inc
+            .packets
+            .as_ref()
+            .is_some_and(|r| r.granularity == Granularity::Each);
+        let complete = inc.packets.as_ref().is_none_or(PacketRun::is_complete);
+        // A single message, a split upload's end, or every separately
+        // encrypted packet: the padding is checked now.
+        let piece = if each || complete {
+            self.finish_piece(&mut sink, store)
+        } else {
+            Ok(())
+        };
+        let result = piece.map(|()| {
+            complete.then(|| UploadSummary {
+                plain_len: sink.cksum.len(),
+                cksum: sink.cksum.clone().finish(),
+            })
+        });
+        match result {
+            Ok(None) => {
+                // More packets to come.
+                inc.content = Content::Storing(sink);
+                self.incoming = Some(inc);
+            }
+            Ok(Some(summary)) => {
+                self.scratch = Vec::new();
+                if let Err(e) = store.finish_upload(self.ctx(now), sink.upload, &summary) {
+                    return self.fail(&header, &[], e.into(), store);
+                }
                 if let Some(a) = self.attempts.as_mut() {
                     if a.client_id == inc.client_id && a.base == inc.base {
                         a.last = Some(summary);
@@ -1061,51 +1223,52 @@ impl<U> ServerSession<U> {
                     cksum: summary.cksum,
                 });
             }
-            Err(FinishError::BadPadding) if stored_key => {
-                // Anyone can send a 1028 under a client's id, and the
-                // answer (2103 or 2107) tells whether the padding was
-                // right: a padding oracle on the stored key. Retiring the
-                // key after one failure leaves one query per key; the
-                // client gets a fresh one with its next 1027.
-                let retired =
-                    store.set_last_key(self.ctx(now), &inc.client_id, &AesKey::generate(rng));
-                let key = match retired {
-                    Ok(()) => StoredKey::Retired,
-                    Err(_) => StoredKey::RetireFailed,
+            Err(FinishError::BadPadding) => {
+                self.scratch = Vec::new();
+                let stored_key = sink.stored_key;
+                store.abort_upload(sink.upload);
+                let key = if stored_key {
+                    // Anyone can send a file under a client's id, and the
+                    // answer (2103 or an error) tells whether the padding
+                    // was right: a padding oracle on the stored key.
+                    // Retiring the key after one failure leaves one query
+                    // per key; the client gets a fresh one with its next
+                    // reconnect.
+                    let fresh = self.new_key(rng);
+                    match store.set_last_key(self.ctx(now), &inc.client_id, &fresh) {
+                        Ok(()) => StoredKey::Retired,
+                        Err(_) => StoredKey::RetireFailed,
+                    }
+                } else {
+                    StoredKey::NotUsed
                 };
                 self.fail(&header, &[], Refusal::BadPadding(key).into(), store);
             }
-            Err(FinishError::BadPadding) => {
-                let refusal = Refusal::BadPadding(StoredKey::NotUsed);
-                self.fail(&header, &[], refusal.into(), store);
+            Err(FinishError::Store(e)) => {
+                self.scratch = Vec::new();
+                store.abort_upload(sink.upload);
+                self.fail(&header, &[], e.into(), store);
             }
-            Err(FinishError::Store(e)) => self.fail(&header, &[], e.into(), store),
         }
     }
 
-    fn finish_sink<S: Store<Upload = U>>(
+    /// Ends one ciphertext: checks and strips its padding, writes the
+    /// rest, and readies a fresh decryptor (zero IV) for the next
+    /// separately encrypted packet.
+    fn finish_piece<S: Store<Upload = U>>(
         &mut self,
-        mut sink: Sink<U>,
-        now: Instant,
+        sink: &mut Sink<U>,
         store: &mut S,
-    ) -> Result<UploadSummary, FinishError> {
-        if sink.decryptor.finish(&mut self.scratch).is_err() {
-            store.abort_upload(sink.upload);
+    ) -> Result<(), FinishError> {
+        let decryptor = std::mem::replace(&mut sink.decryptor, CbcDecryptor::new(&sink.key));
+        self.scratch.clear();
+        if decryptor.finish(&mut self.scratch).is_err() {
             return Err(FinishError::BadPadding);
         }
         sink.cksum.update(&self.scratch);
-        if let Err(e) = store.write_upload(&mut sink.upload, &self.scratch) {
-            store.abort_upload(sink.upload);
-            return Err(FinishError::Store(e));
-        }
-        let summary = UploadSummary {
-            plain_len: sink.cksum.len(),
-            cksum: sink.cksum.finish(),
-        };
         store
-            .finish_upload(self.ctx(now), sink.upload, &summary)
-            .map_err(FinishError::Store)?;
-        Ok(summary)
+            .write_upload(&mut sink.upload, &self.scratch)
+            .map_err(FinishError::Store)
     }
 
     /// 1029, 1030, 1031 (§3, §6).

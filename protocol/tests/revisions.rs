@@ -9,7 +9,7 @@ use sealdrop_protocol::consts::*;
 use sealdrop_protocol::decode::{RequestDecoder, RequestEvent, ResponseDecoder};
 use sealdrop_protocol::error::DecodeError;
 use sealdrop_protocol::message::{
-    encode_file_header, encode_packet_header, PacketHeader, Request, RequestKind, Response,
+    encode_file_header, encode_packet_header, PacketHeader, Request, RequestKind,
 };
 use sealdrop_protocol::{ClientId, FixedName, Revision};
 

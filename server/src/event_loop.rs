@@ -776,6 +776,7 @@ fn describe_close(reason: CloseReason) -> &'static str {
         CloseReason::PeerClosedMidFrame => "peer closed inside a request",
         CloseReason::Local => "closed by the server",
         CloseReason::NotDurable => "storage sync failed (2107 sent)",
+        CloseReason::NoErrorResponse => "request refused; the revision has no error response",
     }
 }
 
@@ -863,6 +864,9 @@ fn log_events(key: usize, conn: &mut Conn, observer: &Option<Sender<Observed>>) 
                 client_id,
                 reason,
             } => log::warn!("conn#{key} {p}: {kind:?} from {client_id} refused (2107): {reason}"),
+            ServerEvent::RevisionDetected { revision } => {
+                log::info!("conn#{key} {p}: speaks revision {revision}")
+            }
             ServerEvent::Closing(reason) => {
                 log::debug!("conn#{key} {p}: closing: {}", describe_close(reason))
             }
