@@ -40,8 +40,8 @@ interop: ## Tests against the Python reference peer (skipped if python3, pycrypt
 	elif [ ! -f "$(PEER)" ]; then \
 		echo "interop: skipped: reference peer not found at $(PEER)"; exit 0; \
 	else \
-		echo "SEALDROP_INTEROP=1 $(CARGO) test --workspace --test interop_peer"; \
-		SEALDROP_INTEROP=1 SEALDROP_PEER="$(PEER)" $(CARGO) test --workspace --test interop_peer; \
+		echo "SEALDROP_INTEROP=1 $(CARGO) test --workspace --test interop_peer --test interop_revisions"; \
+		SEALDROP_INTEROP=1 SEALDROP_PEER="$(PEER)" $(CARGO) test --workspace --test interop_peer --test interop_revisions; \
 	fi
 
 bench: ## Protocol benchmarks, then the sealdrop-bench load test if bench/ exists

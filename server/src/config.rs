@@ -8,7 +8,8 @@ use crate::store::{StoreConfig, SyncMode};
 use clap::Parser;
 use sealdrop_protocol::consts::{DEFAULT_PORT, MAX_PLAINTEXT_SIZE};
 use sealdrop_protocol::crypto::encrypted_len;
-use sealdrop_protocol::ServerConfig;
+use sealdrop_protocol::decode::RevisionChoice;
+use sealdrop_protocol::{Revision, ServerConfig};
 
 /// Default cap on open client connections. Each idle connection costs a
 /// few KiB and one file descriptor; the server raises its soft descriptor
@@ -22,10 +23,13 @@ pub const DEFAULT_DRAIN_SECS: u64 = 30;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Args {
-    /// Address and port to listen on. Without it the port comes from
-    /// --port-file, on all IPv4 addresses.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<SocketAddr>,
+    /// Address and port to listen on; may be given several times. Each
+    /// listener detects every connection's protocol revision from its first
+    /// request; codes 1025-1031 mean 2023c there unless tagged `=2024a`
+    /// (`0.0.0.0:1256=2024a`). `=only:REV` pins a listener to one revision.
+    /// Without it the port comes from --port-file, on all IPv4 addresses.
+    #[arg(long, value_name = "ADDR:PORT[=TAG]")]
+    pub listen: Vec<ListenSpec>,
 
     /// File holding the TCP port on one line, as the original server read
     /// it. Missing or invalid: a warning and port 1357.
@@ -117,7 +121,84 @@ Exit status: 0 after a clean shutdown (SIGTERM/SIGINT) or a good --check-config,
 1 on a start-up error (bad configuration, unusable data directory or port).
 
 Example:
-  sealdrop-server --listen 127.0.0.1:1357 --data-dir /var/lib/sealdrop";
+  sealdrop-server --listen 127.0.0.1:1357 --data-dir /var/lib/sealdrop
+  # every revision's default port at once (2022c/2023a 1234, 2023c 1357, 2024a/c 1256):
+  sealdrop-server --listen 0.0.0.0:1234 --listen 0.0.0.0:1357 --listen 0.0.0.0:1256=2024a";
+
+/// One listening address and the revisions its connections may speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenSpec {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// Detected per connection, or pinned (see [`ListenSpec::parse_tag`]).
+    pub revision: RevisionChoice,
+}
+
+impl ListenSpec {
+    /// A listener on `addr` that detects every revision, reading 1025-1031
+    /// as 2023c.
+    pub fn auto(addr: SocketAddr) -> ListenSpec {
+        ListenSpec {
+            addr,
+            revision: RevisionChoice::Auto {
+                range_1025: Revision::R2023c,
+            },
+        }
+    }
+
+    /// The revision choice a tag names: empty (detect, 1025-1031 as
+    /// 2023c), `2023c` or `2024a` (detect, 1025-1031 as that), or
+    /// `only:REV` (every connection speaks REV). Also used for the
+    /// `FileDescriptorName=` of a systemd socket.
+    pub fn parse_tag(tag: &str) -> Result<RevisionChoice, ConfigError> {
+        let tag = tag.trim();
+        if tag.is_empty() {
+            return Ok(RevisionChoice::Auto {
+                range_1025: Revision::R2023c,
+            });
+        }
+        if let Some(rev) = tag.strip_prefix("only:") {
+            let rev = rev
+                .parse::<Revision>()
+                .map_err(|_| ConfigError::BadListenTag(tag.to_owned()))?;
+            return Ok(RevisionChoice::Fixed(rev));
+        }
+        match tag.parse::<Revision>() {
+            Ok(rev @ (Revision::R2023c | Revision::R2024a)) => {
+                Ok(RevisionChoice::Auto { range_1025: rev })
+            }
+            _ => Err(ConfigError::BadListenTag(tag.to_owned())),
+        }
+    }
+}
+
+impl std::str::FromStr for ListenSpec {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (addr, tag) = text.split_once('=').unwrap_or((text, ""));
+        let addr = addr
+            .trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError::BadListenAddr(addr.to_owned()))?;
+        Ok(ListenSpec {
+            addr,
+            revision: ListenSpec::parse_tag(tag)?,
+        })
+    }
+}
+
+impl std::fmt::Display for ListenSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.revision {
+            RevisionChoice::Auto {
+                range_1025: Revision::R2023c,
+            } => write!(f, "{}", self.addr),
+            RevisionChoice::Auto { range_1025 } => write!(f, "{}={range_1025}", self.addr),
+            RevisionChoice::Fixed(rev) => write!(f, "{}=only:{rev}", self.addr),
+        }
+    }
+}
 
 /// A flag or `port.info` value the server cannot use. The messages are
 /// what the operator reads.
@@ -147,6 +228,10 @@ pub enum ConfigError {
     FileSizeOverLimit(u64),
     /// A timeout or window of 0 seconds.
     ZeroDuration,
+    /// A `--listen` address that does not parse.
+    BadListenAddr(String),
+    /// A `--listen` tag that names no revision choice.
+    BadListenTag(String),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -172,6 +257,15 @@ impl std::fmt::Display for ConfigError {
             ConfigError::ZeroDuration => {
                 f.write_str("timeouts and --progress-window must be at least 1 second")
             }
+            ConfigError::BadListenAddr(addr) => write!(
+                f,
+                "'{addr}' is not an address and port (e.g. 0.0.0.0:1357 or [::]:1357)"
+            ),
+            ConfigError::BadListenTag(tag) => write!(
+                f,
+                "'{tag}' is not a listener tag: use 2023c or 2024a (what codes 1025-1031 \
+                 mean there), or only:REV with REV one of 2022c, 2023a, 2023c, 2024a, 2024c"
+            ),
         }
     }
 }
@@ -215,8 +309,8 @@ pub fn read_port_file(path: &Path) -> Result<u16, ConfigError> {
 /// Everything the running server needs, resolved from the flags.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Where to listen when no socket is passed by systemd.
-    pub listen: SocketAddr,
+    /// Where to listen when no socket is passed by systemd (at least one).
+    pub listen: Vec<ListenSpec>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Connection cap.
@@ -254,19 +348,20 @@ impl Args {
         if self.progress_window == 0 || self.header_timeout == 0 || self.idle_timeout == 0 {
             return Err(ConfigError::ZeroDuration);
         }
-        let listen = match self.listen {
-            Some(addr) => addr,
-            // systemd passes the socket: the port file is not consulted.
-            None if std::env::var_os("LISTEN_FDS").is_some() => {
-                SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))
-            }
-            None => {
-                let port = read_port_file(&self.port_file).unwrap_or_else(|warning| {
-                    log::warn!("{warning}; using port {DEFAULT_PORT}");
-                    DEFAULT_PORT
-                });
-                SocketAddr::from(([0, 0, 0, 0], port))
-            }
+        let listen = if !self.listen.is_empty() {
+            self.listen.clone()
+        } else if std::env::var_os("LISTEN_FDS").is_some() {
+            // systemd passes the sockets: the port file is not consulted.
+            vec![ListenSpec::auto(SocketAddr::from((
+                [0, 0, 0, 0],
+                DEFAULT_PORT,
+            )))]
+        } else {
+            let port = read_port_file(&self.port_file).unwrap_or_else(|warning| {
+                log::warn!("{warning}; using port {DEFAULT_PORT}");
+                DEFAULT_PORT
+            });
+            vec![ListenSpec::auto(SocketAddr::from(([0, 0, 0, 0], port)))]
         };
         let session = ServerConfig {
             max_content: encrypted_len(self.max_file_size),
@@ -318,5 +413,52 @@ mod tests {
         std::fs::write(&p, "banana\n").unwrap();
         assert!(read_port_file(&p).is_err());
         assert!(read_port_file(&dir.path().join("missing")).is_err());
+    }
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    #[test]
+    fn listen_values_take_a_tag() {
+        let plain: ListenSpec = "127.0.0.1:1357".parse().unwrap();
+        assert_eq!(plain, ListenSpec::auto("127.0.0.1:1357".parse().unwrap()));
+        let tagged: ListenSpec = "0.0.0.0:1256=2024a".parse().unwrap();
+        assert_eq!(
+            tagged.revision,
+            RevisionChoice::Auto {
+                range_1025: Revision::R2024a
+            }
+        );
+        let pinned: ListenSpec = "[::1]:1234=only:2022c".parse().unwrap();
+        assert_eq!(pinned.revision, RevisionChoice::Fixed(Revision::R2022c));
+        for spec in [plain, tagged, pinned] {
+            assert_eq!(spec.to_string().parse::<ListenSpec>().unwrap(), spec);
+        }
+        for bad in [
+            "1357",
+            "0.0.0.0:1256=2024c",
+            "0.0.0.0:1256=only:2025a",
+            "x:1=2023c",
+        ] {
+            assert!(bad.parse::<ListenSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn several_listen_flags_are_kept_in_order() {
+        let args = Args::parse_from([
+            "sealdrop-server",
+            "--listen",
+            "0.0.0.0:1234",
+            "--listen",
+            "0.0.0.0:1357",
+            "--listen",
+            "0.0.0.0:1256=2024a",
+        ]);
+        let s = args.settings().unwrap();
+        let ports: Vec<u16> = s.listen.iter().map(|l| l.addr.port()).collect();
+        assert_eq!(ports, [1234, 1357, 1256]);
     }
 }

@@ -39,7 +39,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The schema version this server writes into `PRAGMA user_version`.
 /// Version 0 is a new database or one made by a peer that does not set
 /// it (the Python peer); version 1 has the §8 tables.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Statements kept prepared: every statement of this module fits, so the
 /// per-request ones (touch, lookups) are never re-parsed.
@@ -230,8 +230,24 @@ impl Db {
             self.migrate_to_1()?;
             log::info!("database schema set up (version 0 -> 1)");
         }
-        // Later versions: `if version < 2 { self.migrate_to_2()?; }` and so on.
+        if version < 2 {
+            self.migrate_to_2()?;
+            log::info!("database schema migrated (version {} -> 2)", version.max(1));
+        }
+        // Later versions: `if version < 3 { self.migrate_to_3()?; }` and so on.
         Ok(())
+    }
+
+    /// Version 2: `AESKey` may hold a 32-byte key (revisions 2024a/c,
+    /// PROTOCOL.md §9) besides the 16-byte one. The column's declared type
+    /// stays `BLOB(16)` (§8; SQLite does not enforce lengths), so no data
+    /// changes: the new version number keeps an older server, which
+    /// cannot read a 32-byte key, from opening the database.
+    fn migrate_to_2(&mut self) -> Result<(), StoreError> {
+        let op = "migrate schema to version 2";
+        self.conn
+            .pragma_update(None, "user_version", 2i64)
+            .map_err(op_err(op))
     }
 
     /// Version 1: the §8 tables. A database made by the Python peer already
@@ -884,6 +900,45 @@ mod tests {
         drop(conn);
         let err = Db::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    /// A version 1 database (sealdrop before the 2024 revisions) migrates
+    /// in place to version 2: its rows are untouched, and the AESKey column
+    /// then takes 32-byte keys too.
+    #[test]
+    fn a_version_1_database_migrates_in_place_and_keeps_16_and_32_byte_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+        conn.execute_batch(&format!("{CLIENTS_TABLE_SQL}; {FILES_TABLE_SQL};"))
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1i64).unwrap();
+        conn.execute(
+            "INSERT INTO clients VALUES (?1, 'old', ?2, '2025-01-01T00:00:00Z', ?3)",
+            (&[1u8; 16][..], &pk(1)[..], &[5u8; 16][..]),
+        )
+        .unwrap();
+        drop(conn);
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(db.schema_version().unwrap(), 2);
+        let old = db.client_by_name("old").unwrap().unwrap();
+        assert_eq!(old.last_key, Some(AesKey::from_bytes([5; 16])));
+        let key256 = AesKey::from_slice(&[6u8; 32]).unwrap();
+        db.register_client(&ClientId([2; 16]), "new", None, &now_utc())
+            .unwrap();
+        db.set_public_key(&ClientId([2; 16]), &pk(2), &key256, &now_utc())
+            .unwrap();
+        let new = db.client_by_name("new").unwrap().unwrap();
+        assert_eq!(new.last_key, Some(key256));
+        // The schema text is still §8's.
+        let sql: String = db
+            .connection()
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'clients'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(sql, CLIENTS_TABLE_SQL);
     }
 
     #[test]

@@ -33,7 +33,8 @@ use slab::Slab;
 
 use crate::store::DiskStore;
 use sealdrop_protocol::crypto::Entropy;
-use sealdrop_protocol::server::{CloseReason, ServerEvent, VerdictKind};
+use sealdrop_protocol::decode::RevisionChoice;
+use sealdrop_protocol::server::{CloseReason, ServerConfig, ServerEvent, VerdictKind};
 use sealdrop_protocol::store::{Durability, Store};
 use sealdrop_protocol::ServerSession;
 
@@ -41,7 +42,12 @@ use crate::config::Settings;
 use crate::inprocess::Observed;
 use crate::systemd;
 
-const LISTENER: Token = Token(usize::MAX - 1);
+/// Listener `i` has token `LISTENER_BASE - i` (connections use their slab
+/// keys, far below).
+const LISTENER_BASE: usize = usize::MAX - 16;
+/// Most listening sockets one server takes (`--listen` given this many
+/// times, or as many sockets passed by systemd).
+pub const MAX_LISTENERS: usize = 64;
 const SIGNALS: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 3);
 /// Read size between requests: requests are at most 438 bytes, so a small
@@ -124,11 +130,21 @@ struct Conn {
     in_pass: bool,
 }
 
-/// The server: listener, connections, timers, storage.
+/// A listening socket and the revisions its connections speak.
+struct Listener {
+    socket: TcpListener,
+    addr: SocketAddr,
+    revision: RevisionChoice,
+    /// Connections may be waiting that were not accepted yet.
+    backlog: bool,
+}
+
+/// The server: listeners, connections, timers, storage.
 pub struct Server {
     poll: Poll,
-    listener: Option<TcpListener>,
-    local_addr: SocketAddr,
+    /// Emptied when a drain starts.
+    listeners: Vec<Listener>,
+    local_addrs: Vec<SocketAddr>,
     /// SIGTERM/SIGINT as poll events, once [`Server::handle_signals`] ran.
     signals: Option<Signals>,
     /// Wakes the loop for a [`StopHandle`].
@@ -145,8 +161,6 @@ pub struct Server {
     serial: u64,
     /// Accepting paused until this instant (descriptor exhaustion).
     accept_paused_until: Option<Instant>,
-    /// The listener may have connections waiting that were not accepted.
-    accept_backlog: bool,
     /// Connections to drive again without waiting for an event.
     again: Vec<Token>,
     /// Connections driven in this pass: those whose sessions hold answers
@@ -161,26 +175,43 @@ pub struct Server {
 }
 
 impl Server {
-    /// Sets up polling on an already bound listener.
+    /// Sets up polling on already bound listeners, each with the
+    /// revisions its connections speak.
     pub fn new(
-        listener: std::net::TcpListener,
+        listeners: Vec<(std::net::TcpListener, RevisionChoice)>,
         store: DiskStore,
         settings: Settings,
     ) -> io::Result<Server> {
-        listener.set_nonblocking(true)?;
+        if listeners.is_empty() || listeners.len() > MAX_LISTENERS {
+            return Err(io::Error::other(format!(
+                "{} listening sockets: between 1 and {MAX_LISTENERS} are possible",
+                listeners.len()
+            )));
+        }
         let mut store = store;
         store.housekeeping(Instant::now(), SystemTime::now());
-        let mut listener = TcpListener::from_std(listener);
-        let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut bound = Vec::with_capacity(listeners.len());
+        for (i, (listener, revision)) in listeners.into_iter().enumerate() {
+            listener.set_nonblocking(true)?;
+            let mut socket = TcpListener::from_std(listener);
+            let addr = socket.local_addr()?;
+            poll.registry()
+                .register(&mut socket, Token(LISTENER_BASE - i), Interest::READABLE)?;
+            bound.push(Listener {
+                socket,
+                addr,
+                revision,
+                backlog: false,
+            });
+        }
+        let local_addrs = bound.iter().map(|l| l.addr).collect();
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let now = Instant::now();
         Ok(Server {
             poll,
-            listener: Some(listener),
-            local_addr,
+            listeners: bound,
+            local_addrs,
             signals: None,
             waker,
             stop_requested: Arc::new(AtomicBool::new(false)),
@@ -192,7 +223,6 @@ impl Server {
             read_buf: vec![0; CONTENT_READ],
             serial: 0,
             accept_paused_until: None,
-            accept_backlog: false,
             again: Vec::new(),
             touched: Vec::new(),
             draining: None,
@@ -231,7 +261,12 @@ impl Server {
 
     /// The address actually listened on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.local_addrs[0]
+    }
+
+    /// Every address listened on, in the order given.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
     }
 
     /// Runs until a signal asks it to stop and the drain is over.
@@ -248,7 +283,11 @@ impl Server {
                 match event.token() {
                     SIGNALS => self.on_signals(),
                     WAKER => self.on_wake(),
-                    LISTENER => self.accept_backlog = true,
+                    Token(t) if t <= LISTENER_BASE && t > LISTENER_BASE - MAX_LISTENERS => {
+                        if let Some(l) = self.listeners.get_mut(LISTENER_BASE - t) {
+                            l.backlog = true;
+                        }
+                    }
                     token => self.on_conn_event(token, event),
                 }
             }
@@ -321,7 +360,8 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.again.is_empty() || (self.accept_backlog && self.can_accept(now)) {
+        let backlog = self.listeners.iter().any(|l| l.backlog);
+        if !self.again.is_empty() || (backlog && self.can_accept(now)) {
             return Some(Duration::ZERO);
         }
         let mut next = self.next_housekeeping;
@@ -372,8 +412,8 @@ impl Server {
     fn start_drain(&mut self) {
         systemd::stopping();
         self.draining = Some(Instant::now() + self.settings.drain_timeout);
-        if let Some(mut l) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut l);
+        for mut l in std::mem::take(&mut self.listeners) {
+            let _ = self.poll.registry().deregister(&mut l.socket);
         }
         let idle: Vec<usize> = self
             .conns
@@ -404,7 +444,7 @@ impl Server {
     }
 
     fn can_accept(&self, now: Instant) -> bool {
-        if self.listener.is_none() || self.accept_paused_until.is_some_and(|t| now < t) {
+        if self.listeners.is_empty() || self.accept_paused_until.is_some_and(|t| now < t) {
             return false;
         }
         if self.capped {
@@ -414,13 +454,27 @@ impl Server {
         self.conns.len() < self.settings.max_connections
     }
 
+    /// Accepts from every listener with connections waiting, up to
+    /// [`ACCEPT_BUDGET`] in all per wake-up.
     fn accept(&mut self, now: Instant) {
-        if !self.accept_backlog {
-            return;
+        let mut budget = ACCEPT_BUDGET;
+        for i in 0..self.listeners.len() {
+            if budget == 0 {
+                return;
+            }
+            budget -= self.accept_from(i, budget, now);
         }
-        for _ in 0..ACCEPT_BUDGET {
+    }
+
+    /// Accepts up to `budget` connections from listener `i`; how many
+    /// attempts it used.
+    fn accept_from(&mut self, i: usize, budget: usize, now: Instant) -> usize {
+        if !self.listeners.get(i).is_some_and(|l| l.backlog) {
+            return 0;
+        }
+        for used in 0..budget {
             if !self.can_accept(now) {
-                if self.listener.is_some()
+                if !self.listeners.is_empty()
                     && self.conns.len() >= self.settings.max_connections
                     && !self.capped
                 {
@@ -431,29 +485,37 @@ impl Server {
                         RESUME_PERCENT
                     );
                 }
-                return;
+                return used;
             }
             self.accept_paused_until = None;
-            let Some(listener) = self.listener.as_ref() else {
-                return;
+            let Some(listener) = self.listeners.get_mut(i) else {
+                return used;
             };
-            match listener.accept() {
-                Ok((stream, peer)) => self.add_conn(stream, peer, now),
+            let revision = listener.revision;
+            match listener.socket.accept() {
+                Ok((stream, peer)) => self.add_conn(stream, peer, revision, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept_backlog = false;
-                    return;
+                    listener.backlog = false;
+                    return used + 1;
                 }
                 Err(e) if is_descriptor_exhaustion(&e) => {
                     log::error!("cannot accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
                     self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
-                    return;
+                    return used + 1;
                 }
                 Err(e) => log::warn!("accept failed: {e}"),
             }
         }
+        budget
     }
 
-    fn add_conn(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+    fn add_conn(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        revision: RevisionChoice,
+        now: Instant,
+    ) {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let interest = Interest::READABLE | Interest::WRITABLE;
@@ -470,7 +532,14 @@ impl Server {
         entry.insert(Conn {
             stream,
             peer,
-            session: ServerSession::new(self.settings.session.clone(), self.serial, now),
+            session: ServerSession::new(
+                ServerConfig {
+                    revision,
+                    ..self.settings.session.clone()
+                },
+                self.serial,
+                now,
+            ),
             leftover: Vec::new(),
             readable: true,
             writable: true,
@@ -643,7 +712,9 @@ impl Server {
         );
         if self.capped && self.conns.len() * 100 < self.settings.max_connections * RESUME_PERCENT {
             self.capped = false;
-            self.accept_backlog = true;
+            for l in &mut self.listeners {
+                l.backlog = true;
+            }
             log::info!("below {RESUME_PERCENT}% of the connection cap: accepting again");
         }
     }

@@ -14,6 +14,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use sealdrop_protocol::decode::RevisionChoice;
 use sealdrop_protocol::server::CloseReason;
 use sealdrop_protocol::ServerEvent;
 
@@ -59,36 +60,43 @@ pub enum Observed {
 /// waits for it.
 pub struct Running {
     addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     stop: StopHandle,
     thread: Option<JoinHandle<io::Result<()>>>,
     events: Receiver<Observed>,
 }
 
-/// Opens the data directory of `settings`, binds `settings.listen`, and
-/// runs the event loop on a new thread.
+/// Opens the data directory of `settings`, binds every address of
+/// `settings.listen`, and runs the event loop on a new thread.
 pub fn spawn(settings: Settings) -> io::Result<Running> {
     let store = DiskStore::open(&settings.data_dir, settings.store.clone())
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let listener = std::net::TcpListener::bind(settings.listen)?;
-    spawn_with(listener, store, settings)
+    let mut listeners = Vec::with_capacity(settings.listen.len());
+    for spec in &settings.listen {
+        listeners.push((std::net::TcpListener::bind(spec.addr)?, spec.revision));
+    }
+    spawn_with(listeners, store, settings)
 }
 
-/// Runs the event loop on a new thread over an open listener and store.
+/// Runs the event loop on a new thread over open listeners (each with
+/// the revisions its connections speak) and an open store.
 pub fn spawn_with(
-    listener: std::net::TcpListener,
+    listeners: Vec<(std::net::TcpListener, RevisionChoice)>,
     store: DiskStore,
     settings: Settings,
 ) -> io::Result<Running> {
-    let mut server = Server::new(listener, store, settings)?;
+    let mut server = Server::new(listeners, store, settings)?;
     let (tx, events) = mpsc::channel();
     server.set_observer(tx);
     let addr = server.local_addr();
+    let addrs = server.local_addrs().to_vec();
     let stop = server.stop_handle();
     let thread = std::thread::Builder::new()
         .name(format!("sealdrop-server {addr}"))
         .spawn(move || server.run())?;
     Ok(Running {
         addr,
+        addrs,
         stop,
         thread: Some(thread),
         events,
@@ -96,9 +104,15 @@ pub fn spawn_with(
 }
 
 impl Running {
-    /// The address the server listens on.
+    /// The (first) address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Every address the server listens on, in the order of
+    /// `settings.listen`.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// The next event, waiting at most `timeout`; `None` on timeout or

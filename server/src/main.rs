@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use sealdrop_server::config::{Args, Settings};
+use sealdrop_protocol::decode::RevisionChoice;
+use sealdrop_server::config::{Args, ListenSpec, Settings};
 use sealdrop_server::event_loop::Server;
 use sealdrop_server::store::DiskStore;
 use sealdrop_server::{logging, systemd};
@@ -33,37 +34,74 @@ fn run(args: &Args) -> Result<()> {
     raise_descriptor_limit(settings.max_connections);
     let store = DiskStore::open(&settings.data_dir, settings.store.clone())
         .with_context(|| format!("cannot use data directory {}", settings.data_dir.display()))?;
-    let listener = listener(&settings)?;
+    let (listeners, shown) = listeners(&settings)?;
     let mut server =
-        Server::new(listener, store, settings.clone()).context("cannot set up the event loop")?;
+        Server::new(listeners, store, settings.clone()).context("cannot set up the event loop")?;
     server
         .handle_signals()
         .context("cannot set up the event loop")?;
-    let addr = server.local_addr();
     log::info!(
-        "listening on {addr}, data in {}, up to {} connections",
+        "listening on {shown}, data in {}, up to {} connections",
         settings.data_dir.display(),
         settings.max_connections
     );
-    systemd::ready(&format!("listening on {addr}"));
+    systemd::ready(&format!("listening on {shown}"));
     server.run().context("event loop failed")?;
     log::info!("shut down cleanly");
     Ok(())
 }
 
-/// The socket systemd passed, or a new one bound to `--listen`.
-fn listener(settings: &Settings) -> Result<std::net::TcpListener> {
-    if let Some(l) = systemd::passed_listener().context("cannot adopt the socket systemd passed")? {
-        log::info!("using the listening socket passed by systemd");
-        return Ok(l);
-    }
-    bind(settings)
+/// The sockets systemd passed, or new ones bound to every `--listen`,
+/// each with the revisions its connections speak; and how to show them
+/// in the log (`0.0.0.0:1357, 0.0.0.0:1256=2024a`).
+fn listeners(
+    settings: &Settings,
+) -> Result<(Vec<(std::net::TcpListener, RevisionChoice)>, String)> {
+    let passed = systemd::passed_listeners().context("cannot adopt the sockets systemd passed")?;
+    let specs: Vec<(std::net::TcpListener, ListenSpec)> = if passed.is_empty() {
+        bind(settings)?
+    } else {
+        log::info!(
+            "using the {} listening socket(s) passed by systemd",
+            passed.len()
+        );
+        let mut adopted = Vec::with_capacity(passed.len());
+        for (socket, name) in passed {
+            // FileDescriptorName= may carry a listener tag; systemd's default
+            // name (the socket unit's) means untagged.
+            let revision = ListenSpec::parse_tag(&name).unwrap_or(RevisionChoice::Auto {
+                range_1025: sealdrop_protocol::Revision::R2023c,
+            });
+            let addr = socket.local_addr().context("a socket systemd passed")?;
+            adopted.push((socket, ListenSpec { addr, revision }));
+        }
+        adopted
+    };
+    let shown = specs
+        .iter()
+        .map(|(_, spec)| spec.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let listeners = specs
+        .into_iter()
+        .map(|(l, spec)| (l, spec.revision))
+        .collect();
+    Ok((listeners, shown))
 }
 
-fn bind(settings: &Settings) -> Result<std::net::TcpListener> {
-    // std sets SO_REUSEADDR on Unix, so a restart right after a crash binds at once.
-    std::net::TcpListener::bind(settings.listen)
-        .with_context(|| format!("cannot listen on {}", settings.listen))
+fn bind(settings: &Settings) -> Result<Vec<(std::net::TcpListener, ListenSpec)>> {
+    settings
+        .listen
+        .iter()
+        .map(|spec| {
+            // std sets SO_REUSEADDR on Unix, so a restart right after a crash binds at once.
+            let listener = std::net::TcpListener::bind(spec.addr)
+                .with_context(|| format!("cannot listen on {}", spec.addr))?;
+            // The address actually bound (port 0 picks one).
+            let addr = listener.local_addr().unwrap_or(spec.addr);
+            Ok((listener, ListenSpec { addr, ..*spec }))
+        })
+        .collect()
 }
 
 /// `--check-config`: validates without side effects on the data directory,
@@ -73,9 +111,14 @@ fn check_config(settings: &Settings) -> Result<()> {
     let what = check_data_dir(dir)
         .with_context(|| format!("cannot use data directory {}", dir.display()))?;
     check_listen(settings)?;
+    let listen = settings
+        .listen
+        .iter()
+        .map(ListenSpec::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     println!(
-        "configuration ok: listen {}, data directory {} ({what})",
-        settings.listen,
+        "configuration ok: listen {listen}, data directory {} ({what})",
         dir.display()
     );
     Ok(())

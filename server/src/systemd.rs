@@ -35,16 +35,12 @@ fn notify(state: &[NotifyState]) {
     }
 }
 
-/// The listening socket systemd passed (`LISTEN_FDS`), if any.
-pub fn passed_listener() -> std::io::Result<Option<TcpListener>> {
-    let mut fds = sd_notify::listen_fds()?;
-    let Some(fd) = fds.next() else {
-        return Ok(None);
-    };
-    if fds.len() > 0 {
-        log::warn!("systemd passed {} sockets; using the first", fds.len() + 1);
-    }
-    Ok(Some(adopt(fd)))
+/// The listening sockets systemd passed (`LISTEN_FDS`), with their
+/// `FileDescriptorName=` (`LISTEN_FDNAMES`; systemd names them after the
+/// socket unit unless told otherwise). Empty outside socket activation.
+pub fn passed_listeners() -> std::io::Result<Vec<(TcpListener, String)>> {
+    let fds = sd_notify::listen_fds_with_names()?;
+    Ok(fds.map(|(fd, name)| (adopt(fd), name)).collect())
 }
 
 #[allow(unsafe_code)] // Taking ownership of an inherited descriptor needs FromRawFd.

@@ -293,11 +293,15 @@ fn payload_size_all_ones_for_every_code_gets_2107_and_close() {
     epilogue(&mut s);
 }
 
+/// Codes no revision has (PROTOCOL.md §9: 825-828 and 900-902 are 2024c,
+/// 1100-1106 2022c/2023a) open no connection's revision: 2107 and close.
 #[test]
 fn unknown_codes_get_2107_and_close() {
     let mut s = server();
     let mut conns = Vec::new();
-    for code in [0u16, 1, 825, 900, 1024, 1032, 1100, 1103, 2100, 2107, 65535] {
+    for code in [
+        0u16, 1, 824, 829, 903, 1024, 1032, 1099, 1107, 2100, 2107, 65535,
+    ] {
         let mut c = s.connect();
         let mut f = header(&ClientId([4; 16]), 3, code, 255);
         f.extend_from_slice(&raw_field(b"x"));
