@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::consts::*;
 use crate::crypto::{AesKey, TestEntropy};
-use crate::decode::{RequestDecoder, RequestEvent, ResponseDecoder};
+use crate::decode::{RequestDecoder, RequestEvent, ResponseDecoder, RevisionChoice};
 use crate::memstore::MemoryStore;
-use crate::message::{encode_file_header, Request, Response, Revision};
+use crate::message::{encode_file_header, encode_packet_header, Request, Response, Revision};
 use crate::server::{ServerConfig, ServerSession};
 use crate::store::{ClientRecord, Durability, Store};
 use crate::wire::{sanitize_file_name, ClientId};
@@ -29,6 +29,35 @@ fn splits(data: &[u8]) -> (Vec<usize>, &[u8]) {
         v.push(stream.len().max(1));
     }
     (v, stream)
+}
+
+/// The revision a fuzz input speaks, from bits 3 and up of its first byte
+/// (bits 0-2 are the split count of [`splits`]), so every target covers
+/// every revision's decoders and sessions. 0 is 2023c, so inputs from
+/// before the other revisions keep their meaning.
+fn choice_of(data: &[u8]) -> RevisionChoice {
+    let n = usize::from(data.first().copied().unwrap_or(0) >> 3);
+    match n % 7 {
+        0 => RevisionChoice::Fixed(Revision::R2023c),
+        1 => RevisionChoice::Fixed(Revision::R2022c),
+        2 => RevisionChoice::Fixed(Revision::R2023a),
+        3 => RevisionChoice::Fixed(Revision::R2024a),
+        4 => RevisionChoice::Fixed(Revision::R2024c),
+        5 => RevisionChoice::Auto {
+            range_1025: Revision::R2023c,
+        },
+        _ => RevisionChoice::Auto {
+            range_1025: Revision::R2024a,
+        },
+    }
+}
+
+/// A fixed revision for the targets that need one (a response stream).
+fn revision_of(data: &[u8]) -> Revision {
+    match choice_of(data) {
+        RevisionChoice::Fixed(rev) => rev,
+        RevisionChoice::Auto { range_1025 } => range_1025,
+    }
 }
 
 /// Cuts `stream` into pieces whose sizes cycle through `sizes`.
@@ -55,8 +84,8 @@ enum Seen {
     Error(crate::error::DecodeError),
 }
 
-fn run_request_decoder(chunks: &[&[u8]]) -> Vec<Seen> {
-    let mut d = RequestDecoder::new(Revision::R2023c, MAX_CONTENT_SIZE as u64);
+fn run_request_decoder(choice: RevisionChoice, chunks: &[&[u8]]) -> Vec<Seen> {
+    let mut d = RequestDecoder::with_choice(choice, MAX_CONTENT_SIZE as u64);
     let mut seen = Vec::new();
     let mut data_total = 0usize;
     'outer: for chunk in chunks {
@@ -68,9 +97,16 @@ fn run_request_decoder(chunks: &[&[u8]]) -> Vec<Seen> {
                 Ok(Some(RequestEvent::FileStart {
                     content_size,
                     file_name,
+                    data_len,
+                    packet,
                     ..
                 })) => {
-                    assert!(content_size > 0 && content_size % 16 == 0);
+                    assert!(content_size > 0);
+                    match packet {
+                        // A single message carries exactly its content.
+                        None => assert!(content_size % 16 == 0 && data_len == content_size),
+                        Some(_) => assert!(data_len > 0),
+                    }
                     seen.push(Seen::Start(content_size, file_name.raw().to_vec()))
                 }
                 Ok(Some(RequestEvent::FileData(bytes))) => {
@@ -104,18 +140,20 @@ fn run_request_decoder(chunks: &[&[u8]]) -> Vec<Seen> {
 /// Request decoder: any split of a stream gives the same events as one
 /// feed; content totals match content_size; errors are sticky.
 pub fn request_decoder(data: &[u8]) {
+    let choice = choice_of(data);
     let (sizes, stream) = splits(data);
-    let whole = run_request_decoder(&[stream]);
-    let split = run_request_decoder(&pieces(stream, &sizes));
+    let whole = run_request_decoder(choice, &[stream]);
+    let split = run_request_decoder(choice, &pieces(stream, &sizes));
     assert_eq!(whole, split);
 }
 
 /// Response decoder: split-independent, and every decoded response
 /// re-encodes to exactly the bytes it came from (version byte aside).
 pub fn response_decoder(data: &[u8]) {
+    let rev = revision_of(data);
     let (sizes, stream) = splits(data);
     let run = |chunks: &[&[u8]]| {
-        let mut d = ResponseDecoder::new(Revision::R2023c);
+        let mut d = ResponseDecoder::new(rev);
         let mut out = Vec::new();
         for chunk in chunks {
             let mut input = *chunk;
@@ -134,7 +172,7 @@ pub fn response_decoder(data: &[u8]) {
     let mut offset = 0;
     for r in whole.iter().flatten() {
         let mut bytes = Vec::new();
-        r.encode(Revision::R2023c, &mut bytes);
+        r.encode(rev, &mut bytes);
         let original = &stream[offset..offset + bytes.len()];
         assert_eq!(original[1..], bytes[1..], "re-encoding differs");
         offset += bytes.len();
@@ -157,14 +195,27 @@ impl ResponseDecoder {
 /// Request round trip: every complete non-file request decoded from the
 /// stream re-encodes to exactly its input bytes (version byte aside).
 pub fn request_roundtrip(data: &[u8]) {
-    let mut d = RequestDecoder::new(Revision::R2023c, MAX_CONTENT_SIZE as u64);
+    let mut d = RequestDecoder::with_choice(choice_of(data), MAX_CONTENT_SIZE as u64);
     let mut input = data;
     let mut offset = 0;
     while let Ok(Some(event)) = d.decode(&mut input) {
+        // Read after the event: its request may have decided the revision.
+        let rev = d.revision();
         let mut bytes = Vec::new();
+        let mut payload_size_differs = false;
         let len = match event {
             RequestEvent::Request(h, r) => {
-                r.encode(Revision::R2023c, &h.client_id, &mut bytes);
+                r.encode(rev, &h.client_id, &mut bytes);
+                bytes.len()
+            }
+            RequestEvent::FileStart {
+                header,
+                file_name,
+                data_len,
+                packet: Some(p),
+                ..
+            } => {
+                encode_packet_header(rev, &header.client_id, &p, &file_name, data_len, &mut bytes);
                 bytes.len()
             }
             RequestEvent::FileStart {
@@ -173,13 +224,9 @@ pub fn request_roundtrip(data: &[u8]) {
                 file_name,
                 ..
             } => {
-                encode_file_header(
-                    Revision::R2023c,
-                    &header.client_id,
-                    content_size,
-                    &file_name,
-                    &mut bytes,
-                );
+                encode_file_header(rev, &header.client_id, content_size, &file_name, &mut bytes);
+                // The 2022c client that declares 275 and sends the content after.
+                payload_size_differs = header.payload_size as usize == rev.file_prefix_len();
                 bytes.len()
             }
             RequestEvent::FileData(d) => {
@@ -189,7 +236,11 @@ pub fn request_roundtrip(data: &[u8]) {
             RequestEvent::FileEnd => 0,
         };
         let original = &data[offset..offset + len];
-        if len >= REQUEST_HEADER_LEN {
+        if payload_size_differs {
+            assert_eq!(original[..16], bytes[..16]);
+            assert_eq!(original[17..19], bytes[17..19]);
+            assert_eq!(original[23..], bytes[23..]);
+        } else if len >= REQUEST_HEADER_LEN {
             assert_eq!(original[..16], bytes[..16]);
             assert_eq!(original[17..], bytes[17..]);
         } else {
@@ -211,20 +262,30 @@ pub fn sanitizer(data: &[u8]) {
 
 /// The fuzz client: the vector id with a known last key, so file uploads
 /// and verdicts reach deep paths.
-fn seeded_store() -> MemoryStore {
+/// A store knowing the vector client, with the vector AES key of the
+/// size `rev` uses as its last key (so the vectors' file messages decrypt).
+fn seeded_store(rev: Revision) -> MemoryStore {
     let mut store = MemoryStore::new();
     let id = ClientId(FUZZ_CLIENT_ID);
+    let key = if rev.aes_key_len() == 32 {
+        AesKey::from_slice(FUZZ_AES_KEY_256)
+    } else {
+        Some(AesKey::from_bytes(FUZZ_AES_KEY))
+    };
     store.clients.insert(
         id,
         ClientRecord {
             id,
             name: "alice".into(),
             public_key: Some(Box::new(*FUZZ_PUBLIC_KEY)),
-            last_key: Some(AesKey::from_bytes(FUZZ_AES_KEY)),
+            last_key: key,
         },
     );
     store
 }
+
+/// The 256-bit key of the 2024 vectors (fixtures/vectors/2024c/).
+pub const FUZZ_AES_KEY_256: &[u8] = include_bytes!("../../fixtures/vectors/2024c/aes_key.bin");
 
 /// Client id known to the fuzzed server: the one of fixtures/vectors.
 pub const FUZZ_CLIENT_ID: [u8; 16] = [
@@ -246,17 +307,18 @@ pub const FUZZ_AES_KEY: [u8; 16] = [
 /// whatever state the session is: held answers never come out, a 2107
 /// and a close do ([`ServerSession::handle_commit`]).
 pub fn server_session(data: &[u8], start: Instant) {
+    let choice = choice_of(data);
     let (sizes, stream) = splits(data);
     let config = ServerConfig {
+        revision: choice,
         max_output: 4096,
         ..ServerConfig::default()
     };
     let mut now = start;
     let mut session = ServerSession::new(config, 1, now);
-    let mut store = seeded_store();
+    let mut store = seeded_store(revision_of(data));
     store.group_commit = true;
     let mut rng = TestEntropy::new(data.len() as u64);
-    let mut responses = ResponseDecoder::new(Revision::R2023c);
     for (i, piece) in pieces(stream, &sizes).into_iter().enumerate() {
         let mut input = piece;
         let mut rounds = 0;
@@ -274,12 +336,15 @@ pub fn server_session(data: &[u8], start: Instant) {
                     assert!(!session.wants_input());
                 }
             }
+            // Whole frames in the connection's revision, every time.
+            let mut responses = ResponseDecoder::new(session.answer_revision());
             let mut out = session.pending_output();
             while responses
                 .decode(&mut out)
                 .expect("server writes valid responses")
                 .is_some()
             {}
+            assert!(out.is_empty(), "the server writes whole responses");
             let n = session.pending_output().len();
             session.consume_output(n, now);
             rounds += 1;
@@ -334,6 +399,7 @@ pub fn client_session(data: &[u8]) {
         file_name: "f.bin".into(),
         plain_len: content.len() as u64,
         identity,
+        packets: Default::default(),
     }) else {
         return;
     };
