@@ -74,6 +74,7 @@ impl<'a> Job<'a> {
             file_name: settings.file_name.clone(),
             plain_len: source.len,
             identity,
+            packets: Default::default(),
         })
         .map_err(|e| {
             let file = quoted(&settings.file.to_string_lossy());
@@ -154,6 +155,17 @@ impl<'a> Job<'a> {
                 local,
             } => report.note(&format!(
                 "cksum mismatch: server {server}, ours {local} (attempt {attempt} of {MAX_SENDS})"
+            )),
+            Event::KeyResendRefused => {
+                report.update(|s| s.client_id = None);
+                report.note(
+                    "the server did not take our saved key (2022c has no reconnect): \
+                     registering as a new client",
+                );
+            }
+            Event::PacketSizeRaised { requested, used } => report.note(&format!(
+                "packets of {requested} bytes would be more than 65535: sending packets of \
+                 {used} bytes"
             )),
             Event::StrayAckSkipped => {}
         }

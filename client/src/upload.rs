@@ -259,6 +259,7 @@ mod tests {
             file_name: name.into(),
             plain_len,
             identity: Some(identity),
+            packets: Default::default(),
         })
         .unwrap();
         let frame = vector("response_2105.bin");

@@ -182,6 +182,7 @@ fn client(name: &str, content: &[u8], identity: Option<Identity>) -> ClientSessi
         file_name: "report.pdf".into(),
         plain_len: content.len() as u64,
         identity,
+        packets: Default::default(),
     })
     .unwrap()
 }

@@ -36,19 +36,49 @@
 //! every expected response. The session never panics on anything the
 //! server sends: an unexpected response ends it with
 //! [`Outcome::ProtocolViolation`].
+//!
+//! Revisions (§9): the session speaks the one in
+//! [`ClientConfig::revision`]: its request codes, its response range (read
+//! with [`ResponseReader`], which also tolerates the server quirks of
+//! §9.1 and names the revision a server seems to speak when it answers in
+//! another range), its AES key size (a key of the wrong size is a
+//! violation), and its file message:
+//!
+//! * 2022c has no reconnect: a returning client sends its saved name and
+//!   public key again (1101) and takes the new key from 2102; if that
+//!   fails (any other answer, or no answer on the first try and three
+//!   retries, as a 2022c server closes without a word on errors) it
+//!   registers anew, as after a denied reconnect. Its 1103 and 1104-1106
+//!   repeat the client id (the encoders do that).
+//! * 2024a/2024c send the file as packets ([`PacketPlan`], from
+//!   [`ClientConfig::packets`]); [`FileUpload::header`] is the first
+//!   packet's header and [`FileSender`] writes the others between the
+//!   pieces, so the driver streams the file exactly as for one message.
+//!   The 1603's content_size is not compared (2024 servers echo the
+//!   whole size, the last packet's, or the plaintext's, §9.1).
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
-use crate::cksum::Cksum;
 use crate::consts::{
-    CLIENT_NAME_MAX, ENCRYPTED_KEY_LEN, MAX_ERROR_RETRIES, MAX_PLAINTEXT_SIZE, MAX_SENDS,
+    CLIENT_NAME_MAX, ENCRYPTED_KEY_LEN, MAX_CONTENT_SIZE, MAX_ERROR_RETRIES, MAX_SENDS,
 };
-use crate::crypto::{encrypted_len, AesKey, CbcEncryptor, CryptoError, Entropy, RsaPrivateKey};
+use crate::crypto::{encrypted_len, AesKey, CryptoError, Entropy, RsaPrivateKey};
 use crate::error::DecodeError;
 use crate::message::{encode_file_header, Request, RequestKind, Response, ResponseKind, Revision};
+use crate::revision::FileLayout;
 use crate::wire::{sanitize_file_name, ClientId, FixedName, NameError};
+
+mod plan;
+mod reader;
+mod sender;
+
+pub use plan::{
+    Granularity, PacketFields, PacketOptions, PacketOptionsError, PacketPlan, MAX_PACKETS,
+};
+pub use reader::{revisions_with_response, ResponseError, ResponseReader};
+pub use sender::{FileSender, FileSizeChanged};
 
 /// How long a driver waits before reopening a connection after a 2107 or a
 /// lost connection: long enough not to hammer a struggling server, short
@@ -85,10 +115,32 @@ pub struct ClientConfig {
     pub name: String,
     /// The base name of the file, sent in 1028-1031 (§2).
     pub file_name: String,
-    /// The file's plaintext length, at most [`MAX_PLAINTEXT_SIZE`].
+    /// The file's plaintext length, at most [`max_plain_len`] of the
+    /// revision (and packet options).
     pub plain_len: u64,
-    /// Saved credentials from `me.info`: present means reconnect (1027).
+    /// Saved credentials from `me.info`: present means reconnect (1027),
+    /// or in 2022c the key sent again (1101).
     pub identity: Option<Identity>,
+    /// How 2024a/2024c cut the file into packets; ignored by the other
+    /// revisions. The default sends the whole file as one packet.
+    pub packets: PacketOptions,
+}
+
+/// The largest content_size a single-message revision can declare: the
+/// payload_size field (u32) holds the prefix too, so 2022c's 275-byte
+/// prefix leaves 16 bytes less than the 259 of 2023a/2023c (§2, §9).
+pub fn max_content_size(rev: Revision) -> u32 {
+    let room = (u32::MAX - rev.file_prefix_len() as u32) / 16 * 16;
+    room.min(MAX_CONTENT_SIZE)
+}
+
+/// The largest file a revision carries in one message: one byte less
+/// than [`max_content_size`], as PKCS#7 adds 1 to 16 bytes. In 2024a/2024c
+/// the whole content must fit the same u32 field, so each-mode packets,
+/// which add up to 16 bytes per packet, carry somewhat less
+/// ([`PacketPlan::new`] checks).
+pub fn max_plain_len(rev: Revision) -> u64 {
+    u64::from(max_content_size(rev)) - 1
 }
 
 /// Why a [`ClientConfig`] cannot start a session.
@@ -105,11 +157,15 @@ pub enum ConfigError {
     /// The file's base name is empty, `.`, `..`, longer than 254 bytes, or
     /// has control or non-ASCII bytes: a server would refuse it (§2).
     BadFileName,
-    /// The file is larger than the protocol can carry (§2).
+    /// The file is larger than the revision can carry (§2, §9).
     FileTooLarge {
         /// The file's length.
         len: u64,
+        /// The revision.
+        revision: Revision,
     },
+    /// 2024a/2024c packet options that cannot work.
+    BadPackets(PacketOptionsError),
 }
 
 impl fmt::Display for ConfigError {
@@ -124,10 +180,17 @@ impl fmt::Display for ConfigError {
             ConfigError::BadFileName => f.write_str(
                 "file name must be 1 to 254 printable ASCII characters and not `.` or `..`",
             ),
-            ConfigError::FileTooLarge { len } => write!(
+            ConfigError::FileTooLarge { len, revision } => write!(
                 f,
-                "file is {len} bytes; the protocol carries at most {MAX_PLAINTEXT_SIZE} bytes"
+                "file is {len} bytes; revision {revision} carries at most {} bytes{}",
+                max_plain_len(*revision),
+                if revision.file_layout() == FileLayout::Packets {
+                    " (less with each-mode packets, which add up to 16 bytes per packet)"
+                } else {
+                    ""
+                }
             ),
+            ConfigError::BadPackets(e) => e.fmt(f),
         }
     }
 }
@@ -173,122 +236,27 @@ pub enum Action {
     Done(Outcome),
 }
 
-/// One send of the file: a 1028 frame whose content the driver streams.
+/// One send of the file: a file message (1028, 1103, or a 2024 upload in
+/// packets) whose content the driver streams.
 #[derive(Debug)]
 pub struct FileUpload {
     /// Send number, 1 to [`MAX_SENDS`] (§6); a retry after 2107 or a lost
     /// connection keeps the number.
     pub attempt: u32,
-    /// The 23-byte header and the 259-byte prefix (content_size, file_name).
+    /// Everything before the first content byte: the 23-byte header and
+    /// the prefix of the message (content_size, file_name; in 2022c the id
+    /// first), or in 2024a/2024c the first packet's header and prefix.
     pub header: Vec<u8>,
     /// Plaintext length the header declares.
     pub plain_len: u64,
-    /// Encrypted length the header declares (content_size).
+    /// The content_size field: the encrypted length of the file (in each
+    /// mode, of all its padded packets).
     pub content_size: u32,
-    /// Turns the plaintext into the content and computes its cksum.
+    /// 2024a/2024c: how the file is cut into packets.
+    pub packets: Option<PacketPlan>,
+    /// Turns the plaintext into what follows the header (ciphertext, and
+    /// the headers of later packets) and computes its cksum.
     pub sender: FileSender,
-}
-
-/// Encrypts a file's plaintext (AES-128-CBC, zero IV, PKCS#7, §4) and
-/// computes its cksum (§5) in one pass, checking that exactly the declared
-/// number of bytes goes through.
-pub struct FileSender {
-    encryptor: CbcEncryptor,
-    cksum: Cksum,
-    declared: u64,
-}
-
-/// The file did not hold the number of bytes announced in the 1028 header:
-/// it grew or shrank while being sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileSizeChanged {
-    /// The length the header declared.
-    pub declared: u64,
-    /// The length seen so far (for growth: at least declared + 1).
-    pub seen: u64,
-}
-
-impl fmt::Display for FileSizeChanged {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "file changed size while being sent: {} bytes announced, {} read",
-            self.declared, self.seen
-        )
-    }
-}
-
-impl std::error::Error for FileSizeChanged {}
-
-impl FileSender {
-    fn new(key: &AesKey, declared: u64) -> Self {
-        FileSender {
-            encryptor: CbcEncryptor::new(key),
-            cksum: Cksum::new(),
-            declared,
-        }
-    }
-
-    /// Encrypts the next piece of plaintext, appending ciphertext to `out`.
-    /// Refuses bytes beyond the declared length (the file grew).
-    pub fn push(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), FileSizeChanged> {
-        let seen = self.cksum.len() + plain.len() as u64;
-        if seen > self.declared {
-            return Err(FileSizeChanged {
-                declared: self.declared,
-                seen,
-            });
-        }
-        self.cksum.update(plain);
-        self.encryptor.update(plain, out);
-        Ok(())
-    }
-
-    /// Like [`FileSender::push`], but encrypts `buf` in place (no copy)
-    /// and returns `Ok(true)`, when it holds whole blocks and nothing is
-    /// carried over from earlier input; otherwise returns `Ok(false)` and
-    /// leaves `buf` alone, so the caller uses `push`.
-    pub fn push_in_place(&mut self, buf: &mut [u8]) -> Result<bool, FileSizeChanged> {
-        let seen = self.cksum.len() + buf.len() as u64;
-        if seen > self.declared {
-            return Err(FileSizeChanged {
-                declared: self.declared,
-                seen,
-            });
-        }
-        if !self.encryptor.can_update_in_place(buf.len()) {
-            return Ok(false);
-        }
-        self.cksum.update(buf);
-        Ok(self.encryptor.update_in_place(buf))
-    }
-
-    /// Plaintext bytes still expected.
-    pub fn remaining(&self) -> u64 {
-        self.declared - self.cksum.len()
-    }
-
-    /// Appends the last (padded) block to `out` and returns the cksum of
-    /// the plaintext. Refuses a short file (it shrank).
-    pub fn finish(self, out: &mut Vec<u8>) -> Result<u32, FileSizeChanged> {
-        if self.cksum.len() != self.declared {
-            return Err(FileSizeChanged {
-                declared: self.declared,
-                seen: self.cksum.len(),
-            });
-        }
-        self.encryptor.finish(out);
-        Ok(self.cksum.finish())
-    }
-}
-
-impl fmt::Debug for FileSender {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileSender")
-            .field("declared", &self.declared)
-            .field("done", &self.cksum.len())
-            .finish_non_exhaustive()
-    }
 }
 
 /// Something to tell the user; the session works the same whether or not
@@ -312,6 +280,18 @@ pub enum Event {
     },
     /// 2106: the server does not know us; registering as a new client.
     ReconnectDenied,
+    /// 2022c: the server did not answer our saved public key (1101) with
+    /// a usable 2102; registering as a new client.
+    KeyResendRefused,
+    /// The file needs more than 65,535 packets of the size asked for; it
+    /// goes in packets of `used` bytes, the smallest multiple of 16 that
+    /// fits.
+    PacketSizeRaised {
+        /// The size asked for.
+        requested: u32,
+        /// The size used.
+        used: u64,
+    },
     /// A send of the file begins.
     AttemptStarted {
         /// Send number, 1 to `of`.
@@ -410,10 +390,30 @@ impl Outcome {
 pub enum Violation {
     /// A response of the wrong kind for the request sent.
     Unexpected {
-        /// What the session was waiting for.
-        awaiting: &'static str,
+        /// What the session was waiting for, in the revision's codes.
+        awaiting: String,
         /// What came.
         got: ResponseKind,
+        /// Its code.
+        code: u16,
+    },
+    /// A response code of another revision's numbering (§9): the server
+    /// speaks another revision.
+    ForeignRevision {
+        /// The code received.
+        code: u16,
+        /// The revision we speak.
+        ours: Revision,
+        /// The revisions that have that code, the likeliest first.
+        theirs: Vec<Revision>,
+    },
+    /// An AES key of the wrong size for the revision (16 bytes in 2022c,
+    /// 2023a, 2023c; 32 in 2024a, 2024c).
+    KeySize {
+        /// Its length.
+        got: usize,
+        /// The revision's.
+        expected: usize,
     },
     /// A response carrying another client's id.
     WrongClientId {
@@ -431,13 +431,39 @@ pub enum Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Violation::Unexpected { awaiting, got } => {
-                write!(f, "unexpected response {got:?} while awaiting {awaiting}")
+            Violation::Unexpected {
+                awaiting,
+                got,
+                code,
+            } => {
+                write!(
+                    f,
+                    "unexpected response {code} ({}) while awaiting {awaiting}",
+                    kind_label(*got)
+                )
             }
+            Violation::ForeignRevision { code, ours, theirs } => {
+                let names: Vec<&str> = theirs.iter().map(|r| r.name()).collect();
+                write!(
+                    f,
+                    "the server answered {code}, a code of revision {} and not of {ours}: \
+                     it seems to speak {}",
+                    names.join(" or "),
+                    names.first().copied().unwrap_or("another revision")
+                )
+            }
+            Violation::KeySize { got, expected } => write!(
+                f,
+                "the server sent a {}-bit AES key; this revision uses {}-bit keys",
+                got * 8,
+                expected * 8
+            ),
             Violation::WrongClientId { response } => {
                 write!(f, "response {response:?} carries another client's id")
             }
-            Violation::BadEcho => f.write_str("2103 does not echo our content_size and file name"),
+            Violation::BadEcho => {
+                f.write_str("the file-received answer does not echo our content_size and file name")
+            }
             Violation::UndecryptableKey => {
                 f.write_str("the AES key does not decrypt with our private key")
             }
@@ -469,6 +495,8 @@ enum Expect {
     KeyAccepted,
     /// 1027 sent: 2105 or 2106.
     Reconnect,
+    /// 2022c returning client, 1101 with the saved key sent: 2102.
+    KeyResend,
     /// 1028 handed to the driver: `handle_file_sent`.
     FileSent { attempt: u32 },
     /// 1028 sent: 2103 (one stray 2104 skipped if `stray_ok`).
@@ -494,7 +522,7 @@ impl Expect {
     fn request(self) -> RequestKind {
         match self {
             Expect::Registered => RequestKind::Register,
-            Expect::KeyPair | Expect::KeyAccepted => RequestKind::PublicKey,
+            Expect::KeyPair | Expect::KeyAccepted | Expect::KeyResend => RequestKind::PublicKey,
             Expect::Reconnect => RequestKind::Reconnect,
             Expect::FileSent { .. } | Expect::FileReceived { .. } => RequestKind::SendFile,
             Expect::CrcOkAck { .. } => RequestKind::CrcOk,
@@ -502,18 +530,51 @@ impl Expect {
         }
     }
 
-    fn describe(self) -> &'static str {
+    /// What the state awaits, in the revision's codes: "2100/2101 after 1025".
+    fn describe(self, rev: Revision) -> String {
+        use RequestKind as Q;
+        use ResponseKind as A;
+        let req = |k| rev.request_code(k).unwrap_or(0);
+        let resp = |k| rev.response_code(k).unwrap_or(0);
         match self {
-            Expect::Registered => "2100/2101 after 1025",
-            Expect::KeyPair => "a key pair (no response)",
-            Expect::KeyAccepted => "2102 after 1026",
-            Expect::Reconnect => "2105/2106 after 1027",
-            Expect::FileSent { .. } => "the end of the 1028 upload",
-            Expect::FileReceived { .. } => "2103 after 1028",
-            Expect::CrcOkAck { .. } => "2104 after 1029",
-            Expect::GiveUpAck { .. } => "2104 after 1031",
-            Expect::Done => "nothing",
+            Expect::Registered => format!(
+                "{}/{} after {}",
+                resp(A::Registered),
+                resp(A::RegistrationFailed),
+                req(Q::Register)
+            ),
+            Expect::KeyPair => "a key pair (no response)".into(),
+            Expect::KeyAccepted | Expect::KeyResend => {
+                format!("{} after {}", resp(A::KeyAccepted), req(Q::PublicKey))
+            }
+            Expect::Reconnect => format!(
+                "{}/{} after {}",
+                resp(A::ReconnectAccepted),
+                resp(A::ReconnectDenied),
+                req(Q::Reconnect)
+            ),
+            Expect::FileSent { .. } => format!("the end of the {} upload", req(Q::SendFile)),
+            Expect::FileReceived { .. } => {
+                format!("{} after {}", resp(A::FileReceived), req(Q::SendFile))
+            }
+            Expect::CrcOkAck { .. } => format!("{} after {}", resp(A::Ack), req(Q::CrcOk)),
+            Expect::GiveUpAck { .. } => format!("{} after {}", resp(A::Ack), req(Q::CrcGiveUp)),
+            Expect::Done => "nothing".into(),
         }
+    }
+}
+
+/// "registered", "file received" and so on, for messages.
+fn kind_label(kind: ResponseKind) -> &'static str {
+    match kind {
+        ResponseKind::Registered => "registered",
+        ResponseKind::RegistrationFailed => "registration failed",
+        ResponseKind::KeyAccepted => "public key accepted",
+        ResponseKind::FileReceived => "file received",
+        ResponseKind::Ack => "acknowledged",
+        ResponseKind::ReconnectAccepted => "reconnect accepted",
+        ResponseKind::ReconnectDenied => "reconnect denied",
+        ResponseKind::GeneralError => "general server error",
     }
 }
 
@@ -533,6 +594,8 @@ pub struct ClientSession {
     file_name: FixedName,
     plain_len: u64,
     content_size: u32,
+    /// 2024a/2024c: the packets of the file.
+    packets: Option<PacketPlan>,
     /// Saved or newly completed credentials.
     identity: Option<Identity>,
     /// Id issued by 2100, before key exchange completes.
@@ -572,11 +635,31 @@ impl ClientSession {
     pub fn new(config: ClientConfig) -> Result<Self, ConfigError> {
         let name_field = client_name_field(&config.name)?;
         let file_name = file_name_field(&config.file_name)?;
-        if config.plain_len > MAX_PLAINTEXT_SIZE {
-            return Err(ConfigError::FileTooLarge {
-                len: config.plain_len,
-            });
+        let rev = config.revision;
+        let too_large = ConfigError::FileTooLarge {
+            len: config.plain_len,
+            revision: rev,
+        };
+        if config.plain_len > max_plain_len(rev) {
+            return Err(too_large);
         }
+        let mut events = VecDeque::new();
+        let (packets, content_size) = match rev.file_layout() {
+            FileLayout::Single => (None, encrypted_len(config.plain_len) as u32),
+            FileLayout::Packets => {
+                let plan = PacketPlan::new(config.plain_len, &config.packets)
+                    .map_err(|e| e.map_or(too_large, ConfigError::BadPackets))?;
+                if let Some(requested) = plan.raised_from {
+                    events.push_back(Event::PacketSizeRaised {
+                        requested,
+                        used: plan.piece,
+                    });
+                }
+                // Fits: PacketPlan::new checks it against MAX_CONTENT_SIZE.
+                let content_size = plan.content_len as u32;
+                (Some(plan), content_size)
+            }
+        };
         let reconnect_name = match &config.identity {
             Some(id) => {
                 Some(FixedName::new(id.name.as_bytes()).map_err(ConfigError::BadSavedName)?)
@@ -584,10 +667,10 @@ impl ClientSession {
             None => None,
         };
         let expect = match config.identity {
-            Some(_) => Expect::Reconnect,
+            Some(_) if rev.request_code(RequestKind::Reconnect).is_some() => Expect::Reconnect,
+            Some(_) => Expect::KeyResend,
             None => Expect::Registered,
         };
-        let content_size = encrypted_len(config.plain_len) as u32;
         let mut actions = VecDeque::new();
         actions.push_back(Action::Connect {
             delay: Duration::ZERO,
@@ -599,6 +682,7 @@ impl ClientSession {
             file_name,
             plain_len: config.plain_len,
             content_size,
+            packets,
             identity: config.identity,
             new_id: ClientId::ZERO,
             new_key: None,
@@ -611,7 +695,7 @@ impl ClientSession {
             finished_attempts: 0,
             local_cksum: None,
             actions,
-            events: VecDeque::new(),
+            events,
             outcome: None,
         })
     }
@@ -674,6 +758,16 @@ impl ClientSession {
         self.plain_len
     }
 
+    /// The revision the session speaks.
+    pub fn revision(&self) -> Revision {
+        self.rev
+    }
+
+    /// 2024a/2024c: how the file is cut into packets.
+    pub fn packet_plan(&self) -> Option<&PacketPlan> {
+        self.packets.as_ref()
+    }
+
     /// The connection asked for by [`Action::Connect`] is open: the
     /// pending request goes out on it.
     pub fn handle_connected(&mut self) {
@@ -734,6 +828,7 @@ impl ClientSession {
         match self.expect {
             Expect::Registered => self.on_register_reply(response),
             Expect::KeyAccepted => self.on_key_reply(response, rng),
+            Expect::KeyResend => self.on_key_resend_reply(response, rng),
             Expect::Reconnect => self.on_reconnect_reply(response, rng),
             Expect::FileReceived {
                 attempt,
@@ -765,6 +860,22 @@ impl ClientSession {
     pub fn handle_decode_error(&mut self, error: DecodeError) {
         if self.outcome.is_none() {
             self.violation(Violation::Undecodable(error));
+        }
+    }
+
+    /// What [`ResponseReader`] could not read: an undecodable frame, or a
+    /// code of another revision (the server speaks another revision).
+    pub fn handle_response_error(&mut self, error: ResponseError) {
+        if self.outcome.is_some() {
+            return;
+        }
+        match error {
+            ResponseError::Decode(e) => self.handle_decode_error(e),
+            ResponseError::ForeignRevision { code } => self.violation(Violation::ForeignRevision {
+                code,
+                ours: self.rev,
+                theirs: revisions_with_response(self.rev, code),
+            }),
         }
     }
 
@@ -800,8 +911,9 @@ impl ClientSession {
         let Some(key) = self.new_key.take() else {
             return self.unexpected(ResponseKind::KeyAccepted);
         };
-        let Some(aes) = decrypt(&key, &encrypted_key, rng) else {
-            return self.violation(Violation::UndecryptableKey);
+        let aes = match self.decrypt(&key, &encrypted_key, rng) {
+            Ok(aes) => aes,
+            Err(v) => return self.violation(v),
         };
         self.identity = Some(Identity {
             name: self.name.clone(),
@@ -826,8 +938,9 @@ impl ClientSession {
                         response: ResponseKind::ReconnectAccepted,
                     });
                 }
-                let Some(aes) = decrypt(&identity.key, &encrypted_key, rng) else {
-                    return self.violation(Violation::UndecryptableKey);
+                let aes = match self.decrypt(&identity.key, &encrypted_key, rng) {
+                    Ok(aes) => aes,
+                    Err(v) => return self.violation(v),
                 };
                 self.events.push_back(Event::Reconnected { client_id });
                 self.start_upload(aes);
@@ -845,6 +958,45 @@ impl ClientSession {
             }
             other => self.unexpected(other.kind()),
         }
+    }
+
+    /// 2022c returning client: 2102 to the saved key means the server
+    /// knows us; anything else means registering anew.
+    fn on_key_resend_reply(&mut self, response: Response, rng: &mut dyn Entropy) {
+        let Some(identity) = &self.identity else {
+            return self.unexpected(response.kind());
+        };
+        let aes = match response {
+            Response::KeyAccepted {
+                client_id,
+                encrypted_key,
+            } if client_id == identity.client_id => {
+                self.decrypt(&identity.key, &encrypted_key, rng).ok()
+            }
+            _ => None,
+        };
+        match aes {
+            Some(aes) => {
+                let client_id = identity.client_id;
+                self.events.push_back(Event::Reconnected { client_id });
+                self.start_upload(aes);
+            }
+            None => self.register_anew(),
+        }
+    }
+
+    /// 2022c: the saved key got no usable 2102: register as a new client,
+    /// on a new connection (a 2022c server closes on errors).
+    fn register_anew(&mut self) {
+        self.retries = 0;
+        self.identity = None;
+        self.denied = true;
+        self.events.push_back(Event::KeyResendRefused);
+        self.expect = Expect::Registered;
+        self.link_up = false;
+        self.actions.clear();
+        self.actions
+            .push_back(Action::Connect { delay: RETRY_DELAY });
     }
 
     fn on_file_reply(&mut self, response: Response, attempt: u32, local: u32, stray_ok: bool) {
@@ -873,7 +1025,10 @@ impl ClientSession {
             });
         }
         // §1: the text before the NUL is the name; padding is ignored.
-        if content_size != self.content_size || file_name.text() != self.file_name.text() {
+        // 2024 servers echo the whole size, the last packet's or the
+        // plaintext's (§9.1): only the single-message revisions compare it.
+        let size_ok = self.packets.is_some() || content_size == self.content_size;
+        if !size_ok || file_name.text() != self.file_name.text() {
             return self.violation(Violation::BadEcho);
         }
         self.retries = 0;
@@ -939,6 +1094,10 @@ impl ClientSession {
                 Some(r) => r,
                 None => return,
             },
+            Expect::KeyResend => match self.saved_key_request() {
+                Some(r) => r,
+                None => return,
+            },
             Expect::FileSent { attempt } | Expect::FileReceived { attempt, .. } => {
                 return self.queue_file(attempt)
             }
@@ -962,18 +1121,44 @@ impl ClientSession {
         })
     }
 
+    /// 2022c returning client: the saved name and public key (1101).
+    fn saved_key_request(&self) -> Option<Request> {
+        let identity = self.identity.as_ref()?;
+        let der = identity.key.public_key().to_spki_der().ok()?;
+        Some(Request::PublicKey {
+            name: self.reconnect_name.clone()?,
+            public_key: Box::new(der),
+        })
+    }
+
     fn queue_file(&mut self, attempt: u32) {
         let Some(aes) = &self.aes else { return };
         self.expect = Expect::FileSent { attempt };
+        let id = self.current_id();
         let mut header = Vec::new();
-        encode_file_header(
-            self.rev,
-            &self.current_id(),
-            self.content_size,
-            &self.file_name,
-            &mut header,
-        );
-        let sender = FileSender::new(aes, self.plain_len);
+        let sender = match &self.packets {
+            None => {
+                encode_file_header(
+                    self.rev,
+                    &id,
+                    self.content_size,
+                    &self.file_name,
+                    &mut header,
+                );
+                FileSender::new(aes, self.plain_len)
+            }
+            Some(plan) => {
+                crate::message::encode_packet_header(
+                    self.rev,
+                    &id,
+                    &plan.header(0),
+                    &self.file_name,
+                    plan.data_len(0),
+                    &mut header,
+                );
+                FileSender::packets(aes, self.rev, id, self.file_name.clone(), plan.clone())
+            }
+        };
         self.events.push_back(Event::AttemptStarted {
             attempt,
             of: MAX_SENDS,
@@ -984,6 +1169,7 @@ impl ClientSession {
                 header,
                 plain_len: self.plain_len,
                 content_size: self.content_size,
+                packets: self.packets.clone(),
                 sender,
             })));
     }
@@ -1006,6 +1192,9 @@ impl ClientSession {
         self.actions
             .retain(|a| matches!(a, Action::GenerateKeyPair));
         if self.retries >= MAX_ERROR_RETRIES {
+            if self.expect == Expect::KeyResend {
+                return self.register_anew();
+            }
             let request = self.expect.request();
             return self.finish(match cause {
                 RetryCause::ServerError => Outcome::ServerError { request },
@@ -1026,8 +1215,33 @@ impl ClientSession {
     }
 
     fn unexpected(&mut self, got: ResponseKind) {
-        let awaiting = self.expect.describe();
-        self.violation(Violation::Unexpected { awaiting, got });
+        let awaiting = self.expect.describe(self.rev);
+        let code = self.rev.spec().response_base + got as u16;
+        self.violation(Violation::Unexpected {
+            awaiting,
+            got,
+            code,
+        });
+    }
+
+    /// Decrypts the AES key of a 2102/2105 (§4) and checks its size (§9).
+    fn decrypt(
+        &self,
+        key: &RsaPrivateKey,
+        encrypted: &[u8; ENCRYPTED_KEY_LEN],
+        rng: &mut dyn Entropy,
+    ) -> Result<AesKey, Violation> {
+        let aes = key
+            .decrypt_aes_key(encrypted, rng)
+            .map_err(|_| Violation::UndecryptableKey)?;
+        let expected = self.rev.aes_key_len();
+        if aes.as_bytes().len() != expected {
+            return Err(Violation::KeySize {
+                got: aes.as_bytes().len(),
+                expected,
+            });
+        }
+        Ok(aes)
     }
 
     fn violation(&mut self, v: Violation) {
@@ -1040,15 +1254,6 @@ impl ClientSession {
         self.actions.clear();
         self.outcome = Some(outcome);
     }
-}
-
-/// Decrypts the AES key of a 2102/2105 (§4).
-fn decrypt(
-    key: &RsaPrivateKey,
-    encrypted: &[u8; ENCRYPTED_KEY_LEN],
-    rng: &mut dyn Entropy,
-) -> Option<AesKey> {
-    key.decrypt_aes_key(encrypted, rng).ok()
 }
 
 #[cfg(test)]
