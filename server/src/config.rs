@@ -118,7 +118,8 @@ Environment:
                    instead of --listen
 
 Exit status: 0 after a clean shutdown (SIGTERM/SIGINT) or a good --check-config,
-1 on a start-up error (bad configuration, unusable data directory or port).
+1 on a start-up error (bad flags or values, bad configuration, unusable data
+directory or port).
 
 Example:
   sealdrop-server --listen 127.0.0.1:1357 --data-dir /var/lib/sealdrop

@@ -15,7 +15,20 @@ use sealdrop_server::store::DiskStore;
 use sealdrop_server::{logging, systemd};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        // --help and --version print to stdout and exit 0. Usage errors
+        // exit 1 like every other start-up error (clap's own default is 2),
+        // as the help's "Exit status" says: one status for "did not start".
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     logging::init(&args.log_level);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
