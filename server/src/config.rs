@@ -91,14 +91,51 @@ pub struct Args {
     #[arg(long, value_name = "MODE", value_enum, default_value_t = SyncModeArg::Syncfs)]
     pub sync_mode: SyncModeArg,
 
-    /// Log filter when RUST_LOG is not set: error, warn, info, debug, trace.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// Least severe messages logged; `warning` (journald's name) is
+    /// accepted for warn. RUST_LOG, if set, replaces it.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        value_enum,
+        ignore_case = true,
+        default_value_t = LogLevel::Info
+    )]
+    pub log_level: LogLevel,
 
     /// Validate the configuration (flags, port file, data directory,
-    /// database) and exit: 0 if usable, 1 if not.
+    /// database) and exit: 0 if usable, 1 if not. Without --listen (and
+    /// outside socket activation) the port file must hold a port.
     #[arg(long)]
     pub check_config: bool,
+}
+
+/// `--log-level` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    #[value(alias = "warning")]
+    Warn,
+    /// Connections, requests, uploads, start and stop (the default).
+    Info,
+    /// Also protocol details.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The env_logger filter this level stands for.
+    pub fn filter(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 /// `--sync-mode` values.
@@ -112,7 +149,9 @@ pub enum SyncModeArg {
 
 const AFTER_HELP: &str = "\
 Environment:
-  RUST_LOG         log filter, overrides --log-level (e.g. RUST_LOG=debug)
+  RUST_LOG         log filter in env_logger's syntax, replaces --log-level
+                   (e.g. RUST_LOG=debug); start-up errors are shown even when
+                   it filters them out
   NOTIFY_SOCKET    set by systemd for Type=notify: READY=1, STOPPING=1, WATCHDOG=1
   LISTEN_FDS       set by systemd socket activation: the passed socket is used
                    instead of --listen
@@ -233,6 +272,9 @@ pub enum ConfigError {
     BadListenAddr(String),
     /// A `--listen` tag that names no revision choice.
     BadListenTag(String),
+    /// `--check-config` without `--listen`: the port file is unusable
+    /// (the server itself would fall back to the default port).
+    PortFileRequired(Box<ConfigError>),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -266,6 +308,11 @@ impl std::fmt::Display for ConfigError {
                 f,
                 "'{tag}' is not a listener tag: use 2023c or 2024a (what codes 1025-1031 \
                  mean there), or only:REV with REV one of 2022c, 2023a, 2023c, 2024a, 2024c"
+            ),
+            ConfigError::PortFileRequired(why) => write!(
+                f,
+                "{why}: without --listen the port comes from this file (the server would \
+                 fall back to port {DEFAULT_PORT} with a warning); fix the file or give --listen ADDR:PORT"
             ),
         }
     }
@@ -337,9 +384,29 @@ impl Settings {
     }
 }
 
+/// What to do when the port file is needed but unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortFile {
+    /// Warn and use [`DEFAULT_PORT`] (the server, as documented).
+    FallBack,
+    /// Fail ([`ConfigError::PortFileRequired`]; `--check-config`).
+    Required,
+}
+
 impl Args {
     /// Resolves the flags into settings; warnings (port file) are logged.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
+        self.resolve(PortFile::FallBack)
+    }
+
+    /// As [`Args::settings`], but a port file that is needed (no
+    /// `--listen`, no socket activation) and missing or invalid is an
+    /// error instead of a warning: what `--check-config` checks.
+    pub fn checked_settings(&self) -> Result<Settings, ConfigError> {
+        self.resolve(PortFile::Required)
+    }
+
+    fn resolve(&self, port_file: PortFile) -> Result<Settings, ConfigError> {
         if self.max_connections == 0 {
             return Err(ConfigError::NoConnections);
         }
@@ -358,10 +425,16 @@ impl Args {
                 DEFAULT_PORT,
             )))]
         } else {
-            let port = read_port_file(&self.port_file).unwrap_or_else(|warning| {
-                log::warn!("{warning}; using port {DEFAULT_PORT}");
-                DEFAULT_PORT
-            });
+            let port = match read_port_file(&self.port_file) {
+                Ok(port) => port,
+                Err(e) if port_file == PortFile::Required => {
+                    return Err(ConfigError::PortFileRequired(Box::new(e)))
+                }
+                Err(warning) => {
+                    log::warn!("{warning}; using port {DEFAULT_PORT}");
+                    DEFAULT_PORT
+                }
+            };
             vec![ListenSpec::auto(SocketAddr::from(([0, 0, 0, 0], port)))]
         };
         let session = ServerConfig {
@@ -414,6 +487,43 @@ mod tests {
         std::fs::write(&p, "banana\n").unwrap();
         assert!(read_port_file(&p).is_err());
         assert!(read_port_file(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn an_unusable_port_file_is_a_warning_to_the_server_and_an_error_to_check_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("port.info");
+        let args = Args::parse_from(["sealdrop-server", "--port-file", missing.to_str().unwrap()]);
+        if std::env::var_os("LISTEN_FDS").is_some() {
+            return; // socket activation: the port file is not consulted
+        }
+        let settings = args.settings().unwrap();
+        assert_eq!(settings.listen[0].addr.port(), DEFAULT_PORT);
+        assert!(matches!(
+            args.checked_settings(),
+            Err(ConfigError::PortFileRequired(_))
+        ));
+        std::fs::write(&missing, "4242\n").unwrap();
+        assert_eq!(args.checked_settings().unwrap().listen[0].addr.port(), 4242);
+    }
+
+    #[test]
+    fn log_levels_take_journalds_warning() {
+        for (text, level) in [
+            ("warning", LogLevel::Warn),
+            ("WARN", LogLevel::Warn),
+            ("Info", LogLevel::Info),
+            ("trace", LogLevel::Trace),
+        ] {
+            let args = Args::parse_from(["sealdrop-server", "--log-level", text]);
+            assert_eq!(args.log_level, level, "{text}");
+        }
+        for bad in ["loud", "warnings", "off", ""] {
+            assert!(
+                Args::try_parse_from(["sealdrop-server", "--log-level", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }
 

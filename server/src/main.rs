@@ -29,21 +29,28 @@ fn main() -> ExitCode {
             };
         }
     };
-    logging::init(&args.log_level);
+    logging::init(args.log_level.filter());
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e:#}");
+            if log::log_enabled!(log::Level::Error) {
+                log::error!("{e:#}");
+            } else {
+                // RUST_LOG filtered errors out (RUST_LOG=off, or a module
+                // name that matches nothing): why the server did not start
+                // is shown all the same.
+                eprintln!("sealdrop-server: error: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }
 }
 
 fn run(args: &Args) -> Result<()> {
-    let settings = args.settings()?;
     if args.check_config {
-        return check_config(&settings);
+        return check_config(&args.checked_settings()?);
     }
+    let settings = args.settings()?;
     raise_descriptor_limit(settings.max_connections);
     let store = DiskStore::open(&settings.data_dir, settings.store.clone())
         .with_context(|| format!("cannot use data directory {}", settings.data_dir.display()))?;

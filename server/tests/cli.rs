@@ -6,7 +6,8 @@
 
 mod common;
 
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -52,6 +53,173 @@ fn bare(cwd: &Path) -> Command {
         .env_remove("NOTIFY_SOCKET")
         .env_remove("JOURNAL_STREAM");
     cmd
+}
+
+// ---------------------------------------------------------------------------
+// 1. --log-level, RUST_LOG, and --check-config with the port file
+// ---------------------------------------------------------------------------
+
+/// A data directory the server cannot use: a folder under a regular file.
+fn unusable_data_dir(tmp: &Path) -> PathBuf {
+    let file = tmp.join("regular-file");
+    fs::write(&file, b"not a directory").unwrap();
+    file.join("data")
+}
+
+#[test]
+fn unknown_log_levels_are_refused_even_by_check_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    for level in ["loud", "warnings", "verbose", "off"] {
+        let ran = server_in(
+            tmp.path(),
+            &[
+                "--log-level",
+                level,
+                "--check-config",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                "data",
+            ],
+        );
+        assert_eq!(ran.status.code(), Some(1), "--log-level {level:?}: {ran:?}");
+        assert!(
+            ran.stderr
+                .contains(&format!("invalid value '{level}' for '--log-level"))
+                && ran
+                    .stderr
+                    .contains("[possible values: error, warn, info, debug, trace]"),
+            "unclear message for {level:?}: {}",
+            ran.stderr
+        );
+        assert!(!ran.stdout.contains("configuration ok"), "{}", ran.stdout);
+    }
+}
+
+#[test]
+fn log_level_warning_is_journalds_name_for_warn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = unusable_data_dir(tmp.path());
+    for level in ["warning", "WARNING", "warn", "Warn"] {
+        let ran = server_in(
+            tmp.path(),
+            &[
+                "--log-level",
+                level,
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(ran.status.code(), Some(1), "{level}: {ran:?}");
+        // The fatal error is shown; info lines are filtered out.
+        assert!(
+            ran.stderr.contains("ERROR") && ran.stderr.contains("cannot use data directory"),
+            "--log-level {level} hid the start-up error: {:?}",
+            ran.stderr
+        );
+        assert!(!ran.stderr.contains(" INFO "), "{level}: {}", ran.stderr);
+    }
+    let ran = server_in(
+        tmp.path(),
+        &[
+            "--log-level",
+            "warning",
+            "--check-config",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "data",
+        ],
+    );
+    assert_eq!(ran.status.code(), Some(0), "{ran:?}");
+    assert!(ran.stdout.starts_with("configuration ok"), "{}", ran.stdout);
+}
+
+#[test]
+fn rust_log_overrides_log_level_but_never_hides_a_fatal_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = unusable_data_dir(tmp.path());
+    let args = [
+        "--log-level",
+        "error",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    // RUST_LOG=debug wins over --log-level error: the debug line about the
+    // open-file limit shows.
+    let ran = run(
+        bare(tmp.path()).args(args).env("RUST_LOG", "debug"),
+        Duration::from_secs(20),
+    );
+    assert_eq!(ran.status.code(), Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("DEBUG"), "{}", ran.stderr);
+    // A RUST_LOG that lets nothing through (off, or a module name that is
+    // no module) still shows why the server did not start.
+    for filter in ["off", "loud"] {
+        let ran = run(
+            bare(tmp.path()).args(args).env("RUST_LOG", filter),
+            Duration::from_secs(20),
+        );
+        assert_eq!(ran.status.code(), Some(1), "RUST_LOG={filter}: {ran:?}");
+        assert!(
+            ran.stderr
+                .contains("sealdrop-server: error: cannot use data directory"),
+            "RUST_LOG={filter} hid the start-up error: {:?}",
+            ran.stderr
+        );
+    }
+}
+
+#[test]
+fn check_config_without_listen_needs_a_usable_port_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |extra: &[&str]| {
+        let mut args = vec!["--check-config", "--data-dir", "data"];
+        args.extend_from_slice(extra);
+        server_in(tmp.path(), &args)
+    };
+    // Missing.
+    let ran = check(&[]);
+    assert_eq!(ran.status.code(), Some(1), "missing port.info: {ran:?}");
+    assert!(
+        ran.stderr.contains("cannot read port.info") && ran.stderr.contains("--listen"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!ran.stdout.contains("configuration ok"));
+    // Not a port.
+    for bad in ["banana\n", "0\n", "70000\n", ""] {
+        fs::write(tmp.path().join("port.info"), bad).unwrap();
+        let ran = check(&[]);
+        assert_eq!(ran.status.code(), Some(1), "port.info {bad:?}: {ran:?}");
+        assert!(
+            ran.stderr.contains("port.info does not hold a port number"),
+            "{}",
+            ran.stderr
+        );
+    }
+    // --listen makes the port file irrelevant.
+    let ran = check(&["--listen", "127.0.0.1:0"]);
+    assert_eq!(ran.status.code(), Some(0), "{ran:?}");
+    // A good one (a port free right now).
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    fs::write(tmp.path().join("port.info"), format!("{port}\n")).unwrap();
+    let ran = check(&[]);
+    assert_eq!(ran.status.code(), Some(0), "{ran:?}");
+    assert!(
+        ran.stdout
+            .starts_with(&format!("configuration ok: listen 0.0.0.0:{port}, ")),
+        "{}",
+        ran.stdout
+    );
 }
 
 // ---------------------------------------------------------------------------
