@@ -6,9 +6,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::error::ErrorKind;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use sealdrop_protocol::client::{Granularity, PacketFields};
+use sealdrop_protocol::Revision;
 
 use crate::report::{self, FailKind};
+
+/// The environment variable that sets `--revision` when the flag is absent.
+pub const REVISION_ENV: &str = "SEALDROP_REVISION";
 
 /// Default `--connect-timeout`: generous for a loaded server on a LAN,
 /// short enough that a wrong address fails a script quickly.
@@ -33,12 +38,27 @@ Exit codes:
   6  the server answered 2107 (general error) on the first try and on all 3 retries
   7  local I/O error: the file cannot be read or changed size while being sent,
      me.info / priv.key cannot be written
-  8  protocol violation: the server sent a response the protocol does not allow there
+  8  protocol violation: the server sent a response the protocol does not allow there,
+     or answered in another revision's codes (the message names the revision it
+     seems to speak)
+The codes above are 2023c's; every revision uses its own (PROTOCOL.md §9), e.g. 1607
+for 2107 in 2024a/2024c.
+
+Revisions and packets:
+  --revision picks the protocol revision (default 2023c, or $SEALDROP_REVISION).
+  2024a/2024c send the file as packets. By default the whole file goes as one packet
+  (1 of 1): every public 2024 server surveyed accepts that, whatever its own cutting
+  rule. --packet-size N and the other --packet-* flags choose the common public forms
+  instead; a file that would need more than 65535 packets of N bytes is sent in the
+  smallest multiple of 16 that fits (a note says so).
 
 Examples:
   sealdrop-client                      # everything from ./transfer.info
   sealdrop-client --server 127.0.0.1:1357 --name alice --file ./report.pdf --state-dir ~/.sealdrop
-  sealdrop-client --json --quiet --timeout 60 --file big.iso";
+  sealdrop-client --json --quiet --timeout 60 --file big.iso
+  sealdrop-client --revision 2024c --server files.example:1256   # one packet per file
+  sealdrop-client --revision 2024c --packet-size 1024            # 1 KiB split packets, from 1
+  sealdrop-client --revision 2024a --packet-size 4096 --packet-mode each --packet-fields packet";
 
 /// Send one file to a sealdrop server, encrypted, and verify its checksum.
 ///
@@ -83,14 +103,91 @@ pub struct Args {
     pub quiet: bool,
 
     /// Print one JSON object on stdout at the end, also on failure:
-    /// {"file","bytes","cksum","attempts","seconds","client_id","outcome"}
+    /// {"file","bytes","cksum","attempts","seconds","client_id","outcome","revision","packets"}
     #[arg(long)]
     pub json: bool,
+
+    /// Protocol revision to speak (PROTOCOL.md §9): 2022c, 2023a, 2023c, 2024a or 2024c.
+    /// Their default ports: 1234 (2022c, 2023a), 1357 (2023c), 1256 (2024a, 2024c)
+    #[arg(long, value_name = "REV", env = REVISION_ENV, default_value = "2023c",
+          value_parser = parse_revision)]
+    pub revision: Revision,
+
+    /// 2024a/2024c: bytes per packet, a positive multiple of 16: ciphertext bytes in split
+    /// mode, plaintext bytes in each mode (N + 16 on the wire). Public peers use 1024, 4000,
+    /// 4096, 8192, 1048576 [default: the whole file in one packet, which every public 2024
+    /// server accepts]
+    #[arg(long, value_name = "N", value_parser = parse_packet_size)]
+    pub packet_size: Option<u32>,
+
+    /// 2024a/2024c: number of the first packet, 0 or 1 [default: 1, as every public client]
+    #[arg(long, value_name = "0|1", value_parser = clap::value_parser!(u16).range(0..=1))]
+    pub packet_base: Option<u16>,
+
+    /// 2024a/2024c: split = encrypt the whole file once and cut the ciphertext; each =
+    /// encrypt and pad every packet alone (zero IV each time) [default: split]
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub packet_mode: Option<PacketMode>,
+
+    /// 2024a/2024c: what content_size and orig_file_size describe: the whole file, or
+    /// (with --packet-mode each) each packet [default: whole]
+    #[arg(long, value_name = "FIELDS", value_enum)]
+    pub packet_fields: Option<PacketFieldsArg>,
 
     /// Use this RSA private key (DER PKCS#8 or PKCS#1, or their base64) instead of
     /// generating one; for byte-exact tests
     #[arg(long, value_name = "FILE", hide = true)]
     pub rsa_key: Option<PathBuf>,
+}
+
+/// `--packet-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PacketMode {
+    /// The whole file encrypted once, the ciphertext cut into packets.
+    Split,
+    /// Every packet's plaintext encrypted and padded alone.
+    Each,
+}
+
+impl From<PacketMode> for Granularity {
+    fn from(m: PacketMode) -> Self {
+        match m {
+            PacketMode::Split => Granularity::Split,
+            PacketMode::Each => Granularity::Each,
+        }
+    }
+}
+
+/// `--packet-fields`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PacketFieldsArg {
+    /// Sizes of the whole file.
+    Whole,
+    /// Sizes of each packet (each mode only).
+    Packet,
+}
+
+impl From<PacketFieldsArg> for PacketFields {
+    fn from(f: PacketFieldsArg) -> Self {
+        match f {
+            PacketFieldsArg::Whole => PacketFields::Whole,
+            PacketFieldsArg::Packet => PacketFields::Packet,
+        }
+    }
+}
+
+fn parse_revision(text: &str) -> Result<Revision, String> {
+    text.parse::<Revision>().map_err(|e| e.to_string())
+}
+
+fn parse_packet_size(text: &str) -> Result<u32, String> {
+    let n: u32 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of bytes"))?;
+    if n == 0 || !n.is_multiple_of(16) {
+        return Err(format!("{n} is not a positive multiple of 16"));
+    }
+    Ok(n)
 }
 
 impl Args {

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sealdrop_protocol::client::{client_name_field, file_name_field};
+use sealdrop_protocol::client::{client_name_field, file_name_field, PacketOptions};
+use sealdrop_protocol::revision::FileLayout;
+use sealdrop_protocol::Revision;
 
 use crate::cli::Args;
 use crate::report::Failure;
@@ -64,6 +66,10 @@ pub struct Settings {
     pub timeout: Duration,
     /// Fixed RSA key instead of a generated one.
     pub rsa_key: Option<PathBuf>,
+    /// Protocol revision (PROTOCOL.md §9).
+    pub revision: Revision,
+    /// 2024a/2024c packet options (defaults for the other revisions).
+    pub packets: PacketOptions,
 }
 
 /// The three lines of `transfer.info`.
@@ -104,6 +110,7 @@ impl Settings {
             parse_server(&server).ok_or_else(|| bad_server(&server, server_source))?;
         check_name(&name, name_source)?;
         let file_name = base_name(&file, file_source)?;
+        let packets = packet_options(args)?;
         Ok(Settings {
             server,
             host,
@@ -118,8 +125,42 @@ impl Settings {
             connect_timeout: args.connect_timeout(),
             timeout: args.timeout(),
             rsa_key: args.rsa_key.clone(),
+            revision: args.revision,
+            packets,
         })
     }
+}
+
+/// The `--packet-*` flags: only for the revisions that send packets
+/// (2024a, 2024c), and consistent with each other.
+fn packet_options(args: &Args) -> Result<PacketOptions, Failure> {
+    let given = [
+        ("--packet-size", args.packet_size.is_some()),
+        ("--packet-base", args.packet_base.is_some()),
+        ("--packet-mode", args.packet_mode.is_some()),
+        ("--packet-fields", args.packet_fields.is_some()),
+    ];
+    let rev = args.revision;
+    if rev.file_layout() != FileLayout::Packets {
+        if let Some((flag, _)) = given.iter().find(|(_, on)| *on) {
+            return Err(Failure::usage(format!(
+                "{flag} applies to revisions 2024a and 2024c only, and the revision is {rev} \
+                 (--revision or ${}); drop {flag} or choose a 2024 revision",
+                crate::cli::REVISION_ENV
+            )));
+        }
+    }
+    let d = PacketOptions::default();
+    let options = PacketOptions {
+        size: args.packet_size,
+        base: args.packet_base.unwrap_or(d.base),
+        mode: args.packet_mode.map_or(d.mode, Into::into),
+        fields: args.packet_fields.map_or(d.fields, Into::into),
+    };
+    options
+        .check()
+        .map_err(|e| Failure::usage(format!("{e}; see sealdrop-client --help")))?;
+    Ok(options)
 }
 
 /// Reads and parses `transfer.info`.

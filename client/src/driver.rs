@@ -6,10 +6,10 @@
 use std::io;
 use std::time::Duration;
 
-use sealdrop_protocol::client::{Action, ClientConfig, Event, Outcome, RETRY_DELAY};
+use sealdrop_protocol::client::{Action, ClientConfig, Event, Outcome, Violation, RETRY_DELAY};
 use sealdrop_protocol::consts::{MAX_ERROR_RETRIES, MAX_SENDS};
 use sealdrop_protocol::crypto::RsaPrivateKey;
-use sealdrop_protocol::{ClientSession, FileUpload, RequestKind, Revision};
+use sealdrop_protocol::{ClientSession, FileUpload, RequestKind, ResponseKind, Revision};
 
 use crate::config::Settings;
 use crate::entropy::OsEntropy;
@@ -69,17 +69,18 @@ impl<'a> Job<'a> {
             report.update(|s| s.client_id = Some(id.client_id));
         }
         let session = ClientSession::new(ClientConfig {
-            revision: Revision::R2023c,
+            revision: settings.revision,
             name: settings.name.clone(),
             file_name: settings.file_name.clone(),
             plain_len: source.len,
             identity,
-            packets: Default::default(),
+            packets: settings.packets,
         })
         .map_err(|e| {
             let file = quoted(&settings.file.to_string_lossy());
             Failure::usage(format!("cannot send {file}: {e}"))
         })?;
+        report.update(|s| s.packets = session.packet_plan().cloned());
         Ok(Job {
             settings,
             report,
@@ -90,6 +91,7 @@ impl<'a> Job<'a> {
                 port: settings.port,
                 connect_timeout: settings.connect_timeout,
                 timeout: settings.timeout,
+                revision: settings.revision,
             },
             link: None,
             rng: OsEntropy,
@@ -127,6 +129,7 @@ impl<'a> Job<'a> {
 
     fn on_event(&mut self, event: Event) -> Result<(), Failure> {
         let report = self.report;
+        let rev = self.settings.revision;
         match event {
             Event::Registered { client_id } | Event::Reconnected { client_id } => {
                 report.update(|s| s.client_id = Some(client_id));
@@ -134,11 +137,15 @@ impl<'a> Job<'a> {
             Event::KeyExchanged { .. } => self.save_identity()?,
             Event::ReconnectDenied => {
                 report.update(|s| s.client_id = None);
-                report.note("reconnect denied (2106): registering as a new client");
+                report.note(&format!(
+                    "reconnect denied ({}): registering as a new client",
+                    response_code(rev, ResponseKind::ReconnectDenied)
+                ));
             }
             Event::AttemptStarted { attempt, .. } => report.update(|s| s.attempts = attempt),
             Event::ServerError { retry, of } => report.note(&format!(
-                "server responded with an error (2107); retrying ({retry} of {of})"
+                "server responded with an error ({}); retrying ({retry} of {of})",
+                response_code(rev, ResponseKind::GeneralError)
             )),
             Event::ConnectionLost { retry, of } => {
                 let why = self
@@ -158,10 +165,12 @@ impl<'a> Job<'a> {
             )),
             Event::KeyResendRefused => {
                 report.update(|s| s.client_id = None);
-                report.note(
-                    "the server did not take our saved key (2022c has no reconnect): \
-                     registering as a new client",
-                );
+                report.note(&format!(
+                    "the server did not accept our saved key ({} without {}; {rev} has no \
+                     reconnect): registering as a new client",
+                    request_code(rev, RequestKind::PublicKey),
+                    response_code(rev, ResponseKind::KeyAccepted)
+                ));
             }
             Event::PacketSizeRaised { requested, used } => report.note(&format!(
                 "packets of {requested} bytes would be more than 65535: sending packets of \
@@ -226,10 +235,15 @@ impl<'a> Job<'a> {
             return Ok(());
         };
         log::debug!(
-            "conn#{} -> 1028 attempt {}, content_size {}",
+            "conn#{} -> {} attempt {}, content_size {}{}",
             self.conns,
+            request_code(self.settings.revision, RequestKind::SendFile),
             upload.attempt,
-            upload.content_size
+            upload.content_size,
+            upload
+                .packets
+                .as_ref()
+                .map_or(String::new(), |p| format!(", {}", p.summary()))
         );
         match upload::send_file(link, &mut self.source, upload, &mut self.progress) {
             Ok(cksum) => {
@@ -258,11 +272,11 @@ impl<'a> Job<'a> {
         };
         match link.read_response() {
             Ok(response) => {
-                let code = Revision::R2023c.response_code(response.kind()).unwrap_or(0);
+                let code = response_code(self.settings.revision, response.kind());
                 log::debug!("conn#{} <- {code}", self.conns);
                 self.session.handle_response(response, &mut self.rng)
             }
-            Err(ReadError::Decode(e)) => self.session.handle_decode_error(e),
+            Err(ReadError::Decode(e)) => self.session.handle_response_error(e),
             Err(ReadError::Io(e)) => self.lost(e, false),
         }
     }
@@ -298,6 +312,8 @@ impl<'a> Job<'a> {
                 bytes: self.source.len,
                 cksum,
                 attempts,
+                revision: self.settings.revision,
+                packets: self.session.packet_plan().cloned(),
             }),
             other => Err(self.failure(&other)),
         }
@@ -306,6 +322,7 @@ impl<'a> Job<'a> {
     fn failure(&self, outcome: &Outcome) -> Failure {
         let s = self.settings;
         let server = &s.server;
+        let rev = s.revision;
         match outcome {
             Outcome::Verified { .. } => Failure::new(FailKind::Protocol, "internal: not a failure"),
             Outcome::CrcFailed {
@@ -316,8 +333,9 @@ impl<'a> Job<'a> {
                 FailKind::Crc,
                 format!(
                     "{} arrived damaged {attempts} times (server cksum {theirs}, ours {local}); \
-                     gave up (1031); check the network path and the server's storage",
-                    quoted(&s.file_name)
+                     gave up ({}); check the network path and the server's storage",
+                    quoted(&s.file_name),
+                    request_code(rev, RequestKind::CrcGiveUp)
                 ),
             ),
             Outcome::RegistrationFailed {
@@ -326,17 +344,30 @@ impl<'a> Job<'a> {
             Outcome::ServerError { request } => Failure::new(
                 FailKind::ServerError,
                 format!(
-                    "server responded with an error (2107) to {}, on the first try and on \
+                    "server responded with an error ({}) to {}, on the first try and on \
                      {MAX_ERROR_RETRIES} retries; check the server's log",
-                    request_label(*request)
+                    response_code(rev, ResponseKind::GeneralError),
+                    request_label(rev, *request)
                 ),
             ),
             Outcome::ConnectionFailed { request } => self.network_failure(*request),
+            Outcome::ProtocolViolation(v @ Violation::ForeignRevision { theirs, .. }) => {
+                let hint = theirs.first().map_or(String::new(), |r| {
+                    format!(
+                        "; run with --revision {r} (or ${}={r})",
+                        crate::cli::REVISION_ENV
+                    )
+                });
+                Failure::new(
+                    FailKind::Protocol,
+                    format!("server at {server} speaks another revision: {v}{hint}"),
+                )
+            }
             Outcome::ProtocolViolation(v) => Failure::new(
                 FailKind::Protocol,
                 format!(
                     "server at {server} broke the protocol: {v}; is it a sealdrop server \
-                     speaking revision 2023c?"
+                     speaking revision {rev}?"
                 ),
             ),
         }
@@ -361,14 +392,15 @@ impl<'a> Job<'a> {
                  stuck? --timeout raises the limit",
                 s.server,
                 s.timeout.as_secs_f64(),
-                request_label(request)
+                request_label(s.revision, request)
             ),
             other => format!(
-                "connection to {} lost during {} ({tries}): {}; is the server running and \
-                 reachable?",
+                "connection to {} lost during {} ({tries}): {}; is the server running, \
+                 reachable, and speaking revision {}?",
                 s.server,
-                request_label(request),
-                other.as_ref().map_or("closed".into(), |e| describe(&e.error))
+                request_label(s.revision, request),
+                other.as_ref().map_or("closed".into(), |e| describe(&e.error)),
+                s.revision
             ),
         };
         Failure::new(FailKind::Network, message)
@@ -378,25 +410,48 @@ impl<'a> Job<'a> {
 fn refused(s: &Settings, after_denied_reconnect: bool) -> Failure {
     let name = quoted(&s.name);
     let fix = s.name_source.hint("name", 2);
+    let rev = s.revision;
+    let failed = response_code(rev, ResponseKind::RegistrationFailed);
+    // 2022c has no reconnect: its "denied" is a saved key without a 2102.
+    let denied = match rev.response_code(ResponseKind::ReconnectDenied) {
+        Some(_) if rev.request_code(RequestKind::Reconnect).is_some() => {
+            format!("{}", response_code(rev, ResponseKind::ReconnectDenied))
+        }
+        _ => format!(
+            "no {} to our saved key",
+            response_code(rev, ResponseKind::KeyAccepted)
+        ),
+    };
     let message = if after_denied_reconnect {
         format!(
-            "server does not know the client in {} (2106) and refused to register {name} anew \
-             (2101): another client holds that name; choose another name ({fix}) or restore \
-             that client's {}",
+            "server does not know the client in {} ({denied}) and refused to register {name} \
+             anew ({failed}): another client holds that name; choose another name ({fix}) or \
+             restore that client's {}",
             identity::ME_INFO,
             identity::ME_INFO
         )
     } else {
         format!(
-            "server refused to register {name} (2101): the name is taken by another client or \
-             invalid; choose another name ({fix})"
+            "server refused to register {name} ({failed}): the name is taken by another client \
+             or invalid; choose another name ({fix})"
         )
     };
     Failure::new(FailKind::Refused, message)
 }
 
+/// A request's code in the revision (0 where it has none).
+fn request_code(rev: Revision, kind: RequestKind) -> u16 {
+    rev.request_code(kind).unwrap_or(0)
+}
+
+/// A response's code in the revision; 2022c's missing 2105-2107 are
+/// named as 2023 numbers them (the client reads them so).
+fn response_code(rev: Revision, kind: ResponseKind) -> u16 {
+    rev.spec().response_base + kind as u16
+}
+
 /// "1025 (register)" and so on, for messages.
-fn request_label(kind: RequestKind) -> String {
+fn request_label(rev: Revision, kind: RequestKind) -> String {
     let what = match kind {
         RequestKind::Register => "register",
         RequestKind::PublicKey => "send public key",
@@ -406,8 +461,7 @@ fn request_label(kind: RequestKind) -> String {
         RequestKind::CrcBad => "CRC bad",
         RequestKind::CrcGiveUp => "CRC bad, giving up",
     };
-    let code = Revision::R2023c.request_code(kind).unwrap_or(0);
-    format!("{code} ({what})")
+    format!("{} ({what})", request_code(rev, kind))
 }
 
 fn load_fixed_key(path: &std::path::Path) -> Result<RsaPrivateKey, Failure> {

@@ -1,5 +1,6 @@
-//! `sealdrop-client`: sends one file to a sealdrop server (PROTOCOL.md
-//! revision 2023c), a drop-in for the original C++ client.
+//! `sealdrop-client`: sends one file to a sealdrop server in any of the
+//! five published revisions of PROTOCOL.md (2023c by default, `--revision`),
+//! a drop-in for the original C++ clients.
 //!
 //! The protocol decisions live in `sealdrop_protocol::ClientSession`; this
 //! binary is its blocking driver: it reads the configuration and the state
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
 
 /// Loads everything, runs the session, and returns what happened.
 fn run(args: &Args, report: &Report) -> Result<report::Done, Failure> {
+    report.update(|s| s.revision = Some(args.revision));
     let settings = config::Settings::resolve(args)?;
     report.set_file(&settings.file);
     let mut job = driver::Job::prepare(&settings, report, args.quiet)?;

@@ -1,11 +1,13 @@
 //! The TCP connection to the server: connect with a timeout, write
-//! requests, read one response at a time within a deadline.
+//! requests, read one response at a time within a deadline (with the
+//! session's tolerant `ResponseReader`, in the revision's codes).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use sealdrop_protocol::{DecodeError, Response, ResponseDecoder, Revision};
+use sealdrop_protocol::client::{ResponseError, ResponseReader};
+use sealdrop_protocol::{Response, Revision};
 
 /// Bytes read from the socket at a time. Responses are at most 286 bytes
 /// (2103), so this holds several; what one read brings beyond a response
@@ -23,6 +25,8 @@ pub struct Endpoint {
     pub connect_timeout: Duration,
     /// Limit for one response, and for each write to make progress.
     pub timeout: Duration,
+    /// The revision whose responses are read.
+    pub revision: Revision,
 }
 
 impl Endpoint {
@@ -35,6 +39,7 @@ impl Endpoint {
             port,
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
+            revision: Revision::R2023c,
         }
     }
 
@@ -43,7 +48,7 @@ impl Endpoint {
         let mut last = None;
         for addr in (self.host.as_str(), self.port).to_socket_addrs()? {
             match TcpStream::connect_timeout(&addr, self.connect_timeout) {
-                Ok(stream) => return Link::new(stream, self.timeout),
+                Ok(stream) => return Link::new(stream, self.timeout, self.revision),
                 Err(e) => last = Some(e),
             }
         }
@@ -56,14 +61,15 @@ impl Endpoint {
 pub enum ReadError {
     /// The connection failed, closed, or timed out.
     Io(io::Error),
-    /// The bytes are not a valid response (framing lost).
-    Decode(DecodeError),
+    /// The bytes are not a valid response (framing lost), or a response
+    /// of another revision.
+    Decode(ResponseError),
 }
 
 /// One open connection.
 pub struct Link {
     stream: TcpStream,
-    decoder: ResponseDecoder,
+    decoder: ResponseReader,
     buf: Box<[u8; READ_BUF_LEN]>,
     start: usize,
     end: usize,
@@ -71,14 +77,14 @@ pub struct Link {
 }
 
 impl Link {
-    fn new(stream: TcpStream, timeout: Duration) -> io::Result<Link> {
+    fn new(stream: TcpStream, timeout: Duration, revision: Revision) -> io::Result<Link> {
         // Requests are small and followed by a wait for the answer: send
         // each at once rather than let Nagle hold it back.
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(timeout))?;
         Ok(Link {
             stream,
-            decoder: ResponseDecoder::new(Revision::R2023c),
+            decoder: ResponseReader::new(revision),
             buf: Box::new([0; READ_BUF_LEN]),
             start: 0,
             end: 0,

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use sealdrop_protocol::ClientId;
+use sealdrop_protocol::client::PacketPlan;
+use sealdrop_protocol::{ClientId, Revision};
 
 /// Prefix of every message on stderr.
 const PROGRAM: &str = "sealdrop-client";
@@ -98,6 +99,10 @@ pub struct Done {
     pub cksum: u32,
     /// Sends it took.
     pub attempts: u32,
+    /// The revision spoken.
+    pub revision: Revision,
+    /// 2024a/2024c: how the file went in packets.
+    pub packets: Option<PacketPlan>,
 }
 
 /// What is known so far, for the final report also on failure.
@@ -113,6 +118,10 @@ pub struct Summary {
     pub attempts: u32,
     /// Our client id, once known.
     pub client_id: Option<ClientId>,
+    /// The revision, once the flags are read.
+    pub revision: Option<Revision>,
+    /// 2024a/2024c: the packet plan, once the file is known.
+    pub packets: Option<PacketPlan>,
 }
 
 /// Writes the run's messages to stdout and stderr.
@@ -158,12 +167,17 @@ impl Report {
         if self.json {
             println!("{}", json_object(&self.summary.borrow(), secs, "verified"));
         } else if !self.quiet {
+            let packets = done
+                .packets
+                .as_ref()
+                .map_or(String::new(), |p| format!(", {}", p.summary()));
             println!(
-                "sent {}: {} bytes, cksum {}, verified ({secs:.2} s, attempt {})",
+                "sent {}: {} bytes, cksum {}, verified ({secs:.2} s, attempt {}, revision {}{packets})",
                 printable(&done.file_name),
                 done.bytes,
                 done.cksum,
-                done.attempts
+                done.attempts,
+                done.revision
             );
         }
         ExitCode::SUCCESS
@@ -192,18 +206,35 @@ pub fn early_failure(kind: FailKind, message: &str, json: bool, started: Instant
 }
 
 /// The `--json` object: exactly the keys file, bytes, cksum, attempts,
-/// seconds, client_id, outcome; unknown values are `null`.
+/// seconds, client_id, outcome, revision, packets; unknown values are
+/// `null`. `packets` is null outside 2024a/2024c, else
+/// `{"count","size","base","mode","fields"}`: the number of packets, the
+/// bytes per packet (ciphertext in split mode, plaintext in each mode; the
+/// whole ciphertext for one packet), the first number, split or each,
+/// whole or packet.
 pub fn json_object(s: &Summary, seconds: f64, outcome: &str) -> String {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "null".into());
+    let packets = s.packets.as_ref().map(|p| {
+        format!(
+            "{{\"count\":{},\"size\":{},\"base\":{},\"mode\":{},\"fields\":{}}}",
+            p.total,
+            p.piece,
+            p.base,
+            json_string(&p.mode.to_string()),
+            json_string(&p.fields.to_string())
+        )
+    });
     format!(
         "{{\"file\":{},\"bytes\":{},\"cksum\":{},\"attempts\":{},\"seconds\":{seconds:.3},\
-         \"client_id\":{},\"outcome\":{}}}",
+         \"client_id\":{},\"outcome\":{},\"revision\":{},\"packets\":{}}}",
         opt(s.file.as_deref().map(json_string)),
         opt(s.bytes.map(|b| b.to_string())),
         opt(s.cksum.map(|c| c.to_string())),
         s.attempts,
         opt(s.client_id.map(|id| json_string(&id.to_hex()))),
         json_string(outcome),
+        opt(s.revision.map(|r| json_string(r.name()))),
+        opt(packets),
     )
 }
 
@@ -256,13 +287,39 @@ mod tests {
             cksum: None,
             attempts: 2,
             client_id: Some(ClientId([0xab; 16])),
+            revision: Some(Revision::R2023c),
+            packets: None,
         };
         let text = json_object(&s, 1.5, "crc_failed");
         assert_eq!(
             text,
             "{\"file\":\"a\\\"b\\u000a.txt\",\"bytes\":5,\"cksum\":null,\"attempts\":2,\
              \"seconds\":1.500,\"client_id\":\"abababababababababababababababab\",\
-             \"outcome\":\"crc_failed\"}"
+             \"outcome\":\"crc_failed\",\"revision\":\"2023c\",\"packets\":null}"
+        );
+    }
+
+    #[test]
+    fn json_describes_the_packets() {
+        use sealdrop_protocol::client::{Granularity, PacketOptions};
+        let options = PacketOptions {
+            size: Some(1024),
+            base: 0,
+            mode: Granularity::Each,
+            ..PacketOptions::default()
+        };
+        let s = Summary {
+            revision: Some(Revision::R2024c),
+            packets: Some(PacketPlan::new(5000, &options).unwrap()),
+            ..Summary::default()
+        };
+        let text = json_object(&s, 0.0, "verified");
+        assert!(
+            text.ends_with(
+                "\"revision\":\"2024c\",\"packets\":{\"count\":5,\"size\":1024,\"base\":0,\
+                 \"mode\":\"each\",\"fields\":\"whole\"}}"
+            ),
+            "{text}"
         );
     }
 

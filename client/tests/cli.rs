@@ -73,7 +73,7 @@ fn new_client_sends_exactly_the_vector_frames() {
     let line = stdout(&o);
     assert!(
         line.starts_with("sent plain_1000.bin: 1000 bytes, cksum 493196554, verified (")
-            && line.trim_end().ends_with(" s, attempt 1)"),
+            && line.trim_end().ends_with(" s, attempt 1, revision 2023c)"),
         "{line:?}"
     );
 }

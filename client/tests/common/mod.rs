@@ -69,6 +69,47 @@ pub fn vector_reply(code: u16) -> Reply {
     Reply::Send(vector(name))
 }
 
+/// A file of a revision's vectors folder (fixtures/vectors/<rev>/).
+pub fn rev_vector(rev: &str, name: &str) -> Vec<u8> {
+    vector(&format!("{rev}/{name}"))
+}
+
+/// The standard answers of a revision's vectors: `reply(code)` for its
+/// request codes (register, key, reconnect, file, CRC ok/bad/give up are
+/// base, base + 1, ..., in §9 order), nothing for CRC bad. A 2024 file
+/// message is several packets, numbered from `base`: only the last gets
+/// the 1603.
+pub fn rev_vector_reply(rev: &str, base: u16, frame: &Frame) -> Reply {
+    let r: sealdrop_protocol::Revision = rev.parse().unwrap();
+    use sealdrop_protocol::{RequestKind as Q, ResponseKind as A};
+    let Some(kind) = r.request_kind(frame.code) else {
+        return Reply::Nothing;
+    };
+    let answer = match kind {
+        Q::Register => A::Registered,
+        Q::PublicKey => A::KeyAccepted,
+        Q::Reconnect => A::ReconnectAccepted,
+        Q::SendFile => {
+            // Packet number and total: answer after the last.
+            if r.file_layout() == sealdrop_protocol::revision::FileLayout::Packets {
+                let p = &frame.bytes[23..];
+                let (n, total) = (
+                    u16::from_le_bytes([p[8], p[9]]),
+                    u16::from_le_bytes([p[10], p[11]]),
+                );
+                if n + 1 - base < total {
+                    return Reply::Nothing;
+                }
+            }
+            A::FileReceived
+        }
+        Q::CrcOk | Q::CrcGiveUp => A::Ack,
+        Q::CrcBad => return Reply::Nothing,
+    };
+    let code = r.response_code(answer).unwrap();
+    Reply::Send(rev_vector(rev, &format!("response_{code}.bin")))
+}
+
 /// response_2103.bin with a wrong cksum.
 pub fn wrong_crc_2103() -> Vec<u8> {
     let mut r = vector("response_2103.bin");
@@ -183,6 +224,7 @@ pub fn run(dir: &Path, args: &[&str]) -> Output {
         .current_dir(dir)
         .args(args)
         .env_remove("RUST_LOG")
+        .env_remove("SEALDROP_REVISION")
         .output()
         .expect("run sealdrop-client")
 }
@@ -258,6 +300,8 @@ pub fn json(o: &Output) -> serde_json::Value {
             "client_id",
             "file",
             "outcome",
+            "packets",
+            "revision",
             "seconds"
         ]
     );
