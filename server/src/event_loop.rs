@@ -233,11 +233,13 @@ impl Server {
         })
     }
 
-    /// Makes SIGTERM and SIGINT start a drain (what the binary does; an
-    /// in-process server is stopped through its [`StopHandle`] instead).
+    /// Makes SIGTERM and SIGINT start a drain, and SIGHUP (whose default
+    /// action would kill the process) only a log line: there is nothing
+    /// to reopen, the log is stderr. What the binary does; an in-process
+    /// server is stopped through its [`StopHandle`] instead.
     pub fn handle_signals(&mut self) -> io::Result<()> {
-        let mut signals =
-            Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -385,12 +387,25 @@ impl Server {
             return;
         };
         let got: Vec<i32> = signals.pending().collect();
-        if got.is_empty() || self.draining.is_some() {
+        let mut stop = None;
+        for signal in got {
+            if signal == signal_hook::consts::SIGHUP {
+                log::info!(
+                    "SIGHUP received: ignored (nothing to reopen: the log goes to stderr; \
+                     flags are read at start only, restart to change them)"
+                );
+            } else {
+                stop.get_or_insert(signal);
+            }
+        }
+        let Some(signal) = stop else {
+            return;
+        };
+        if self.draining.is_some() {
             return;
         }
         log::info!(
-            "signal {} received: no new connections, draining {} connection(s) for up to {:?}",
-            got[0],
+            "signal {signal} received: no new connections, draining {} connection(s) for up to {:?}",
             self.conns.len(),
             self.settings.drain_timeout
         );

@@ -259,3 +259,35 @@ fn bad_flags_exit_1_as_the_help_says() {
     assert_eq!(version.status.code(), Some(0), "{version:?}");
     assert!(version.stdout.starts_with("sealdrop-server "));
 }
+
+// ---------------------------------------------------------------------------
+// 2. SIGHUP
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sighup_is_logged_and_ignored() {
+    let mut s = Server::start(&[]);
+    s.good_client(10_000);
+    s.signal("HUP");
+    assert!(
+        s.wait_log("SIGHUP received", Duration::from_secs(10)),
+        "no log line for SIGHUP:\n{}",
+        s.recent()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    s.assert_alive();
+    // Still serving, not draining.
+    s.good_client(20_000);
+    assert!(!s.log_contains("draining"), "{}", s.recent());
+    // A second one is handled the same way.
+    s.signal("HUP");
+    assert!(wait_until(Duration::from_secs(10), || {
+        s.log_lines()
+            .iter()
+            .filter(|l| l.contains("SIGHUP received"))
+            .count()
+            == 2
+    }));
+    s.assert_alive();
+    s.stop();
+}
