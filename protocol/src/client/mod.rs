@@ -48,7 +48,8 @@
 //!   public key again (1101) and takes the new key from 2102; if that
 //!   fails (any other answer, or no answer on the first try and three
 //!   retries, as a 2022c server closes without a word on errors) it
-//!   registers anew, as after a denied reconnect. Its 1103 and 1104-1106
+//!   registers anew, as after a denied reconnect (but a server that cannot
+//!   be reached at all is a connection failure). Its 1103 and 1104-1106
 //!   repeat the client id (the encoders do that).
 //! * 2024a/2024c send the file as packets ([`PacketPlan`], from
 //!   [`ClientConfig::packets`]); [`FileUpload::header`] is the first
@@ -1186,13 +1187,17 @@ impl ClientSession {
     /// §6: reopen the connection and send the same request again, up to
     /// [`MAX_ERROR_RETRIES`] times.
     fn retry(&mut self, cause: RetryCause) {
+        let was_up = self.link_up;
         self.link_up = false;
         // Frames queued for the old connection are void; a pending key
         // pair request is not about the connection.
         self.actions
             .retain(|a| matches!(a, Action::GenerateKeyPair));
         if self.retries >= MAX_ERROR_RETRIES {
-            if self.expect == Expect::KeyResend {
+            // 2022c: a server that took the 1101 and closed (or answered
+            // an error) each time does not know us. One that could not be
+            // reached at all is a network failure like any other.
+            if self.expect == Expect::KeyResend && was_up {
                 return self.register_anew();
             }
             let request = self.expect.request();

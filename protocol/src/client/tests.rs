@@ -891,6 +891,21 @@ fn a_2022c_key_resend_without_answer_registers_anew() {
 }
 
 #[test]
+fn a_2022c_key_resend_to_an_unreachable_server_is_a_connection_failure() {
+    let rev = Revision::R2022c;
+    let mut d = rev_driver(rev, Some(vector_identity()), PacketOptions::default());
+    d.fail_connects = 10;
+    d.lose();
+    assert_eq!(
+        d.outcome,
+        Some(Outcome::ConnectionFailed {
+            request: RequestKind::PublicKey
+        })
+    );
+    assert!(!d.events.contains(&Event::KeyResendRefused));
+}
+
+#[test]
 fn a_2022c_key_resend_answered_otherwise_registers_anew() {
     let rev = Revision::R2022c;
     // Another client's id in the 2102.
