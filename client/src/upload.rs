@@ -232,9 +232,11 @@ mod tests {
     use std::net::TcpListener;
 
     use sealdrop_protocol::client::{Action, ClientConfig};
+    use sealdrop_protocol::client::{Granularity, PacketOptions};
+    use sealdrop_protocol::crypto::{cbc_decrypt, AesKey};
     use sealdrop_protocol::crypto::{RsaPrivateKey, TestEntropy};
     use sealdrop_protocol::{
-        ClientId, ClientSession, Identity, Response, ResponseDecoder, Revision,
+        ClientId, ClientSession, Identity, Response, ResponseDecoder, ResponseKind, Revision,
     };
 
     use crate::net::Endpoint;
@@ -248,22 +250,34 @@ mod tests {
     /// A session that got the vector AES key (2105) and wants to send
     /// `plain_len` bytes named `name`.
     fn upload_for(name: &str, plain_len: u64) -> Box<FileUpload> {
+        upload_in(Revision::R2023c, name, plain_len, PacketOptions::default())
+    }
+
+    /// The same in `rev` (its vector key, from its 2105/1605), with
+    /// `packets` for 2024a/2024c.
+    fn upload_in(
+        rev: Revision,
+        name: &str,
+        plain_len: u64,
+        packets: PacketOptions,
+    ) -> Box<FileUpload> {
         let identity = Identity {
             name: "alice".into(),
             client_id: ClientId(vector("client_id.bin").try_into().unwrap()),
             key: RsaPrivateKey::from_der(&vector("rsa1024_private_pkcs8.der")).unwrap(),
         };
         let mut s = ClientSession::new(ClientConfig {
-            revision: Revision::R2023c,
+            revision: rev,
             name: "alice".into(),
             file_name: name.into(),
             plain_len,
             identity: Some(identity),
-            packets: Default::default(),
+            packets,
         })
         .unwrap();
-        let frame = vector("response_2105.bin");
-        let r: Response = ResponseDecoder::new(Revision::R2023c)
+        let code = rev.response_code(ResponseKind::ReconnectAccepted).unwrap();
+        let frame = vector(&format!("{}/response_{code}.bin", rev.name()));
+        let r: Response = ResponseDecoder::new(rev)
             .decode(&mut &frame[..])
             .unwrap()
             .unwrap();
@@ -301,6 +315,78 @@ mod tests {
         let wire = reader.join().unwrap();
         assert_eq!(header_len, 23 + 259);
         assert_eq!(wire[header_len..], vector("cipher_1048577.bin")[..]);
+    }
+
+    /// Sends `plain_1048577.bin` in 2024c packets through the real
+    /// pipeline (1 MiB chunks, in place where no packet starts or ends
+    /// inside one) and returns what went on the wire.
+    fn send_packets(packets: PacketOptions) -> (Vec<u8>, Box<[u8]>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            all
+        });
+        let mut link = Endpoint::loopback_for_tests(port).connect().unwrap();
+        let path = format!("{VECTORS}plain_1048577.bin");
+        let mut source = Source::open(Path::new(&path)).unwrap();
+        let up = upload_in(Revision::R2024c, "p.bin", source.len, packets);
+        let cksum = send_file(&mut link, &mut source, up, &mut Progress::new(true)).unwrap();
+        assert_eq!(cksum, 3_383_893_772, "cksum_vectors.txt");
+        link.close();
+        (reader.join().unwrap(), vector("plain_1048577.bin").into())
+    }
+
+    /// The content of each 2024c packet on the wire, checking the
+    /// numbering and the total.
+    fn packet_contents(mut wire: &[u8]) -> Vec<&[u8]> {
+        let mut out = Vec::new();
+        while !wire.is_empty() {
+            assert_eq!(wire[17..19], 828u16.to_le_bytes());
+            let payload = u32::from_le_bytes(wire[19..23].try_into().unwrap()) as usize;
+            let number = u16::from_le_bytes([wire[31], wire[32]]);
+            assert_eq!(usize::from(number), out.len() + 1);
+            out.push(&wire[23 + 267..23 + payload]);
+            wire = &wire[23 + payload..];
+        }
+        out
+    }
+
+    #[test]
+    fn packets_stream_byte_exact_across_chunks() {
+        let key = AesKey::from_slice(&vector("2024c/aes_key.bin")).unwrap();
+        // Split, 8 KiB: the 1 MiB chunks end inside packets and packets
+        // end inside chunks; joined, the packets are one ciphertext.
+        let split = PacketOptions {
+            size: Some(8192),
+            ..PacketOptions::default()
+        };
+        let (wire, plain) = send_packets(split);
+        let pieces = packet_contents(&wire);
+        assert_eq!(pieces.len(), 129); // 1,048,592 bytes in 8 KiB pieces
+        assert!(pieces[..128].iter().all(|p| p.len() == 8192));
+        assert_eq!(cbc_decrypt(&key, &pieces.concat()).unwrap(), &plain[..]);
+        // Each, 4,000-byte pieces, each its own ciphertext.
+        let each = PacketOptions {
+            size: Some(4000),
+            mode: Granularity::Each,
+            ..PacketOptions::default()
+        };
+        let (wire, plain) = send_packets(each);
+        let pieces = packet_contents(&wire);
+        assert_eq!(pieces.len(), 263);
+        let mut back = Vec::new();
+        for p in pieces {
+            back.extend(cbc_decrypt(&key, p).unwrap());
+        }
+        assert_eq!(back, &plain[..]);
+        // The default: one packet, the whole ciphertext.
+        let (wire, plain) = send_packets(PacketOptions::default());
+        let pieces = packet_contents(&wire);
+        assert_eq!(pieces.len(), 1);
+        assert_eq!(cbc_decrypt(&key, pieces[0]).unwrap(), &plain[..]);
     }
 
     #[test]
