@@ -351,7 +351,8 @@ impl Server {
                 .map_or(Durability::Durable, |c| c.outcome(conn.serial));
             if outcome == Durability::Failed {
                 log::warn!(
-                    "conn#{key} {}: answers withheld (not durable): 2107 and close",
+                    "conn#{} {}: answers withheld (not durable): 2107 and close",
+                    conn.serial,
                     conn.peer
                 );
             }
@@ -539,7 +540,7 @@ impl Server {
             .registry()
             .register(&mut stream, Token(key), interest)
         {
-            log::warn!("conn#{key} {peer}: cannot register: {e}");
+            log::warn!("connection from {peer}: cannot register: {e}");
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -564,7 +565,11 @@ impl Server {
             linger: None,
             in_pass: false,
         });
-        log::info!("conn#{key} {peer}: connected ({} open)", self.conns.len());
+        log::info!(
+            "conn#{} {peer}: connected ({} open)",
+            self.serial,
+            self.conns.len()
+        );
         observe(
             &self.observer,
             Observed::Connected {
@@ -712,7 +717,8 @@ impl Server {
             .map(describe_close)
             .unwrap_or("closed");
         log::info!(
-            "conn#{key} {}: closed: {reason} ({why}); {} open",
+            "conn#{} {}: closed: {reason} ({why}); {} open",
+            conn.serial,
             conn.peer,
             self.conns.len()
         );
@@ -867,7 +873,9 @@ fn describe_close(reason: CloseReason) -> &'static str {
 }
 
 /// Writes the session's events to the log: one line per event, one summary
-/// line per upload. Never key material or content.
+/// line per upload, each naming the connection by its serial (`conn#N`,
+/// unique for the process's life; `key`, the slab key, is reused and only
+/// goes to the observer). Never key material or content.
 fn log_events(key: usize, conn: &mut Conn, observer: &Option<Sender<Observed>>) {
     while let Some(event) = conn.session.poll_event() {
         if observer.is_some() {
@@ -880,35 +888,35 @@ fn log_events(key: usize, conn: &mut Conn, observer: &Option<Sender<Observed>>) 
                 },
             );
         }
-        let p = conn.peer;
+        let (n, p) = (conn.serial, conn.peer);
         match event {
             ServerEvent::Registered {
                 client_id,
                 name,
                 replaced,
             } => log::info!(
-                "conn#{key} {p}: 1025 registered {name:?} as {client_id}{}",
+                "conn#{n} {p}: 1025 registered {name:?} as {client_id}{}",
                 if replaced { " (released an unkeyed record)" } else { "" }
             ),
             ServerEvent::RegistrationFailed { name, reason } => {
-                log::info!("conn#{key} {p}: 1025 {name:?} refused (2101): {reason}")
+                log::info!("conn#{n} {p}: 1025 {name:?} refused (2101): {reason}")
             }
             ServerEvent::KeyAccepted { client_id } => {
-                log::info!("conn#{key} {p}: 1026 key accepted for {client_id} (2102)")
+                log::info!("conn#{n} {p}: 1026 key accepted for {client_id} (2102)")
             }
             ServerEvent::Reconnected { client_id } => {
-                log::info!("conn#{key} {p}: 1027 reconnect accepted for {client_id} (2105)")
+                log::info!("conn#{n} {p}: 1027 reconnect accepted for {client_id} (2105)")
             }
             ServerEvent::ReconnectDenied { client_id, reason } => {
-                log::info!("conn#{key} {p}: 1027 reconnect denied for {client_id} (2106): {reason}")
+                log::info!("conn#{n} {p}: 1027 reconnect denied for {client_id} (2106): {reason}")
             }
             ServerEvent::UploadStarted {
                 client_id,
                 file_name,
                 content_size,
                 attempt,
-            } => log::debug!(
-                "conn#{key} {p}: 1028 {client_id} {file_name:?} {content_size} encrypted bytes, attempt {attempt}"
+            } => log::info!(
+                "conn#{n} {p}: 1028 upload started client={client_id} file={file_name:?} encrypted_bytes={content_size} attempt={attempt}"
             ),
             ServerEvent::UploadReceived {
                 client_id,
@@ -918,7 +926,7 @@ fn log_events(key: usize, conn: &mut Conn, observer: &Option<Sender<Observed>>) 
                 attempt,
                 duration,
             } => log::info!(
-                "conn#{key} {p}: 1028 received client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempt={attempt} in {:.3}s (2103, awaiting verdict)",
+                "conn#{n} {p}: 1028 received client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempt={attempt} in {:.3}s (2103, awaiting verdict)",
                 duration.as_secs_f64()
             ),
             ServerEvent::Verdict {
@@ -942,19 +950,19 @@ fn log_events(key: usize, conn: &mut Conn, observer: &Option<Sender<Observed>>) 
                 };
                 let secs = duration.map_or("?".into(), |d| format!("{:.3}s", d.as_secs_f64()));
                 log::info!(
-                    "conn#{key} {p}: upload client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempts={attempts} duration={secs} outcome={outcome}"
+                    "conn#{n} {p}: upload client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempts={attempts} duration={secs} outcome={outcome}"
                 )
             }
             ServerEvent::Refused {
                 kind,
                 client_id,
                 reason,
-            } => log::warn!("conn#{key} {p}: {kind:?} from {client_id} refused (2107): {reason}"),
+            } => log::warn!("conn#{n} {p}: {kind:?} from {client_id} refused (2107): {reason}"),
             ServerEvent::RevisionDetected { revision } => {
-                log::info!("conn#{key} {p}: speaks revision {revision}")
+                log::info!("conn#{n} {p}: speaks revision {revision}")
             }
             ServerEvent::Closing(reason) => {
-                log::debug!("conn#{key} {p}: closing: {}", describe_close(reason))
+                log::debug!("conn#{n} {p}: closing: {}", describe_close(reason))
             }
         }
     }

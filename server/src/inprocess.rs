@@ -27,9 +27,10 @@ use crate::store::DiskStore;
 pub enum Observed {
     /// A connection was accepted.
     Connected {
-        /// Its slab key (the `conn#N` of the log).
+        /// Its slab key (reused once the connection is closed).
         conn: usize,
-        /// Its serial number, unique for the server's life.
+        /// Its serial number, unique for the server's life: the `conn#N`
+        /// of the log.
         serial: u64,
         /// The peer's address.
         peer: SocketAddr,

@@ -291,3 +291,59 @@ fn sighup_is_logged_and_ignored() {
     s.assert_alive();
     s.stop();
 }
+
+// ---------------------------------------------------------------------------
+// 4. Connection numbers and in-flight uploads in the log
+// ---------------------------------------------------------------------------
+
+#[test]
+fn connections_are_numbered_for_the_process_life_and_upload_starts_are_logged() {
+    let mut s = Server::start(&[]);
+    for _ in 0..3 {
+        s.good_client(5_000);
+    }
+    assert!(
+        s.wait_log("conn#3 ", Duration::from_secs(10))
+            && wait_until(Duration::from_secs(10), || {
+                s.log_lines()
+                    .iter()
+                    .filter(|l| l.contains(": closed: "))
+                    .count()
+                    == 3
+            }),
+        "{}",
+        s.recent()
+    );
+    let lines = s.log_lines();
+    let connected: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(": connected ("))
+        .collect();
+    assert_eq!(connected.len(), 3, "{lines:#?}");
+    for (i, line) in connected.iter().enumerate() {
+        assert!(
+            line.contains(&format!("INFO  conn#{} 127.0.0.1:", i + 1)),
+            "connection {} is not conn#{}: {line}",
+            i + 1,
+            i + 1
+        );
+    }
+    // Each upload's start is an info line, before its 2103.
+    for n in 1..=3 {
+        let start = lines
+            .iter()
+            .position(|l| {
+                l.contains(" INFO ")
+                    && l.contains(&format!("conn#{n} "))
+                    && l.contains(": 1028 upload started client=")
+                    && l.contains("file=\"good.bin\" encrypted_bytes=5008 attempt=1")
+            })
+            .unwrap_or_else(|| panic!("no upload start line for conn#{n}: {lines:#?}"));
+        let received = lines
+            .iter()
+            .position(|l| l.contains(&format!("conn#{n} ")) && l.contains("1028 received"))
+            .expect("a received line");
+        assert!(start < received, "{lines:#?}");
+    }
+    s.stop();
+}
