@@ -18,8 +18,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default time given to transfers in flight after SIGTERM or SIGINT.
 pub const DEFAULT_DRAIN_SECS: u64 = 30;
 
-/// sealdrop-server: receives files from sealdrop clients (protocol
-/// revision 2023c) and stores them under the data directory.
+/// Receives files from sealdrop clients (every protocol revision) and
+/// stores them under the data directory.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Args {
@@ -109,6 +109,10 @@ pub struct Args {
     pub check_config: bool,
 }
 
+/// The man page's section: the server is a system administration
+/// command (a daemon), like sshd(8).
+pub const MAN_SECTION: &str = "8";
+
 /// `--log-level` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogLevel {
@@ -147,7 +151,9 @@ pub enum SyncModeArg {
     Fsync,
 }
 
-const AFTER_HELP: &str = "\
+/// The end of `--help`: blocks of `Heading: text`, one blank line apart
+/// (the man page makes each block a section).
+pub const AFTER_HELP: &str = "\
 Environment:
   RUST_LOG         log filter in env_logger's syntax, replaces --log-level
                    (e.g. RUST_LOG=debug); start-up errors are shown even when
@@ -155,6 +161,10 @@ Environment:
   NOTIFY_SOCKET    set by systemd for Type=notify: READY=1, STOPPING=1, WATCHDOG=1
   LISTEN_FDS       set by systemd socket activation: the passed socket is used
                    instead of --listen
+
+Signals: SIGTERM and SIGINT stop accepting and give transfers in flight up to
+--drain-timeout before a clean exit; SIGHUP is logged and ignored (nothing to
+reopen: the log is stderr; flags are read at start only).
 
 Exit status: 0 after a clean shutdown (SIGTERM/SIGINT) or a good --check-config,
 1 on a start-up error (bad flags or values, bad configuration, unusable data

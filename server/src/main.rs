@@ -2,19 +2,23 @@
 //! adopts) the listening socket, tells systemd it is ready, and runs the
 //! event loop until SIGTERM or SIGINT.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use sealdrop_protocol::decode::RevisionChoice;
-use sealdrop_server::config::{Args, ListenSpec, Settings};
+use sealdrop_server::config::{self, Args, ListenSpec, Settings};
 use sealdrop_server::event_loop::Server;
 use sealdrop_server::store::DiskStore;
 use sealdrop_server::{logging, systemd};
 
 fn main() -> ExitCode {
+    if let Some(code) = packager_output() {
+        return code;
+    }
     let args = match Args::try_parse() {
         Ok(args) => args,
         // --help and --version print to stdout and exit 0. Usage errors
@@ -69,6 +73,90 @@ fn run(args: &Args) -> Result<()> {
     server.run().context("event loop failed")?;
     log::info!("shut down cleanly");
     Ok(())
+}
+
+/// The generators for packagers (what `make install` runs), each alone
+/// on the command line:
+///
+/// * `sealdrop-server --print-completions SHELL` prints the completion
+///   script for bash, zsh, fish, elvish or powershell;
+/// * `sealdrop-server --print-man` prints the man page (roff, section 8).
+///
+/// They are read before clap, not declared to it: clap_complete completes
+/// even hidden flags, and these belong in neither the completions, the
+/// man page nor `--help`. `None` when the command line is not one of them.
+fn packager_output() -> Option<ExitCode> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let argv: Vec<&str> = argv.iter().map(|a| a.to_str()).collect::<Option<_>>()?;
+    let written = match argv.as_slice() {
+        ["--print-completions", shell] => {
+            let shell = match shell.parse::<clap_complete::Shell>() {
+                Ok(shell) => shell,
+                Err(_) => {
+                    eprintln!(
+                        "error: unknown shell '{shell}' for '--print-completions' \
+                         (bash, zsh, fish, elvish, powershell)"
+                    );
+                    return Some(ExitCode::FAILURE);
+                }
+            };
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(shell, &mut Args::command(), "sealdrop-server", &mut out);
+            out.flush()
+        }
+        ["--print-man"] => print_man(&mut std::io::stdout().lock()),
+        _ => return None,
+    };
+    match written {
+        // A reader that went away (`--print-man | head`) is no error.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("sealdrop-server: error: cannot write to stdout: {e}");
+            Some(ExitCode::FAILURE)
+        }
+        _ => Some(ExitCode::SUCCESS),
+    }
+}
+
+/// `--print-man`: clap_mangen's page of the flags, with the blocks after
+/// the help (environment, signals, exit status, example) as sections of
+/// their own, their lines kept as they are (clap_mangen would fill them
+/// into one paragraph).
+fn print_man(out: &mut impl Write) -> std::io::Result<()> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Args::command().after_help(None::<&str>))
+        .section(config::MAN_SECTION)
+        .render(&mut page)?;
+    let page = String::from_utf8_lossy(&page);
+    let mut sections = String::new();
+    for block in config::AFTER_HELP.split("\n\n") {
+        let Some((heading, body)) = block.split_once(':') else {
+            continue;
+        };
+        sections += &format!(".SH \"{}\"\n.nf\n", roff_escape(&heading.to_uppercase()));
+        for line in body
+            .trim_start_matches(' ')
+            .trim_start_matches('\n')
+            .lines()
+        {
+            sections += &format!("\\&{}\n", roff_escape(line));
+        }
+        sections += ".fi\n";
+    }
+    // Before the VERSION section clap_mangen ends with.
+    let at = page.find("\n.SH VERSION").map_or(page.len(), |i| i + 1);
+    out.write_all(page[..at].as_bytes())?;
+    out.write_all(sections.as_bytes())?;
+    out.write_all(page[at..].as_bytes())?;
+    out.flush()
+}
+
+/// Text as roff shows it literally: backslashes, hyphens (a plain `-` may
+/// print as a typographic hyphen, which cannot be pasted into a shell)
+/// and apostrophes escaped.
+fn roff_escape(text: &str) -> String {
+    text.replace('\\', "\\e")
+        .replace('-', "\\-")
+        .replace('\'', "\\(aq")
 }
 
 /// The sockets systemd passed, or new ones bound to every `--listen`,

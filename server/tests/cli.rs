@@ -347,3 +347,60 @@ fn connections_are_numbered_for_the_process_life_and_upload_starts_are_logged() 
     }
     s.stop();
 }
+
+// ---------------------------------------------------------------------------
+// 5. Completions, man page, make install
+// ---------------------------------------------------------------------------
+
+#[test]
+fn completions_and_man_page_are_generated_from_the_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bash = server_in(tmp.path(), &["--print-completions", "bash"]);
+    assert_eq!(bash.status.code(), Some(0), "{bash:?}");
+    assert!(
+        bash.stdout.contains("sealdrop-server")
+            && bash.stdout.contains("--data-dir")
+            && bash.stdout.contains("--log-level")
+            && bash.stdout.contains("syncfs fsync"),
+        "{}",
+        bash.stdout
+    );
+    let zsh = server_in(tmp.path(), &["--print-completions", "zsh"]);
+    assert!(
+        zsh.stdout.starts_with("#compdef sealdrop-server"),
+        "{zsh:?}"
+    );
+    assert!(zsh.stdout.contains("--max-file-size"));
+    let fish = server_in(tmp.path(), &["--print-completions", "fish"]);
+    assert!(
+        fish.stdout
+            .contains("complete -c sealdrop-server -l data-dir"),
+        "{fish:?}"
+    );
+    for out in [&bash.stdout, &zsh.stdout, &fish.stdout] {
+        assert!(!out.contains("print-completions") && !out.contains("print-man"));
+    }
+    let man = server_in(tmp.path(), &["--print-man"]);
+    assert_eq!(man.status.code(), Some(0), "{man:?}");
+    assert!(man.stdout.starts_with(".ie"), "{}", man.stdout);
+    assert!(
+        man.stdout.contains(".TH sealdrop-server 8 "),
+        "{}",
+        man.stdout
+    );
+    assert!(man.stdout.contains("data\\-dir"), "{}", man.stdout);
+    for section in ["ENVIRONMENT", "SIGNALS", "EXIT STATUS", "EXAMPLE"] {
+        assert!(
+            man.stdout.contains(&format!(".SH \"{section}\"\n.nf\n")),
+            "{section}: {}",
+            man.stdout
+        );
+    }
+    assert!(man.stdout.contains("SIGHUP is logged and ignored"));
+    assert!(!man.stdout.contains("print\\-man"));
+    // The generators are for packagers, not in the help.
+    let help = server_in(tmp.path(), &["--help"]);
+    assert!(!help.stdout.contains("print-"), "{}", help.stdout);
+    let tcsh = server_in(tmp.path(), &["--print-completions", "tcsh"]);
+    assert_eq!(tcsh.status.code(), Some(1), "{tcsh:?}");
+}
