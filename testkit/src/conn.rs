@@ -46,9 +46,11 @@ pub struct Conn {
     /// (`try_clone`) or set socket options.
     pub stream: TcpStream,
     dec: ResponseDecoder,
-    /// Received bytes; those before `rpos` are consumed.
+    /// Received bytes are `rbuf[rpos..rend]` (the rest is room for the
+    /// next read).
     rbuf: Vec<u8>,
     rpos: usize,
+    rend: usize,
     /// The timeout of every read and write unless a call names another.
     timeout: Duration,
     /// What the socket's read timeout is set to now.
@@ -56,16 +58,18 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects with [`IO_TIMEOUT`] on reads and writes; panics if the
-    /// connection fails.
+    /// Connects (within 10 s) with [`IO_TIMEOUT`] on reads and writes;
+    /// panics if the connection fails.
     pub fn connect(addr: SocketAddr) -> Conn {
-        Conn::open(addr, IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+        TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            .and_then(|s| Conn::with_timeout(s, IO_TIMEOUT))
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"))
     }
 
     /// Connects with `timeout` for the connect itself and for every read
     /// and write.
     pub fn open(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(10)))?;
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
         Conn::with_timeout(stream, timeout)
     }
 
@@ -82,8 +86,9 @@ impl Conn {
         Ok(Conn {
             stream,
             dec: ResponseDecoder::new(REV),
-            rbuf: Vec::with_capacity(READ_SIZE),
+            rbuf: vec![0; READ_SIZE],
             rpos: 0,
+            rend: 0,
             timeout,
             read_timeout: timeout,
         })
@@ -131,17 +136,23 @@ impl Conn {
                 .map_err(RecvError::Io)?;
             self.read_timeout = timeout;
         }
-        if self.rpos == self.rbuf.len() {
-            self.rbuf.clear();
-            self.rpos = 0;
+        if self.rpos == self.rend {
+            (self.rpos, self.rend) = (0, 0);
         }
-        let len = self.rbuf.len();
-        self.rbuf.resize(len + READ_SIZE, 0);
-        let r = self.stream.read(&mut self.rbuf[len..]);
-        self.rbuf.truncate(len + *r.as_ref().unwrap_or(&0));
-        match r {
+        if self.rbuf.len() - self.rend < READ_SIZE {
+            // Move what is unread to the front; grow if that is not enough.
+            self.rbuf.copy_within(self.rpos..self.rend, 0);
+            (self.rpos, self.rend) = (0, self.rend - self.rpos);
+            if self.rbuf.len() - self.rend < READ_SIZE {
+                self.rbuf.resize(self.rend + READ_SIZE, 0);
+            }
+        }
+        match self.stream.read(&mut self.rbuf[self.rend..]) {
             Ok(0) => Err(RecvError::Closed),
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                self.rend += n;
+                Ok(n)
+            }
             Err(e)
                 if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
             {
@@ -161,10 +172,14 @@ impl Conn {
 
     /// Received bytes not consumed yet, taken out of the buffer.
     fn take_unread(&mut self) -> Vec<u8> {
-        let rest = self.rbuf[self.rpos..].to_vec();
-        self.rbuf.clear();
-        self.rpos = 0;
+        let rest = self.unread().to_vec();
+        (self.rpos, self.rend) = (0, 0);
         rest
+    }
+
+    /// Received bytes not consumed yet.
+    fn unread(&self) -> &[u8] {
+        &self.rbuf[self.rpos..self.rend]
     }
 
     /// The next response, or why there is none within `timeout`.
@@ -172,7 +187,7 @@ impl Conn {
         let deadline = Instant::now() + timeout;
         let mut wait = timeout;
         loop {
-            let mut input = &self.rbuf[self.rpos..];
+            let mut input = &self.rbuf[self.rpos..self.rend];
             let before = input.len();
             let r = self.dec.decode(&mut input);
             self.rpos += before - input.len();
@@ -207,17 +222,17 @@ impl Conn {
     /// Exactly `n` raw bytes (no decoding).
     pub fn recv_raw(&mut self, n: usize) -> Vec<u8> {
         let deadline = Instant::now() + self.timeout;
-        while self.rbuf.len() - self.rpos < n {
+        while self.unread().len() < n {
             let now = Instant::now();
             assert!(now < deadline, "timed out waiting for {n} raw bytes");
             if let Err(e) = self.fill(deadline - now) {
                 panic!(
                     "waiting for {n} raw bytes (have {}): {e:?}",
-                    self.rbuf.len() - self.rpos
+                    self.unread().len()
                 );
             }
         }
-        let out = self.rbuf[self.rpos..self.rpos + n].to_vec();
+        let out = self.unread()[..n].to_vec();
         self.rpos += n;
         out
     }
@@ -259,7 +274,7 @@ impl Conn {
             Err(RecvError::Timeout) => {}
             other => panic!(
                 "expected silence for {dur:?}, got {other:?} ({:?})",
-                &self.rbuf[self.rpos..]
+                self.unread()
             ),
         }
     }
