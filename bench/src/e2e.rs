@@ -11,9 +11,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sealdrop_protocol::cksum::Cksum;
+use sealdrop_testkit::data::random_bytes;
 
 use crate::procs::{self, last_line, on_path, Cpu, Guard, Res, Server, SysCpu};
-use crate::proto;
 
 /// Longest one upload of the big file may take (client or scp).
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -34,7 +34,7 @@ pub struct BigFile {
 /// it once so every upload finds it in the page cache.
 pub fn make_file(dir: &Path, size: u64) -> Res<BigFile> {
     let path = dir.join("big.bin");
-    let blocks: Vec<Vec<u8>> = (0..16).map(|i| proto::pattern(1 << 20, 100 + i)).collect();
+    let blocks: Vec<Vec<u8>> = (0..16).map(|i| random_bytes(100 + i, 1 << 20)).collect();
     let mut f = File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
     let mut ck = Cksum::new();
     let mut left = size;

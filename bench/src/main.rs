@@ -19,6 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use sealdrop_protocol::consts::MAX_PLAINTEXT_SIZE;
+use sealdrop_testkit::data::random_bytes;
 
 use crate::procs::{Binaries, Cpu, Res, Server, SysCpu};
 use crate::proto::{Plain, Registered};
@@ -957,7 +958,7 @@ fn big_inner(
     let client = proto::register(server.addr, "bench-big", &keys[0])?;
     let hwm_before = server.status_kib("VmHWM").unwrap_or(0);
     progress(&format!("big: uploading {label} generated on the fly"));
-    let block = proto::pattern(MIB as usize, 14);
+    let block = random_bytes(14, MIB as usize);
     let peak = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {

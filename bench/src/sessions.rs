@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sealdrop_protocol::crypto::RsaPrivateKey;
+use sealdrop_testkit::data::random_bytes;
 
 use crate::procs::Res;
 use crate::proto::{self, Plain, Registered, SessionTimes};
@@ -66,7 +67,7 @@ pub fn register_many(
 /// Rate of the bare reference loop: write a 1 KiB file, fsync it, rename
 /// it over the previous one, in `dir` (the server's disk).
 pub fn fsync_loop(dir: &Path, count: usize, limit: Duration) -> Res<Rate> {
-    let data = proto::pattern(1024, 11);
+    let data = random_bytes(11, 1024);
     let tmp = dir.join("ref.part");
     let fin = dir.join("ref.bin");
     let start = Instant::now();
@@ -189,7 +190,7 @@ pub fn small_sessions(
     count: usize,
     limit: Duration,
 ) -> Res<Sessions> {
-    let data = proto::pattern(1024, 12);
+    let data = random_bytes(12, 1024);
     let next = AtomicUsize::new(0);
     let times = Mutex::new(Vec::with_capacity(count));
     let err: Mutex<Option<String>> = Mutex::new(None);
@@ -260,7 +261,7 @@ const CROWD_STACK: usize = 256 * 1024;
 /// `clients.len()` threads, released at once, each uploading `size` bytes
 /// in one full session.
 pub fn crowd(addr: SocketAddr, clients: &[Registered], size: usize) -> Res<Crowd> {
-    let data = Arc::new(proto::pattern(size, 13));
+    let data = Arc::new(random_bytes(13, size));
     // Held for writing until every thread is spawned: each thread's read()
     // blocks on it, so all start together.
     let gate = Arc::new(RwLock::new(()));
