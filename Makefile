@@ -18,8 +18,34 @@ ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 # beside the repository); passed to the tests as SEALDROP_PEER.
 PEER := $(abspath $(ROOT)/../shared/peer/sealdrop_peer.py)
 
+# `make install`: where things go. DESTDIR is prepended to every path (a
+# staging tree for a package); PREFIX is where they will live. Each
+# directory can be overridden on its own (UNITDIR=/lib/systemd/system for
+# a distribution that keeps units there).
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+INSTALL ?= install
+# Where the binaries are taken from: `make release` builds them there.
+# `make install` never builds (it often runs as root, without cargo).
+BUILD_DIR ?= $(or $(CARGO_TARGET_DIR),$(ROOT)/target)/release
+# The binaries installed.
+PROGRAMS := sealdrop-server sealdrop-client
+# The binaries that print their own shell completions
+# (`PROGRAM --print-completions bash|zsh|fish`) and man page
+# (`PROGRAM --print-man`), each with its man section. To add one, list
+# it here and set its MAN_SECTION_<program>.
+GENERATED := sealdrop-server
+MAN_SECTION_sealdrop-server := 8
+
 .DEFAULT_GOAL := help
-.PHONY: help demo test interop bench fuzz build release clean
+.PHONY: help demo test interop bench fuzz build release install clean
 
 help: ## List the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z]+:.*## / { printf "  make %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -76,6 +102,42 @@ build: ## Debug build of the whole workspace
 
 release: ## Release build of the whole workspace (binaries in target/release/)
 	$(CARGO) build --workspace --release
+
+install: ## Install the release binaries, systemd units, completions and man page (PREFIX, DESTDIR; run make release first)
+	@set -e; \
+	for p in $(PROGRAMS); do \
+		if [ ! -x "$(BUILD_DIR)/$$p" ]; then \
+			echo "install: $(BUILD_DIR)/$$p not found: run 'make release' first (or set BUILD_DIR)" >&2; \
+			exit 1; \
+		fi; \
+	done; \
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	echo "install: binaries to $(DESTDIR)$(BINDIR)"; \
+	$(INSTALL) -d "$(DESTDIR)$(BINDIR)"; \
+	for p in $(PROGRAMS); do \
+		$(INSTALL) -m 0755 "$(BUILD_DIR)/$$p" "$(DESTDIR)$(BINDIR)/$$p"; \
+	done; \
+	echo "install: systemd units to $(DESTDIR)$(UNITDIR) (ExecStart in $(BINDIR))"; \
+	$(INSTALL) -d "$(DESTDIR)$(UNITDIR)"; \
+	for u in "$(ROOT)"/server/systemd/*.service "$(ROOT)"/server/systemd/*.socket; do \
+		sed 's|/usr/local/bin/|$(BINDIR)/|g' "$$u" > "$$tmp/unit"; \
+		$(INSTALL) -m 0644 "$$tmp/unit" "$(DESTDIR)$(UNITDIR)/$${u##*/}"; \
+	done; \
+	echo "install: completions and man pages of $(GENERATED) under $(DESTDIR)$(DATADIR)"; \
+	$(INSTALL) -d "$(DESTDIR)$(BASHCOMPDIR)" "$(DESTDIR)$(ZSHCOMPDIR)" "$(DESTDIR)$(FISHCOMPDIR)"; \
+	for p in $(GENERATED); do \
+		"$(BUILD_DIR)/$$p" --print-completions bash > "$$tmp/bash"; \
+		"$(BUILD_DIR)/$$p" --print-completions zsh > "$$tmp/zsh"; \
+		"$(BUILD_DIR)/$$p" --print-completions fish > "$$tmp/fish"; \
+		$(INSTALL) -m 0644 "$$tmp/bash" "$(DESTDIR)$(BASHCOMPDIR)/$$p"; \
+		$(INSTALL) -m 0644 "$$tmp/zsh" "$(DESTDIR)$(ZSHCOMPDIR)/_$$p"; \
+		$(INSTALL) -m 0644 "$$tmp/fish" "$(DESTDIR)$(FISHCOMPDIR)/$$p.fish"; \
+	done; \
+	$(foreach p,$(GENERATED),\
+		"$(BUILD_DIR)/$(p)" --print-man > "$$tmp/man"; \
+		$(INSTALL) -d "$(DESTDIR)$(MANDIR)/man$(MAN_SECTION_$(p))"; \
+		$(INSTALL) -m 0644 "$$tmp/man" "$(DESTDIR)$(MANDIR)/man$(MAN_SECTION_$(p))/$(p).$(MAN_SECTION_$(p))";) \
+	echo "install: done"
 
 clean: ## Remove build output (target/, and fuzz/target/ if present)
 	$(CARGO) clean

@@ -7,6 +7,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -403,4 +404,178 @@ fn completions_and_man_page_are_generated_from_the_flags() {
     assert!(!help.stdout.contains("print-"), "{}", help.stdout);
     let tcsh = server_in(tmp.path(), &["--print-completions", "tcsh"]);
     assert_eq!(tcsh.status.code(), Some(1), "{tcsh:?}");
+}
+
+/// The repository root (the Makefile's folder).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `make ARGS` in the repository root, outside any outer make's jobserver.
+fn make(args: &[&str]) -> Option<Out> {
+    if Command::new("make").arg("--version").output().is_err() {
+        eprintln!("make install test skipped: make is not installed");
+        return None;
+    }
+    Some(run(
+        Command::new("make")
+            .arg("--no-print-directory")
+            .arg("-C")
+            .arg(repo_root())
+            .args(args)
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL"),
+        Duration::from_secs(60),
+    ))
+}
+
+/// Every file under `root`, relative, sorted.
+fn tree(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// A folder standing in for `target/release`: the server under test and a
+/// stand-in client (the client's own build is not this crate's to make).
+fn build_dir(tmp: &Path) -> PathBuf {
+    let build = tmp.join("build");
+    fs::create_dir_all(&build).unwrap();
+    std::os::unix::fs::symlink(SERVER_BIN, build.join("sealdrop-server")).unwrap();
+    let client = build.join("sealdrop-client");
+    fs::write(&client, "#!/bin/sh\necho stand-in client\n").unwrap();
+    fs::set_permissions(&client, fs::Permissions::from_mode(0o755)).unwrap();
+    build
+}
+
+#[test]
+fn make_install_lays_out_a_packagers_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let build = build_dir(tmp.path());
+    let dest = tmp.path().join("dest");
+    let Some(ran) = make(&[
+        "install",
+        &format!("DESTDIR={}", dest.display()),
+        "PREFIX=/usr",
+        &format!("BUILD_DIR={}", build.display()),
+    ]) else {
+        return;
+    };
+    assert!(ran.status.success(), "make install failed: {ran:?}");
+    assert_eq!(
+        tree(&dest),
+        [
+            "usr/bin/sealdrop-client",
+            "usr/bin/sealdrop-server",
+            "usr/lib/systemd/system/sealdrop-server-2024a.socket",
+            "usr/lib/systemd/system/sealdrop-server.service",
+            "usr/lib/systemd/system/sealdrop-server.socket",
+            "usr/share/bash-completion/completions/sealdrop-server",
+            "usr/share/fish/vendor_completions.d/sealdrop-server.fish",
+            "usr/share/man/man8/sealdrop-server.8",
+            "usr/share/zsh/site-functions/_sealdrop-server",
+        ]
+    );
+    let usr = dest.join("usr");
+    assert_eq!(
+        fs::read(usr.join("bin/sealdrop-server")).unwrap(),
+        fs::read(SERVER_BIN).unwrap()
+    );
+    assert_eq!(mode(&usr.join("bin/sealdrop-server")), 0o755);
+    assert_eq!(mode(&usr.join("bin/sealdrop-client")), 0o755);
+    // The units name the installed binary.
+    let unit = fs::read_to_string(usr.join("lib/systemd/system/sealdrop-server.service")).unwrap();
+    assert!(
+        unit.contains("\nExecStart=/usr/bin/sealdrop-server --data-dir /var/lib/sealdrop"),
+        "{unit}"
+    );
+    assert!(!unit.contains("/usr/local"), "{unit}");
+    for socket in ["sealdrop-server.socket", "sealdrop-server-2024a.socket"] {
+        assert_eq!(
+            fs::read(usr.join("lib/systemd/system").join(socket)).unwrap(),
+            fs::read(repo_root().join("server/systemd").join(socket)).unwrap()
+        );
+    }
+    // Completions and the man page are the binary's own output.
+    let generated = |args: &[&str]| server_in(tmp.path(), args).stdout;
+    for (path, args) in [
+        (
+            "share/bash-completion/completions/sealdrop-server",
+            ["--print-completions", "bash"].as_slice(),
+        ),
+        (
+            "share/zsh/site-functions/_sealdrop-server",
+            &["--print-completions", "zsh"],
+        ),
+        (
+            "share/fish/vendor_completions.d/sealdrop-server.fish",
+            &["--print-completions", "fish"],
+        ),
+        ("share/man/man8/sealdrop-server.8", &["--print-man"]),
+    ] {
+        assert_eq!(
+            fs::read_to_string(usr.join(path)).unwrap(),
+            generated(args),
+            "{path}"
+        );
+        assert_eq!(mode(&usr.join(path)), 0o644, "{path}");
+    }
+
+    // The default PREFIX is /usr/local, where the units already point.
+    let dest = tmp.path().join("dest-default");
+    let ran = make(&[
+        "install",
+        &format!("DESTDIR={}", dest.display()),
+        &format!("BUILD_DIR={}", build.display()),
+    ])
+    .unwrap();
+    assert!(ran.status.success(), "{ran:?}");
+    let local = dest.join("usr/local");
+    assert!(local.join("bin/sealdrop-server").is_file());
+    assert!(local.join("share/man/man8/sealdrop-server.8").is_file());
+    assert_eq!(
+        fs::read(local.join("lib/systemd/system/sealdrop-server.service")).unwrap(),
+        fs::read(repo_root().join("server/systemd/sealdrop-server.service")).unwrap()
+    );
+}
+
+#[test]
+fn make_install_without_a_build_says_what_to_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let dest = tmp.path().join("dest");
+    let Some(ran) = make(&[
+        "install",
+        &format!("DESTDIR={}", dest.display()),
+        &format!("BUILD_DIR={}", empty.display()),
+    ]) else {
+        return;
+    };
+    assert!(!ran.status.success(), "{ran:?}");
+    assert!(
+        ran.stderr.contains("sealdrop-server not found") && ran.stderr.contains("make release"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!dest.exists(), "nothing is installed from a missing build");
 }
