@@ -6,7 +6,6 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sealdrop_protocol::cksum::Cksum;
 use sealdrop_protocol::crypto::{Entropy, TestEntropy};
 
 /// `len` pseudo-random bytes, the same for the same seed (not secret).
@@ -93,19 +92,4 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
         }
     }
     got
-}
-
-/// POSIX cksum of a file, streamed.
-pub fn cksum_file(path: &Path) -> u32 {
-    let mut f = fs::File::open(path).unwrap();
-    let mut c = Cksum::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = read_full(&mut f, &mut buf);
-        if n == 0 {
-            break;
-        }
-        c.update(&buf[..n]);
-    }
-    c.finish()
 }

@@ -1,14 +1,11 @@
 //! Request frames: from the protocol crate's encoders, or built by hand
 //! byte by byte (wrong sizes, unknown codes, fields without a NUL).
 
-use sealdrop_protocol::consts::{CLIENT_ID_LEN, NAME_LEN};
+use sealdrop_protocol::consts::NAME_LEN;
 use sealdrop_protocol::message::encode_file_header;
 use sealdrop_protocol::{ClientId, FixedName, Request, Response};
 
 use crate::REV;
-
-/// Length of a client id, for raw frame building.
-pub const ID_LEN: usize = CLIENT_ID_LEN;
 
 /// A fixed name field; panics on an unencodable text (callers pass
 /// literals).
@@ -57,17 +54,4 @@ pub fn raw_field(text: &[u8]) -> [u8; NAME_LEN] {
 pub fn code_of(r: &Response) -> u16 {
     REV.response_code(r.kind())
         .expect("2023c has every response")
-}
-
-/// The client id echoed by a response that carries one.
-pub fn response_id(r: &Response) -> Option<ClientId> {
-    match r {
-        Response::Registered { client_id }
-        | Response::KeyAccepted { client_id, .. }
-        | Response::FileReceived { client_id, .. }
-        | Response::Ack { client_id }
-        | Response::ReconnectAccepted { client_id, .. }
-        | Response::ReconnectDenied { client_id } => Some(*client_id),
-        _ => None,
-    }
 }

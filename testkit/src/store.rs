@@ -82,11 +82,6 @@ impl DataDir {
             .collect()
     }
 
-    /// Every regular file under `DIR/files`.
-    pub fn stored_files(&self) -> Vec<PathBuf> {
-        walk(&self.files_root())
-    }
-
     /// Waits (bounded) until no `.part-*` file is left.
     pub fn wait_no_parts(&self, timeout: Duration) -> bool {
         wait_until(timeout, || self.part_files().is_empty())
@@ -173,11 +168,6 @@ pub fn open_db_read_only(data: &Path) -> Connection {
     .expect("open defensive.db read-only");
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     c
-}
-
-/// All `files` rows of the data directory `data`.
-pub fn file_rows(data: &Path) -> Vec<FileRow> {
-    DataDir::new(data).file_rows()
 }
 
 /// All `clients` rows of the data directory `data`.
