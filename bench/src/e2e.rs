@@ -85,20 +85,34 @@ pub struct RealClient {
     bin: PathBuf,
     state: PathBuf,
     name: String,
+    /// `--revision` given to the client (PROTOCOL.md §9); None: its default, 2023c.
+    revision: Option<&'static str>,
 }
 
 impl RealClient {
     /// Registers with a small warm-up upload, so timed runs reconnect as
     /// a returning client would (RSA key generation is not timed).
     pub fn prepare(bin: &Path, dir: &Path, server: &Server) -> Res<RealClient> {
-        let state = dir.join("client-state");
+        Self::prepare_revision(bin, dir, server, None)
+    }
+
+    /// As [`RealClient::prepare`], speaking `revision` (the server detects it).
+    pub fn prepare_revision(
+        bin: &Path,
+        dir: &Path,
+        server: &Server,
+        revision: Option<&'static str>,
+    ) -> Res<RealClient> {
+        let tag = revision.unwrap_or("default");
+        let state = dir.join(format!("client-state-{tag}"));
         fs::create_dir_all(&state).map_err(|e| e.to_string())?;
         let warm = dir.join("warm.txt");
         fs::write(&warm, b"warm-up\n").map_err(|e| e.to_string())?;
         let c = RealClient {
             bin: bin.to_owned(),
             state,
-            name: "bench-e2e".into(),
+            name: format!("bench-e2e-{tag}"),
+            revision,
         };
         c.upload(server.addr, &warm, None)?;
         Ok(c)
@@ -113,6 +127,9 @@ impl RealClient {
             .arg("--state-dir")
             .arg(&self.state)
             .args(["--quiet", "--json", "--timeout", "300"]);
+        if let Some(rev) = self.revision {
+            cmd.args(["--revision", rev]);
+        }
         cmd
     }
 

@@ -324,6 +324,9 @@ fn print_report(
 const E2E_SCP_DEFAULT: f64 = 2.0;
 const E2E_SCP_GCM: f64 = 1.3;
 const E2E_OPENSSL: f64 = 0.4;
+/// Issue 14: the 2024c upload (AES-256, packets) at no less than 0.9x the
+/// 2023c one measured in the same run.
+const E2E_2024C_VS_2023C: f64 = 0.9;
 const GCM: &str = "aes128-gcm@openssh.com";
 
 fn size_label(bytes: u64) -> String {
@@ -387,6 +390,10 @@ fn e2e_inner(
     let file = e2e::make_file(dir.path(), plan.e2e_size)?;
     let mut server = Server::start(server_bin, base)?;
     let client = e2e::RealClient::prepare(client_bin, dir.path(), &server)?;
+    // The same upload over revision 2024c (AES-256, one packet per file by
+    // default), to hold it against 2023c in the same run.
+    let client_2024c =
+        e2e::RealClient::prepare_revision(client_bin, dir.path(), &server, Some("2024c"));
     let ssh_dir = tempdir(base, "sealdrop-bench-sshd-")?;
     let sshd = e2e::Sshd::start(ssh_dir.path());
     let default_cipher = e2e::default_cipher();
@@ -401,6 +408,8 @@ fn e2e_inner(
     let mut openssl = Vec::new();
     let mut openssl_error = None;
     let mut json = String::new();
+    let mut runs_2024c = Vec::new();
+    let mut error_2024c = client_2024c.as_ref().err().cloned();
     for round in 0..plan.e2e_rounds {
         progress(&format!(
             "e2e: round {}/{}: sealdrop-client, scp, scp {GCM}, openssl speed",
@@ -411,6 +420,14 @@ fn e2e_inner(
         runs.push(run);
         json = j;
         server.check_alive()?;
+        if let Ok(c) = &client_2024c {
+            match e2e::timed_client(c, &server, &file)
+                .and_then(|(run, j)| e2e::check_stored(&server, &j, &file).map(|()| run))
+            {
+                Ok(run) => runs_2024c.push(run),
+                Err(e) => error_2024c = Some(e),
+            }
+        }
         if let Ok(s) = &sshd {
             match s
                 .copy(&file.path, None)
@@ -445,6 +462,19 @@ fn e2e_inner(
             mbps.iter().map(|m| num(*m)).collect::<Vec<_>>().join(" / ") + " MB/s"
         )),
     );
+    let label_2024c = format!("{what} upload over 2024c vs 2023c, sealdrop-client");
+    let mbps_2024c: Vec<f64> = runs_2024c.iter().map(|r| r.mb_per_s(file.size)).collect();
+    step.rows.push(match median(mbps_2024c) {
+        Some(r) if error_2024c.is_none() => Row::info(&label_2024c, r, "MB/s")
+            .reference(format!("2023c {} MB/s", num(e2e_mbps)))
+            .ratio(e2e_mbps, E2E_2024C_VS_2023C),
+        _ => Row::skipped(
+            &label_2024c,
+            "MB/s",
+            Target::RatioAtLeast(E2E_2024C_VS_2023C),
+            error_2024c.unwrap_or_else(|| "no 2024c run".into()),
+        ),
+    });
     let scp_row = |label: String, rates: &[f64], target: f64| match (
         median(rates.to_vec()),
         &scp_error,
