@@ -606,10 +606,16 @@ impl ResponseDecoder {
     }
 }
 
-fn parse_response(kind: ResponseKind, p: &[u8]) -> Result<Response, DecodeError> {
+/// A response of `kind` from its payload `p`. The strict decoder hands
+/// over exactly the payload the kind requires; the client's tolerant
+/// reader may hand over an ack with an empty payload (a server quirk,
+/// §9.1), which gives the zero client id.
+pub(crate) fn parse_response(kind: ResponseKind, p: &[u8]) -> Result<Response, DecodeError> {
     let id = || {
         let mut id = [0u8; CLIENT_ID_LEN];
-        id.copy_from_slice(&p[..CLIENT_ID_LEN]);
+        if p.len() >= CLIENT_ID_LEN {
+            id.copy_from_slice(&p[..CLIENT_ID_LEN]);
+        }
         ClientId(id)
     };
     let key = || {

@@ -26,7 +26,7 @@ use std::fmt;
 use crate::consts::*;
 use crate::error::DecodeError;
 use crate::message::{Response, ResponseKind, Revision};
-use crate::wire::{le_u16, le_u32, ClientId, FixedName};
+use crate::wire::{le_u16, le_u32};
 
 /// Largest response: 2103 (§3).
 const MAX_RESPONSE: usize = RESPONSE_HEADER_LEN + CLIENT_ID_LEN + 4 + NAME_LEN + 4;
@@ -143,7 +143,7 @@ impl ResponseReader {
         if !fill(&mut self.buf, RESPONSE_HEADER_LEN + len, input) {
             return Ok(None);
         }
-        let response = parse(kind, &self.buf[RESPONSE_HEADER_LEN..])?;
+        let response = crate::decode::parse_response(kind, &self.buf[RESPONSE_HEADER_LEN..])?;
         self.buf.clear();
         self.head = None;
         Ok(Some(response))
@@ -180,50 +180,10 @@ fn fill(buf: &mut Vec<u8>, want: usize, input: &mut &[u8]) -> bool {
     buf.len() >= want
 }
 
-fn parse(kind: ResponseKind, p: &[u8]) -> Result<Response, DecodeError> {
-    let id = || {
-        let mut id = [0u8; CLIENT_ID_LEN];
-        if p.len() >= CLIENT_ID_LEN {
-            id.copy_from_slice(&p[..CLIENT_ID_LEN]);
-        }
-        ClientId(id)
-    };
-    let key = || {
-        let mut k = Box::new([0u8; ENCRYPTED_KEY_LEN]);
-        k.copy_from_slice(&p[CLIENT_ID_LEN..CLIENT_ID_LEN + ENCRYPTED_KEY_LEN]);
-        k
-    };
-    Ok(match kind {
-        ResponseKind::Registered => Response::Registered { client_id: id() },
-        ResponseKind::RegistrationFailed => Response::RegistrationFailed,
-        ResponseKind::KeyAccepted => Response::KeyAccepted {
-            client_id: id(),
-            encrypted_key: key(),
-        },
-        ResponseKind::FileReceived => {
-            let name_at = CLIENT_ID_LEN + 4;
-            let raw: &[u8; NAME_LEN] = p[name_at..name_at + NAME_LEN].try_into().expect("buffered");
-            Response::FileReceived {
-                client_id: id(),
-                content_size: le_u32(p, CLIENT_ID_LEN),
-                file_name: FixedName::from_field(raw)?,
-                cksum: le_u32(p, name_at + NAME_LEN),
-            }
-        }
-        // An empty payload (a quirk, see above) gives the zero id.
-        ResponseKind::Ack => Response::Ack { client_id: id() },
-        ResponseKind::ReconnectAccepted => Response::ReconnectAccepted {
-            client_id: id(),
-            encrypted_key: key(),
-        },
-        ResponseKind::ReconnectDenied => Response::ReconnectDenied { client_id: id() },
-        ResponseKind::GeneralError => Response::GeneralError,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ClientId;
 
     fn header(version: u8, code: u16, size: u32) -> Vec<u8> {
         let mut h = vec![version];
