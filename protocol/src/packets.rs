@@ -255,11 +255,6 @@ impl PacketRun {
         })
     }
 
-    /// Whether the first packet's own step is the last (a one-packet upload).
-    pub fn first_is_last(&self) -> bool {
-        self.is_complete()
-    }
-
     /// Counts a packet's bytes against the mode's rules.
     fn take(&mut self, data_len: u32) -> Result<(), PacketError> {
         if self.granularity == Granularity::Each
@@ -321,9 +316,9 @@ mod tests {
     fn one_packet_is_split_whatever_the_fields_say() {
         let run = PacketRun::start(&pk(1008, 1000, 1, 1), 1008).unwrap();
         assert_eq!(run.granularity, Granularity::Split);
-        assert!(run.first_is_last());
+        assert!(run.is_complete());
         let run = PacketRun::start(&pk(1008, 1000, 0, 1), 1008).unwrap();
-        assert!(run.first_is_last());
+        assert!(run.is_complete());
     }
 
     #[test]

@@ -311,6 +311,17 @@ struct Incoming<U> {
     packets: Option<PacketRun>,
 }
 
+/// Stands for "no request" in [`ServerSession::fail`] for the errors that
+/// belong to the connection, not to a request (a frame that does not
+/// decode, answers that could not be made durable): only the answer and
+/// the close come of them, never an event naming a request.
+const NO_REQUEST: RequestHeader = RequestHeader {
+    client_id: ClientId::ZERO,
+    version: PROTOCOL_VERSION,
+    kind: RequestKind::Register,
+    payload_size: 0,
+};
+
 /// A file message's header and prefix, as the decoder handed them over.
 struct FileMessage {
     header: RequestHeader,
@@ -476,13 +487,7 @@ impl<U> ServerSession<U> {
                     }
                 }
                 Err(e) => {
-                    let header = RequestHeader {
-                        client_id: ClientId::ZERO,
-                        version: PROTOCOL_VERSION,
-                        kind: RequestKind::Register,
-                        payload_size: 0,
-                    };
-                    self.fail(&header, &[], SessionError::Decode(e), store);
+                    self.fail(&NO_REQUEST, &[], SessionError::Decode(e), store);
                 }
             }
             if store.uncommitted() && self.out.buf.len() > mark {
@@ -583,13 +588,7 @@ impl<U> ServerSession<U> {
             Durability::Durable => self.out.held = None,
             Durability::Failed => {
                 self.out.withdraw();
-                let header = RequestHeader {
-                    client_id: ClientId::ZERO,
-                    version: PROTOCOL_VERSION,
-                    kind: RequestKind::Register,
-                    payload_size: 0,
-                };
-                self.fail(&header, &[], SessionError::NotDurable, store);
+                self.fail(&NO_REQUEST, &[], SessionError::NotDurable, store);
             }
         }
     }
@@ -1006,11 +1005,11 @@ impl<U> ServerSession<U> {
             }
             _ => m.content_size,
         };
-        let content = match packets.clone() {
-            Err(refusal) => Content::Dropping(refusal),
-            Ok(_) => match self.open_sink(id, base.as_deref(), whole, now, store) {
-                Ok(sink) => Content::Storing(Box::new(sink)),
-                Err(refusal) => Content::Dropping(refusal),
+        let (content, packets) = match packets {
+            Err(refusal) => (Content::Dropping(refusal), None),
+            Ok(run) => match self.open_sink(id, base.as_deref(), whole, now, store) {
+                Ok(sink) => (Content::Storing(Box::new(sink)), run),
+                Err(refusal) => (Content::Dropping(refusal), run),
             },
         };
         let shown = base
@@ -1030,7 +1029,7 @@ impl<U> ServerSession<U> {
             started: now,
             attempt,
             content,
-            packets: packets.ok().flatten(),
+            packets,
         });
     }
 
