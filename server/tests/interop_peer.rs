@@ -21,44 +21,6 @@ use sealdrop_protocol::{ClientId, ServerEvent};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
-const DEFAULT_PEER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/peer/sealdrop_peer.py"
-);
-
-/// The peer script if the interop tests should run; otherwise prints why
-/// they are skipped and returns None.
-fn peer() -> Option<PathBuf> {
-    if std::env::var("SEALDROP_INTEROP").as_deref() != Ok("1") {
-        println!("skipped: set SEALDROP_INTEROP=1 to run the Python reference peer interop tests");
-        return None;
-    }
-    let python = Command::new("python3").arg("--version").output();
-    if !python.is_ok_and(|o| o.status.success()) {
-        println!("skipped: python3 is not installed");
-        return None;
-    }
-    let crypto = Command::new("python3")
-        .args([
-            "-c",
-            "import Crypto.Cipher.PKCS1_OAEP, Crypto.PublicKey.RSA",
-        ])
-        .output();
-    if !crypto.is_ok_and(|o| o.status.success()) {
-        println!("skipped: PyCryptodome is missing (python3 -m pip install pycryptodome)");
-        return None;
-    }
-    let path = std::env::var_os("SEALDROP_PEER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_PEER));
-    assert!(
-        path.is_file(),
-        "SEALDROP_INTEROP=1 but the peer {} does not exist (set SEALDROP_PEER)",
-        path.display()
-    );
-    Some(path)
-}
-
 /// Runs the peer client once; returns its output (bounded in time).
 fn run_client(peer: &Path, s: &InProcess, name: &str, file: &Path, state: &Path) -> Ran {
     run_bounded(

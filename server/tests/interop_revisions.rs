@@ -13,43 +13,15 @@
 //! through `SEALDROP_PEER`, else `../shared/peer/sealdrop_peer.py`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+mod common;
+
+use common::peer;
 use sealdrop_protocol::ClientId;
 use sealdrop_server::config::{ListenSpec, Settings};
 use sealdrop_server::inprocess;
-
-const DEFAULT_PEER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/peer/sealdrop_peer.py"
-);
-
-/// The peer script if the interop tests should run.
-fn peer() -> Option<PathBuf> {
-    if std::env::var("SEALDROP_INTEROP").as_deref() != Ok("1") {
-        println!("skipped: set SEALDROP_INTEROP=1 to run the Python reference peer interop tests");
-        return None;
-    }
-    let crypto = Command::new("python3")
-        .args(["-c", "import Crypto.Cipher.PKCS1_OAEP"])
-        .output();
-    if !crypto.is_ok_and(|o| o.status.success()) {
-        println!(
-            "skipped: python3 with PyCryptodome is missing (python3 -m pip install pycryptodome)"
-        );
-        return None;
-    }
-    let path = std::env::var_os("SEALDROP_PEER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_PEER));
-    assert!(
-        path.is_file(),
-        "SEALDROP_INTEROP=1 but {} does not exist",
-        path.display()
-    );
-    Some(path)
-}
 
 /// `len` bytes of a pattern that differs per seed.
 fn content(seed: u64, len: usize) -> Vec<u8> {
