@@ -15,6 +15,12 @@ use crate::report::{self, FailKind};
 /// The environment variable that sets `--revision` when the flag is absent.
 pub const REVISION_ENV: &str = "SEALDROP_REVISION";
 
+/// The environment variable that sets `--state-dir` when the flag is absent.
+pub const STATE_DIR_ENV: &str = "SEALDROP_STATE_DIR";
+
+/// Default `--retry-for`: [`sealdrop_protocol::client::DEFAULT_RETRY_FOR`].
+pub const DEFAULT_RETRY_FOR_SECS: f64 = 30.0;
+
 /// Default `--connect-timeout`: generous for a loaded server on a LAN,
 /// short enough that a wrong address fails a script quickly.
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 10.0;
@@ -28,19 +34,22 @@ pub const DEFAULT_TIMEOUT_SECS: f64 = 30.0;
 /// Exit codes, shown after `--help` and documented in README.md.
 const AFTER_HELP: &str = "\
 Exit codes:
-  0  the file was sent and verified (2104 after 1029)
+  0  every file was sent and verified (2104 after 1029)
   2  usage or configuration error: bad flags, missing or malformed transfer.info,
      malformed me.info, unusable --rsa-key, file name or size the protocol cannot carry
-  3  network failure: could not connect, or the connection was lost or timed out
-     on the first try and on all 3 retries of one request
+  3  network failure: could not connect or the connection kept breaking for --retry-for
+     (at least 3 retries), or no answer within --timeout on the first try and 3 retries
   4  the server refused us: registration failed (2101), also after a denied reconnect (2106)
   5  the cksum was still wrong after four sends (1031 sent)
   6  the server answered 2107 (general error) on the first try and on all 3 retries
-  7  local I/O error: the file cannot be read or changed size while being sent,
-     me.info / priv.key cannot be written
+  7  local I/O error: a file cannot be read or changed size while being sent, or the
+     state folder (me.info, priv.key) cannot be created or written; checked before sending
   8  protocol violation: the server sent a response the protocol does not allow there,
      or answered in another revision's codes (the message names the revision it
      seems to speak)
+  9  outcome unknown: the connection broke after 1029 and before the server confirmed
+     it; the server most likely kept the file (send it again to be sure)
+With several files: the code of the first file that failed.
 The codes above are 2023c's; every revision uses its own (PROTOCOL.md §9), e.g. 1607
 for 2107 in 2024a/2024c.
 
@@ -60,12 +69,12 @@ Examples:
   sealdrop-client --revision 2024c --packet-size 1024            # 1 KiB split packets, from 1
   sealdrop-client --revision 2024a --packet-size 4096 --packet-mode each --packet-fields packet";
 
-/// Send one file to a sealdrop server, encrypted, and verify its checksum.
+/// Send files to a sealdrop server, encrypted, and verify their checksums.
 ///
 /// Without flags, reads `transfer.info` from the working directory: line 1
 /// HOST:PORT, line 2 the client name, line 3 the path of the file. A first
-/// run registers and saves `me.info` and `priv.key` (in --state-dir); later
-/// runs reconnect with them.
+/// run registers and saves `me.info` and `priv.key` (in the state folder);
+/// later runs reconnect with them. Several files go in one session.
 #[derive(Debug, Parser)]
 #[command(name = "sealdrop-client", version, after_help = AFTER_HELP, args_override_self = true)]
 pub struct Args {
@@ -78,14 +87,33 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
-    /// File to send, overriding line 3 of transfer.info; its base name is what the server
-    /// stores [example: --file ./reports/q3.pdf]
-    #[arg(long, value_name = "PATH")]
-    pub file: Option<PathBuf>,
+    /// Files to send, all in one session; their base names are what the server stores.
+    /// `-` reads standard input (needs --as). Without files, line 3 of transfer.info
+    /// names the one file [example: report.pdf notes.txt]
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 
-    /// Folder holding me.info and priv.key (created if missing) [example: --state-dir ~/.sealdrop]
-    #[arg(long, value_name = "DIR", default_value = ".")]
-    pub state_dir: PathBuf,
+    /// A file to send, as a positional FILE; may be repeated [example: --file ./reports/q3.pdf]
+    #[arg(long = "file", value_name = "PATH", action = clap::ArgAction::Append)]
+    pub file_flags: Vec<PathBuf>,
+
+    /// Store the file under this name instead of its base name (one file only; needed
+    /// with `-`) [example: --as q3-final.pdf]
+    #[arg(long = "as", value_name = "NAME")]
+    pub store_as: Option<String>,
+
+    /// Folder holding me.info and priv.key, created if missing. Default: beside
+    /// transfer.info when that file is read, else $XDG_STATE_HOME/sealdrop/HOST_PORT
+    /// (~/.local/state/sealdrop/HOST_PORT) [example: --state-dir ~/.sealdrop]
+    #[arg(long, value_name = "DIR", env = STATE_DIR_ENV)]
+    pub state_dir: Option<PathBuf>,
+
+    /// Seconds to keep retrying while the server cannot be reached or the connection
+    /// breaks (waits double from 0.2 s up to 5 s, with jitter; at least 3 retries)
+    /// [example: --retry-for 120]
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_RETRY_FOR_SECS,
+          value_parser = parse_seconds)]
+    pub retry_for: f64,
 
     /// Seconds to wait for the TCP connection to open [example: --connect-timeout 3]
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_CONNECT_TIMEOUT_SECS,
@@ -199,6 +227,16 @@ impl Args {
     /// `--timeout` as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.timeout)
+    }
+
+    /// `--retry-for` as a duration.
+    pub fn retry_for(&self) -> Duration {
+        Duration::from_secs_f64(self.retry_for)
+    }
+
+    /// Every file named, positional ones first, then the `--file` ones.
+    pub fn all_files(&self) -> Vec<PathBuf> {
+        self.files.iter().chain(&self.file_flags).cloned().collect()
     }
 }
 

@@ -52,24 +52,64 @@ pub struct Settings {
     pub name: String,
     /// Where `name` came from.
     pub name_source: Source,
-    /// The file to send.
-    pub file: PathBuf,
-    /// Where `file` came from.
-    pub file_source: Source,
-    /// Its base name, sent in 1028 (§2).
-    pub file_name: String,
+    /// The files to send, in order (at least one).
+    pub files: Vec<FileArg>,
     /// Folder of me.info and priv.key.
     pub state_dir: PathBuf,
+    /// Where `state_dir` came from.
+    pub state_dir_origin: StateDirOrigin,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Read/write timeout.
     pub timeout: Duration,
+    /// How long connection failures are retried.
+    pub retry_for: Duration,
     /// Fixed RSA key instead of a generated one.
     pub rsa_key: Option<PathBuf>,
     /// Protocol revision (PROTOCOL.md §9).
     pub revision: Revision,
     /// 2024a/2024c packet options (defaults for the other revisions).
     pub packets: PacketOptions,
+}
+
+/// One file to send.
+#[derive(Debug, Clone)]
+pub struct FileArg {
+    /// The path as given; `-` is standard input.
+    pub path: PathBuf,
+    /// Where the path came from.
+    pub source: Source,
+    /// The name the server stores it under (its base name, or `--as`).
+    pub name: String,
+}
+
+impl FileArg {
+    /// True for `-`: standard input.
+    pub fn is_stdin(&self) -> bool {
+        self.path.as_os_str() == STDIN_PATH
+    }
+}
+
+/// The path that means standard input.
+pub const STDIN_PATH: &str = "-";
+
+/// Why the state folder is where it is (README.md "Where the client keeps
+/// its identity").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateDirOrigin {
+    /// `--state-dir` or `$SEALDROP_STATE_DIR`.
+    Given,
+    /// Beside `transfer.info`, which drives the run (the original
+    /// clients' layout).
+    TransferInfo,
+    /// The per-user default for this server.
+    PerServer,
+    /// `me.info` in the working directory, kept from before the per-user
+    /// default existed; the run says where to move it.
+    Legacy {
+        /// The per-user folder it would otherwise be.
+        default: PathBuf,
+    },
 }
 
 /// The three lines of `transfer.info`.
@@ -87,8 +127,9 @@ impl Settings {
     /// Combines the flags with `transfer.info` (read from the working
     /// directory only when a flag is missing) and checks every value.
     pub fn resolve(args: &Args) -> Result<Settings, Failure> {
-        let info = match (&args.server, &args.name, &args.file) {
-            (Some(_), Some(_), Some(_)) => None,
+        let given = args.all_files();
+        let info = match (&args.server, &args.name, given.is_empty()) {
+            (Some(_), Some(_), false) => None,
             _ => Some(read_transfer_info(Path::new(TRANSFER_INFO))?),
         };
         let pick = |flag: Option<String>, line: fn(&TransferInfo) -> &String| match flag {
@@ -100,17 +141,17 @@ impl Settings {
         };
         let (server, server_source) = pick(args.server.clone(), |i| &i.server);
         let (name, name_source) = pick(args.name.clone(), |i| &i.name);
-        let file_flag = args.file.as_ref().map(|p| p.to_string_lossy().into_owned());
-        let (file_text, file_source) = pick(file_flag, |i| &i.file);
-        let file = match (&args.file, file_source) {
-            (Some(p), _) => p.clone(),
-            _ => PathBuf::from(file_text),
-        };
         let (host, port) =
             parse_server(&server).ok_or_else(|| bad_server(&server, server_source))?;
         check_name(&name, name_source)?;
-        let file_name = base_name(&file, file_source)?;
+        let paths: Vec<(PathBuf, Source)> = match (given.is_empty(), &info) {
+            (false, _) => given.into_iter().map(|p| (p, Source::Flag)).collect(),
+            (true, Some(i)) => vec![(PathBuf::from(&i.file), Source::TransferInfo)],
+            (true, None) => Vec::new(),
+        };
+        let files = file_args(paths, args.store_as.as_deref())?;
         let packets = packet_options(args)?;
+        let (state_dir, state_dir_origin) = state_dir(args, info.is_some(), &host, port)?;
         Ok(Settings {
             server,
             host,
@@ -118,17 +159,120 @@ impl Settings {
             server_source,
             name,
             name_source,
-            file,
-            file_source,
-            file_name,
-            state_dir: args.state_dir.clone(),
+            files,
+            state_dir,
+            state_dir_origin,
             connect_timeout: args.connect_timeout(),
             timeout: args.timeout(),
+            retry_for: args.retry_for(),
             rsa_key: args.rsa_key.clone(),
             revision: args.revision,
             packets,
         })
     }
+}
+
+/// Names each file: its base name, or `--as` (one file only; required
+/// for `-`).
+fn file_args(
+    paths: Vec<(PathBuf, Source)>,
+    store_as: Option<&str>,
+) -> Result<Vec<FileArg>, Failure> {
+    if store_as.is_some() && paths.len() > 1 {
+        return Err(Failure::usage(format!(
+            "--as names one file, and {} are given; send them in separate runs to rename each",
+            paths.len()
+        )));
+    }
+    let stdin = paths
+        .iter()
+        .filter(|(p, _)| p.as_os_str() == STDIN_PATH)
+        .count();
+    if stdin > 1 {
+        return Err(Failure::usage(
+            "`-` (standard input) can be given only once",
+        ));
+    }
+    paths
+        .into_iter()
+        .map(|(path, source)| {
+            let name = match store_as {
+                Some(name) => {
+                    file_name_field(name).map_err(|_| {
+                        Failure::usage(format!(
+                            "cannot store a file as {}: {}",
+                            crate::report::quoted(name),
+                            name_problem(name)
+                        ))
+                    })?;
+                    name.to_string()
+                }
+                None if path.as_os_str() == STDIN_PATH => {
+                    return Err(Failure::usage(
+                        "standard input (`-`) has no name: give the name to store it under \
+                         with --as NAME",
+                    ))
+                }
+                None => base_name(&path, source)?,
+            };
+            Ok(FileArg { path, source, name })
+        })
+        .collect()
+}
+
+/// Where `me.info` and `priv.key` live (README.md): `--state-dir`; else
+/// beside `transfer.info` when it drives the run; else the per-user
+/// state folder for this server, unless an older run left `me.info` in
+/// the working directory.
+fn state_dir(
+    args: &Args,
+    transfer_info: bool,
+    host: &str,
+    port: u16,
+) -> Result<(PathBuf, StateDirOrigin), Failure> {
+    if let Some(dir) = &args.state_dir {
+        return Ok((dir.clone(), StateDirOrigin::Given));
+    }
+    if transfer_info {
+        return Ok((PathBuf::from("."), StateDirOrigin::TransferInfo));
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|h| h.join(".local/state"))
+        })
+        .ok_or_else(|| {
+            Failure::usage(
+                "no folder for me.info: neither $XDG_STATE_HOME nor $HOME is set; \
+                 give --state-dir DIR",
+            )
+        })?;
+    let dir = base.join("sealdrop").join(server_folder(host, port));
+    let legacy = Path::new(crate::identity::ME_INFO);
+    if legacy.is_file() && !dir.join(crate::identity::ME_INFO).exists() {
+        return Ok((PathBuf::from("."), StateDirOrigin::Legacy { default: dir }));
+    }
+    Ok((dir, StateDirOrigin::PerServer))
+}
+
+/// The per-server folder name: `HOST_PORT`, with anything but letters,
+/// digits, `.` and `-` turned into `_` (IPv6 colons, say).
+pub fn server_folder(host: &str, port: u16) -> String {
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{host}_{port}")
 }
 
 /// The `--packet-*` flags: only for the revisions that send packets
@@ -248,13 +392,59 @@ fn base_name(file: &Path, source: Source) -> Result<String, Failure> {
             source.hint("file", 3)
         ))
     };
-    let name = file
+    let raw = file
         .file_name()
-        .ok_or_else(|| bad("the path has no file name"))?
-        .to_str()
-        .ok_or_else(|| bad("its name is not valid UTF-8"))?;
-    file_name_field(name).map_err(|e| bad(&e.to_string()))?;
-    Ok(name.to_string())
+        .ok_or_else(|| bad("the path has no file name"))?;
+    let name = raw.to_string_lossy();
+    if file_name_field(&name).is_err() || raw.to_str().is_none() {
+        return Err(Failure::usage(format!(
+            "cannot send {}: {}",
+            crate::report::quoted(&file.to_string_lossy()),
+            name_problem(&name)
+        )));
+    }
+    Ok(name.into_owned())
+}
+
+/// Says exactly why the protocol cannot carry `name` (§2: 1 to 254
+/// printable ASCII bytes, not `.` or `..`, no `/` or `\\`) and how to
+/// send the file anyway.
+pub fn name_problem(name: &str) -> String {
+    const FIX: &str = "send it under another name with --as NAME";
+    if name.is_empty() || name == "." || name == ".." {
+        return format!(
+            "the name {} is not a file name; {FIX}",
+            crate::report::quoted(name)
+        );
+    }
+    if let Some((at, c)) = name
+        .char_indices()
+        .find(|(_, c)| !(' '..='~').contains(c) || *c == '/' || *c == '\\')
+    {
+        let bytes: Vec<String> = c
+            .to_string()
+            .bytes()
+            .map(|b| format!("0x{b:02X}"))
+            .collect();
+        let what = match c {
+            '/' | '\\' => "a path separator".to_string(),
+            c if c.is_control() => "a control character".to_string(),
+            '\u{FFFD}' => "not valid UTF-8".to_string(),
+            c => format!("{c:?}, not ASCII"),
+        };
+        return format!(
+            "byte {} at offset {at} of the name ({what}) cannot be sent: the protocol carries \
+             printable ASCII names only (0x20-0x7E); {FIX}",
+            bytes.join(" ")
+        );
+    }
+    if name.len() > 254 {
+        return format!(
+            "the name is {} bytes and the protocol carries at most 254; {FIX}",
+            name.len()
+        );
+    }
+    format!("the protocol cannot carry this name; {FIX}")
 }
 
 #[cfg(test)]
@@ -297,5 +487,28 @@ mod tests {
         assert!(f("/").is_err());
         assert!(f("dir/..").is_err());
         assert!(f("caf\u{e9}.txt").is_err());
+    }
+
+    #[test]
+    fn a_refused_name_names_the_byte_and_suggests_as() {
+        let m = name_problem("caf\u{e9}.txt");
+        assert!(m.contains("0xC3 0xA9 at offset 3"), "{m}");
+        assert!(m.contains("--as NAME"), "{m}");
+        let m = name_problem("a\tb");
+        assert!(
+            m.contains("0x09 at offset 1") && m.contains("control"),
+            "{m}"
+        );
+        let m = name_problem(&"x".repeat(255));
+        assert!(m.contains("255 bytes"), "{m}");
+        // Spaces are printable ASCII: allowed.
+        assert!(file_name_field("a b.txt").is_ok());
+    }
+
+    #[test]
+    fn per_server_folders_are_safe_names() {
+        assert_eq!(server_folder("Files.Example", 1357), "files.example_1357");
+        assert_eq!(server_folder("::1", 1256), "__1_1256");
+        assert_eq!(server_folder("../x", 1), ".._x_1");
     }
 }

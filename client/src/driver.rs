@@ -6,12 +6,17 @@
 use std::io;
 use std::time::Duration;
 
-use sealdrop_protocol::client::{Action, ClientConfig, Event, Outcome, Violation, RETRY_DELAY};
+use std::path::PathBuf;
+
+use sealdrop_protocol::client::{
+    check_file, max_plain_len, Action, ClientConfig, Event, FileSpec, Outcome, RetryPolicy,
+    Violation,
+};
 use sealdrop_protocol::consts::{MAX_ERROR_RETRIES, MAX_SENDS};
 use sealdrop_protocol::crypto::RsaPrivateKey;
 use sealdrop_protocol::{ClientSession, FileUpload, RequestKind, ResponseKind, Revision};
 
-use crate::config::Settings;
+use crate::config::{FileArg, Settings, StateDirOrigin};
 use crate::entropy::OsEntropy;
 use crate::identity::{self, LoadError};
 use crate::net::{describe, is_timeout, Endpoint, Link, ReadError};
@@ -26,12 +31,35 @@ struct NetError {
     error: io::Error,
 }
 
+/// One file of the run: its name and length, opened when its turn comes
+/// (standard input is read at the start).
+struct Input {
+    arg: FileArg,
+    len: u64,
+    source: Option<Source>,
+}
+
+/// How the run ended, for the exit code: every file's result is printed
+/// as it comes.
+pub enum Ended {
+    /// Every file verified.
+    AllVerified,
+    /// Some file failed: the first failure's kind decides the exit code.
+    Failed(FailKind),
+}
+
 /// One run: the session plus everything it needs from the outside.
 pub struct Job<'a> {
     settings: &'a Settings,
     report: &'a Report,
     session: ClientSession,
-    source: Source,
+    inputs: Vec<Input>,
+    /// The file being sent (index into `inputs`).
+    current: usize,
+    /// The first failed file's kind.
+    first_failure: Option<FailKind>,
+    /// Files whose result was printed.
+    reported: usize,
     endpoint: Endpoint,
     link: Option<Link>,
     rng: OsEntropy,
@@ -43,49 +71,67 @@ pub struct Job<'a> {
 }
 
 impl<'a> Job<'a> {
-    /// Opens the file, loads the state and the fixed key, and checks that
-    /// the protocol can carry the file, all before anything is sent.
+    /// Checks every file and the state folder, loads the state and the
+    /// fixed key, and checks that the protocol can carry each file, all
+    /// before anything is sent.
     pub fn prepare(
         settings: &'a Settings,
         report: &'a Report,
         quiet: bool,
     ) -> Result<Self, Failure> {
-        let source = Source::open(&settings.file).map_err(|e| {
-            Failure::local(format!(
-                "cannot read {}: {}; check {}",
-                quoted(&settings.file.to_string_lossy()),
-                describe(&e),
-                settings.file_source.hint("file", 3)
-            ))
-        })?;
-        report.update(|s| s.bytes = Some(source.len));
+        let rev = settings.revision;
+        let mut inputs = Vec::with_capacity(settings.files.len());
+        for arg in &settings.files {
+            inputs.push(open_input(arg, settings)?);
+        }
+        let specs: Vec<FileSpec> = inputs
+            .iter()
+            .map(|i| FileSpec {
+                name: i.arg.name.clone(),
+                plain_len: i.len,
+            })
+            .collect();
+        for (input, spec) in inputs.iter().zip(&specs) {
+            check_file(rev, spec, &settings.packets).map_err(|e| {
+                let file = quoted(&input.arg.path.to_string_lossy());
+                Failure::usage(format!("cannot send {file}: {e}"))
+            })?;
+        }
+        if let Some(first) = inputs.first() {
+            report.set_file(&first.arg.path);
+            report.update(|s| s.bytes = Some(first.len));
+        }
         let fixed_key = settings
             .rsa_key
             .as_deref()
             .map(load_fixed_key)
             .transpose()?;
+        prepare_state_dir(settings, report)?;
         let identity = identity::load(&settings.state_dir).map_err(load_failure)?;
         if let Some(id) = &identity {
             report.update(|s| s.client_id = Some(id.client_id));
         }
         let session = ClientSession::new(ClientConfig {
-            revision: settings.revision,
+            revision: rev,
             name: settings.name.clone(),
-            file_name: settings.file_name.clone(),
-            plain_len: source.len,
+            files: specs,
             identity,
             packets: settings.packets,
+            retry: RetryPolicy {
+                retry_for: settings.retry_for,
+                seed: jitter_seed(),
+            },
         })
-        .map_err(|e| {
-            let file = quoted(&settings.file.to_string_lossy());
-            Failure::usage(format!("cannot send {file}: {e}"))
-        })?;
+        .map_err(|e| Failure::usage(format!("cannot start: {e}")))?;
         report.update(|s| s.packets = session.packet_plan().cloned());
         Ok(Job {
             settings,
             report,
             session,
-            source,
+            inputs,
+            current: 0,
+            first_failure: None,
+            reported: 0,
             endpoint: Endpoint {
                 host: settings.host.clone(),
                 port: settings.port,
@@ -102,8 +148,31 @@ impl<'a> Job<'a> {
         })
     }
 
-    /// Runs the session to its end.
-    pub fn run(&mut self) -> Result<Done, Failure> {
+    /// Runs the session to its end, printing each file's result as it
+    /// comes. `Err` is a failure that ends the run before or between
+    /// files (its message is printed by the caller); the files not sent
+    /// yet are then reported as not sent.
+    pub fn run(&mut self) -> Result<Ended, Failure> {
+        match self.run_session() {
+            Ok(()) => {
+                let unsent = self.reported;
+                if unsent < self.inputs.len() {
+                    let kind = self.first_failure.unwrap_or(FailKind::Network);
+                    self.report_unsent(unsent, kind);
+                }
+                Ok(match self.first_failure {
+                    None => Ended::AllVerified,
+                    Some(kind) => Ended::Failed(kind),
+                })
+            }
+            Err(failure) => {
+                self.report_unsent(self.current + 1, failure.kind);
+                Err(failure)
+            }
+        }
+    }
+
+    fn run_session(&mut self) -> Result<(), Failure> {
         loop {
             self.drain_events()?;
             let Some(action) = self.session.poll_action() else {
@@ -115,7 +184,75 @@ impl<'a> Job<'a> {
                 Action::Send(frame) => self.send(&frame),
                 Action::SendFile(upload) => self.send_file(upload)?,
                 Action::GenerateKeyPair => self.key_pair()?,
-                Action::Done(outcome) => return self.finish(outcome),
+                Action::Done(outcome) => {
+                    if let Some(link) = self.link.take() {
+                        link.close();
+                    }
+                    // A file's outcome came as FileFinished; one that
+                    // ends the session before a file started did not.
+                    if self.reported <= self.current && !outcome.is_per_file() {
+                        return Err(self.failure(&outcome));
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// The files from `from` on, after a failure that ended the run:
+    /// "not sent".
+    fn report_unsent(&mut self, from: usize, kind: FailKind) {
+        let later: Vec<PathBuf> = self
+            .inputs
+            .iter()
+            .skip(from)
+            .map(|i| i.arg.path.clone())
+            .collect();
+        if !later.is_empty() {
+            self.report.not_sent(&later, kind);
+        }
+    }
+
+    /// Makes file `file` the one the report describes.
+    fn select(&mut self, file: usize) {
+        self.current = file;
+        let input = &self.inputs[file];
+        self.report.set_file(&input.arg.path);
+        let plan = self.session.packet_plan().cloned();
+        self.report.update(|s| {
+            s.bytes = Some(input.len);
+            s.cksum = None;
+            s.attempts = 0;
+            s.packets = plan;
+        });
+    }
+
+    /// A file is done: its line (or JSON object) now.
+    fn file_finished(&mut self, file: usize, outcome: &Outcome) {
+        self.reported = file + 1;
+        self.report.update(|s| s.attempts = self.session.attempts());
+        if file != self.current {
+            // It ended before its first byte went (a lost server between
+            // two files): describe it, not the previous one.
+            self.select(file);
+        }
+        let input = &self.inputs[file];
+        match outcome {
+            Outcome::Verified { attempts, cksum } => {
+                let done = Done {
+                    file_name: input.arg.name.clone(),
+                    bytes: input.len,
+                    cksum: *cksum,
+                    attempts: *attempts,
+                    revision: self.settings.revision,
+                    packets: self.session.packet_plan().cloned(),
+                };
+                self.report.file_success(&done);
+            }
+            other => {
+                let failure = self.failure_of(file, other);
+                self.first_failure.get_or_insert(failure.kind);
+                self.report.file_failure(&failure);
             }
         }
     }
@@ -147,13 +284,16 @@ impl<'a> Job<'a> {
                 "server responded with an error ({}); retrying ({retry} of {of})",
                 response_code(rev, ResponseKind::GeneralError)
             )),
-            Event::ConnectionLost { retry, of } => {
+            Event::ConnectionLost { retry, delay, left } => {
                 let why = self
                     .last_error
                     .as_ref()
                     .map_or("lost".into(), |e| describe(&e.error));
                 report.note(&format!(
-                    "connection problem: {why}; retrying ({retry} of {of})"
+                    "connection problem: {why}; retry {retry} in {:.1} s (giving up in {:.0} s, \
+                     --retry-for)",
+                    delay.as_secs_f64(),
+                    (delay + left).as_secs_f64()
                 ));
             }
             Event::CrcMismatch {
@@ -177,6 +317,7 @@ impl<'a> Job<'a> {
                  {used} bytes"
             )),
             Event::StrayAckSkipped => {}
+            Event::FileFinished { file, outcome } => self.file_finished(file, &outcome),
         }
         Ok(())
     }
@@ -188,9 +329,12 @@ impl<'a> Job<'a> {
         };
         identity::save(&self.settings.state_dir, identity).map_err(|e| {
             Failure::local(format!(
-                "registered as {} but could not save {} and {} in {}: {}; make the folder writable \
-                 (--state-dir), or the next run must register under another name",
+                "registered as {} (name {}) but could not save {} and {} in {}: {}; the server \
+                 now holds that name for a key this client lost. Fix the folder, then run \
+                 with another --name, or ask the server's operator to free the name \
+                 (sealdrop-server clients forget NAME)",
                 identity.client_id,
+                quoted(&identity.name),
                 identity::PRIV_KEY,
                 identity::ME_INFO,
                 quoted(&self.settings.state_dir.to_string_lossy()),
@@ -230,14 +374,19 @@ impl<'a> Job<'a> {
     }
 
     fn send_file(&mut self, upload: Box<FileUpload>) -> Result<(), Failure> {
+        if upload.file != self.current || self.inputs[upload.file].source.is_none() {
+            self.select(upload.file);
+            self.open_current()?;
+        }
         let Some(link) = &mut self.link else {
             self.lost(io::ErrorKind::NotConnected.into(), false);
             return Ok(());
         };
         log::debug!(
-            "conn#{} -> {} attempt {}, content_size {}{}",
+            "conn#{} -> {} file {} attempt {}, content_size {}{}",
             self.conns,
             request_code(self.settings.revision, RequestKind::SendFile),
+            upload.file + 1,
             upload.attempt,
             upload.content_size,
             upload
@@ -245,7 +394,11 @@ impl<'a> Job<'a> {
                 .as_ref()
                 .map_or(String::new(), |p| format!(", {}", p.summary()))
         );
-        match upload::send_file(link, &mut self.source, upload, &mut self.progress) {
+        let input = &mut self.inputs[self.current];
+        let Some(source) = input.source.as_mut() else {
+            return Err(Failure::local("internal: the file is not open"));
+        };
+        match upload::send_file(link, source, upload, &mut self.progress) {
             Ok(cksum) => {
                 self.report.update(|s| s.cksum = Some(cksum));
                 self.session.handle_file_sent(cksum);
@@ -258,12 +411,38 @@ impl<'a> Job<'a> {
             }
             Err(SendError::Local(why)) => {
                 self.progress.clear();
-                let file = quoted(&self.source.path.to_string_lossy());
+                let file = quoted(&input.arg.path.to_string_lossy());
                 Err(Failure::local(format!(
                     "cannot send {file}: {why}; send it again once nothing writes to it"
                 )))
             }
         }
+    }
+
+    /// Opens the current file (the one before it is closed) and checks it
+    /// still has the length the session declared.
+    fn open_current(&mut self) -> Result<(), Failure> {
+        for (i, input) in self.inputs.iter_mut().enumerate() {
+            if i != self.current && !input.arg.is_stdin() {
+                input.source = None;
+            }
+        }
+        let input = &mut self.inputs[self.current];
+        if input.source.is_some() {
+            return Ok(());
+        }
+        let file = quoted(&input.arg.path.to_string_lossy());
+        let source = Source::open(&input.arg.path)
+            .map_err(|e| Failure::local(format!("cannot read {file}: {}", describe(&e))))?;
+        if source.len != input.len {
+            return Err(Failure::local(format!(
+                "cannot send {file}: it changed size from {} to {} bytes after the run \
+                 started; send it again once nothing writes to it",
+                input.len, source.len
+            )));
+        }
+        input.source = Some(source);
+        Ok(())
     }
 
     fn receive(&mut self) {
@@ -286,8 +465,14 @@ impl<'a> Job<'a> {
         if let Some(link) = self.link.take() {
             link.close();
         }
+        let stuck = !connecting && is_timeout(&error);
         self.last_error = Some(NetError { connecting, error });
-        self.session.handle_connection_lost();
+        if stuck {
+            self.session.handle_no_answer();
+        } else {
+            self.session
+                .handle_connection_lost(std::time::Instant::now());
+        }
     }
 
     fn key_pair(&mut self) -> Result<(), Failure> {
@@ -301,25 +486,13 @@ impl<'a> Job<'a> {
             .map_err(|e| Failure::usage(format!("{e}; --rsa-key needs a 1024-bit key with e = 17")))
     }
 
-    fn finish(&mut self, outcome: Outcome) -> Result<Done, Failure> {
-        if let Some(link) = self.link.take() {
-            link.close();
-        }
-        self.report.update(|s| s.attempts = self.session.attempts());
-        match outcome {
-            Outcome::Verified { attempts, cksum } => Ok(Done {
-                file_name: self.settings.file_name.clone(),
-                bytes: self.source.len,
-                cksum,
-                attempts,
-                revision: self.settings.revision,
-                packets: self.session.packet_plan().cloned(),
-            }),
-            other => Err(self.failure(&other)),
-        }
+    fn failure(&self, outcome: &Outcome) -> Failure {
+        self.failure_of(self.current, outcome)
     }
 
-    fn failure(&self, outcome: &Outcome) -> Failure {
+    /// The message and kind of `outcome` for file `file`.
+    fn failure_of(&self, file: usize, outcome: &Outcome) -> Failure {
+        let file_name = &self.inputs[file].arg.name;
         let s = self.settings;
         let server = &s.server;
         let rev = s.revision;
@@ -334,7 +507,7 @@ impl<'a> Job<'a> {
                 format!(
                     "{} arrived damaged {attempts} times (server cksum {theirs}, ours {local}); \
                      gave up ({}); check the network path and the server's storage",
-                    quoted(&s.file_name),
+                    quoted(file_name),
                     request_code(rev, RequestKind::CrcGiveUp)
                 ),
             ),
@@ -351,6 +524,16 @@ impl<'a> Job<'a> {
                 ),
             ),
             Outcome::ConnectionFailed { request } => self.network_failure(*request),
+            Outcome::OutcomeUnknown { cksum, .. } => Failure::new(
+                FailKind::Unknown,
+                format!(
+                    "the connection to {server} broke after the server was told {} arrived \
+                     intact (cksum {cksum}) and before it confirmed keeping it: it most likely \
+                     has the file, but the client cannot know; send it again to be sure (the \
+                     copy replaces the earlier one once verified)",
+                    quoted(file_name)
+                ),
+            ),
             Outcome::ProtocolViolation(v @ Violation::ForeignRevision { theirs, .. }) => {
                 let hint = theirs.first().map_or(String::new(), |r| {
                     format!(
@@ -376,9 +559,8 @@ impl<'a> Job<'a> {
     fn network_failure(&self, request: RequestKind) -> Failure {
         let s = self.settings;
         let tries = format!(
-            "{} tries {} s apart",
-            MAX_ERROR_RETRIES + 1,
-            RETRY_DELAY.as_secs_f32()
+            "retried for {:.0} s, --retry-for",
+            s.retry_for.as_secs_f64()
         );
         let message = match &self.last_error {
             Some(NetError { connecting: true, error }) => format!(
@@ -425,15 +607,22 @@ fn refused(s: &Settings, after_denied_reconnect: bool) -> Failure {
     let message = if after_denied_reconnect {
         format!(
             "server does not know the client in {} ({denied}) and refused to register {name} \
-             anew ({failed}): another client holds that name; choose another name ({fix}) or \
-             restore that client's {}",
+             anew ({failed}): another client holds that name. If that client is you, run \
+             with the state folder that holds its {} (--state-dir; this run used {}); else \
+             choose another name ({fix}), or ask the server's operator to free it \
+             (sealdrop-server clients forget NAME)",
             identity::ME_INFO,
-            identity::ME_INFO
+            identity::ME_INFO,
+            quoted(&s.state_dir.to_string_lossy())
         )
     } else {
         format!(
             "server refused to register {name} ({failed}): the name is taken by another client \
-             or invalid; choose another name ({fix})"
+             or invalid. If you registered it before, run with the state folder that holds \
+             its {} (--state-dir; this run used {}); else choose another name ({fix}), or \
+             ask the server's operator to free it (sealdrop-server clients forget NAME)",
+            identity::ME_INFO,
+            quoted(&s.state_dir.to_string_lossy())
         )
     };
     Failure::new(FailKind::Refused, message)
@@ -462,6 +651,78 @@ fn request_label(rev: Revision, kind: RequestKind) -> String {
         RequestKind::CrcGiveUp => "CRC bad, giving up",
     };
     format!("{} ({what})", request_code(rev, kind))
+}
+
+/// Stats one file (or reads standard input) before anything is sent:
+/// a folder or a missing file is refused at once.
+fn open_input(arg: &FileArg, settings: &Settings) -> Result<Input, Failure> {
+    let file = quoted(&arg.path.to_string_lossy());
+    if arg.is_stdin() {
+        let limit = max_plain_len(settings.revision);
+        let source = Source::stdin(limit).map_err(Failure::local)?;
+        return Ok(Input {
+            arg: arg.clone(),
+            len: source.len,
+            source: Some(source),
+        });
+    }
+    let meta = std::fs::metadata(&arg.path).map_err(|e| {
+        Failure::local(format!(
+            "cannot read {file}: {}; check {}",
+            describe(&e),
+            arg.source.hint("file", 3)
+        ))
+    })?;
+    if meta.is_dir() {
+        return Err(Failure::usage(format!(
+            "{file} is a folder; sealdrop sends files: name them (for example {}/*)",
+            arg.path.to_string_lossy().trim_end_matches('/')
+        )));
+    }
+    if !meta.is_file() {
+        return Err(Failure::usage(format!(
+            "{file} is not a regular file; to send what a device or pipe produces, \
+             give `-` and feed it on standard input"
+        )));
+    }
+    Ok(Input {
+        arg: arg.clone(),
+        len: meta.len(),
+        source: None,
+    })
+}
+
+/// Creates and checks the state folder before any network traffic
+/// (identity::prepare_dir), and says where a legacy me.info is used from.
+fn prepare_state_dir(settings: &Settings, report: &Report) -> Result<(), Failure> {
+    let dir = &settings.state_dir;
+    identity::prepare_dir(dir).map_err(|e| {
+        Failure::local(format!(
+            "cannot use {} to keep {} and {}: {}; nothing was sent. Make it a writable \
+             folder or choose another with --state-dir",
+            quoted(&dir.to_string_lossy()),
+            identity::ME_INFO,
+            identity::PRIV_KEY,
+            describe(&e)
+        ))
+    })?;
+    if let StateDirOrigin::Legacy { default } = &settings.state_dir_origin {
+        report.note(&format!(
+            "using {} in the current folder (the old default); move it and {} to {} \
+             (or pass --state-dir .) to keep this client wherever the command runs",
+            identity::ME_INFO,
+            identity::PRIV_KEY,
+            quoted(&default.to_string_lossy())
+        ));
+    }
+    Ok(())
+}
+
+/// Seeds the retry jitter from the OS (any value will do if it fails).
+fn jitter_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
 }
 
 fn load_fixed_key(path: &std::path::Path) -> Result<RsaPrivateKey, Failure> {

@@ -139,6 +139,27 @@ pub fn render(identity: &Identity) -> (Zeroizing<String>, Zeroizing<String>) {
     (Zeroizing::new(me), Zeroizing::new(format!("{}\n", *b64)))
 }
 
+/// Makes sure `dir` can hold the state files before anything goes on the
+/// wire: creates it (and its parents; owner-only on Unix, as it will hold
+/// a private key) if missing, and proves it writable by creating and
+/// removing a probe file. A run that registered and then could not save
+/// its key would leave its name held on the server by a key nobody has.
+pub fn prepare_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)?;
+    let probe = dir.join(format!(".sealdrop-probe-{}", std::process::id()));
+    let written = create_private(&probe).and_then(|mut f| f.write_all(b"probe"));
+    // Best effort: the probe may not exist.
+    let _ = fs::remove_file(&probe);
+    written
+}
+
 /// Writes `priv.key`, then `me.info` (whose presence means "reconnect",
 /// so it goes last), each atomically with mode 0600. Creates `dir`.
 pub fn save(dir: &Path, identity: &Identity) -> io::Result<()> {
@@ -194,6 +215,34 @@ mod tests {
 
     fn pkcs8() -> Vec<u8> {
         vector("rsa1024_private_pkcs8.der")
+    }
+
+    #[test]
+    fn prepare_dir_creates_and_checks_the_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        prepare_dir(&dir).unwrap();
+        assert!(dir.is_dir());
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "the probe is gone");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700);
+            // A folder nobody may write to (root ignores modes: skip then).
+            let ro = tmp.path().join("ro");
+            fs::create_dir(&ro).unwrap();
+            fs::set_permissions(&ro, fs::Permissions::from_mode(0o500)).unwrap();
+            let writable = File::create(ro.join("x")).is_ok();
+            if !writable {
+                assert!(prepare_dir(&ro).is_err());
+                assert!(prepare_dir(&ro.join("sub")).is_err());
+            }
+        }
+        // A file where the folder should be.
+        let file = tmp.path().join("f");
+        fs::write(&file, b"").unwrap();
+        assert!(prepare_dir(&file).is_err());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::time::Instant;
 use clap::Parser;
 
 use crate::cli::Args;
+use crate::driver::Ended;
 use crate::report::{Failure, Report};
 
 fn main() -> ExitCode {
@@ -35,16 +36,20 @@ fn main() -> ExitCode {
     };
     let report = Report::new(args.quiet, args.json, started);
     match run(&args, &report) {
-        Ok(done) => report.success(&done),
+        Ok(Ended::AllVerified) => ExitCode::SUCCESS,
+        Ok(Ended::Failed(kind)) => ExitCode::from(kind.exit_code()),
         Err(failure) => report.failure(&failure),
     }
 }
 
-/// Loads everything, runs the session, and returns what happened.
-fn run(args: &Args, report: &Report) -> Result<report::Done, Failure> {
+/// Loads everything, runs the session (each file's result is printed as
+/// it comes), and says how it ended.
+fn run(args: &Args, report: &Report) -> Result<Ended, Failure> {
     report.update(|s| s.revision = Some(args.revision));
     let settings = config::Settings::resolve(args)?;
-    report.set_file(&settings.file);
+    if let Some(first) = settings.files.first() {
+        report.set_file(&first.path);
+    }
     let mut job = driver::Job::prepare(&settings, report, args.quiet)?;
     job.run()
 }

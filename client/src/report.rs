@@ -12,6 +12,10 @@ use sealdrop_protocol::{ClientId, Revision};
 /// Prefix of every message on stderr.
 const PROGRAM: &str = "sealdrop-client";
 
+/// The `outcome` of a file never started because the run ended before
+/// its turn.
+pub const NOT_SENT: &str = "not_sent";
+
 /// The kinds of failure, each with its exit code (README.md, `--help`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailKind {
@@ -29,6 +33,9 @@ pub enum FailKind {
     LocalIo,
     /// 8: the server broke the protocol.
     Protocol,
+    /// 9: the connection broke after 1029 and before its 2104: the
+    /// server may or may not have kept the file.
+    Unknown,
 }
 
 impl FailKind {
@@ -42,6 +49,7 @@ impl FailKind {
             FailKind::ServerError => 6,
             FailKind::LocalIo => 7,
             FailKind::Protocol => 8,
+            FailKind::Unknown => 9,
         }
     }
 
@@ -55,6 +63,7 @@ impl FailKind {
             FailKind::ServerError => "server_error",
             FailKind::LocalIo => "local_io_error",
             FailKind::Protocol => "protocol_error",
+            FailKind::Unknown => "outcome_unknown",
         }
     }
 }
@@ -158,6 +167,40 @@ impl Report {
     pub fn note(&self, message: &str) {
         if !self.quiet {
             eprintln!("{PROGRAM}: {}", printable(message));
+        }
+    }
+
+    /// One file of the run verified: its line (or JSON object), which
+    /// names the file.
+    pub fn file_success(&self, done: &Done) {
+        let _ = self.success(done);
+    }
+
+    /// One file of the run failed (the run goes on with the next).
+    pub fn file_failure(&self, failure: &Failure) {
+        let _ = self.failure(failure);
+    }
+
+    /// Files never started because the run ended early: one line each
+    /// (stderr), or one JSON object each with outcome `not_sent`.
+    pub fn not_sent(&self, files: &[std::path::PathBuf], why: FailKind) {
+        let secs = self.started.elapsed().as_secs_f64();
+        for file in files {
+            let name = file.to_string_lossy();
+            eprintln!(
+                "{PROGRAM}: {}: not sent ({})",
+                printable(&name),
+                why.outcome()
+            );
+            if self.json {
+                let summary = Summary {
+                    file: Some(name.into_owned()),
+                    revision: self.summary.borrow().revision,
+                    client_id: self.summary.borrow().client_id,
+                    ..Summary::default()
+                };
+                println!("{}", json_object(&summary, secs, NOT_SENT));
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread;
 
@@ -22,8 +22,6 @@ pub const CHUNK_LEN: usize = 1 << 20;
 /// The file being sent, opened once and rewound for every send.
 pub struct Source {
     file: File,
-    /// The path as given.
-    pub path: PathBuf,
     /// Its length when opened: what the 1028 header declares.
     pub len: u64,
 }
@@ -38,8 +36,49 @@ impl Source {
         }
         Ok(Source {
             file,
-            path: path.to_path_buf(),
             len: meta.len(),
+        })
+    }
+
+    /// Standard input as a source. A redirected regular file is used as
+    /// it is; a pipe or terminal is first copied into an unnamed temporary
+    /// file in the system's temporary folder (`$TMPDIR`, else /tmp), which
+    /// disappears when the run ends, because a send needs the length up
+    /// front and a resend reads the bytes again. The copy stops with an
+    /// error past `limit` bytes (the most the revision can carry), so a
+    /// runaway pipe cannot fill the disk.
+    pub fn stdin(limit: u64) -> Result<Source, String> {
+        use std::os::fd::AsFd;
+        let fd = io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| format!("cannot read standard input: {}", crate::net::describe(&e)))?;
+        let file = File::from(fd);
+        if let Ok(meta) = file.metadata() {
+            if meta.is_file() {
+                return Ok(Source {
+                    file,
+                    len: meta.len(),
+                });
+            }
+        }
+        let mut spool = tempfile::tempfile().map_err(|e| {
+            format!(
+                "cannot create a temporary file in {} to hold standard input: {}",
+                std::env::temp_dir().display(),
+                crate::net::describe(&e)
+            )
+        })?;
+        let copied = io::copy(&mut (&file).take(limit.saturating_add(1)), &mut spool)
+            .map_err(|e| format!("cannot spool standard input: {}", crate::net::describe(&e)))?;
+        if copied > limit {
+            return Err(format!(
+                "standard input is longer than {limit} bytes, the most this revision can carry"
+            ));
+        }
+        Ok(Source {
+            file: spool,
+            len: copied,
         })
     }
 
@@ -269,10 +308,13 @@ mod tests {
         let mut s = ClientSession::new(ClientConfig {
             revision: rev,
             name: "alice".into(),
-            file_name: name.into(),
-            plain_len,
+            files: vec![sealdrop_protocol::client::FileSpec {
+                name: name.into(),
+                plain_len,
+            }],
             identity: Some(identity),
             packets,
+            retry: Default::default(),
         })
         .unwrap();
         let code = rev.response_code(ResponseKind::ReconnectAccepted).unwrap();

@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -231,7 +232,7 @@ fn file_is_sent_under_its_base_name() {
 fn refused_connection_exits_3_with_one_clear_line() {
     let dir = workdir();
     let addr = format!("127.0.0.1:{}", closed_port());
-    let o = run_with(dir.path(), &addr, &["--quiet"]);
+    let o = run_with(dir.path(), &addr, &["--quiet", "--retry-for", "1"]);
     assert_exit(&o, 3);
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -538,7 +539,8 @@ fn help_documents_flags_and_exit_codes() {
 fn json_output_on_success_and_failure() {
     let dir = workdir();
     let server = FakeServer::vectors();
-    let o = run_with(dir.path(), &server.addr(), &["--json"]);
+    // One state folder for both servers (the default is one per server).
+    let o = run_with(dir.path(), &server.addr(), &["--json", "--state-dir", "."]);
     assert_exit(&o, 0);
     let v = json(&o);
     assert_eq!(v["file"], "plain_1000.bin");
@@ -552,7 +554,7 @@ fn json_output_on_success_and_failure() {
     let o = run_with(
         dir.path(),
         &format!("127.0.0.1:{}", closed_port()),
-        &["--json"],
+        &["--json", "--state-dir", ".", "--retry-for", "1"],
     );
     assert_exit(&o, 3);
     let v = json(&o);
@@ -618,4 +620,221 @@ fn file_that_changes_size_before_it_is_sent_exits_7() {
     assert_exit(&o, 7);
     assert!(stderr(&o).contains("changed size"), "{}", stderr(&o));
     assert!(!server.codes().contains(&1028));
+}
+
+#[test]
+fn several_files_go_in_one_session_and_each_is_reported() {
+    let dir = workdir();
+    std::fs::copy(dir.path().join("plain_1000.bin"), dir.path().join("b.bin")).unwrap();
+    // The vectors' answers, the 2103 echoing whichever name was sent.
+    let server = FakeServer::start(|f, _| match f.code {
+        1028 => {
+            let mut r = vector("response_2103.bin");
+            r[7 + 20..7 + 20 + 255].copy_from_slice(&f.bytes[23 + 4..23 + 4 + 255]);
+            Reply::Send(r)
+        }
+        c => vector_reply(c),
+    });
+    let mut args = flags(&server.addr());
+    args.extend(["b.bin", "--json", "--state-dir", "."].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(dir.path(), &args);
+    assert_exit(&o, 0);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Positional files first, then --file.
+    let files: Vec<&str> = lines.iter().map(|v| v["file"].as_str().unwrap()).collect();
+    assert_eq!(files, ["b.bin", "plain_1000.bin"]);
+    assert!(lines.iter().all(|v| v["outcome"] == "verified"));
+    // One registration, then 1028 + 1029 per file, all on one connection.
+    assert_eq!(server.codes(), [1025, 1026, 1028, 1029, 1028, 1029]);
+    assert!(server.frames().iter().all(|f| f.conn == 0));
+}
+
+#[test]
+fn a_missing_second_file_stops_the_run_before_any_traffic() {
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &["missing.bin"]);
+    assert_exit(&o, 7);
+    assert!(stderr(&o).contains("missing.bin"), "{}", stderr(&o));
+    assert!(server.codes().is_empty());
+}
+
+#[test]
+fn a_folder_is_refused_with_a_clear_message() {
+    let dir = workdir();
+    std::fs::create_dir(dir.path().join("photos")).unwrap();
+    let server = FakeServer::vectors();
+    let o = run(
+        dir.path(),
+        &["--server", &server.addr(), "--name", "alice", "photos"],
+    );
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("is a folder"), "{}", stderr(&o));
+    assert!(server.codes().is_empty());
+}
+
+#[test]
+fn as_renames_and_a_non_ascii_name_says_which_byte() {
+    let dir = workdir();
+    std::fs::copy(
+        dir.path().join("plain_1000.bin"),
+        dir.path().join("caf\u{e9}.bin"),
+    )
+    .unwrap();
+    let server = FakeServer::vectors();
+    let key = vector_path(KEY).to_string_lossy().into_owned();
+    let base = [
+        "--server",
+        &server.addr(),
+        "--name",
+        "alice",
+        "--rsa-key",
+        &key,
+    ];
+    let o = run(dir.path(), &[&base[..], &["caf\u{e9}.bin"]].concat());
+    assert_exit(&o, 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains("0xC3 0xA9 at offset 3") && err.contains("--as"),
+        "{err}"
+    );
+    assert!(server.codes().is_empty());
+    // --as stores it under the vector's name, which the fake server echoes.
+    let o = run(
+        dir.path(),
+        &[&base[..], &["caf\u{e9}.bin", "--as", "plain_1000.bin"]].concat(),
+    );
+    assert_exit(&o, 0);
+    // --as with two files is a usage error.
+    let o = run(dir.path(), &[&base[..], &["a", "b", "--as", "x"]].concat());
+    assert_exit(&o, 2);
+}
+
+#[test]
+fn standard_input_is_sent_under_the_as_name() {
+    use std::io::Write;
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    let key = vector_path(KEY).to_string_lossy().into_owned();
+    let plain = std::fs::read(dir.path().join("plain_1000.bin")).unwrap();
+    let mut child = Command::new(BIN)
+        .current_dir(dir.path())
+        .args([
+            "--server",
+            &server.addr(),
+            "--name",
+            "alice",
+            "--rsa-key",
+            &key,
+        ])
+        .args(["-", "--as", "plain_1000.bin", "--json", "--state-dir", "."])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A pipe: the client must spool it to learn the size.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&plain).unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    assert_exit(&o, 0);
+    assert_eq!(json(&o)["bytes"], 1000);
+    assert_eq!(json(&o)["cksum"], 493196554);
+    // `-` without --as has no name.
+    let o = run(
+        dir.path(),
+        &["--server", &server.addr(), "--name", "alice", "-"],
+    );
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("--as"), "{}", stderr(&o));
+}
+
+#[test]
+fn an_unusable_state_folder_fails_before_any_traffic() {
+    let dir = workdir();
+    // A file where the state folder should be.
+    std::fs::write(dir.path().join("state"), b"").unwrap();
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &["--state-dir", "state/sub"]);
+    assert_exit(&o, 7);
+    let err = stderr(&o);
+    assert!(err.contains("nothing was sent"), "{err}");
+    assert!(
+        !err.contains("delete"),
+        "never advise deleting state: {err}"
+    );
+    assert!(
+        server.codes().is_empty(),
+        "no registration: the name stays free"
+    );
+}
+
+#[test]
+fn flag_runs_keep_their_identity_per_user_and_server() {
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 0);
+    let port = server.addr().rsplit_once(':').unwrap().1.to_string();
+    let state = dir
+        .path()
+        .join("xdg-state/sealdrop")
+        .join(format!("127.0.0.1_{port}"));
+    assert!(state.join("me.info").is_file());
+    assert!(
+        !dir.path().join("me.info").exists(),
+        "not in the working folder"
+    );
+    // From another folder, the same client reconnects (1027).
+    let other = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("plain_1000.bin"),
+        other.path().join("plain_1000.bin"),
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .current_dir(other.path())
+        .args(flags(&server.addr()))
+        .env("XDG_STATE_HOME", dir.path().join("xdg-state"))
+        .env_remove("SEALDROP_STATE_DIR")
+        .output()
+        .unwrap();
+    assert_exit(&o, 0);
+    assert_eq!(server.codes().iter().filter(|c| **c == 1027).count(), 1);
+}
+
+#[test]
+fn transfer_info_runs_keep_me_info_beside_it() {
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    std::fs::write(
+        dir.path().join("transfer.info"),
+        format!("{}\nalice\nplain_1000.bin\n", server.addr()),
+    )
+    .unwrap();
+    let key = vector_path(KEY).to_string_lossy().into_owned();
+    let o = run(dir.path(), &["--rsa-key", &key]);
+    assert_exit(&o, 0);
+    assert!(dir.path().join("me.info").is_file());
+    assert!(!dir.path().join("xdg-state").exists());
+}
+
+#[test]
+fn connection_failures_are_retried_for_retry_for() {
+    // A server that accepts and closes at once, as one restarting might.
+    let dir = workdir();
+    let server = FakeServer::start(|_, _| Reply::SendAndClose(Vec::new()));
+    let o = run_with(dir.path(), &server.addr(), &["--retry-for", "5", "--quiet"]);
+    assert_exit(&o, 3);
+    // The old fixed policy made 4 tries; waits doubling from 0.2 s within
+    // 5 s make at least 5.
+    let conns = server.frames().len();
+    assert!(conns >= 5, "{conns} connections");
+    assert!(stderr(&o).contains("--retry-for"), "{}", stderr(&o));
 }

@@ -174,6 +174,8 @@ fn the_revision_comes_from_the_environment_unless_a_flag_says_otherwise() {
         "--timeout",
         "5",
         "--json",
+        "--state-dir",
+        ".",
     ];
     let with_env = |extra: &[&str]| {
         Command::new(BIN)

@@ -382,7 +382,7 @@ fn fuzz_private_key() -> crate::crypto::RsaPrivateKey {
 /// Never panics, never loops: once the stream is exhausted (every further
 /// read sees a closed connection) the session ends within a bounded
 /// number of steps, and only a real 2104 after 1029 counts as verified.
-pub fn client_session(data: &[u8]) {
+pub fn client_session(data: &[u8], start: Instant) {
     use crate::client::{Action, ClientConfig, ClientSession, Identity, Outcome, ResponseReader};
     let Some((&mode, stream)) = data.split_first() else {
         return;
@@ -408,10 +408,13 @@ pub fn client_session(data: &[u8]) {
     let Ok(mut session) = ClientSession::new(ClientConfig {
         revision: rev,
         name: "alice".into(),
-        file_name: "f.bin".into(),
-        plain_len: content.len() as u64,
+        files: vec![crate::client::FileSpec {
+            name: "f.bin".into(),
+            plain_len: content.len() as u64,
+        }],
         identity,
         packets: Default::default(),
+        retry: Default::default(),
     }) else {
         return;
     };
@@ -420,9 +423,14 @@ pub fn client_session(data: &[u8]) {
     let mut decoder = ResponseReader::new(rev);
     let mut input = stream;
     let mut sent_1029 = false;
+    // A fake clock: every wait the session asks for passes at once.
+    let mut now = start;
     for _ in 0..10_000 {
         match session.poll_action() {
-            Some(Action::Connect { .. }) => session.handle_connected(),
+            Some(Action::Connect { delay }) => {
+                now += delay;
+                session.handle_connected()
+            }
             Some(Action::Send(bytes)) => {
                 sent_1029 |= bytes.len() >= 19 && bytes[17..19] == crc_ok.to_le_bytes();
             }
@@ -449,7 +457,7 @@ pub fn client_session(data: &[u8]) {
             }
             None => match decoder.decode(&mut input) {
                 Ok(Some(r)) => session.handle_response(r, &mut rng),
-                Ok(None) => session.handle_connection_lost(),
+                Ok(None) => session.handle_connection_lost(now),
                 Err(e) => {
                     session.handle_response_error(e);
                     decoder = ResponseReader::new(rev);

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use sealdrop_protocol::client::{
-    Action, ClientConfig, ClientSession, Granularity, Identity, Outcome, PacketFields,
+    Action, ClientConfig, ClientSession, FileSpec, Granularity, Identity, Outcome, PacketFields,
     PacketOptions, ResponseError, ResponseReader, Violation,
 };
 use sealdrop_protocol::crypto::{RsaPrivateKey, TestEntropy};
@@ -211,7 +211,7 @@ impl Pair {
                     if let Some(cut) = self.faults.cut_first_upload_at.take() {
                         self.deliver_request(&wire[..cut.min(wire.len())]);
                         self.disconnect();
-                        client.handle_connection_lost();
+                        client.handle_connection_lost(self.now);
                         continue;
                     }
                     self.deliver_request(&wire);
@@ -236,7 +236,9 @@ impl Pair {
                             self.closed = true;
                         }
                     }
-                    None if self.closed || self.server.is_none() => client.handle_connection_lost(),
+                    None if self.closed || self.server.is_none() => {
+                        client.handle_connection_lost(self.now)
+                    }
                     None => panic!("client waits for an answer the server never sends"),
                 },
             }
@@ -271,10 +273,13 @@ fn client(
     ClientSession::new(ClientConfig {
         revision: rev,
         name: name.into(),
-        file_name: "report.pdf".into(),
-        plain_len: content.len() as u64,
+        files: vec![FileSpec {
+            name: "report.pdf".into(),
+            plain_len: content.len() as u64,
+        }],
         identity,
         packets,
+        retry: Default::default(),
     })
     .unwrap()
 }

@@ -53,5 +53,7 @@ fn request_roundtrip_corpus() {
 
 #[test]
 fn client_session_corpus() {
-    replay("client_session", fuzzing::client_session);
+    replay("client_session", |data| {
+        fuzzing::client_session(data, std::time::Instant::now())
+    });
 }

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use sealdrop_protocol::client::{Action, ClientConfig, ClientSession, Identity, Outcome};
+use sealdrop_protocol::client::{Action, ClientConfig, ClientSession, FileSpec, Identity, Outcome};
 use sealdrop_protocol::crypto::{RsaPrivateKey, TestEntropy};
 use sealdrop_protocol::memstore::MemoryStore;
 use sealdrop_protocol::server::{ServerConfig, ServerSession};
@@ -165,7 +165,9 @@ impl Pair {
                             closed = true;
                         }
                     }
-                    None if closed || self.server.is_none() => client.handle_connection_lost(),
+                    None if closed || self.server.is_none() => {
+                        client.handle_connection_lost(self.now)
+                    }
                     None => panic!("client waits for a response the server never sends"),
                 },
             }
@@ -179,10 +181,13 @@ fn client(name: &str, content: &[u8], identity: Option<Identity>) -> ClientSessi
     ClientSession::new(ClientConfig {
         revision: Revision::R2023c,
         name: name.into(),
-        file_name: "report.pdf".into(),
-        plain_len: content.len() as u64,
+        files: vec![FileSpec {
+            name: "report.pdf".into(),
+            plain_len: content.len() as u64,
+        }],
         identity,
         packets: Default::default(),
+        retry: Default::default(),
     })
     .unwrap()
 }

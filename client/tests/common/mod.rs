@@ -225,6 +225,10 @@ pub fn run(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .env_remove("RUST_LOG")
         .env_remove("SEALDROP_REVISION")
+        .env_remove("SEALDROP_STATE_DIR")
+        // The per-user state folder of flag-driven runs: inside the test's
+        // scratch folder, never the real home.
+        .env("XDG_STATE_HOME", dir.join("xdg-state"))
         .output()
         .expect("run sealdrop-client")
 }

@@ -60,7 +60,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::consts::{
     CLIENT_NAME_MAX, ENCRYPTED_KEY_LEN, MAX_CONTENT_SIZE, MAX_ERROR_RETRIES, MAX_SENDS,
@@ -114,17 +114,113 @@ pub struct ClientConfig {
     /// The name to register with (1025), 1 to [`CLIENT_NAME_MAX`] printable
     /// ASCII characters (§7).
     pub name: String,
-    /// The base name of the file, sent in 1028-1031 (§2).
-    pub file_name: String,
-    /// The file's plaintext length, at most [`max_plain_len`] of the
-    /// revision (and packet options).
-    pub plain_len: u64,
+    /// The files to send, in order, all in this one session (one
+    /// registration or reconnect). At least one.
+    pub files: Vec<FileSpec>,
     /// Saved credentials from `me.info`: present means reconnect (1027),
     /// or in 2022c the key sent again (1101).
     pub identity: Option<Identity>,
     /// How 2024a/2024c cut the file into packets; ignored by the other
     /// revisions. The default sends the whole file as one packet.
     pub packets: PacketOptions,
+    /// How long connection failures are waited out.
+    pub retry: RetryPolicy,
+}
+
+/// One file of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    /// The name the server stores it under, sent in 1028-1031 (§2).
+    pub name: String,
+    /// The file's plaintext length, at most [`max_plain_len`] of the
+    /// revision (and packet options).
+    pub plain_len: u64,
+}
+
+/// How connection failures (refused, reset, closed, timed out) are
+/// retried: at least [`MAX_ERROR_RETRIES`] times (§6), and beyond that
+/// until `retry_for` has passed since the first failure of the outage,
+/// waiting [`RETRY_DELAY`], then twice as long each time up to
+/// [`MAX_BACKOFF`], each wait shortened by a random part of up to half
+/// (jitter, so that many clients cut off by one server restart do not
+/// come back in step). Answers of 2107 are retried 3 times,
+/// [`RETRY_DELAY`] apart, as §6 says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The longest outage waited out.
+    pub retry_for: Duration,
+    /// Seeds the jitter (a driver takes it from the OS's random source;
+    /// tests fix it).
+    pub seed: u64,
+}
+
+/// Default [`RetryPolicy::retry_for`]: long enough to wait out a server
+/// restart under systemd (`RestartSec=2` plus start-up) several times
+/// over, short enough that a script learns of a dead server within a
+/// minute.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// The longest single wait between connection attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            retry_for: DEFAULT_RETRY_FOR,
+            seed: 0x5ea1_d409,
+        }
+    }
+}
+
+/// A file checked and laid out for the revision.
+#[derive(Debug, Clone)]
+struct PreparedFile {
+    name: FixedName,
+    plain_len: u64,
+    content_size: u32,
+    packets: Option<PacketPlan>,
+}
+
+/// Checks that `rev` (with `packets`) can carry `file`, as
+/// [`ClientSession::new`] does for each file; lets a driver name the
+/// file that cannot go before it starts.
+pub fn check_file(
+    rev: Revision,
+    file: &FileSpec,
+    packets: &PacketOptions,
+) -> Result<(), ConfigError> {
+    prepare_file(rev, file, packets).map(drop)
+}
+
+fn prepare_file(
+    rev: Revision,
+    file: &FileSpec,
+    options: &PacketOptions,
+) -> Result<PreparedFile, ConfigError> {
+    let name = file_name_field(&file.name)?;
+    let too_large = ConfigError::FileTooLarge {
+        len: file.plain_len,
+        revision: rev,
+    };
+    if file.plain_len > max_plain_len(rev) {
+        return Err(too_large);
+    }
+    let (packets, content_size) = match rev.file_layout() {
+        FileLayout::Single => (None, encrypted_len(file.plain_len) as u32),
+        FileLayout::Packets => {
+            let plan = PacketPlan::new(file.plain_len, options)
+                .map_err(|e| e.map_or(too_large, ConfigError::BadPackets))?;
+            // Fits: PacketPlan::new checks it against MAX_CONTENT_SIZE.
+            let content_size = plan.content_len as u32;
+            (Some(plan), content_size)
+        }
+    };
+    Ok(PreparedFile {
+        name,
+        plain_len: file.plain_len,
+        content_size,
+        packets,
+    })
 }
 
 /// The largest content_size a single-message revision can declare: the
@@ -158,6 +254,8 @@ pub enum ConfigError {
     /// The file's base name is empty, `.`, `..`, longer than 254 bytes, or
     /// has control or non-ASCII bytes: a server would refuse it (§2).
     BadFileName,
+    /// No file to send.
+    NoFiles,
     /// The file is larger than the revision can carry (§2, §9).
     FileTooLarge {
         /// The file's length.
@@ -178,6 +276,7 @@ impl fmt::Display for ConfigError {
                  (got {len} bytes)"
             ),
             ConfigError::BadSavedName(e) => write!(f, "name in me.info is unusable: {e}"),
+            ConfigError::NoFiles => f.write_str("no file to send"),
             ConfigError::BadFileName => f.write_str(
                 "file name must be 1 to 254 printable ASCII characters and not `.` or `..`",
             ),
@@ -241,6 +340,8 @@ pub enum Action {
 /// packets) whose content the driver streams.
 #[derive(Debug)]
 pub struct FileUpload {
+    /// Which file of [`ClientConfig::files`] (from 0).
+    pub file: usize,
     /// Send number, 1 to [`MAX_SENDS`] (§6); a retry after 2107 or a lost
     /// connection keeps the number.
     pub attempt: u32,
@@ -307,12 +408,25 @@ pub enum Event {
         /// [`MAX_ERROR_RETRIES`].
         of: u32,
     },
-    /// The connection failed, closed or timed out: reconnecting to retry.
+    /// The connection failed, closed or timed out: reconnecting to retry
+    /// after `delay` ([`RetryPolicy`]).
     ConnectionLost {
-        /// Retry number, 1 to `of`.
+        /// Retry number in this outage, from 1.
         retry: u32,
-        /// [`MAX_ERROR_RETRIES`].
-        of: u32,
+        /// The wait before the next attempt.
+        delay: Duration,
+        /// Time left of [`RetryPolicy::retry_for`] after that wait (zero
+        /// while the [`MAX_ERROR_RETRIES`] retries §6 promises run past it).
+        left: Duration,
+    },
+    /// A file of [`ClientConfig::files`] is done, well or not; the session
+    /// goes on with the next one unless the outcome ends it. Comes for
+    /// every file that was started, the last one included.
+    FileFinished {
+        /// Which file (from 0).
+        file: usize,
+        /// How it ended.
+        outcome: Outcome,
     },
     /// A 2104 arrived while awaiting the 2103 of a resend and was skipped
     /// (§3: some servers answer 1030).
@@ -363,6 +477,17 @@ pub enum Outcome {
         /// The request that could not get through.
         request: RequestKind,
     },
+    /// The connection broke after 1029 went out and before its 2104
+    /// came, and 1029 sent again on new connections got no 2104 either:
+    /// the server may have verified and kept the file, and the protocol
+    /// has no request that asks. Sending the file again settles it (a same-name upload replaces the
+    /// stored copy once verified, §6).
+    OutcomeUnknown {
+        /// Sends made.
+        attempts: u32,
+        /// The cksum both sides agreed on.
+        cksum: u32,
+    },
     /// The server broke the protocol.
     ProtocolViolation(Violation),
 }
@@ -381,7 +506,25 @@ impl Outcome {
             Outcome::RegistrationFailed { .. } => "registration_failed",
             Outcome::ServerError { .. } => "server_error",
             Outcome::ConnectionFailed { .. } => "network_error",
+            Outcome::OutcomeUnknown { .. } => "outcome_unknown",
             Outcome::ProtocolViolation(_) => "protocol_error",
+        }
+    }
+
+    /// True if the outcome is about one file and the session can go on
+    /// with the next: the file's verdict, a 2107 the server kept giving
+    /// to one of the file's requests, or an unknown verdict. A refused
+    /// registration, a lost server or a protocol violation end the session.
+    pub fn is_per_file(&self) -> bool {
+        match self {
+            Outcome::Verified { .. }
+            | Outcome::CrcFailed { .. }
+            | Outcome::OutcomeUnknown { .. } => true,
+            Outcome::ServerError { request } => matches!(
+                request,
+                RequestKind::SendFile | RequestKind::CrcOk | RequestKind::CrcGiveUp
+            ),
+            _ => false,
         }
     }
 }
@@ -583,7 +726,10 @@ fn kind_label(kind: ResponseKind) -> &'static str {
 #[derive(Debug, Clone, Copy)]
 enum RetryCause {
     ServerError,
-    ConnectionLost,
+    /// The server sent nothing in time on an open connection.
+    NoAnswer,
+    /// When the driver saw it.
+    ConnectionLost(Instant),
 }
 
 /// The sans-IO client state machine (PROTOCOL.md §6). See the module
@@ -592,11 +738,9 @@ pub struct ClientSession {
     rev: Revision,
     name: String,
     name_field: FixedName,
-    file_name: FixedName,
-    plain_len: u64,
-    content_size: u32,
-    /// 2024a/2024c: the packets of the file.
-    packets: Option<PacketPlan>,
+    /// The files, checked and laid out; `current` is being sent.
+    files: Vec<PreparedFile>,
+    current: usize,
     /// Saved or newly completed credentials.
     identity: Option<Identity>,
     /// Id issued by 2100, before key exchange completes.
@@ -606,7 +750,17 @@ pub struct ClientSession {
     aes: Option<AesKey>,
     expect: Expect,
     link_up: bool,
+    /// 2107 retries of the pending request.
     retries: u32,
+    /// Connection retries in the current outage, and when it began.
+    conn_retries: u32,
+    outage_since: Option<Instant>,
+    /// The connection broke after 1029 went out: a failure to confirm
+    /// it later is an unknown outcome, not a failure.
+    verdict_in_doubt: bool,
+    retry: RetryPolicy,
+    /// Jitter generator state (xorshift64*), from [`RetryPolicy::seed`].
+    jitter: u64,
     denied: bool,
     /// Name field of the saved identity, for 1027.
     reconnect_name: Option<FixedName>,
@@ -635,32 +789,15 @@ impl ClientSession {
     /// one it registers (1025).
     pub fn new(config: ClientConfig) -> Result<Self, ConfigError> {
         let name_field = client_name_field(&config.name)?;
-        let file_name = file_name_field(&config.file_name)?;
         let rev = config.revision;
-        let too_large = ConfigError::FileTooLarge {
-            len: config.plain_len,
-            revision: rev,
-        };
-        if config.plain_len > max_plain_len(rev) {
-            return Err(too_large);
+        if config.files.is_empty() {
+            return Err(ConfigError::NoFiles);
         }
-        let mut events = VecDeque::new();
-        let (packets, content_size) = match rev.file_layout() {
-            FileLayout::Single => (None, encrypted_len(config.plain_len) as u32),
-            FileLayout::Packets => {
-                let plan = PacketPlan::new(config.plain_len, &config.packets)
-                    .map_err(|e| e.map_or(too_large, ConfigError::BadPackets))?;
-                if let Some(requested) = plan.raised_from {
-                    events.push_back(Event::PacketSizeRaised {
-                        requested,
-                        used: plan.piece,
-                    });
-                }
-                // Fits: PacketPlan::new checks it against MAX_CONTENT_SIZE.
-                let content_size = plan.content_len as u32;
-                (Some(plan), content_size)
-            }
-        };
+        let files = config
+            .files
+            .iter()
+            .map(|f| prepare_file(rev, f, &config.packets))
+            .collect::<Result<Vec<_>, _>>()?;
         let reconnect_name = match &config.identity {
             Some(id) => {
                 Some(FixedName::new(id.name.as_bytes()).map_err(ConfigError::BadSavedName)?)
@@ -676,14 +813,12 @@ impl ClientSession {
         actions.push_back(Action::Connect {
             delay: Duration::ZERO,
         });
-        Ok(ClientSession {
+        let mut session = ClientSession {
             rev: config.revision,
             name: config.name,
             name_field,
-            file_name,
-            plain_len: config.plain_len,
-            content_size,
-            packets,
+            files,
+            current: 0,
             identity: config.identity,
             new_id: ClientId::ZERO,
             new_key: None,
@@ -691,14 +826,38 @@ impl ClientSession {
             expect,
             link_up: false,
             retries: 0,
+            conn_retries: 0,
+            outage_since: None,
+            verdict_in_doubt: false,
+            retry: config.retry,
+            // xorshift needs a non-zero state.
+            jitter: config.retry.seed | 1,
             denied: false,
             reconnect_name,
             finished_attempts: 0,
             local_cksum: None,
             actions,
-            events,
+            events: VecDeque::new(),
             outcome: None,
-        })
+        };
+        session.note_packet_size();
+        Ok(session)
+    }
+
+    /// The file being sent.
+    fn file(&self) -> &PreparedFile {
+        &self.files[self.current]
+    }
+
+    /// Tells the user when the current file's packets had to grow.
+    fn note_packet_size(&mut self) {
+        if let Some(plan) = &self.file().packets {
+            if let Some(requested) = plan.raised_from {
+                let used = plan.piece;
+                self.events
+                    .push_back(Event::PacketSizeRaised { requested, used });
+            }
+        }
     }
 
     /// The next action for the driver; `None` means "read a response".
@@ -756,7 +915,7 @@ impl ClientSession {
 
     /// The plaintext length the session announces.
     pub fn plain_len(&self) -> u64 {
-        self.plain_len
+        self.file().plain_len
     }
 
     /// The revision the session speaks.
@@ -766,7 +925,7 @@ impl ClientSession {
 
     /// 2024a/2024c: how the file is cut into packets.
     pub fn packet_plan(&self) -> Option<&PacketPlan> {
-        self.packets.as_ref()
+        self.file().packets.as_ref()
     }
 
     /// The connection asked for by [`Action::Connect`] is open: the
@@ -782,11 +941,22 @@ impl ClientSession {
     /// The connection could not be opened, was closed or reset by the
     /// server, timed out, or a write failed. Counts as one retry of the
     /// pending request (§6).
-    pub fn handle_connection_lost(&mut self) {
+    pub fn handle_connection_lost(&mut self, now: Instant) {
         if self.outcome.is_some() {
             return;
         }
-        self.retry(RetryCause::ConnectionLost);
+        self.retry(RetryCause::ConnectionLost(now));
+    }
+
+    /// The connection is up but the server sent nothing within the
+    /// driver's timeout: a stuck server, not a restarting one, so this
+    /// is retried [`MAX_ERROR_RETRIES`] times [`RETRY_DELAY`] apart like a
+    /// 2107 (§6), not for the whole [`RetryPolicy::retry_for`].
+    pub fn handle_no_answer(&mut self) {
+        if self.outcome.is_some() {
+            return;
+        }
+        self.retry(RetryCause::NoAnswer);
     }
 
     /// The driver finished streaming the file of the last
@@ -883,7 +1053,7 @@ impl ClientSession {
     fn on_register_reply(&mut self, response: Response) {
         match response {
             Response::Registered { client_id } => {
-                self.retries = 0;
+                self.progressed();
                 self.new_id = client_id;
                 self.events.push_back(Event::Registered { client_id });
                 self.expect = Expect::KeyPair;
@@ -950,7 +1120,7 @@ impl ClientSession {
             // connection stays; if the server closed it, the retry path
             // reopens it.
             Response::ReconnectDenied { .. } => {
-                self.retries = 0;
+                self.progressed();
                 self.identity = None;
                 self.denied = true;
                 self.events.push_back(Event::ReconnectDenied);
@@ -989,7 +1159,7 @@ impl ClientSession {
     /// 2022c: the saved key got no usable 2102: register as a new client,
     /// on a new connection (a 2022c server closes on errors).
     fn register_anew(&mut self) {
-        self.retries = 0;
+        self.progressed();
         self.identity = None;
         self.denied = true;
         self.events.push_back(Event::KeyResendRefused);
@@ -1028,11 +1198,12 @@ impl ClientSession {
         // §1: the text before the NUL is the name; padding is ignored.
         // 2024 servers echo the whole size, the last packet's or the
         // plaintext's (§9.1): only the single-message revisions compare it.
-        let size_ok = self.packets.is_some() || content_size == self.content_size;
-        if !size_ok || file_name.text() != self.file_name.text() {
+        let file = self.file();
+        let size_ok = file.packets.is_some() || content_size == file.content_size;
+        if !size_ok || file_name.text() != file.name.text() {
             return self.violation(Violation::BadEcho);
         }
-        self.retries = 0;
+        self.progressed();
         if cksum == local {
             self.expect = Expect::CrcOkAck { attempt, cksum };
         } else {
@@ -1065,7 +1236,7 @@ impl ClientSession {
     /// §6 CRC mismatch: 1030 (no response) and the file again at once.
     fn resend(&mut self, attempt: u32) {
         let mut frame = Vec::new();
-        let file_name = self.file_name.clone();
+        let file_name = self.file().name.clone();
         Request::CrcBad { file_name }.encode(self.rev, &self.current_id(), &mut frame);
         self.actions.push_back(Action::Send(frame));
         self.expect = Expect::FileSent { attempt };
@@ -1073,7 +1244,7 @@ impl ClientSession {
     }
 
     fn start_upload(&mut self, aes: AesKey) {
-        self.retries = 0;
+        self.progressed();
         self.aes = Some(aes);
         self.expect = Expect::FileSent { attempt: 1 };
         self.send_current();
@@ -1103,10 +1274,10 @@ impl ClientSession {
                 return self.queue_file(attempt)
             }
             Expect::CrcOkAck { .. } => Request::CrcOk {
-                file_name: self.file_name.clone(),
+                file_name: self.file().name.clone(),
             },
             Expect::GiveUpAck { .. } => Request::CrcGiveUp {
-                file_name: self.file_name.clone(),
+                file_name: self.file().name.clone(),
             },
             Expect::KeyPair | Expect::Done => return,
         };
@@ -1136,43 +1307,39 @@ impl ClientSession {
         let Some(aes) = &self.aes else { return };
         self.expect = Expect::FileSent { attempt };
         let id = self.current_id();
+        let file = &self.files[self.current];
         let mut header = Vec::new();
-        let sender = match &self.packets {
+        let sender = match &file.packets {
             None => {
-                encode_file_header(
-                    self.rev,
-                    &id,
-                    self.content_size,
-                    &self.file_name,
-                    &mut header,
-                );
-                FileSender::new(aes, self.plain_len)
+                encode_file_header(self.rev, &id, file.content_size, &file.name, &mut header);
+                FileSender::new(aes, file.plain_len)
             }
             Some(plan) => {
                 crate::message::encode_packet_header(
                     self.rev,
                     &id,
                     &plan.header(0),
-                    &self.file_name,
+                    &file.name,
                     plan.data_len(0),
                     &mut header,
                 );
-                FileSender::packets(aes, self.rev, id, self.file_name.clone(), plan.clone())
+                FileSender::packets(aes, self.rev, id, file.name.clone(), plan.clone())
             }
+        };
+        let upload = FileUpload {
+            file: self.current,
+            attempt,
+            header,
+            plain_len: file.plain_len,
+            content_size: file.content_size,
+            packets: file.packets.clone(),
+            sender,
         };
         self.events.push_back(Event::AttemptStarted {
             attempt,
             of: MAX_SENDS,
         });
-        self.actions
-            .push_back(Action::SendFile(Box::new(FileUpload {
-                attempt,
-                header,
-                plain_len: self.plain_len,
-                content_size: self.content_size,
-                packets: self.packets.clone(),
-                sender,
-            })));
+        self.actions.push_back(Action::SendFile(Box::new(upload)));
     }
 
     /// The id requests carry: zero in 1025 (§1), else ours.
@@ -1184,8 +1351,36 @@ impl ClientSession {
         }
     }
 
-    /// §6: reopen the connection and send the same request again, up to
-    /// [`MAX_ERROR_RETRIES`] times.
+    /// An expected response arrived: the retry counts start over.
+    fn progressed(&mut self) {
+        self.retries = 0;
+        self.conn_retries = 0;
+        self.outage_since = None;
+    }
+
+    /// The next wait after a connection failure ([`RetryPolicy`]), or
+    /// `None` when the outage has lasted long enough.
+    fn backoff(&mut self, now: Instant) -> Option<(Duration, Duration)> {
+        let since = *self.outage_since.get_or_insert(now);
+        let doublings = self.conn_retries.min(16);
+        let full = RETRY_DELAY.saturating_mul(1 << doublings).min(MAX_BACKOFF);
+        // xorshift64*: jitter needs spread, not secrecy.
+        self.jitter ^= self.jitter >> 12;
+        self.jitter ^= self.jitter << 25;
+        self.jitter ^= self.jitter >> 27;
+        let r = self.jitter.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
+        let fraction = r as f64 / (1u64 << 53) as f64;
+        let delay = full.mul_f64(1.0 - fraction / 2.0);
+        let spent = now.saturating_duration_since(since) + delay;
+        if self.conn_retries >= MAX_ERROR_RETRIES && spent > self.retry.retry_for {
+            return None;
+        }
+        Some((delay, self.retry.retry_for.saturating_sub(spent)))
+    }
+
+    /// §6: reopen the connection and send the same request again: after
+    /// a 2107 up to [`MAX_ERROR_RETRIES`] times, after a connection
+    /// failure as [`RetryPolicy`] says.
     fn retry(&mut self, cause: RetryCause) {
         let was_up = self.link_up;
         self.link_up = false;
@@ -1193,30 +1388,78 @@ impl ClientSession {
         // pair request is not about the connection.
         self.actions
             .retain(|a| matches!(a, Action::GenerateKeyPair));
-        if self.retries >= MAX_ERROR_RETRIES {
+        // The verdict went out and the connection broke before its
+        // answer: the server may have kept the file. Sending 1029 again on
+        // a new connection is the only way to ask (servers that record the
+        // upload by client and name answer 2104); if that does not settle
+        // it, the outcome is unknown rather than a failure.
+        if let (RetryCause::ConnectionLost(_) | RetryCause::NoAnswer, Expect::CrcOkAck { .. }) =
+            (cause, self.expect)
+        {
+            self.verdict_in_doubt = true;
+        }
+        let next = match cause {
+            RetryCause::ServerError if self.retries < MAX_ERROR_RETRIES => {
+                self.retries += 1;
+                let (retry, of) = (self.retries, MAX_ERROR_RETRIES);
+                self.events.push_back(Event::ServerError { retry, of });
+                Some(RETRY_DELAY)
+            }
+            // 2022c: a server that takes the 1101 and closes without a word,
+            // the first time and on three retries, does not know us.
+            RetryCause::ConnectionLost(_)
+                if self.expect == Expect::KeyResend
+                    && was_up
+                    && self.conn_retries >= MAX_ERROR_RETRIES =>
+            {
+                return self.register_anew();
+            }
+            RetryCause::ConnectionLost(now) => self.backoff(now).map(|(delay, left)| {
+                self.conn_retries += 1;
+                let retry = self.conn_retries;
+                self.events
+                    .push_back(Event::ConnectionLost { retry, delay, left });
+                delay
+            }),
+            RetryCause::NoAnswer if self.retries < MAX_ERROR_RETRIES => {
+                self.retries += 1;
+                let retry = self.retries;
+                self.events.push_back(Event::ConnectionLost {
+                    retry,
+                    delay: RETRY_DELAY,
+                    left: Duration::ZERO,
+                });
+                Some(RETRY_DELAY)
+            }
+            RetryCause::ServerError | RetryCause::NoAnswer => None,
+        };
+        let Some(delay) = next else {
             // 2022c: a server that took the 1101 and closed (or answered
             // an error) each time does not know us. One that could not be
             // reached at all is a network failure like any other.
             if self.expect == Expect::KeyResend && was_up {
                 return self.register_anew();
             }
+            if let (true, Expect::CrcOkAck { attempt, cksum }) =
+                (self.verdict_in_doubt, self.expect)
+            {
+                return self.finish(Outcome::OutcomeUnknown {
+                    attempts: attempt,
+                    cksum,
+                });
+            }
             let request = self.expect.request();
             return self.finish(match cause {
                 RetryCause::ServerError => Outcome::ServerError { request },
-                RetryCause::ConnectionLost => Outcome::ConnectionFailed { request },
+                RetryCause::ConnectionLost(_) | RetryCause::NoAnswer => {
+                    Outcome::ConnectionFailed { request }
+                }
             });
-        }
-        self.retries += 1;
-        let (retry, of) = (self.retries, MAX_ERROR_RETRIES);
-        self.events.push_back(match cause {
-            RetryCause::ServerError => Event::ServerError { retry, of },
-            RetryCause::ConnectionLost => Event::ConnectionLost { retry, of },
-        });
+        };
         if let Expect::FileReceived { attempt, .. } = self.expect {
             self.expect = Expect::FileSent { attempt };
         }
-        self.actions
-            .push_back(Action::Connect { delay: RETRY_DELAY });
+        self.actions.push_back(Action::Connect { delay });
     }
 
     fn unexpected(&mut self, got: ResponseKind) {
@@ -1253,8 +1496,41 @@ impl ClientSession {
         self.finish(Outcome::ProtocolViolation(v));
     }
 
+    /// Ends the current file, or the session: a per-file outcome moves
+    /// on to the next file, if any, on the same connection when it is up.
     fn finish(&mut self, outcome: Outcome) {
         self.finished_attempts = self.attempts();
+        let started = !matches!(
+            self.expect,
+            Expect::Registered
+                | Expect::KeyPair
+                | Expect::KeyAccepted
+                | Expect::Reconnect
+                | Expect::KeyResend
+        );
+        if started {
+            self.events.push_back(Event::FileFinished {
+                file: self.current,
+                outcome: outcome.clone(),
+            });
+        }
+        if started && outcome.is_per_file() && self.current + 1 < self.files.len() {
+            self.current += 1;
+            self.progressed();
+            self.verdict_in_doubt = false;
+            self.local_cksum = None;
+            self.finished_attempts = 0;
+            self.note_packet_size();
+            self.expect = Expect::FileSent { attempt: 1 };
+            if self.link_up {
+                self.send_current();
+            } else {
+                self.actions.clear();
+                self.actions
+                    .push_back(Action::Connect { delay: RETRY_DELAY });
+            }
+            return;
+        }
         self.expect = Expect::Done;
         self.actions.clear();
         self.outcome = Some(outcome);

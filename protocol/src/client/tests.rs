@@ -58,10 +58,13 @@ fn config(identity: Option<Identity>) -> ClientConfig {
     ClientConfig {
         revision: Revision::R2023c,
         name: "alice".into(),
-        file_name: "plain_1000.bin".into(),
-        plain_len: 1000,
+        files: vec![FileSpec {
+            name: "plain_1000.bin".into(),
+            plain_len: 1000,
+        }],
         identity,
         packets: PacketOptions::default(),
+        retry: RetryPolicy::default(),
     }
 }
 
@@ -76,6 +79,8 @@ struct Driver {
     fail_connects: usize,
     events: Vec<Event>,
     outcome: Option<Outcome>,
+    /// The fake clock: every wait the session asks for passes at once.
+    now: Instant,
 }
 
 impl Driver {
@@ -90,6 +95,7 @@ impl Driver {
             fail_connects: 0,
             events: Vec::new(),
             outcome: None,
+            now: Instant::now(),
         };
         d.pump();
         d
@@ -106,11 +112,13 @@ impl Driver {
                     self.outcome = Some(o);
                     return;
                 }
-                Some(Action::Connect { .. }) if self.fail_connects > 0 => {
+                Some(Action::Connect { delay }) if self.fail_connects > 0 => {
+                    self.now += delay;
                     self.fail_connects -= 1;
-                    self.s.handle_connection_lost();
+                    self.s.handle_connection_lost(self.now);
                 }
-                Some(Action::Connect { .. }) => {
+                Some(Action::Connect { delay }) => {
+                    self.now += delay;
                     self.connects += 1;
                     self.s.handle_connected();
                 }
@@ -142,7 +150,7 @@ impl Driver {
     }
 
     fn lose(&mut self) {
-        self.s.handle_connection_lost();
+        self.s.handle_connection_lost(self.now);
         self.pump();
     }
 
@@ -182,6 +190,13 @@ fn new_client_frames_match_vectors() {
             Event::Registered { client_id: id },
             Event::KeyExchanged { client_id: id },
             Event::AttemptStarted { attempt: 1, of: 4 },
+            Event::FileFinished {
+                file: 0,
+                outcome: Outcome::Verified {
+                    attempts: 1,
+                    cksum: PLAIN_1000_CKSUM
+                }
+            },
         ]
     );
     let identity = d.s.identity().expect("identity after 2102");
@@ -415,31 +430,49 @@ fn server_error_on_file_resends_same_attempt() {
 }
 
 #[test]
-fn lost_connection_counts_as_a_retry() {
+fn lost_connections_and_server_errors_are_counted_apart() {
     let mut d = Driver::new(None);
     d.lose();
     d.reply(resp("response_2107.bin"));
     d.lose();
     assert!(d
         .events
-        .contains(&Event::ConnectionLost { retry: 1, of: 3 }));
-    assert!(d.events.contains(&Event::ServerError { retry: 2, of: 3 }));
-    assert_eq!(d.outcome, None);
-    d.lose();
+        .iter()
+        .any(|e| matches!(e, Event::ConnectionLost { retry: 1, .. })));
+    assert!(d
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::ConnectionLost { retry: 2, .. })));
+    assert!(d.events.contains(&Event::ServerError { retry: 1, of: 3 }));
+    for _ in 0..3 {
+        d.reply(resp("response_2107.bin"));
+    }
     assert_eq!(
         d.outcome,
-        Some(Outcome::ConnectionFailed {
+        Some(Outcome::ServerError {
             request: RequestKind::Register
         })
     );
 }
 
+/// The waits of the ConnectionLost events.
+fn waits(d: &Driver) -> Vec<Duration> {
+    d.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ConnectionLost { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn refused_connections_give_connection_failed() {
+fn refused_connections_back_off_until_retry_for() {
     let mut d = Driver {
-        fail_connects: 10,
+        fail_connects: 1000,
         ..Driver::new(None)
     };
+    let start = d.now;
     // The first connect already succeeded in `new`; lose it and let
     // every reconnect fail.
     d.lose();
@@ -449,7 +482,118 @@ fn refused_connections_give_connection_failed() {
             request: RequestKind::Register
         })
     );
-    assert_eq!(d.fail_connects, 10 - 3);
+    let waits = waits(&d);
+    // Doubling from RETRY_DELAY up to MAX_BACKOFF, each shortened by at
+    // most half (jitter).
+    for (i, w) in waits.iter().enumerate() {
+        let full = RETRY_DELAY.saturating_mul(1 << i.min(16)).min(MAX_BACKOFF);
+        assert!(*w <= full && *w >= full / 2, "wait {i}: {w:?} for {full:?}");
+    }
+    // Not every wait is the same fraction: the jitter varies.
+    let fractions: Vec<u128> = waits
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            w.as_micros() * 1000
+                / RETRY_DELAY
+                    .saturating_mul(1 << i.min(16))
+                    .min(MAX_BACKOFF)
+                    .as_micros()
+        })
+        .collect();
+    assert!(fractions.windows(2).any(|w| w[0] != w[1]), "{fractions:?}");
+    // Gave up once the next wait would pass retry_for, not before.
+    let waited = d.now - start;
+    assert!(waited <= DEFAULT_RETRY_FOR, "{waited:?}");
+    assert!(waited + MAX_BACKOFF > DEFAULT_RETRY_FOR, "{waited:?}");
+    assert_eq!(d.fail_connects, 1000 - waits.len());
+}
+
+#[test]
+fn a_short_retry_for_still_retries_three_times() {
+    let mut d = Driver::new(None);
+    d.s = ClientSession::new(ClientConfig {
+        retry: RetryPolicy {
+            retry_for: Duration::from_millis(1),
+            seed: 9,
+        },
+        ..config(None)
+    })
+    .unwrap();
+    d.fail_connects = 1000;
+    d.events.clear();
+    d.pump();
+    d.lose();
+    assert_eq!(waits(&d).len(), MAX_ERROR_RETRIES as usize);
+    assert!(matches!(d.outcome, Some(Outcome::ConnectionFailed { .. })));
+}
+
+#[test]
+fn an_answer_ends_the_outage() {
+    let mut d = Driver::new(None);
+    d.fail_connects = 2;
+    d.lose();
+    assert_eq!(waits(&d).len(), 3);
+    d.reply(resp("response_2100.bin"));
+    d.events.clear();
+    d.fail_connects = 1;
+    d.lose();
+    // Counting starts over at retry 1 and the shortest wait.
+    let first = d.events.iter().find_map(|e| match e {
+        Event::ConnectionLost { retry, delay, .. } => Some((*retry, *delay)),
+        _ => None,
+    });
+    assert!(matches!(first, Some((1, w)) if w <= RETRY_DELAY));
+}
+
+#[test]
+fn a_broken_verdict_is_asked_again_then_unknown() {
+    // The connection breaks after 1029: the session sends 1029 again on
+    // a new connection; a server that knows the upload answers 2104.
+    let mut d = Driver::new(Some(vector_identity()));
+    for r in ["response_2105.bin", "response_2103.bin"] {
+        d.reply(resp(r));
+    }
+    d.take_sent();
+    d.lose();
+    assert_eq!(d.take_sent(), frames(&["request_1029.bin"]));
+    d.reply(resp("response_2104.bin"));
+    assert!(matches!(d.outcome, Some(Outcome::Verified { .. })));
+
+    // One that does not (the upload belonged to the old connection)
+    // answers 2107: that is not a failure of the file, only unknown.
+    let mut d = Driver::new(Some(vector_identity()));
+    for r in ["response_2105.bin", "response_2103.bin"] {
+        d.reply(resp(r));
+    }
+    d.lose();
+    for _ in 0..=MAX_ERROR_RETRIES {
+        d.reply(resp("response_2107.bin"));
+    }
+    assert_eq!(
+        d.outcome,
+        Some(Outcome::OutcomeUnknown {
+            attempts: 1,
+            cksum: PLAIN_1000_CKSUM
+        })
+    );
+    assert_eq!(
+        Outcome::OutcomeUnknown {
+            attempts: 1,
+            cksum: 0
+        }
+        .name(),
+        "outcome_unknown"
+    );
+
+    // And a server that is gone for good: unknown too.
+    let mut d = Driver::new(Some(vector_identity()));
+    for r in ["response_2105.bin", "response_2103.bin"] {
+        d.reply(resp(r));
+    }
+    d.fail_connects = 1000;
+    d.lose();
+    assert!(matches!(d.outcome, Some(Outcome::OutcomeUnknown { .. })));
 }
 
 #[test]
@@ -614,8 +758,10 @@ fn config_is_checked() {
     let with = |name: &str, file: &str, len: u64| {
         ClientSession::new(ClientConfig {
             name: name.into(),
-            file_name: file.into(),
-            plain_len: len,
+            files: vec![FileSpec {
+                name: file.into(),
+                plain_len: len,
+            }],
             ..config(None)
         })
         .map(|_| ())
@@ -651,8 +797,8 @@ fn config_is_checked() {
 #[test]
 fn largest_file_header_declares_max_content_size() {
     let mut d = Driver::new(Some(vector_identity()));
-    d.s.plain_len = MAX_PLAINTEXT_SIZE;
-    d.s.content_size = encrypted_len(MAX_PLAINTEXT_SIZE) as u32;
+    d.s.files[0].plain_len = MAX_PLAINTEXT_SIZE;
+    d.s.files[0].content_size = encrypted_len(MAX_PLAINTEXT_SIZE) as u32;
     d.s.handle_response(resp("response_2105.bin"), &mut d.rng);
     let mut up = None;
     while let Some(a) = d.s.poll_action() {
@@ -894,7 +1040,7 @@ fn a_2022c_key_resend_without_answer_registers_anew() {
 fn a_2022c_key_resend_to_an_unreachable_server_is_a_connection_failure() {
     let rev = Revision::R2022c;
     let mut d = rev_driver(rev, Some(vector_identity()), PacketOptions::default());
-    d.fail_connects = 10;
+    d.fail_connects = 1000;
     d.lose();
     assert_eq!(
         d.outcome,
@@ -1242,7 +1388,10 @@ fn a_packet_size_too_small_for_65535_packets_is_raised_and_said() {
         let mut d = Driver::new(None);
         d.s = ClientSession::new(ClientConfig {
             revision: Revision::R2024c,
-            plain_len: 100 << 20,
+            files: vec![FileSpec {
+                name: "plain_1000.bin".into(),
+                plain_len: 100 << 20,
+            }],
             packets: PacketOptions {
                 size: Some(1024),
                 ..PacketOptions::default()
@@ -1267,7 +1416,10 @@ fn packet_options_and_sizes_are_checked_per_revision() {
     let with = |rev: Revision, len: u64, packets: PacketOptions| {
         ClientSession::new(ClientConfig {
             revision: rev,
-            plain_len: len,
+            files: vec![FileSpec {
+                name: "plain_1000.bin".into(),
+                plain_len: len,
+            }],
             packets,
             ..config(None)
         })
@@ -1329,8 +1481,8 @@ fn the_largest_2022c_file_declares_a_payload_size_that_fits() {
         Some(vector_identity()),
         PacketOptions::default(),
     );
-    d.s.plain_len = max_plain_len(Revision::R2022c);
-    d.s.content_size = max_content_size(Revision::R2022c);
+    d.s.files[0].plain_len = max_plain_len(Revision::R2022c);
+    d.s.files[0].content_size = max_content_size(Revision::R2022c);
     d.s.handle_response(
         rev_resp(Revision::R2022c, ResponseKind::KeyAccepted),
         &mut d.rng,
@@ -1543,4 +1695,153 @@ fn unexpected_responses_are_described_in_the_revisions_codes() {
         v.to_string(),
         "unexpected response 1604 (acknowledged) while awaiting 1600/1601 after 825"
     );
+}
+
+/// A 2103 for `name` with `cksum`, as the vector's client would get it.
+fn file_received(name: &str, cksum: u32) -> Response {
+    match resp("response_2103.bin") {
+        Response::FileReceived {
+            client_id,
+            content_size,
+            ..
+        } => Response::FileReceived {
+            client_id,
+            content_size,
+            file_name: FixedName::new(name.as_bytes()).unwrap(),
+            cksum,
+        },
+        _ => unreachable!(),
+    }
+}
+
+fn two_files(identity: Option<Identity>) -> Driver {
+    let mut d = Driver::new(None);
+    d.s = ClientSession::new(ClientConfig {
+        files: ["a.bin", "b.bin"]
+            .map(|name| FileSpec {
+                name: name.into(),
+                plain_len: 1000,
+            })
+            .to_vec(),
+        ..config(identity)
+    })
+    .unwrap();
+    d.take_sent();
+    d.events.clear();
+    d.connects = 0;
+    d.pump();
+    d
+}
+
+fn finished(d: &Driver) -> Vec<(usize, &'static str)> {
+    d.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::FileFinished { file, outcome } => Some((*file, outcome.name())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn several_files_go_in_one_session_on_one_connection() {
+    let mut d = two_files(Some(vector_identity()));
+    d.reply(resp("response_2105.bin"));
+    d.reply(file_received("a.bin", PLAIN_1000_CKSUM));
+    d.reply(resp("response_2104.bin"));
+    assert_eq!(d.outcome, None);
+    d.reply(file_received("b.bin", PLAIN_1000_CKSUM));
+    d.reply(resp("response_2104.bin"));
+    assert!(matches!(d.outcome, Some(Outcome::Verified { .. })));
+    assert_eq!(finished(&d), [(0, "verified"), (1, "verified")]);
+    // One reconnect (1027), then for each file 1028 and 1029; one connection.
+    let rev = Revision::R2023c;
+    let codes: Vec<u16> = d
+        .take_sent()
+        .iter()
+        .map(|f| u16::from_le_bytes([f[17], f[18]]))
+        .collect();
+    let code = |k| rev.request_code(k).unwrap();
+    use RequestKind as Q;
+    assert_eq!(
+        codes,
+        [
+            code(Q::Reconnect),
+            code(Q::SendFile),
+            code(Q::CrcOk),
+            code(Q::SendFile),
+            code(Q::CrcOk)
+        ]
+    );
+    assert_eq!(d.connects, 1);
+}
+
+#[test]
+fn a_failed_file_does_not_stop_the_next_but_a_refusal_stops_all() {
+    // File a fails its cksum four times; file b still goes and verifies.
+    let mut d = two_files(Some(vector_identity()));
+    d.reply(resp("response_2105.bin"));
+    for _ in 0..MAX_SENDS {
+        d.reply(file_received("a.bin", 1));
+    }
+    d.reply(resp("response_2104.bin"));
+    assert_eq!(d.outcome, None);
+    // The server closed after the 2104: b goes on a new connection.
+    d.lose();
+    d.reply(file_received("b.bin", PLAIN_1000_CKSUM));
+    d.reply(resp("response_2104.bin"));
+    assert_eq!(finished(&d), [(0, "crc_failed"), (1, "verified")]);
+    assert_eq!(d.connects, 2);
+
+    // A refused registration ends the session before any file.
+    let mut d = two_files(None);
+    d.reply(resp("response_2101.bin"));
+    assert!(matches!(
+        d.outcome,
+        Some(Outcome::RegistrationFailed { .. })
+    ));
+    assert_eq!(finished(&d), []);
+}
+
+#[test]
+fn every_file_is_checked_before_the_session_starts() {
+    let files = vec![
+        FileSpec {
+            name: "ok.bin".into(),
+            plain_len: 1,
+        },
+        FileSpec {
+            name: "caf\u{e9}.bin".into(),
+            plain_len: 1,
+        },
+    ];
+    let r = ClientSession::new(ClientConfig {
+        files,
+        ..config(None)
+    });
+    assert_eq!(r.err(), Some(ConfigError::BadFileName));
+    let r = ClientSession::new(ClientConfig {
+        files: vec![],
+        ..config(None)
+    });
+    assert_eq!(r.err(), Some(ConfigError::NoFiles));
+}
+
+#[test]
+fn a_silent_server_gets_three_retries_not_the_whole_retry_for() {
+    let mut d = Driver::new(None);
+    for _ in 0..MAX_ERROR_RETRIES {
+        d.s.handle_no_answer();
+        d.pump();
+        assert_eq!(d.outcome, None);
+    }
+    d.s.handle_no_answer();
+    d.pump();
+    assert_eq!(
+        d.outcome,
+        Some(Outcome::ConnectionFailed {
+            request: RequestKind::Register
+        })
+    );
+    assert!(waits(&d).iter().all(|w| *w == RETRY_DELAY));
 }
