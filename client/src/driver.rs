@@ -22,6 +22,7 @@ use crate::identity::{self, LoadError};
 use crate::net::{describe, is_timeout, Endpoint, Link, ReadError};
 use crate::progress::Progress;
 use crate::report::{quoted, Done, FailKind, Failure, Report};
+use crate::sent_log;
 use crate::upload::{self, SendError, Source};
 
 /// The last network error, for the final message.
@@ -213,6 +214,33 @@ impl<'a> Job<'a> {
         }
     }
 
+    /// Says whether this upload replaced one this client sent before
+    /// (sent.log), or, on the first upload from this state folder, that a
+    /// name sent again replaces the stored file; then records it.
+    fn note_replacement(&self, name: &str, cksum: u32) {
+        let dir = &self.settings.state_dir;
+        match sent_log::previous(dir, name) {
+            sent_log::Previous::SentAt(secs) => self.report.note(&format!(
+                "{} replaced the copy this client sent on {} (the server keeps the newest)",
+                quoted(name),
+                sent_log::utc(secs)
+            )),
+            sent_log::Previous::NoLog => self.report.note(
+                "note: the server keeps one file per name: sending a name again replaces \
+                 the stored copy once the new one is verified (shown once; later runs say \
+                 when they replace a file they sent)",
+            ),
+            sent_log::Previous::NotSent => {}
+        }
+        if let Err(e) = sent_log::record(dir, name, cksum) {
+            self.report.note(&format!(
+                "could not update {}: {}",
+                sent_log::SENT_LOG,
+                describe(&e)
+            ));
+        }
+    }
+
     /// Makes file `file` the one the report describes.
     fn select(&mut self, file: usize) {
         self.current = file;
@@ -247,6 +275,7 @@ impl<'a> Job<'a> {
                     revision: self.settings.revision,
                     packets: self.session.packet_plan().cloned(),
                 };
+                self.note_replacement(&done.file_name, done.cksum);
                 self.report.file_success(&done);
             }
             other => {

@@ -15,6 +15,7 @@ mod identity;
 mod net;
 mod progress;
 mod report;
+mod sent_log;
 mod upload;
 
 use std::process::ExitCode;

@@ -838,3 +838,31 @@ fn connection_failures_are_retried_for_retry_for() {
     assert!(conns >= 5, "{conns} connections");
     assert!(stderr(&o).contains("--retry-for"), "{}", stderr(&o));
 }
+
+#[test]
+fn sending_a_name_again_says_it_replaced_the_earlier_copy() {
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &["--state-dir", "."]);
+    assert_exit(&o, 0);
+    assert!(
+        stderr(&o).contains("replaces the stored copy"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run_with(dir.path(), &server.addr(), &["--state-dir", "."]);
+    assert_exit(&o, 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("'plain_1000.bin' replaced the copy this client sent on"),
+        "{err}"
+    );
+    assert!(!err.contains("shown once"), "{err}");
+    let log = fs::read_to_string(dir.path().join("sent.log")).unwrap();
+    assert_eq!(log.lines().count(), 2);
+    assert!(
+        log.lines()
+            .all(|l| l.ends_with(" 493196554 plain_1000.bin")),
+        "{log}"
+    );
+}
