@@ -318,6 +318,10 @@ pub fn server_session(data: &[u8], start: Instant) {
     let mut session = ServerSession::new(config, 1, now);
     let mut store = seeded_store(revision_of(data));
     store.group_commit = true;
+    // Every third input runs against a store that answers later (reads
+    // park requests, commits finish in later passes).
+    let remote = data.len().is_multiple_of(3);
+    store.remote = remote;
     let mut rng = TestEntropy::new(data.len() as u64);
     for (i, piece) in pieces(stream, &sizes).into_iter().enumerate() {
         let mut input = piece;
@@ -325,8 +329,29 @@ pub fn server_session(data: &[u8], start: Instant) {
         while !input.is_empty() && session.wants_input() && rounds < 1000 {
             session.handle_input(&mut input, now, &mut store, &mut rng);
             assert!(session.pending_output().len() <= 4096 + 512);
-            if store.uncommitted() {
-                store.fail_commit = sizes[(i * 31 + rounds) % sizes.len()] % 13 == 5;
+            let pick = sizes[(i * 31 + rounds) % sizes.len()];
+            if remote {
+                // Round trips finish at the input's whim.
+                if pick % 2 == 0 || session.is_parked() {
+                    store.deliver_reads();
+                    for _ in store.take_ready() {
+                        session.handle_store_ready(now, &mut store, &mut rng);
+                    }
+                }
+                if store.commit_in_flight() && pick % 3 != 0 {
+                    store.fail_commit = pick % 13 == 5;
+                    store.finish_commit(now);
+                }
+                if let Some(commit) = store.poll_commit() {
+                    session.handle_commit_of(&commit, &mut store);
+                }
+                if store.uncommitted() && !store.commit_in_flight() {
+                    if let Some(commit) = store.begin_commit(now) {
+                        session.handle_commit_of(&commit, &mut store);
+                    }
+                }
+            } else if store.uncommitted() {
+                store.fail_commit = pick % 13 == 5;
                 let held = session.holds_output();
                 let commit = store.commit(now);
                 let outcome = commit.outcome(session.conn());
@@ -355,8 +380,24 @@ pub fn server_session(data: &[u8], start: Instant) {
         while session.poll_event().is_some() {}
     }
     session.handle_eof(&mut store);
-    let commit = store.commit(now);
-    session.handle_commit(commit.outcome(session.conn()), &mut store);
+    if remote {
+        store.fail_commit = false;
+        store.finish_commit(now);
+        if let Some(commit) = store.poll_commit() {
+            session.handle_commit_of(&commit, &mut store);
+        }
+        if let Some(commit) = store.begin_commit(now) {
+            session.handle_commit_of(&commit, &mut store);
+        }
+        store.finish_commit(now);
+        if let Some(commit) = store.poll_commit() {
+            session.handle_commit_of(&commit, &mut store);
+        }
+        assert!(!session.holds_output(), "every batch was decided");
+    } else {
+        let commit = store.commit(now);
+        session.handle_commit(commit.outcome(session.conn()), &mut store);
+    }
     session.close(now, &mut store);
     assert_eq!(
         store.open_uploads, 0,

@@ -8,6 +8,13 @@
 //! store: changes wait for [`Store::commit`], and a failed commit
 //! ([`MemoryStore::fail_commit`]) puts the records back as they were at
 //! the last commit and the accepted uploads back among the pending ones.
+//!
+//! With [`MemoryStore::remote`] on as well it behaves like a store across
+//! the network (several servers on one database): reads are ready only
+//! after a round trip the test completes with
+//! [`MemoryStore::deliver_reads`], and commits finish only when the test
+//! says so with [`MemoryStore::finish_commit`] (see "Stores that answer
+//! later" in [`crate::store`]).
 
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime};
@@ -72,6 +79,40 @@ pub struct MemoryStore {
     batch: Option<Batch>,
     /// Wall-clock time last given by [`Store::housekeeping`].
     pub wall: Option<SystemTime>,
+    /// Reads need a round trip and commits finish later (needs
+    /// `group_commit`).
+    pub remote: bool,
+    /// Number of the open batch (remote mode).
+    batch_no: u64,
+    /// The batch being committed and its number.
+    in_flight: Option<(u64, Batch)>,
+    /// A finished commit not yet polled.
+    finished: Option<Commit>,
+    /// The batch after a failed one failed too (it was built on it).
+    poisoned: bool,
+    /// Reads asked for and not delivered: by connection.
+    awaiting: Vec<(ConnId, Vec<LookupKey>)>,
+    /// Reads delivered: the connection may read these now.
+    fresh: std::collections::BTreeSet<(ConnId, LookupKey)>,
+    ready: Vec<ConnId>,
+    /// Round trips made for reads.
+    pub read_trips: u64,
+}
+
+/// An owned [`Lookup`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum LookupKey {
+    Id(ClientId),
+    Name(String),
+}
+
+impl From<&Lookup<'_>> for LookupKey {
+    fn from(l: &Lookup<'_>) -> Self {
+        match l {
+            Lookup::Id(id) => LookupKey::Id(**id),
+            Lookup::Name(n) => LookupKey::Name((*n).to_owned()),
+        }
+    }
 }
 
 impl Default for MemoryStore {
@@ -102,7 +143,75 @@ impl MemoryStore {
             commits: 0,
             batch: None,
             wall: None,
+            remote: false,
+            batch_no: 1,
+            in_flight: None,
+            finished: None,
+            poisoned: false,
+            awaiting: Vec::new(),
+            fresh: std::collections::BTreeSet::new(),
+            ready: Vec::new(),
+            read_trips: 0,
         }
+    }
+
+    /// A store that answers later ([`MemoryStore::remote`], with group
+    /// commit).
+    pub fn remote() -> Self {
+        MemoryStore {
+            group_commit: true,
+            remote: true,
+            ..Self::default()
+        }
+    }
+
+    /// Completes every read round trip under way: the connections become
+    /// ready ([`Store::take_ready`]).
+    pub fn deliver_reads(&mut self) {
+        for (conn, keys) in std::mem::take(&mut self.awaiting) {
+            self.read_trips += 1;
+            for k in keys {
+                self.fresh.insert((conn, k));
+            }
+            if !self.ready.contains(&conn) {
+                self.ready.push(conn);
+            }
+        }
+    }
+
+    /// Whether a read round trip is under way.
+    pub fn reads_awaited(&self) -> bool {
+        !self.awaiting.is_empty()
+    }
+
+    /// Whether a commit is in flight.
+    pub fn commit_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Finishes the commit in flight (as [`Store::commit`] would have,
+    /// `fail_commit` and `fail_commit_for` included); [`Store::poll_commit`]
+    /// then returns it.
+    pub fn finish_commit(&mut self, now: Instant) {
+        let Some((no, batch)) = self.in_flight.take() else {
+            return;
+        };
+        let later = self.batch.take();
+        self.batch = Some(batch);
+        let fail = self.fail_commit || self.poisoned;
+        self.poisoned = false;
+        let saved = std::mem::replace(&mut self.fail_commit, fail);
+        let mut commit = self.commit(now);
+        self.fail_commit = saved;
+        commit.batch = no;
+        if commit.error.is_some() && later.is_some() {
+            // The open batch was built on the failed one.
+            self.poisoned = true;
+        }
+        // The later batch keeps its own snapshot of what it may undo only
+        // if this one held; after a failure its records are already gone.
+        self.batch = later;
+        self.finished = Some(commit);
     }
 
     /// Uploads awaiting a verdict.
@@ -336,6 +445,7 @@ impl Store for MemoryStore {
                 self.pending.restore(uid, p, now);
             }
             return Commit {
+                batch: 0,
                 error: Some(StoreError::database("commit", "disk I/O error (injected)")),
                 failed: Vec::new(),
             };
@@ -354,9 +464,58 @@ impl Store for MemoryStore {
             }
         }
         Commit {
+            batch: 0,
             error: None,
             failed,
         }
+    }
+
+    fn prepare(&mut self, cx: Ctx, lookups: &[Lookup<'_>]) -> Readiness {
+        if !self.remote {
+            return Readiness::Ready;
+        }
+        let keys: Vec<LookupKey> = lookups
+            .iter()
+            .map(LookupKey::from)
+            .filter(|k| !self.fresh.contains(&(cx.conn, k.clone())))
+            .collect();
+        if keys.is_empty() {
+            return Readiness::Ready;
+        }
+        self.awaiting.push((cx.conn, keys));
+        Readiness::Pending
+    }
+
+    fn take_ready(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.ready)
+    }
+
+    fn batch(&self) -> u64 {
+        if self.remote {
+            self.batch_no
+        } else {
+            0
+        }
+    }
+
+    fn begin_commit(&mut self, now: Instant) -> Option<Commit> {
+        if !self.remote {
+            return Some(self.commit(now));
+        }
+        let Some(batch) = self.batch.take() else {
+            // Nothing to make durable: done at once.
+            return Some(Commit {
+                batch: self.batch_no - 1,
+                ..Commit::default()
+            });
+        };
+        self.in_flight = Some((self.batch_no, batch));
+        self.batch_no += 1;
+        None
+    }
+
+    fn poll_commit(&mut self) -> Option<Commit> {
+        self.finished.take()
     }
 
     fn housekeeping(&mut self, now: Instant, wall: SystemTime) {

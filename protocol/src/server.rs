@@ -15,6 +15,12 @@
 //!    [`ServerSession::handle_commit`]. An answer produced while the store
 //!    had uncommitted changes is held (not in `pending_output`) until
 //!    then: released if durable, replaced by a 2107 and a close if not.
+//!    With a store that answers later ("Stores that answer later" in
+//!    [`crate::store`]): start commits with [`Store::begin_commit`], relay
+//!    each finished one with [`ServerSession::handle_commit_of`], and call
+//!    [`ServerSession::handle_store_ready`] for every connection
+//!    [`Store::take_ready`] names (a parked request takes no input until
+//!    then).
 //! 4. Drain [`ServerSession::poll_event`] for logging.
 //! 5. Arm a timer for [`ServerSession::poll_timeout`] and call
 //!    [`ServerSession::handle_timeout`] when it passes (or early: it is
@@ -43,7 +49,10 @@ use crate::message::{
     PacketHeader, Request, RequestHeader, RequestKind, Response, ResponseKind, Revision,
 };
 use crate::packets::{Granularity, PacketRun, PacketStep};
-use crate::store::{ConnId, Ctx, Durability, Store, UploadSummary, Verdict, VerdictOutcome};
+use crate::store::{
+    Commit, ConnId, Ctx, Durability, Lookup, Readiness, Store, UploadSummary, Verdict,
+    VerdictOutcome,
+};
 use crate::wire::{sanitize_file_name, ClientId, FixedName};
 
 /// Most complete requests handled in one [`ServerSession::handle_input`]
@@ -358,21 +367,27 @@ enum Phase {
     Closed(CloseReason),
 }
 
-/// Responses not yet written. Bytes from `held` on wait for a commit.
+/// Responses not yet written. Bytes from the first hold on wait for a
+/// commit.
 #[derive(Debug, Default)]
 struct Output {
     buf: Vec<u8>,
     pos: usize,
-    /// Start (an index into `buf`) of the answers that wait for the
-    /// store's next commit.
-    held: Option<usize>,
+    /// Answers waiting for a commit, in order: where each run starts (an
+    /// index into `buf`; it ends where the next starts) and the store
+    /// batch it waits for ([`Store::batch`]).
+    held: VecDeque<(usize, u64)>,
 }
 
 impl Output {
+    /// Where the held answers start (the end of what may be written).
+    fn held_start(&self) -> usize {
+        self.held.front().map_or(self.buf.len(), |h| h.0)
+    }
+
     /// What may be written now.
     fn released(&self) -> &[u8] {
-        let end = self.held.unwrap_or(self.buf.len());
-        &self.buf[self.pos..end]
+        &self.buf[self.pos..self.held_start()]
     }
 
     /// Every byte not yet written, held ones included.
@@ -381,38 +396,59 @@ impl Output {
     }
 
     fn consume(&mut self, n: usize) {
-        let end = self.held.unwrap_or(self.buf.len());
-        self.pos = (self.pos + n).min(end);
+        self.pos = (self.pos + n).min(self.held_start());
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
-            self.held = self.held.map(|_| 0);
+            for h in &mut self.held {
+                h.0 = 0;
+            }
         } else if self.pos > self.buf.len() / 2 {
             self.buf.drain(..self.pos);
-            self.held = self.held.map(|h| h - self.pos);
+            for h in &mut self.held {
+                h.0 -= self.pos;
+            }
             self.pos = 0;
         }
     }
 
-    /// Holds everything from `mark` (an earlier `buf.len()`) on.
-    fn hold_from(&mut self, mark: usize) {
-        if self.held.is_none() {
-            self.held = Some(mark.max(self.pos));
+    /// Holds everything from `mark` (an earlier `buf.len()`) on for
+    /// `batch`.
+    fn hold_from(&mut self, mark: usize, batch: u64) {
+        match self.held.back() {
+            Some(&(_, b)) if b >= batch => {}
+            Some(&(start, _)) => self.held.push_back((mark.max(start), batch)),
+            None => self.held.push_back((mark.max(self.pos), batch)),
+        }
+    }
+
+    /// Releases the answers held for `batch` or an earlier one.
+    fn release_through(&mut self, batch: u64) {
+        while self.held.front().is_some_and(|h| h.1 <= batch) {
+            self.held.pop_front();
         }
     }
 
     /// Drops the held answers.
     fn withdraw(&mut self) {
-        if let Some(h) = self.held.take() {
+        if let Some(&(h, _)) = self.held.front() {
             self.buf.truncate(h);
         }
+        self.held.clear();
     }
 
     fn clear(&mut self) {
         self.buf.clear();
         self.pos = 0;
-        self.held = None;
+        self.held.clear();
     }
+}
+
+/// A request whose records the store is still fetching
+/// ([`Store::prepare`]); decided when they arrive.
+enum Parked {
+    Request(RequestHeader, Request),
+    File(FileMessage, Option<PacketHeader>),
 }
 
 /// The server side of one connection. See the module docs for how to drive it.
@@ -431,6 +467,8 @@ pub struct ServerSession<U> {
     frame_started: Option<Instant>,
     progress_deadline: Instant,
     window_bytes: u64,
+    /// A request waiting for the store's reads.
+    parked: Option<Parked>,
 }
 
 impl<U> ServerSession<U> {
@@ -452,6 +490,7 @@ impl<U> ServerSession<U> {
             frame_started: None,
             progress_deadline: now,
             window_bytes: 0,
+            parked: None,
         }
     }
 
@@ -491,11 +530,44 @@ impl<U> ServerSession<U> {
                 }
             }
             if store.uncommitted() && self.out.buf.len() > mark {
-                self.out.hold_from(mark);
+                self.out.hold_from(mark, store.batch());
             }
         }
         let taken = (before - input.len()) as u64;
         self.update_timers(now, taken);
+    }
+
+    /// The store's reads for the parked request arrived ([`Store::take_ready`]
+    /// named this connection): decides it. Input is taken again after.
+    pub fn handle_store_ready<S: Store<Upload = U>>(
+        &mut self,
+        now: Instant,
+        store: &mut S,
+        rng: &mut dyn Entropy,
+    ) {
+        let Some(parked) = self.parked.take() else {
+            return;
+        };
+        if self.phase != Phase::Open {
+            return;
+        }
+        let mark = self.out.buf.len();
+        match parked {
+            Parked::Request(header, request) => {
+                if self.dispatch_request(header, request, now, store, rng) {
+                    self.request_done(now);
+                }
+            }
+            Parked::File(message, packet) => self.dispatch_file(message, packet, now, store),
+        }
+        if store.uncommitted() && self.out.buf.len() > mark {
+            self.out.hold_from(mark, store.batch());
+        }
+    }
+
+    /// True while a request waits for the store's reads.
+    pub fn is_parked(&self) -> bool {
+        self.parked.is_some()
     }
 
     /// The peer closed its side of the connection.
@@ -572,7 +644,23 @@ impl<U> ServerSession<U> {
     /// True while answers wait for the outcome of the store's next commit
     /// ([`ServerSession::handle_commit`]).
     pub fn holds_output(&self) -> bool {
-        self.out.held.is_some()
+        !self.out.held.is_empty()
+    }
+
+    /// A commit finished ([`Store::begin_commit`], [`Store::poll_commit`]):
+    /// the answers held for its batch or an earlier one are released if it
+    /// made this connection's changes durable; if not, every held answer
+    /// is withdrawn, replaced by a 2107, and the session closes (as
+    /// [`ServerSession::handle_commit`]). Answers held for a later batch
+    /// wait for their own commit.
+    pub fn handle_commit_of<S: Store<Upload = U>>(&mut self, commit: &Commit, store: &mut S) {
+        if self.out.held.is_empty() {
+            return;
+        }
+        match commit.outcome(self.conn) {
+            Durability::Durable => self.out.release_through(commit.batch),
+            Durability::Failed => self.handle_commit(Durability::Failed, store),
+        }
     }
 
     /// The outcome of the commit the held answers waited for: released
@@ -581,11 +669,11 @@ impl<U> ServerSession<U> {
     /// upload awaiting its verdict, may be wrong; the client's retry
     /// starts over on a new connection).
     pub fn handle_commit<S: Store<Upload = U>>(&mut self, outcome: Durability, store: &mut S) {
-        if self.out.held.is_none() {
+        if self.out.held.is_empty() {
             return;
         }
         match outcome {
-            Durability::Durable => self.out.held = None,
+            Durability::Durable => self.out.held.clear(),
             Durability::Failed => {
                 self.out.withdraw();
                 self.fail(&NO_REQUEST, &[], SessionError::NotDurable, store);
@@ -596,7 +684,7 @@ impl<U> ServerSession<U> {
     /// Whether the session takes more input now (false while closing or
     /// while its output is full).
     pub fn wants_input(&self) -> bool {
-        self.phase == Phase::Open && !self.output_blocked()
+        self.phase == Phase::Open && !self.output_blocked() && self.parked.is_none()
     }
 
     /// True once the session is closing and its last output is written:
@@ -627,7 +715,7 @@ impl<U> ServerSession<U> {
 
     /// True when no request is partly received.
     pub fn is_idle(&self) -> bool {
-        self.decoder.is_between_frames() && self.incoming.is_none()
+        self.decoder.is_between_frames() && self.incoming.is_none() && self.parked.is_none()
     }
 
     /// The next event for the log.
@@ -675,6 +763,7 @@ impl<U> ServerSession<U> {
         }
         self.phase = Phase::Closing(reason);
         self.events.push_back(ServerEvent::Closing(reason));
+        self.parked = None;
         self.abort_incoming(store);
     }
 
@@ -798,9 +887,11 @@ impl<U> ServerSession<U> {
     ) -> bool {
         match event {
             RequestEvent::Request(header, request) => {
-                self.on_request(header, request, now, store, rng);
-                self.request_done(now);
-                true
+                let done = self.dispatch_request(header, request, now, store, rng);
+                if done {
+                    self.request_done(now);
+                }
+                done
             }
             RequestEvent::FileStart {
                 header,
@@ -819,10 +910,7 @@ impl<U> ServerSession<U> {
                     file_name,
                     data_len,
                 };
-                match packet {
-                    None => self.on_file_start(message, now, store),
-                    Some(p) => self.on_packet_start(message, p, now, store),
-                }
+                self.dispatch_file(message, packet, now, store);
                 false
             }
             RequestEvent::FileData(data) => {
@@ -834,6 +922,53 @@ impl<U> ServerSession<U> {
                 self.request_done(now);
                 true
             }
+        }
+    }
+
+    /// Decides a request, or parks it while the store fetches what it
+    /// reads ([`Store::prepare`]); true when decided.
+    fn dispatch_request<S: Store<Upload = U>>(
+        &mut self,
+        header: RequestHeader,
+        request: Request,
+        now: Instant,
+        store: &mut S,
+        rng: &mut dyn Entropy,
+    ) -> bool {
+        let name = match &request {
+            Request::Register { name } => name.printable(),
+            _ => None,
+        };
+        let lookups: &[Lookup<'_>] = match (&request, name) {
+            (Request::Register { .. }, Some(name)) => &[Lookup::Name(name)],
+            (Request::Register { .. }, None) => &[],
+            _ => &[Lookup::Id(&header.client_id)],
+        };
+        if store.prepare(self.ctx(now), lookups) == Readiness::Pending {
+            self.parked = Some(Parked::Request(header, request));
+            return false;
+        }
+        self.on_request(header, request, now, store, rng);
+        true
+    }
+
+    /// Starts a file message, or parks it while the store fetches the
+    /// client's record.
+    fn dispatch_file<S: Store<Upload = U>>(
+        &mut self,
+        message: FileMessage,
+        packet: Option<PacketHeader>,
+        now: Instant,
+        store: &mut S,
+    ) {
+        let lookups = [Lookup::Id(&message.header.client_id)];
+        if store.prepare(self.ctx(now), &lookups) == Readiness::Pending {
+            self.parked = Some(Parked::File(message, packet));
+            return;
+        }
+        match packet {
+            None => self.on_file_start(message, now, store),
+            Some(p) => self.on_packet_start(message, p, now, store),
         }
     }
 

@@ -28,6 +28,27 @@
 //! that makes every change durable before returning simply never reports
 //! itself uncommitted.
 //!
+//! # Stores that answer later
+//!
+//! A store whose records live across the network (several servers on one
+//! database) cannot answer a read at once, and its commit takes a round
+//! trip; the driver's loop must never wait for either. Such a store says
+//! so through three calls, each with a default that suits a store that
+//! answers at once (SQLite, memory), so those need not implement them:
+//!
+//! * [`Store::prepare`]: before deciding a request the session names the
+//!   records it will read ([`Lookup`]). `Pending` parks the request (the
+//!   session takes no more input) until the driver learns from
+//!   [`Store::take_ready`] that the connection's reads arrived and calls
+//!   [`crate::ServerSession::handle_store_ready`].
+//! * [`Store::begin_commit`] starts the commit of the open batch and
+//!   returns its [`Commit`] at once, or `None` when it is in flight; the
+//!   driver then asks [`Store::poll_commit`] when the store wakes it.
+//!   Changes made meanwhile go into the next batch, numbered by
+//!   [`Store::batch`]: the session tags each held answer with the batch it
+//!   waits for, so a commit releases exactly the answers it made durable
+//!   ([`Commit::batch`]).
+//!
 //! # Uploads awaiting a verdict
 //!
 //! A complete upload stays pending until a verdict (1029/1030/1031) for
@@ -123,9 +144,32 @@ pub enum Durability {
     Failed,
 }
 
+/// A record a request will read ([`Store::prepare`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// The client with this id.
+    Id(&'a ClientId),
+    /// The client with this name.
+    Name(&'a str),
+}
+
+/// Whether a store can answer reads now ([`Store::prepare`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// The reads can be made now.
+    Ready,
+    /// A round trip is under way; [`Store::take_ready`] names the
+    /// connection once it is back.
+    Pending,
+}
+
 /// The result of one [`Store::commit`].
 #[derive(Debug, Default)]
 pub struct Commit {
+    /// The batch it made durable (or failed): answers held for this batch
+    /// or an earlier one are decided by it ([`Store::batch`]). Stores that
+    /// commit at once leave it 0 and never open another batch.
+    pub batch: u64,
     /// `Some`: the commit as a whole failed; nothing of the batch is
     /// durable and no held answer may go out.
     pub error: Option<StoreError>,
@@ -245,6 +289,42 @@ pub trait Store {
     /// for which connections that failed. Called by the driver once per
     /// pass while [`Store::uncommitted`] is true.
     fn commit(&mut self, now: Instant) -> Commit;
+
+    /// Makes the records `lookups` names readable without waiting, for
+    /// the request `cx.conn` is about to decide. `Pending` means a round
+    /// trip is under way: the session parks the request until
+    /// [`Store::take_ready`] names `cx.conn`. A store may treat records it
+    /// read for the same connection as fresh. The default: always ready.
+    fn prepare(&mut self, cx: Ctx, lookups: &[Lookup<'_>]) -> Readiness {
+        let _ = (cx, lookups);
+        Readiness::Ready
+    }
+
+    /// Connections whose [`Store::prepare`] reads arrived since the last
+    /// call. The default: none (a store that is always ready).
+    fn take_ready(&mut self) -> Vec<ConnId> {
+        Vec::new()
+    }
+
+    /// The batch that changes made now belong to; a [`Commit`] with this
+    /// number or a later one decides them. The default: 0 (a store that
+    /// commits at once).
+    fn batch(&self) -> u64 {
+        0
+    }
+
+    /// Starts committing the open batch: its [`Commit`] at once, or `None`
+    /// when it is in flight (then [`Store::poll_commit`] gives it later,
+    /// and the store wakes the driver). Not called again while one is in
+    /// flight. The default commits at once ([`Store::commit`]).
+    fn begin_commit(&mut self, now: Instant) -> Option<Commit> {
+        Some(self.commit(now))
+    }
+
+    /// The commit in flight, once it finished. The default: none.
+    fn poll_commit(&mut self) -> Option<Commit> {
+        None
+    }
 
     /// Periodic work at `now` (the driver's clock, with `wall` the
     /// wall-clock time that goes with it): orphans past their time are
@@ -616,12 +696,14 @@ mod tests {
         let partial = Commit {
             error: None,
             failed: vec![3],
+            ..Commit::default()
         };
         assert_eq!(partial.outcome(3), Durability::Failed);
         assert_eq!(partial.outcome(4), Durability::Durable);
         let total = Commit {
             error: Some(StoreError::Invalid("x".into())),
             failed: vec![],
+            ..Commit::default()
         };
         assert_eq!(total.outcome(4), Durability::Failed);
     }

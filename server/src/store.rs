@@ -846,6 +846,7 @@ impl Store for DiskStore {
             return Commit {
                 error: Some(e),
                 failed,
+                ..Commit::default()
             };
         }
         for (_, p) in &placed {
@@ -859,6 +860,7 @@ impl Store for DiskStore {
         Commit {
             error: None,
             failed,
+            ..Commit::default()
         }
     }
 
