@@ -1111,10 +1111,13 @@ impl Store for DiskStore {
         }
     }
 
+    /// Counts alone do not make the store uncommitted (no answer waits
+    /// for them, and no write of their own may stall the loop on a locked
+    /// database): they go with the next commit, or when the store is
+    /// dropped.
     fn uncommitted(&self) -> bool {
         self.db.has_batch()
             || !self.placing.is_empty()
-            || !self.unflushed.is_zero()
             || !self.unlink_after_commit.is_empty()
             || !self.fail_at_commit.is_empty()
     }
@@ -1309,7 +1312,105 @@ impl Store for DiskStore {
     }
 }
 
+impl Drop for DiskStore {
+    /// Counts not written yet are written, unless uncommitted records wait
+    /// (dropping the store rolls those back).
+    fn drop(&mut self) {
+        if !self.db.has_batch() && !self.unflushed.is_zero() {
+            self.write_counts();
+            let _ = self.db.commit_batch();
+        }
+    }
+}
+
 impl DiskStore {
+    /// Puts the counts not yet written into the open batch (the next
+    /// commit writes them); kept for later if that fails.
+    fn write_counts(&mut self) {
+        if self.unflushed.is_zero() {
+            return;
+        }
+        let counts = std::mem::take(&mut self.unflushed);
+        if let Err(e) = self.db.add_counters(&counts.entries()) {
+            log::debug!("counters not written yet: {e}");
+            for o in Outcome::ALL {
+                self.unflushed.add(o, counts.get(o));
+            }
+        }
+    }
+
+    /// `verify --repair rows`: deletes the record of a file marked verified
+    /// whose file is missing, if it still is; whether it did.
+    pub fn repair_drop_row(
+        &mut self,
+        cx: Ctx,
+        id: &ClientId,
+        file_name: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(row) = self.db.file(id, file_name)? else {
+            return Ok(false);
+        };
+        if !row.verified || files::final_path(&self.data_dir, id, file_name).exists() {
+            return Ok(false);
+        }
+        self.delete_file(cx, id, file_name)?;
+        Ok(true)
+    }
+
+    /// `verify --repair strays`: deletes a file in a client's folder that
+    /// no verified record claims, or a leftover temporary file (never
+    /// while `running`: it may be an upload in progress); whether it did.
+    pub fn repair_delete_stray(
+        &mut self,
+        id: &ClientId,
+        file_name: &str,
+        running: bool,
+    ) -> Result<bool, StoreError> {
+        check_base_name(file_name)?;
+        if files::is_part_name(file_name) {
+            if running {
+                return Ok(false);
+            }
+        } else if self.db.file(id, file_name)?.is_some_and(|r| r.verified) {
+            return Ok(false);
+        }
+        let path = files::client_dir(&self.data_dir, id).join(file_name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                log::info!("administrator: deleted unrecorded {}", path.display());
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("delete an unrecorded file", e)),
+        }
+    }
+
+    /// `verify --repair adopt`: records a file at its final path that no
+    /// verified record claims as verified, with the size and cksum the
+    /// command read from it (if its size still matches); whether it did.
+    pub fn repair_adopt(
+        &mut self,
+        id: &ClientId,
+        file_name: &str,
+        size: u64,
+        cksum: u32,
+    ) -> Result<bool, StoreError> {
+        check_base_name(file_name)?;
+        if files::is_part_name(file_name)
+            || self.db.file(id, file_name)?.is_some_and(|r| r.verified)
+        {
+            return Ok(false);
+        }
+        let path = files::final_path(&self.data_dir, id, file_name);
+        if !std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size) {
+            return Ok(false);
+        }
+        self.db.mark_verified(id, file_name, path_text(&path)?)?;
+        self.db.record_file_meta(id, file_name, size, Some(cksum))?;
+        log::info!("administrator: recorded {} as verified", path.display());
+        Ok(true)
+    }
+
     /// The checks of [`Store::finish_upload`] before the upload is kept:
     /// complete, not withdrawn, within its client's quota, room among the
     /// pending uploads, and its record.
