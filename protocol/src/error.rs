@@ -173,13 +173,21 @@ pub enum Refusal {
     Packet(PacketError),
     /// Eight random ids in a row were taken.
     NoFreeClientId,
+    /// The upload would take the client over its quota (the most bytes
+    /// or files one client may keep); nothing of it is stored.
+    OverQuota(QuotaExceeded),
     /// Storage failed.
     Store(StoreError),
 }
 
 impl From<StoreError> for Refusal {
+    /// A store's quota refusal becomes [`Refusal::OverQuota`]; every
+    /// other storage error [`Refusal::Store`].
     fn from(e: StoreError) -> Self {
-        Refusal::Store(e)
+        match e {
+            StoreError::OverQuota(q) => Refusal::OverQuota(q),
+            e => Refusal::Store(e),
+        }
     }
 }
 
@@ -210,6 +218,7 @@ impl fmt::Display for Refusal {
             Refusal::NothingPending => f.write_str("no upload of that name awaits a verdict"),
             Refusal::Packet(e) => write!(f, "file packet refused: {e}"),
             Refusal::NoFreeClientId => f.write_str("could not draw an unused client id"),
+            Refusal::OverQuota(q) => q.fmt(f),
             Refusal::Store(e) => e.fmt(f),
         }
     }
@@ -241,7 +250,7 @@ impl From<Refusal> for SessionError {
 
 impl From<StoreError> for SessionError {
     fn from(e: StoreError) -> Self {
-        SessionError::Refused(Refusal::Store(e))
+        SessionError::Refused(e.into())
     }
 }
 
@@ -298,6 +307,49 @@ pub enum StoreError {
     /// that disagrees, a name that could leave its folder, a schema this
     /// program does not know, a data directory in use).
     Invalid(String),
+    /// Keeping the upload would take its client over its quota.
+    OverQuota(QuotaExceeded),
+    /// An administrator removed what the operation works on while it was
+    /// in progress (the client was forgotten, the file deleted).
+    Withdrawn {
+        /// What was removed ("the client was forgotten", ...).
+        why: &'static str,
+    },
+}
+
+/// Which of a client's quota limits an upload would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaLimit {
+    /// The most bytes the client's stored files may add up to.
+    Bytes,
+    /// The most files the client may keep.
+    Files,
+}
+
+/// An upload that would take its client over a quota limit: what the
+/// client would keep with it, and the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    /// The limit exceeded.
+    pub limit: QuotaLimit,
+    /// Its value.
+    pub max: u64,
+    /// What the client would keep (bytes or files) with the upload.
+    pub would_be: u64,
+}
+
+impl fmt::Display for QuotaExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.limit {
+            QuotaLimit::Bytes => "bytes",
+            QuotaLimit::Files => "files",
+        };
+        write!(
+            f,
+            "over quota: the client would keep {} {what}, its limit is {}",
+            self.would_be, self.max
+        )
+    }
 }
 
 impl StoreError {
@@ -330,6 +382,8 @@ impl fmt::Display for StoreError {
                 "{cap} uploads of other clients await a verdict (server-wide limit)"
             ),
             StoreError::Invalid(message) => f.write_str(message),
+            StoreError::OverQuota(q) => q.fmt(f),
+            StoreError::Withdrawn { why } => write!(f, "withdrawn by an administrator: {why}"),
         }
     }
 }

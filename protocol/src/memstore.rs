@@ -39,6 +39,7 @@ pub struct MemoryUpload {
     client_id: ClientId,
     file_name: String,
     bytes: Vec<u8>,
+    mark: Withdrawal,
 }
 
 /// Records as they were at the last commit, and what the batch accepted.
@@ -46,6 +47,7 @@ pub struct MemoryUpload {
 struct Batch {
     clients: BTreeMap<ClientId, ClientRecord>,
     files: BTreeMap<(ClientId, String), StoredFile>,
+    quotas: BTreeMap<ClientId, QuotaOverride>,
     accepted: Vec<(UploadId, PendingEntry<Vec<u8>>)>,
 }
 
@@ -97,6 +99,14 @@ pub struct MemoryStore {
     ready: Vec<ConnId>,
     /// Round trips made for reads.
     pub read_trips: u64,
+    /// The quota of every client without one of its own (unlimited by
+    /// default).
+    pub quota: Quota,
+    /// Clients' own quotas.
+    pub quotas: BTreeMap<ClientId, QuotaOverride>,
+    /// Uploads refused for a quota.
+    pub quota_refusals: u64,
+    live: LiveUploads,
 }
 
 /// An owned [`Lookup`].
@@ -152,6 +162,10 @@ impl MemoryStore {
             fresh: std::collections::BTreeSet::new(),
             ready: Vec::new(),
             read_trips: 0,
+            quota: Quota::UNLIMITED,
+            quotas: BTreeMap::new(),
+            quota_refusals: 0,
+            live: LiveUploads::default(),
         }
     }
 
@@ -214,6 +228,59 @@ impl MemoryStore {
         self.finished = Some(commit);
     }
 
+    /// What `id` keeps: its verified files.
+    pub fn usage(&self, id: &ClientId) -> Usage {
+        let mut usage = Usage::default();
+        for ((_, _), f) in self
+            .files
+            .range((*id, String::new())..)
+            .take_while(|((c, _), _)| c == id)
+        {
+            if f.verified {
+                usage.files += 1;
+                usage.bytes += f.bytes.len() as u64;
+            }
+        }
+        usage
+    }
+
+    /// [`Store::check_quota`]'s rule, on what the store holds now.
+    fn quota_allows(
+        &mut self,
+        id: &ClientId,
+        file_name: &str,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        let quota = self
+            .quotas
+            .get(id)
+            .copied()
+            .unwrap_or_default()
+            .apply(self.quota);
+        if !quota.is_limited() {
+            return Ok(());
+        }
+        let replaced = self
+            .files
+            .get(&(*id, file_name.to_owned()))
+            .filter(|f| f.verified)
+            .map(|f| f.bytes.len() as u64);
+        quota.check(self.usage(id), replaced, size).map_err(|q| {
+            self.quota_refusals += 1;
+            StoreError::OverQuota(q)
+        })
+    }
+
+    /// Withdraws the client's uploads (of one name, if given) still
+    /// arriving or awaiting a verdict; how many.
+    fn withdraw(&mut self, id: &ClientId, file_name: Option<&str>) -> usize {
+        let pending = self.pending.of_client(id, file_name);
+        for uid in &pending {
+            self.pending.remove(*uid);
+        }
+        pending.len() + self.live.withdraw(id, file_name)
+    }
+
     /// Uploads awaiting a verdict.
     pub fn pending_count(&self) -> usize {
         self.pending.len()
@@ -244,6 +311,7 @@ impl MemoryStore {
             self.batch = Some(Batch {
                 clients: self.clients.clone(),
                 files: self.files.clone(),
+                quotas: self.quotas.clone(),
                 accepted: Vec::new(),
             });
         }
@@ -348,7 +416,13 @@ impl Store for MemoryStore {
             client_id: *id,
             file_name: file_name.to_owned(),
             bytes: Vec::new(),
+            mark: self.live.register(*id, file_name),
         })
+    }
+
+    fn check_quota(&mut self, id: &ClientId, file_name: &str, size: u64) -> Result<(), StoreError> {
+        self.db()?;
+        self.quota_allows(id, file_name, size)
     }
 
     fn write_upload(
@@ -356,6 +430,11 @@ impl Store for MemoryStore {
         upload: &mut MemoryUpload,
         plaintext: &[u8],
     ) -> Result<(), StoreError> {
+        if upload.mark.is_withdrawn() {
+            return Err(StoreError::Withdrawn {
+                why: "its client or file was removed",
+            });
+        }
         if self.fail_writes {
             return Err(StoreError::Files {
                 op: "write upload".into(),
@@ -375,6 +454,16 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         self.open_uploads -= 1;
         self.db()?;
+        if upload.mark.is_withdrawn() {
+            return Err(StoreError::Withdrawn {
+                why: "its client or file was removed",
+            });
+        }
+        self.quota_allows(
+            &upload.client_id,
+            &upload.file_name,
+            upload.bytes.len() as u64,
+        )?;
         for (victim, _) in self.pending.make_room(cx.conn, &upload.client_id)? {
             self.pending.remove(victim);
         }
@@ -406,6 +495,7 @@ impl Store for MemoryStore {
         };
         let p = self.pending.remove(uid).expect("selected from the set");
         if verdict == Verdict::Accept {
+            self.quota_allows(id, file_name, p.data.len() as u64)?;
             self.change();
             self.files.insert(
                 (*id, file_name.to_owned()),
@@ -441,6 +531,7 @@ impl Store for MemoryStore {
         if self.fail_commit {
             self.clients = batch.clients;
             self.files = batch.files;
+            self.quotas = batch.quotas;
             for (uid, p) in batch.accepted {
                 self.pending.restore(uid, p, now);
             }
@@ -523,5 +614,80 @@ impl Store for MemoryStore {
         for uid in self.pending.expired(now) {
             self.pending.remove(uid);
         }
+    }
+
+    fn forget_client(
+        &mut self,
+        _cx: Ctx,
+        id: &ClientId,
+        delete_files: bool,
+    ) -> Result<Forgotten, StoreError> {
+        self.db()?;
+        let names: Vec<(String, bool)> = self
+            .files
+            .iter()
+            .filter(|((c, _), _)| c == id)
+            .map(|((_, n), f)| (n.clone(), f.verified))
+            .collect();
+        if !self.clients.contains_key(id) && names.is_empty() {
+            return Err(StoreError::NotFound {
+                op: "forget client",
+                what: "no such client",
+            });
+        }
+        self.change();
+        let uploads_withdrawn = self.withdraw(id, None);
+        let name = self.clients.remove(id).map(|c| c.name);
+        self.quotas.remove(id);
+        let stored = names.into_iter().filter(|(_, v)| *v).map(|(n, _)| n);
+        let mut done = Forgotten {
+            name,
+            uploads_withdrawn,
+            ..Forgotten::default()
+        };
+        if delete_files {
+            self.files.retain(|(c, _), _| c != id);
+            done.files_deleted = stored.collect();
+        } else {
+            done.files_kept = stored.collect();
+        }
+        Ok(done)
+    }
+
+    fn delete_file(
+        &mut self,
+        _cx: Ctx,
+        id: &ClientId,
+        file_name: &str,
+    ) -> Result<Deleted, StoreError> {
+        self.db()?;
+        self.change();
+        let uploads_withdrawn = self.withdraw(id, Some(file_name));
+        let had_record = self.files.remove(&(*id, file_name.to_owned())).is_some();
+        if !had_record && uploads_withdrawn == 0 {
+            return Err(StoreError::NotFound {
+                op: "delete file",
+                what: "no such file",
+            });
+        }
+        Ok(Deleted {
+            had_record,
+            uploads_withdrawn,
+        })
+    }
+
+    fn set_quota(
+        &mut self,
+        _cx: Ctx,
+        id: &ClientId,
+        quota: QuotaOverride,
+    ) -> Result<(), StoreError> {
+        self.client_mut(id)?;
+        if quota.is_default() {
+            self.quotas.remove(id);
+        } else {
+            self.quotas.insert(*id, quota);
+        }
+        Ok(())
     }
 }

@@ -1140,9 +1140,17 @@ impl<U> ServerSession<U> {
             }
             _ => m.content_size,
         };
+        // The least plaintext the content can decrypt to (PKCS#7 adds 1 to
+        // 16 bytes per ciphertext): what the quota is checked against
+        // before anything is stored.
+        let ciphertexts = match &packets {
+            Ok(Some(run)) if run.granularity == Granularity::Each => u64::from(run.total),
+            _ => 1,
+        };
+        let least = u64::from(whole).saturating_sub(AES_BLOCK_LEN as u64 * ciphertexts);
         let (content, packets) = match packets {
             Err(refusal) => (Content::Dropping(refusal), None),
-            Ok(run) => match self.open_sink(id, base.as_deref(), whole, now, store) {
+            Ok(run) => match self.open_sink(id, base.as_deref(), whole, least, now, store) {
                 Ok(sink) => (Content::Storing(Box::new(sink)), run),
                 Err(refusal) => (Content::Dropping(refusal), run),
             },
@@ -1218,6 +1226,7 @@ impl<U> ServerSession<U> {
         id: ClientId,
         base: Option<&str>,
         content_size: u32,
+        least_plain: u64,
         now: Instant,
         store: &mut S,
     ) -> Result<Sink<U>, Refusal> {
@@ -1232,6 +1241,7 @@ impl<U> ServerSession<U> {
         let stored_key = own.is_none();
         let key = own.or(rec.last_key).ok_or(Refusal::NoKey)?;
         let base = base.ok_or(Refusal::UnusableFileName)?;
+        store.check_quota(&id, base, least_plain)?;
         let upload = store.begin_upload(cx, &id, base, content_size)?;
         Ok(Sink {
             upload,

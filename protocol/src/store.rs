@@ -58,14 +58,30 @@
 //! connection (§1: a client may use a new connection per step); when a
 //! connection closes its uploads become orphans, deleted after a while
 //! unless a verdict comes on another connection.
+//!
+//! # Quotas and administration
+//!
+//! A store keeps each client within its [`Quota`] (the most bytes and
+//! files it may keep; [`Quota::check`] is the rule both stores apply):
+//! [`Store::check_quota`] before content is stored, again with the exact
+//! size when the upload completes ([`Store::finish_upload`]) and when it
+//! is accepted ([`Store::apply_verdict`]), each refusal a
+//! [`StoreError::OverQuota`]. An administrator's changes
+//! ([`Store::forget_client`], [`Store::delete_file`], [`Store::set_quota`])
+//! come through the same contract, between the driver's passes, and
+//! commit with the pass: uploads of what they remove that are still
+//! arriving or awaiting a verdict are withdrawn ([`LiveUploads`]), so they
+//! end in a refusal and leave nothing stored.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::consts::PUBLIC_KEY_LEN;
 use crate::crypto::AesKey;
-pub use crate::error::StoreError;
+pub use crate::error::{QuotaExceeded, QuotaLimit, StoreError};
 use crate::wire::ClientId;
 
 /// A connection as the store knows it: the driver's serial number for it,
@@ -189,6 +205,230 @@ impl Commit {
     }
 }
 
+/// The most one client may keep: the bytes of its stored files added up,
+/// and their number. `None` is unlimited (the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quota {
+    /// Most bytes.
+    pub max_bytes: Option<u64>,
+    /// Most files.
+    pub max_files: Option<u64>,
+}
+
+/// What a client keeps: its stored (verified) files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Number of files.
+    pub files: u64,
+    /// Their sizes added up.
+    pub bytes: u64,
+}
+
+impl Quota {
+    /// No limit at all.
+    pub const UNLIMITED: Quota = Quota {
+        max_bytes: None,
+        max_files: None,
+    };
+
+    /// Whether either limit is set.
+    pub fn is_limited(&self) -> bool {
+        self.max_bytes.is_some() || self.max_files.is_some()
+    }
+
+    /// Whether a client that keeps `usage` may keep a file of `size`
+    /// bytes more. `replaced` is the size of the stored file the new one
+    /// replaces (same name), if any: a replacement counts the difference
+    /// in bytes and no new file. Exactly at a limit is within it.
+    pub fn check(
+        &self,
+        usage: Usage,
+        replaced: Option<u64>,
+        size: u64,
+    ) -> Result<(), QuotaExceeded> {
+        let files = usage.files + u64::from(replaced.is_none());
+        let bytes = usage
+            .bytes
+            .saturating_sub(replaced.unwrap_or(0))
+            .saturating_add(size);
+        if let Some(max) = self.max_files {
+            if files > max {
+                return Err(QuotaExceeded {
+                    limit: QuotaLimit::Files,
+                    max,
+                    would_be: files,
+                });
+            }
+        }
+        if let Some(max) = self.max_bytes {
+            if bytes > max {
+                return Err(QuotaExceeded {
+                    limit: QuotaLimit::Bytes,
+                    max,
+                    would_be: bytes,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One limit of a client's own quota, set by an administrator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuotaSetting {
+    /// The server's setting applies.
+    #[default]
+    Default,
+    /// No limit for this client, whatever the server's setting.
+    Unlimited,
+    /// This limit for this client.
+    Max(u64),
+}
+
+impl QuotaSetting {
+    fn apply(self, default: Option<u64>) -> Option<u64> {
+        match self {
+            QuotaSetting::Default => default,
+            QuotaSetting::Unlimited => None,
+            QuotaSetting::Max(n) => Some(n),
+        }
+    }
+}
+
+impl fmt::Display for QuotaSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QuotaSetting::Default => f.write_str("default"),
+            QuotaSetting::Unlimited => f.write_str("unlimited"),
+            QuotaSetting::Max(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for QuotaSetting {
+    type Err = String;
+
+    /// `default`, `unlimited`, or a number.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "default" => Ok(QuotaSetting::Default),
+            "unlimited" => Ok(QuotaSetting::Unlimited),
+            n => n
+                .parse()
+                .map(QuotaSetting::Max)
+                .map_err(|_| format!("'{text}' is not a number, 'unlimited' or 'default'")),
+        }
+    }
+}
+
+/// A client's own quota: each limit the server's, none, or its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QuotaOverride {
+    /// The bytes limit.
+    pub bytes: QuotaSetting,
+    /// The files limit.
+    pub files: QuotaSetting,
+}
+
+impl QuotaOverride {
+    /// The quota in effect for a client with this override on a server
+    /// whose setting is `default`.
+    pub fn apply(&self, default: Quota) -> Quota {
+        Quota {
+            max_bytes: self.bytes.apply(default.max_bytes),
+            max_files: self.files.apply(default.max_files),
+        }
+    }
+
+    /// Whether both limits are the server's (no override at all).
+    pub fn is_default(&self) -> bool {
+        *self == QuotaOverride::default()
+    }
+}
+
+/// What [`Store::forget_client`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Forgotten {
+    /// The name the client had (now free), if it still had a record.
+    pub name: Option<String>,
+    /// Its stored files (base names) deleted with it.
+    pub files_deleted: Vec<String>,
+    /// Its stored files kept (without `delete_files`).
+    pub files_kept: Vec<String>,
+    /// Its uploads withdrawn: still arriving or awaiting a verdict.
+    pub uploads_withdrawn: usize,
+}
+
+/// What [`Store::delete_file`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Deleted {
+    /// The file had a record (and, if verified, a stored file).
+    pub had_record: bool,
+    /// Uploads of the name withdrawn: still arriving or awaiting a verdict.
+    pub uploads_withdrawn: usize,
+}
+
+/// The mark of an upload being received: set when an administrator
+/// withdraws it ([`LiveUploads::withdraw`]). The store checks it on every
+/// write and when the upload completes.
+#[derive(Debug, Clone)]
+pub struct Withdrawal(Arc<AtomicBool>);
+
+impl Withdrawal {
+    /// Whether the upload was withdrawn.
+    pub fn is_withdrawn(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The uploads being received, by client and name, so that forgetting a
+/// client or deleting a file can withdraw those still arriving. Entries
+/// go away with their upload (weak references, pruned as new ones come).
+#[derive(Debug, Default)]
+pub struct LiveUploads {
+    entries: Vec<(ClientId, String, Weak<AtomicBool>)>,
+    prune_at: usize,
+}
+
+impl LiveUploads {
+    /// Records an upload beginning; its mark.
+    pub fn register(&mut self, client: ClientId, file_name: &str) -> Withdrawal {
+        if self.entries.len() >= self.prune_at {
+            self.entries.retain(|(_, _, w)| w.strong_count() > 0);
+            self.prune_at = (self.entries.len() * 2).max(64);
+        }
+        let mark = Arc::new(AtomicBool::new(false));
+        self.entries
+            .push((client, file_name.to_owned(), Arc::downgrade(&mark)));
+        Withdrawal(mark)
+    }
+
+    /// Uploads being received now.
+    pub fn count(&mut self) -> usize {
+        self.entries.retain(|(_, _, w)| w.strong_count() > 0);
+        self.entries.len()
+    }
+
+    /// Marks the client's uploads (of `file_name` only, if given) being
+    /// received as withdrawn; how many.
+    pub fn withdraw(&mut self, client: &ClientId, file_name: Option<&str>) -> usize {
+        let mut n = 0;
+        self.entries.retain(|(c, name, w)| {
+            let Some(mark) = w.upgrade() else {
+                return false;
+            };
+            if c == client && file_name.is_none_or(|f| f == name) {
+                if !mark.swap(true, Ordering::Relaxed) {
+                    n += 1;
+                }
+                return false;
+            }
+            true
+        });
+        n
+    }
+}
+
 /// Storage behind server sessions. Calls come from one thread; each call
 /// is expected to finish quickly (the server runs one event loop).
 pub trait Store {
@@ -237,7 +477,17 @@ pub trait Store {
         content_size: u32,
     ) -> Result<Self::Upload, StoreError>;
 
-    /// Appends decrypted bytes to an upload.
+    /// Whether keeping a file of `size` bytes as `file_name` (new, or
+    /// replacing the stored file of that name) keeps the client within its
+    /// quota: [`StoreError::OverQuota`] if not, and the refusal is counted.
+    /// The session asks before any content is stored, with the smallest
+    /// size the content can decrypt to; the store asks again with the
+    /// exact size in [`Store::finish_upload`] and [`Store::apply_verdict`].
+    fn check_quota(&mut self, id: &ClientId, file_name: &str, size: u64) -> Result<(), StoreError>;
+
+    /// Appends decrypted bytes to an upload. Fails with
+    /// [`StoreError::Withdrawn`] once an administrator removed its client
+    /// or file.
     fn write_upload(
         &mut self,
         upload: &mut Self::Upload,
@@ -248,7 +498,9 @@ pub trait Store {
     /// awaiting a verdict, for `cx.conn`. May discard older pending
     /// uploads to stay within the store's caps (the connection's own
     /// oldest, orphans); fails if only other clients' live uploads hold
-    /// the slots.
+    /// the slots, if keeping it would exceed the client's quota
+    /// ([`StoreError::OverQuota`]), or if it was withdrawn. On failure
+    /// nothing of it is kept.
     fn finish_upload(
         &mut self,
         cx: Ctx,
@@ -265,7 +517,9 @@ pub trait Store {
     /// Accepting places the file at its final path and marks it Verified;
     /// the answer that says so must wait for the commit that makes it
     /// durable ([`Store::uncommitted`]). Nothing earlier is damaged if it
-    /// fails.
+    /// fails. An accept that would take the client over its quota (other
+    /// uploads were accepted meanwhile) fails with
+    /// [`StoreError::OverQuota`] and the upload is discarded.
     fn apply_verdict(
         &mut self,
         cx: Ctx,
@@ -330,6 +584,39 @@ pub trait Store {
     /// wall-clock time that goes with it): orphans past their time are
     /// deleted.
     fn housekeeping(&mut self, now: Instant, wall: SystemTime);
+
+    /// An administrator forgets a client: its record and its own quota go
+    /// (its name is free again), its uploads still arriving or awaiting a
+    /// verdict are withdrawn (they end in a refusal), and with
+    /// `delete_files` its stored files and their records go too; without
+    /// it they stay, recorded under its id. Durable at the next commit.
+    /// [`StoreError::NotFound`] if neither a record nor files of the id
+    /// exist.
+    fn forget_client(
+        &mut self,
+        cx: Ctx,
+        id: &ClientId,
+        delete_files: bool,
+    ) -> Result<Forgotten, StoreError>;
+
+    /// An administrator deletes a client's file: its record and stored
+    /// file go, and its uploads of that name still arriving or awaiting a
+    /// verdict are withdrawn (a 1029 for one then finds nothing pending).
+    /// Durable at the next commit. [`StoreError::NotFound`] if there was
+    /// nothing of that name.
+    fn delete_file(
+        &mut self,
+        cx: Ctx,
+        id: &ClientId,
+        file_name: &str,
+    ) -> Result<Deleted, StoreError>;
+
+    /// An administrator sets a client's own quota (all
+    /// [`QuotaSetting::Default`] removes it). Applies to the next check;
+    /// durable at the next commit. [`StoreError::NotFound`] for an unknown
+    /// client.
+    fn set_quota(&mut self, cx: Ctx, id: &ClientId, quota: QuotaOverride)
+        -> Result<(), StoreError>;
 }
 
 /// A pending upload in a [`PendingSet`].
@@ -594,6 +881,16 @@ impl<T> PendingSet<T> {
             .map(|t| t + self.limits.orphan_ttl)
     }
 
+    /// Ids of the client's entries (of `file_name` only, if given),
+    /// oldest first.
+    pub fn of_client(&self, client: &ClientId, file_name: Option<&str>) -> Vec<UploadId> {
+        self.entries
+            .iter()
+            .filter(|(_, p)| p.client == *client && file_name.is_none_or(|f| f == p.file_name))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     /// Ids of every entry, oldest first.
     pub fn ids(&self) -> Vec<UploadId> {
         self.entries.keys().copied().collect()
@@ -689,6 +986,74 @@ mod tests {
         assert!(s.expired(t0 + Duration::from_secs(9)).is_empty());
         assert_eq!(s.expired(t0 + Duration::from_secs(10)), [orphan]);
         assert!(s.has_conn(2) && !s.has_conn(1));
+    }
+
+    #[test]
+    fn quota_checks_are_exact_at_the_limit_and_count_a_replacement_by_its_difference() {
+        let q = Quota {
+            max_bytes: Some(100),
+            max_files: Some(2),
+        };
+        let usage = Usage {
+            files: 1,
+            bytes: 60,
+        };
+        assert_eq!(q.check(usage, None, 40), Ok(()));
+        let over = q.check(usage, None, 41).unwrap_err();
+        assert_eq!(
+            (over.limit, over.max, over.would_be),
+            (QuotaLimit::Bytes, 100, 101)
+        );
+        // Replacing the 60-byte file: only the new size counts.
+        assert_eq!(q.check(usage, Some(60), 100), Ok(()));
+        assert!(q.check(usage, Some(60), 101).is_err());
+        // A third file is one too many; a replacement is not a new file.
+        let full = Usage {
+            files: 2,
+            bytes: 10,
+        };
+        assert_eq!(q.check(full, None, 1).unwrap_err().limit, QuotaLimit::Files);
+        assert_eq!(q.check(full, Some(5), 1), Ok(()));
+        assert_eq!(Quota::UNLIMITED.check(full, None, u64::MAX), Ok(()));
+    }
+
+    #[test]
+    fn a_quota_override_replaces_each_limit_on_its_own() {
+        let server = Quota {
+            max_bytes: Some(10),
+            max_files: Some(3),
+        };
+        let own = QuotaOverride {
+            bytes: QuotaSetting::Max(99),
+            files: QuotaSetting::Unlimited,
+        };
+        assert_eq!(
+            own.apply(server),
+            Quota {
+                max_bytes: Some(99),
+                max_files: None
+            }
+        );
+        assert_eq!(QuotaOverride::default().apply(server), server);
+        for text in ["default", "unlimited", "42"] {
+            assert_eq!(text.parse::<QuotaSetting>().unwrap().to_string(), text);
+        }
+        assert!("-1".parse::<QuotaSetting>().is_err());
+    }
+
+    #[test]
+    fn withdrawing_marks_only_the_matching_live_uploads() {
+        let mut live = LiveUploads::default();
+        let a = live.register(ALICE, "a");
+        let b = live.register(ALICE, "b");
+        let bob = live.register(BOB, "a");
+        let gone = live.register(ALICE, "a");
+        drop(gone);
+        assert_eq!(live.withdraw(&ALICE, Some("a")), 1);
+        assert!(a.is_withdrawn() && !b.is_withdrawn() && !bob.is_withdrawn());
+        assert_eq!(live.withdraw(&ALICE, None), 1);
+        assert!(b.is_withdrawn() && !bob.is_withdrawn());
+        assert_eq!(live.withdraw(&ALICE, None), 0);
     }
 
     #[test]

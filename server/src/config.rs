@@ -9,6 +9,7 @@ use clap::Parser;
 use sealdrop_protocol::consts::{DEFAULT_PORT, MAX_PLAINTEXT_SIZE};
 use sealdrop_protocol::crypto::encrypted_len;
 use sealdrop_protocol::decode::RevisionChoice;
+use sealdrop_protocol::store::Quota;
 use sealdrop_protocol::{Revision, ServerConfig};
 
 /// Default cap on open client connections. Each idle connection costs a
@@ -38,7 +39,7 @@ pub struct Args {
 
     /// Directory for the database (defensive.db) and received files
     /// (files/<client id hex>/<name>).
-    #[arg(long, value_name = "DIR", default_value = ".")]
+    #[arg(long, value_name = "DIR", default_value = ".", global = true)]
     pub data_dir: PathBuf,
 
     /// Most client connections open at once; beyond it the server stops
@@ -107,6 +108,28 @@ pub struct Args {
     /// outside socket activation) the port file must hold a port.
     #[arg(long)]
     pub check_config: bool,
+
+    /// Most bytes one client may keep (its stored files added up);
+    /// suffixes K, M, G, T. An upload that would exceed it is refused with
+    /// the revision's error answer. Default unlimited; a client's own quota
+    /// (`clients quota`) replaces it.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub quota_bytes: Option<u64>,
+
+    /// Most files one client may keep. Default unlimited; a client's own
+    /// quota (`clients quota`) replaces it.
+    #[arg(long, value_name = "N")]
+    pub quota_files: Option<u64>,
+
+    /// Unix socket on which the running server takes administration
+    /// commands (mode 0600; see `sealdrop-server help clients`). Default:
+    /// control.sock in the data directory.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub control_socket: Option<PathBuf>,
+
+    /// An administration command instead of running the server.
+    #[command(subcommand)]
+    pub command: Option<crate::admin::AdminCommand>,
 }
 
 /// The man page's section: the server is a system administration
@@ -168,7 +191,8 @@ reopen: the log is stderr; flags are read at start only).
 
 Exit status: 0 after a clean shutdown (SIGTERM/SIGINT) or a good --check-config,
 1 on a start-up error (bad flags or values, bad configuration, unusable data
-directory or port).
+directory or port). Administration commands: 0 done, 1 error, 2 verify found
+problems, 3 no such client or file.
 
 Example:
   sealdrop-server --listen 127.0.0.1:1357 --data-dir /var/lib/sealdrop
@@ -379,9 +403,18 @@ pub struct Settings {
     pub store: StoreConfig,
     /// Drain deadline on shutdown.
     pub drain_timeout: Duration,
+    /// `--control-socket`, if given (else [`Settings::control_socket_path`]
+    /// is in the data directory).
+    pub control_socket: Option<PathBuf>,
 }
 
 impl Settings {
+    /// Where the control socket is: `--control-socket`, else
+    /// [`crate::control::SOCKET_NAME`] in the data directory.
+    pub fn control_socket_path(&self) -> PathBuf {
+        control_socket_path(self.control_socket.as_deref(), &self.data_dir)
+    }
+
     /// The defaults of every flag, listening on `listen` with data in
     /// `data_dir`: what an in-process server of the tests runs with.
     pub fn with_defaults(listen: SocketAddr, data_dir: &Path) -> Settings {
@@ -392,6 +425,15 @@ impl Settings {
         settings.data_dir = data_dir.to_path_buf();
         settings
     }
+}
+
+/// The control socket's path: `explicit`, else
+/// [`crate::control::SOCKET_NAME`] in `data_dir`.
+pub fn control_socket_path(explicit: Option<&Path>, data_dir: &Path) -> PathBuf {
+    explicit.map_or_else(
+        || data_dir.join(crate::control::SOCKET_NAME),
+        Path::to_path_buf,
+    )
 }
 
 /// What to do when the port file is needed but unusable.
@@ -462,6 +504,10 @@ impl Args {
                 SyncModeArg::Syncfs => SyncMode::Syncfs,
                 SyncModeArg::Fsync => SyncMode::Fsync,
             },
+            quota: Quota {
+                max_bytes: self.quota_bytes,
+                max_files: self.quota_files,
+            },
             ..StoreConfig::default()
         };
         Ok(Settings {
@@ -471,6 +517,7 @@ impl Args {
             session,
             store,
             drain_timeout: Duration::from_secs(self.drain_timeout),
+            control_socket: self.control_socket.clone(),
         })
     }
 }

@@ -21,7 +21,7 @@ use std::cell::Cell;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior};
 use sealdrop_protocol::consts::PUBLIC_KEY_LEN;
 use sealdrop_protocol::crypto::AesKey;
-use sealdrop_protocol::store::{ClientRecord, StoreError};
+use sealdrop_protocol::store::{ClientRecord, QuotaOverride, QuotaSetting, StoreError};
 use sealdrop_protocol::ClientId;
 
 /// The database's file name in the data directory (§8, revision 2023c).
@@ -38,8 +38,28 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The schema version this server writes into `PRAGMA user_version`.
 /// Version 0 is a new database or one made by a peer that does not set
-/// it (the Python peer); version 1 has the §8 tables.
-pub const SCHEMA_VERSION: i64 = 2;
+/// it (the Python peer); version 1 has the §8 tables; version 2 takes
+/// 32-byte keys; version 3 adds the tables of quotas, file sizes and
+/// cksums, and lifetime counters ([`QUOTAS_TABLE_SQL`],
+/// [`FILE_META_TABLE_SQL`], [`COUNTERS_TABLE_SQL`]).
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// Version 3: a client's own quota, set by an administrator. `MaxBytes`
+/// and `MaxFiles` are NULL for the server's setting, -1 for unlimited,
+/// else the limit.
+pub const QUOTAS_TABLE_SQL: &str =
+    "CREATE TABLE quotas(ID BLOB(16) PRIMARY KEY, MaxBytes INTEGER, MaxFiles INTEGER)";
+
+/// Version 3: the size and cksum of each stored file, recorded when it
+/// is accepted (files stored before have their size filled in at the
+/// next start and no cksum). Beside §8's `files` table, which stays as
+/// the protocol declares it.
+pub const FILE_META_TABLE_SQL: &str = "CREATE TABLE file_meta(ID BLOB(16), FileName TEXT, Size INTEGER, Cksum INTEGER, PRIMARY KEY(ID, FileName))";
+
+/// Version 3: counters over the database's life (uploads by outcome),
+/// added to at each commit.
+pub const COUNTERS_TABLE_SQL: &str =
+    "CREATE TABLE counters(Name TEXT PRIMARY KEY, Value INTEGER NOT NULL)";
 
 /// Statements kept prepared: every statement of this module fits, so the
 /// per-request ones (touch, lookups) are never re-parsed.
@@ -72,6 +92,28 @@ pub struct FileRow {
     pub path_name: String,
     /// Whether a 1029 confirmed the file now at `path_name` (`Verified`).
     pub verified: bool,
+}
+
+/// One row of `clients` as the administration commands show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRow {
+    /// `ID`.
+    pub id: ClientId,
+    /// `Name`.
+    pub name: String,
+    /// `LastSeen` as stored (UTC ISO 8601 from this server).
+    pub last_seen: Option<String>,
+    /// Whether it completed key exchange (`PublicKey` is set).
+    pub key_exchanged: bool,
+}
+
+/// What `file_meta` records for a stored file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileMeta {
+    /// Its size in bytes.
+    pub size: Option<u64>,
+    /// Its POSIX cksum, if it was accepted by a server that kept it.
+    pub cksum: Option<u32>,
 }
 
 /// Where a group commit stands (see [`Db::set_batching`]).
@@ -234,7 +276,11 @@ impl Db {
             self.migrate_to_2()?;
             log::info!("database schema migrated (version {} -> 2)", version.max(1));
         }
-        // Later versions: `if version < 3 { self.migrate_to_3()?; }` and so on.
+        if version < 3 {
+            self.migrate_to_3()?;
+            log::info!("database schema migrated (version {} -> 3)", version.max(2));
+        }
+        // Later versions: `if version < 4 { self.migrate_to_4()?; }` and so on.
         Ok(())
     }
 
@@ -248,6 +294,25 @@ impl Db {
         self.conn
             .pragma_update(None, "user_version", 2i64)
             .map_err(op_err(op))
+    }
+
+    /// Version 3: the tables of quotas, file sizes and cksums, and
+    /// counters. §8's tables are untouched, so a database stays readable by
+    /// any peer; the new version keeps an older server, which would not
+    /// keep these tables up to date, from opening it.
+    fn migrate_to_3(&mut self) -> Result<(), StoreError> {
+        let op = "migrate schema to version 3";
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(op_err(op))?;
+        for sql in [QUOTAS_TABLE_SQL, FILE_META_TABLE_SQL, COUNTERS_TABLE_SQL] {
+            let sql = sql.replacen("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1);
+            tx.execute_batch(&sql).map_err(op_err(op))?;
+        }
+        tx.pragma_update(None, "user_version", 3i64)
+            .map_err(op_err(op))?;
+        tx.commit().map_err(op_err(op))
     }
 
     /// Version 1: the §8 tables. A database made by the Python peer already
@@ -603,10 +668,282 @@ impl Db {
         Ok(files)
     }
 
+    /// Opens `<data_dir>/defensive.db` read-only, for the administration
+    /// commands that only look: no lock is taken, nothing is migrated or
+    /// written, and a running server is not disturbed (WAL lets a reader
+    /// beside the writer). A newer schema is refused; an older one reads
+    /// as far as it goes (no quotas, sizes or counters before version 3).
+    pub fn open_read_only(data_dir: &Path) -> Result<Db, StoreError> {
+        let path = data_dir.join(DB_FILE_NAME);
+        if !path.is_file() {
+            return Err(StoreError::Invalid(format!(
+                "no database at {} (has a server ever run on this data directory?)",
+                path.display()
+            )));
+        }
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(op_err("open read-only"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(op_err("set busy timeout"))?;
+        let db = Db::from_connection(conn);
+        let version = db.schema_version()?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Invalid(format!(
+                "database: schema version {version} is newer than this program's {SCHEMA_VERSION}"
+            )));
+        }
+        db.check_columns()?;
+        Ok(db)
+    }
+
+    /// Whether the database has `table` (the version 3 tables are missing
+    /// from an older database opened read-only).
+    pub fn has_table(&self, table: &str) -> Result<bool, StoreError> {
+        let op = "look up table";
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1")
+            .map_err(op_err(op))?
+            .query_row([table], |row| row.get(0))
+            .map_err(op_err(op))?;
+        Ok(n > 0)
+    }
+
+    /// Every client, by name.
+    pub fn client_rows(&self) -> Result<Vec<ClientRow>, StoreError> {
+        let op = "list clients";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT ID, Name, LastSeen, PublicKey IS NOT NULL FROM clients ORDER BY Name, ID",
+            )
+            .map_err(op_err(op))?;
+        let rows = stmt
+            .query_map([], |row| {
+                let id = client_id_from(row.get_ref(0)?);
+                let name = match row.get_ref(1)? {
+                    ValueRef::Null => Ok(String::new()),
+                    other => text_from(other, "Name"),
+                };
+                let last_seen = match row.get_ref(2)? {
+                    ValueRef::Null => Ok(None),
+                    other => text_from(other, "LastSeen").map(Some),
+                };
+                let keyed: bool = row.get(3)?;
+                Ok((|| {
+                    Ok::<_, BadValue>(ClientRow {
+                        id: id?,
+                        name: name?,
+                        last_seen: last_seen?,
+                        key_exchanged: keyed,
+                    })
+                })())
+            })
+            .map_err(op_err(op))?;
+        let mut clients = Vec::new();
+        for row in rows {
+            match row.map_err(op_err(op))? {
+                Ok(c) => clients.push(c),
+                Err(e) => log::warn!("database: {op}: skipping a row: {e}"),
+            }
+        }
+        Ok(clients)
+    }
+
+    /// The rows of one client's files, by name.
+    pub fn files_of(&self, id: &ClientId) -> Result<Vec<FileRow>, StoreError> {
+        let op = "list a client's files";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT ID, FileName, PathName, Verified FROM files WHERE ID = ?1 ORDER BY FileName",
+            )
+            .map_err(op_err(op))?;
+        let rows = stmt
+            .query_map([&id.0[..]], file_from_row)
+            .map_err(op_err(op))?;
+        let mut files = Vec::new();
+        for row in rows {
+            match row.map_err(op_err(op))? {
+                Ok(file) => files.push(file),
+                Err(e) => log::warn!("database: {op}: skipping a row: {e}"),
+            }
+        }
+        Ok(files)
+    }
+
+    /// The recorded size and cksum of a file (nothing before version 3).
+    pub fn file_meta(&self, id: &ClientId, file_name: &str) -> Result<FileMeta, StoreError> {
+        let op = "look up file size";
+        if !self.has_table("file_meta")? {
+            return Ok(FileMeta::default());
+        }
+        let found = self
+            .conn
+            .prepare_cached("SELECT Size, Cksum FROM file_meta WHERE ID = ?1 AND FileName = ?2")
+            .map_err(op_err(op))?
+            .query_row((&id.0[..], file_name), |row| {
+                let size: Option<i64> = row.get(0)?;
+                let cksum: Option<i64> = row.get(1)?;
+                Ok(FileMeta {
+                    size: size.and_then(|n| u64::try_from(n).ok()),
+                    cksum: cksum.and_then(|n| u32::try_from(n).ok()),
+                })
+            })
+            .optional()
+            .map_err(op_err(op))?;
+        Ok(found.unwrap_or_default())
+    }
+
+    /// Records a stored file's size and (if known) cksum.
+    pub fn record_file_meta(
+        &self,
+        id: &ClientId,
+        file_name: &str,
+        size: u64,
+        cksum: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
+        self.write("record file size", |c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO file_meta (ID, FileName, Size, Cksum) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute((&id.0[..], file_name, size, cksum.map(i64::from)))
+        })?;
+        Ok(())
+    }
+
+    /// Deletes a file's row and its size record; whether it had a row.
+    pub fn delete_file_row(&self, id: &ClientId, file_name: &str) -> Result<bool, StoreError> {
+        self.write("delete file record", |c| {
+            c.prepare_cached("DELETE FROM file_meta WHERE ID = ?1 AND FileName = ?2")?
+                .execute((&id.0[..], file_name))?;
+            c.prepare_cached("DELETE FROM files WHERE ID = ?1 AND FileName = ?2")?
+                .execute((&id.0[..], file_name))
+                .map(|n| n > 0)
+        })
+    }
+
+    /// Deletes a client's row and its own quota; whether it had a row.
+    pub fn delete_client(&self, id: &ClientId) -> Result<bool, StoreError> {
+        self.write("delete client", |c| {
+            c.prepare_cached("DELETE FROM quotas WHERE ID = ?1")?
+                .execute([&id.0[..]])?;
+            c.prepare_cached("DELETE FROM clients WHERE ID = ?1")?
+                .execute([&id.0[..]])
+                .map(|n| n > 0)
+        })
+    }
+
+    /// A client's own quota (all [`QuotaSetting::Default`] without one).
+    pub fn quota_override(&self, id: &ClientId) -> Result<QuotaOverride, StoreError> {
+        let op = "look up quota";
+        if !self.has_table("quotas")? {
+            return Ok(QuotaOverride::default());
+        }
+        let found = self
+            .conn
+            .prepare_cached("SELECT MaxBytes, MaxFiles FROM quotas WHERE ID = ?1")
+            .map_err(op_err(op))?
+            .query_row([&id.0[..]], |row| {
+                Ok(QuotaOverride {
+                    bytes: setting_from(row.get(0)?),
+                    files: setting_from(row.get(1)?),
+                })
+            })
+            .optional()
+            .map_err(op_err(op))?;
+        Ok(found.unwrap_or_default())
+    }
+
+    /// Sets a client's own quota; all-default deletes it.
+    pub fn set_quota(&self, id: &ClientId, quota: &QuotaOverride) -> Result<(), StoreError> {
+        if quota.is_default() {
+            self.write("clear quota", |c| {
+                c.prepare_cached("DELETE FROM quotas WHERE ID = ?1")?
+                    .execute([&id.0[..]])
+            })?;
+            return Ok(());
+        }
+        self.write("set quota", |c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO quotas (ID, MaxBytes, MaxFiles) VALUES (?1, ?2, ?3)",
+            )?
+            .execute((&id.0[..], setting_to(quota.bytes), setting_to(quota.files)))
+        })?;
+        Ok(())
+    }
+
+    /// Adds to the lifetime counters.
+    pub fn add_counters(&self, deltas: &[(&str, u64)]) -> Result<(), StoreError> {
+        self.write("add to counters", |c| {
+            for (name, delta) in deltas.iter().filter(|(_, d)| *d > 0) {
+                let delta = i64::try_from(*delta).unwrap_or(i64::MAX);
+                c.prepare_cached(
+                    "INSERT INTO counters (Name, Value) VALUES (?1, ?2) \
+                     ON CONFLICT(Name) DO UPDATE SET Value = Value + excluded.Value",
+                )?
+                .execute((*name, delta))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The lifetime counters, by name (none before version 3).
+    pub fn counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let op = "read counters";
+        if !self.has_table("counters")? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT Name, Value FROM counters ORDER BY Name")
+            .map_err(op_err(op))?;
+        let rows = stmt
+            .query_map([], |row| {
+                let value: i64 = row.get(1)?;
+                Ok((row.get::<_, String>(0)?, value.unsigned_abs()))
+            })
+            .map_err(op_err(op))?;
+        rows.collect::<Result<_, _>>().map_err(op_err(op))
+    }
+
+    /// Starts a read transaction, so the queries that follow see one
+    /// state of the database (a server may commit meanwhile); ended by
+    /// [`Db::end_snapshot`].
+    pub fn begin_snapshot(&self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("BEGIN DEFERRED")
+            .map_err(op_err("begin read"))
+    }
+
+    /// Ends [`Db::begin_snapshot`].
+    pub fn end_snapshot(&self) {
+        let _ = self.conn.execute_batch("COMMIT");
+    }
+
     /// The underlying connection, for tests in this crate.
     #[cfg(test)]
     pub(crate) fn connection(&self) -> &Connection {
         &self.conn
+    }
+}
+
+/// A quota column's value: NULL the server's setting, -1 unlimited.
+fn setting_from(value: Option<i64>) -> QuotaSetting {
+    match value {
+        None => QuotaSetting::Default,
+        Some(n) if n < 0 => QuotaSetting::Unlimited,
+        Some(n) => QuotaSetting::Max(n.unsigned_abs()),
+    }
+}
+
+fn setting_to(setting: QuotaSetting) -> Option<i64> {
+    match setting {
+        QuotaSetting::Default => None,
+        QuotaSetting::Unlimited => Some(-1),
+        QuotaSetting::Max(n) => Some(i64::try_from(n).unwrap_or(i64::MAX)),
     }
 }
 
@@ -919,7 +1256,7 @@ mod tests {
         .unwrap();
         drop(conn);
         let db = Db::open(dir.path()).unwrap();
-        assert_eq!(db.schema_version().unwrap(), 2);
+        assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
         let old = db.client_by_name("old").unwrap().unwrap();
         assert_eq!(old.last_key, Some(AesKey::from_bytes([5; 16])));
         let key256 = AesKey::from_slice(&[6u8; 32]).unwrap();
@@ -939,6 +1276,89 @@ mod tests {
             )
             .unwrap();
         assert_eq!(sql, CLIENTS_TABLE_SQL);
+    }
+
+    /// A version 2 database gains the quota, file size and counter tables
+    /// (empty) and keeps §8's tables and rows as they were.
+    #[test]
+    fn a_version_2_database_migrates_to_3_with_empty_new_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+        conn.execute_batch(&format!("{CLIENTS_TABLE_SQL}; {FILES_TABLE_SQL};"))
+            .unwrap();
+        conn.pragma_update(None, "user_version", 2i64).unwrap();
+        conn.execute(
+            "INSERT INTO files VALUES (?1, 'a', '/x/a', 1)",
+            [&[1u8; 16][..]],
+        )
+        .unwrap();
+        drop(conn);
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(db.schema_version().unwrap(), 3);
+        assert_eq!(table_sql(&db, "quotas"), QUOTAS_TABLE_SQL);
+        assert_eq!(table_sql(&db, "file_meta"), FILE_META_TABLE_SQL);
+        assert_eq!(table_sql(&db, "counters"), COUNTERS_TABLE_SQL);
+        assert_eq!(table_sql(&db, "files"), FILES_TABLE_SQL);
+        assert_eq!(db.files().unwrap().len(), 1);
+        assert!(db.counters().unwrap().is_empty());
+    }
+
+    #[test]
+    fn quotas_sizes_and_counters_round_trip() {
+        let (_dir, db) = open_temp();
+        let id = ClientId([3; 16]);
+        assert!(db.quota_override(&id).unwrap().is_default());
+        let own = QuotaOverride {
+            bytes: QuotaSetting::Unlimited,
+            files: QuotaSetting::Max(7),
+        };
+        db.set_quota(&id, &own).unwrap();
+        assert_eq!(db.quota_override(&id).unwrap(), own);
+        db.set_quota(&id, &QuotaOverride::default()).unwrap();
+        assert!(db.quota_override(&id).unwrap().is_default());
+
+        db.mark_verified(&id, "f", "/p/f").unwrap();
+        db.record_file_meta(&id, "f", 1234, Some(99)).unwrap();
+        assert_eq!(
+            db.file_meta(&id, "f").unwrap(),
+            FileMeta {
+                size: Some(1234),
+                cksum: Some(99)
+            }
+        );
+        assert!(db.delete_file_row(&id, "f").unwrap());
+        assert!(!db.delete_file_row(&id, "f").unwrap());
+        assert_eq!(db.file_meta(&id, "f").unwrap(), FileMeta::default());
+
+        db.add_counters(&[("verified", 2), ("aborted", 0)]).unwrap();
+        db.add_counters(&[("verified", 3), ("expired", 1)]).unwrap();
+        assert_eq!(
+            db.counters().unwrap(),
+            [("expired".to_string(), 1), ("verified".to_string(), 5)]
+        );
+    }
+
+    #[test]
+    fn a_read_only_view_of_a_version_2_database_has_no_quotas_sizes_or_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+        conn.execute_batch(&format!("{CLIENTS_TABLE_SQL}; {FILES_TABLE_SQL};"))
+            .unwrap();
+        conn.pragma_update(None, "user_version", 2i64).unwrap();
+        conn.execute(
+            "INSERT INTO clients (ID, Name, LastSeen) VALUES (?1, 'zoe', '2025-01-01T00:00:00Z')",
+            [&[4u8; 16][..]],
+        )
+        .unwrap();
+        drop(conn);
+        let db = Db::open_read_only(dir.path()).unwrap();
+        assert_eq!(db.schema_version().unwrap(), 2, "nothing migrated");
+        let clients = db.client_rows().unwrap();
+        assert_eq!(clients.len(), 1);
+        assert!(!clients[0].key_exchanged);
+        assert!(db.quota_override(&ClientId([4; 16])).unwrap().is_default());
+        assert!(db.counters().unwrap().is_empty());
+        assert!(Db::open_read_only(&dir.path().join("nowhere")).is_err());
     }
 
     #[test]

@@ -39,6 +39,7 @@ use sealdrop_protocol::store::{Durability, Store};
 use sealdrop_protocol::ServerSession;
 
 use crate::config::Settings;
+use crate::control::{self, Control};
 use crate::inprocess::Observed;
 use crate::systemd;
 
@@ -172,6 +173,9 @@ pub struct Server {
     capped: bool,
     next_housekeeping: Instant,
     watchdog: Option<(Duration, Instant)>,
+    /// The control socket (administration commands), if it could be bound.
+    control: Option<Control>,
+    started: Instant,
 }
 
 impl Server {
@@ -208,6 +212,16 @@ impl Server {
         let local_addrs = bound.iter().map(|l| l.addr).collect();
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let now = Instant::now();
+        let control = Control::bind(&settings.control_socket_path(), poll.registry())
+            .inspect(|c| log::info!("administration commands on {}", c.path().display()))
+            .map_err(|e| {
+                log::warn!(
+                    "cannot serve the control socket {}: {e}; administration commands that \
+                     change something will not work while the server runs",
+                    settings.control_socket_path().display()
+                )
+            })
+            .ok();
         Ok(Server {
             poll,
             listeners: bound,
@@ -230,6 +244,8 @@ impl Server {
             next_housekeeping: now + HOUSEKEEPING,
             watchdog: systemd::watchdog_interval().map(|d| (d, now)),
             settings,
+            control,
+            started: now,
         })
     }
 
@@ -290,10 +306,22 @@ impl Server {
                             l.backlog = true;
                         }
                     }
+                    token if control::owns(token) => {
+                        if let Some(c) = self.control.as_mut() {
+                            c.on_event(token);
+                        }
+                    }
                     token => self.on_conn_event(token, event),
                 }
             }
             let now = Instant::now();
+            if let Some(c) = self.control.as_mut() {
+                let stats = control::LoopStats {
+                    connections: self.conns.len(),
+                    started: self.started,
+                };
+                c.serve(self.poll.registry(), &mut self.store, now, stats);
+            }
             self.accept(now);
             for token in std::mem::take(&mut self.again) {
                 self.drive(token);
@@ -334,6 +362,10 @@ impl Server {
             .then(|| self.store.commit(Instant::now()));
         if let Some(e) = commit.as_ref().and_then(|c| c.error.as_ref()) {
             log::error!("storage sync failed: {e}; this pass's answers become 2107");
+        }
+        if let Some(c) = self.control.as_mut() {
+            let error = commit.as_ref().and_then(|c| c.error.as_ref());
+            c.committed(self.poll.registry(), error);
         }
         for key in touched {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -379,6 +411,9 @@ impl Server {
         }
         if let Some(deadline) = self.draining {
             next = next.min(deadline);
+        }
+        if let Some(at) = self.control.as_ref().and_then(Control::next_deadline) {
+            next = next.min(at);
         }
         Some(next.saturating_duration_since(now))
     }

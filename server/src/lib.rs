@@ -5,7 +5,9 @@
 //! the log. The binary (`main.rs`) only parses flags and calls in here;
 //! tests and the benchmark run the same loop in-process
 //! ([`inprocess::spawn`]).
+pub mod admin;
 pub mod config;
+pub mod control;
 pub mod db;
 pub mod direct;
 pub mod event_loop;

@@ -1,6 +1,8 @@
 //! sealdrop-server: the binary. Parses flags, opens storage, binds (or
 //! adopts) the listening socket, tells systemd it is ready, and runs the
-//! event loop until SIGTERM or SIGINT.
+//! event loop until SIGTERM or SIGINT; or, given a subcommand (`clients`,
+//! `files`, `stats`, `verify`), runs that administration command
+//! ([`sealdrop_server::admin`]) and exits.
 
 use std::io::Write;
 use std::path::Path;
@@ -13,7 +15,7 @@ use sealdrop_protocol::decode::RevisionChoice;
 use sealdrop_server::config::{self, Args, ListenSpec, Settings};
 use sealdrop_server::event_loop::Server;
 use sealdrop_server::store::DiskStore;
-use sealdrop_server::{logging, systemd};
+use sealdrop_server::{admin, logging, systemd};
 
 fn main() -> ExitCode {
     if let Some(code) = packager_output() {
@@ -33,6 +35,19 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Some(command) = &args.command {
+        // Only what went wrong: the command's own output is its result.
+        logging::init("warn");
+        let place = admin::Place {
+            data_dir: args.data_dir.clone(),
+            socket: config::control_socket_path(args.control_socket.as_deref(), &args.data_dir),
+            quota: sealdrop_protocol::store::Quota {
+                max_bytes: args.quota_bytes,
+                max_files: args.quota_files,
+            },
+        };
+        return ExitCode::from(admin::run(command, &place));
+    }
     logging::init(args.log_level.filter());
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -47,8 +47,9 @@ use std::time::{Duration, Instant, SystemTime};
 use sealdrop_protocol::consts::PUBLIC_KEY_LEN;
 use sealdrop_protocol::crypto::AesKey;
 use sealdrop_protocol::store::{
-    ClientRecord, Commit, ConnId, Ctx, Eviction, PendingEntry, PendingLimits, PendingSet, Store,
-    StoreError, UploadId, UploadSummary, Verdict, VerdictOutcome,
+    ClientRecord, Commit, ConnId, Ctx, Deleted, Eviction, Forgotten, LiveUploads, PendingEntry,
+    PendingLimits, PendingSet, Quota, QuotaOverride, Store, StoreError, UploadId, UploadSummary,
+    Usage, Verdict, VerdictOutcome, Withdrawal,
 };
 use sealdrop_protocol::ClientId;
 
@@ -98,6 +99,9 @@ pub struct StoreConfig {
     pub max_pending_per_conn: usize,
     /// How group commit syncs files. Default [`DEFAULT_SYNC_MODE`].
     pub sync_mode: SyncMode,
+    /// The most bytes and files a client may keep, unless it has a quota
+    /// of its own. Default unlimited.
+    pub quota: Quota,
 }
 
 impl Default for StoreConfig {
@@ -107,7 +111,91 @@ impl Default for StoreConfig {
             max_pending: DEFAULT_MAX_PENDING,
             max_pending_per_conn: DEFAULT_MAX_PENDING_PER_CONN,
             sync_mode: DEFAULT_SYNC_MODE,
+            quota: Quota::UNLIMITED,
         }
+    }
+}
+
+/// How an upload ended, as `stats` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted (1029) and stored.
+    Verified,
+    /// Thrown away at the client's word (1030 or 1031).
+    Discarded,
+    /// Refused for its client's quota.
+    OverQuota,
+    /// No verdict in time (its connection closed past `--orphan-ttl`), or
+    /// discarded for room (the pending-upload caps).
+    Expired,
+    /// Cut short: its connection was lost, its padding was wrong, a write
+    /// or the commit failed.
+    Aborted,
+    /// Withdrawn by an administrator (its client forgotten or its file
+    /// deleted while it arrived or awaited a verdict).
+    Withdrawn,
+}
+
+impl Outcome {
+    /// Every outcome, in the order `stats` shows them.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Verified,
+        Outcome::Discarded,
+        Outcome::OverQuota,
+        Outcome::Expired,
+        Outcome::Aborted,
+        Outcome::Withdrawn,
+    ];
+
+    /// Its name in `stats`, the JSON and the `counters` table.
+    pub fn key(self) -> &'static str {
+        match self {
+            Outcome::Verified => "verified",
+            Outcome::Discarded => "discarded",
+            Outcome::OverQuota => "over_quota",
+            Outcome::Expired => "expired",
+            Outcome::Aborted => "aborted",
+            Outcome::Withdrawn => "withdrawn",
+        }
+    }
+}
+
+/// Uploads counted by [`Outcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outcomes([u64; 6]);
+
+impl Outcomes {
+    /// The count of one outcome.
+    pub fn get(&self, outcome: Outcome) -> u64 {
+        self.0[outcome as usize]
+    }
+
+    fn add(&mut self, outcome: Outcome, n: u64) {
+        let slot = &mut self.0[outcome as usize];
+        *slot = slot.saturating_add(n);
+    }
+
+    fn is_zero(&self) -> bool {
+        self.0.iter().all(|&n| n == 0)
+    }
+
+    /// `(key, count)` of every outcome.
+    pub fn entries(&self) -> Vec<(&'static str, u64)> {
+        Outcome::ALL
+            .iter()
+            .map(|o| (o.key(), self.get(*o)))
+            .collect()
+    }
+
+    /// Counts read back from `(key, count)` pairs (unknown keys ignored).
+    pub fn from_entries<'a>(entries: impl IntoIterator<Item = (&'a str, u64)>) -> Outcomes {
+        let mut out = Outcomes::default();
+        for (key, n) in entries {
+            if let Some(o) = Outcome::ALL.iter().find(|o| o.key() == key) {
+                out.add(*o, n);
+            }
+        }
+        out
     }
 }
 
@@ -130,6 +218,8 @@ pub struct DiskUpload {
     file_name: String,
     final_path: PathBuf,
     part: PartFile,
+    /// Set when an administrator withdraws it.
+    mark: Withdrawal,
 }
 
 impl DiskUpload {
@@ -189,6 +279,19 @@ pub struct DiskStore {
     /// The loop's clock and the wall-clock time that went with it at the
     /// last [`Store::housekeeping`].
     wall_anchor: Option<(Instant, SystemTime)>,
+    /// Uploads being received, for an administrator to withdraw.
+    live: LiveUploads,
+    /// Uploads by outcome since the store was opened.
+    since_start: Outcomes,
+    /// Counts not yet added to the `counters` table (at the next commit).
+    unflushed: Outcomes,
+    /// Stored files an administrator removed, deleted once the commit
+    /// that removes their records succeeded; then their folders, if empty.
+    unlink_after_commit: Vec<PathBuf>,
+    remove_dirs_after_commit: Vec<PathBuf>,
+    /// Connections whose accepted upload was withdrawn before the commit:
+    /// their held answers fail at the next commit.
+    fail_at_commit: Vec<ConnId>,
 }
 
 /// Accepted files synced together per step of a commit in
@@ -232,6 +335,29 @@ fn repair_records(db: &Db, data_dir: &Path) -> Result<(), StoreError> {
                 f.file_name
             );
         }
+    }
+    Ok(())
+}
+
+/// Records the size of every stored file that has none yet (files stored
+/// before schema version 3, or marked verified by the start-up repair),
+/// so quotas count them. One transaction.
+fn record_missing_sizes(db: &mut Db, data_dir: &Path) -> Result<(), StoreError> {
+    db.set_batching(true)?;
+    let mut n = 0;
+    for f in db.files()?.into_iter().filter(|f| f.verified) {
+        if db.file_meta(&f.client, &f.file_name)?.size.is_some() {
+            continue;
+        }
+        let path = files::final_path(data_dir, &f.client, &f.file_name);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            db.record_file_meta(&f.client, &f.file_name, meta.len(), None)?;
+            n += 1;
+        }
+    }
+    db.set_batching(false)?;
+    if n > 0 {
+        log::info!("recorded the size of {n} stored file(s) for quotas");
     }
     Ok(())
 }
@@ -305,6 +431,7 @@ impl DiskStore {
             .map(|f| (f.client.to_hex(), f.file_name))
             .collect();
         repair_records(&db, data_dir)?;
+        record_missing_sizes(&mut db, data_dir)?;
         files::cleanup_leftovers(data_dir, |client, name| {
             stored.contains(&(client.to_owned(), name.to_owned()))
         })
@@ -347,7 +474,163 @@ impl DiskStore {
             fs_handle,
             fs_syncs: 0,
             wall_anchor: None,
+            live: LiveUploads::default(),
+            since_start: Outcomes::default(),
+            unflushed: Outcomes::default(),
+            unlink_after_commit: Vec::new(),
+            remove_dirs_after_commit: Vec::new(),
+            fail_at_commit: Vec::new(),
         })
+    }
+
+    /// Opens the storage for an administration command while no server
+    /// runs: takes the data directory's lock (so no server starts
+    /// meanwhile) and opens the database, but changes nothing else (no
+    /// clean-up of leftovers, no repair of records), so a command changes
+    /// exactly what it says. Files are synced file by file.
+    pub fn open_for_admin(data_dir: &Path, config: StoreConfig) -> Result<DiskStore, StoreError> {
+        path_text(data_dir)?;
+        if !data_dir.join(crate::db::DB_FILE_NAME).is_file() {
+            return Err(StoreError::Invalid(format!(
+                "no database in {} (has a server ever run on this data directory?)",
+                data_dir.display()
+            )));
+        }
+        let lock = lock_data_dir(data_dir)?;
+        let mut db = Db::open(data_dir)?;
+        db.set_batching(true)?;
+        Ok(DiskStore {
+            _lock: lock,
+            data_dir: data_dir.to_path_buf(),
+            pending: PendingSet::new(config.pending_limits()),
+            config: StoreConfig {
+                sync_mode: SyncMode::Fsync,
+                ..config
+            },
+            db,
+            placing: Vec::new(),
+            fs_handle: None,
+            fs_syncs: 0,
+            wall_anchor: None,
+            live: LiveUploads::default(),
+            since_start: Outcomes::default(),
+            unflushed: Outcomes::default(),
+            unlink_after_commit: Vec::new(),
+            remove_dirs_after_commit: Vec::new(),
+            fail_at_commit: Vec::new(),
+        })
+    }
+
+    /// Uploads by outcome since the store was opened.
+    pub fn outcomes_since_start(&self) -> Outcomes {
+        self.since_start
+    }
+
+    /// Uploads being received now.
+    pub fn uploads_in_flight(&mut self) -> usize {
+        self.live.count()
+    }
+
+    fn count(&mut self, outcome: Outcome, n: u64) {
+        self.since_start.add(outcome, n);
+        self.unflushed.add(outcome, n);
+    }
+
+    /// The quota in effect for a client: its own, else the server's.
+    pub fn quota_of(&self, id: &ClientId) -> Result<Quota, StoreError> {
+        Ok(self.db.quota_override(id)?.apply(self.config.quota))
+    }
+
+    /// What a client keeps (its verified files, with the accepts of this
+    /// pass not yet committed), and the size of its stored `file_name`.
+    fn usage_of(&self, id: &ClientId, file_name: &str) -> Result<(Usage, Option<u64>), StoreError> {
+        let mut sizes: std::collections::BTreeMap<String, u64> = Default::default();
+        for f in self.db.files_of(id)?.into_iter().filter(|f| f.verified) {
+            let size = match self.db.file_meta(id, &f.file_name)?.size {
+                Some(size) => size,
+                None => std::fs::metadata(files::final_path(&self.data_dir, id, &f.file_name))
+                    .map_or(0, |m| m.len()),
+            };
+            sizes.insert(f.file_name, size);
+        }
+        for (_, p) in self.placing.iter().filter(|(_, p)| p.client == *id) {
+            sizes.insert(p.file_name.clone(), p.data.summary.plain_len);
+        }
+        let usage = Usage {
+            files: sizes.len() as u64,
+            bytes: sizes.values().fold(0u64, |a, b| a.saturating_add(*b)),
+        };
+        Ok((usage, sizes.get(file_name).copied()))
+    }
+
+    /// [`Store::check_quota`]'s rule; a refusal is counted.
+    fn quota_allows(
+        &mut self,
+        id: &ClientId,
+        file_name: &str,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        let quota = self.quota_of(id)?;
+        if !quota.is_limited() {
+            return Ok(());
+        }
+        let (usage, replaced) = self.usage_of(id, file_name)?;
+        quota.check(usage, replaced, size).map_err(|q| {
+            self.count(Outcome::OverQuota, 1);
+            StoreError::OverQuota(q)
+        })
+    }
+
+    /// Withdraws the client's uploads (of one name, if given) that are
+    /// arriving, awaiting a verdict, or accepted in this pass; how many.
+    fn withdraw(&mut self, id: &ClientId, file_name: Option<&str>) -> usize {
+        let pending = self.pending.of_client(id, file_name);
+        for uid in &pending {
+            self.drop_pending(*uid, &"withdrawn by an administrator");
+        }
+        let mut placing = 0;
+        for (uid, p) in std::mem::take(&mut self.placing) {
+            if p.client == *id && file_name.is_none_or(|f| f == p.file_name) {
+                self.fail_at_commit.push(p.conn);
+                let name = who(&p);
+                if let Err(e) = p.data.part.discard() {
+                    log::warn!(
+                        "upload {uid} ({name}) withdrawn; cannot delete its temporary file: {e}"
+                    );
+                }
+                placing += 1;
+            } else {
+                self.placing.push((uid, p));
+            }
+        }
+        let arriving = self.live.withdraw(id, file_name);
+        let n = pending.len() + placing + arriving;
+        self.count(Outcome::Withdrawn, n as u64);
+        n
+    }
+
+    /// Queues a stored file (and then its folder) for deletion after the
+    /// commit that removes its record.
+    fn unlink_later(&mut self, id: &ClientId, file_name: &str) {
+        if check_base_name(file_name).is_ok() {
+            self.unlink_after_commit
+                .push(files::final_path(&self.data_dir, id, file_name));
+        }
+    }
+
+    /// After a successful commit: the files an administrator removed.
+    fn unlink_removed(&mut self) {
+        for path in std::mem::take(&mut self.unlink_after_commit) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => log::info!("deleted {}", path.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("cannot delete {}: {e}", path.display()),
+            }
+        }
+        for dir in std::mem::take(&mut self.remove_dirs_after_commit) {
+            // Only if empty: an upload may still be arriving there.
+            let _ = std::fs::remove_dir(&dir);
+        }
     }
 
     /// [`Store::commit`] in [`SyncMode::Syncfs`], first half: a
@@ -376,7 +659,9 @@ impl DiskStore {
                     self.pending.len()
                 );
                 failed.extend(batch.iter().map(|(_, p)| p.conn));
-                for uid in self.pending.ids() {
+                let ids = self.pending.ids();
+                self.count(Outcome::Aborted, (ids.len() + batch.len()) as u64);
+                for uid in ids {
                     self.drop_pending(uid, &"a filesystem sync failed");
                 }
                 return Vec::new();
@@ -529,6 +814,7 @@ impl DiskStore {
     pub fn expire_orphans(&mut self, now: Instant) {
         for id in self.pending.expired(now) {
             self.drop_pending(id, &Eviction::Expired);
+            self.count(Outcome::Expired, 1);
         }
     }
 
@@ -561,8 +847,17 @@ impl DiskStore {
             // Only an accepted (client-confirmed) upload is ever placed, so
             // its record must say Verified; the update that failed during
             // the accept is tried once more (and again at the next start).
+            let summary = p.data.summary;
             let marked = path_text(&p.data.final_path)
-                .and_then(|path| self.db.mark_verified(&p.client, &p.file_name, path));
+                .and_then(|path| self.db.mark_verified(&p.client, &p.file_name, path))
+                .and_then(|()| {
+                    self.db.record_file_meta(
+                        &p.client,
+                        &p.file_name,
+                        summary.plain_len,
+                        Some(summary.cksum),
+                    )
+                });
             match marked {
                 Ok(()) => log::info!("upload {uid} ({who}) {why}; already at its final path, now marked verified"),
                 Err(e) => log::warn!("upload {uid} ({who}) {why}; at its final path, marking it verified failed: {e}"),
@@ -671,7 +966,12 @@ impl Store for DiskStore {
             file_name: file_name.to_owned(),
             final_path: dir.join(file_name),
             part,
+            mark: self.live.register(*id, file_name),
         })
+    }
+
+    fn check_quota(&mut self, id: &ClientId, file_name: &str, size: u64) -> Result<(), StoreError> {
+        self.quota_allows(id, file_name, size)
     }
 
     fn write_upload(
@@ -679,6 +979,11 @@ impl Store for DiskStore {
         upload: &mut DiskUpload,
         plaintext: &[u8],
     ) -> Result<(), StoreError> {
+        if upload.mark.is_withdrawn() {
+            return Err(StoreError::Withdrawn {
+                why: "its client was forgotten or its file deleted",
+            });
+        }
         upload.part.write(plaintext).map_err(|e| {
             log::warn!("write to upload of {:?}: {e}", upload.file_name);
             io_err("write upload", e)
@@ -693,34 +998,29 @@ impl Store for DiskStore {
     ) -> Result<(), StoreError> {
         // On any error below `upload` is dropped and its file deleted:
         // an upload cut short leaves no file and no row.
-        upload
-            .part
-            .close()
-            .map_err(|e| io_err("finish upload", e))?;
-        if upload.part.written() != summary.plain_len {
-            return Err(StoreError::Invalid(format!(
-                "finish upload: {} bytes written but {} reported",
-                upload.part.written(),
-                summary.plain_len
-            )));
-        }
-        let path = path_text(&upload.final_path)?;
-        for (victim, why) in self.pending.make_room(cx.conn, &upload.client)? {
-            if why == Eviction::ServerFull {
-                log::warn!(
-                    "{} uploads await a verdict: discarding upload {victim}",
-                    self.config.max_pending.max(1)
-                );
+        let kept = self.keep_upload(cx, &mut upload, summary);
+        match &kept {
+            Err(StoreError::OverQuota(_)) => {} // counted by the check
+            Err(StoreError::Withdrawn { .. }) => {
+                // Counted when withdrawn; its client's folder goes if
+                // this was all that was left in it.
+                if let Some(dir) = upload.final_path.parent() {
+                    let dir = dir.to_path_buf();
+                    drop(upload);
+                    let _ = std::fs::remove_dir(dir);
+                }
+                return kept;
             }
-            self.drop_pending(victim, &why);
+            Err(_) => self.count(Outcome::Aborted, 1),
+            Ok(()) => {}
         }
-        self.db
-            .add_unverified_file(&upload.client, &upload.file_name, path)?;
+        kept?;
         let DiskUpload {
             client,
             file_name,
             final_path,
             part,
+            mark: _,
         } = upload;
         let name = file_name.clone();
         let uid = self.pending.insert(
@@ -743,14 +1043,23 @@ impl Store for DiskStore {
     }
 
     fn abort_upload(&mut self, upload: DiskUpload) {
+        let withdrawn = upload.mark.is_withdrawn();
+        if !withdrawn {
+            self.count(Outcome::Aborted, 1);
+        }
         log::debug!(
             "upload of {:?} for {} aborted after {} bytes",
             upload.file_name,
             upload.client.to_hex(),
             upload.part.written()
         );
+        let folder = upload.final_path.parent().map(Path::to_path_buf);
         if let Err(e) = upload.part.discard() {
             log::warn!("cannot delete an aborted upload's temporary file: {e}");
+        }
+        if let (true, Some(folder)) = (withdrawn, folder) {
+            // A forgotten client's folder goes once its last upload did.
+            let _ = std::fs::remove_dir(folder);
         }
     }
 
@@ -766,6 +1075,15 @@ impl Store for DiskStore {
         };
         match verdict {
             Verdict::Accept => {
+                let size = self
+                    .pending
+                    .get(uid)
+                    .map_or(0, |p| p.data.summary.plain_len);
+                if let Err(e) = self.quota_allows(id, file_name, size) {
+                    // Other uploads were accepted since this one arrived.
+                    self.drop_pending(uid, &"over quota at its accept");
+                    return Err(e);
+                }
                 let mut p = self.pending.remove(uid).ok_or(StoreError::NotFound {
                     op: "accept upload",
                     what: "not pending",
@@ -774,7 +1092,10 @@ impl Store for DiskStore {
                 p.conn = cx.conn;
                 self.placing.push((uid, p));
             }
-            Verdict::Discard => self.drop_pending(uid, &"the client rejected it"),
+            Verdict::Discard => {
+                self.drop_pending(uid, &"the client rejected it");
+                self.count(Outcome::Discarded, 1);
+            }
         }
         Ok(VerdictOutcome::Applied)
     }
@@ -790,8 +1111,15 @@ impl Store for DiskStore {
         }
     }
 
+    /// Counts alone do not make the store uncommitted (no answer waits
+    /// for them, and no write of their own may stall the loop on a locked
+    /// database): they go with the next commit, or when the store is
+    /// dropped.
     fn uncommitted(&self) -> bool {
-        self.db.has_batch() || !self.placing.is_empty()
+        self.db.has_batch()
+            || !self.placing.is_empty()
+            || !self.unlink_after_commit.is_empty()
+            || !self.fail_at_commit.is_empty()
     }
 
     /// Makes every change since the last commit durable: accepted files
@@ -804,10 +1132,10 @@ impl Store for DiskStore {
     /// the next start). `failed` connections: their accepted uploads (and
     /// only they) are not stored; everything else is durable.
     fn commit(&mut self, now: Instant) -> Commit {
-        let mut failed = Vec::new();
         if !self.uncommitted() {
             return Commit::default();
         }
+        let mut failed = std::mem::take(&mut self.fail_at_commit);
         let mut placing = std::mem::take(&mut self.placing);
         let mut placed = Vec::new();
         if self.fs_handle.is_some() {
@@ -821,12 +1149,22 @@ impl Store for DiskStore {
         let mut marking = Ok(());
         for (_, p) in &placed {
             marking = path_text(&p.data.final_path)
-                .and_then(|t| self.db.mark_verified(&p.client, &p.file_name, t));
+                .and_then(|t| self.db.mark_verified(&p.client, &p.file_name, t))
+                .and_then(|()| {
+                    let s = p.data.summary;
+                    self.db
+                        .record_file_meta(&p.client, &p.file_name, s.plain_len, Some(s.cksum))
+                });
             if marking.is_err() {
                 break;
             }
         }
-        let mut committed = marking.and_then(|()| self.db.commit_batch());
+        let flushed = std::mem::take(&mut self.unflushed);
+        let mut counts = flushed;
+        counts.add(Outcome::Verified, placed.len() as u64);
+        let mut committed = marking
+            .and_then(|()| self.db.add_counters(&counts.entries()))
+            .and_then(|()| self.db.commit_batch());
         if committed.is_ok() && self.fs_handle.is_some() && !placed.is_empty() {
             // One flush for every rename and folder of the pass.
             committed = self
@@ -843,12 +1181,21 @@ impl Store for DiskStore {
             for (uid, p) in placed {
                 self.pending.restore(uid, p, now);
             }
+            // Counted again at the next commit; files an administrator
+            // removed stay with their records.
+            for o in Outcome::ALL {
+                self.unflushed.add(o, flushed.get(o));
+            }
+            self.unlink_after_commit.clear();
+            self.remove_dirs_after_commit.clear();
             return Commit {
                 error: Some(e),
                 failed,
                 ..Commit::default()
             };
         }
+        self.since_start.add(Outcome::Verified, placed.len() as u64);
+        self.unlink_removed();
         for (_, p) in &placed {
             log::debug!(
                 "stored {}: {} bytes, cksum {}, verified",
@@ -867,6 +1214,244 @@ impl Store for DiskStore {
     fn housekeeping(&mut self, now: Instant, wall: SystemTime) {
         self.wall_anchor = Some((now, wall));
         self.expire_orphans(now);
+    }
+
+    fn forget_client(
+        &mut self,
+        _cx: Ctx,
+        id: &ClientId,
+        delete_files: bool,
+    ) -> Result<Forgotten, StoreError> {
+        let record = self.db.client_by_id(id)?;
+        let rows = self.db.files_of(id)?;
+        if record.is_none() && rows.is_empty() {
+            return Err(StoreError::NotFound {
+                op: "forget client",
+                what: "no such client",
+            });
+        }
+        let uploads_withdrawn = self.withdraw(id, None);
+        self.db.delete_client(id)?;
+        let mut done = Forgotten {
+            name: record.map(|r| r.name),
+            uploads_withdrawn,
+            ..Forgotten::default()
+        };
+        for f in rows {
+            if delete_files {
+                self.db.delete_file_row(id, &f.file_name)?;
+                self.unlink_later(id, &f.file_name);
+                if f.verified {
+                    done.files_deleted.push(f.file_name);
+                }
+            } else if f.verified {
+                done.files_kept.push(f.file_name);
+            }
+        }
+        if delete_files {
+            self.remove_dirs_after_commit
+                .push(files::client_dir(&self.data_dir, id));
+        }
+        log::info!(
+            "administrator: client {} ({}) forgotten; {} file(s) deleted, {} kept, {} upload(s) withdrawn",
+            id.to_hex(),
+            done.name.as_deref().unwrap_or("no record"),
+            done.files_deleted.len(),
+            done.files_kept.len(),
+            done.uploads_withdrawn
+        );
+        Ok(done)
+    }
+
+    fn delete_file(
+        &mut self,
+        _cx: Ctx,
+        id: &ClientId,
+        file_name: &str,
+    ) -> Result<Deleted, StoreError> {
+        let uploads_withdrawn = self.withdraw(id, Some(file_name));
+        let had_record = self.db.delete_file_row(id, file_name)?;
+        if !had_record && uploads_withdrawn == 0 {
+            return Err(StoreError::NotFound {
+                op: "delete file",
+                what: "no such file",
+            });
+        }
+        if had_record {
+            self.unlink_later(id, file_name);
+        }
+        log::info!(
+            "administrator: file {:?} of {} deleted; {uploads_withdrawn} upload(s) withdrawn",
+            file_name,
+            id.to_hex()
+        );
+        Ok(Deleted {
+            had_record,
+            uploads_withdrawn,
+        })
+    }
+
+    fn set_quota(
+        &mut self,
+        _cx: Ctx,
+        id: &ClientId,
+        quota: QuotaOverride,
+    ) -> Result<(), StoreError> {
+        if self.db.client_by_id(id)?.is_none() {
+            return Err(StoreError::NotFound {
+                op: "set quota",
+                what: "no such client",
+            });
+        }
+        self.db.set_quota(id, &quota)?;
+        log::info!(
+            "administrator: quota of {} set to bytes={} files={}",
+            id.to_hex(),
+            quota.bytes,
+            quota.files
+        );
+        Ok(())
+    }
+}
+
+impl Drop for DiskStore {
+    /// Counts not written yet are written, unless uncommitted records wait
+    /// (dropping the store rolls those back).
+    fn drop(&mut self) {
+        if !self.db.has_batch() && !self.unflushed.is_zero() {
+            self.write_counts();
+            let _ = self.db.commit_batch();
+        }
+    }
+}
+
+impl DiskStore {
+    /// Puts the counts not yet written into the open batch (the next
+    /// commit writes them); kept for later if that fails.
+    fn write_counts(&mut self) {
+        if self.unflushed.is_zero() {
+            return;
+        }
+        let counts = std::mem::take(&mut self.unflushed);
+        if let Err(e) = self.db.add_counters(&counts.entries()) {
+            log::debug!("counters not written yet: {e}");
+            for o in Outcome::ALL {
+                self.unflushed.add(o, counts.get(o));
+            }
+        }
+    }
+
+    /// `verify --repair rows`: deletes the record of a file marked verified
+    /// whose file is missing, if it still is; whether it did.
+    pub fn repair_drop_row(
+        &mut self,
+        cx: Ctx,
+        id: &ClientId,
+        file_name: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(row) = self.db.file(id, file_name)? else {
+            return Ok(false);
+        };
+        if !row.verified || files::final_path(&self.data_dir, id, file_name).exists() {
+            return Ok(false);
+        }
+        self.delete_file(cx, id, file_name)?;
+        Ok(true)
+    }
+
+    /// `verify --repair strays`: deletes a file in a client's folder that
+    /// no verified record claims, or a leftover temporary file (never
+    /// while `running`: it may be an upload in progress); whether it did.
+    pub fn repair_delete_stray(
+        &mut self,
+        id: &ClientId,
+        file_name: &str,
+        running: bool,
+    ) -> Result<bool, StoreError> {
+        check_base_name(file_name)?;
+        if files::is_part_name(file_name) {
+            if running {
+                return Ok(false);
+            }
+        } else if self.db.file(id, file_name)?.is_some_and(|r| r.verified) {
+            return Ok(false);
+        }
+        let path = files::client_dir(&self.data_dir, id).join(file_name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                log::info!("administrator: deleted unrecorded {}", path.display());
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("delete an unrecorded file", e)),
+        }
+    }
+
+    /// `verify --repair adopt`: records a file at its final path that no
+    /// verified record claims as verified, with the size and cksum the
+    /// command read from it (if its size still matches); whether it did.
+    pub fn repair_adopt(
+        &mut self,
+        id: &ClientId,
+        file_name: &str,
+        size: u64,
+        cksum: u32,
+    ) -> Result<bool, StoreError> {
+        check_base_name(file_name)?;
+        if files::is_part_name(file_name)
+            || self.db.file(id, file_name)?.is_some_and(|r| r.verified)
+        {
+            return Ok(false);
+        }
+        let path = files::final_path(&self.data_dir, id, file_name);
+        if !std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size) {
+            return Ok(false);
+        }
+        self.db.mark_verified(id, file_name, path_text(&path)?)?;
+        self.db.record_file_meta(id, file_name, size, Some(cksum))?;
+        log::info!("administrator: recorded {} as verified", path.display());
+        Ok(true)
+    }
+
+    /// The checks of [`Store::finish_upload`] before the upload is kept:
+    /// complete, not withdrawn, within its client's quota, room among the
+    /// pending uploads, and its record.
+    fn keep_upload(
+        &mut self,
+        cx: Ctx,
+        upload: &mut DiskUpload,
+        summary: &UploadSummary,
+    ) -> Result<(), StoreError> {
+        upload
+            .part
+            .close()
+            .map_err(|e| io_err("finish upload", e))?;
+        if upload.part.written() != summary.plain_len {
+            return Err(StoreError::Invalid(format!(
+                "finish upload: {} bytes written but {} reported",
+                upload.part.written(),
+                summary.plain_len
+            )));
+        }
+        if upload.mark.is_withdrawn() {
+            return Err(StoreError::Withdrawn {
+                why: "its client was forgotten or its file deleted",
+            });
+        }
+        self.quota_allows(&upload.client, &upload.file_name, summary.plain_len)?;
+        let path = path_text(&upload.final_path)?.to_owned();
+        for (victim, why) in self.pending.make_room(cx.conn, &upload.client)? {
+            if why == Eviction::ServerFull {
+                log::warn!(
+                    "{} uploads await a verdict: discarding upload {victim}",
+                    self.config.max_pending.max(1)
+                );
+            }
+            self.drop_pending(victim, &why);
+            self.count(Outcome::Expired, 1);
+        }
+        self.db
+            .add_unverified_file(&upload.client, &upload.file_name, &path)
     }
 }
 
@@ -1561,5 +2146,190 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    fn counters_in_db(store: &DiskStore) -> Outcomes {
+        let rows = store.db().counters().unwrap();
+        Outcomes::from_entries(rows.iter().map(|(k, n)| (k.as_str(), *n)))
+    }
+
+    #[test]
+    fn forgetting_with_files_removes_records_and_files_at_the_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        keyed(&mut store, &BOB, "bob");
+        upload(&mut store, &ALICE, "a", b"aaa");
+        accept(&mut store, &ALICE, "a");
+        upload(&mut store, &ALICE, "pending", b"p");
+        let path = files::final_path(tmp.path(), &ALICE, "a");
+        let done = store.forget_client(cx(0), &ALICE, true).unwrap();
+        assert_eq!(done.name.as_deref(), Some("alice"));
+        assert_eq!(done.files_deleted, ["a"]);
+        assert_eq!(done.uploads_withdrawn, 1);
+        // Nothing is deleted before the commit.
+        assert!(path.exists());
+        assert!(store.uncommitted());
+        commit(&mut store);
+        assert!(!path.exists());
+        assert!(!client_folder(&store, &ALICE).exists());
+        assert!(store.db().client_by_id(&ALICE).unwrap().is_none());
+        assert!(store.db().files_of(&ALICE).unwrap().is_empty());
+        assert!(store.db().client_by_id(&BOB).unwrap().is_some());
+        assert_eq!(store.outcomes_since_start().get(Outcome::Withdrawn), 1);
+        assert_eq!(counters_in_db(&store).get(Outcome::Withdrawn), 1);
+    }
+
+    #[test]
+    fn forgetting_without_files_frees_the_name_and_keeps_the_files_recorded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        upload(&mut store, &ALICE, "a", b"aaa");
+        accept(&mut store, &ALICE, "a");
+        let done = store.forget_client(cx(0), &ALICE, false).unwrap();
+        assert_eq!(done.files_kept, ["a"]);
+        commit(&mut store);
+        assert!(store.db().client_by_name("alice").unwrap().is_none());
+        assert_eq!(store.db().files_of(&ALICE).unwrap().len(), 1);
+        assert!(files::final_path(tmp.path(), &ALICE, "a").exists());
+        // The same name registers again under a new id.
+        keyed(&mut store, &BOB, "alice");
+        // The files left under the old id can still be deleted.
+        store.delete_file(cx(0), &ALICE, "a").unwrap();
+        commit(&mut store);
+        assert!(!files::final_path(tmp.path(), &ALICE, "a").exists());
+        assert!(matches!(
+            store.forget_client(cx(0), &ALICE, true),
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn deleting_a_file_whose_replacement_awaits_its_verdict_removes_both() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        upload(&mut store, &ALICE, "doc", b"one");
+        accept(&mut store, &ALICE, "doc");
+        upload(&mut store, &ALICE, "doc", b"two");
+        assert_eq!(temp_files(&store, &ALICE), 1);
+        let done = store.delete_file(cx(0), &ALICE, "doc").unwrap();
+        assert!(done.had_record);
+        assert_eq!(done.uploads_withdrawn, 1);
+        commit(&mut store);
+        assert_eq!(listing(&store, &ALICE), Vec::<String>::new());
+        assert!(row(&store, &ALICE, "doc").is_none());
+        assert_eq!(
+            accept(&mut store, &ALICE, "doc"),
+            VerdictOutcome::NothingPending
+        );
+    }
+
+    #[test]
+    fn an_upload_arriving_when_its_client_is_forgotten_is_refused_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        let mut up = store.begin_upload(cx(CONN), &ALICE, "f", 32).unwrap();
+        store.write_upload(&mut up, b"first half").unwrap();
+        store.forget_client(cx(0), &ALICE, true).unwrap();
+        commit(&mut store);
+        let err = store.write_upload(&mut up, b"second half").unwrap_err();
+        assert!(matches!(err, StoreError::Withdrawn { .. }), "{err:?}");
+        store.abort_upload(up);
+        assert!(!client_folder(&store, &ALICE).exists());
+        assert_eq!(store.pending_count(), 0);
+        assert_eq!(store.outcomes_since_start().get(Outcome::Aborted), 0);
+        assert_eq!(store.outcomes_since_start().get(Outcome::Withdrawn), 1);
+    }
+
+    #[test]
+    fn quotas_count_recorded_sizes_and_a_clients_own_quota() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            quota: Quota {
+                max_bytes: Some(10),
+                max_files: None,
+            },
+            ..StoreConfig::default()
+        };
+        let mut store = open_with(tmp.path(), config);
+        keyed(&mut store, &ALICE, "alice");
+        upload(&mut store, &ALICE, "a", b"123456");
+        accept(&mut store, &ALICE, "a");
+        assert_eq!(store.db().file_meta(&ALICE, "a").unwrap().size, Some(6));
+        store.check_quota(&ALICE, "b", 4).unwrap();
+        let err = store.check_quota(&ALICE, "b", 5).unwrap_err();
+        assert!(matches!(err, StoreError::OverQuota(_)), "{err:?}");
+        // A replacement of a: its 6 bytes do not count.
+        store.check_quota(&ALICE, "a", 10).unwrap();
+        // An upload that fitted when it arrived but not at its end.
+        let mut up = store.begin_upload(cx(CONN), &ALICE, "c", 16).unwrap();
+        store.write_upload(&mut up, b"12345").unwrap();
+        let err = store
+            .finish_upload(cx(CONN), up, &summary(b"12345"))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::OverQuota(_)), "{err:?}");
+        assert_eq!(temp_files(&store, &ALICE), 0);
+        let own = QuotaOverride {
+            bytes: sealdrop_protocol::store::QuotaSetting::Max(11),
+            ..QuotaOverride::default()
+        };
+        store.set_quota(cx(0), &ALICE, own).unwrap();
+        commit(&mut store);
+        store.check_quota(&ALICE, "b", 5).unwrap();
+        assert_eq!(store.outcomes_since_start().get(Outcome::OverQuota), 2);
+        assert_eq!(counters_in_db(&store).get(Outcome::OverQuota), 2);
+        assert_eq!(counters_in_db(&store).get(Outcome::Verified), 1);
+        assert!(matches!(
+            store.set_quota(cx(0), &BOB, own),
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn files_stored_before_sizes_were_kept_get_theirs_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(tmp.path());
+            keyed(&mut store, &ALICE, "alice");
+            upload(&mut store, &ALICE, "old", b"1234");
+            accept(&mut store, &ALICE, "old");
+            store.db().delete_file_row(&ALICE, "old").unwrap();
+            store
+                .db()
+                .mark_verified(&ALICE, "old", "somewhere")
+                .unwrap();
+            commit(&mut store);
+            assert_eq!(store.db().file_meta(&ALICE, "old").unwrap().size, None);
+        }
+        let store = open(tmp.path());
+        let meta = store.db().file_meta(&ALICE, "old").unwrap();
+        assert_eq!((meta.size, meta.cksum), (Some(4), None));
+    }
+
+    #[test]
+    fn an_administrators_store_changes_nothing_at_open_and_excludes_a_server() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(tmp.path());
+            keyed(&mut store, &ALICE, "alice");
+        }
+        let leftover = client_folder_path(tmp.path()).join(".part-0123456789abcdef");
+        fs::write(&leftover, b"x").unwrap();
+        let admin = DiskStore::open_for_admin(tmp.path(), StoreConfig::default()).unwrap();
+        assert!(leftover.exists(), "no clean-up at an administrator's open");
+        assert!(DiskStore::open(tmp.path(), StoreConfig::default()).is_err());
+        drop(admin);
+        assert!(
+            DiskStore::open_for_admin(&tmp.path().join("none"), StoreConfig::default()).is_err()
+        );
+    }
+
+    fn client_folder_path(data: &Path) -> PathBuf {
+        let dir = files::client_dir(data, &ALICE);
+        fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

@@ -84,14 +84,17 @@ fn epilogue(s: &mut impl TestServer) {
     s.assert_alive();
 }
 
-/// Nothing but the database and `files/<32 hex>/<base name>` was written.
+/// Nothing but the database, the lock, the control socket and
+/// `files/<32 hex>/<base name>` was written.
 fn assert_nothing_outside_client_folders(s: &impl TestServer) {
     let data = s.data_dir();
     for p in walk(data) {
         let rel = p.strip_prefix(data).unwrap();
         let parts: Vec<&str> = rel.iter().map(|c| c.to_str().unwrap()).collect();
         let ok = match parts.as_slice() {
-            [db] => db.starts_with("defensive.db") || *db == ".sealdrop.lock",
+            [db] => {
+                db.starts_with("defensive.db") || *db == ".sealdrop.lock" || *db == "control.sock"
+            }
             ["files", hex, _name] => hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
             _ => false,
         };

@@ -374,8 +374,9 @@ fn completions_and_man_page_are_generated_from_the_flags() {
     assert!(zsh.stdout.contains("--max-file-size"));
     let fish = server_in(tmp.path(), &["--print-completions", "fish"]);
     assert!(
-        fish.stdout
-            .contains("complete -c sealdrop-server -l data-dir"),
+        fish.stdout.contains(
+            "complete -c sealdrop-server -n \"__fish_sealdrop_server_needs_command\" -l data-dir"
+        ),
         "{fish:?}"
     );
     for out in [&bash.stdout, &zsh.stdout, &fish.stdout] {

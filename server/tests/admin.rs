@@ -1,0 +1,531 @@
+//! The administration commands (`clients`, `files`, `stats`, `verify`) of
+//! the real binary on a populated data directory, with the server stopped
+//! (the command takes the lock and works directly) and running (changes go
+//! through the control socket of an in-process server, whose loop applies
+//! them); a forget and a delete while an upload is in flight; quotas at,
+//! just under and over each limit over the wire; the control socket's
+//! limits.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+use sealdrop_protocol::cksum::Cksum;
+use sealdrop_protocol::store::Quota;
+use sealdrop_protocol::ServerEvent;
+
+/// What one administration command did.
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// `sealdrop-server ARGS --data-dir DIR`, bounded to 30 s.
+fn admin(data_dir: &Path, args: &[&str]) -> Out {
+    let mut cmd = Command::new(SERVER_BIN);
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("RUST_LOG")
+        .env_remove("LISTEN_FDS");
+    let ran = run_bounded(&mut cmd, Duration::from_secs(30));
+    Out {
+        code: ran.status.code().unwrap_or(-1),
+        stdout: ran.stdout,
+        stderr: ran.stderr,
+    }
+}
+
+fn ok(data_dir: &Path, args: &[&str]) -> Out {
+    let out = admin(data_dir, args);
+    assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    out
+}
+
+fn cksum(data: &[u8]) -> u64 {
+    let mut c = Cksum::new();
+    c.update(data);
+    u64::from(c.finish())
+}
+
+/// A client with a key and the given files uploaded and verified.
+fn client_with(server: &impl TestServer, name: &str, files: &[(&str, &[u8])]) -> Client {
+    let mut conn = server.connect();
+    let mut client = Client::new(name);
+    client.register(&mut conn);
+    client.exchange_key(&mut conn);
+    for (file, data) in files {
+        client.upload_verified(&mut conn, file, data);
+    }
+    client
+}
+
+const A: &[u8] = b"alice's first file";
+const B: &[u8] = b"alice's second, longer file ...";
+const C: &[u8] = b"bob";
+
+/// A data directory with alice (a.txt, b.txt) and bob (c.txt); the
+/// in-process server still running.
+fn populated() -> (InProcess, Client, Client) {
+    let server = InProcess::start();
+    let alice = client_with(&server, "alice", &[("a.txt", A), ("b.txt", B)]);
+    let bob = client_with(&server, "bob", &[("c.txt", C)]);
+    (server, alice, bob)
+}
+
+#[test]
+fn every_subcommand_works_on_a_stopped_server() {
+    let (mut server, alice, bob) = populated();
+    server.stop();
+    let dir = server.data_dir().to_path_buf();
+    assert!(
+        !dir.join("control.sock").exists(),
+        "the socket goes with the server"
+    );
+
+    // clients list, text and JSON.
+    let text = ok(&dir, &["clients", "list"]).stdout;
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("ID  ") && lines[0].contains("LAST SEEN"),
+        "{text}"
+    );
+    let alice_line = lines.iter().find(|l| l.contains("alice")).unwrap();
+    let col = lines[0].find("NAME").unwrap();
+    assert_eq!(
+        &alice_line[col..col + 5],
+        "alice",
+        "aligned columns:\n{text}"
+    );
+    let list = ok(&dir, &["clients", "list", "--json"]).json();
+    let clients = list["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 2);
+    let a = clients.iter().find(|c| c["name"] == "alice").unwrap();
+    assert_eq!(a["id"], alice.id.to_hex());
+    assert_eq!(a["key_exchanged"], true);
+    assert_eq!(a["files"], 2);
+    assert_eq!(a["bytes"], (A.len() + B.len()) as u64);
+    assert!(a["last_seen"].as_str().unwrap().ends_with('Z'));
+
+    // clients show by name and by id.
+    let shown = ok(&dir, &["clients", "show", "alice", "--json"]).json();
+    assert_eq!(shown["file_list"].as_array().unwrap().len(), 2);
+    let by_id = ok(&dir, &["clients", "show", &bob.id.to_hex(), "--json"]).json();
+    assert_eq!(by_id["name"], "bob");
+    assert!(ok(&dir, &["clients", "show", "bob"])
+        .stdout
+        .contains("c.txt"));
+    let missing = admin(&dir, &["clients", "show", "nobody"]);
+    assert_eq!(missing.code, 3);
+    assert!(
+        missing.stderr.contains("no client \"nobody\""),
+        "{missing:?}"
+    );
+
+    // files list: size, verified, path, cksum.
+    let files = ok(&dir, &["files", "list", "--client", "alice", "--json"]).json();
+    let files = files["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2);
+    let b = files.iter().find(|f| f["name"] == "b.txt").unwrap();
+    assert_eq!(b["size"], B.len() as u64);
+    assert_eq!(b["verified"], true);
+    assert_eq!(b["cksum"], cksum(B));
+    assert_eq!(
+        b["path"],
+        server.final_path(&alice.id, "b.txt").display().to_string()
+    );
+    let all = ok(&dir, &["files", "list", "--json"]).json();
+    assert_eq!(all["files"].as_array().unwrap().len(), 3);
+
+    // stats over the database's life; no server, no "since start".
+    let stats = ok(&dir, &["stats", "--json"]).json();
+    assert_eq!(
+        (&stats["clients"], &stats["files"], &stats["bytes"]),
+        (
+            &Value::from(2),
+            &Value::from(3),
+            &Value::from((A.len() + B.len() + C.len()) as u64)
+        )
+    );
+    assert_eq!(stats["uploads"]["verified"], 3);
+    assert_eq!(stats["server"], Value::Null);
+    assert!(ok(&dir, &["stats"]).stdout.contains("uploads verified"));
+
+    // verify: clean.
+    let v = ok(&dir, &["verify", "--cksum", "--json"]).json();
+    assert_eq!(v["findings"].as_array().unwrap().len(), 0);
+    assert_eq!(v["checked"]["cksums"], 3);
+
+    // quota: set, shown, cleared.
+    ok(
+        &dir,
+        &["clients", "quota", "alice", "--bytes", "1K", "--files", "5"],
+    );
+    let shown = ok(&dir, &["clients", "show", "alice", "--json"]).json();
+    assert_eq!(shown["quota"]["bytes"], 1024);
+    assert_eq!(shown["quota"]["files"], 5);
+    ok(&dir, &["clients", "quota", "alice", "--files", "unlimited"]);
+    let shown = ok(&dir, &["clients", "show", "alice", "--json"]).json();
+    assert_eq!(
+        (&shown["quota"]["bytes"], &shown["quota"]["files"]),
+        (&Value::from(1024), &Value::Null)
+    );
+    ok(&dir, &["clients", "quota", "alice", "--clear"]);
+    let shown = ok(&dir, &["clients", "show", "alice", "--json"]).json();
+    assert_eq!(shown["own_quota"]["bytes"], "default");
+
+    // files delete, then again: not found.
+    let del = ok(&dir, &["files", "delete", "alice", "a.txt", "--json"]).json();
+    assert_eq!(del["had_record"], true);
+    assert!(!server.final_path(&alice.id, "a.txt").exists());
+    assert!(server.file_row(&alice.id, "a.txt").is_none());
+    assert_eq!(admin(&dir, &["files", "delete", "alice", "a.txt"]).code, 3);
+
+    // forget without files: the name is free, the file stays under the id.
+    let f = ok(&dir, &["clients", "forget", "alice", "--json"]).json();
+    assert_eq!(f["files_kept"], serde_json::json!(["b.txt"]));
+    assert!(server.final_path(&alice.id, "b.txt").exists());
+    let files = ok(
+        &dir,
+        &["files", "list", "--client", &alice.id.to_hex(), "--json"],
+    )
+    .json();
+    assert_eq!(files["files"][0]["client_name"], Value::Null);
+    // forget with files: gone, folder too.
+    let f = ok(&dir, &["clients", "forget", "bob", "--delete-files"]).stdout;
+    assert!(f.contains("files deleted: c.txt"), "{f}");
+    assert!(!server.client_dir(&bob.id).exists());
+    assert_eq!(admin(&dir, &["clients", "forget", "bob"]).code, 3);
+    let list = ok(&dir, &["clients", "list", "--json"]).json();
+    assert_eq!(list["clients"].as_array().unwrap().len(), 0);
+
+    // The server starts again on what the commands left, and alice's name
+    // registers anew.
+    server.start_again();
+    let again = client_with(&server, "alice", &[]);
+    assert_ne!(again.id, alice.id);
+}
+
+#[test]
+fn verify_finds_each_kind_of_problem_and_repairs_only_what_it_is_told() {
+    let (mut server, alice, _bob) = populated();
+    server.stop();
+    let dir = server.data_dir().to_path_buf();
+    // A stored file removed by hand, a file nobody recorded, a leftover
+    // temporary file, something that is not a client's folder, and a
+    // stored file whose bytes changed (same size).
+    fs::remove_file(server.final_path(&alice.id, "a.txt")).unwrap();
+    fs::write(server.client_dir(&alice.id).join("stray.bin"), b"stray").unwrap();
+    fs::write(
+        server.client_dir(&alice.id).join(".part-0123456789abcdef"),
+        b"cut",
+    )
+    .unwrap();
+    fs::write(dir.join("files").join("junk"), b"?").unwrap();
+    let mut changed = B.to_vec();
+    changed[0] ^= 1;
+    fs::write(server.final_path(&alice.id, "b.txt"), &changed).unwrap();
+
+    let out = admin(&dir, &["verify", "--json"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let kinds = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["kind"].as_str().unwrap().to_owned())
+            .collect();
+        k.sort();
+        k
+    };
+    let found = kinds(&out.json());
+    assert_eq!(
+        found,
+        ["leftover", "leftover", "missing-file", "unrecorded-file"],
+        "{out:?}"
+    );
+    // Nothing changed without --repair.
+    assert!(server.file_row(&alice.id, "a.txt").is_some());
+    assert!(server.client_dir(&alice.id).join("stray.bin").exists());
+    // --cksum also finds the changed bytes.
+    let out = admin(&dir, &["verify", "--cksum", "--json"]);
+    assert!(kinds(&out.json()).contains(&"cksum-mismatch".to_string()));
+    // Text output: one aligned line per problem and a summary.
+    let text = admin(&dir, &["verify"]).stdout;
+    assert!(
+        text.contains("missing-file") && text.contains("4 problem(s)"),
+        "{text}"
+    );
+
+    // Repair the records only.
+    let out = admin(&dir, &["verify", "--repair", "rows", "--json"]);
+    assert_eq!(out.code, 2);
+    assert!(server.file_row(&alice.id, "a.txt").is_none());
+    assert!(server.client_dir(&alice.id).join("stray.bin").exists());
+    // Adopt the unrecorded file, delete the leftovers.
+    let out = admin(&dir, &["verify", "--repair", "adopt", "--json"]);
+    assert_eq!(out.code, 2);
+    let row = server.file_row(&alice.id, "stray.bin").unwrap();
+    assert_eq!(row.verified, 1);
+    let files = ok(&dir, &["files", "list", "--json"]).json();
+    let stray = files["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "stray.bin")
+        .unwrap()
+        .clone();
+    assert_eq!(stray["cksum"], cksum(b"stray"));
+    admin(&dir, &["verify", "--repair", "strays"]);
+    assert!(!dir.join("files").join("junk").exists());
+    assert!(server.part_files().is_empty());
+    // Only the changed content is left, and only --cksum sees it.
+    assert_eq!(admin(&dir, &["verify"]).code, 0);
+    assert_eq!(admin(&dir, &["verify", "--cksum"]).code, 2);
+    assert_eq!(admin(&dir, &["verify", "--repair", "strays,adopt"]).code, 1);
+}
+
+#[test]
+fn changes_go_through_the_running_servers_control_socket() {
+    let (server, alice, mut bob) = populated();
+    let dir = server.data_dir().to_path_buf();
+    let socket = dir.join("control.sock");
+    let mode = fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Reading works beside the running server.
+    let list = ok(&dir, &["clients", "list", "--json"]).json();
+    assert_eq!(list["clients"].as_array().unwrap().len(), 2);
+    let stats = ok(&dir, &["stats", "--json"]).json();
+    assert_eq!(stats["server"]["uploads"]["verified"], 3);
+    assert_eq!(stats["server"]["connections"], 0);
+    // The server holds the lock: only its loop can apply these.
+    ok(&dir, &["clients", "quota", "bob", "--files", "1"]);
+    ok(&dir, &["files", "delete", "alice", "b.txt"]);
+    assert!(!server.final_path(&alice.id, "b.txt").exists());
+    ok(&dir, &["clients", "forget", "alice", "--delete-files"]);
+    assert!(!server.client_dir(&alice.id).exists());
+    assert_eq!(admin(&dir, &["clients", "forget", "alice"]).code, 3);
+    // The name is free at once; bob's own quota applies at once.
+    client_with(&server, "alice", &[("new", b"n")]);
+    let mut conn = server.connect();
+    bob.reconnect(&mut conn);
+    bob.send_file(&mut conn, "second.txt", b"over the quota");
+    conn.expect(2107);
+    // verify sees a consistent directory while the server runs.
+    assert_eq!(admin(&dir, &["verify", "--cksum"]).code, 0);
+    let stats = ok(&dir, &["stats", "--json"]).json();
+    assert_eq!(stats["server"]["uploads"]["over_quota"], 1);
+    assert_eq!(stats["server"]["uploads"]["withdrawn"], 0);
+    // The lifetime counts are written with the pass's commit.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ok(&dir, &["stats", "--json"]).json()["uploads"]["over_quota"] != 1 {
+        assert!(Instant::now() < deadline, "lifetime count never written");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_client_forgotten_while_it_uploads_gets_2107_and_nothing_is_stored() {
+    let server = InProcess::start();
+    let mut conn = server.connect();
+    let mut client = Client::new("uploader");
+    client.register(&mut conn);
+    client.exchange_key(&mut conn);
+    let data = random_bytes(7, 3 << 20);
+    let mut up = client
+        .begin_upload(&mut conn, "big.bin", data.len() as u64)
+        .unwrap();
+    up.write(&data[..1 << 20]).unwrap();
+    // The server has begun storing it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.part_files().is_empty() {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = ok(
+        server.data_dir(),
+        &["clients", "forget", "uploader", "--json"],
+    );
+    assert_eq!(out.json()["uploads_withdrawn"], 1);
+    up.write(&data[1 << 20..]).unwrap();
+    up.finish().unwrap();
+    conn.expect(2107);
+    // Nothing of it is kept, the connection still works, the server too.
+    server.assert_no_parts_within(Duration::from_secs(5));
+    assert!(!server.final_path(&client.id, "big.bin").exists());
+    assert!(server.file_row(&client.id, "big.bin").is_none());
+    client.send_verdict(&mut conn, 1029, "big.bin");
+    conn.expect(2107);
+    server.good_client(1000);
+    let stats = ok(server.data_dir(), &["stats", "--json"]).json();
+    assert_eq!(stats["server"]["uploads"]["withdrawn"], 1);
+    assert_eq!(stats["server"]["uploads"]["aborted"], 0);
+}
+
+#[test]
+fn a_file_deleted_while_its_replacement_awaits_1029_ends_with_2107_and_nothing_stored() {
+    let server = InProcess::start();
+    let mut again = client_with(&server, "alice", &[("report.txt", b"version one")]);
+    let mut conn = server.connect();
+    again.reconnect(&mut conn);
+    let alice = &again;
+    again.send_file(&mut conn, "report.txt", b"version two");
+    let r = conn.expect(2103);
+    again.check_received(&r, "report.txt", 11, cksum(b"version two") as u32);
+    ok(
+        server.data_dir(),
+        &["files", "delete", "alice", "report.txt"],
+    );
+    again.send_verdict(&mut conn, 1029, "report.txt");
+    conn.expect(2107);
+    assert!(!server.final_path(&alice.id, "report.txt").exists());
+    assert!(server.file_row(&alice.id, "report.txt").is_none());
+    server.assert_no_parts_within(Duration::from_secs(5));
+    // The client may send it again.
+    again.upload_verified(&mut conn, "report.txt", b"version three");
+    assert_eq!(
+        fs::read(server.final_path(&alice.id, "report.txt")).unwrap(),
+        b"version three"
+    );
+}
+
+fn quota_server(quota: Quota) -> InProcess {
+    InProcess::start_with(|s| s.store.quota = quota)
+}
+
+/// Uploads `data` as `name` and answers 1029 if the server said 2103:
+/// whether it was stored.
+fn try_upload(client: &Client, conn: &mut Conn, name: &str, data: &[u8]) -> bool {
+    client.send_file(conn, name, data);
+    match code_of(&conn.recv()) {
+        2103 => {
+            client.verify(conn, name);
+            true
+        }
+        2107 => false,
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn the_bytes_quota_takes_uploads_at_and_under_the_limit_and_refuses_them_over_it() {
+    let server = quota_server(Quota {
+        max_bytes: Some(1000),
+        max_files: None,
+    });
+    let mut conn = server.connect();
+    let mut c = Client::new("q");
+    c.register(&mut conn);
+    c.exchange_key(&mut conn);
+    assert!(try_upload(&c, &mut conn, "a", &[1; 600]));
+    assert!(try_upload(&c, &mut conn, "b", &[2; 399]), "just under");
+    assert!(!try_upload(&c, &mut conn, "c", &[3; 2]), "over by one");
+    assert!(try_upload(&c, &mut conn, "c", &[3; 1]), "at the limit");
+    assert!(!try_upload(&c, &mut conn, "d", &[4; 1]), "full");
+    // A replacement counts its difference: a's 600 bytes by 600, by 601.
+    assert!(try_upload(&c, &mut conn, "a", &[5; 600]));
+    assert!(!try_upload(&c, &mut conn, "a", &[6; 601]));
+    assert_eq!(fs::read(server.final_path(&c.id, "a")).unwrap(), [5; 600]);
+    // Far over: refused at the header, before any content is stored.
+    assert!(!try_upload(&c, &mut conn, "big", &[7; 100_000]));
+    assert!(server.saw_session(|e| matches!(
+        e,
+        ServerEvent::Refused { reason, .. } if reason.to_string().contains("over quota")
+    )));
+    let stats = ok(server.data_dir(), &["stats", "--json"]).json();
+    assert_eq!(stats["server"]["uploads"]["over_quota"], 4);
+    assert_eq!(stats["bytes"], 1000);
+}
+
+#[test]
+fn the_files_quota_takes_files_up_to_the_limit_and_replacements_beyond_it() {
+    let server = quota_server(Quota {
+        max_bytes: None,
+        max_files: Some(2),
+    });
+    let mut conn = server.connect();
+    let mut c = Client::new("f");
+    c.register(&mut conn);
+    c.exchange_key(&mut conn);
+    assert!(try_upload(&c, &mut conn, "one", b"1"), "under");
+    assert!(try_upload(&c, &mut conn, "two", b"2"), "at");
+    assert!(!try_upload(&c, &mut conn, "three", b"3"), "over");
+    assert!(try_upload(&c, &mut conn, "two", b"22"), "a replacement");
+    assert!(!server.final_path(&c.id, "three").exists());
+    // An administrator raises this client's limit; it applies at once.
+    ok(
+        server.data_dir(),
+        &["clients", "quota", "f", "--files", "3"],
+    );
+    assert!(try_upload(&c, &mut conn, "three", b"3"));
+}
+
+#[test]
+fn the_control_socket_refuses_long_lines_and_bad_requests_and_caps_its_connections() {
+    let server = InProcess::start();
+    let socket = server.data_dir().join("control.sock");
+    let ask = |line: &[u8]| -> Value {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(line).unwrap();
+        let mut answer = String::new();
+        BufReader::new(s).read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap()
+    };
+    let a = ask(b"{\"op\":\"launch\"}\n");
+    assert_eq!(a["ok"], false);
+    assert!(a["error"].as_str().unwrap().contains("unknown request"));
+    assert_eq!(ask(b"not json\n")["ok"], false);
+    let long = vec![b'x'; 10_000];
+    let a = ask(&long);
+    assert!(a["error"].as_str().unwrap().contains("longer than"), "{a}");
+    assert_eq!(ask(b"{\"op\":\"ping\"}\n")["ok"], true);
+    // Silent control connections beyond the cap are closed at once and do
+    // not hold up a client's upload.
+    let idle: Vec<UnixStream> = (0..4)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+    let mut extra = UnixStream::connect(&socket).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut extra, &mut buf).unwrap(), 0);
+    let started = Instant::now();
+    server.good_client(200_000);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(idle);
+}
+
+#[test]
+fn the_binary_serves_the_control_socket_and_removes_it_at_exit() {
+    let mut server = Server::start(&[]);
+    let alice = client_with(&server, "alice", &[("a", b"a")]);
+    let dir = server.data_dir().to_path_buf();
+    assert!(dir.join("control.sock").exists());
+    ok(&dir, &["clients", "forget", "alice", "--delete-files"]);
+    assert!(server.wait_log("administrator: client", Duration::from_secs(5)));
+    assert!(!server.final_path(&alice.id, "a").exists());
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(20)).is_some());
+    assert!(!dir.join("control.sock").exists());
+    // Stopped: the same command now works directly (and finds nothing).
+    assert_eq!(admin(&dir, &["clients", "forget", "alice"]).code, 3);
+}
