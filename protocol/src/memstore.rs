@@ -494,9 +494,14 @@ impl Store for MemoryStore {
             return Ok(VerdictOutcome::NothingPending);
         };
         let p = self.pending.remove(uid).expect("selected from the set");
+        let mut outcome = VerdictOutcome::Applied;
         if verdict == Verdict::Accept {
             self.quota_allows(id, file_name, p.data.len() as u64)?;
             self.change();
+            let key = (*id, file_name.to_owned());
+            if self.files.get(&key).is_some_and(|f| f.verified) {
+                outcome = VerdictOutcome::Replaced;
+            }
             self.files.insert(
                 (*id, file_name.to_owned()),
                 StoredFile {
@@ -508,7 +513,7 @@ impl Store for MemoryStore {
                 batch.accepted.push((uid, p));
             }
         }
-        Ok(VerdictOutcome::Applied)
+        Ok(outcome)
     }
 
     fn has_pending(&self, conn: ConnId) -> bool {

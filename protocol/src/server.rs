@@ -221,6 +221,9 @@ pub enum ServerEvent {
         verdict: VerdictKind,
         /// Whether an upload awaiting a verdict was found.
         applied: bool,
+        /// Whether the accepted upload replaces a verified file of that
+        /// name.
+        replaced: bool,
         /// Sends of this file on this connection so far.
         attempts: u32,
         /// Plaintext bytes and cksum of the last send, if this connection
@@ -1434,7 +1437,8 @@ impl<U> ServerSession<U> {
             _ => Verdict::Discard,
         };
         let outcome = store.apply_verdict(cx, &id, base, verdict)?;
-        let applied = outcome == VerdictOutcome::Applied;
+        let applied = outcome != VerdictOutcome::NothingPending;
+        let replaced = outcome == VerdictOutcome::Replaced;
         let (attempts, last, duration) = match &self.attempts {
             Some(a) if a.client_id == id && a.base == base => (
                 a.count,
@@ -1451,6 +1455,7 @@ impl<U> ServerSession<U> {
             file_name: base.to_owned(),
             verdict: kind,
             applied,
+            replaced,
             attempts,
             last,
             duration,

@@ -147,6 +147,9 @@ pub enum Verdict {
 pub enum VerdictOutcome {
     /// An upload awaiting a verdict was found and the verdict applied.
     Applied,
+    /// As `Applied`, for an accepted upload that replaces the verified
+    /// file the client kept under that name (§6 allows it; the log says it).
+    Replaced,
     /// No upload of that name awaits a verdict for that client.
     NothingPending,
 }

@@ -736,3 +736,28 @@ fn answers_made_while_nothing_waits_for_a_commit_go_out_at_once() {
     Response::GeneralError.encode(Revision::R2023c, &mut error);
     assert_eq!(h.session.pending_output(), &error[..]);
 }
+
+/// The `replaced` flag of every verdict event so far.
+fn verdicts_replaced(h: &mut Harness) -> Vec<bool> {
+    let mut out = Vec::new();
+    while let Some(e) = h.session.poll_event() {
+        if let sealdrop_protocol::ServerEvent::Verdict { replaced, .. } = e {
+            out.push(replaced);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_second_verified_upload_of_a_name_is_reported_as_a_replacement() {
+    let mut h = Harness::new(alice_store());
+    h.feed(&vector("request_1028.bin"));
+    h.feed(&vector("request_1029.bin"));
+    assert_eq!(verdicts_replaced(&mut h), [false]);
+    h.feed(&vector("request_1028.bin"));
+    assert_eq!(
+        h.feed(&vector("request_1029.bin")),
+        vector("response_2104.bin")
+    );
+    assert_eq!(verdicts_replaced(&mut h), [true]);
+}

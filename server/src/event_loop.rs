@@ -969,11 +969,14 @@ fn log_events(key: usize, conn: &mut Conn, observer: &Option<Sender<Observed>>) 
                 file_name,
                 verdict,
                 applied,
+                replaced,
                 attempts,
                 last,
                 duration,
             } => {
                 let outcome = match (verdict, applied) {
+                    // §6 allows it, but an operator wants to know.
+                    (VerdictKind::CrcOk, true) if replaced => "verified replaced=earlier-file",
                     (VerdictKind::CrcOk, true) => "verified",
                     (VerdictKind::CrcBad, _) => "crc-mismatch-resending",
                     (VerdictKind::CrcGiveUp, _) => "crc-mismatch-gave-up",

@@ -1090,7 +1090,15 @@ impl Store for DiskStore {
                 })?;
                 // The answer goes to the connection that accepted it.
                 p.conn = cx.conn;
+                let replaces = self.db.file(id, file_name)?.is_some_and(|f| f.verified)
+                    || self
+                        .placing
+                        .iter()
+                        .any(|(_, q)| q.client == *id && q.file_name == file_name);
                 self.placing.push((uid, p));
+                if replaces {
+                    return Ok(VerdictOutcome::Replaced);
+                }
             }
             Verdict::Discard => {
                 self.drop_pending(uid, &"the client rejected it");
@@ -1766,9 +1774,10 @@ mod tests {
         let mut store = open(tmp.path());
         keyed(&mut store, &ALICE, "alice");
         upload(&mut store, &ALICE, "doc", b"version one");
-        accept(&mut store, &ALICE, "doc");
+        assert_eq!(accept(&mut store, &ALICE, "doc"), VerdictOutcome::Applied);
         upload(&mut store, &ALICE, "doc", b"version two");
-        accept(&mut store, &ALICE, "doc");
+        // The log says it replaced a file.
+        assert_eq!(accept(&mut store, &ALICE, "doc"), VerdictOutcome::Replaced);
         let path = files::final_path(tmp.path(), &ALICE, "doc");
         assert_eq!(fs::read(path).unwrap(), b"version two");
         assert_eq!(store.files().unwrap().len(), 1);
