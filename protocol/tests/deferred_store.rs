@@ -6,40 +6,22 @@
 
 use std::time::Instant;
 
-use sealdrop_protocol::consts::*;
-use sealdrop_protocol::crypto::{AesKey, TestEntropy};
+mod common;
+
+use common::{alice_id, vector, with_alice};
+use sealdrop_protocol::crypto::TestEntropy;
 use sealdrop_protocol::memstore::MemoryStore;
 use sealdrop_protocol::message::Request;
 use sealdrop_protocol::server::{ServerConfig, ServerSession};
-use sealdrop_protocol::store::{ClientRecord, Store};
+use sealdrop_protocol::store::Store;
 use sealdrop_protocol::wire::FixedName;
 use sealdrop_protocol::{ClientId, Response, ResponseDecoder, Revision};
 
 type Session = ServerSession<<MemoryStore as Store>::Upload>;
 
-fn vector(name: &str) -> Vec<u8> {
-    let path = format!("{}/../fixtures/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn alice_id() -> ClientId {
-    ClientId(vector("client_id.bin").try_into().unwrap())
-}
-
 /// A remote store holding the vector client "alice" after key exchange.
 fn remote_alice() -> MemoryStore {
-    let mut store = MemoryStore::remote();
-    let spki: [u8; PUBLIC_KEY_LEN] = vector("rsa1024_public_spki.der").try_into().unwrap();
-    store.clients.insert(
-        alice_id(),
-        ClientRecord {
-            id: alice_id(),
-            name: "alice".into(),
-            public_key: Some(Box::new(spki)),
-            last_key: AesKey::from_slice(&vector("aes_key.bin")),
-        },
-    );
-    store
+    with_alice(MemoryStore::remote())
 }
 
 struct Server {

@@ -4,39 +4,23 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{alice_id, vector, with_alice};
+
 use sealdrop_protocol::consts::*;
 use sealdrop_protocol::crypto::{AesKey, RsaPrivateKey, TestEntropy};
 use sealdrop_protocol::memstore::MemoryStore;
 use sealdrop_protocol::server::{CloseReason, ServerConfig, ServerSession};
-use sealdrop_protocol::store::{ClientRecord, Durability, Store};
+use sealdrop_protocol::store::{Durability, Store};
 use sealdrop_protocol::{ClientId, Response, ResponseDecoder, Revision};
 
 type Session = ServerSession<<MemoryStore as Store>::Upload>;
 
-fn vector(name: &str) -> Vec<u8> {
-    let path = format!("{}/../fixtures/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn alice_id() -> ClientId {
-    ClientId(vector("client_id.bin").try_into().unwrap())
-}
-
 /// A store holding the vector client "alice" after key exchange, with the
 /// vector AES key as her last key.
 fn alice_store() -> MemoryStore {
-    let mut store = MemoryStore::new();
-    let spki: [u8; PUBLIC_KEY_LEN] = vector("rsa1024_public_spki.der").try_into().unwrap();
-    store.clients.insert(
-        alice_id(),
-        ClientRecord {
-            id: alice_id(),
-            name: "alice".into(),
-            public_key: Some(Box::new(spki)),
-            last_key: AesKey::from_slice(&vector("aes_key.bin")),
-        },
-    );
-    store
+    with_alice(MemoryStore::new())
 }
 
 struct Harness {
