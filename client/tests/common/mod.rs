@@ -298,6 +298,7 @@ pub fn json(o: &Output) -> serde_json::Value {
             "bytes",
             "cksum",
             "client_id",
+            "error",
             "file",
             "outcome",
             "packets",
