@@ -228,6 +228,21 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
     Ok(secs)
 }
 
+/// The command line as completions and the man page show it: the flags of
+/// `--help`, without the hidden ones (clap_complete would offer those too).
+pub fn public_command() -> clap::Command {
+    use clap::CommandFactory;
+    let full = Args::command();
+    clap::Command::new(PROGRAM)
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(full.get_about().cloned().unwrap_or_default())
+        .long_about(full.get_long_about().cloned().unwrap_or_default())
+        .args(full.get_arguments().filter(|a| !a.is_hide_set()).cloned())
+}
+
+/// The program's name, as completions and the man page call it.
+pub const PROGRAM: &str = "sealdrop-client";
+
 /// Reports a flag error (exit 2) in one line, or prints --help / --version
 /// (exit 0).
 pub fn usage_error(e: clap::Error, started: Instant) -> ExitCode {

@@ -735,6 +735,83 @@ fn help_documents_flags_and_exit_codes() {
 }
 
 #[test]
+fn completions_and_man_page_are_generated_from_the_flags() {
+    let dir = workdir();
+    let flags = [
+        "server",
+        "name",
+        "file",
+        "state-dir",
+        "connect-timeout",
+        "timeout",
+        "quiet",
+        "json",
+        "revision",
+        "packet-size",
+        "packet-base",
+        "packet-mode",
+        "packet-fields",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let o = run(dir.path(), &["--print-completions", shell]);
+        assert_exit(&o, 0);
+        let script = stdout(&o);
+        for flag in flags {
+            let as_written = match shell {
+                "fish" => format!("-l {flag}"),
+                _ => format!("--{flag}"),
+            };
+            assert!(script.contains(&as_written), "{shell}: {flag}");
+        }
+        assert!(script.contains("sealdrop-client"), "{shell}");
+        for not in ["rsa-key", "print-completions", "print-man"] {
+            assert!(!script.contains(not), "{shell} offers {not}");
+        }
+        if shell == "bash"
+            && std::process::Command::new("bash")
+                .arg("-c")
+                .arg("true")
+                .output()
+                .is_ok()
+        {
+            // The script parses.
+            let checked = std::process::Command::new("bash")
+                .args(["-n", "-c", &script])
+                .output()
+                .unwrap();
+            assert!(checked.status.success(), "{}", stderr(&checked));
+        }
+    }
+    assert!(stdout(&run(dir.path(), &["--print-completions", "zsh"]))
+        .starts_with("#compdef sealdrop-client"));
+
+    let o = run(dir.path(), &["--print-man"]);
+    assert_exit(&o, 0);
+    let man = stdout(&o);
+    assert!(man.contains(".TH sealdrop-client 1 "), "{man}");
+    for flag in flags {
+        let roff = format!("\\fB\\-\\-{}\\fR", flag.replace('-', "\\-"));
+        assert!(man.contains(&roff), "{roff}");
+    }
+    for section in ["EXIT CODES", "REVISIONS AND PACKETS", "EXAMPLES"] {
+        assert!(
+            man.contains(&format!(".SH \"{section}\"\n.nf\n")),
+            "{section}"
+        );
+    }
+    assert!(man.contains("outcome_unknown (9)"), "{man}");
+    assert!(!man.contains("rsa"), "{man}");
+
+    let o = run(dir.path(), &["--print-completions", "tcsh"]);
+    assert_exit(&o, 2);
+    assert!(
+        stderr(&o).contains("unknown shell 'tcsh'"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn json_output_on_success_and_failure() {
     let dir = workdir();
     let server = FakeServer::vectors();
