@@ -213,6 +213,10 @@ impl Link {
     fn fill(&mut self, deadline: Instant) -> io::Result<()> {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
+        } else if self.end == self.buf.len() {
+            // Not reached (see above), but never read into an empty slice.
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
         }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
