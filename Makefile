@@ -41,8 +41,9 @@ PROGRAMS := sealdrop-server sealdrop-client
 # (`PROGRAM --print-completions bash|zsh|fish`) and man page
 # (`PROGRAM --print-man`), each with its man section. To add one, list
 # it here and set its MAN_SECTION_<program>.
-GENERATED := sealdrop-server
+GENERATED := sealdrop-server sealdrop-client
 MAN_SECTION_sealdrop-server := 8
+MAN_SECTION_sealdrop-client := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test interop bench fuzz build release install clean
@@ -103,7 +104,7 @@ build: ## Debug build of the whole workspace
 release: ## Release build of the whole workspace (binaries in target/release/)
 	$(CARGO) build --workspace --release
 
-install: ## Install the release binaries, systemd units, completions and man page (PREFIX, DESTDIR; run make release first)
+install: ## Install the release binaries, systemd units, completions and man pages (PREFIX, DESTDIR; run make release first)
 	@set -e; \
 	for p in $(PROGRAMS); do \
 		if [ ! -x "$(BUILD_DIR)/$$p" ]; then \

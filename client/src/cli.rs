@@ -31,14 +31,17 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 10.0;
 /// slow disk.
 pub const DEFAULT_TIMEOUT_SECS: f64 = 30.0;
 
-/// Exit codes, shown after `--help` and documented in README.md.
-const AFTER_HELP: &str = "\
+/// Exit codes, shown after `--help` and documented in README.md. It names
+/// no hidden flag: help shows only what users are meant to use.
+pub const AFTER_HELP: &str = "\
 Exit codes:
   0  every file was sent and verified (2104 after 1029)
   2  usage or configuration error: bad flags, missing or malformed transfer.info,
-     malformed me.info, unusable --rsa-key, file name or size the protocol cannot carry
-  3  network failure: could not connect or the connection kept breaking for --retry-for
-     (at least 3 retries), or no answer within --timeout on the first try and 3 retries
+     malformed me.info, an unusable key file, a file name or size the protocol
+     cannot carry
+  3  network failure: the host name does not resolve (not retried), or the connection
+     could not be opened or kept breaking for --retry-for (at least 3 retries), or no
+     answer within --timeout on the first try and 3 retries
   4  the server refused us: registration failed (2101), also after a denied reconnect (2106)
   5  the cksum was still wrong after four sends (1031 sent)
   6  the server answered 2107 (general error) on the first try and on all 3 retries
@@ -46,12 +49,16 @@ Exit codes:
      state folder (me.info, priv.key) cannot be created or written; checked before sending
   8  protocol violation: the server sent a response the protocol does not allow there,
      or answered in another revision's codes (the message names the revision it
-     seems to speak)
+     seems to speak), or the port answered in another protocol (HTTP, SSH, TLS...):
+     no sealdrop server there (not retried)
   9  outcome unknown: the connection broke after 1029 and before the server confirmed
      it; the server most likely kept the file (send it again to be sure)
 With several files: the code of the first file that failed.
 The codes above are 2023c's; every revision uses its own (PROTOCOL.md §9), e.g. 1607
-for 2107 in 2024a/2024c.
+for 2107 in 2024a/2024c. With --json the object's \"outcome\" names the exit code:
+verified (0), usage_error (2), network_error (3), registration_failed (4),
+crc_failed (5), server_error (6), local_io_error (7), protocol_error (8),
+outcome_unknown (9).
 
 Revisions and packets:
   --revision picks the protocol revision (default 2023c, or $SEALDROP_REVISION).
@@ -131,7 +138,8 @@ pub struct Args {
     pub quiet: bool,
 
     /// Print one JSON object on stdout at the end, also on failure:
-    /// {"file","bytes","cksum","attempts","seconds","client_id","outcome","revision","packets"}
+    /// {"file","bytes","cksum","attempts","seconds","client_id","outcome","revision","packets",
+    /// "error"}
     #[arg(long)]
     pub json: bool,
 
@@ -255,6 +263,21 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
     }
     Ok(secs)
 }
+
+/// The command line as completions and the man page show it: the flags of
+/// `--help`, without the hidden ones (clap_complete would offer those too).
+pub fn public_command() -> clap::Command {
+    use clap::CommandFactory;
+    let full = Args::command();
+    clap::Command::new(PROGRAM)
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(full.get_about().cloned().unwrap_or_default())
+        .long_about(full.get_long_about().cloned().unwrap_or_default())
+        .args(full.get_arguments().filter(|a| !a.is_hide_set()).cloned())
+}
+
+/// The program's name, as completions and the man page call it.
+pub const PROGRAM: &str = "sealdrop-client";
 
 /// Reports a flag error (exit 2) in one line, or prints --help / --version
 /// (exit 0).

@@ -119,8 +119,11 @@ pub struct TransferInfo {
     pub server: String,
     /// Line 2: client name.
     pub name: String,
-    /// Line 3: path of the file.
+    /// Line 3: path of the file, without surrounding spaces and tabs.
     pub file: String,
+    /// Line 3 as written (only the line ending removed): the path when a
+    /// file's name really begins or ends with a blank.
+    pub file_as_written: String,
 }
 
 impl Settings {
@@ -146,7 +149,7 @@ impl Settings {
         check_name(&name, name_source)?;
         let paths: Vec<(PathBuf, Source)> = match (given.is_empty(), &info) {
             (false, _) => given.into_iter().map(|p| (p, Source::Flag)).collect(),
-            (true, Some(i)) => vec![(PathBuf::from(&i.file), Source::TransferInfo)],
+            (true, Some(i)) => vec![(info_file(i), Source::TransferInfo)],
             (true, None) => Vec::new(),
         };
         let files = file_args(paths, args.store_as.as_deref())?;
@@ -307,9 +310,21 @@ fn packet_options(args: &Args) -> Result<PacketOptions, Failure> {
     Ok(options)
 }
 
+/// The file line 3 names: the path without surrounding blanks, unless
+/// only the path as written names a file (a name may begin or end with a
+/// space; an editor's stray blank is the likelier reading otherwise).
+fn info_file(info: &TransferInfo) -> PathBuf {
+    let trimmed = Path::new(&info.file);
+    let written = Path::new(&info.file_as_written);
+    if written != trimmed && !trimmed.exists() && written.exists() {
+        return written.to_path_buf();
+    }
+    trimmed.to_path_buf()
+}
+
 /// Reads and parses `transfer.info`.
 fn read_transfer_info(path: &Path) -> Result<TransferInfo, Failure> {
-    let text = read_small(path).map_err(|e| {
+    let bytes = read_small(path).map_err(|e| {
         Failure::usage(format!(
             "cannot read {}: {}; create it (HOST:PORT, name, file path, one per line) \
              or give --server, --name and --file",
@@ -317,36 +332,108 @@ fn read_transfer_info(path: &Path) -> Result<TransferInfo, Failure> {
             crate::net::describe(&e)
         ))
     })?;
-    parse_transfer_info(&text).map_err(|what| {
+    parse_transfer_info(&bytes).map_err(|what| {
         Failure::usage(format!(
-            "{} is malformed: {what}; it needs 3 lines: HOST:PORT, client name, file path",
+            "{} is malformed: {what}; it needs 3 lines: HOST:PORT, client name, file path \
+             (or give --server, --name and --file)",
             path.display()
         ))
     })
 }
 
-fn read_small(path: &Path) -> std::io::Result<String> {
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::fs::File::open(path)?
         .take(MAX_TRANSFER_INFO_LEN)
-        .read_to_string(&mut text)?;
-    Ok(text)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
-/// Parses the three lines (§7). LF or CRLF; surrounding white space is
-/// not part of a value (editors leave trailing blanks); lines after the
-/// third are ignored.
-pub fn parse_transfer_info(text: &str) -> Result<TransferInfo, String> {
-    let mut lines = text.lines().map(str::trim);
-    let mut next = |what: &str| match lines.next() {
-        Some(v) if !v.is_empty() => Ok(v.to_string()),
-        _ => Err(format!("{what} is missing")),
-    };
+/// The UTF-8 byte-order mark some Windows editors put first.
+const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// What surrounds a value by accident and is dropped: spaces and tabs.
+const BLANKS: [char; 2] = [' ', '\t'];
+
+/// What each line holds, for messages.
+const LINE_NAMES: [&str; 3] = ["HOST:PORT", "client name", "file path"];
+
+/// Parses the three lines (§7), forgiving what editors add and naming
+/// anything else plainly (the line, what is wrong, where):
+///
+/// * a UTF-8 byte-order mark is skipped; LF or CRLF line endings;
+/// * spaces and tabs around a value are dropped (line 3 keeps them in
+///   [`TransferInfo::file_as_written`]);
+/// * lines after the third are ignored, so blank trailing lines are too;
+/// * a missing or blank line, text that is not UTF-8 (UTF-16 included),
+///   a control character (a lone CR, an escape) or a blank inside
+///   `HOST:PORT` is an error.
+pub fn parse_transfer_info(bytes: &[u8]) -> Result<TransferInfo, String> {
+    if bytes.starts_with(b"\xff\xfe") || bytes.starts_with(b"\xfe\xff") {
+        return Err(format!(
+            "it is UTF-16 text (it starts with the bytes {:02X} {:02X}); save it as UTF-8 or ASCII",
+            bytes[0], bytes[1]
+        ));
+    }
+    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+    let mut lines = bytes.split(|&b| b == b'\n');
+    let mut values = Vec::with_capacity(LINE_NAMES.len());
+    for (i, what) in LINE_NAMES.iter().enumerate() {
+        let n = i + 1;
+        let raw = lines.next().unwrap_or_default();
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = std::str::from_utf8(raw).map_err(|e| {
+            let at = e.valid_up_to();
+            let column = String::from_utf8_lossy(&raw[..at]).chars().count() + 1;
+            format!(
+                "line {n} ({what}) is not UTF-8 text: byte {:02X} at column {column}; \
+                 save the file as UTF-8 or ASCII",
+                raw[at]
+            )
+        })?;
+        let value = line.trim_matches(BLANKS);
+        if value.is_empty() {
+            let state = if raw.is_empty() { "empty" } else { "blank" };
+            return Err(format!("line {n} ({what}) is {state}"));
+        }
+        let lead = line.len() - line.trim_start_matches(BLANKS).len();
+        let lead = line[..lead].chars().count();
+        if let Some((column, c)) = value.chars().enumerate().find(|(_, c)| c.is_control()) {
+            let c = match c {
+                '\r' => "a carriage return (CR: lines must end with LF or CRLF)".to_string(),
+                '\t' => "a tab".to_string(),
+                c => format!("the control character {}", c.escape_default()),
+            };
+            return Err(format!(
+                "line {n} ({what}) holds {c} at column {}: {}",
+                lead + column + 1,
+                crate::report::quoted(line)
+            ));
+        }
+        values.push((value.to_string(), line.to_string()));
+    }
+    let (server, server_line) = values.remove(0);
+    if let Some((column, c)) = server.char_indices().find(|(_, c)| c.is_whitespace()) {
+        let column = server_line.find(&server).unwrap_or(0) + column;
+        let which = if c == ' ' {
+            "a space".to_string()
+        } else {
+            format!("a blank (U+{:04X})", u32::from(c))
+        };
+        return Err(format!(
+            "line 1 (HOST:PORT) holds {which} at column {}: {}",
+            server_line[..column].chars().count() + 1,
+            crate::report::quoted(&server_line)
+        ));
+    }
+    let (name, _) = values.remove(0);
+    let (file, file_as_written) = values.remove(0);
     Ok(TransferInfo {
-        server: next("line 1 (HOST:PORT)")?,
-        name: next("line 2 (client name)")?,
-        file: next("line 3 (file path)")?,
+        server,
+        name,
+        file,
+        file_as_written,
     })
 }
 
@@ -374,8 +461,20 @@ fn bad_server(text: &str, source: Source) -> Failure {
 
 fn check_name(name: &str, source: Source) -> Result<(), Failure> {
     client_name_field(name).map(drop).map_err(|e| {
+        // Point at the first character a server would refuse.
+        let at = name
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !matches!(c, ' '..='~'))
+            .map_or(String::new(), |(i, c)| {
+                format!(
+                    " ({} at column {} is not printable ASCII)",
+                    crate::report::quoted(&c.to_string()),
+                    i + 1
+                )
+            });
         Failure::usage(format!(
-            "{e}: {}; fix {}",
+            "{e}: {}{at}; fix {}",
             crate::report::quoted(name),
             source.hint("name", 2)
         ))
@@ -451,19 +550,108 @@ pub fn name_problem(name: &str) -> String {
 mod tests {
     use super::*;
 
+    fn info(text: &[u8]) -> Result<TransferInfo, String> {
+        parse_transfer_info(text)
+    }
+
     #[test]
     fn transfer_info_tolerates_crlf_and_blanks() {
-        let info = parse_transfer_info("127.0.0.1:1357\r\nalice \r\n/tmp/a b.txt\r\n").unwrap();
+        let info = info(b"127.0.0.1:1357\r\nalice \r\n/tmp/a b.txt\r\n").unwrap();
         assert_eq!(
             info,
             TransferInfo {
                 server: "127.0.0.1:1357".into(),
                 name: "alice".into(),
                 file: "/tmp/a b.txt".into(),
+                file_as_written: "/tmp/a b.txt".into(),
             }
         );
-        assert!(parse_transfer_info("127.0.0.1:1357\nalice\n").is_err());
-        assert!(parse_transfer_info("127.0.0.1:1357\n\nfile\n").is_err());
+    }
+
+    #[test]
+    fn a_bom_and_stray_blanks_are_dropped() {
+        let got =
+            info(b"\xef\xbb\xbf 127.0.0.1:1357\t\n\talice  \n  data/r.pdf \n\n \n\n").unwrap();
+        assert_eq!(got.server, "127.0.0.1:1357");
+        assert_eq!(got.name, "alice");
+        assert_eq!(got.file, "data/r.pdf");
+        assert_eq!(got.file_as_written, "  data/r.pdf ");
+        // Inner spaces belong to the value.
+        assert_eq!(info(b"h:1\nal ice\na  b\n").unwrap().name, "al ice");
+        // No line ending after the last line; lines after the third.
+        assert_eq!(info(b"h:1\na\nf").unwrap().file, "f");
+        assert_eq!(info(b"h:1\na\nf\nextra\n").unwrap().file, "f");
+    }
+
+    #[test]
+    fn what_cannot_be_fixed_is_named_with_its_line_and_column() {
+        let err = |text: &[u8]| info(text).unwrap_err();
+        assert_eq!(err(b"h:1\na\n"), "line 3 (file path) is empty");
+        assert_eq!(err(b"h:1\n \t\nf\n"), "line 2 (client name) is blank");
+        assert_eq!(err(b""), "line 1 (HOST:PORT) is empty");
+        assert_eq!(
+            err(b"127.0.0.1 :1357\na\nf\n"),
+            "line 1 (HOST:PORT) holds a space at column 10: '127.0.0.1 :1357'"
+        );
+        assert_eq!(
+            err(b"  host\xc2\xa0:1\na\nf\n"),
+            "line 1 (HOST:PORT) holds a blank (U+00A0) at column 7: '  host\u{a0}:1'"
+        );
+        assert_eq!(
+            err(b"h:1\nali\tce\nf\n"),
+            "line 2 (client name) holds a tab at column 4: 'ali\\tce'"
+        );
+        let old_mac = err(b"h:1\ralice\rfile\r");
+        assert!(
+            old_mac.starts_with("line 1 (HOST:PORT) holds a carriage return (CR: lines must end with LF or CRLF) at column 4: 'h:1\\ralice"),
+            "{old_mac}"
+        );
+        assert_eq!(
+            err(b"h:1\na\nev\x1bil\n"),
+            "line 3 (file path) holds the control character \\u{1b} at column 3: 'ev\\u{1b}il'"
+        );
+        assert_eq!(
+            err(b"h:1\ncaf\xe9\nf\n"),
+            "line 2 (client name) is not UTF-8 text: byte E9 at column 4; save the file as UTF-8 or ASCII"
+        );
+        let utf16 = err(b"\xff\xfeh\x00:\x001\x00");
+        assert!(
+            utf16.starts_with("it is UTF-16 text (it starts with the bytes FF FE)"),
+            "{utf16}"
+        );
+    }
+
+    #[test]
+    fn line_3_keeps_its_blanks_only_when_a_file_has_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        let with = |file: String, file_as_written: String| TransferInfo {
+            server: "h:1".into(),
+            name: "a".into(),
+            file,
+            file_as_written,
+        };
+        // Neither exists: the trimmed path (the one an error names).
+        let i = with(at("r.pdf"), at("r.pdf") + " ");
+        assert_eq!(info_file(&i), Path::new(&at("r.pdf")));
+        // Only the name with the blank exists: that one.
+        std::fs::write(at("r.pdf "), b"x").unwrap();
+        assert_eq!(info_file(&i), Path::new(&(at("r.pdf") + " ")));
+        // Both exist: the trimmed one.
+        std::fs::write(at("r.pdf"), b"x").unwrap();
+        assert_eq!(info_file(&i), Path::new(&at("r.pdf")));
+    }
+
+    #[test]
+    fn a_refused_name_points_at_the_character() {
+        let e = check_name("caf\u{e9}", Source::TransferInfo).unwrap_err();
+        assert!(
+            e.message.contains(
+                "('\u{e9}' at column 4 is not printable ASCII); fix line 2 of transfer.info"
+            ),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

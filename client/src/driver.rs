@@ -19,7 +19,7 @@ use sealdrop_protocol::{ClientSession, FileUpload, RequestKind, ResponseKind, Re
 use crate::config::{FileArg, Settings, StateDirOrigin};
 use crate::entropy::OsEntropy;
 use crate::identity::{self, LoadError};
-use crate::net::{describe, is_timeout, Endpoint, Link, ReadError};
+use crate::net::{describe, is_timeout, ConnectError, Endpoint, Link, ReadError};
 use crate::progress::Progress;
 use crate::report::{quoted, Done, FailKind, Failure, Report};
 use crate::sent_log;
@@ -30,6 +30,10 @@ struct NetError {
     /// True if opening the connection failed.
     connecting: bool,
     error: io::Error,
+    /// A timeout on a connection that was open but from which not one
+    /// byte ever came in this run: perhaps a service of another protocol
+    /// that waits for its own request.
+    silent: bool,
 }
 
 /// One file of the run: its name and length, opened when its turn comes
@@ -69,6 +73,8 @@ pub struct Job<'a> {
     last_error: Option<NetError>,
     /// Connections opened so far: the `conn#N` of the debug log.
     conns: u32,
+    /// True once any byte came from the server, on any connection.
+    heard: bool,
 }
 
 impl<'a> Job<'a> {
@@ -146,6 +152,7 @@ impl<'a> Job<'a> {
             progress: Progress::new(quiet),
             last_error: None,
             conns: 0,
+            heard: false,
         })
     }
 
@@ -177,11 +184,11 @@ impl<'a> Job<'a> {
         loop {
             self.drain_events()?;
             let Some(action) = self.session.poll_action() else {
-                self.receive();
+                self.receive()?;
                 continue;
             };
             match action {
-                Action::Connect { delay } => self.connect(delay),
+                Action::Connect { delay } => self.connect(delay)?,
                 Action::Send(frame) => self.send(&frame),
                 Action::SendFile(upload) => self.send_file(upload)?,
                 Action::GenerateKeyPair => self.key_pair()?,
@@ -372,7 +379,9 @@ impl<'a> Job<'a> {
         })
     }
 
-    fn connect(&mut self, delay: Duration) {
+    /// Opens a connection. A host name that does not resolve ends the run
+    /// at once (exit 3): a retry a moment later asks the same resolver.
+    fn connect(&mut self, delay: Duration) -> Result<(), Failure> {
         if let Some(link) = self.link.take() {
             link.close();
         }
@@ -385,8 +394,19 @@ impl<'a> Job<'a> {
                 self.link = Some(link);
                 self.session.handle_connected();
             }
-            Err(error) => self.lost(error, true),
+            Err(ConnectError::Resolve(e)) => {
+                log::debug!("conn#{} failed: {e}", self.conns);
+                return Err(Failure::new(
+                    FailKind::Network,
+                    format!(
+                        "{e}; check the host name in {}",
+                        self.settings.server_source.hint("server", 1)
+                    ),
+                ));
+            }
+            Err(ConnectError::Connect(error)) => self.lost(error, true),
         }
+        Ok(())
     }
 
     fn send(&mut self, frame: &[u8]) {
@@ -474,19 +494,45 @@ impl<'a> Job<'a> {
         Ok(())
     }
 
-    fn receive(&mut self) {
+    /// Reads one response. A peer whose first bytes are not this
+    /// protocol ends the run at once (exit 8): another service holds the
+    /// port, and asking it again changes nothing.
+    fn receive(&mut self) -> Result<(), Failure> {
         let Some(link) = &mut self.link else {
-            return self.lost(io::ErrorKind::NotConnected.into(), false);
+            self.lost(io::ErrorKind::NotConnected.into(), false);
+            return Ok(());
         };
-        match link.read_response() {
+        // After the last byte of the file: the server decrypts and checks it.
+        self.progress.verifying();
+        let read = link.read_response();
+        self.heard |= link.received() > 0;
+        self.progress.clear();
+        match read {
             Ok(response) => {
                 let code = response_code(self.settings.revision, response.kind());
                 log::debug!("conn#{} <- {code}", self.conns);
                 self.session.handle_response(response, &mut self.rng)
             }
+            Err(ReadError::NotSealdrop(service)) => {
+                log::debug!("conn#{} <- not this protocol: {service:?}", self.conns);
+                let s = self.settings;
+                let what = service
+                    .protocol
+                    .map_or(String::new(), |p| format!(" ({p})"));
+                return Err(Failure::new(
+                    FailKind::Protocol,
+                    format!(
+                        "{} is not a sealdrop server: it answered {}{what}; check the port in {}",
+                        s.server,
+                        quoted(&service.shown),
+                        s.server_source.hint("server", 1)
+                    ),
+                ));
+            }
             Err(ReadError::Decode(e)) => self.session.handle_response_error(e),
             Err(ReadError::Io(e)) => self.lost(e, false),
         }
+        Ok(())
     }
 
     fn lost(&mut self, error: io::Error, connecting: bool) {
@@ -495,7 +541,12 @@ impl<'a> Job<'a> {
             link.close();
         }
         let stuck = !connecting && is_timeout(&error);
-        self.last_error = Some(NetError { connecting, error });
+        let silent = stuck && !self.heard;
+        self.last_error = Some(NetError {
+            connecting,
+            error,
+            silent,
+        });
         if stuck {
             self.session.handle_no_answer();
         } else {
@@ -592,10 +643,24 @@ impl<'a> Job<'a> {
             s.retry_for.as_secs_f64()
         );
         let message = match &self.last_error {
-            Some(NetError { connecting: true, error }) => format!(
+            Some(NetError {
+                connecting: true,
+                error,
+                ..
+            }) => format!(
                 "could not connect to {}: {} ({tries}); is the server running, is the port in {} right?",
                 s.server,
                 describe(error),
+                s.server_source.hint("server", 1)
+            ),
+            Some(NetError { silent: true, .. }) => format!(
+                "no answer from {} within {} s to {} ({tries}), not a single byte on any \
+                 connection: is it a sealdrop server? A service of another protocol (an HTTP \
+                 or TLS server, say) accepts the connection and waits for its own request; \
+                 check the port in {}, or raise --timeout if the server is only slow",
+                s.server,
+                s.timeout.as_secs_f64(),
+                request_label(s.revision, request),
                 s.server_source.hint("server", 1)
             ),
             Some(NetError { error, .. }) if is_timeout(error) => format!(

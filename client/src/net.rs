@@ -2,12 +2,15 @@
 //! requests, read one response at a time within a deadline (with the
 //! session's tolerant `ResponseReader`, in the revision's codes).
 
+use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use sealdrop_protocol::client::{ResponseError, ResponseReader};
+use sealdrop_protocol::client::{sniff, ForeignService, ResponseError, ResponseReader, Sniff};
 use sealdrop_protocol::{Response, Revision};
+
+use crate::report::quoted;
 
 /// Bytes read from the socket at a time. Responses are at most 286 bytes
 /// (2103), so this holds several; what one read brings beyond a response
@@ -43,17 +46,84 @@ impl Endpoint {
         }
     }
 
+    /// The host's addresses (a literal address is its own).
+    pub fn resolve(&self) -> Result<Vec<SocketAddr>, ResolveError> {
+        let failed = |error| ResolveError {
+            host: self.host.clone(),
+            error,
+        };
+        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(failed)?
+            .collect();
+        if addrs.is_empty() {
+            return Err(failed(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no address found",
+            )));
+        }
+        Ok(addrs)
+    }
+
     /// Resolves the host and connects to the first address that answers.
-    pub fn connect(&self) -> io::Result<Link> {
+    pub fn connect(&self) -> Result<Link, ConnectError> {
         let mut last = None;
-        for addr in (self.host.as_str(), self.port).to_socket_addrs()? {
+        for addr in self.resolve().map_err(ConnectError::Resolve)? {
             match TcpStream::connect_timeout(&addr, self.connect_timeout) {
-                Ok(stream) => return Link::new(stream, self.timeout, self.revision),
+                Ok(stream) => {
+                    return Link::new(stream, self.timeout, self.revision)
+                        .map_err(ConnectError::Connect)
+                }
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address found")))
+        // resolve() returns at least one address, so `last` is set.
+        Err(ConnectError::Connect(last.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "no address found")
+        })))
     }
+}
+
+/// The host name did not resolve (DNS, or /etc/hosts): retrying the same
+/// name a fraction of a second later will not help, and the port is not
+/// the problem.
+#[derive(Debug)]
+pub struct ResolveError {
+    /// The name as given.
+    pub host: String,
+    /// The resolver's error.
+    pub error: io::Error,
+}
+
+impl fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot resolve host {} (DNS): {}",
+            quoted(&self.host),
+            describe_resolve(&self.error)
+        )
+    }
+}
+
+/// Why no connection could be opened.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The host name has no address.
+    Resolve(ResolveError),
+    /// No address accepted the connection (the last address's error).
+    Connect(io::Error),
+}
+
+/// The resolver's message without std's "failed to lookup address
+/// information: " prefix: "name or service not known", "temporary
+/// failure in name resolution".
+fn describe_resolve(e: &io::Error) -> String {
+    let text = e.to_string();
+    let text = text
+        .strip_prefix("failed to lookup address information: ")
+        .unwrap_or(&text);
+    strip_os_error(text)
 }
 
 /// Why no response could be read.
@@ -64,6 +134,9 @@ pub enum ReadError {
     /// The bytes are not a valid response (framing lost), or a response
     /// of another revision.
     Decode(ResponseError),
+    /// The first bytes of the connection are not this protocol at all:
+    /// another service listens on the port.
+    NotSealdrop(ForeignService),
 }
 
 /// One open connection.
@@ -74,6 +147,10 @@ pub struct Link {
     start: usize,
     end: usize,
     timeout: Duration,
+    /// Bytes received on this connection so far.
+    received: u64,
+    /// True once the first bytes were found to be this protocol's.
+    sniffed: bool,
 }
 
 impl Link {
@@ -89,6 +166,8 @@ impl Link {
             start: 0,
             end: 0,
             timeout,
+            received: 0,
+            sniffed: false,
         })
     }
 
@@ -98,9 +177,20 @@ impl Link {
         self.stream.write_all(bytes)
     }
 
-    /// Reads the next response, waiting at most the timeout in total.
+    /// Reads the next response, waiting at most the timeout in total. The
+    /// first bytes of the connection are checked to be this protocol's
+    /// ([`sniff`]) before they are decoded.
     pub fn read_response(&mut self) -> Result<Response, ReadError> {
         let deadline = Instant::now() + self.timeout;
+        while !self.sniffed {
+            // Nothing of this connection decoded yet: its first bytes
+            // are all in the buffer.
+            match sniff(&self.buf[self.start..self.end]) {
+                Sniff::NeedMore => self.fill(deadline).map_err(ReadError::Io)?,
+                Sniff::Sealdrop => self.sniffed = true,
+                Sniff::Foreign(service) => return Err(ReadError::NotSealdrop(service)),
+            }
+        }
         loop {
             let mut input = &self.buf[self.start..self.end];
             let decoded = self.decoder.decode(&mut input);
@@ -112,18 +202,33 @@ impl Link {
         }
     }
 
-    /// Reads more bytes into the (fully consumed) buffer.
+    /// Bytes received on this connection so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Reads more bytes after those not yet decoded (only the first
+    /// two bytes of a connection ever wait for more: the
+    /// decoder takes everything it is given).
     fn fill(&mut self, deadline: Instant) -> io::Result<()> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.end == self.buf.len() {
+            // Not reached (see above), but never read into an empty slice.
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(io::ErrorKind::TimedOut.into());
             }
             self.stream.set_read_timeout(Some(left))?;
-            match self.stream.read(&mut self.buf[..]) {
+            match self.stream.read(&mut self.buf[self.end..]) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => {
-                    (self.start, self.end) = (0, n);
+                    self.end += n;
+                    self.received += n as u64;
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -194,6 +299,74 @@ mod tests {
             "{}",
             describe(&other)
         );
+    }
+
+    /// A server on 127.0.0.1 that reads the request, then writes `answer`
+    /// in pieces `cuts` apart, then keeps the connection open a moment.
+    fn answering(answer: &'static [u8], cuts: &'static [usize]) -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut from = 0;
+            for &to in cuts.iter().chain([&answer.len()]) {
+                s.write_all(&answer[from..to]).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+                from = to;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        port
+    }
+
+    #[test]
+    fn another_protocol_is_named_on_its_first_bytes() {
+        let port = answering(b"HTTP/1.1 400 Bad Request\r\n\r\n", &[1, 2]);
+        let mut link = Endpoint::loopback_for_tests(port).connect().unwrap();
+        let started = Instant::now();
+        match link.read_response() {
+            Err(ReadError::NotSealdrop(f)) => {
+                assert_eq!(f.protocol, Some("HTTP"));
+                assert!(f.shown.starts_with("HTTP/"), "{f:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_response_split_in_its_first_bytes_is_read() {
+        let ack: &[u8] = &[3, 0x3b, 0x08, 0, 0, 0, 0];
+        let port = answering(ack, &[1, 2]);
+        let mut link = Endpoint::loopback_for_tests(port).connect().unwrap();
+        assert!(matches!(link.read_response(), Ok(Response::GeneralError)));
+        assert_eq!(link.received(), 7);
+    }
+
+    #[test]
+    fn an_unresolvable_host_is_a_resolve_error() {
+        let ep = Endpoint {
+            host: "nosuch.invalid".into(),
+            ..Endpoint::loopback_for_tests(1)
+        };
+        match ep.connect() {
+            Err(ConnectError::Resolve(e)) => {
+                let text = e.to_string();
+                assert!(
+                    text.starts_with("cannot resolve host 'nosuch.invalid' (DNS): "),
+                    "{text}"
+                );
+                assert!(
+                    !text.contains("os error") && !text.contains("lookup"),
+                    "{text}"
+                );
+            }
+            Err(ConnectError::Connect(e)) => panic!("{e}"),
+            Ok(_) => panic!("nosuch.invalid resolved"),
+        }
+        // A literal address needs no resolver.
+        let ep = Endpoint::loopback_for_tests(1);
+        assert_eq!(ep.resolve().unwrap().len(), 1);
     }
 
     #[test]

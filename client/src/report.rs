@@ -31,12 +31,15 @@ pub enum FailKind {
     ServerError,
     /// 7: the file or the state files could not be read or written.
     LocalIo,
-    /// 8: the server broke the protocol.
+    /// 8: the server broke the protocol, or is no sealdrop server.
     Protocol,
     /// 9: the connection broke after 1029 and before its 2104: the
     /// server may or may not have kept the file.
     Unknown,
 }
+
+/// The `outcome` of a successful run.
+pub const VERIFIED: &str = "verified";
 
 impl FailKind {
     /// The process exit code.
@@ -187,11 +190,12 @@ impl Report {
         let secs = self.started.elapsed().as_secs_f64();
         for file in files {
             let name = file.to_string_lossy();
-            eprintln!(
-                "{PROGRAM}: {}: not sent ({})",
+            let message = format!(
+                "{}: not sent: the run ended early ({})",
                 printable(&name),
                 why.outcome()
             );
+            eprintln!("{PROGRAM}: {message}");
             if self.json {
                 let summary = Summary {
                     file: Some(name.into_owned()),
@@ -199,7 +203,7 @@ impl Report {
                     client_id: self.summary.borrow().client_id,
                     ..Summary::default()
                 };
-                println!("{}", json_object(&summary, secs, NOT_SENT));
+                println!("{}", json_object(&summary, secs, NOT_SENT, Some(&message)));
             }
         }
     }
@@ -208,7 +212,10 @@ impl Report {
     pub fn success(&self, done: &Done) -> ExitCode {
         let secs = self.started.elapsed().as_secs_f64();
         if self.json {
-            println!("{}", json_object(&self.summary.borrow(), secs, "verified"));
+            println!(
+                "{}",
+                json_object(&self.summary.borrow(), secs, VERIFIED, None)
+            );
         } else if !self.quiet {
             let packets = done
                 .packets
@@ -229,10 +236,12 @@ impl Report {
     /// Prints the failure line (and the JSON object); its exit code.
     pub fn failure(&self, failure: &Failure) -> ExitCode {
         let secs = self.started.elapsed().as_secs_f64();
-        eprintln!("{PROGRAM}: {}", printable(&failure.message));
+        let message = printable(&failure.message);
+        eprintln!("{PROGRAM}: {message}");
         if self.json {
             let outcome = failure.kind.outcome();
-            println!("{}", json_object(&self.summary.borrow(), secs, outcome));
+            let summary = self.summary.borrow();
+            println!("{}", json_object(&summary, secs, outcome, Some(&message)));
         }
         ExitCode::from(failure.kind.exit_code())
     }
@@ -240,22 +249,25 @@ impl Report {
 
 /// Reports a failure before the flags could be parsed.
 pub fn early_failure(kind: FailKind, message: &str, json: bool, started: Instant) -> ExitCode {
-    eprintln!("{PROGRAM}: {}", printable(message));
+    let message = printable(message);
+    eprintln!("{PROGRAM}: {message}");
     if json {
         let secs = started.elapsed().as_secs_f64();
-        println!("{}", json_object(&Summary::default(), secs, kind.outcome()));
+        let object = json_object(&Summary::default(), secs, kind.outcome(), Some(&message));
+        println!("{object}");
     }
     ExitCode::from(kind.exit_code())
 }
 
 /// The `--json` object: exactly the keys file, bytes, cksum, attempts,
-/// seconds, client_id, outcome, revision, packets; unknown values are
-/// `null`. `packets` is null outside 2024a/2024c, else
+/// seconds, client_id, outcome, revision, packets, error; unknown values
+/// are `null`. `outcome` is a value of the closed set in README.md; `error` is the failure
+/// line without the program's name (null on success). `packets` is null outside 2024a/2024c, else
 /// `{"count","size","base","mode","fields"}`: the number of packets, the
 /// bytes per packet (ciphertext in split mode, plaintext in each mode; the
 /// whole ciphertext for one packet), the first number, split or each,
 /// whole or packet.
-pub fn json_object(s: &Summary, seconds: f64, outcome: &str) -> String {
+pub fn json_object(s: &Summary, seconds: f64, outcome: &str, error: Option<&str>) -> String {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "null".into());
     let packets = s.packets.as_ref().map(|p| {
         format!(
@@ -269,7 +281,7 @@ pub fn json_object(s: &Summary, seconds: f64, outcome: &str) -> String {
     });
     format!(
         "{{\"file\":{},\"bytes\":{},\"cksum\":{},\"attempts\":{},\"seconds\":{seconds:.3},\
-         \"client_id\":{},\"outcome\":{},\"revision\":{},\"packets\":{}}}",
+         \"client_id\":{},\"outcome\":{},\"revision\":{},\"packets\":{},\"error\":{}}}",
         opt(s.file.as_deref().map(json_string)),
         opt(s.bytes.map(|b| b.to_string())),
         opt(s.cksum.map(|c| c.to_string())),
@@ -278,6 +290,7 @@ pub fn json_object(s: &Summary, seconds: f64, outcome: &str) -> String {
         json_string(outcome),
         opt(s.revision.map(|r| json_string(r.name()))),
         opt(packets),
+        opt(error.map(json_string)),
     )
 }
 
@@ -333,12 +346,13 @@ mod tests {
             revision: Some(Revision::R2023c),
             packets: None,
         };
-        let text = json_object(&s, 1.5, "crc_failed");
+        let text = json_object(&s, 1.5, "crc_failed", Some("it said \"no\""));
         assert_eq!(
             text,
             "{\"file\":\"a\\\"b\\u000a.txt\",\"bytes\":5,\"cksum\":null,\"attempts\":2,\
              \"seconds\":1.500,\"client_id\":\"abababababababababababababababab\",\
-             \"outcome\":\"crc_failed\",\"revision\":\"2023c\",\"packets\":null}"
+             \"outcome\":\"crc_failed\",\"revision\":\"2023c\",\"packets\":null,\
+             \"error\":\"it said \\\"no\\\"\"}"
         );
     }
 
@@ -356,11 +370,11 @@ mod tests {
             packets: Some(PacketPlan::new(5000, &options).unwrap()),
             ..Summary::default()
         };
-        let text = json_object(&s, 0.0, "verified");
+        let text = json_object(&s, 0.0, VERIFIED, None);
         assert!(
             text.ends_with(
                 "\"revision\":\"2024c\",\"packets\":{\"count\":5,\"size\":1024,\"base\":0,\
-                 \"mode\":\"each\",\"fields\":\"whole\"}}"
+                 \"mode\":\"each\",\"fields\":\"whole\"},\"error\":null}"
             ),
             "{text}"
         );
@@ -372,19 +386,63 @@ mod tests {
         assert_eq!(printable("café"), "café");
     }
 
+    /// Every `outcome` of the `--json` object with its exit code: a closed
+    /// set, documented in README.md ("Client exit codes and outcomes").
+    const OUTCOMES: [(&str, u8); 9] = [
+        (VERIFIED, 0),
+        ("usage_error", 2),
+        ("network_error", 3),
+        ("registration_failed", 4),
+        ("crc_failed", 5),
+        ("server_error", 6),
+        ("local_io_error", 7),
+        ("protocol_error", 8),
+        ("outcome_unknown", 9),
+    ];
+
+    const KINDS: [FailKind; 8] = [
+        FailKind::Usage,
+        FailKind::Network,
+        FailKind::Refused,
+        FailKind::Crc,
+        FailKind::ServerError,
+        FailKind::LocalIo,
+        FailKind::Protocol,
+        FailKind::Unknown,
+    ];
+
     #[test]
     fn exit_codes_are_distinct() {
-        let kinds = [
-            FailKind::Usage,
-            FailKind::Network,
-            FailKind::Refused,
-            FailKind::Crc,
-            FailKind::ServerError,
-            FailKind::LocalIo,
-            FailKind::Protocol,
-        ];
-        let mut codes: Vec<u8> = kinds.iter().map(|k| k.exit_code()).collect();
+        let mut codes: Vec<u8> = KINDS.iter().map(|k| k.exit_code()).collect();
         codes.dedup();
-        assert_eq!(codes, [2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(codes, [2, 3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn outcomes_are_the_closed_set_with_their_exit_codes() {
+        let mut from_kinds: Vec<(&str, u8)> = vec![(VERIFIED, 0)];
+        from_kinds.extend(KINDS.iter().map(|k| (k.outcome(), k.exit_code())));
+        assert_eq!(from_kinds, OUTCOMES);
+    }
+
+    /// README.md's table of outcomes lists exactly [`OUTCOMES`], each
+    /// with its exit code.
+    #[test]
+    fn readme_documents_every_outcome() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let documented: Vec<(String, u8)> = readme
+            .lines()
+            .filter_map(|line| {
+                // | 3 | `network_error` | ... |
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let code = cells.get(1)?.parse().ok()?;
+                let outcome = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+                Some((outcome.to_string(), code))
+            })
+            .collect();
+        let expected: Vec<(String, u8)> =
+            OUTCOMES.iter().map(|(o, c)| (o.to_string(), *c)).collect();
+        assert_eq!(documented, expected);
     }
 }

@@ -198,6 +198,56 @@ fn transfer_info_with_crlf_is_read_from_the_working_directory() {
 }
 
 #[test]
+fn transfer_info_with_a_bom_and_stray_blanks_is_read() {
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    fs::write(
+        dir.path().join("transfer.info"),
+        format!(
+            "\u{feff}  {} \t\r\n\talice  \r\n plain_1000.bin \r\n\r\n  \r\n",
+            server.addr()
+        ),
+    )
+    .unwrap();
+    let key = vector_path(KEY).to_string_lossy().into_owned();
+    let o = run(dir.path(), &["--rsa-key", &key, "--timeout", "5"]);
+    assert_exit(&o, 0);
+    // The exact vector frames: the name and the file name without blanks.
+    assert_eq!(server.frames()[0].bytes, vector("request_1025.bin"));
+    assert_eq!(server.frames()[2].bytes, vector("request_1028.bin"));
+}
+
+#[test]
+fn transfer_info_faults_are_named_by_line_and_column() {
+    let dir = workdir();
+    for (text, says) in [
+        (
+            "127.0.0.1:1357\nali\tce\nplain_1000.bin\n",
+            "transfer.info is malformed: line 2 (client name) holds a tab at column 4: 'ali\\tce'",
+        ),
+        (
+            "127.0.0.1:1357\n\nplain_1000.bin\n",
+            "transfer.info is malformed: line 2 (client name) is empty",
+        ),
+        (
+            "127.0.0.1:1357\ralice\rplain_1000.bin\r",
+            "transfer.info is malformed: line 1 (HOST:PORT) holds a carriage return",
+        ),
+        (
+            "127.0.0.1:1357\ncaf\u{e9}\nplain_1000.bin\n",
+            "('\u{e9}' at column 4 is not printable ASCII); fix line 2 of transfer.info",
+        ),
+    ] {
+        fs::write(dir.path().join("transfer.info"), text).unwrap();
+        let o = run(dir.path(), &[]);
+        assert_exit(&o, 2);
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(says), "{text:?}: {err}");
+    }
+}
+
+#[test]
 fn flags_override_transfer_info() {
     let dir = workdir();
     let server = FakeServer::vectors();
@@ -357,21 +407,170 @@ fn server_closing_after_every_response_still_succeeds() {
 #[test]
 fn silent_server_times_out_with_exit_3() {
     let dir = workdir();
-    let server = FakeServer::start(|_, _| Reply::Hang);
+    // Answers the registration, then never again: a stuck server.
+    let server = FakeServer::start(|f, _| match f.code {
+        1025 => vector_reply(f.code),
+        _ => Reply::Hang,
+    });
     let started = Instant::now();
     let o = run_with(dir.path(), &server.addr(), &["--timeout", "0.3", "--quiet"]);
     assert_exit(&o, 3);
     assert!(started.elapsed() < Duration::from_secs(15));
-    assert!(stderr(&o).contains("no answer from"), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("no answer from"), "{err}");
+    assert!(err.contains("overloaded or stuck"), "{err}");
+    assert!(!err.contains("another protocol"), "{err}");
+}
+
+#[test]
+fn a_server_that_never_sends_a_byte_may_speak_another_protocol() {
+    let dir = workdir();
+    let server = FakeServer::start(|_, _| Reply::Hang);
+    let o = run_with(dir.path(), &server.addr(), &["--timeout", "0.3", "--quiet"]);
+    assert_exit(&o, 3);
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("no answer from {} within 0.3 s", server.addr()))
+            && err.contains("not a single byte")
+            && err.contains("is it a sealdrop server?")
+            && err.contains("another protocol")
+            && err.contains("check the port in --server"),
+        "{err}"
+    );
+    assert!(!err.contains("overloaded"), "{err}");
 }
 
 #[test]
 fn undecodable_response_exits_8() {
     let dir = workdir();
-    let server = FakeServer::start(|_, _| Reply::Send(vec![3, 0x99, 0x99, 0, 0, 0, 0]));
+    // A 2100 whose payload_size is not 16: a sealdrop code, broken framing.
+    let server = FakeServer::start(|_, _| Reply::Send(vec![3, 0x34, 0x08, 0x99, 0, 0, 0]));
     let o = run_with(dir.path(), &server.addr(), &[]);
     assert_exit(&o, 8);
     assert!(stderr(&o).contains("broke the protocol"), "{}", stderr(&o));
+}
+
+/// A service of another protocol on 127.0.0.1: it writes `banner` as soon
+/// as it accepts (SSH, SMTP), or, with `after_request`, once it has read
+/// what the client sent (HTTP, TLS); then it closes the connection. The
+/// counter is the number of connections accepted.
+fn foreign_server(
+    banner: &'static [u8],
+    after_request: bool,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            if after_request {
+                let _ = stream.read(&mut [0; 4096]);
+            }
+            let _ = stream.write_all(banner);
+            // Read what else comes until the client closes (no reset).
+            let _ = std::io::copy(&mut stream, &mut std::io::sink());
+        }
+    });
+    (port, accepted)
+}
+
+#[test]
+fn a_port_answering_http_is_named_at_once_with_exit_8() {
+    let dir = workdir();
+    let (port, accepted) = foreign_server(b"HTTP/1.1 400 Bad Request\r\n\r\n", true);
+    let addr = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let o = run_with(dir.path(), &addr, &["--json"]);
+    assert_exit(&o, 8);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "no timeout waited"
+    );
+    let err = stderr(&o);
+    let line = format!(
+        "sealdrop-client: {addr} is not a sealdrop server: it answered \
+         'HTTP/1.1 400 Bad Request' (HTTP); check the port in --server"
+    );
+    assert_eq!(err, format!("{line}\n"), "one line, no retry notes");
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no retries"
+    );
+    let v = json(&o);
+    assert_eq!(v["outcome"], "protocol_error");
+    assert_eq!(v["error"], line.strip_prefix("sealdrop-client: ").unwrap());
+}
+
+#[test]
+fn ssh_and_tls_answers_are_named_too() {
+    let dir = workdir();
+    for (banner, after_request, shown) in [
+        (
+            &b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13\r\n"[..],
+            false,
+            "'SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13' (SSH)",
+        ),
+        (
+            &[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x32][..],
+            true,
+            "'15 03 01 00 02 02 32' (TLS alert)",
+        ),
+        (
+            &[3, 0x99, 0x99, 0, 0, 0, 0][..],
+            true,
+            "'03 99 99 00 00 00 00'; check",
+        ),
+    ] {
+        let (port, accepted) = foreign_server(banner, after_request);
+        let o = run_with(dir.path(), &format!("127.0.0.1:{port}"), &[]);
+        assert_exit(&o, 8);
+        let err = stderr(&o);
+        assert!(
+            err.contains("is not a sealdrop server: it answered ") && err.contains(shown),
+            "{err}"
+        );
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}
+
+#[test]
+fn an_unresolvable_host_fails_at_once_with_exit_3() {
+    let dir = workdir();
+    let o = run_with(dir.path(), "nosuch.invalid:1357", &["--json"]);
+    assert_exit(&o, 3);
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "no retry notes: {err}");
+    assert!(
+        err.starts_with("sealdrop-client: cannot resolve host 'nosuch.invalid' (DNS): ")
+            && err.contains("check the host name in --server"),
+        "{err}"
+    );
+    assert!(!err.contains("port") && !err.contains("tries"), "{err}");
+    assert_eq!(json(&o)["outcome"], "network_error");
+
+    // From transfer.info, the hint names its line.
+    fs::write(
+        dir.path().join("transfer.info"),
+        "nosuch.invalid:1357\nalice\nplain_1000.bin\n",
+    )
+    .unwrap();
+    let o = run(dir.path(), &["--quiet"]);
+    assert_exit(&o, 3);
+    assert!(
+        stderr(&o).contains("check the host name in line 1 of transfer.info"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -529,10 +728,88 @@ fn help_documents_flags_and_exit_codes() {
     ] {
         assert!(help.contains(needle), "{needle}");
     }
-    for code in 2..=8 {
+    for code in 2..=9 {
         assert!(help.contains(&format!("\n  {code}  ")), "exit code {code}");
     }
-    assert!(!help.contains("--rsa-key <FILE>"), "hidden test flag");
+    assert!(!help.contains("rsa-key"), "help names no hidden flag");
+    assert!(!help.contains("print-"), "the generators are for packagers");
+}
+
+#[test]
+fn completions_and_man_page_are_generated_from_the_flags() {
+    let dir = workdir();
+    let flags = [
+        "server",
+        "name",
+        "file",
+        "state-dir",
+        "connect-timeout",
+        "timeout",
+        "quiet",
+        "json",
+        "revision",
+        "packet-size",
+        "packet-base",
+        "packet-mode",
+        "packet-fields",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let o = run(dir.path(), &["--print-completions", shell]);
+        assert_exit(&o, 0);
+        let script = stdout(&o);
+        for flag in flags {
+            let as_written = match shell {
+                "fish" => format!("-l {flag}"),
+                _ => format!("--{flag}"),
+            };
+            assert!(script.contains(&as_written), "{shell}: {flag}");
+        }
+        assert!(script.contains("sealdrop-client"), "{shell}");
+        for not in ["rsa-key", "print-completions", "print-man"] {
+            assert!(!script.contains(not), "{shell} offers {not}");
+        }
+        if shell == "bash"
+            && std::process::Command::new("bash")
+                .arg("-c")
+                .arg("true")
+                .output()
+                .is_ok()
+        {
+            // The script parses.
+            let checked = std::process::Command::new("bash")
+                .args(["-n", "-c", &script])
+                .output()
+                .unwrap();
+            assert!(checked.status.success(), "{}", stderr(&checked));
+        }
+    }
+    assert!(stdout(&run(dir.path(), &["--print-completions", "zsh"]))
+        .starts_with("#compdef sealdrop-client"));
+
+    let o = run(dir.path(), &["--print-man"]);
+    assert_exit(&o, 0);
+    let man = stdout(&o);
+    assert!(man.contains(".TH sealdrop-client 1 "), "{man}");
+    for flag in flags {
+        let roff = format!("\\fB\\-\\-{}\\fR", flag.replace('-', "\\-"));
+        assert!(man.contains(&roff), "{roff}");
+    }
+    for section in ["EXIT CODES", "REVISIONS AND PACKETS", "EXAMPLES"] {
+        assert!(
+            man.contains(&format!(".SH \"{section}\"\n.nf\n")),
+            "{section}"
+        );
+    }
+    assert!(man.contains("outcome_unknown (9)"), "{man}");
+    assert!(!man.contains("rsa"), "{man}");
+
+    let o = run(dir.path(), &["--print-completions", "tcsh"]);
+    assert_exit(&o, 2);
+    assert!(
+        stderr(&o).contains("unknown shell 'tcsh'"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -543,6 +820,7 @@ fn json_output_on_success_and_failure() {
     let o = run_with(dir.path(), &server.addr(), &["--json", "--state-dir", "."]);
     assert_exit(&o, 0);
     let v = json(&o);
+    assert_eq!(v["error"], serde_json::Value::Null);
     assert_eq!(v["file"], "plain_1000.bin");
     assert_eq!(v["bytes"], 1000);
     assert_eq!(v["cksum"], 493196554);
@@ -559,6 +837,11 @@ fn json_output_on_success_and_failure() {
     assert_exit(&o, 3);
     let v = json(&o);
     assert_eq!(v["outcome"], "network_error");
+    let err = stderr(&o);
+    let last = err.lines().last().unwrap();
+    let message = last.strip_prefix("sealdrop-client: ").unwrap();
+    assert!(message.starts_with("could not connect"), "{message}");
+    assert_eq!(v["error"], message, "the failure line, without the program");
     assert_eq!(
         v["client_id"], VECTOR_ID,
         "from the me.info of the first run"
@@ -567,7 +850,9 @@ fn json_output_on_success_and_failure() {
 
     let o = run(dir.path(), &["--json", "--bogus"]);
     assert_exit(&o, 2);
-    assert_eq!(json(&o)["outcome"], "usage_error");
+    let v = json(&o);
+    assert_eq!(v["outcome"], "usage_error");
+    assert!(v["error"].as_str().unwrap().contains("--bogus"), "{v}");
 }
 
 #[test]

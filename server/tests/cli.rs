@@ -456,16 +456,38 @@ fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
-/// A folder standing in for `target/release`: the server under test and a
-/// stand-in client (the client's own build is not this crate's to make).
+/// A folder standing in for `target/release`: the server under test and
+/// the real client, built beside it (cargo builds only this package's
+/// binaries for its tests, so the client is brought up to date here).
 fn build_dir(tmp: &Path) -> PathBuf {
     let build = tmp.join("build");
     fs::create_dir_all(&build).unwrap();
     std::os::unix::fs::symlink(SERVER_BIN, build.join("sealdrop-server")).unwrap();
-    let client = build.join("sealdrop-client");
-    fs::write(&client, "#!/bin/sh\necho stand-in client\n").unwrap();
-    fs::set_permissions(&client, fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(client_bin(), build.join("sealdrop-client")).unwrap();
     build
+}
+
+/// The `sealdrop-client` of this build (same target folder and profile as
+/// the server under test), built or brought up to date by cargo.
+fn client_bin() -> PathBuf {
+    let server = Path::new(SERVER_BIN);
+    let profile_dir = server.parent().unwrap();
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .current_dir(repo_root())
+        .args(["build", "--quiet", "-p", "sealdrop-client", "--target-dir"])
+        .arg(profile_dir.parent().unwrap());
+    if profile_dir.file_name() == Some("release".as_ref()) {
+        cargo.arg("--release");
+    }
+    let built = run(&mut cargo, Duration::from_secs(600));
+    assert!(
+        built.status.success(),
+        "cargo build -p sealdrop-client: {built:?}"
+    );
+    let client = profile_dir.join("sealdrop-client");
+    assert!(client.is_file(), "{}", client.display());
+    client
 }
 
 #[test]
@@ -490,9 +512,13 @@ fn make_install_lays_out_a_packagers_tree() {
             "usr/lib/systemd/system/sealdrop-server-2024a.socket",
             "usr/lib/systemd/system/sealdrop-server.service",
             "usr/lib/systemd/system/sealdrop-server.socket",
+            "usr/share/bash-completion/completions/sealdrop-client",
             "usr/share/bash-completion/completions/sealdrop-server",
+            "usr/share/fish/vendor_completions.d/sealdrop-client.fish",
             "usr/share/fish/vendor_completions.d/sealdrop-server.fish",
+            "usr/share/man/man1/sealdrop-client.1",
             "usr/share/man/man8/sealdrop-server.8",
+            "usr/share/zsh/site-functions/_sealdrop-client",
             "usr/share/zsh/site-functions/_sealdrop-server",
         ]
     );
@@ -500,6 +526,10 @@ fn make_install_lays_out_a_packagers_tree() {
     assert_eq!(
         fs::read(usr.join("bin/sealdrop-server")).unwrap(),
         fs::read(SERVER_BIN).unwrap()
+    );
+    assert_eq!(
+        fs::read(usr.join("bin/sealdrop-client")).unwrap(),
+        fs::read(build.join("sealdrop-client")).unwrap()
     );
     assert_eq!(mode(&usr.join("bin/sealdrop-server")), 0o755);
     assert_eq!(mode(&usr.join("bin/sealdrop-client")), 0o755);
@@ -516,26 +546,49 @@ fn make_install_lays_out_a_packagers_tree() {
             fs::read(repo_root().join("server/systemd").join(socket)).unwrap()
         );
     }
-    // Completions and the man page are the binary's own output.
-    let generated = |args: &[&str]| server_in(tmp.path(), args).stdout;
-    for (path, args) in [
+    // Completions and the man pages are each binary's own output.
+    let server = |args: &[&str]| server_in(tmp.path(), args).stdout;
+    let client_bin = build.join("sealdrop-client");
+    let client = |args: &[&str]| {
+        let out = run(
+            Command::new(&client_bin).current_dir(tmp.path()).args(args),
+            Duration::from_secs(20),
+        );
+        assert!(out.status.success(), "sealdrop-client {args:?}: {out:?}");
+        out.stdout
+    };
+    for (path, generated) in [
         (
             "share/bash-completion/completions/sealdrop-server",
-            ["--print-completions", "bash"].as_slice(),
+            server(&["--print-completions", "bash"]),
         ),
         (
             "share/zsh/site-functions/_sealdrop-server",
-            &["--print-completions", "zsh"],
+            server(&["--print-completions", "zsh"]),
         ),
         (
             "share/fish/vendor_completions.d/sealdrop-server.fish",
-            &["--print-completions", "fish"],
+            server(&["--print-completions", "fish"]),
         ),
-        ("share/man/man8/sealdrop-server.8", &["--print-man"]),
+        ("share/man/man8/sealdrop-server.8", server(&["--print-man"])),
+        (
+            "share/bash-completion/completions/sealdrop-client",
+            client(&["--print-completions", "bash"]),
+        ),
+        (
+            "share/zsh/site-functions/_sealdrop-client",
+            client(&["--print-completions", "zsh"]),
+        ),
+        (
+            "share/fish/vendor_completions.d/sealdrop-client.fish",
+            client(&["--print-completions", "fish"]),
+        ),
+        ("share/man/man1/sealdrop-client.1", client(&["--print-man"])),
     ] {
+        assert!(generated.contains("sealdrop"), "{path}: {generated}");
         assert_eq!(
             fs::read_to_string(usr.join(path)).unwrap(),
-            generated(args),
+            generated,
             "{path}"
         );
         assert_eq!(mode(&usr.join(path)), 0o644, "{path}");
@@ -553,6 +606,7 @@ fn make_install_lays_out_a_packagers_tree() {
     let local = dest.join("usr/local");
     assert!(local.join("bin/sealdrop-server").is_file());
     assert!(local.join("share/man/man8/sealdrop-server.8").is_file());
+    assert!(local.join("share/man/man1/sealdrop-client.1").is_file());
     assert_eq!(
         fs::read(local.join("lib/systemd/system/sealdrop-server.service")).unwrap(),
         fs::read(repo_root().join("server/systemd/sealdrop-server.service")).unwrap()

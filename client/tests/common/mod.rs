@@ -302,6 +302,7 @@ pub fn json(o: &Output) -> serde_json::Value {
             "bytes",
             "cksum",
             "client_id",
+            "error",
             "file",
             "outcome",
             "packets",

@@ -74,12 +74,14 @@ use crate::wire::{sanitize_file_name, ClientId, FixedName, NameError};
 mod plan;
 mod reader;
 mod sender;
+mod sniff;
 
 pub use plan::{
     Granularity, PacketFields, PacketOptions, PacketOptionsError, PacketPlan, MAX_PACKETS,
 };
 pub use reader::{revisions_with_response, ResponseError, ResponseReader};
 pub use sender::{FileSender, FileSizeChanged};
+pub use sniff::{sniff, ForeignService, Sniff, SNIFF_LEN};
 
 /// How long a driver waits before reopening a connection after a 2107 or a
 /// lost connection: long enough not to hammer a struggling server, short
