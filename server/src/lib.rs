@@ -12,5 +12,7 @@ pub mod event_loop;
 pub mod files;
 pub mod inprocess;
 pub mod logging;
+pub mod metrics;
+pub mod metrics_http;
 pub mod store;
 pub mod systemd;
