@@ -92,6 +92,12 @@ pub struct Args {
     #[arg(long, value_name = "MODE", value_enum, default_value_t = SyncModeArg::Syncfs)]
     pub sync_mode: SyncModeArg,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by
+    /// default). The page is not authenticated: give a loopback or private
+    /// address. It holds counts and sizes, never names, keys or content.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Least severe messages logged; `warning` (journald's name) is
     /// accepted for warn. RUST_LOG, if set, replaces it.
     #[arg(
@@ -181,7 +187,8 @@ Environment:
   RUST_LOG         log filter in env_logger's syntax, replaces --log-level
                    (e.g. RUST_LOG=debug); start-up errors are shown even when
                    it filters them out
-  NOTIFY_SOCKET    set by systemd for Type=notify: READY=1, STOPPING=1, WATCHDOG=1
+  NOTIFY_SOCKET    set by systemd for Type=notify: READY=1, STOPPING=1, WATCHDOG=1,
+                   and STATUS= (connections, uploads in flight, verified since start)
   LISTEN_FDS       set by systemd socket activation: the passed socket is used
                    instead of --listen
 
@@ -306,6 +313,8 @@ pub enum ConfigError {
     BadListenAddr(String),
     /// A `--listen` tag that names no revision choice.
     BadListenTag(String),
+    /// `--metrics-listen` names an address a `--listen` also uses.
+    MetricsClash(SocketAddr),
     /// `--check-config` without `--listen`: the port file is unusable
     /// (the server itself would fall back to the default port).
     PortFileRequired(Box<ConfigError>),
@@ -342,6 +351,10 @@ impl std::fmt::Display for ConfigError {
                 f,
                 "'{tag}' is not a listener tag: use 2023c or 2024a (what codes 1025-1031 \
                  mean there), or only:REV with REV one of 2022c, 2023a, 2023c, 2024a, 2024c"
+            ),
+            ConfigError::MetricsClash(addr) => write!(
+                f,
+                "--metrics-listen {addr} is also a --listen address: give the metrics their own port"
             ),
             ConfigError::PortFileRequired(why) => write!(
                 f,
@@ -406,6 +419,8 @@ pub struct Settings {
     /// `--control-socket`, if given (else [`Settings::control_socket_path`]
     /// is in the data directory).
     pub control_socket: Option<PathBuf>,
+    /// Where `GET /metrics` is served (`--metrics-listen`); `None`: off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -489,6 +504,17 @@ impl Args {
             };
             vec![ListenSpec::auto(SocketAddr::from(([0, 0, 0, 0], port)))]
         };
+        if let Some(metrics) = self.metrics_listen {
+            let clash = |l: &ListenSpec| {
+                l.addr.port() == metrics.port()
+                    && (l.addr.ip() == metrics.ip()
+                        || l.addr.ip().is_unspecified()
+                        || metrics.ip().is_unspecified())
+            };
+            if metrics.port() != 0 && listen.iter().any(clash) {
+                return Err(ConfigError::MetricsClash(metrics));
+            }
+        }
         let session = ServerConfig {
             max_content: encrypted_len(self.max_file_size),
             header_timeout: Duration::from_secs(self.header_timeout),
@@ -518,6 +544,7 @@ impl Args {
             store,
             drain_timeout: Duration::from_secs(self.drain_timeout),
             control_socket: self.control_socket.clone(),
+            metrics_listen: self.metrics_listen,
         })
     }
 }
@@ -612,6 +639,36 @@ mod listen_tests {
         ] {
             assert!(bad.parse::<ListenSpec>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_needs_its_own_port() {
+        let args = Args::parse_from(["sealdrop-server", "--listen", "127.0.0.1:1357"]);
+        assert_eq!(args.settings().unwrap().metrics_listen, None);
+        let with = |listen: &str, metrics: &str| {
+            Args::parse_from([
+                "sealdrop-server",
+                "--listen",
+                listen,
+                "--metrics-listen",
+                metrics,
+            ])
+            .settings()
+        };
+        let ok = with("0.0.0.0:1357", "127.0.0.1:9357").unwrap();
+        assert_eq!(ok.metrics_listen, Some("127.0.0.1:9357".parse().unwrap()));
+        for (listen, metrics) in [
+            ("127.0.0.1:1357", "127.0.0.1:1357"),
+            ("0.0.0.0:1357", "127.0.0.1:1357"),
+            ("127.0.0.1:1357", "0.0.0.0:1357"),
+        ] {
+            assert!(
+                matches!(with(listen, metrics), Err(ConfigError::MetricsClash(_))),
+                "{listen} {metrics}"
+            );
+        }
+        assert!(with("127.0.0.1:0", "127.0.0.1:0").is_ok());
+        assert!(Args::try_parse_from(["sealdrop-server", "--metrics-listen", "9357"]).is_err());
     }
 
     #[test]

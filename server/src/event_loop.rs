@@ -41,6 +41,7 @@ use sealdrop_protocol::ServerSession;
 use crate::config::Settings;
 use crate::control::{self, Control};
 use crate::inprocess::Observed;
+use crate::metrics::{LoopView, Metrics};
 use crate::systemd;
 
 /// Listener `i` has token `LISTENER_BASE - i` (connections use their slab
@@ -176,6 +177,8 @@ pub struct Server {
     /// The control socket (administration commands), if it could be bound.
     control: Option<Control>,
     started: Instant,
+    /// Counters, `--metrics-listen` and `STATUS=`.
+    metrics: Metrics,
 }
 
 impl Server {
@@ -211,6 +214,12 @@ impl Server {
         }
         let local_addrs = bound.iter().map(|l| l.addr).collect();
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let metrics = Metrics::new(
+            &settings.data_dir,
+            settings.max_connections,
+            settings.metrics_listen,
+            poll.registry(),
+        )?;
         let now = Instant::now();
         let control = Control::bind(&settings.control_socket_path(), poll.registry())
             .inspect(|c| log::info!("administration commands on {}", c.path().display()))
@@ -246,6 +255,7 @@ impl Server {
             settings,
             control,
             started: now,
+            metrics,
         })
     }
 
@@ -287,6 +297,11 @@ impl Server {
         &self.local_addrs
     }
 
+    /// Where `GET /metrics` is served, with `--metrics-listen`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.addr()
+    }
+
     /// Runs until a signal asks it to stop and the drain is over.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
@@ -311,6 +326,7 @@ impl Server {
                             c.on_event(token);
                         }
                     }
+                    token if self.metrics.owns(token) => self.metrics.on_event(token, event),
                     token => self.on_conn_event(token, event),
                 }
             }
@@ -327,6 +343,7 @@ impl Server {
                 self.drive(token);
             }
             self.fire_timers(now);
+            self.metrics.serve(self.poll.registry(), now, self.view());
             self.housekeeping(now);
             self.end_pass();
             if self.drain_done(now) {
@@ -356,10 +373,12 @@ impl Server {
     /// and is queued to write what it released (or its 2107).
     fn end_pass(&mut self) {
         let touched = std::mem::take(&mut self.touched);
+        let started = Instant::now();
         let commit = self
             .store
             .uncommitted()
             .then(|| self.store.commit(Instant::now()));
+        self.metrics.pass_ended(commit.as_ref(), started.elapsed());
         if let Some(e) = commit.as_ref().and_then(|c| c.error.as_ref()) {
             log::error!("storage sync failed: {e}; this pass's answers become 2107");
         }
@@ -389,8 +408,16 @@ impl Server {
                 );
             }
             conn.session.handle_commit(outcome, &mut self.store);
-            log_events(key, conn, &self.observer);
+            log_events(key, conn, &self.observer, &mut self.metrics);
             self.again.push(Token(key));
+        }
+    }
+
+    /// What the metrics read from the loop at a scrape.
+    fn view(&self) -> LoopView {
+        LoopView {
+            open_connections: self.conns.len(),
+            awaiting_verdict: self.store.pending_count(),
         }
     }
 
@@ -413,6 +440,9 @@ impl Server {
             next = next.min(deadline);
         }
         if let Some(at) = self.control.as_ref().and_then(Control::next_deadline) {
+            next = next.min(at);
+        }
+        if let Some(at) = self.metrics.next_deadline() {
             next = next.min(at);
         }
         Some(next.saturating_duration_since(now))
@@ -580,6 +610,7 @@ impl Server {
         }
         let _ = stream.set_nodelay(true);
         self.serial += 1;
+        self.metrics.connection_accepted();
         entry.insert(Conn {
             stream,
             peer,
@@ -642,7 +673,7 @@ impl Server {
                 return;
             };
             if let Some((until, _)) = conn.linger {
-                match linger_step(conn, &mut self.read_buf) {
+                match linger_step(conn, &mut self.read_buf, &self.metrics) {
                     Step::Moved if now < until => {}
                     Step::Idle if now < until => break,
                     _ => return self.close(key, "2107 sent, framing lost"),
@@ -654,8 +685,9 @@ impl Server {
                     &mut self.rng,
                     &mut self.read_buf,
                     now,
+                    &self.metrics,
                 );
-                log_events(key, conn, &self.observer);
+                log_events(key, conn, &self.observer, &mut self.metrics);
                 let finished = conn.session.is_finished();
                 match step {
                     Step::Failed(why) => return self.close(key, &why),
@@ -733,7 +765,16 @@ impl Server {
             }
         }
         if now >= self.next_housekeeping {
+            let pending = self.store.pending_count();
             self.store.housekeeping(now, SystemTime::now());
+            self.metrics
+                .orphans_expired(pending.saturating_sub(self.store.pending_count()));
+            if let Some(line) = self
+                .metrics
+                .status_update(self.conns.len(), self.draining.is_some())
+            {
+                systemd::status(line);
+            }
             self.next_housekeeping = now + HOUSEKEEPING;
         }
     }
@@ -744,7 +785,7 @@ impl Server {
         }
         let mut conn = self.conns.remove(key);
         conn.session.close(Instant::now(), &mut self.store);
-        log_events(key, &mut conn, &self.observer);
+        log_events(key, &mut conn, &self.observer, &mut self.metrics);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let reason = conn
             .session
@@ -798,6 +839,7 @@ fn step(
     rng: &mut OsEntropy,
     buf: &mut [u8],
     now: Instant,
+    metrics: &Metrics,
 ) -> Step {
     let mut moved = false;
     // 1. Write what the session released.
@@ -835,6 +877,7 @@ fn step(
         match fold(conn.stream.read(&mut buf[..size])) {
             IoOutcome::Done(0) => {}
             IoOutcome::Done(n) => {
+                metrics.received(n);
                 let mut input = &buf[..n];
                 conn.session.handle_input(&mut input, now, store, rng);
                 conn.leftover.extend_from_slice(input);
@@ -867,7 +910,7 @@ fn should_linger(conn: &Conn) -> bool {
 
 /// Reads and drops input while lingering; `Failed` once the peer closed,
 /// errs, or sent more than [`LINGER_BYTES`].
-fn linger_step(conn: &mut Conn, buf: &mut [u8]) -> Step {
+fn linger_step(conn: &mut Conn, buf: &mut [u8], metrics: &Metrics) -> Step {
     if !conn.readable {
         return Step::Idle;
     }
@@ -876,6 +919,7 @@ fn linger_step(conn: &mut Conn, buf: &mut [u8]) -> Step {
     };
     match fold(conn.stream.read(&mut buf[..SMALL_READ])) {
         IoOutcome::Done(n) if *dropped + n <= LINGER_BYTES => {
+            metrics.received(n);
             *dropped += n;
             Step::Moved
         }
@@ -910,9 +954,16 @@ fn describe_close(reason: CloseReason) -> &'static str {
 /// Writes the session's events to the log: one line per event, one summary
 /// line per upload, each naming the connection by its serial (`conn#N`,
 /// unique for the process's life; `key`, the slab key, is reused and only
-/// goes to the observer). Never key material or content.
-fn log_events(key: usize, conn: &mut Conn, observer: &Option<Sender<Observed>>) {
+/// goes to the observer), and counts it in the metrics. Never key
+/// material or content.
+fn log_events(
+    key: usize,
+    conn: &mut Conn,
+    observer: &Option<Sender<Observed>>,
+    metrics: &mut Metrics,
+) {
     while let Some(event) = conn.session.poll_event() {
+        metrics.session_event(conn.serial, conn.session.answer_revision(), &event);
         if observer.is_some() {
             observe(
                 observer,

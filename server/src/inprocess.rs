@@ -62,6 +62,7 @@ pub enum Observed {
 pub struct Running {
     addr: SocketAddr,
     addrs: Vec<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     stop: StopHandle,
     thread: Option<JoinHandle<io::Result<()>>>,
     events: Receiver<Observed>,
@@ -91,6 +92,7 @@ pub fn spawn_with(
     server.set_observer(tx);
     let addr = server.local_addr();
     let addrs = server.local_addrs().to_vec();
+    let metrics_addr = server.metrics_addr();
     let stop = server.stop_handle();
     let thread = std::thread::Builder::new()
         .name(format!("sealdrop-server {addr}"))
@@ -98,6 +100,7 @@ pub fn spawn_with(
     Ok(Running {
         addr,
         addrs,
+        metrics_addr,
         stop,
         thread: Some(thread),
         events,
@@ -114,6 +117,12 @@ impl Running {
     /// `settings.listen`.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Where `GET /metrics` is served, if `settings.metrics_listen` was set
+    /// (port 0 picks a free one).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The next event, waiting at most `timeout`; `None` on timeout or

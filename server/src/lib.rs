@@ -14,5 +14,7 @@ pub mod event_loop;
 pub mod files;
 pub mod inprocess;
 pub mod logging;
+pub mod metrics;
+pub mod metrics_http;
 pub mod store;
 pub mod systemd;

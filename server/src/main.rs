@@ -301,6 +301,10 @@ fn check_data_dir(dir: &Path) -> Result<DataDirState> {
 }
 
 fn check_listen(settings: &Settings) -> Result<()> {
+    if let Some(addr) = settings.metrics_listen {
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    }
     if std::env::var_os("LISTEN_FDS").is_some() {
         return Ok(());
     }

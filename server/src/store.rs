@@ -2113,9 +2113,9 @@ mod tests {
         let path = files::final_path(tmp.path(), &ALICE, "doc");
         assert_eq!(fs::read(&path).unwrap(), b"old");
         assert!(row(&store, &ALICE, "doc").unwrap().verified);
-        // Once the file is back, a retried 1029 succeeds.
+        // Once the file is back, a retried 1029 succeeds (replacing "old").
         fs::rename(tmp.path().join("aside"), &temp).unwrap();
-        assert_eq!(accept(&mut store, &ALICE, "doc"), VerdictOutcome::Applied);
+        assert_eq!(accept(&mut store, &ALICE, "doc"), VerdictOutcome::Replaced);
         assert_eq!(fs::read(&path).unwrap(), b"new");
     }
 

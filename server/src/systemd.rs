@@ -1,4 +1,4 @@
-//! systemd integration: `Type=notify` state changes, the watchdog, and
+//! systemd integration: `Type=notify` state changes and `STATUS=`, the watchdog, and
 //! socket activation (sd_notify(3), sd_listen_fds(3)). Outside systemd all
 //! of it is a no-op.
 
@@ -17,6 +17,12 @@ pub fn ready(status: &str) {
 /// Tells systemd the server is shutting down.
 pub fn stopping() {
     notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+}
+
+/// Shows `line` as the service's status (`systemctl status` prints it
+/// after "Status:").
+pub fn status(line: &str) {
+    notify(&[NotifyState::Status(line)]);
 }
 
 /// Pings the watchdog.

@@ -1,0 +1,889 @@
+//! Monitoring: the counters, gauges and histograms served at
+//! `GET /metrics` when `--metrics-listen` is given (Prometheus text format,
+//! rendered by the `prometheus-client` crate; the HTTP side is
+//! [`crate::metrics_http`]), and the one-line `STATUS=` systemd shows.
+//!
+//! Everything is fed from what the loop already sees, one call per event:
+//! the session events that also go to the log and to the in-process
+//! observer ([`Metrics::session_event`]), accepts, socket reads, the
+//! commit at the end of each pass ([`Metrics::pass_ended`]) and the
+//! orphans housekeeping expired. A verified upload counts once the commit
+//! that made it durable succeeded, not when its 1029 arrived.
+//!
+//! The size of the file tree is a running figure: summed once at start
+//! (only when the endpoint is on), then moved by the size of each file a
+//! commit placed (its size after the commit minus the size of the file it
+//! replaced). Nothing walks the tree on a scrape.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::{Registry as PollRegistry, Token};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use sealdrop_protocol::error::{DecodeError, Refusal, StoreError};
+use sealdrop_protocol::server::{CloseReason, ServerEvent, VerdictKind};
+use sealdrop_protocol::store::{Commit, Durability};
+use sealdrop_protocol::{RequestKind, Revision};
+
+use crate::files;
+use crate::metrics_http::Endpoint;
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "sealdrop";
+
+/// Buckets of `sealdrop_commit_duration_seconds`: 0.5 ms doubling to
+/// about 4 s (a commit is one or two filesystem syncs).
+fn commit_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0005, 2.0, 14)
+}
+
+/// Buckets of `sealdrop_upload_duration_seconds`: 10 ms, each four times
+/// the last, to about 44 minutes (a 4 GiB file at the minimum rate takes
+/// longer, and lands in +Inf).
+fn upload_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.01, 4.0, 10)
+}
+
+/// Why the server said no: the `reason` label of
+/// `sealdrop_refusals_total`. A new reason is a variant here and an arm
+/// in [`refusal_reason`] or [`close_refusal`]; every variant is exported
+/// (at 0) from the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    /// A configured or built-in limit: a file over `--max-file-size`, the
+    /// store's cap on uploads awaiting a verdict.
+    Limit,
+    /// A client's quota (bytes or files kept).
+    Quota,
+    /// A frame that does not decode, or a 2024 packet that does not fit
+    /// its upload (2107 and, for frames, a close).
+    BadFrame,
+    /// A connection closed for a timeout: header, idle, minimum upload
+    /// rate, or a peer not reading its responses.
+    Timeout,
+    /// A well-formed request refused with 2107: unknown client, name
+    /// mismatch, no key, bad padding, unusable name, nothing pending.
+    Request,
+    /// A 1025 answered with 2101 (name taken or unusable).
+    Registration,
+    /// A 1027 answered with 2106.
+    Reconnect,
+    /// The server could not do its part: a storage error, answers that
+    /// could not be made durable, an RSA failure.
+    ServerError,
+}
+
+impl RefusalReason {
+    /// Every reason, in the order they are exported.
+    pub const ALL: [RefusalReason; 8] = [
+        RefusalReason::Limit,
+        RefusalReason::Quota,
+        RefusalReason::BadFrame,
+        RefusalReason::Timeout,
+        RefusalReason::Request,
+        RefusalReason::Registration,
+        RefusalReason::Reconnect,
+        RefusalReason::ServerError,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Limit => "limit",
+            RefusalReason::Quota => "quota",
+            RefusalReason::BadFrame => "bad_frame",
+            RefusalReason::Timeout => "timeout",
+            RefusalReason::Request => "request",
+            RefusalReason::Registration => "registration",
+            RefusalReason::Reconnect => "reconnect",
+            RefusalReason::ServerError => "server_error",
+        }
+    }
+}
+
+/// How an upload ended: the `outcome` label of `sealdrop_uploads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UploadOutcome {
+    /// Confirmed by 1029 and durable.
+    Verified,
+    /// The client gave up after cksum mismatches (1031).
+    CrcFailed,
+    /// Refused with 2107 (or a close in 2022c) once its content was read.
+    Refused,
+    /// Its connection closed while the content was arriving.
+    Abandoned,
+    /// Received completely, but no verdict came within `--orphan-ttl`
+    /// after its connection closed.
+    Expired,
+}
+
+impl UploadOutcome {
+    /// Every outcome, in the order they are exported.
+    pub const ALL: [UploadOutcome; 5] = [
+        UploadOutcome::Verified,
+        UploadOutcome::CrcFailed,
+        UploadOutcome::Refused,
+        UploadOutcome::Abandoned,
+        UploadOutcome::Expired,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadOutcome::Verified => "verified",
+            UploadOutcome::CrcFailed => "crc_failed",
+            UploadOutcome::Refused => "refused",
+            UploadOutcome::Abandoned => "abandoned",
+            UploadOutcome::Expired => "expired",
+        }
+    }
+}
+
+impl EncodeLabelValue for RefusalReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+impl EncodeLabelValue for UploadOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CodeLabel {
+    code: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: UploadOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: RefusalReason,
+}
+
+/// The reason a [`Refusal`] (a 2107 for a well-formed request) counts
+/// under.
+pub fn refusal_reason(refusal: &Refusal) -> RefusalReason {
+    match refusal {
+        Refusal::UnknownClient
+        | Refusal::NameMismatch
+        | Refusal::PublicKeyRefused(_)
+        | Refusal::NoKey
+        | Refusal::UnusableFileName
+        | Refusal::UnusableVerdictName
+        | Refusal::BadPadding(_)
+        | Refusal::NothingPending => RefusalReason::Request,
+        Refusal::Packet(_) => RefusalReason::BadFrame,
+        Refusal::OverQuota(_) => RefusalReason::Quota,
+        Refusal::Store(StoreError::PendingFull { .. }) => RefusalReason::Limit,
+        Refusal::Store(_) | Refusal::KeyEncryption(_) | Refusal::NoFreeClientId => {
+            RefusalReason::ServerError
+        }
+    }
+}
+
+/// The reason a session's close counts under, if it is a refusal (a
+/// peer that closed, or a shutdown, is not).
+pub fn close_refusal(reason: CloseReason) -> Option<RefusalReason> {
+    match reason {
+        CloseReason::Decode(DecodeError::ContentTooLarge { .. }) => Some(RefusalReason::Limit),
+        CloseReason::Decode(DecodeError::Truncated) => None,
+        CloseReason::Decode(_) => Some(RefusalReason::BadFrame),
+        CloseReason::HeaderTimeout
+        | CloseReason::IdleTimeout
+        | CloseReason::TooSlow
+        | CloseReason::WriteStalled => Some(RefusalReason::Timeout),
+        CloseReason::NotDurable => Some(RefusalReason::ServerError),
+        // 2022c's refusal without an answer was counted by its Refused event.
+        CloseReason::PeerClosed
+        | CloseReason::PeerClosedMidFrame
+        | CloseReason::Local
+        | CloseReason::NoErrorResponse => None,
+    }
+}
+
+/// The metric handles (each a shared atomic the registry also holds).
+struct Handles {
+    connections_accepted: Counter,
+    connections_open: Gauge,
+    connections_max: Gauge,
+    requests: Family<CodeLabel, Counter>,
+    uploads: Family<OutcomeLabel, Counter>,
+    uploads_in_flight: Gauge,
+    uploads_awaiting_verdict: Gauge,
+    received_bytes: Counter,
+    stored_bytes: Counter,
+    resends: Counter,
+    refusals: Family<ReasonLabel, Counter>,
+    commit_duration: Histogram,
+    commit_failures: Counter,
+    upload_duration: Histogram,
+    database_size: Gauge,
+    files_size: Gauge,
+}
+
+impl Handles {
+    fn register(registry: &mut Registry) -> Handles {
+        let h = Handles {
+            connections_accepted: Counter::default(),
+            connections_open: Gauge::default(),
+            connections_max: Gauge::default(),
+            requests: Family::default(),
+            uploads: Family::default(),
+            uploads_in_flight: Gauge::default(),
+            uploads_awaiting_verdict: Gauge::default(),
+            received_bytes: Counter::default(),
+            stored_bytes: Counter::default(),
+            resends: Counter::default(),
+            refusals: Family::default(),
+            commit_duration: Histogram::new(commit_buckets()),
+            commit_failures: Counter::default(),
+            upload_duration: Histogram::new(upload_buckets()),
+            database_size: Gauge::default(),
+            files_size: Gauge::default(),
+        };
+        let r = registry;
+        r.register(
+            "connections_accepted",
+            "Client connections accepted",
+            h.connections_accepted.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Client connections open now",
+            h.connections_open.clone(),
+        );
+        r.register(
+            "connections_max",
+            "The connection cap (--max-connections)",
+            h.connections_max.clone(),
+        );
+        r.register(
+            "requests",
+            "Requests answered, by the request code as the client's revision numbers it",
+            h.requests.clone(),
+        );
+        r.register(
+            "uploads",
+            "Uploads ended, by outcome (verified, crc_failed, refused, abandoned, expired)",
+            h.uploads.clone(),
+        );
+        r.register(
+            "uploads_in_flight",
+            "Uploads whose content is being received now",
+            h.uploads_in_flight.clone(),
+        );
+        r.register(
+            "uploads_awaiting_verdict",
+            "Uploads received completely and awaiting the client's verdict",
+            h.uploads_awaiting_verdict.clone(),
+        );
+        r.register_with_unit(
+            "received",
+            "Bytes read from client connections",
+            Unit::Bytes,
+            h.received_bytes.clone(),
+        );
+        r.register_with_unit(
+            "stored",
+            "Bytes of verified files placed in the file tree",
+            Unit::Bytes,
+            h.stored_bytes.clone(),
+        );
+        r.register(
+            "resends",
+            "Resends asked for after a cksum mismatch (1030)",
+            h.resends.clone(),
+        );
+        r.register(
+            "refusals",
+            "Requests refused and connections closed by the server, by reason",
+            h.refusals.clone(),
+        );
+        r.register_with_unit(
+            "commit_duration",
+            "Time of each group commit (file and database syncs) that had changes",
+            Unit::Seconds,
+            h.commit_duration.clone(),
+        );
+        r.register(
+            "commit_failures",
+            "Group commits that failed (their answers became 2107)",
+            h.commit_failures.clone(),
+        );
+        r.register_with_unit(
+            "upload_duration",
+            "Time of verified uploads from the first send's header to the 1029",
+            Unit::Seconds,
+            h.upload_duration.clone(),
+        );
+        r.register_with_unit(
+            "database_size",
+            "Size of defensive.db and its write-ahead log",
+            Unit::Bytes,
+            h.database_size.clone(),
+        );
+        r.register_with_unit(
+            "files_size",
+            "Total size of the stored files (uploads in progress excluded)",
+            Unit::Bytes,
+            h.files_size.clone(),
+        );
+        // Every label value from the start, so rates and alerts see a 0
+        // rather than no series.
+        for outcome in UploadOutcome::ALL {
+            let _ = h.uploads.get_or_create(&OutcomeLabel { outcome });
+        }
+        for reason in RefusalReason::ALL {
+            let _ = h.refusals.get_or_create(&ReasonLabel { reason });
+        }
+        h
+    }
+}
+
+/// A file a 1029 asked to place, settled by the pass's commit.
+struct Placement {
+    conn: u64,
+    path: PathBuf,
+    /// Size of the file at the path before the commit (0: none).
+    before: u64,
+    duration: Option<Duration>,
+}
+
+/// What the loop knows that the metrics show, read at each scrape.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopView {
+    /// Client connections open.
+    pub open_connections: usize,
+    /// Uploads awaiting a verdict (the store's count).
+    pub awaiting_verdict: usize,
+}
+
+/// The server's metrics and, with `--metrics-listen`, their endpoint.
+pub struct Metrics {
+    registry: Registry,
+    h: Handles,
+    data_dir: PathBuf,
+    /// Connections (by serial) with an upload being received.
+    in_flight: HashSet<u64>,
+    /// Files placed by this pass's commit.
+    placing: Vec<Placement>,
+    verified: u64,
+    endpoint: Option<Endpoint>,
+    /// The last `STATUS=` sent.
+    status: String,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("endpoint", &self.endpoint.as_ref().map(Endpoint::addr))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Metrics for a server with data in `data_dir`; with `listen`, the
+    /// endpoint is bound and registered with `poll` and the file tree's
+    /// size is summed once.
+    pub fn new(
+        data_dir: &Path,
+        max_connections: usize,
+        listen: Option<SocketAddr>,
+        poll: &PollRegistry,
+    ) -> io::Result<Metrics> {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let h = Handles::register(&mut registry);
+        h.connections_max.set(gauge_value(max_connections as u64));
+        let endpoint = match listen {
+            Some(addr) => {
+                let endpoint = Endpoint::bind(addr, poll)?;
+                h.files_size.set(gauge_value(tree_size(data_dir)));
+                log::info!(
+                    "metrics at http://{}/metrics (Prometheus text format)",
+                    endpoint.addr()
+                );
+                Some(endpoint)
+            }
+            None => None,
+        };
+        Ok(Metrics {
+            registry,
+            h,
+            data_dir: data_dir.to_path_buf(),
+            in_flight: HashSet::new(),
+            placing: Vec::new(),
+            verified: 0,
+            endpoint,
+            status: String::new(),
+        })
+    }
+
+    /// Where the endpoint listens, if it is on.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.endpoint.as_ref().map(Endpoint::addr)
+    }
+
+    /// A client connection was accepted.
+    pub fn connection_accepted(&self) {
+        self.h.connections_accepted.inc();
+    }
+
+    /// `n` bytes were read from a client connection.
+    pub fn received(&self, n: usize) {
+        self.h.received_bytes.inc_by(n as u64);
+    }
+
+    /// Orphaned uploads expired by housekeeping.
+    pub fn orphans_expired(&self, n: usize) {
+        if n > 0 {
+            self.upload_ended(UploadOutcome::Expired, n as u64);
+        }
+    }
+
+    /// Counts what a session reported for connection `conn` (its serial),
+    /// which speaks `revision` (for the request codes).
+    pub fn session_event(&mut self, conn: u64, revision: Revision, event: &ServerEvent) {
+        let request = |kind| self.request(revision, kind);
+        match event {
+            ServerEvent::Registered { .. } => request(RequestKind::Register),
+            ServerEvent::RegistrationFailed { .. } => {
+                request(RequestKind::Register);
+                self.refused(RefusalReason::Registration);
+            }
+            ServerEvent::KeyAccepted { .. } => request(RequestKind::PublicKey),
+            ServerEvent::Reconnected { .. } => request(RequestKind::Reconnect),
+            ServerEvent::ReconnectDenied { .. } => {
+                request(RequestKind::Reconnect);
+                self.refused(RefusalReason::Reconnect);
+            }
+            ServerEvent::UploadStarted { .. } => {
+                self.in_flight.insert(conn);
+            }
+            ServerEvent::UploadReceived { .. } => {
+                request(RequestKind::SendFile);
+                self.in_flight.remove(&conn);
+            }
+            ServerEvent::Verdict {
+                client_id,
+                file_name,
+                verdict,
+                applied,
+                duration,
+                ..
+            } => {
+                let kind = match *verdict {
+                    VerdictKind::CrcOk => RequestKind::CrcOk,
+                    VerdictKind::CrcBad => RequestKind::CrcBad,
+                    VerdictKind::CrcGiveUp => RequestKind::CrcGiveUp,
+                };
+                request(kind);
+                match (*verdict, *applied) {
+                    (VerdictKind::CrcBad, _) => {
+                        self.h.resends.inc();
+                    }
+                    (VerdictKind::CrcOk, true) => {
+                        let path = files::final_path(&self.data_dir, client_id, file_name);
+                        self.placing.push(Placement {
+                            conn,
+                            before: file_size(&path),
+                            path,
+                            duration: *duration,
+                        });
+                    }
+                    (VerdictKind::CrcGiveUp, true) => {
+                        self.upload_ended(UploadOutcome::CrcFailed, 1);
+                    }
+                    // 2107: no upload of that name awaits a verdict.
+                    (_, false) => self.refused(RefusalReason::Request),
+                }
+            }
+            ServerEvent::Refused { kind, reason, .. } => {
+                request(*kind);
+                self.refused(refusal_reason(reason));
+                if *kind == RequestKind::SendFile {
+                    self.in_flight.remove(&conn);
+                    self.upload_ended(UploadOutcome::Refused, 1);
+                }
+            }
+            ServerEvent::RevisionDetected { .. } => {}
+            ServerEvent::Closing(reason) => {
+                if let Some(why) = close_refusal(*reason) {
+                    self.refused(why);
+                }
+                if self.in_flight.remove(&conn) {
+                    self.upload_ended(UploadOutcome::Abandoned, 1);
+                }
+            }
+        }
+    }
+
+    /// The end of a loop pass: the commit it ran (if the store had
+    /// changes) and how long that took. Settles the files placed by it:
+    /// a durable one counts as verified, and the file tree's size moves
+    /// by what is on the disk now.
+    pub fn pass_ended(&mut self, commit: Option<&Commit>, took: Duration) {
+        if let Some(c) = commit {
+            self.h.commit_duration.observe(took.as_secs_f64());
+            if c.error.is_some() {
+                self.h.commit_failures.inc();
+            }
+        }
+        if self.placing.is_empty() {
+            return;
+        }
+        let mut seen = HashSet::new();
+        for p in std::mem::take(&mut self.placing) {
+            let after = file_size(&p.path);
+            if seen.insert(p.path.clone()) {
+                self.h
+                    .files_size
+                    .inc_by(gauge_value(after) - gauge_value(p.before));
+            }
+            let durable = commit.map_or(Durability::Durable, |c| c.outcome(p.conn));
+            if durable == Durability::Durable {
+                self.verified += 1;
+                self.upload_ended(UploadOutcome::Verified, 1);
+                self.h.stored_bytes.inc_by(after);
+                if let Some(d) = p.duration {
+                    self.h.upload_duration.observe(d.as_secs_f64());
+                }
+            }
+        }
+    }
+
+    /// `STATUS=` for systemd: what is going on, in one line. `None` when
+    /// it is the same as the last one returned.
+    pub fn status_update(&mut self, open_connections: usize, draining: bool) -> Option<&str> {
+        let line = format!(
+            "{}{open_connections} connection{} open, {} upload{} in flight, {} verified since start",
+            if draining { "draining: " } else { "" },
+            plural(open_connections),
+            self.in_flight.len(),
+            plural(self.in_flight.len()),
+            self.verified,
+        );
+        if line == self.status {
+            return None;
+        }
+        self.status = line;
+        Some(&self.status)
+    }
+
+    /// Uploads verified since start.
+    pub fn verified(&self) -> u64 {
+        self.verified
+    }
+
+    /// Uploads whose content is being received now.
+    pub fn uploads_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Every metric in the Prometheus text format (version 0.0.4), with
+    /// the gauges read now.
+    pub fn render(&self, view: LoopView) -> String {
+        let h = &self.h;
+        h.connections_open
+            .set(gauge_value(view.open_connections as u64));
+        h.uploads_in_flight
+            .set(gauge_value(self.in_flight.len() as u64));
+        h.uploads_awaiting_verdict
+            .set(gauge_value(view.awaiting_verdict as u64));
+        h.database_size
+            .set(gauge_value(database_size(&self.data_dir)));
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Whether a poll token belongs to the endpoint.
+    pub fn owns(&self, token: Token) -> bool {
+        self.endpoint.is_some() && crate::metrics_http::owns(token)
+    }
+
+    /// A poll event for the endpoint.
+    pub fn on_event(&mut self, token: Token, event: &Event) {
+        if let Some(endpoint) = self.endpoint.as_mut() {
+            endpoint.on_event(token, event);
+        }
+    }
+
+    /// Accepts and serves scrapers, and drops those past their deadline.
+    /// Called once per loop pass.
+    pub fn serve(&mut self, poll: &PollRegistry, now: Instant, view: LoopView) {
+        let Some(mut endpoint) = self.endpoint.take() else {
+            return;
+        };
+        endpoint.serve(poll, now, &mut || self.render(view));
+        self.endpoint = Some(endpoint);
+    }
+
+    /// When the endpoint next needs the loop (a scraper's deadline, or
+    /// connections still to accept).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.endpoint.as_ref().and_then(Endpoint::next_deadline)
+    }
+
+    fn request(&self, revision: Revision, kind: RequestKind) {
+        let code = revision
+            .request_code(kind)
+            .or_else(|| Revision::R2023c.request_code(kind))
+            .unwrap_or(0);
+        self.h.requests.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    fn refused(&self, reason: RefusalReason) {
+        self.h.refusals.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    fn upload_ended(&self, outcome: UploadOutcome, n: u64) {
+        self.h
+            .uploads
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc_by(n);
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The size of the regular file at `path`; 0 if there is none.
+fn file_size(path: &Path) -> u64 {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map_or(0, |m| m.len())
+}
+
+/// `defensive.db` and its write-ahead log.
+fn database_size(data_dir: &Path) -> u64 {
+    let db = data_dir.join(crate::db::DB_FILE_NAME);
+    let mut wal = db.clone().into_os_string();
+    wal.push("-wal");
+    file_size(&db) + file_size(Path::new(&wal))
+}
+
+/// The stored files under `files/<client>/`, temporary upload files not
+/// counted: the start of the running figure.
+fn tree_size(data_dir: &Path) -> u64 {
+    let Ok(clients) = std::fs::read_dir(files::files_root(data_dir)) else {
+        return 0;
+    };
+    let mut total = 0u64;
+    for client in clients.flatten() {
+        if !client.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(client.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let part = entry.file_name().to_str().is_some_and(files::is_part_name);
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_file() && !part {
+                total = total.saturating_add(meta.len());
+            }
+        }
+    }
+    total
+}
+
+/// The per-metric map of a rendered page: sample name (with labels) to
+/// value; for tests and tools that read a scrape.
+pub fn parse_samples(page: &str) -> HashMap<String, f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealdrop_protocol::ClientId;
+
+    fn metrics(dir: &Path) -> Metrics {
+        let poll = mio::Poll::new().unwrap();
+        Metrics::new(dir, 100, None, poll.registry()).unwrap()
+    }
+
+    const VIEW: LoopView = LoopView {
+        open_connections: 3,
+        awaiting_verdict: 1,
+    };
+
+    #[test]
+    fn a_fresh_page_has_every_family_at_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let page = metrics(dir.path()).render(VIEW);
+        let s = parse_samples(&page);
+        assert_eq!(s["sealdrop_connections_open"], 3.0);
+        assert_eq!(s["sealdrop_connections_max"], 100.0);
+        assert_eq!(s["sealdrop_uploads_awaiting_verdict"], 1.0);
+        assert_eq!(s["sealdrop_received_bytes_total"], 0.0);
+        for outcome in UploadOutcome::ALL {
+            let key = format!("sealdrop_uploads_total{{outcome=\"{}\"}}", outcome.as_str());
+            assert_eq!(s.get(&key), Some(&0.0), "{key}");
+        }
+        for reason in RefusalReason::ALL {
+            let key = format!("sealdrop_refusals_total{{reason=\"{}\"}}", reason.as_str());
+            assert_eq!(s.get(&key), Some(&0.0), "{key}");
+        }
+        assert_eq!(s["sealdrop_commit_duration_seconds_count"], 0.0);
+        assert!(page.contains("# TYPE sealdrop_upload_duration_seconds histogram"));
+        // A family without label values yet has no series.
+        assert!(!page.contains("sealdrop_requests_total"));
+        println!("{page}");
+    }
+
+    #[test]
+    fn session_events_move_the_counters_they_stand_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = metrics(dir.path());
+        let id = ClientId([7; 16]);
+        let rev = Revision::R2024c;
+        m.session_event(
+            1,
+            rev,
+            &ServerEvent::UploadStarted {
+                client_id: id,
+                file_name: "a".into(),
+                content_size: 16,
+                attempt: 1,
+            },
+        );
+        assert_eq!(m.uploads_in_flight(), 1);
+        m.session_event(1, rev, &ServerEvent::Closing(CloseReason::TooSlow));
+        assert_eq!(m.uploads_in_flight(), 0);
+        m.session_event(
+            2,
+            rev,
+            &ServerEvent::Verdict {
+                client_id: id,
+                file_name: "a".into(),
+                verdict: VerdictKind::CrcBad,
+                applied: true,
+                replaced: false,
+                attempts: 1,
+                last: None,
+                duration: None,
+            },
+        );
+        let s = parse_samples(&m.render(VIEW));
+        assert_eq!(s["sealdrop_uploads_total{outcome=\"abandoned\"}"], 1.0);
+        assert_eq!(s["sealdrop_refusals_total{reason=\"timeout\"}"], 1.0);
+        assert_eq!(s["sealdrop_resends_total"], 1.0);
+        // 2024c numbers 1030 as 901.
+        assert_eq!(s["sealdrop_requests_total{code=\"901\"}"], 1.0);
+    }
+
+    #[test]
+    fn a_verified_upload_counts_once_its_commit_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = metrics(dir.path());
+        let id = ClientId([9; 16]);
+        let verdict = |_conn: u64| ServerEvent::Verdict {
+            client_id: id,
+            file_name: "f".into(),
+            verdict: VerdictKind::CrcOk,
+            applied: true,
+            replaced: false,
+            attempts: 1,
+            last: None,
+            duration: Some(Duration::from_millis(20)),
+        };
+        let path = files::final_path(dir.path(), &id, "f");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // The commit failed: nothing counts.
+        m.session_event(4, Revision::R2023c, &verdict(4));
+        let failed = Commit {
+            error: Some(StoreError::Invalid("disk gone".into())),
+            failed: Vec::new(),
+            ..Commit::default()
+        };
+        m.pass_ended(Some(&failed), Duration::from_millis(3));
+        assert_eq!(m.verified(), 0);
+        // The retried 1029's commit placed 10 bytes.
+        m.session_event(4, Revision::R2023c, &verdict(4));
+        std::fs::write(&path, b"0123456789").unwrap();
+        let ok = Commit {
+            error: None,
+            failed: Vec::new(),
+            ..Commit::default()
+        };
+        m.pass_ended(Some(&ok), Duration::from_millis(2));
+        assert_eq!(m.verified(), 1);
+        let s = parse_samples(&m.render(VIEW));
+        assert_eq!(s["sealdrop_uploads_total{outcome=\"verified\"}"], 1.0);
+        assert_eq!(s["sealdrop_stored_bytes_total"], 10.0);
+        assert_eq!(s["sealdrop_files_size_bytes"], 10.0);
+        assert_eq!(s["sealdrop_commit_duration_seconds_count"], 2.0);
+        assert_eq!(s["sealdrop_commit_failures_total"], 1.0);
+        assert_eq!(s["sealdrop_upload_duration_seconds_count"], 1.0);
+        assert_eq!(s["sealdrop_requests_total{code=\"1029\"}"], 2.0);
+        // A replacement of 4 bytes moves the tree's size by -6.
+        m.session_event(5, Revision::R2023c, &verdict(5));
+        std::fs::write(&path, b"abcd").unwrap();
+        m.pass_ended(Some(&ok), Duration::from_millis(2));
+        let s = parse_samples(&m.render(VIEW));
+        assert_eq!(s["sealdrop_files_size_bytes"], 4.0);
+        assert_eq!(s["sealdrop_stored_bytes_total"], 14.0);
+    }
+
+    #[test]
+    fn the_status_line_changes_only_when_something_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = metrics(dir.path());
+        assert_eq!(
+            m.status_update(1, false),
+            Some("1 connection open, 0 uploads in flight, 0 verified since start")
+        );
+        assert_eq!(m.status_update(1, false), None);
+        assert_eq!(
+            m.status_update(2, true),
+            Some("draining: 2 connections open, 0 uploads in flight, 0 verified since start")
+        );
+    }
+
+    #[test]
+    fn the_tree_size_skips_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = dir.path().join("files").join("00ff");
+        std::fs::create_dir_all(&client).unwrap();
+        std::fs::write(client.join("kept"), [0u8; 100]).unwrap();
+        std::fs::write(client.join(".part-0123456789abcdef"), [0u8; 50]).unwrap();
+        assert_eq!(tree_size(dir.path()), 100);
+    }
+}

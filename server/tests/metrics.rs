@@ -1,0 +1,426 @@
+//! `--metrics-listen`: the counters move by exactly what clients did,
+//! hostile scrapers (silent, endless, oversized, too many) neither delay
+//! an upload nor stay connected past their timeout, the dashboard only
+//! names exported metrics, and `STATUS=` reaches systemd.
+//!
+//! In-process servers (`inprocess::spawn`) with a tiny HTTP GET; the
+//! STATUS= check runs the binary with a fake NOTIFY_SOCKET.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use common::*;
+use sealdrop_protocol::{ClientId, Request};
+use sealdrop_server::config::Settings;
+use sealdrop_server::inprocess::{self, Running};
+use sealdrop_server::metrics::{parse_samples, RefusalReason, UploadOutcome};
+use sealdrop_server::metrics_http::{MAX_REQUEST_BYTES, MAX_SCRAPERS, READ_TIMEOUT};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// An in-process server with the endpoint on an ephemeral port.
+fn start(dir: &std::path::Path) -> (Running, SocketAddr) {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut settings = Settings::with_defaults(any, dir);
+    settings.metrics_listen = Some(any);
+    let running = inprocess::spawn(settings).expect("server starts");
+    let metrics = running.metrics_addr().expect("the endpoint is on");
+    (running, metrics)
+}
+
+/// Sends `request` as is and reads the whole response (the server
+/// closes after it): (status line, body).
+fn http(addr: SocketAddr, request: &[u8]) -> (String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s.write_all(request).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("response, then close");
+    let text = String::from_utf8(raw).expect("text response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    let status = head.lines().next().unwrap_or("").to_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.parse().ok())
+        .expect("Content-Length");
+    assert_eq!(
+        body.len(),
+        length,
+        "body length differs from Content-Length"
+    );
+    (status, body.to_owned())
+}
+
+/// `GET /metrics`: every sample by name (labels included).
+fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+    let (status, body) = http(addr, b"GET /metrics HTTP/1.1\r\nHost: sealdrop\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    parse_samples(&body)
+}
+
+fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
+    samples.get(key).copied().unwrap_or(0.0)
+}
+
+/// Every counter-like sample's change from `before` to `after` (those
+/// that did not change left out).
+fn moved(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> HashMap<String, f64> {
+    after
+        .iter()
+        .filter(|(k, _)| {
+            let name = k.split('{').next().unwrap_or(k);
+            ["_total", "_count", "_sum", "_bucket"]
+                .iter()
+                .any(|suffix| name.ends_with(suffix))
+        })
+        .map(|(k, v)| (k.clone(), v - value(before, k)))
+        .filter(|(_, d)| *d != 0.0)
+        .collect()
+}
+
+fn len_of(req: &Request) -> u64 {
+    request_frame(&ClientId::ZERO, req).len() as u64
+}
+
+#[test]
+fn counters_move_by_exactly_what_the_clients_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let before = scrape(metrics);
+    assert_eq!(value(&before, "sealdrop_connections_open"), 0.0);
+
+    // One client: register, key, a verified upload of 1000 bytes, then
+    // "a.bin" of 3000 bytes sent twice (a 1030 in between), verified.
+    let mut conn = Conn::connect(server.addr());
+    let mut client = Client::new(&unique_name("metrics"));
+    client.register(&mut conn);
+    client.exchange_key(&mut conn);
+    let first = random_bytes(1, 1000);
+    client.upload_verified(&mut conn, "first.bin", &first);
+    let second = random_bytes(2, 3000);
+    client.send_file(&mut conn, "a.bin", &second);
+    let _ = conn.expect(2103);
+    client.send_verdict(&mut conn, 1030, "a.bin");
+    client.upload_verified(&mut conn, "a.bin", &second);
+    let mut sent = len_of(&Request::Register {
+        name: client.name_field(),
+    }) + len_of(&Request::PublicKey {
+        name: client.name_field(),
+        public_key: Box::new([0; sealdrop_protocol::consts::PUBLIC_KEY_LEN]),
+    });
+    let verdict = len_of(&Request::CrcOk {
+        file_name: fixed("x"),
+    });
+    sent += client.file_frame("first.bin", &first).len() as u64 + verdict;
+    sent += 2 * client.file_frame("a.bin", &second).len() as u64 + 2 * verdict;
+
+    // A frame that does not decode: 2107 and close.
+    let mut bad = Conn::connect(server.addr());
+    let bad_frame = header(&ClientId::ZERO, 3, 1111, 0);
+    bad.send(&bad_frame);
+    bad.expect_error_then_close();
+    sent += bad_frame.len() as u64;
+
+    // The bad connection's close is seen by the loop after its 2107.
+    let mut after = scrape(metrics);
+    let end = Instant::now() + WAIT;
+    while value(&after, "sealdrop_connections_open") != 1.0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+        after = scrape(metrics);
+    }
+    assert_eq!(value(&after, "sealdrop_connections_open"), 1.0);
+
+    let mut d = moved(&before, &after);
+    let commits = d.remove("sealdrop_commit_duration_seconds_count");
+    assert!(commits.is_some_and(|n| n >= 3.0), "commits: {commits:?}");
+    d.retain(|k, _| !k.starts_with("sealdrop_commit_duration_seconds"));
+    d.retain(|k, _| !k.starts_with("sealdrop_upload_duration_seconds_bucket"));
+    let expected: HashMap<String, f64> = [
+        ("sealdrop_connections_accepted_total", 2.0),
+        ("sealdrop_requests_total{code=\"1025\"}", 1.0),
+        ("sealdrop_requests_total{code=\"1026\"}", 1.0),
+        ("sealdrop_requests_total{code=\"1028\"}", 3.0),
+        ("sealdrop_requests_total{code=\"1029\"}", 2.0),
+        ("sealdrop_requests_total{code=\"1030\"}", 1.0),
+        ("sealdrop_uploads_total{outcome=\"verified\"}", 2.0),
+        ("sealdrop_resends_total", 1.0),
+        ("sealdrop_refusals_total{reason=\"bad_frame\"}", 1.0),
+        ("sealdrop_received_bytes_total", sent as f64),
+        ("sealdrop_stored_bytes_total", 4000.0),
+        ("sealdrop_upload_duration_seconds_count", 2.0),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    // The duration sum moved by something positive; compared apart.
+    let sum = d.remove("sealdrop_upload_duration_seconds_sum");
+    assert!(sum.is_some_and(|s| s > 0.0), "upload duration sum: {sum:?}");
+    assert_eq!(d, expected);
+
+    assert_eq!(value(&after, "sealdrop_files_size_bytes"), 4000.0);
+    assert_eq!(value(&after, "sealdrop_uploads_in_flight"), 0.0);
+    assert_eq!(value(&after, "sealdrop_uploads_awaiting_verdict"), 0.0);
+    assert!(value(&after, "sealdrop_database_size_bytes") > 0.0);
+    for outcome in UploadOutcome::ALL {
+        let key = format!("sealdrop_uploads_total{{outcome=\"{}\"}}", outcome.as_str());
+        assert!(after.contains_key(&key), "{key} missing");
+    }
+    for reason in RefusalReason::ALL {
+        let key = format!("sealdrop_refusals_total{{reason=\"{}\"}}", reason.as_str());
+        assert!(after.contains_key(&key), "{key} missing");
+    }
+    drop(conn);
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_restart_counts_the_stored_files_once_and_an_abandoned_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let (client, mut conn) = Client::setup(server.addr(), &unique_name("tree"));
+    client.upload_verified(&mut conn, "kept.bin", &random_bytes(3, 5000));
+    // A 1028 cut off in the middle of its content.
+    let frame = client.file_frame("cut.bin", &random_bytes(4, 4000));
+    conn.send(&frame[..frame.len() / 2]);
+    let in_flight = || value(&scrape(metrics), "sealdrop_uploads_in_flight");
+    assert!(wait_until(WAIT, || in_flight() == 1.0));
+    drop(conn);
+    let abandoned = || {
+        value(
+            &scrape(metrics),
+            "sealdrop_uploads_total{outcome=\"abandoned\"}",
+        )
+    };
+    assert!(wait_until(WAIT, || abandoned() == 1.0));
+    assert_eq!(in_flight(), 0.0);
+    server.stop().unwrap();
+
+    // The running figure starts from the tree on disk.
+    let (server, metrics) = start(dir.path());
+    let s = scrape(metrics);
+    assert_eq!(value(&s, "sealdrop_files_size_bytes"), 5000.0);
+    assert_eq!(
+        value(&s, "sealdrop_uploads_total{outcome=\"abandoned\"}"),
+        0.0
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn silent_and_endless_scrapers_neither_delay_an_upload_nor_outstay_their_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let connected = Instant::now();
+    // One says nothing; one sends a header that never ends, a byte at a
+    // time (it stays under the size limit until the timeout).
+    let mut silent = TcpStream::connect(metrics).unwrap();
+    let endless = TcpStream::connect(metrics).unwrap();
+    let mut writer = endless.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        let _ = writer.write_all(b"GET /metrics HTTP/1.1\r\nX-Endless: ");
+        while writer.write_all(b"a").is_ok() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+
+    // Meanwhile a client uploads, and a well-behaved scrape is served.
+    let started = Instant::now();
+    let (client, mut conn) = Client::setup(server.addr(), &unique_name("beside"));
+    client.upload_verified(&mut conn, "beside.bin", &random_bytes(5, 100_000));
+    let took = started.elapsed();
+    let s = scrape(metrics);
+    assert_eq!(
+        value(&s, "sealdrop_uploads_total{outcome=\"verified\"}"),
+        1.0
+    );
+    assert!(
+        connected.elapsed() < READ_TIMEOUT,
+        "the upload took {took:?}, as long as the scrapers' timeout"
+    );
+
+    // Both are dropped once READ_TIMEOUT has passed since their connect.
+    for (what, mut stream) in [
+        ("silent", silent.try_clone().unwrap()),
+        ("endless", endless),
+    ] {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = [0u8; 256];
+        let got = stream.read(&mut buf);
+        let at = connected.elapsed();
+        assert!(
+            matches!(got, Ok(0) | Err(_)),
+            "{what}: expected a close, got {got:?}"
+        );
+        assert!(
+            at >= READ_TIMEOUT - Duration::from_millis(100)
+                && at < READ_TIMEOUT + Duration::from_secs(3),
+            "{what} scraper closed after {at:?} (timeout {READ_TIMEOUT:?})"
+        );
+    }
+    trickle.join().unwrap();
+    let _ = silent.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+    // The endpoint still serves.
+    scrape(metrics);
+    server.stop().unwrap();
+}
+
+#[test]
+fn oversized_unknown_and_wrong_method_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let mut huge = b"GET /metrics HTTP/1.1\r\nX-Big: ".to_vec();
+    huge.resize(MAX_REQUEST_BYTES + 512, b'a');
+    let (status, _) = http(metrics, &huge);
+    assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
+    let (status, _) = http(metrics, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, _) = http(
+        metrics,
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    let (status, _) = http(metrics, b"hello\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    scrape(metrics);
+    server.stop().unwrap();
+}
+
+#[test]
+fn scrapers_beyond_the_cap_get_503_and_the_slots_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let idle: Vec<TcpStream> = (0..MAX_SCRAPERS)
+        .map(|_| TcpStream::connect(metrics).unwrap())
+        .collect();
+    // Each is accepted (and takes a slot) before the next scrape connects:
+    // the server answers in order of the connects.
+    std::thread::sleep(Duration::from_millis(300));
+    // The refusal is written at once; this one reads before it sends, so
+    // the close cannot reset the connection over unread bytes.
+    let mut extra = TcpStream::connect(metrics).unwrap();
+    extra.set_read_timeout(Some(WAIT)).unwrap();
+    let mut refusal = String::new();
+    extra.read_to_string(&mut refusal).unwrap();
+    assert!(
+        refusal.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{refusal:?}"
+    );
+    drop(idle);
+    assert!(wait_until(WAIT, || {
+        http(metrics, b"GET /metrics HTTP/1.1\r\n\r\n").0 == "HTTP/1.1 200 OK"
+    }));
+    server.stop().unwrap();
+}
+
+#[test]
+fn every_metric_the_dashboard_uses_is_exported() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/grafana/sealdrop.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            exprs.push(target["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let mut names: Vec<String> = exprs
+        .iter()
+        .flat_map(|e| {
+            e.match_indices("sealdrop_").map(|(i, _)| {
+                e[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect::<String>()
+            })
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    // One request so that the by-code family has a series.
+    let (_client, _conn) = Client::setup(server.addr(), &unique_name("dash"));
+    let page = http(metrics, b"GET /metrics HTTP/1.1\r\n\r\n").1;
+    let exported: Vec<&str> = page
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for name in &names {
+        assert!(
+            exported.contains(&name.as_str()),
+            "the dashboard uses {name}, which is not exported"
+        );
+    }
+    server.stop().unwrap();
+}
+
+fn recv_datagram(sock: &UnixDatagram, timeout: Duration) -> Option<String> {
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[test]
+fn status_reaches_systemd_with_connections_and_verified_uploads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock_path = tmp.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&sock_path).unwrap();
+    let opts = ServerOpts::default().env("NOTIFY_SOCKET", sock_path.to_str().unwrap());
+    let mut server = Server::start_with(opts);
+    let addr = server.wait_listening();
+    let (client, mut conn) = Client::setup(addr, &unique_name("status"));
+    client.upload_verified(&mut conn, "s.bin", &random_bytes(6, 2000));
+    let want = "1 connection open, 0 uploads in flight, 1 verified since start";
+    let end = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    while Instant::now() < end {
+        let Some(d) = recv_datagram(&notify, Duration::from_secs(3)) else {
+            continue;
+        };
+        let found = d.lines().any(|l| l == format!("STATUS={want}"));
+        seen.push(d);
+        if found {
+            drop(conn);
+            server.assert_alive();
+            return;
+        }
+    }
+    panic!("no STATUS={want:?} within {WAIT:?}; got {seen:?}");
+}
+
+#[test]
+fn check_config_refuses_a_metrics_address_it_cannot_bind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap();
+    let run = |metrics: &str| {
+        std::process::Command::new(SERVER_BIN)
+            .args(["--check-config", "--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", metrics, "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .env_remove("LISTEN_FDS")
+            .output()
+            .unwrap()
+    };
+    let bad = run(&taken.to_string());
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("cannot listen for metrics"), "{stderr}");
+    let good = run("127.0.0.1:0");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+}
