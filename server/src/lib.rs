@@ -12,5 +12,6 @@ pub mod event_loop;
 pub mod files;
 pub mod inprocess;
 pub mod logging;
+pub mod pg;
 pub mod store;
 pub mod systemd;
