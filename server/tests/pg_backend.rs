@@ -20,7 +20,7 @@ use sealdrop_server::db::FileRow;
 use sealdrop_server::pg::schema::{self, SCHEMA_VERSION};
 use sealdrop_server::pg::worker::MAX_OPS_PER_JOB;
 use sealdrop_server::pg::{DatabaseUrl, Job, JobDone, Op, PgError, PgUrl, Reply, Settings, Worker};
-use sealdrop_testkit::pg::PgCluster;
+use sealdrop_testkit::pg::{PgCluster, PgOptions};
 use sealdrop_testkit::util::wait_until;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -788,4 +788,72 @@ fn a_wrong_database_or_user_is_a_clear_start_up_error() {
     let err = schema::check(&url, &Settings::default()).unwrap_err();
     assert!(err.is_connection_lost(), "{err:?}");
     assert!(!err.to_string().contains("secret"), "{err}");
+}
+
+#[test]
+fn tls_is_used_when_the_url_asks_and_verify_modes_check_the_certificate() {
+    if find_openssl_tool().is_none() {
+        eprintln!("skipped: the openssl tool is not installed (it makes the test certificate)");
+        return;
+    }
+    // Its own cluster: TCP without TLS is refused there (hostssl only).
+    let Some(cluster) = PgCluster::start_with(PgOptions {
+        tls_only: true,
+        ..PgOptions::default()
+    }) else {
+        return;
+    };
+    cluster.create_database("tls");
+    let port = cluster.port();
+    let ca = cluster.certificate();
+    let url =
+        |host: &str, query: &str| pg_url(&format!("postgres://sealdrop@{host}:{port}/tls{query}"));
+    let s = Settings::default();
+    let check = |url: PgUrl| schema::check(&url, &s);
+
+    let err = check(url("127.0.0.1", "")).unwrap_err();
+    assert!(err.to_string().contains("no encryption"), "{err}");
+    let said = check(url("127.0.0.1", "?sslmode=require")).unwrap();
+    assert!(said.contains("empty database"), "{said}");
+    let said = check(url("127.0.0.1", "?sslmode=prefer")).unwrap();
+    assert!(said.contains("empty database"), "{said}");
+    let verify = |mode: &str, host: &str| {
+        check(url(
+            host,
+            &format!("?sslmode={mode}&sslrootcert={}", ca.display()),
+        ))
+    };
+    verify("verify-full", "localhost").unwrap();
+    // The certificate names localhost, not 127.0.0.1: only verify-full
+    // minds.
+    verify("verify-ca", "127.0.0.1").unwrap();
+    let err = verify("verify-full", "127.0.0.1").unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+    // Without our authority (the system's only) the certificate fails.
+    let err = check(url("localhost", "?sslmode=verify-full")).unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    // A worker over TLS, end to end.
+    let mut h = start(
+        &format!("postgres://sealdrop@127.0.0.1:{port}/tls?sslmode=require"),
+        named("tls-worker"),
+    );
+    let id = ClientId([1; 16]);
+    h.ok(vec![register(id, "over-tls")]);
+    assert_eq!(h.client(id).unwrap().name, "over-tls");
+    let encrypted = cluster.psql(
+        "tls",
+        "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'tls-worker'",
+    );
+    assert_eq!(encrypted.trim(), "t");
+}
+
+fn find_openssl_tool() -> Option<()> {
+    std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| ())
 }

@@ -47,6 +47,10 @@ pub struct PgOptions {
     pub fsync: bool,
     /// `max_connections`.
     pub max_connections: u32,
+    /// TLS only: a self-signed certificate for `localhost`
+    /// ([`PgCluster::certificate`]) and `hostssl` lines in pg_hba.conf, so
+    /// a TCP connection without TLS is refused. Needs the `openssl` tool.
+    pub tls_only: bool,
 }
 
 impl Default for PgOptions {
@@ -54,6 +58,7 @@ impl Default for PgOptions {
         PgOptions {
             fsync: false,
             max_connections: 100,
+            tls_only: false,
         }
     }
 }
@@ -187,9 +192,69 @@ impl PgCluster {
         let conf_path = cluster.data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
         text.push_str(&conf);
+        if options.tls_only {
+            text.push_str(&cluster.make_certificate());
+            let hba_path = cluster.data.join("pg_hba.conf");
+            let hba = std::fs::read_to_string(&hba_path).expect("read pg_hba.conf");
+            let hba: String = hba
+                .lines()
+                .map(|l| match l.strip_prefix("host ") {
+                    Some(rest) => format!("hostssl {rest}\n"),
+                    None => format!("{l}\n"),
+                })
+                .collect();
+            std::fs::write(&hba_path, hba).expect("write pg_hba.conf");
+        }
         std::fs::write(&conf_path, text).expect("write postgresql.conf");
         cluster.pg_ctl(&["start"]);
         Some(cluster)
+    }
+
+    /// The self-signed certificate of a [`PgOptions::tls_only`] cluster
+    /// (PEM; the certificate authority to trust for `verify-full`).
+    pub fn certificate(&self) -> PathBuf {
+        self.root.join("server.crt")
+    }
+
+    /// Makes a self-signed certificate for `localhost` in the cluster's
+    /// folder; returns the postgresql.conf lines that use it.
+    fn make_certificate(&self) -> String {
+        let key = self.root.join("server.key");
+        let ran = run_bounded(
+            Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=localhost",
+                    "-addext",
+                    "subjectAltName=DNS:localhost",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(self.certificate()),
+            COMMAND_TIMEOUT,
+        );
+        assert!(ran.status.success(), "openssl req: {}", ran.stderr);
+        if let Some(user) = &self.run_as {
+            let status = Command::new("chown")
+                .arg(format!("{user}:"))
+                .arg(&key)
+                .arg(self.certificate())
+                .status()
+                .expect("run chown");
+            assert!(status.success(), "chown the certificate");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod server.key");
+        format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            self.certificate().display(),
+            key.display()
+        )
     }
 
     /// The TCP port (127.0.0.1).

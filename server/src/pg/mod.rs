@@ -124,18 +124,21 @@ impl PgError {
             }
             None => {
                 // No error from the server: the driver's own (I/O, a
-                // socket closed under us, a type mismatch).
-                let io = std::error::Error::source(e)
-                    .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
+                // socket closed under us, TLS, a type mismatch). Its
+                // message is the kind; the cause says what happened.
+                let source = std::error::Error::source(e);
+                let io = source.is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
+                let detail = match source {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                };
                 if io {
-                    PgError::ConnectionLost {
-                        detail: e.to_string(),
-                    }
+                    PgError::ConnectionLost { detail }
                 } else {
                     PgError::Database {
                         op,
                         code: None,
-                        detail: e.to_string(),
+                        detail,
                     }
                 }
             }
