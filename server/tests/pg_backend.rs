@@ -131,7 +131,11 @@ macro_rules! cluster_or_skip {
     () => {
         match shared() {
             Some(c) => c,
-            None => return,
+            None => {
+                // Every test says it, not only the one that looked first.
+                eprintln!("{}", sealdrop_testkit::pg::SKIP_MESSAGE);
+                return;
+            }
         }
     };
 }
