@@ -16,5 +16,6 @@ pub mod inprocess;
 pub mod logging;
 pub mod metrics;
 pub mod metrics_http;
+pub mod pg;
 pub mod store;
 pub mod systemd;

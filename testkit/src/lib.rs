@@ -14,6 +14,8 @@
 //! * [`store`]: a read-only view of a server's data directory (the
 //!   database and file layout of PROTOCOL.md §8).
 //! * [`util`]: bounded waits, thread joins and child processes.
+//! * [`pg`]: a throw-away PostgreSQL cluster (skips where PostgreSQL is
+//!   not installed).
 //!
 //! `use sealdrop_testkit::prelude::*;` brings all of it in.
 
@@ -21,6 +23,7 @@ pub mod client;
 pub mod conn;
 pub mod data;
 pub mod frames;
+pub mod pg;
 pub mod store;
 pub mod util;
 pub mod vectors;

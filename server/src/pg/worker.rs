@@ -1,0 +1,1020 @@
+//! The database worker: one thread, one PostgreSQL connection, batches of
+//! operations in, results out.
+//!
+//! The event loop must never wait on the network, so it hands its
+//! database work to this thread as [`Job`]s (one per pass, say) with
+//! [`Worker::submit`], which never blocks: a full queue is refused with
+//! [`PgError::QueueFull`]. The worker runs each job in one transaction,
+//! sends a [`JobDone`] with one result per operation, and wakes the loop
+//! through its `mio::Waker`; the loop collects results with
+//! [`Worker::try_recv`].
+//!
+//! # One transaction per job, failures kept to their operation
+//!
+//! A job's writes commit together (one `COMMIT`, one WAL flush on the
+//! database server), so an answer that waits for them can be released
+//! once [`JobDone::commit`] is `Ok`. One failing operation (a name taken
+//! on another server, a statement timeout) fails only itself: PostgreSQL
+//! aborts the whole transaction on any error, so the worker rolls back
+//! and runs the job again without the failed operation, whose error it
+//! keeps. That replay costs nothing while nothing fails, where a
+//! `SAVEPOINT`/`RELEASE` pair around every operation would cost two more
+//! round trips each (see "Round trips" below).
+//!
+//! # Connection loss
+//!
+//! If the connection drops during a job, the job fails as a whole
+//! ([`PgError::ConnectionLost`] for every operation and for `commit`): a
+//! `COMMIT` whose reply never came may or may not have happened, so
+//! nothing of it may be acknowledged. (Every write here is safe to retry:
+//! the client's retry of the request finds either the row or nothing.) The
+//! worker then reconnects, at once and then with a doubling back-off from
+//! [`Settings::backoff_min`] to [`Settings::backoff_max`]; jobs that come
+//! while it has no connection fail at once instead of queueing behind a
+//! dead database. A connection found dead at the first statement of a job
+//! (before anything of the job ran), as after a database restart while the
+//! server was idle, is replaced and the job run once more.
+//!
+//! # Round trips
+//!
+//! Every operation is one prepared statement, so one round trip, except
+//! `RegisterClient` with a client to replace (two: `DELETE`, `INSERT`). A
+//! job with more than one write statement adds `BEGIN` and `COMMIT` (two
+//! round trips for the whole job); a job with at most one write runs
+//! without them (one statement commits on its own).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use postgres::{Client, GenericClient, Row, Statement};
+use sealdrop_protocol::consts::PUBLIC_KEY_LEN;
+use sealdrop_protocol::crypto::AesKey;
+use sealdrop_protocol::store::ClientRecord;
+use sealdrop_protocol::ClientId;
+
+use super::schema;
+use super::url::{PgUrl, TlsMode};
+use super::PgError;
+use crate::db::FileRow;
+
+/// Jobs submitted and not yet collected with [`Worker::try_recv`], at
+/// most: the queue in front of the worker plus the results waiting for
+/// the loop. Past it [`Worker::submit`] refuses with
+/// [`PgError::QueueFull`] (the loop answers 2107 and the client retries)
+/// rather than letting memory grow while the database is slow.
+pub const QUEUE_CAPACITY: usize = 256;
+
+/// Operations in one job, at most (an event-loop pass of 256 accepted
+/// connections, each with a few requests, fits many times over).
+pub const MAX_OPS_PER_JOB: usize = 4096;
+
+/// How long making a connection may take (TCP, TLS, authentication),
+/// unless the URL sets `connect_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest one statement may run on the database server
+/// (`statement_timeout`): a lock held by an operator's session or a stuck
+/// server fails the operation instead of stalling the worker for good.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long data sent to the database may stay unacknowledged before the
+/// connection counts as dead (`TCP_USER_TIMEOUT`), and the TCP keepalive
+/// idle time: a database host that vanished is noticed in seconds, not
+/// after the kernel's default of about 15 minutes.
+pub const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first wait before reconnecting again after a failed attempt.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+
+/// The longest wait between reconnection attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The `application_name` the connection reports (pg_stat_activity),
+/// unless the URL sets one.
+pub const APPLICATION_NAME: &str = "sealdrop-server";
+
+/// The worker's limits; [`Settings::default`] uses the constants above.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// See [`QUEUE_CAPACITY`].
+    pub queue_capacity: usize,
+    /// See [`CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// See [`STATEMENT_TIMEOUT`].
+    pub statement_timeout: Duration,
+    /// See [`TCP_TIMEOUT`].
+    pub tcp_timeout: Duration,
+    /// See [`BACKOFF_MIN`].
+    pub backoff_min: Duration,
+    /// See [`BACKOFF_MAX`].
+    pub backoff_max: Duration,
+    /// See [`APPLICATION_NAME`].
+    pub application_name: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            queue_capacity: QUEUE_CAPACITY,
+            connect_timeout: CONNECT_TIMEOUT,
+            statement_timeout: STATEMENT_TIMEOUT,
+            tcp_timeout: TCP_TIMEOUT,
+            backoff_min: BACKOFF_MIN,
+            backoff_max: BACKOFF_MAX,
+            application_name: APPLICATION_NAME.to_owned(),
+        }
+    }
+}
+
+/// One database operation. The names follow the `Store` trait and
+/// `db.rs`; `seen` is a LastSeen text (`db::utc_timestamp`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Read: the client with this id ([`Reply::Client`]).
+    ClientById(ClientId),
+    /// Read: the client with this name ([`Reply::Client`]).
+    ClientByName(String),
+    /// Read: the number of clients ([`Reply::Count`]).
+    ClientCount,
+    /// Read: one file's row ([`Reply::File`]).
+    File {
+        /// The owner.
+        id: ClientId,
+        /// The stored base name.
+        file_name: String,
+    },
+    /// Write: a new client without keys. `replace`, a client that never
+    /// sent a public key, is deleted in the same transaction (§3). Fails
+    /// with [`PgError::NameTaken`] when the name is another client's, on
+    /// any server.
+    RegisterClient {
+        /// The new id.
+        id: ClientId,
+        /// The name.
+        name: String,
+        /// An unkeyed client of that name to delete first.
+        replace: Option<ClientId>,
+        /// LastSeen.
+        seen: String,
+    },
+    /// Write: the public key and the AES key of a 2102, and LastSeen.
+    SetPublicKey {
+        /// The client.
+        id: ClientId,
+        /// Its public key (SPKI DER).
+        public_key: Box<[u8; PUBLIC_KEY_LEN]>,
+        /// The AES key sent.
+        aes_key: AesKey,
+        /// LastSeen.
+        seen: String,
+    },
+    /// Write: the AES key of a 2105 (or a retiring one) as the last key.
+    SetLastKey {
+        /// The client.
+        id: ClientId,
+        /// The key.
+        aes_key: AesKey,
+    },
+    /// Write: LastSeen (no change, and no WAL, when it already says so).
+    Touch {
+        /// The client (unknown: nothing happens, not an error).
+        id: ClientId,
+        /// LastSeen.
+        seen: String,
+    },
+    /// Write: a complete upload's row with Verified = 0, unless the name
+    /// has a row already.
+    AddUnverifiedFile {
+        /// The owner.
+        id: ClientId,
+        /// The base name.
+        file_name: String,
+        /// The final path as text.
+        path_name: String,
+    },
+    /// Write: the file now at `path_name` is verified (1029).
+    MarkVerified {
+        /// The owner.
+        id: ClientId,
+        /// The base name.
+        file_name: String,
+        /// The final path as text.
+        path_name: String,
+    },
+    /// Write: a file's row back to Verified = 0 (its file is missing).
+    MarkUnverified {
+        /// The owner.
+        id: ClientId,
+        /// The base name.
+        file_name: String,
+    },
+    /// Write: delete one file's row.
+    DeleteFile {
+        /// The owner.
+        id: ClientId,
+        /// The base name.
+        file_name: String,
+    },
+    /// Write: delete a client's row (its files' rows stay, as in `db.rs`).
+    DeleteClient(ClientId),
+}
+
+impl Op {
+    /// The operation's name, as errors and logs say it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::ClientById(_) => "look up client by id",
+            Op::ClientByName(_) => "look up client by name",
+            Op::ClientCount => "count clients",
+            Op::File { .. } => "look up file",
+            Op::RegisterClient { .. } => "register client",
+            Op::SetPublicKey { .. } => "store public key",
+            Op::SetLastKey { .. } => "store last key",
+            Op::Touch { .. } => "update LastSeen",
+            Op::AddUnverifiedFile { .. } => "record received file",
+            Op::MarkVerified { .. } => "record verified file",
+            Op::MarkUnverified { .. } => "unmark missing file",
+            Op::DeleteFile { .. } => "delete file",
+            Op::DeleteClient(_) => "delete client",
+        }
+    }
+
+    /// Statements that change something (0 for a read).
+    fn write_statements(&self) -> usize {
+        match self {
+            Op::ClientById(_) | Op::ClientByName(_) | Op::ClientCount | Op::File { .. } => 0,
+            Op::RegisterClient {
+                replace: Some(_), ..
+            } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Ids and names only: never a key.
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::ClientById(id)
+            | Op::SetPublicKey { id, .. }
+            | Op::SetLastKey { id, .. }
+            | Op::Touch { id, .. }
+            | Op::DeleteClient(id) => write!(f, "{}({})", self.name(), id.to_hex()),
+            Op::ClientByName(name) | Op::RegisterClient { name, .. } => {
+                write!(f, "{}({name:?})", self.name())
+            }
+            Op::ClientCount => f.write_str(self.name()),
+            Op::File { id, file_name }
+            | Op::AddUnverifiedFile { id, file_name, .. }
+            | Op::MarkVerified { id, file_name, .. }
+            | Op::MarkUnverified { id, file_name }
+            | Op::DeleteFile { id, file_name } => {
+                write!(f, "{}({} {file_name:?})", self.name(), id.to_hex())
+            }
+        }
+    }
+}
+
+/// What an operation returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `ClientById`, `ClientByName`.
+    Client(Option<ClientRecord>),
+    /// `File`.
+    File(Option<FileRow>),
+    /// `ClientCount`.
+    Count(u64),
+    /// A write: the rows it changed (0 for a `Touch` that found LastSeen
+    /// already right or an unknown id, for a delete of nothing, ...).
+    Written(u64),
+}
+
+/// A batch of operations run in one transaction. `tag` is the caller's,
+/// returned in [`JobDone::tag`].
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The caller's mark for the job (a pass number, say).
+    pub tag: u64,
+    /// The operations, run in order.
+    pub ops: Vec<Op>,
+}
+
+/// The outcome of a [`Job`].
+#[derive(Debug)]
+pub struct JobDone {
+    /// The job's tag.
+    pub tag: u64,
+    /// One result per operation, in order. When `commit` failed, every
+    /// one of them is that error: nothing the job read or wrote may be
+    /// relied on.
+    pub results: Vec<Result<Reply, PgError>>,
+    /// `Ok`: every write whose result is `Ok` is durable on the database.
+    pub commit: Result<(), PgError>,
+}
+
+/// The prepared statements, made again on every new connection.
+struct Statements {
+    client_by_id: Statement,
+    client_by_name: Statement,
+    client_count: Statement,
+    file: Statement,
+    delete_unkeyed: Statement,
+    insert_client: Statement,
+    set_public_key: Statement,
+    set_last_key: Statement,
+    touch: Statement,
+    add_unverified: Statement,
+    mark_verified: Statement,
+    mark_unverified: Statement,
+    delete_file: Statement,
+    delete_client: Statement,
+}
+
+impl Statements {
+    fn prepare(c: &mut Client) -> Result<Statements, PgError> {
+        let mut p = |sql: &str| {
+            c.prepare(sql)
+                .map_err(|e| PgError::from_driver("prepare statements", &e))
+        };
+        Ok(Statements {
+            client_by_id: p("SELECT ID, Name, PublicKey, AESKey FROM clients WHERE ID = $1")?,
+            client_by_name: p("SELECT ID, Name, PublicKey, AESKey FROM clients WHERE Name = $1")?,
+            client_count: p("SELECT count(*) FROM clients")?,
+            file: p("SELECT ID, FileName, PathName, Verified FROM files \
+                     WHERE ID = $1 AND FileName = $2")?,
+            delete_unkeyed: p("DELETE FROM clients WHERE ID = $1 AND PublicKey IS NULL")?,
+            insert_client: p("INSERT INTO clients (ID, Name, LastSeen) VALUES ($1, $2, $3)")?,
+            set_public_key: p(
+                "UPDATE clients SET PublicKey = $1, AESKey = $2, LastSeen = $3 WHERE ID = $4",
+            )?,
+            set_last_key: p("UPDATE clients SET AESKey = $1 WHERE ID = $2")?,
+            touch: p("UPDATE clients SET LastSeen = $1 \
+                      WHERE ID = $2 AND LastSeen IS DISTINCT FROM $1")?,
+            add_unverified: p("INSERT INTO files (ID, FileName, PathName, Verified) \
+                               VALUES ($1, $2, $3, 0) ON CONFLICT (ID, FileName) DO NOTHING")?,
+            mark_verified: p("INSERT INTO files (ID, FileName, PathName, Verified) \
+                              VALUES ($1, $2, $3, 1) ON CONFLICT (ID, FileName) \
+                              DO UPDATE SET PathName = EXCLUDED.PathName, Verified = 1")?,
+            mark_unverified: p("UPDATE files SET Verified = 0 WHERE ID = $1 AND FileName = $2")?,
+            delete_file: p("DELETE FROM files WHERE ID = $1 AND FileName = $2")?,
+            delete_client: p("DELETE FROM clients WHERE ID = $1")?,
+        })
+    }
+}
+
+/// Opens a connection as `url` says (TLS only when it asks), with the
+/// worker's timeouts, and sets `statement_timeout` for the session.
+pub fn connect(url: &PgUrl, settings: &Settings) -> Result<Client, PgError> {
+    let mut config = url.config().clone();
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(settings.connect_timeout);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name(&settings.application_name);
+    }
+    config
+        .tcp_user_timeout(settings.tcp_timeout)
+        .keepalives(true)
+        .keepalives_idle(settings.tcp_timeout);
+    let lost = |e: postgres::Error| PgError::from_driver("connect", &e);
+    let mut client = match url.tls() {
+        TlsMode::Disable => config.connect(postgres::NoTls).map_err(lost)?,
+        mode => config.connect(tls_connector(url, mode)?).map_err(lost)?,
+    };
+    let ms = settings.statement_timeout.as_millis();
+    client
+        .batch_execute(&format!("SET statement_timeout = {ms}"))
+        .map_err(|e| PgError::from_driver("set statement_timeout", &e))?;
+    Ok(client)
+}
+
+/// The OpenSSL connector for a TLS mode: no certificate check for
+/// `prefer`/`require`; the chain for `verify-ca`; chain and host name for
+/// `verify-full` (the connector's default).
+fn tls_connector(
+    url: &PgUrl,
+    mode: TlsMode,
+) -> Result<postgres_openssl::MakeTlsConnector, PgError> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let tls_err = |e: openssl::error::ErrorStack| PgError::Database {
+        op: "set up TLS",
+        code: None,
+        detail: e.to_string(),
+    };
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls_err)?;
+    let verify = matches!(mode, TlsMode::VerifyCa | TlsMode::VerifyFull);
+    if verify {
+        if let Some(ca) = url.root_cert() {
+            builder.set_ca_file(ca).map_err(|e| PgError::Database {
+                op: "read sslrootcert",
+                code: None,
+                detail: format!("{}: {e}", ca.display()),
+            })?;
+        }
+        builder.set_verify(SslVerifyMode::PEER);
+    } else {
+        builder.set_verify(SslVerifyMode::NONE);
+    }
+    let mut connector = postgres_openssl::MakeTlsConnector::new(builder.build());
+    if mode != TlsMode::VerifyFull {
+        connector.set_callback(|cfg, _host| {
+            cfg.set_verify_hostname(false);
+            Ok(())
+        });
+    }
+    Ok(connector)
+}
+
+/// A live connection and its statements.
+struct Conn {
+    client: Client,
+    stmts: Statements,
+}
+
+impl Conn {
+    fn open(url: &PgUrl, settings: &Settings) -> Result<Conn, PgError> {
+        let mut client = connect(url, settings)?;
+        let stmts = Statements::prepare(&mut client)?;
+        Ok(Conn { client, stmts })
+    }
+}
+
+/// The handle the event loop keeps: submit jobs, collect results.
+/// Dropping it stops the worker after the job it is running.
+pub struct Worker {
+    jobs: Option<SyncSender<Job>>,
+    done: Receiver<JobDone>,
+    in_flight: Arc<AtomicUsize>,
+    capacity: usize,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("in_flight", &self.in_flight())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl Worker {
+    /// Connects, migrates the schema ([`schema::migrate`]), prepares the
+    /// statements and starts the thread. Errors here are start-up errors
+    /// (a wrong password, a database of a newer schema). `waker` is woken
+    /// after every finished job.
+    pub fn start(
+        url: &PgUrl,
+        settings: Settings,
+        waker: Arc<mio::Waker>,
+    ) -> Result<Worker, PgError> {
+        let mut client = connect(url, &settings)?;
+        schema::migrate(&mut client)?;
+        let stmts = Statements::prepare(&mut client)?;
+        let conn = Conn { client, stmts };
+        let capacity = settings.queue_capacity.max(1);
+        // Never full in practice: `in_flight` admits at most `capacity`.
+        let (job_tx, job_rx) = mpsc::sync_channel(capacity);
+        let (done_tx, done_rx) = mpsc::channel();
+        let mut state = Thread {
+            url: url.clone(),
+            settings,
+            conn: Some(conn),
+            next_attempt: Instant::now(),
+            backoff: Duration::ZERO,
+            last_error: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("sealdrop-pg".into())
+            .spawn(move || state.run(job_rx, done_tx, waker))
+            .map_err(|e| PgError::Database {
+                op: "start database worker",
+                code: None,
+                detail: e.to_string(),
+            })?;
+        Ok(Worker {
+            jobs: Some(job_tx),
+            done: done_rx,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            capacity,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a job without blocking. Refused when [`Settings::queue_capacity`]
+    /// jobs are submitted and not yet collected ([`PgError::QueueFull`]),
+    /// when it has more than [`MAX_OPS_PER_JOB`] operations, or when the
+    /// worker is gone.
+    pub fn submit(&self, job: Job) -> Result<(), PgError> {
+        if job.ops.len() > MAX_OPS_PER_JOB {
+            return Err(PgError::JobTooLarge {
+                ops: job.ops.len(),
+                max: MAX_OPS_PER_JOB,
+            });
+        }
+        let jobs = self.jobs.as_ref().ok_or(PgError::WorkerGone)?;
+        let admitted = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .is_ok();
+        if !admitted {
+            return Err(PgError::QueueFull { cap: self.capacity });
+        }
+        match jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                Err(match e {
+                    TrySendError::Full(_) => PgError::QueueFull { cap: self.capacity },
+                    TrySendError::Disconnected(_) => PgError::WorkerGone,
+                })
+            }
+        }
+    }
+
+    /// A finished job, if one is waiting (call it until `None` after the
+    /// waker fired).
+    pub fn try_recv(&self) -> Option<JobDone> {
+        let done = self.done.try_recv().ok()?;
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        Some(done)
+    }
+
+    /// Waits up to `timeout` for a finished job (for tests and shutdown;
+    /// the event loop uses the waker and [`Worker::try_recv`]).
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<JobDone> {
+        let done = self.done.recv_timeout(timeout).ok()?;
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        Some(done)
+    }
+
+    /// Jobs submitted and not yet collected.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// The queue's capacity ([`Settings::queue_capacity`]).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop after its current job
+        // (bounded by the statement timeout).
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("the database worker thread panicked");
+            }
+        }
+    }
+}
+
+/// The worker thread's state.
+struct Thread {
+    url: PgUrl,
+    settings: Settings,
+    conn: Option<Conn>,
+    /// When to try connecting again (while `conn` is `None`).
+    next_attempt: Instant,
+    backoff: Duration,
+    /// Why the last attempt failed (said to jobs refused meanwhile).
+    last_error: Option<String>,
+}
+
+impl Thread {
+    fn run(&mut self, jobs: Receiver<Job>, done: mpsc::Sender<JobDone>, waker: Arc<mio::Waker>) {
+        loop {
+            let job = if self.conn.is_some() {
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            } else {
+                let wait = self.next_attempt.saturating_duration_since(Instant::now());
+                match jobs.recv_timeout(wait) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.reconnect();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            if self.conn.is_none() && Instant::now() >= self.next_attempt {
+                self.reconnect();
+            }
+            let outcome = self.run_job(&job);
+            if done.send(outcome).is_err() {
+                return;
+            }
+            if let Err(e) = waker.wake() {
+                log::error!("database worker: cannot wake the event loop: {e}");
+            }
+        }
+    }
+
+    /// One connection attempt; on failure the next waits twice as long.
+    fn reconnect(&mut self) {
+        match Conn::open(&self.url, &self.settings) {
+            Ok(conn) => {
+                log::info!("connected to PostgreSQL again ({})", self.url);
+                self.conn = Some(conn);
+                self.backoff = Duration::ZERO;
+                self.last_error = None;
+            }
+            Err(e) => {
+                self.backoff = (self.backoff * 2)
+                    .max(self.settings.backoff_min)
+                    .min(self.settings.backoff_max);
+                self.next_attempt = Instant::now() + self.backoff;
+                log::warn!(
+                    "cannot reconnect to PostgreSQL: {e}; next attempt in {} ms",
+                    self.backoff.as_millis()
+                );
+                self.last_error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Marks the connection dead: the next job (or the idle timer) makes
+    /// a new one at once.
+    fn lose_connection(&mut self, why: &PgError) {
+        log::warn!("{why}; reconnecting");
+        self.conn = None;
+        self.next_attempt = Instant::now();
+        self.last_error = Some(why.to_string());
+    }
+
+    fn run_job(&mut self, job: &Job) -> JobDone {
+        let mut outcome = match self.conn.as_mut() {
+            Some(conn) => run_on(conn, &job.ops),
+            None => Err((
+                PgError::ConnectionLost {
+                    detail: format!(
+                        "database unavailable ({}); retrying",
+                        self.last_error.as_deref().unwrap_or("not connected")
+                    ),
+                },
+                false,
+            )),
+        };
+        if let Err((e, before_anything)) = &outcome {
+            if e.is_connection_lost() && self.conn.is_some() {
+                let e = e.clone();
+                let retry = *before_anything;
+                self.lose_connection(&e);
+                if retry {
+                    // Dead before the job did anything (the database
+                    // restarted while we were idle): one fresh connection,
+                    // one more try.
+                    self.reconnect();
+                    if let Some(conn) = self.conn.as_mut() {
+                        outcome = run_on(conn, &job.ops);
+                        if let Err((e, _)) = &outcome {
+                            if e.is_connection_lost() {
+                                let e = e.clone();
+                                self.lose_connection(&e);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        match outcome {
+            Ok(results) => JobDone {
+                tag: job.tag,
+                results,
+                commit: Ok(()),
+            },
+            Err((e, _)) => JobDone {
+                tag: job.tag,
+                results: job.ops.iter().map(|_| Err(e.clone())).collect(),
+                commit: Err(e),
+            },
+        }
+    }
+}
+
+/// What can end a job as a whole: the error, and whether it came before
+/// any statement of the job reached the database with effect (the first
+/// statement was `BEGIN` or a read), so running the job again is safe.
+type JobFailure = (PgError, bool);
+
+/// Runs a job's operations: in one transaction if more than one statement
+/// writes, else each on its own. An operation whose statement fails is
+/// taken out and the job run again without it (its error kept), so the
+/// others still commit; a lost connection or a failed `COMMIT` fails the
+/// job as a whole.
+fn run_on(conn: &mut Conn, ops: &[Op]) -> Result<Vec<Result<Reply, PgError>>, JobFailure> {
+    let transactional = ops.iter().map(Op::write_statements).sum::<usize>() > 1;
+    let mut failed: Vec<Option<PgError>> = vec![None; ops.len()];
+    // Each round takes out at least one operation, so this ends.
+    for round in 0..=ops.len() {
+        let first_round = round == 0;
+        let mut results = Vec::with_capacity(ops.len());
+        let mut replay = false;
+        if transactional {
+            let mut tx = match conn.client.transaction() {
+                Ok(tx) => tx,
+                Err(e) => return Err((PgError::from_driver("begin", &e), first_round)),
+            };
+            for (i, op) in ops.iter().enumerate() {
+                if let Some(e) = &failed[i] {
+                    results.push(Err(e.clone()));
+                    continue;
+                }
+                match run_op(&mut tx, &conn.stmts, op) {
+                    Ok(r) => results.push(r),
+                    Err(e) if e.is_connection_lost() => return Err((e, false)),
+                    Err(e) => {
+                        // The server aborted the transaction: roll back
+                        // (dropping `tx`) and run the rest again.
+                        log::debug!("{op:?} failed: {e}; running its batch again without it");
+                        failed[i] = Some(e);
+                        replay = true;
+                        break;
+                    }
+                }
+            }
+            if replay {
+                drop(tx);
+                continue;
+            }
+            tx.commit()
+                .map_err(|e| (PgError::from_driver("commit", &e), false))?;
+            return Ok(results);
+        }
+        for (i, op) in ops.iter().enumerate() {
+            match run_op(&mut conn.client, &conn.stmts, op) {
+                Ok(r) => results.push(r),
+                Err(e) if e.is_connection_lost() => {
+                    // Safe to rerun only if nothing before it ran and it
+                    // is itself a read.
+                    let harmless = i == 0 && op.write_statements() == 0;
+                    return Err((e, first_round && harmless));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        return Ok(results);
+    }
+    // Unreachable in practice: every round fails one more operation.
+    Ok(failed
+        .into_iter()
+        .map(|e| Err(e.unwrap_or(PgError::Invalid("operation not run".into()))))
+        .collect())
+}
+
+/// Runs one operation. `Ok(Err(..))`: the statement ran but its outcome
+/// is a refusal that leaves the transaction usable (an update of an
+/// unknown client, a malformed row); `Err`: the statement itself failed
+/// (the server aborted the transaction, or the connection is gone).
+fn run_op(
+    c: &mut impl GenericClient,
+    s: &Statements,
+    op: &Op,
+) -> Result<Result<Reply, PgError>, PgError> {
+    let name = op.name();
+    let err = |e: postgres::Error| PgError::from_driver(name, &e);
+    let written = |n: u64| Ok(Ok(Reply::Written(n)));
+    let one_client = |n: u64| {
+        if n == 0 {
+            Ok(Err(PgError::NoSuchClient { op: name }))
+        } else {
+            Ok(Ok(Reply::Written(n)))
+        }
+    };
+    match op {
+        Op::ClientById(id) => {
+            let row = c.query_opt(&s.client_by_id, &[&&id.0[..]]).map_err(err)?;
+            Ok(row
+                .map(|r| client_from_row(&r))
+                .transpose()
+                .map(Reply::Client))
+        }
+        Op::ClientByName(name) => {
+            let row = c.query_opt(&s.client_by_name, &[name]).map_err(err)?;
+            Ok(row
+                .map(|r| client_from_row(&r))
+                .transpose()
+                .map(Reply::Client))
+        }
+        Op::ClientCount => {
+            let n: i64 = c.query_one(&s.client_count, &[]).map_err(err)?.get(0);
+            Ok(Ok(Reply::Count(n.unsigned_abs())))
+        }
+        Op::File { id, file_name } => {
+            let row = c
+                .query_opt(&s.file, &[&&id.0[..], file_name])
+                .map_err(err)?;
+            Ok(row.map(|r| file_from_row(&r)).transpose().map(Reply::File))
+        }
+        Op::RegisterClient {
+            id,
+            name,
+            replace,
+            seen,
+        } => {
+            if let Some(old) = replace {
+                let deleted = c.execute(&s.delete_unkeyed, &[&&old.0[..]]).map_err(err)?;
+                if deleted == 0 {
+                    log::warn!(
+                        "register: client {} to replace is gone or keyed",
+                        old.to_hex()
+                    );
+                }
+            }
+            let n = c
+                .execute(&s.insert_client, &[&&id.0[..], name, seen])
+                .map_err(err)?;
+            written(n)
+        }
+        Op::SetPublicKey {
+            id,
+            public_key,
+            aes_key,
+            seen,
+        } => {
+            let n = c
+                .execute(
+                    &s.set_public_key,
+                    &[&&public_key[..], &aes_key.as_bytes(), seen, &&id.0[..]],
+                )
+                .map_err(err)?;
+            one_client(n)
+        }
+        Op::SetLastKey { id, aes_key } => {
+            let n = c
+                .execute(&s.set_last_key, &[&aes_key.as_bytes(), &&id.0[..]])
+                .map_err(err)?;
+            one_client(n)
+        }
+        Op::Touch { id, seen } => {
+            let n = c.execute(&s.touch, &[seen, &&id.0[..]]).map_err(err)?;
+            written(n)
+        }
+        Op::AddUnverifiedFile {
+            id,
+            file_name,
+            path_name,
+        } => {
+            let n = c
+                .execute(&s.add_unverified, &[&&id.0[..], file_name, path_name])
+                .map_err(err)?;
+            written(n)
+        }
+        Op::MarkVerified {
+            id,
+            file_name,
+            path_name,
+        } => {
+            let n = c
+                .execute(&s.mark_verified, &[&&id.0[..], file_name, path_name])
+                .map_err(err)?;
+            written(n)
+        }
+        Op::MarkUnverified { id, file_name } => {
+            let n = c
+                .execute(&s.mark_unverified, &[&&id.0[..], file_name])
+                .map_err(err)?;
+            written(n)
+        }
+        Op::DeleteFile { id, file_name } => {
+            let n = c
+                .execute(&s.delete_file, &[&&id.0[..], file_name])
+                .map_err(err)?;
+            written(n)
+        }
+        Op::DeleteClient(id) => {
+            let n = c.execute(&s.delete_client, &[&&id.0[..]]).map_err(err)?;
+            written(n)
+        }
+    }
+}
+
+/// A stored value of the wrong shape: names the column, never the bytes.
+fn bad(table: &str, column: &str, what: impl std::fmt::Display) -> PgError {
+    PgError::Invalid(format!("{table}.{column}: {what}"))
+}
+
+fn get<'a, T: postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    table: &str,
+    i: usize,
+    column: &str,
+) -> Result<T, PgError> {
+    row.try_get(i).map_err(|e| bad(table, column, e))
+}
+
+fn client_id(row: &Row, table: &str) -> Result<ClientId, PgError> {
+    let id: &[u8] = get(row, table, 0, "ID")?;
+    id.try_into()
+        .map(ClientId)
+        .map_err(|_| bad(table, "ID", format_args!("{} bytes, not 16", id.len())))
+}
+
+/// `ID, Name, PublicKey, AESKey` to a record.
+fn client_from_row(row: &Row) -> Result<ClientRecord, PgError> {
+    let t = "clients";
+    let id = client_id(row, t)?;
+    let name: String = get(row, t, 1, "Name")?;
+    let public_key = match get::<Option<&[u8]>>(row, t, 2, "PublicKey")? {
+        None => None,
+        Some(b) => Some(Box::new(<[u8; PUBLIC_KEY_LEN]>::try_from(b).map_err(
+            |_| {
+                bad(
+                    t,
+                    "PublicKey",
+                    format_args!("{} bytes, not {PUBLIC_KEY_LEN}", b.len()),
+                )
+            },
+        )?)),
+    };
+    let last_key = match get::<Option<&[u8]>>(row, t, 3, "AESKey")? {
+        None => None,
+        Some(b) => Some(
+            AesKey::from_slice(b)
+                .ok_or_else(|| bad(t, "AESKey", format_args!("{} bytes, not 16 or 32", b.len())))?,
+        ),
+    };
+    Ok(ClientRecord {
+        id,
+        name,
+        public_key,
+        last_key,
+    })
+}
+
+/// `ID, FileName, PathName, Verified` to a [`FileRow`].
+fn file_from_row(row: &Row) -> Result<FileRow, PgError> {
+    let t = "files";
+    Ok(FileRow {
+        client: client_id(row, t)?,
+        file_name: get(row, t, 1, "FileName")?,
+        path_name: get::<Option<String>>(row, t, 2, "PathName")?.unwrap_or_default(),
+        verified: get::<Option<i32>>(row, t, 3, "Verified")?.is_some_and(|v| v != 0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_settings_use_the_named_limits() {
+        let s = Settings::default();
+        assert_eq!(s.queue_capacity, QUEUE_CAPACITY);
+        assert_eq!(s.connect_timeout, CONNECT_TIMEOUT);
+        assert_eq!(s.statement_timeout, STATEMENT_TIMEOUT);
+        assert_eq!(s.tcp_timeout, TCP_TIMEOUT);
+        assert_eq!((s.backoff_min, s.backoff_max), (BACKOFF_MIN, BACKOFF_MAX));
+        assert_eq!(s.application_name, APPLICATION_NAME);
+    }
+
+    #[test]
+    fn debug_of_an_op_shows_ids_and_names_never_keys() {
+        let op = Op::SetPublicKey {
+            id: ClientId([0xab; 16]),
+            public_key: Box::new([0x5c; PUBLIC_KEY_LEN]),
+            aes_key: AesKey::from_bytes([0xee; 16]),
+            seen: "2025-01-01T00:00:00Z".into(),
+        };
+        let shown = format!("{op:?}");
+        assert_eq!(shown, format!("store public key({})", "ab".repeat(16)));
+        let op = Op::SetLastKey {
+            id: ClientId([1; 16]),
+            aes_key: AesKey::from_bytes([0xee; 16]),
+        };
+        assert!(!format!("{op:?}").contains("ee"), "{op:?}");
+    }
+
+    #[test]
+    fn only_jobs_with_several_write_statements_need_a_transaction() {
+        let id = ClientId([1; 16]);
+        let reg = |replace| Op::RegisterClient {
+            id,
+            name: "n".into(),
+            replace,
+            seen: String::new(),
+        };
+        assert_eq!(Op::ClientById(id).write_statements(), 0);
+        assert_eq!(reg(None).write_statements(), 1);
+        assert_eq!(reg(Some(id)).write_statements(), 2);
+        assert_eq!(
+            Op::Touch {
+                id,
+                seen: String::new()
+            }
+            .write_statements(),
+            1
+        );
+    }
+}
