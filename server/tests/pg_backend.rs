@@ -254,10 +254,16 @@ fn a_version_1_database_migrates_and_a_newer_or_foreign_one_is_refused() {
     )
     .unwrap();
     let mut h = start(&url, Settings::default());
-    assert_eq!(schema::schema_version(&mut c).unwrap(), schema::SCHEMA_VERSION);
+    assert_eq!(
+        schema::schema_version(&mut c).unwrap(),
+        schema::SCHEMA_VERSION
+    );
     // Version 3's tables came with the migration.
     for table in ["quotas", "file_meta", "counters"] {
-        assert!(!schema::columns(&mut c, table).unwrap().is_empty(), "{table}");
+        assert!(
+            !schema::columns(&mut c, table).unwrap().is_empty(),
+            "{table}"
+        );
     }
     let old = h.client(ClientId([3; 16])).unwrap();
     assert_eq!(old.last_key, Some(AesKey::from_bytes([5; 16])));

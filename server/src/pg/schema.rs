@@ -39,14 +39,16 @@ pub const CLIENTS_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS clients (ID byte
 pub const FILES_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS files (ID bytea, FileName text, PathName text, Verified integer, PRIMARY KEY (ID, FileName))";
 
 /// Version 3: per-client quotas (as `db::QUOTAS_TABLE_SQL`).
-pub const QUOTAS_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS quotas (ID bytea PRIMARY KEY, MaxBytes bigint, MaxFiles bigint)";
+pub const QUOTAS_TABLE_SQL: &str =
+    "CREATE TABLE IF NOT EXISTS quotas (ID bytea PRIMARY KEY, MaxBytes bigint, MaxFiles bigint)";
 
 /// Version 3: each stored file's size and cksum (as
 /// `db::FILE_META_TABLE_SQL`).
 pub const FILE_META_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS file_meta (ID bytea, FileName text, Size bigint, Cksum bigint, PRIMARY KEY (ID, FileName))";
 
 /// Version 3: lifetime counters (as `db::COUNTERS_TABLE_SQL`).
-pub const COUNTERS_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS counters (Name text PRIMARY KEY, Value bigint NOT NULL)";
+pub const COUNTERS_TABLE_SQL: &str =
+    "CREATE TABLE IF NOT EXISTS counters (Name text PRIMARY KEY, Value bigint NOT NULL)";
 
 /// The advisory lock key [`migrate`] holds for its transaction ("sealdrop
 /// schema" in hex-ish), so two servers starting at once migrate one
