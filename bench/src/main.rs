@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use sealdrop_protocol::client::PacketOptions;
 use sealdrop_protocol::consts::MAX_PLAINTEXT_SIZE;
+use sealdrop_protocol::Revision;
 use sealdrop_testkit::data::random_bytes;
 
 use crate::procs::{Binaries, Cpu, Res, Server, SysCpu};
@@ -36,7 +38,7 @@ usage: sealdrop-bench [--quick] [--profile] [--no-build] [--only STEPS]
 
   --quick      smoke run (< 1 minute): 64 MiB instead of 1 GiB, 1000 instead of
                10000 idle connections, 200 instead of 1000 concurrent clients,
-               256 MiB instead of the 4 GiB upload, shorter session batches
+               256 MiB instead of the 4 GiB uploads, shorter session batches
   --profile    also run the big upload under perf stat / perf record (client and
                server) and small sessions under strace -c, and print the results
   --no-build   do not run `cargo build --release -p sealdrop-server -p sealdrop-client`
@@ -944,10 +946,46 @@ fn step_idle(plan: &Plan, bins: &Binaries, base: &Path, nofile: u64) -> Step {
 }
 
 // ---------------------------------------------------------------------------
-// the 4 GiB upload
+// the 4 GiB upload, over 2023c and over 2024c
 // ---------------------------------------------------------------------------
 
 const BIG_RSS_MIB: f64 = 32.0;
+/// Issue 14: the 2024c upload (AES-256, packets) at no less than 0.9x the
+/// 2023c one measured in the same run, under the same RSS bound.
+const BIG_2024C_VS_2023C: f64 = 0.9;
+/// Bytes of ciphertext per 2024c packet of the big upload: 1 MiB, the
+/// largest size public 2024 clients send (PROTOCOL.md §9.1), so the
+/// server reassembles 4096 packets in split mode rather than one.
+const BIG_PACKET_SIZE: u32 = 1 << 20;
+
+/// What one big upload gave.
+struct BigRun {
+    /// MB/s (10^6 bytes/s) of the whole session, 2104 included.
+    mbps: f64,
+}
+
+/// The revisions the big upload goes over, each with how it cuts the file.
+fn big_revisions() -> [(Revision, PacketOptions, String); 2] {
+    let packets = PacketOptions {
+        size: Some(BIG_PACKET_SIZE),
+        ..PacketOptions::default()
+    };
+    [
+        (
+            Revision::R2023c,
+            PacketOptions::default(),
+            "2023c".to_owned(),
+        ),
+        (
+            Revision::R2024c,
+            packets,
+            format!(
+                "2024c, {} MiB split packets",
+                u64::from(BIG_PACKET_SIZE) / MIB
+            ),
+        ),
+    ]
+}
 
 fn step_big(plan: &Plan, bins: &Binaries, base: &Path, keys: &[Key]) -> Step {
     let mut step = Step::default();
@@ -956,26 +994,58 @@ fn step_big(plan: &Plan, bins: &Binaries, base: &Path, keys: &[Key]) -> Step {
     } else {
         size_label(plan.big_size)
     };
-    let what = format!("{label} upload: server peak RSS (VmHWM)");
-    match big_inner(plan, bins, base, keys, &label, &mut step) {
-        Ok(()) => {}
-        Err(e) => {
-            step.rows.clear();
-            step.rows
-                .push(Row::skipped(&what, "MiB", Target::Below(BIG_RSS_MIB), e));
+    let mut rates = Vec::new();
+    // Each upload on a server of its own: VmHWM is a process's peak, and
+    // the first stored file is gone (with its server) before the second.
+    for (rev, packets, how) in big_revisions() {
+        let what = format!("{label} upload over {how}");
+        let result = match keys.first() {
+            Some(key) => big_inner(plan, bins, base, key, rev, packets, &what, &mut step),
+            None => Err("no client key".to_owned()),
+        };
+        match result {
+            Ok(run) => rates.push((rev, Some(run.mbps), None)),
+            Err(e) => {
+                step.rows.push(Row::skipped(
+                    &format!("{what}: server peak RSS (VmHWM)"),
+                    "MiB",
+                    Target::Below(BIG_RSS_MIB),
+                    e.clone(),
+                ));
+                rates.push((rev, None, Some(e)));
+            }
         }
     }
+    let rate = |r: Revision| rates.iter().find(|(x, _, _)| *x == r);
+    let what = format!("{label} upload over 2024c vs 2023c: throughput (in-bench client)");
+    step.rows
+        .push(match (rate(Revision::R2023c), rate(Revision::R2024c)) {
+            (Some((_, Some(old), _)), Some((_, Some(new), _))) => Row::info(&what, *new, "MB/s")
+                .reference(format!("2023c {} MB/s", num(*old)))
+                .ratio(*old, BIG_2024C_VS_2023C),
+            (a, b) => {
+                let why = [a, b]
+                    .into_iter()
+                    .flatten()
+                    .find_map(|(r, _, e)| e.as_ref().map(|e| format!("{r}: {e}")))
+                    .unwrap_or_else(|| "no run".into());
+                Row::skipped(&what, "MB/s", Target::RatioAtLeast(BIG_2024C_VS_2023C), why)
+            }
+        });
     step
 }
 
+#[allow(clippy::too_many_arguments)]
 fn big_inner(
     plan: &Plan,
     bins: &Binaries,
     base: &Path,
-    keys: &[Key],
-    label: &str,
+    key: &Key,
+    rev: Revision,
+    packets: PacketOptions,
+    what: &str,
     step: &mut Step,
-) -> Res<()> {
+) -> Res<BigRun> {
     let free = procs::free_bytes(base).unwrap_or(u64::MAX);
     if free < plan.big_size + GIB {
         return Err(format!(
@@ -985,9 +1055,9 @@ fn big_inner(
         ));
     }
     let mut server = Server::start(&bins.server, base)?;
-    let client = proto::register(server.addr, "bench-big", &keys[0])?;
+    let client = proto::register_in(server.addr, "bench-big", key, rev, packets)?;
     let hwm_before = server.status_kib("VmHWM").unwrap_or(0);
-    progress(&format!("big: uploading {label} generated on the fly"));
+    progress(&format!("big: {what}, generated on the fly"));
     let block = random_bytes(14, MIB as usize);
     let peak = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -1022,9 +1092,10 @@ fn big_inner(
     let me = Cpu::me().since(me0);
     let sys = SysCpu::now().since(sys0);
     let hwm = server.status_kib("VmHWM").ok_or("cannot read VmHWM")?;
+    let mbps = plan.big_size as f64 / 1e6 / wall.as_secs_f64();
     step.rows.push(
         Row::info(
-            &format!("{label} upload: server peak RSS (VmHWM)"),
+            &format!("{what}: server peak RSS (VmHWM)"),
             hwm as f64 / 1024.0,
             "MiB",
         )
@@ -1037,8 +1108,8 @@ fn big_inner(
     );
     step.rows.push(
         Row::info(
-            &format!("{label} upload: throughput (in-bench client)"),
-            plan.big_size as f64 / 1e6 / wall.as_secs_f64(),
+            &format!("{what}: throughput (in-bench client)"),
+            mbps,
             "MB/s",
         )
         .reference(format!(
@@ -1048,14 +1119,17 @@ fn big_inner(
         )),
     );
     step.breakdown.push(format!(
-        "server: VmHWM {hwm} KiB, RssAnon {} KiB, RssFile {} KiB; CPU {:.1} s over {:.1} s",
+        "{rev}: server VmHWM {hwm} KiB, RssAnon {} KiB, RssFile {} KiB; CPU {:.1} s over {:.1} s; \
+         in-bench client CPU {:.1} s",
         server.status_kib("RssAnon").unwrap_or(0),
         server.status_kib("RssFile").unwrap_or(0),
         srv.user + srv.sys,
-        wall.as_secs_f64()
+        wall.as_secs_f64(),
+        me.user + me.sys
     ));
-    step.breakdown.push(sys.describe(total(srv) + total(me)));
-    Ok(())
+    step.breakdown
+        .push(format!("{rev}: {}", sys.describe(total(srv) + total(me))));
+    Ok(BigRun { mbps })
 }
 
 // ---------------------------------------------------------------------------

@@ -3,15 +3,19 @@
 //! decoders and crypto), decrypting session keys without RSA blinding. It
 //! registers clients in advance and runs full reconnect sessions
 //! (1027 -> 2105, 1028 -> 2103, 1029 -> 2104), with the file either in
-//! memory or generated on the fly (the 4 GiB upload needs no file).
+//! memory or generated on the fly (the 4 GiB upload needs no file), in
+//! 2023c or in any other revision (the 4 GiB upload also goes in 2024c
+//! packets).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sealdrop_protocol::client::PacketOptions;
 use sealdrop_protocol::crypto::{RsaPrivateKey, TestEntropy};
 use sealdrop_protocol::message::Response;
-use sealdrop_testkit::{decrypt_unblinded, unblinded_key, Client, Conn};
+use sealdrop_protocol::Revision;
+use sealdrop_testkit::{decrypt_unblinded, unblinded_key, Client, REV};
 
 use crate::procs::Res;
 
@@ -34,11 +38,29 @@ const LARGE: u64 = 64 << 20;
 /// machine's 2 cores with it). The real client blinds.
 pub type Registered = Client;
 
-/// Registers `client_name` with `key` (1025 -> 2100, 1026 -> 2102).
+/// Registers `client_name` with `key` (1025 -> 2100, 1026 -> 2102) in
+/// 2023c.
 pub fn register(addr: SocketAddr, client_name: &str, key: &Arc<RsaPrivateKey>) -> Res<Registered> {
-    let mut conn =
-        Conn::open(addr, Duration::from_secs(30)).map_err(|e| format!("connect: {e}"))?;
-    let mut client = Client::with_key(client_name, Arc::clone(key)).with_unblinded_decryption();
+    register_in(addr, client_name, key, REV, PacketOptions::default())
+}
+
+/// Registers `client_name` with `key` in revision `rev` (its register
+/// and key requests); its uploads go in `rev`, in 2024a/2024c cut into
+/// packets as `packets` says.
+pub fn register_in(
+    addr: SocketAddr,
+    client_name: &str,
+    key: &Arc<RsaPrivateKey>,
+    rev: Revision,
+    packets: PacketOptions,
+) -> Res<Registered> {
+    let mut client = Client::with_key(client_name, Arc::clone(key))
+        .with_unblinded_decryption()
+        .in_revision(rev)
+        .with_packets(packets);
+    let mut conn = client
+        .open(addr, Duration::from_secs(30))
+        .map_err(|e| format!("connect: {e}"))?;
     client.try_register(&mut conn).map_err(|e| e.to_string())?;
     client
         .try_exchange_key(&mut conn)
@@ -106,8 +128,9 @@ pub struct SessionTimes {
     pub wait_2104: Duration,
 }
 
-/// One full session of a registered client: reconnect, upload `plain` as
-/// `file_name`, check the 2103 (cksum, size, name), confirm.
+/// One full session of a registered client in its revision: reconnect,
+/// upload `plain` as `file_name`, check the 2103 (cksum, size, name),
+/// confirm.
 pub fn session(
     addr: SocketAddr,
     client: &Registered,
@@ -117,7 +140,9 @@ pub fn session(
 ) -> Res<SessionTimes> {
     let start = Instant::now();
     let mut me = client.clone();
-    let mut conn = Conn::open(addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    let mut conn = me
+        .open(addr, timeout)
+        .map_err(|e| format!("connect: {e}"))?;
     match me.try_reconnect(&mut conn).map_err(|e| e.to_string())? {
         Response::ReconnectAccepted { .. } => {}
         other => return Err(format!("1027 answered {:?}", other.kind())),

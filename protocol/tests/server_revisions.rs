@@ -299,6 +299,36 @@ fn the_2022c_2023a_pair_is_told_apart_at_the_file_or_verdict() {
     assert_eq!(out[..23], response(Revision::R2023a, 5)[..23]);
 }
 
+/// A connection's revision comes from its listener and its own bytes,
+/// never from what the client spoke before (docs/protocol.md, "No
+/// revision memory per client"): a client whose last key was a 2024a one
+/// (32 bytes) reconnecting on an untagged listener is answered in 2023c
+/// with a 16-byte key, on a `=2024a` listener in 2024a with a 32-byte
+/// key, and back on the untagged one in 2023c again.
+#[test]
+fn the_revision_comes_from_the_listener_not_from_the_clients_history() {
+    let private = RsaPrivateKey::from_pkcs8_der(&vector(".", "rsa1024_private_pkcs8.der")).unwrap();
+    let mut store = alice_store(Revision::R2024a);
+    for (range_1025, want) in [
+        (Revision::R2023c, Revision::R2023c),
+        (Revision::R2024a, Revision::R2024a),
+        (Revision::R2023c, Revision::R2023c),
+    ] {
+        let last = store.clients[&alice()].last_key.clone().unwrap();
+        let mut h = Harness::new(RevisionChoice::Auto { range_1025 }, store);
+        let out = h.feed(&vector(".", "request_1027.bin"));
+        assert_eq!(out[..23], response(want, 5)[..23], "{range_1025} listener");
+        let key = private
+            .decrypt_aes_key(&out[23..151], &mut TestEntropy::new(5))
+            .unwrap();
+        assert_eq!(key.as_bytes().len(), want.aes_key_len(), "{range_1025}");
+        // Each time the client's last key was of the other size.
+        assert_ne!(last.as_bytes().len(), key.as_bytes().len(), "{range_1025}");
+        assert_eq!(h.session.answer_revision(), want);
+        store = h.store;
+    }
+}
+
 /// 2022c has no 2107: a request the server cannot serve closes the
 /// connection without a word; an undecided 2022c/2023a connection too.
 #[test]

@@ -6,9 +6,9 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use sealdrop_protocol::{ClientId, Request, Response, ResponseDecoder};
+use sealdrop_protocol::{ClientId, Request, Response, ResponseDecoder, Revision};
 
-use crate::frames::{code_of, request_frame};
+use crate::frames::{code_in, request_frame_in};
 use crate::{IO_TIMEOUT, REV};
 
 /// Bytes asked for per read: responses are at most 286 bytes.
@@ -41,10 +41,13 @@ impl fmt::Display for RecvError {
 impl std::error::Error for RecvError {}
 
 /// One blocking TCP connection to the server, with response decoding.
+/// It speaks one revision ([`REV`] unless opened with another): requests
+/// are encoded and responses decoded in it.
 pub struct Conn {
     /// The socket, for tests that write from another thread
     /// (`try_clone`) or set socket options.
     pub stream: TcpStream,
+    rev: Revision,
     dec: ResponseDecoder,
     /// Received bytes are `rbuf[rpos..rend]` (the rest is room for the
     /// next read).
@@ -66,11 +69,25 @@ impl Conn {
             .unwrap_or_else(|e| panic!("connect {addr}: {e}"))
     }
 
+    /// As [`Conn::connect`], speaking `rev`.
+    pub fn connect_in(addr: SocketAddr, rev: Revision) -> Conn {
+        let mut c = Conn::connect(addr);
+        c.set_revision(rev);
+        c
+    }
+
     /// Connects with `timeout` for the connect itself and for every read
     /// and write.
     pub fn open(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         Conn::with_timeout(stream, timeout)
+    }
+
+    /// As [`Conn::open`], speaking `rev`.
+    pub fn open_in(addr: SocketAddr, timeout: Duration, rev: Revision) -> io::Result<Conn> {
+        let mut c = Conn::open(addr, timeout)?;
+        c.set_revision(rev);
+        Ok(c)
     }
 
     /// Wraps a connected socket, with [`IO_TIMEOUT`] on reads and writes.
@@ -85,6 +102,7 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         Ok(Conn {
             stream,
+            rev: REV,
             dec: ResponseDecoder::new(REV),
             rbuf: vec![0; READ_SIZE],
             rpos: 0,
@@ -97,6 +115,18 @@ impl Conn {
     /// The timeout of reads and writes that name none.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The revision requests are encoded and responses decoded in.
+    pub fn revision(&self) -> Revision {
+        self.rev
+    }
+
+    /// Speaks `rev` from now on. Call it before the first request: a
+    /// response half received is decoded afresh in `rev`.
+    pub fn set_revision(&mut self, rev: Revision) {
+        self.rev = rev;
+        self.dec = ResponseDecoder::new(rev);
     }
 
     /// Writes all of `bytes`; panics on an error.
@@ -115,14 +145,14 @@ impl Conn {
 
     /// Sends one request; panics on an error.
     pub fn request(&mut self, id: &ClientId, req: &Request) {
-        let f = request_frame(id, req);
+        let f = request_frame_in(self.rev, id, req);
         self.send(&f);
     }
 
     /// Sends one request and reads the next response (within the
     /// connection's timeout).
     pub fn call(&mut self, id: &ClientId, req: &Request) -> Result<Response, crate::Error> {
-        self.try_send(&request_frame(id, req))
+        self.try_send(&request_frame_in(self.rev, id, req))
             .map_err(crate::Error::Send)?;
         self.try_recv(self.timeout).map_err(crate::Error::Recv)
     }
@@ -212,10 +242,11 @@ impl Conn {
         }
     }
 
-    /// The next response, which must have this code.
+    /// The next response, which must have this code (in the
+    /// connection's revision).
     pub fn expect(&mut self, code: u16) -> Response {
         let r = self.recv();
-        assert_eq!(code_of(&r), code, "unexpected response {r:?}");
+        assert_eq!(code_in(self.rev, &r), code, "unexpected response {r:?}");
         r
     }
 
@@ -279,8 +310,8 @@ impl Conn {
         }
     }
 
-    /// 2107 and then the server closes the connection (a frame it cannot
-    /// decode). Panics otherwise.
+    /// 2107 (1607 in 2024) and then the server closes the connection (a
+    /// frame it cannot decode). Panics otherwise.
     pub fn expect_error_then_close(&mut self) {
         let r = self.try_recv(Duration::from_secs(10));
         match r {

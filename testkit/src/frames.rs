@@ -3,7 +3,7 @@
 
 use sealdrop_protocol::consts::NAME_LEN;
 use sealdrop_protocol::message::encode_file_header;
-use sealdrop_protocol::{ClientId, FixedName, Request, Response};
+use sealdrop_protocol::{ClientId, FixedName, Request, Response, Revision};
 
 use crate::REV;
 
@@ -30,8 +30,13 @@ pub fn header(id: &ClientId, version: u8, code: u16, payload_size: u32) -> Vec<u
 
 /// A whole request frame from the protocol crate's encoder.
 pub fn request_frame(id: &ClientId, req: &Request) -> Vec<u8> {
+    request_frame_in(REV, id, req)
+}
+
+/// A whole request frame in revision `rev`.
+pub fn request_frame_in(rev: Revision, id: &ClientId, req: &Request) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
-    req.encode(REV, id, &mut out);
+    req.encode(rev, id, &mut out);
     out
 }
 
@@ -54,4 +59,10 @@ pub fn raw_field(text: &[u8]) -> [u8; NAME_LEN] {
 pub fn code_of(r: &Response) -> u16 {
     REV.response_code(r.kind())
         .expect("2023c has every response")
+}
+
+/// Response code of a response in revision `rev` (0 for one the
+/// revision lacks: 2022c has no 2105-2107).
+pub fn code_in(rev: Revision, r: &Response) -> u16 {
+    rev.response_code(r.kind()).unwrap_or(0)
 }

@@ -7,7 +7,10 @@
 //!   (register, key exchange, reconnect, upload, verdicts). Each step
 //!   panics with a clear message when the server does not answer as the
 //!   step expects; its `try_` twin returns the failure instead (what a
-//!   load generator needs). [`UploadStream`] streams a 1028 of any size.
+//!   load generator needs). [`UploadStream`] streams a 1028 of any size,
+//!   or in 2024a/2024c the file's packets ([`FileEncoder`]). A client and
+//!   its connections speak [`REV`] unless given another revision
+//!   ([`Client::in_revision`], [`Conn::connect_in`]).
 //! * [`frames`]: raw request frames, well-formed or not.
 //! * [`vectors`]: the golden vectors of `fixtures/vectors`.
 //! * [`data`]: deterministic test data, files, and comparisons.
@@ -28,14 +31,14 @@ pub mod store;
 pub mod util;
 pub mod vectors;
 
-pub use client::{decrypt_unblinded, unblinded_key, Client, Error, UploadStream};
+pub use client::{decrypt_unblinded, unblinded_key, Client, Error, FileEncoder, UploadStream};
 pub use conn::{Conn, RecvError};
 
 use std::time::Duration;
 
 use sealdrop_protocol::Revision;
 
-/// Revision every test and the bench speak.
+/// The revision a [`Client`] and a [`Conn`] speak unless told otherwise.
 pub const REV: Revision = Revision::R2023c;
 
 /// Default read/write timeout of a [`Conn`]: generous (a debug build
@@ -46,7 +49,9 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Everything, for `use sealdrop_testkit::prelude::*;`.
 pub mod prelude {
-    pub use crate::client::{decrypt_unblinded, unblinded_key, Client, Error, UploadStream};
+    pub use crate::client::{
+        decrypt_unblinded, unblinded_key, Client, Error, FileEncoder, UploadStream,
+    };
     pub use crate::conn::{Conn, RecvError};
     pub use crate::data::*;
     pub use crate::frames::*;
