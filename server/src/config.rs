@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::pg::DatabaseUrl;
 use crate::store::{StoreConfig, SyncMode};
 use clap::Parser;
 use sealdrop_protocol::consts::{DEFAULT_PORT, MAX_PLAINTEXT_SIZE};
@@ -132,6 +133,23 @@ pub struct Args {
     /// control.sock in the data directory.
     #[arg(long, value_name = "PATH", global = true)]
     pub control_socket: Option<PathBuf>,
+
+    /// Where the records are kept: `sqlite:` (the default: defensive.db in
+    /// the data directory), `sqlite:PATH`, or
+    /// `postgres://USER@HOST[:PORT]/DBNAME[?sslmode=verify-full]`, which lets
+    /// several servers share one database and one data directory. Read
+    /// from SEALDROP_DATABASE_URL when not given; leave the password out
+    /// and set PGPASSWORD.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+
+    /// This server's name among the servers sharing a data directory
+    /// (PostgreSQL only): its temporary files and its control socket
+    /// (control.ID.sock) carry it, so each server cleans up only its own.
+    /// Letters, digits, '.' and '_'; unique per server and the same across
+    /// its restarts. Default: SEALDROP_SERVER_ID, else the host name.
+    #[arg(long, value_name = "ID")]
+    pub server_id: Option<String>,
 
     /// An administration command instead of running the server.
     #[command(subcommand)]
@@ -318,11 +336,17 @@ pub enum ConfigError {
     /// `--check-config` without `--listen`: the port file is unusable
     /// (the server itself would fall back to the default port).
     PortFileRequired(Box<ConfigError>),
+    /// `--database` (or SEALDROP_DATABASE_URL) does not parse.
+    Database(String),
+    /// `--server-id` (or SEALDROP_SERVER_ID) is not usable.
+    ServerId(String),
 }
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            ConfigError::Database(why) => write!(f, "--database: {why}"),
+            ConfigError::ServerId(why) => write!(f, "--server-id: {why}"),
             ConfigError::NotASize(text) => {
                 write!(f, "'{text}' is not a byte count (e.g. 1048576, 64K, 2G)")
             }
@@ -425,9 +449,13 @@ pub struct Settings {
 
 impl Settings {
     /// Where the control socket is: `--control-socket`, else
-    /// [`crate::control::SOCKET_NAME`] in the data directory.
+    /// [`crate::control::SOCKET_NAME`] in the data directory (on
+    /// PostgreSQL, `control.<server id>.sock`: the directory is shared).
     pub fn control_socket_path(&self) -> PathBuf {
-        control_socket_path(self.control_socket.as_deref(), &self.data_dir)
+        match (&self.control_socket, &self.store.server_id) {
+            (None, Some(id)) => self.data_dir.join(format!("control.{id}.sock")),
+            (explicit, _) => control_socket_path(explicit.as_deref(), &self.data_dir),
+        }
     }
 
     /// The defaults of every flag, listening on `listen` with data in
@@ -450,6 +478,9 @@ pub fn control_socket_path(explicit: Option<&Path>, data_dir: &Path) -> PathBuf 
         Path::to_path_buf,
     )
 }
+
+/// Where `--server-id` is read from when the flag is absent.
+pub const SERVER_ID_ENV: &str = "SEALDROP_SERVER_ID";
 
 /// What to do when the port file is needed but unusable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -534,8 +565,21 @@ impl Args {
                 max_bytes: self.quota_bytes,
                 max_files: self.quota_files,
             },
+            database: DatabaseUrl::resolve(self.database.as_deref(), |k| std::env::var(k).ok())
+                .map_err(|e| ConfigError::Database(e.to_string()))?,
             ..StoreConfig::default()
         };
+        let mut store = store;
+        if store.database.is_postgres() {
+            let id = self
+                .server_id
+                .clone()
+                .or_else(|| std::env::var(SERVER_ID_ENV).ok().filter(|v| !v.is_empty()))
+                .unwrap_or_else(crate::files::default_server_id);
+            crate::files::check_server_id(&id)
+                .map_err(|e| ConfigError::ServerId(format!("{id:?}: {e}")))?;
+            store.server_id = Some(id);
+        }
         Ok(Settings {
             listen,
             data_dir: self.data_dir.clone(),

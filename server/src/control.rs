@@ -96,7 +96,7 @@ pub fn resolve_client(store: &DiskStore, text: &str) -> Result<ClientId, ApplyEr
     if let Some(id) = parse_id(text) {
         return Ok(id);
     }
-    match store.db().client_by_name(text)? {
+    match store.records().client_by_name(text)? {
         Some(c) => Ok(c.id),
         None => Err(ApplyError {
             not_found: true,
@@ -148,6 +148,13 @@ pub fn apply(
         now,
     };
     let op = field(req, "op")?;
+    if store.records().is_shared() && !matches!(op, "ping" | "stats") {
+        // Its reads would need a round trip to the database that this
+        // socket does not wait for yet (issue 17).
+        return Err(ApplyError::bad(format!(
+            "\"{op}\" is not available yet on a server whose records are in PostgreSQL"
+        )));
+    }
     match op {
         "ping" => Ok(json!({})),
         "forget" => {

@@ -931,7 +931,7 @@ impl Db {
 }
 
 /// A quota column's value: NULL the server's setting, -1 unlimited.
-fn setting_from(value: Option<i64>) -> QuotaSetting {
+pub(crate) fn setting_from(value: Option<i64>) -> QuotaSetting {
     match value {
         None => QuotaSetting::Default,
         Some(n) if n < 0 => QuotaSetting::Unlimited,
@@ -939,7 +939,7 @@ fn setting_from(value: Option<i64>) -> QuotaSetting {
     }
 }
 
-fn setting_to(setting: QuotaSetting) -> Option<i64> {
+pub(crate) fn setting_to(setting: QuotaSetting) -> Option<i64> {
     match setting {
         QuotaSetting::Default => None,
         QuotaSetting::Unlimited => Some(-1),

@@ -18,7 +18,7 @@
 //! client of the pass.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +35,7 @@ use crate::store::DiskStore;
 use sealdrop_protocol::crypto::Entropy;
 use sealdrop_protocol::decode::RevisionChoice;
 use sealdrop_protocol::server::{CloseReason, ServerConfig, ServerEvent, VerdictKind};
-use sealdrop_protocol::store::{Durability, Store};
+use sealdrop_protocol::store::{Commit, Durability, Store};
 use sealdrop_protocol::ServerSession;
 
 use crate::config::Settings;
@@ -179,6 +179,12 @@ pub struct Server {
     started: Instant,
     /// Counters, `--metrics-listen` and `STATUS=`.
     metrics: Metrics,
+    /// The key of each open connection by its serial number (what the
+    /// store names connections by).
+    by_serial: HashMap<u64, usize>,
+    /// When the store's commit in flight started (PostgreSQL: it ends
+    /// when the database answers, some passes later).
+    commit_started: Option<Instant>,
 }
 
 impl Server {
@@ -214,6 +220,9 @@ impl Server {
         }
         let local_addrs = bound.iter().map(|l| l.addr).collect();
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        store
+            .attach(waker.clone())
+            .map_err(|e| io::Error::other(format!("cannot start the database worker: {e}")))?;
         let metrics = Metrics::new(
             &settings.data_dir,
             settings.max_connections,
@@ -256,6 +265,8 @@ impl Server {
             control,
             started: now,
             metrics,
+            by_serial: HashMap::new(),
+            commit_started: None,
         })
     }
 
@@ -338,6 +349,7 @@ impl Server {
                 };
                 c.serve(self.poll.registry(), &mut self.store, now, stats);
             }
+            self.store_progress(now);
             self.accept(now);
             for token in std::mem::take(&mut self.again) {
                 self.drive(token);
@@ -347,7 +359,7 @@ impl Server {
             self.housekeeping(now);
             self.end_pass();
             if self.drain_done(now) {
-                if self.store.uncommitted() {
+                if self.store.uncommitted() || self.commit_started.is_some() {
                     if let Some(e) = self.store.commit(Instant::now()).error {
                         log::error!("storage sync at exit failed: {e}");
                     }
@@ -368,46 +380,99 @@ impl Server {
         }
     }
 
-    /// Ends a pass: one store commit for everything the pass changed, then
-    /// each session holding answers gets the outcome for its connection
-    /// and is queued to write what it released (or its 2107).
-    fn end_pass(&mut self) {
-        let touched = std::mem::take(&mut self.touched);
-        let started = Instant::now();
-        let commit = self
-            .store
-            .uncommitted()
-            .then(|| self.store.commit(Instant::now()));
-        self.metrics.pass_ended(commit.as_ref(), started.elapsed());
-        if let Some(e) = commit.as_ref().and_then(|c| c.error.as_ref()) {
-            log::error!("storage sync failed: {e}; this pass's answers become 2107");
-        }
-        if let Some(c) = self.control.as_mut() {
-            let error = commit.as_ref().and_then(|c| c.error.as_ref());
-            c.committed(self.poll.registry(), error);
-        }
-        for key in touched {
+    /// What the store finished since the last pass (PostgreSQL): parked
+    /// requests whose reads arrived are decided, and a finished commit
+    /// releases (or fails) the answers held for it.
+    fn store_progress(&mut self, now: Instant) {
+        for serial in self.store.take_ready() {
+            let Some(&key) = self.by_serial.get(&serial) else {
+                continue;
+            };
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            if !conn.in_pass {
-                continue; // listed twice (a reused key)
+            conn.session
+                .handle_store_ready(now, &mut self.store, &mut self.rng);
+            self.enter(key);
+            self.again.push(Token(key));
+        }
+        if let Some(started) = self.commit_started {
+            if let Some(commit) = self.store.poll_commit() {
+                self.commit_started = None;
+                self.commit_done(&commit, started.elapsed(), None);
             }
-            conn.in_pass = false;
+        }
+    }
+
+    /// Ends a pass: one store commit for everything the pass changed, then
+    /// each session holding answers gets the outcome for its connection
+    /// and is queued to write what it released (or its 2107). With
+    /// PostgreSQL the commit is only started here (unless one is in flight
+    /// already) and its outcome comes in a later pass.
+    fn end_pass(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        let touched: Vec<usize> = touched
+            .into_iter()
+            .filter(|&key| match self.conns.get_mut(key) {
+                // Listed twice (a reused key) counts once.
+                Some(conn) => std::mem::replace(&mut conn.in_pass, false),
+                None => false,
+            })
+            .collect();
+        let started = Instant::now();
+        if self.commit_started.is_some() {
+            return; // its outcome releases what waits
+        }
+        if !self.store.uncommitted() {
+            self.metrics.pass_ended(None, started.elapsed());
+            if let Some(c) = self.control.as_mut() {
+                c.committed(self.poll.registry(), None);
+            }
+            for key in touched {
+                let Some(conn) = self.conns.get_mut(key) else {
+                    continue;
+                };
+                if conn.session.holds_output() {
+                    conn.session
+                        .handle_commit(Durability::Durable, &mut self.store);
+                    log_events(key, conn, &self.observer, &mut self.metrics);
+                    self.again.push(Token(key));
+                }
+            }
+            return;
+        }
+        match self.store.begin_commit(Instant::now()) {
+            Some(commit) => self.commit_done(&commit, started.elapsed(), Some(touched)),
+            None => self.commit_started = Some(started),
+        }
+    }
+
+    /// A commit finished: its outcome to the sessions holding answers
+    /// (`keys`, or every connection's), the metrics and the control socket.
+    fn commit_done(&mut self, commit: &Commit, took: Duration, keys: Option<Vec<usize>>) {
+        self.metrics.pass_ended(Some(commit), took);
+        if let Some(e) = commit.error.as_ref() {
+            log::error!("storage sync failed: {e}; the answers that waited for it become 2107");
+        }
+        if let Some(c) = self.control.as_mut() {
+            c.committed(self.poll.registry(), commit.error.as_ref());
+        }
+        let keys = keys.unwrap_or_else(|| self.conns.iter().map(|(k, _)| k).collect());
+        for key in keys {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             if !conn.session.holds_output() {
                 continue;
             }
-            let outcome = commit
-                .as_ref()
-                .map_or(Durability::Durable, |c| c.outcome(conn.serial));
-            if outcome == Durability::Failed {
+            if commit.outcome(conn.serial) == Durability::Failed {
                 log::warn!(
                     "conn#{} {}: answers withheld (not durable): 2107 and close",
                     conn.serial,
                     conn.peer
                 );
             }
-            conn.session.handle_commit(outcome, &mut self.store);
+            conn.session.handle_commit_of(commit, &mut self.store);
             log_events(key, conn, &self.observer, &mut self.metrics);
             self.again.push(Token(key));
         }
@@ -610,6 +675,7 @@ impl Server {
         }
         let _ = stream.set_nodelay(true);
         self.serial += 1;
+        self.by_serial.insert(self.serial, key);
         self.metrics.connection_accepted();
         entry.insert(Conn {
             stream,
@@ -784,6 +850,7 @@ impl Server {
             return;
         }
         let mut conn = self.conns.remove(key);
+        self.by_serial.remove(&conn.serial);
         conn.session.close(Instant::now(), &mut self.store);
         log_events(key, &mut conn, &self.observer, &mut self.metrics);
         let _ = self.poll.registry().deregister(&mut conn.stream);

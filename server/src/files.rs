@@ -2,7 +2,9 @@
 //!
 //! Layout: `<data dir>/files/<client id hex>/<base name>`. An upload is
 //! written to a hidden temporary file `.part-<16 hex digits>` in the
-//! client's folder (22 bytes, whatever the file name's length) and reaches
+//! client's folder (22 bytes, whatever the file name's length; with
+//! PostgreSQL, where several servers share the tree,
+//! `.part-<server id>-<16 hex digits>`, so each server knows its own) and reaches
 //! its final path only when the client confirms it (1029), by one rename.
 //! So an unconfirmed upload never replaces or damages an earlier verified
 //! file of the same name, and its bytes never sit at the final path (§6).
@@ -62,14 +64,77 @@ pub fn final_path(data_dir: &Path, id: &ClientId, file_name: &str) -> PathBuf {
 }
 
 /// Whether `name` has the exact form of a temporary upload file:
-/// [`PART_PREFIX`] then [`PART_HEX_DIGITS`] lower-case hex digits.
+/// [`PART_PREFIX`], optionally a server id and `-`, then
+/// [`PART_HEX_DIGITS`] lower-case hex digits.
 pub fn is_part_name(name: &str) -> bool {
-    name.strip_prefix(PART_PREFIX).is_some_and(|hex| {
+    part_owner(name).is_some()
+}
+
+/// The server that owns a temporary upload file: `Some(None)` for one
+/// without a server id (a server on SQLite, alone on its data directory),
+/// `Some(Some(id))` for one of server `id`, `None` for a name that is not
+/// a temporary file's.
+pub fn part_owner(name: &str) -> Option<Option<&str>> {
+    let rest = name.strip_prefix(PART_PREFIX)?;
+    let is_hex = |hex: &str| {
         hex.len() == PART_HEX_DIGITS
             && hex
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+    };
+    if is_hex(rest) {
+        return Some(None);
+    }
+    let (id, hex) = rest.rsplit_once('-')?;
+    (is_hex(hex) && check_server_id(id).is_ok()).then_some(Some(id))
+}
+
+/// Longest server id (`--server-id`): temporary file names stay well
+/// under the 255-byte name limit of every file system.
+pub const MAX_SERVER_ID_LEN: usize = 64;
+
+/// A server id is 1 to [`MAX_SERVER_ID_LEN`] ASCII letters, digits, `.`
+/// and `_` (no `-`, which ends it in a temporary file's name, and no `/`).
+pub fn check_server_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_SERVER_ID_LEN {
+        return Err(format!(
+            "a server id has 1 to {MAX_SERVER_ID_LEN} characters, not {}",
+            id.len()
+        ));
+    }
+    match id
+        .bytes()
+        .find(|b| !(b.is_ascii_alphanumeric() || *b == b'.' || *b == b'_'))
+    {
+        Some(b) => Err(format!(
+            "a server id may hold ASCII letters, digits, '.' and '_' only, not {:?}",
+            char::from(b)
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The default server id: the host name, with every character a server id
+/// may not hold (`-`, say) replaced by `_`, cut to [`MAX_SERVER_ID_LEN`].
+pub fn default_server_id() -> String {
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let mut id: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_SERVER_ID_LEN)
+        .collect();
+    if id.is_empty() {
+        id.push_str("localhost");
+    }
+    id
 }
 
 /// Creates `dir` (and missing parents, mode [`DIR_MODE`]) if it does not
@@ -103,6 +168,19 @@ pub fn cleanup_leftovers(
     data_dir: &Path,
     is_stored: impl Fn(&str, &str) -> bool,
 ) -> io::Result<usize> {
+    cleanup_leftovers_of(data_dir, None, is_stored)
+}
+
+/// [`cleanup_leftovers`] for a server among several on one data directory
+/// (`owner`, its server id): only its own temporary files go, and those
+/// without a server id (left by a server on SQLite, which cannot be running
+/// beside it: see the data directory lock). Another server's uploads in
+/// flight are never touched. `owner` `None`: every temporary file.
+pub fn cleanup_leftovers_of(
+    data_dir: &Path,
+    owner: Option<&str>,
+    is_stored: impl Fn(&str, &str) -> bool,
+) -> io::Result<usize> {
     let root = files_root(data_dir);
     let entries = match fs::read_dir(&root) {
         Ok(entries) => entries,
@@ -114,7 +192,7 @@ pub fn cleanup_leftovers(
         let entry = entry?;
         if entry.file_type()?.is_dir() {
             let client = entry.file_name().to_string_lossy().into_owned();
-            removed += cleanup_client_dir(&entry.path(), &client, &is_stored);
+            removed += cleanup_client_dir(&entry.path(), &client, owner, &is_stored);
         }
     }
     if removed > 0 {
@@ -130,7 +208,12 @@ pub fn cleanup_leftovers(
 
 /// Removes the leftover temporary files of one client folder; a failure
 /// is logged and skipped, so one bad entry does not stop the server.
-fn cleanup_client_dir(dir: &Path, client: &str, is_stored: &impl Fn(&str, &str) -> bool) -> usize {
+fn cleanup_client_dir(
+    dir: &Path,
+    client: &str,
+    owner: Option<&str>,
+    is_stored: &impl Fn(&str, &str) -> bool,
+) -> usize {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -143,7 +226,12 @@ fn cleanup_client_dir(dir: &Path, client: &str, is_stored: &impl Fn(&str, &str) 
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-        if !is_file || !is_part_name(name) || is_stored(client, name) {
+        let mine = match (part_owner(name), owner) {
+            (None, _) => false,
+            (Some(_), None) | (Some(None), Some(_)) => true,
+            (Some(Some(theirs)), Some(me)) => theirs == me,
+        };
+        if !is_file || !mine || is_stored(client, name) {
             continue;
         }
         match fs::remove_file(entry.path()) {
@@ -154,12 +242,17 @@ fn cleanup_client_dir(dir: &Path, client: &str, is_stored: &impl Fn(&str, &str) 
     removed
 }
 
-/// A random temporary file name: [`PART_PREFIX`] + 16 hex digits.
-fn random_part_name() -> io::Result<String> {
+/// A random temporary file name: [`PART_PREFIX`], `owner` and `-` if
+/// given, then 16 hex digits.
+fn random_part_name(owner: Option<&str>) -> io::Result<String> {
     let mut bytes = [0u8; PART_HEX_DIGITS / 2];
     getrandom::fill(&mut bytes).map_err(|e| io::Error::other(format!("getrandom: {e}")))?;
-    let mut name = String::with_capacity(PART_PREFIX.len() + PART_HEX_DIGITS);
+    let mut name = String::with_capacity(PART_PREFIX.len() + PART_HEX_DIGITS + 65);
     name.push_str(PART_PREFIX);
+    if let Some(owner) = owner {
+        name.push_str(owner);
+        name.push('-');
+    }
     for b in bytes {
         name.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
         name.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
@@ -318,9 +411,14 @@ impl PartFile {
     /// Creates a new, empty temporary file in `dir` (which must exist),
     /// mode [`FILE_MODE`], never overwriting an existing file.
     pub fn create(dir: &Path) -> io::Result<PartFile> {
+        PartFile::create_owned(dir, None)
+    }
+
+    /// [`PartFile::create`] for server `owner` (its id in the name).
+    pub fn create_owned(dir: &Path, owner: Option<&str>) -> io::Result<PartFile> {
         let mut last_error = None;
         for _ in 0..CREATE_ATTEMPTS {
-            let path = dir.join(random_part_name()?);
+            let path = dir.join(random_part_name(owner)?);
             let opened = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -752,7 +850,7 @@ mod tests {
 
     #[test]
     fn part_names_are_22_bytes_of_prefix_and_lower_hex() {
-        let name = random_part_name().unwrap();
+        let name = random_part_name(None).unwrap();
         assert_eq!(name.len(), 22);
         assert!(is_part_name(&name), "{name}");
         assert!(is_part_name(".part-0123456789abcdef"));
@@ -918,6 +1016,47 @@ mod tests {
             [".part-00000000000000aa", ".part-00000000000000cc"]
         );
         assert_eq!(cleanup_leftovers(tmp.path(), is_stored).unwrap(), 0);
+    }
+
+    #[test]
+    fn servers_sharing_a_tree_clean_up_only_their_own_temporary_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(FILES_DIR).join("ab".repeat(16));
+        ensure_dir(&dir).unwrap();
+        let a = PartFile::create_owned(&dir, Some("alpha")).unwrap();
+        let b = PartFile::create_owned(&dir, Some("beta")).unwrap();
+        let legacy = PartFile::create(&dir).unwrap();
+        let name = |p: &PartFile| p.path().file_name().unwrap().to_str().unwrap().to_owned();
+        assert_eq!(part_owner(&name(&a)), Some(Some("alpha")));
+        assert_eq!(part_owner(&name(&legacy)), Some(None));
+        let paths = (
+            a.path().to_owned(),
+            b.path().to_owned(),
+            legacy.path().to_owned(),
+        );
+        // Left on disk as a crash would leave them.
+        std::mem::forget(a);
+        std::mem::forget(b);
+        std::mem::forget(legacy);
+        let (a, b, legacy) = paths;
+        let removed = cleanup_leftovers_of(tmp.path(), Some("alpha"), |_, _| false).unwrap();
+        assert_eq!(removed, 2);
+        assert!(!a.exists() && !legacy.exists());
+        assert!(b.exists(), "another server's upload in flight must stay");
+        assert_eq!(cleanup_leftovers(tmp.path(), |_, _| false).unwrap(), 1);
+        assert!(!b.exists());
+    }
+
+    #[test]
+    fn server_ids_are_short_and_plain() {
+        assert!(check_server_id("web1.example_org").is_ok());
+        assert!(check_server_id("").is_err());
+        assert!(check_server_id("a-b").is_err());
+        assert!(check_server_id("a/b").is_err());
+        assert!(check_server_id(&"x".repeat(MAX_SERVER_ID_LEN + 1)).is_err());
+        assert!(check_server_id(&default_server_id()).is_ok());
+        assert_eq!(part_owner(".part-a-b-0123456789abcdef"), None);
+        assert_eq!(part_owner(".part--0123456789abcdef"), None);
     }
 
     #[test]

@@ -17,5 +17,6 @@ pub mod logging;
 pub mod metrics;
 pub mod metrics_http;
 pub mod pg;
+pub mod records;
 pub mod store;
 pub mod systemd;

@@ -231,8 +231,32 @@ fn bind(settings: &Settings) -> Result<Vec<(std::net::TcpListener, ListenSpec)>>
 /// so it is safe beside a running server (no clean-up, no migration).
 fn check_config(settings: &Settings) -> Result<()> {
     let dir = &settings.data_dir;
-    let what = check_data_dir(dir)
-        .with_context(|| format!("cannot use data directory {}", dir.display()))?;
+    let what = match &settings.store.database {
+        sealdrop_server::pg::DatabaseUrl::Postgres(url) => {
+            check_data_dir(dir)
+                .with_context(|| format!("cannot use data directory {}", dir.display()))?;
+            let found =
+                sealdrop_server::pg::schema::check(url, &sealdrop_server::pg::Settings::default())
+                    .with_context(|| format!("cannot use the database {url}"))?;
+            format!(
+                "records in {found}; server id {}",
+                settings.store.server_id.as_deref().unwrap_or("?")
+            )
+        }
+        sealdrop_server::pg::DatabaseUrl::Sqlite(Some(path)) => {
+            check_data_dir(dir)
+                .with_context(|| format!("cannot use data directory {}", dir.display()))?;
+            if path.exists() {
+                sealdrop_server::db::Db::check_read_only(path)
+                    .with_context(|| format!("cannot use the database {}", path.display()))?
+            } else {
+                format!("database {} will be created", path.display())
+            }
+        }
+        sealdrop_server::pg::DatabaseUrl::Sqlite(None) => check_data_dir(dir)
+            .with_context(|| format!("cannot use data directory {}", dir.display()))?
+            .to_string(),
+    };
     check_listen(settings)?;
     let listen = settings
         .listen

@@ -47,14 +47,16 @@ use std::time::{Duration, Instant, SystemTime};
 use sealdrop_protocol::consts::PUBLIC_KEY_LEN;
 use sealdrop_protocol::crypto::AesKey;
 use sealdrop_protocol::store::{
-    ClientRecord, Commit, ConnId, Ctx, Deleted, Eviction, Forgotten, LiveUploads, PendingEntry,
-    PendingLimits, PendingSet, Quota, QuotaOverride, Store, StoreError, UploadId, UploadSummary,
-    Usage, Verdict, VerdictOutcome, Withdrawal,
+    ClientRecord, Commit, ConnId, Ctx, Deleted, Eviction, Forgotten, LiveUploads, Lookup,
+    PendingEntry, PendingLimits, PendingSet, Quota, QuotaOverride, Readiness, Store, StoreError,
+    UploadId, UploadSummary, Usage, Verdict, VerdictOutcome, Withdrawal,
 };
 use sealdrop_protocol::ClientId;
 
 use crate::db::{utc_timestamp, Db, FileRow};
 use crate::files::{self, PartFile};
+use crate::pg::{DatabaseUrl, JobDone};
+use crate::records::{self, PgRecords, Records};
 
 pub use sealdrop_protocol::store::{
     DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_CONN, DEFAULT_ORPHAN_TTL,
@@ -102,6 +104,14 @@ pub struct StoreConfig {
     /// The most bytes and files a client may keep, unless it has a quota
     /// of its own. Default unlimited.
     pub quota: Quota,
+    /// Where the records are: `sqlite:` (the default, `defensive.db` in the
+    /// data directory), `sqlite:PATH`, or PostgreSQL, shared by several
+    /// servers.
+    pub database: DatabaseUrl,
+    /// This server's name among the servers sharing the data directory
+    /// (PostgreSQL only): its temporary files carry it, so each server
+    /// cleans up only its own. `None`: the host name.
+    pub server_id: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -112,6 +122,8 @@ impl Default for StoreConfig {
             max_pending_per_conn: DEFAULT_MAX_PENDING_PER_CONN,
             sync_mode: DEFAULT_SYNC_MODE,
             quota: Quota::UNLIMITED,
+            database: DatabaseUrl::default(),
+            server_id: None,
         }
     }
 }
@@ -257,6 +269,25 @@ pub struct PendingFile {
 
 type Pending = PendingEntry<PendingFile>;
 
+/// A commit between its start (files placed) and its database outcome.
+#[derive(Debug)]
+struct InFlight {
+    batch: u64,
+    /// Accepted uploads now at their final paths.
+    placed: Vec<(UploadId, Pending)>,
+    /// Counts the commit writes.
+    flushed: Outcomes,
+    /// Connections already known to have failed.
+    failed: Vec<ConnId>,
+    /// The loop's time when it started.
+    started: Instant,
+    /// Files and folders to delete once it succeeded.
+    unlink: Vec<PathBuf>,
+    remove_dirs: Vec<PathBuf>,
+    /// PostgreSQL: for each write of the job, the connection it was for.
+    conns: Vec<Option<ConnId>>,
+}
+
 /// The server's storage: `<data dir>/defensive.db` and
 /// `<data dir>/files/<client id hex>/<base name>` (§8).
 #[derive(Debug)]
@@ -265,7 +296,14 @@ pub struct DiskStore {
     _lock: std::fs::File,
     data_dir: PathBuf,
     config: StoreConfig,
-    db: Db,
+    db: Records,
+    /// With PostgreSQL, the server id its temporary files carry.
+    server_id: Option<String>,
+    /// The open batch's number (PostgreSQL; always 0 with SQLite, which
+    /// commits at once).
+    batch_no: u64,
+    /// The commit on its way to PostgreSQL.
+    in_flight: Option<InFlight>,
     /// The only list of uploads awaiting a verdict.
     pending: PendingSet<PendingFile>,
     /// Accepted uploads waiting for the next commit.
@@ -362,7 +400,11 @@ fn record_missing_sizes(db: &mut Db, data_dir: &Path) -> Result<(), StoreError> 
     Ok(())
 }
 
-fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+/// Locks the data directory: exclusively for a server on SQLite (alone on
+/// its directory), shared for servers on PostgreSQL (any number of them,
+/// but never beside one on SQLite, which would delete their uploads in
+/// flight as its own leftovers).
+fn lock_data_dir(data_dir: &Path, shared: bool) -> Result<std::fs::File, StoreError> {
     let path = data_dir.join(LOCK_FILE_NAME);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -370,8 +412,19 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
         .write(true)
         .open(&path)
         .map_err(|e| io_err("open the lock file", e))?;
-    match file.try_lock() {
+    let locked = if shared {
+        file.try_lock_shared()
+    } else {
+        file.try_lock()
+    };
+    match locked {
         Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) if shared => Err(StoreError::Invalid(format!(
+            "{} is in use by a sealdrop-server on SQLite (it holds {}); servers on \
+             PostgreSQL share a data directory only with each other",
+            data_dir.display(),
+            path.display()
+        ))),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Invalid(format!(
             "{} is in use by another sealdrop-server (it holds {})",
             data_dir.display(),
@@ -410,6 +463,25 @@ fn check_base_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The `files` folder open for syncfs(2), in [`SyncMode::Syncfs`] on a
+/// kernel that reports write errors through it.
+fn fs_handle(data_dir: &Path, mode: SyncMode) -> Result<Option<std::fs::File>, StoreError> {
+    Ok(match mode {
+        SyncMode::Syncfs if files::syncfs_reports_errors() => Some(
+            std::fs::File::open(files::files_root(data_dir))
+                .map_err(|e| io_err("open files directory", e))?,
+        ),
+        SyncMode::Syncfs => {
+            log::warn!(
+                "this kernel does not report write errors through syncfs (Linux < 5.8): \
+                 syncing each file instead"
+            );
+            None
+        }
+        SyncMode::Fsync => None,
+    })
+}
+
 fn who(p: &Pending) -> String {
     format!("{} {:?}", p.client.to_hex(), p.file_name)
 }
@@ -421,10 +493,18 @@ impl DiskStore {
     pub fn open(data_dir: &Path, config: StoreConfig) -> Result<DiskStore, StoreError> {
         path_text(data_dir)?;
         files::ensure_dir(data_dir).map_err(|e| io_err("create data directory", e))?;
-        let lock = lock_data_dir(data_dir)?;
+        let shared = config.database.is_postgres();
+        let lock = lock_data_dir(data_dir, shared)?;
         files::ensure_dir(&files::files_root(data_dir))
             .map_err(|e| io_err("create files directory", e))?;
-        let mut db = Db::open(data_dir)?;
+        if let DatabaseUrl::Postgres(url) = &config.database {
+            let url = (**url).clone();
+            return DiskStore::open_pg(data_dir, config, &url, lock);
+        }
+        let mut db = match &config.database {
+            DatabaseUrl::Sqlite(Some(path)) => Db::open_path(path)?,
+            _ => Db::open(data_dir)?,
+        };
         let stored: std::collections::HashSet<(String, String)> = db
             .files()?
             .into_iter()
@@ -437,20 +517,7 @@ impl DiskStore {
         })
         .map_err(|e| io_err("clean up leftover uploads", e))?;
 
-        let fs_handle = match config.sync_mode {
-            SyncMode::Syncfs if files::syncfs_reports_errors() => Some(
-                std::fs::File::open(files::files_root(data_dir))
-                    .map_err(|e| io_err("open files directory", e))?,
-            ),
-            SyncMode::Syncfs => {
-                log::warn!(
-                    "this kernel does not report write errors through syncfs (Linux < 5.8): \
-                     syncing each file instead"
-                );
-                None
-            }
-            SyncMode::Fsync => None,
-        };
+        let fs_handle = fs_handle(data_dir, config.sync_mode)?;
         log::info!(
             "storage in {}: {} client(s), {} file record(s); confirmed files synced by {}",
             data_dir.display(),
@@ -464,12 +531,119 @@ impl DiskStore {
         );
         // Group commit: writes wait in one transaction for `commit`.
         db.set_batching(true)?;
-        Ok(DiskStore {
+        Ok(DiskStore::assemble(
+            lock,
+            data_dir,
+            config,
+            Records::Sqlite(db),
+            fs_handle,
+        ))
+    }
+
+    /// [`DiskStore::open`] with the records in PostgreSQL: connects and
+    /// migrates at once (so a wrong password is a start-up error), cleans
+    /// up this server's own leftovers only, and leaves the worker thread to
+    /// [`DiskStore::attach`].
+    fn open_pg(
+        data_dir: &Path,
+        config: StoreConfig,
+        url: &crate::pg::PgUrl,
+        lock: std::fs::File,
+    ) -> Result<DiskStore, StoreError> {
+        let server_id = config
+            .server_id
+            .clone()
+            .unwrap_or_else(files::default_server_id);
+        files::check_server_id(&server_id)
+            .map_err(|e| StoreError::Invalid(format!("server id {server_id:?}: {e}")))?;
+        let connected = crate::pg::Connected::open(url, crate::pg::Settings::default())?;
+        let mut pg = PgRecords::new(connected);
+        // Only this server's temporary files, and only those that are not
+        // a stored file a client happened to name that way.
+        let candidates = std::cell::RefCell::new(Vec::new());
+        files::cleanup_leftovers_of(data_dir, Some(&server_id), |client, name| {
+            candidates
+                .borrow_mut()
+                .push((client.to_owned(), name.to_owned()));
+            true
+        })
+        .map_err(|e| io_err("look for leftover uploads", e))?;
+        let candidates = candidates.into_inner();
+        let mut stored = std::collections::HashSet::new();
+        if !candidates.is_empty() {
+            let ops = candidates
+                .iter()
+                .filter_map(|(client, name)| {
+                    let id = ClientId::from_hex(client)?;
+                    Some(crate::pg::Op::File {
+                        id,
+                        file_name: name.clone(),
+                    })
+                })
+                .collect();
+            for r in pg.run_now(ops)? {
+                if let Ok(crate::pg::Reply::File(Some(row))) = r {
+                    stored.insert((row.client.to_hex(), row.file_name));
+                }
+            }
+        }
+        files::cleanup_leftovers_of(data_dir, Some(&server_id), |client, name| {
+            stored.contains(&(client.to_owned(), name.to_owned()))
+        })
+        .map_err(|e| io_err("clean up leftover uploads", e))?;
+        let clients = match pg.run_now(vec![crate::pg::Op::ClientCount])?.pop() {
+            Some(Ok(crate::pg::Reply::Count(n))) => n,
+            _ => 0,
+        };
+        let fs_handle = fs_handle(data_dir, config.sync_mode)?;
+        log::info!(
+            "storage in {} shared as server {server_id:?}, records in PostgreSQL ({url}): \
+             {clients} client(s); confirmed files synced by {}",
+            data_dir.display(),
+            if fs_handle.is_some() {
+                "syncfs"
+            } else {
+                "fsync"
+            }
+        );
+        let mut store =
+            DiskStore::assemble(lock, data_dir, config, Records::Pg(Box::new(pg)), fs_handle);
+        store.server_id = Some(server_id);
+        Ok(store)
+    }
+
+    /// Hands the event loop's waker to the store: with PostgreSQL, starts
+    /// the database worker, which wakes the loop when a job is done.
+    /// Nothing to do with SQLite.
+    pub fn attach(&mut self, waker: std::sync::Arc<mio::Waker>) -> Result<(), StoreError> {
+        match self.db.pg() {
+            Some(pg) => pg.attach(waker),
+            None => Ok(()),
+        }
+    }
+
+    /// This server's id among servers sharing the data directory
+    /// (PostgreSQL only).
+    pub fn server_id(&self) -> Option<&str> {
+        self.server_id.as_deref()
+    }
+
+    fn assemble(
+        lock: std::fs::File,
+        data_dir: &Path,
+        config: StoreConfig,
+        db: Records,
+        fs_handle: Option<std::fs::File>,
+    ) -> DiskStore {
+        DiskStore {
             _lock: lock,
             data_dir: data_dir.to_path_buf(),
             pending: PendingSet::new(config.pending_limits()),
             config,
             db,
+            server_id: None,
+            batch_no: 0,
+            in_flight: None,
             placing: Vec::new(),
             fs_handle,
             fs_syncs: 0,
@@ -480,7 +654,7 @@ impl DiskStore {
             unlink_after_commit: Vec::new(),
             remove_dirs_after_commit: Vec::new(),
             fail_at_commit: Vec::new(),
-        })
+        }
     }
 
     /// Opens the storage for an administration command while no server
@@ -496,7 +670,7 @@ impl DiskStore {
                 data_dir.display()
             )));
         }
-        let lock = lock_data_dir(data_dir)?;
+        let lock = lock_data_dir(data_dir, false)?;
         let mut db = Db::open(data_dir)?;
         db.set_batching(true)?;
         Ok(DiskStore {
@@ -507,7 +681,10 @@ impl DiskStore {
                 sync_mode: SyncMode::Fsync,
                 ..config
             },
-            db,
+            db: Records::Sqlite(db),
+            server_id: None,
+            batch_no: 0,
+            in_flight: None,
             placing: Vec::new(),
             fs_handle: None,
             fs_syncs: 0,
@@ -615,21 +792,6 @@ impl DiskStore {
         if check_base_name(file_name).is_ok() {
             self.unlink_after_commit
                 .push(files::final_path(&self.data_dir, id, file_name));
-        }
-    }
-
-    /// After a successful commit: the files an administrator removed.
-    fn unlink_removed(&mut self) {
-        for path in std::mem::take(&mut self.unlink_after_commit) {
-            match std::fs::remove_file(&path) {
-                Ok(()) => log::info!("deleted {}", path.display()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => log::warn!("cannot delete {}: {e}", path.display()),
-            }
-        }
-        for dir in std::mem::take(&mut self.remove_dirs_after_commit) {
-            // Only if empty: an upload may still be arriving there.
-            let _ = std::fs::remove_dir(&dir);
         }
     }
 
@@ -770,14 +932,26 @@ impl DiskStore {
         &self.config
     }
 
-    /// The database, for read-only helpers (LastSeen, file rows).
-    pub fn db(&self) -> &Db {
+    /// The SQLite database, for read-only helpers (LastSeen, file rows);
+    /// `None` on PostgreSQL.
+    pub fn db(&self) -> Option<&Db> {
+        self.db.sqlite()
+    }
+
+    /// The records, wherever they are.
+    pub fn records(&self) -> &Records {
         &self.db
     }
 
-    /// Number of registered clients.
+    /// Number of registered clients (SQLite only; PostgreSQL: an error).
     pub fn client_count(&self) -> Result<u64, StoreError> {
-        self.db.client_count()
+        self.sqlite("count clients")?.client_count()
+    }
+
+    fn sqlite(&self, op: &'static str) -> Result<&Db, StoreError> {
+        self.db
+            .sqlite()
+            .ok_or_else(|| StoreError::database(op, "not available with PostgreSQL records (yet)"))
     }
 
     /// Number of uploads awaiting a verdict.
@@ -797,7 +971,12 @@ impl DiskStore {
 
     /// Every `files` row as (client, name, final path, Verified).
     pub fn files(&self) -> Result<Vec<(ClientId, String, PathBuf, bool)>, StoreError> {
-        Ok(self.db.files()?.into_iter().map(row_tuple).collect())
+        Ok(self
+            .sqlite("list files")?
+            .files()?
+            .into_iter()
+            .map(row_tuple)
+            .collect())
     }
 
     /// The `files` rows with Verified = 1, as (client, name, final path,
@@ -849,9 +1028,10 @@ impl DiskStore {
             // the accept is tried once more (and again at the next start).
             let summary = p.data.summary;
             let marked = path_text(&p.data.final_path)
-                .and_then(|path| self.db.mark_verified(&p.client, &p.file_name, path))
+                .and_then(|path| self.db.mark_verified(None, &p.client, &p.file_name, path))
                 .and_then(|()| {
                     self.db.record_file_meta(
+                        None,
                         &p.client,
                         &p.file_name,
                         summary.plain_len,
@@ -901,8 +1081,8 @@ impl Store for DiskStore {
         name: &str,
         replace: Option<&ClientId>,
     ) -> Result<(), StoreError> {
-        self.db
-            .register_client(id, name, replace, &self.seen(cx.now))?;
+        let seen = self.seen(cx.now);
+        self.db.register_client(cx.conn, id, name, replace, &seen)?;
         match replace {
             Some(old) => log::debug!(
                 "registered {name:?} as {} (replacing unkeyed {})",
@@ -921,25 +1101,22 @@ impl Store for DiskStore {
         public_key: &[u8; PUBLIC_KEY_LEN],
         aes_key: &AesKey,
     ) -> Result<(), StoreError> {
+        let seen = self.seen(cx.now);
         self.db
-            .set_public_key(id, public_key, aes_key, &self.seen(cx.now))?;
+            .set_public_key(cx.conn, id, public_key, aes_key, &seen)?;
         log::debug!("client {}: public key and AES key stored", id.to_hex());
         Ok(())
     }
 
-    fn set_last_key(
-        &mut self,
-        _cx: Ctx,
-        id: &ClientId,
-        aes_key: &AesKey,
-    ) -> Result<(), StoreError> {
-        self.db.set_last_key(id, aes_key)?;
+    fn set_last_key(&mut self, cx: Ctx, id: &ClientId, aes_key: &AesKey) -> Result<(), StoreError> {
+        self.db.set_last_key(cx.conn, id, aes_key)?;
         log::debug!("client {}: last AES key stored", id.to_hex());
         Ok(())
     }
 
     fn touch(&mut self, cx: Ctx, id: &ClientId) -> Result<(), StoreError> {
-        self.db.touch(id, &self.seen(cx.now))
+        let seen = self.seen(cx.now);
+        self.db.touch(id, &seen)
     }
 
     fn begin_upload(
@@ -952,7 +1129,8 @@ impl Store for DiskStore {
         check_base_name(file_name)?;
         let dir = files::client_dir(&self.data_dir, id);
         files::ensure_dir(&dir).map_err(|e| io_err("create client folder", e))?;
-        let mut part = PartFile::create(&dir).map_err(|e| io_err("create temporary file", e))?;
+        let mut part = PartFile::create_owned(&dir, self.server_id.as_deref())
+            .map_err(|e| io_err("create temporary file", e))?;
         let direct =
             u64::from(content_size) >= crate::direct::DIRECT_MIN_SIZE && part.use_direct_io();
         log::debug!(
@@ -1113,6 +1291,9 @@ impl Store for DiskStore {
     }
 
     fn connection_closed(&mut self, cx: Ctx) {
+        if let Some(pg) = self.db.pg() {
+            pg.connection_closed(cx.conn);
+        }
         let n = self.pending.orphan(cx.conn, cx.now);
         if n > 0 {
             log::debug!("{n} upload(s) orphaned: their connection closed");
@@ -1140,83 +1321,141 @@ impl Store for DiskStore {
     /// the next start). `failed` connections: their accepted uploads (and
     /// only they) are not stored; everything else is durable.
     fn commit(&mut self, now: Instant) -> Commit {
+        if self.db.is_shared() {
+            // At exit (and for administration): what is in flight, then
+            // the open batch, each waited for.
+            if self.in_flight.is_some() {
+                let c = self.wait_commit();
+                if c.error.is_some() {
+                    return c;
+                }
+            }
+            if !self.uncommitted() {
+                return Commit {
+                    batch: self.batch_no.saturating_sub(1),
+                    ..Commit::default()
+                };
+            }
+            return match self.begin_commit(now) {
+                Some(c) => c,
+                None => self.wait_commit(),
+            };
+        }
         if !self.uncommitted() {
             return Commit::default();
         }
-        let mut failed = std::mem::take(&mut self.fail_at_commit);
-        let mut placing = std::mem::take(&mut self.placing);
-        let mut placed = Vec::new();
-        if self.fs_handle.is_some() {
-            placed = self.place_all_syncfs(std::mem::take(&mut placing), now, &mut failed);
-        }
-        while !placing.is_empty() {
-            let rest = placing.split_off(placing.len().min(SYNC_FILES_PER_STEP));
-            let step = std::mem::replace(&mut placing, rest);
-            placed.extend(self.place_step(step, now, &mut failed));
-        }
+        let flight = self.start_commit(now);
         let mut marking = Ok(());
-        for (_, p) in &placed {
+        for (_, p) in &flight.placed {
+            let s = p.data.summary;
             marking = path_text(&p.data.final_path)
-                .and_then(|t| self.db.mark_verified(&p.client, &p.file_name, t))
+                .and_then(|t| self.db.mark_verified(None, &p.client, &p.file_name, t))
                 .and_then(|()| {
-                    let s = p.data.summary;
-                    self.db
-                        .record_file_meta(&p.client, &p.file_name, s.plain_len, Some(s.cksum))
+                    self.db.record_file_meta(
+                        None,
+                        &p.client,
+                        &p.file_name,
+                        s.plain_len,
+                        Some(s.cksum),
+                    )
                 });
             if marking.is_err() {
                 break;
             }
         }
-        let flushed = std::mem::take(&mut self.unflushed);
-        let mut counts = flushed;
-        counts.add(Outcome::Verified, placed.len() as u64);
-        let mut committed = marking
+        let mut counts = flight.flushed;
+        counts.add(Outcome::Verified, flight.placed.len() as u64);
+        let sqlite = |db: &Records| db.sqlite().map_or(Ok(()), Db::commit_batch);
+        let committed = marking
             .and_then(|()| self.db.add_counters(&counts.entries()))
-            .and_then(|()| self.db.commit_batch());
-        if committed.is_ok() && self.fs_handle.is_some() && !placed.is_empty() {
-            // One flush for every rename and folder of the pass.
-            committed = self
-                .sync_filesystem()
-                .map_err(|e| io_err("filesystem sync", e));
-        }
-        if let Err(e) = committed {
+            .and_then(|()| sqlite(&self.db));
+        if committed.is_err() {
             // Also rolls back whatever the failed mark left open.
-            let _ = self.db.commit_batch();
-            log::warn!(
-                "group commit failed: {e}; {} accepted upload(s) pending again",
-                placed.len()
-            );
-            for (uid, p) in placed {
-                self.pending.restore(uid, p, now);
-            }
-            // Counted again at the next commit; files an administrator
-            // removed stay with their records.
-            for o in Outcome::ALL {
-                self.unflushed.add(o, flushed.get(o));
-            }
-            self.unlink_after_commit.clear();
-            self.remove_dirs_after_commit.clear();
-            return Commit {
-                error: Some(e),
-                failed,
+            let _ = sqlite(&self.db);
+        }
+        self.finish_commit(flight, committed)
+    }
+
+    fn prepare(&mut self, cx: Ctx, lookups: &[Lookup<'_>]) -> Readiness {
+        match self.db.pg() {
+            Some(pg) => pg.prepare(cx.conn, lookups),
+            None => Readiness::Ready,
+        }
+    }
+
+    fn take_ready(&mut self) -> Vec<ConnId> {
+        self.db.pg().map(PgRecords::take_ready).unwrap_or_default()
+    }
+
+    fn batch(&self) -> u64 {
+        self.batch_no
+    }
+
+    /// With PostgreSQL: places the accepted files as [`Store::commit`]
+    /// does, then sends the open batch with their records to the worker
+    /// and returns; [`Store::poll_commit`] finishes it.
+    fn begin_commit(&mut self, now: Instant) -> Option<Commit> {
+        if !self.db.is_shared() {
+            return Some(self.commit(now));
+        }
+        if self.in_flight.is_some() {
+            return None;
+        }
+        if !self.uncommitted() {
+            return Some(Commit {
+                batch: self.batch_no.saturating_sub(1),
                 ..Commit::default()
-            };
+            });
         }
-        self.since_start.add(Outcome::Verified, placed.len() as u64);
-        self.unlink_removed();
-        for (_, p) in &placed {
-            log::debug!(
-                "stored {}: {} bytes, cksum {}, verified",
-                who(p),
-                p.data.summary.plain_len,
-                p.data.summary.cksum
-            );
+        let mut flight = self.start_commit(now);
+        self.batch_no += 1;
+        let mut extra = Vec::new();
+        for (_, p) in &flight.placed {
+            let s = p.data.summary;
+            match path_text(&p.data.final_path) {
+                Ok(path) => {
+                    let conn = Some(p.conn);
+                    extra.push((
+                        conn,
+                        records::mark_verified_op(&p.client, &p.file_name, path),
+                    ));
+                    extra.push((
+                        conn,
+                        records::file_meta_op(&p.client, &p.file_name, s.plain_len, Some(s.cksum)),
+                    ));
+                }
+                Err(_) => flight.failed.push(p.conn),
+            }
         }
-        Commit {
-            error: None,
-            failed,
-            ..Commit::default()
+        let mut counts = flight.flushed;
+        counts.add(Outcome::Verified, flight.placed.len() as u64);
+        if !counts.is_zero() {
+            let deltas = counts
+                .entries()
+                .into_iter()
+                .map(|(n, d)| (n.to_owned(), d))
+                .collect();
+            extra.push((None, crate::pg::Op::AddCounters(deltas)));
         }
+        let submitted = match self.db.pg() {
+            Some(pg) => pg.submit_commit(flight.batch, extra),
+            None => Err(StoreError::database("commit", "no database")),
+        };
+        match submitted {
+            Ok(conns) => {
+                flight.conns = conns;
+                self.in_flight = Some(flight);
+                None
+            }
+            Err(e) => Some(self.finish_commit(flight, Err(e))),
+        }
+    }
+
+    fn poll_commit(&mut self) -> Option<Commit> {
+        self.in_flight.as_ref()?;
+        let done = self.db.pg()?.take_commit()?;
+        let flight = self.in_flight.take()?;
+        Some(self.finish_pg(flight, done))
     }
 
     fn housekeeping(&mut self, now: Instant, wall: SystemTime) {
@@ -1322,13 +1561,192 @@ impl Store for DiskStore {
     }
 }
 
+impl DiskStore {
+    /// A commit's first half: the accepted files placed at their final
+    /// paths (synced, renamed), and what the batch takes with it.
+    fn start_commit(&mut self, now: Instant) -> InFlight {
+        let mut failed = std::mem::take(&mut self.fail_at_commit);
+        let mut placing = std::mem::take(&mut self.placing);
+        let mut placed = Vec::new();
+        if self.fs_handle.is_some() {
+            placed = self.place_all_syncfs(std::mem::take(&mut placing), now, &mut failed);
+        }
+        while !placing.is_empty() {
+            let rest = placing.split_off(placing.len().min(SYNC_FILES_PER_STEP));
+            let step = std::mem::replace(&mut placing, rest);
+            placed.extend(self.place_step(step, now, &mut failed));
+        }
+        InFlight {
+            batch: self.batch_no,
+            started: now,
+            placed,
+            flushed: std::mem::take(&mut self.unflushed),
+            failed,
+            unlink: std::mem::take(&mut self.unlink_after_commit),
+            remove_dirs: std::mem::take(&mut self.remove_dirs_after_commit),
+            conns: Vec::new(),
+        }
+    }
+
+    /// A commit's second half, once the database said `committed`: the
+    /// filesystem sync that makes the renames durable (syncfs mode), then
+    /// either the removals it carried, or, on failure, every accepted
+    /// upload pending again and its counts kept for the next commit.
+    fn finish_commit(&mut self, flight: InFlight, committed: Result<(), StoreError>) -> Commit {
+        let InFlight {
+            batch,
+            started,
+            placed,
+            flushed,
+            failed,
+            unlink,
+            remove_dirs,
+            conns: _,
+        } = flight;
+        let mut committed = committed;
+        if committed.is_ok() && self.fs_handle.is_some() && !placed.is_empty() {
+            // One flush for every rename and folder of the pass.
+            committed = self
+                .sync_filesystem()
+                .map_err(|e| io_err("filesystem sync", e));
+        }
+        if let Err(e) = committed {
+            log::warn!(
+                "group commit failed: {e}; {} accepted upload(s) pending again",
+                placed.len()
+            );
+            for (uid, p) in placed {
+                self.pending.restore(uid, p, started);
+            }
+            // Counted again at the next commit; files an administrator
+            // removed stay with their records.
+            for o in Outcome::ALL {
+                self.unflushed.add(o, flushed.get(o));
+            }
+            if let Some(pg) = self.db.pg() {
+                pg.forget_cache();
+            }
+            return Commit {
+                batch,
+                error: Some(e),
+                failed,
+            };
+        }
+        self.since_start.add(Outcome::Verified, placed.len() as u64);
+        unlink_files(unlink, remove_dirs);
+        for (_, p) in &placed {
+            log::debug!(
+                "stored {}: {} bytes, cksum {}, verified",
+                who(p),
+                p.data.summary.plain_len,
+                p.data.summary.cksum
+            );
+        }
+        Commit {
+            batch,
+            error: None,
+            failed,
+        }
+    }
+
+    /// A PostgreSQL commit job came back: a failed write fails the
+    /// connection it was made for (a name another server took meanwhile);
+    /// an accepted upload whose record failed is pending again.
+    fn finish_pg(&mut self, mut flight: InFlight, done: JobDone) -> Commit {
+        if let Err(e) = done.commit {
+            return self.finish_commit(flight, Err(e.into()));
+        }
+        let mut unrecorded: Vec<(ClientId, String)> = Vec::new();
+        for (i, result) in done.results.iter().enumerate() {
+            let Err(e) = result else { continue };
+            let conn = flight.conns.get(i).copied().flatten();
+            match conn {
+                Some(conn) => {
+                    log::warn!("conn#{conn}: database write failed: {e}; its answer becomes 2107");
+                    flight.failed.push(conn);
+                }
+                None => log::warn!("database write failed: {e}"),
+            }
+        }
+        if !flight.failed.is_empty() {
+            let failed = flight.failed.clone();
+            let (bad, good): (Vec<_>, Vec<_>) = std::mem::take(&mut flight.placed)
+                .into_iter()
+                .partition(|(_, p)| failed.contains(&p.conn));
+            flight.placed = good;
+            for (uid, p) in bad {
+                unrecorded.push((p.client, p.file_name.clone()));
+                self.pending.restore(uid, p, flight.started);
+            }
+        }
+        if !unrecorded.is_empty() {
+            log::warn!(
+                "{} accepted upload(s) not recorded: pending again for a retried 1029",
+                unrecorded.len()
+            );
+        }
+        self.finish_commit(flight, Ok(()))
+    }
+
+    /// Waits for the PostgreSQL commit in flight (at exit), at most
+    /// [`EXIT_COMMIT_WAIT`].
+    fn wait_commit(&mut self) -> Commit {
+        let Some(flight) = self.in_flight.take() else {
+            return Commit::default();
+        };
+        let done = self.db.pg().and_then(|pg| pg.wait_commit(EXIT_COMMIT_WAIT));
+        match done {
+            Some(done) => self.finish_pg(flight, done),
+            None => self.finish_commit(
+                flight,
+                Err(StoreError::database(
+                    "commit",
+                    format!("no answer from the database in {EXIT_COMMIT_WAIT:?}"),
+                )),
+            ),
+        }
+    }
+}
+
+/// The longest the server waits at exit for its last commit to PostgreSQL
+/// (twice the worker's statement timeout).
+pub const EXIT_COMMIT_WAIT: Duration = Duration::from_secs(20);
+
+/// After a successful commit: the files an administrator removed, then
+/// their folders if empty (an upload may still be arriving there).
+fn unlink_files(unlink: Vec<PathBuf>, remove_dirs: Vec<PathBuf>) {
+    for path in unlink {
+        match std::fs::remove_file(&path) {
+            Ok(()) => log::info!("deleted {}", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot delete {}: {e}", path.display()),
+        }
+    }
+    for dir in remove_dirs {
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
 impl Drop for DiskStore {
     /// Counts not written yet are written, unless uncommitted records wait
     /// (dropping the store rolls those back).
     fn drop(&mut self) {
+        if self.db.is_shared() {
+            if self.in_flight.is_some() || self.uncommitted() {
+                let c = self.commit(Instant::now());
+                if let Some(e) = c.error {
+                    log::warn!("last commit to PostgreSQL at exit failed: {e}");
+                }
+            }
+            if !self.unflushed.is_zero() {
+                self.write_counts();
+                let _ = self.commit(Instant::now());
+            }
+            return;
+        }
         if !self.db.has_batch() && !self.unflushed.is_zero() {
             self.write_counts();
-            let _ = self.db.commit_batch();
+            let _ = self.db.sqlite().map(Db::commit_batch);
         }
     }
 }
@@ -1415,8 +1833,10 @@ impl DiskStore {
         if !std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size) {
             return Ok(false);
         }
-        self.db.mark_verified(id, file_name, path_text(&path)?)?;
-        self.db.record_file_meta(id, file_name, size, Some(cksum))?;
+        self.db
+            .mark_verified(None, id, file_name, path_text(&path)?)?;
+        self.db
+            .record_file_meta(None, id, file_name, size, Some(cksum))?;
         log::info!("administrator: recorded {} as verified", path.display());
         Ok(true)
     }
@@ -1562,7 +1982,7 @@ mod tests {
     }
 
     fn row(store: &DiskStore, id: &ClientId, name: &str) -> Option<FileRow> {
-        store.db().file(id, name).unwrap()
+        store.db().unwrap().file(id, name).unwrap()
     }
 
     fn verdict(store: &mut DiskStore, conn: ConnId, name: &str, v: Verdict) -> VerdictOutcome {
@@ -1594,7 +2014,7 @@ mod tests {
         let store = open(&data);
         assert!(data.join("files").is_dir());
         assert!(data.join(crate::db::DB_FILE_NAME).is_file());
-        assert_eq!(store.db().journal_mode().unwrap(), "wal");
+        assert_eq!(store.db().unwrap().journal_mode().unwrap(), "wal");
         assert_eq!(store.client_count().unwrap(), 0);
     }
 
@@ -1651,7 +2071,7 @@ mod tests {
         };
         store.register_client(later, &ALICE, "alice", None).unwrap();
         commit(&mut store);
-        let seen = store.db().last_seen(&ALICE).unwrap().unwrap();
+        let seen = store.db().unwrap().last_seen(&ALICE).unwrap().unwrap();
         assert_eq!(seen, "2023-11-14T22:14:21Z");
     }
 
@@ -1684,12 +2104,13 @@ mod tests {
         assert_eq!(rec.last_key, Some(AesKey::from_bytes([3; 16])));
         store
             .db()
+            .unwrap()
             .connection()
             .execute("UPDATE clients SET LastSeen = 'long ago'", [])
             .unwrap();
         store.touch(cx(CONN), &ALICE).unwrap();
         commit(&mut store);
-        let seen = store.db().last_seen(&ALICE).unwrap().unwrap();
+        let seen = store.db().unwrap().last_seen(&ALICE).unwrap().unwrap();
         assert!(seen.ends_with('Z'), "{seen}");
     }
 
@@ -2158,7 +2579,7 @@ mod tests {
     }
 
     fn counters_in_db(store: &DiskStore) -> Outcomes {
-        let rows = store.db().counters().unwrap();
+        let rows = store.db().unwrap().counters().unwrap();
         Outcomes::from_entries(rows.iter().map(|(k, n)| (k.as_str(), *n)))
     }
 
@@ -2182,9 +2603,9 @@ mod tests {
         commit(&mut store);
         assert!(!path.exists());
         assert!(!client_folder(&store, &ALICE).exists());
-        assert!(store.db().client_by_id(&ALICE).unwrap().is_none());
-        assert!(store.db().files_of(&ALICE).unwrap().is_empty());
-        assert!(store.db().client_by_id(&BOB).unwrap().is_some());
+        assert!(store.db().unwrap().client_by_id(&ALICE).unwrap().is_none());
+        assert!(store.db().unwrap().files_of(&ALICE).unwrap().is_empty());
+        assert!(store.db().unwrap().client_by_id(&BOB).unwrap().is_some());
         assert_eq!(store.outcomes_since_start().get(Outcome::Withdrawn), 1);
         assert_eq!(counters_in_db(&store).get(Outcome::Withdrawn), 1);
     }
@@ -2199,8 +2620,13 @@ mod tests {
         let done = store.forget_client(cx(0), &ALICE, false).unwrap();
         assert_eq!(done.files_kept, ["a"]);
         commit(&mut store);
-        assert!(store.db().client_by_name("alice").unwrap().is_none());
-        assert_eq!(store.db().files_of(&ALICE).unwrap().len(), 1);
+        assert!(store
+            .db()
+            .unwrap()
+            .client_by_name("alice")
+            .unwrap()
+            .is_none());
+        assert_eq!(store.db().unwrap().files_of(&ALICE).unwrap().len(), 1);
         assert!(files::final_path(tmp.path(), &ALICE, "a").exists());
         // The same name registers again under a new id.
         keyed(&mut store, &BOB, "alice");
@@ -2267,7 +2693,10 @@ mod tests {
         keyed(&mut store, &ALICE, "alice");
         upload(&mut store, &ALICE, "a", b"123456");
         accept(&mut store, &ALICE, "a");
-        assert_eq!(store.db().file_meta(&ALICE, "a").unwrap().size, Some(6));
+        assert_eq!(
+            store.db().unwrap().file_meta(&ALICE, "a").unwrap().size,
+            Some(6)
+        );
         store.check_quota(&ALICE, "b", 4).unwrap();
         let err = store.check_quota(&ALICE, "b", 5).unwrap_err();
         assert!(matches!(err, StoreError::OverQuota(_)), "{err:?}");
@@ -2305,16 +2734,20 @@ mod tests {
             keyed(&mut store, &ALICE, "alice");
             upload(&mut store, &ALICE, "old", b"1234");
             accept(&mut store, &ALICE, "old");
-            store.db().delete_file_row(&ALICE, "old").unwrap();
+            store.db().unwrap().delete_file_row(&ALICE, "old").unwrap();
             store
                 .db()
+                .unwrap()
                 .mark_verified(&ALICE, "old", "somewhere")
                 .unwrap();
             commit(&mut store);
-            assert_eq!(store.db().file_meta(&ALICE, "old").unwrap().size, None);
+            assert_eq!(
+                store.db().unwrap().file_meta(&ALICE, "old").unwrap().size,
+                None
+            );
         }
         let store = open(tmp.path());
-        let meta = store.db().file_meta(&ALICE, "old").unwrap();
+        let meta = store.db().unwrap().file_meta(&ALICE, "old").unwrap();
         assert_eq!((meta.size, meta.cksum), (Some(4), None));
     }
 

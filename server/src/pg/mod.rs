@@ -28,7 +28,7 @@ use std::fmt;
 use sealdrop_protocol::store::StoreError;
 
 pub use url::{DatabaseUrl, PgUrl, TlsMode, UrlError};
-pub use worker::{Job, JobDone, Op, Reply, Settings, Worker};
+pub use worker::{Connected, Job, JobDone, Op, Reply, Settings, Worker};
 
 /// What went wrong with a PostgreSQL operation.
 #[derive(Debug, Clone, PartialEq, Eq)]

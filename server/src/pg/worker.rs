@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use postgres::{Client, GenericClient, Row, Statement};
 use sealdrop_protocol::consts::PUBLIC_KEY_LEN;
 use sealdrop_protocol::crypto::AesKey;
-use sealdrop_protocol::store::ClientRecord;
+use sealdrop_protocol::store::{ClientRecord, QuotaOverride};
 use sealdrop_protocol::ClientId;
 
 use super::schema;
@@ -218,8 +218,34 @@ pub enum Op {
         /// The base name.
         file_name: String,
     },
-    /// Write: delete a client's row (its files' rows stay, as in `db.rs`).
+    /// Write: delete a client's row and its own quota (its files' rows
+    /// stay, as in `db.rs`).
     DeleteClient(ClientId),
+    /// Read: a client's files with their recorded sizes
+    /// ([`Reply::Files`]).
+    FilesOf(ClientId),
+    /// Read: a client's own quota ([`Reply::Quota`]).
+    QuotaOf(ClientId),
+    /// Write: a stored file's size and (if known) cksum.
+    RecordFileMeta {
+        /// The owner.
+        id: ClientId,
+        /// The base name.
+        file_name: String,
+        /// Its size.
+        size: u64,
+        /// Its cksum, if known.
+        cksum: Option<u32>,
+    },
+    /// Write: a client's own quota; all-default deletes it.
+    SetQuota {
+        /// The client.
+        id: ClientId,
+        /// The override.
+        quota: QuotaOverride,
+    },
+    /// Write: add to the lifetime counters (name, delta).
+    AddCounters(Vec<(String, u64)>),
 }
 
 impl Op {
@@ -239,16 +265,29 @@ impl Op {
             Op::MarkUnverified { .. } => "unmark missing file",
             Op::DeleteFile { .. } => "delete file",
             Op::DeleteClient(_) => "delete client",
+            Op::FilesOf(_) => "list a client's files",
+            Op::QuotaOf(_) => "look up quota",
+            Op::RecordFileMeta { .. } => "record file size",
+            Op::SetQuota { .. } => "set quota",
+            Op::AddCounters(_) => "add to counters",
         }
     }
 
     /// Statements that change something (0 for a read).
     fn write_statements(&self) -> usize {
         match self {
-            Op::ClientById(_) | Op::ClientByName(_) | Op::ClientCount | Op::File { .. } => 0,
+            Op::ClientById(_)
+            | Op::ClientByName(_)
+            | Op::ClientCount
+            | Op::File { .. }
+            | Op::FilesOf(_)
+            | Op::QuotaOf(_) => 0,
             Op::RegisterClient {
                 replace: Some(_), ..
-            } => 2,
+            }
+            | Op::DeleteFile { .. }
+            | Op::DeleteClient(_) => 2,
+            Op::AddCounters(deltas) => deltas.iter().filter(|(_, d)| *d > 0).count(),
             _ => 1,
         }
     }
@@ -262,7 +301,11 @@ impl std::fmt::Debug for Op {
             | Op::SetPublicKey { id, .. }
             | Op::SetLastKey { id, .. }
             | Op::Touch { id, .. }
-            | Op::DeleteClient(id) => write!(f, "{}({})", self.name(), id.to_hex()),
+            | Op::DeleteClient(id)
+            | Op::FilesOf(id)
+            | Op::QuotaOf(id)
+            | Op::SetQuota { id, .. } => write!(f, "{}({})", self.name(), id.to_hex()),
+            Op::AddCounters(deltas) => write!(f, "{}({deltas:?})", self.name()),
             Op::ClientByName(name) | Op::RegisterClient { name, .. } => {
                 write!(f, "{}({name:?})", self.name())
             }
@@ -271,7 +314,8 @@ impl std::fmt::Debug for Op {
             | Op::AddUnverifiedFile { id, file_name, .. }
             | Op::MarkVerified { id, file_name, .. }
             | Op::MarkUnverified { id, file_name }
-            | Op::DeleteFile { id, file_name } => {
+            | Op::DeleteFile { id, file_name }
+            | Op::RecordFileMeta { id, file_name, .. } => {
                 write!(f, "{}({} {file_name:?})", self.name(), id.to_hex())
             }
         }
@@ -287,6 +331,10 @@ pub enum Reply {
     File(Option<FileRow>),
     /// `ClientCount`.
     Count(u64),
+    /// `FilesOf`: each file's row and its recorded size.
+    Files(Vec<(FileRow, Option<u64>)>),
+    /// `QuotaOf`.
+    Quota(QuotaOverride),
     /// A write: the rows it changed (0 for a `Touch` that found LastSeen
     /// already right or an unknown id, for a delete of nothing, ...).
     Written(u64),
@@ -330,7 +378,14 @@ struct Statements {
     mark_verified: Statement,
     mark_unverified: Statement,
     delete_file: Statement,
+    delete_file_meta: Statement,
     delete_client: Statement,
+    delete_quota: Statement,
+    files_of: Statement,
+    quota_of: Statement,
+    record_file_meta: Statement,
+    set_quota: Statement,
+    add_counter: Statement,
 }
 
 impl Statements {
@@ -360,7 +415,21 @@ impl Statements {
                               DO UPDATE SET PathName = EXCLUDED.PathName, Verified = 1")?,
             mark_unverified: p("UPDATE files SET Verified = 0 WHERE ID = $1 AND FileName = $2")?,
             delete_file: p("DELETE FROM files WHERE ID = $1 AND FileName = $2")?,
+            delete_file_meta: p("DELETE FROM file_meta WHERE ID = $1 AND FileName = $2")?,
             delete_client: p("DELETE FROM clients WHERE ID = $1")?,
+            delete_quota: p("DELETE FROM quotas WHERE ID = $1")?,
+            files_of: p("SELECT f.ID, f.FileName, f.PathName, f.Verified, m.Size FROM files f \
+                         LEFT JOIN file_meta m ON m.ID = f.ID AND m.FileName = f.FileName \
+                         WHERE f.ID = $1 ORDER BY f.FileName")?,
+            quota_of: p("SELECT MaxBytes, MaxFiles FROM quotas WHERE ID = $1")?,
+            record_file_meta: p("INSERT INTO file_meta (ID, FileName, Size, Cksum) \
+                                 VALUES ($1, $2, $3, $4) ON CONFLICT (ID, FileName) \
+                                 DO UPDATE SET Size = EXCLUDED.Size, Cksum = EXCLUDED.Cksum")?,
+            set_quota: p("INSERT INTO quotas (ID, MaxBytes, MaxFiles) VALUES ($1, $2, $3) \
+                          ON CONFLICT (ID) DO UPDATE \
+                          SET MaxBytes = EXCLUDED.MaxBytes, MaxFiles = EXCLUDED.MaxFiles")?,
+            add_counter: p("INSERT INTO counters (Name, Value) VALUES ($1, $2) \
+                            ON CONFLICT (Name) DO UPDATE SET Value = counters.Value + EXCLUDED.Value")?,
         })
     }
 }
@@ -461,26 +530,66 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-impl Worker {
-    /// Connects, migrates the schema ([`schema::migrate`]), prepares the
-    /// statements and starts the thread. Errors here are start-up errors
-    /// (a wrong password, a database of a newer schema). `waker` is woken
-    /// after every finished job.
-    pub fn start(
-        url: &PgUrl,
-        settings: Settings,
-        waker: Arc<mio::Waker>,
-    ) -> Result<Worker, PgError> {
+/// A worker's connection, made and migrated, before its thread runs:
+/// [`Connected::open`] at start-up (so a wrong password or a newer schema
+/// is a start-up error), [`Connected::spawn`] once the event loop has its
+/// `mio::Waker`.
+pub struct Connected {
+    url: PgUrl,
+    settings: Settings,
+    conn: Conn,
+}
+
+impl std::fmt::Debug for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connected").field("url", &self.url).finish()
+    }
+}
+
+impl Connected {
+    /// Connects, migrates the schema ([`schema::migrate`]) and prepares
+    /// the statements.
+    pub fn open(url: &PgUrl, settings: Settings) -> Result<Connected, PgError> {
         let mut client = connect(url, &settings)?;
         schema::migrate(&mut client)?;
         let stmts = Statements::prepare(&mut client)?;
-        let conn = Conn { client, stmts };
+        Ok(Connected {
+            url: url.clone(),
+            settings,
+            conn: Conn { client, stmts },
+        })
+    }
+
+    /// Runs a job here, on the caller's thread (start-up work before the
+    /// thread exists: the records' repair, an administration command).
+    pub fn run_now(&mut self, job: &Job) -> JobDone {
+        match run_on(&mut self.conn, &job.ops) {
+            Ok(results) => JobDone {
+                tag: job.tag,
+                results,
+                commit: Ok(()),
+            },
+            Err((e, _)) => JobDone {
+                tag: job.tag,
+                results: job.ops.iter().map(|_| Err(e.clone())).collect(),
+                commit: Err(e),
+            },
+        }
+    }
+
+    /// Starts the thread; `waker` is woken after every finished job.
+    pub fn spawn(self, waker: Arc<mio::Waker>) -> Result<Worker, PgError> {
+        let Connected {
+            url,
+            settings,
+            conn,
+        } = self;
         let capacity = settings.queue_capacity.max(1);
         // Never full in practice: `in_flight` admits at most `capacity`.
         let (job_tx, job_rx) = mpsc::sync_channel(capacity);
         let (done_tx, done_rx) = mpsc::channel();
         let mut state = Thread {
-            url: url.clone(),
+            url,
             settings,
             conn: Some(conn),
             next_attempt: Instant::now(),
@@ -502,6 +611,20 @@ impl Worker {
             capacity,
             thread: Some(thread),
         })
+    }
+}
+
+impl Worker {
+    /// Connects, migrates the schema ([`schema::migrate`]), prepares the
+    /// statements and starts the thread. Errors here are start-up errors
+    /// (a wrong password, a database of a newer schema). `waker` is woken
+    /// after every finished job.
+    pub fn start(
+        url: &PgUrl,
+        settings: Settings,
+        waker: Arc<mio::Waker>,
+    ) -> Result<Worker, PgError> {
+        Connected::open(url, settings)?.spawn(waker)
     }
 
     /// Queues a job without blocking. Refused when [`Settings::queue_capacity`]
@@ -888,13 +1011,85 @@ fn run_op(
             written(n)
         }
         Op::DeleteFile { id, file_name } => {
+            c.execute(&s.delete_file_meta, &[&&id.0[..], file_name])
+                .map_err(err)?;
             let n = c
                 .execute(&s.delete_file, &[&&id.0[..], file_name])
                 .map_err(err)?;
             written(n)
         }
         Op::DeleteClient(id) => {
+            c.execute(&s.delete_quota, &[&&id.0[..]]).map_err(err)?;
             let n = c.execute(&s.delete_client, &[&&id.0[..]]).map_err(err)?;
+            written(n)
+        }
+        Op::FilesOf(id) => {
+            let rows = c.query(&s.files_of, &[&&id.0[..]]).map_err(err)?;
+            let mut files = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let file = match file_from_row(row) {
+                    Ok(file) => file,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let size = match get::<Option<i64>>(row, "file_meta", 4, "Size") {
+                    Ok(size) => size.and_then(|n| u64::try_from(n).ok()),
+                    Err(e) => return Ok(Err(e)),
+                };
+                files.push((file, size));
+            }
+            Ok(Ok(Reply::Files(files)))
+        }
+        Op::QuotaOf(id) => {
+            let row = c.query_opt(&s.quota_of, &[&&id.0[..]]).map_err(err)?;
+            let quota = match row {
+                None => QuotaOverride::default(),
+                Some(row) => {
+                    let bytes: Option<i64> = match get(&row, "quotas", 0, "MaxBytes") {
+                        Ok(v) => v,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    let files: Option<i64> = match get(&row, "quotas", 1, "MaxFiles") {
+                        Ok(v) => v,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    QuotaOverride {
+                        bytes: crate::db::setting_from(bytes),
+                        files: crate::db::setting_from(files),
+                    }
+                }
+            };
+            Ok(Ok(Reply::Quota(quota)))
+        }
+        Op::RecordFileMeta {
+            id,
+            file_name,
+            size,
+            cksum,
+        } => {
+            let size = i64::try_from(*size).unwrap_or(i64::MAX);
+            let cksum = cksum.map(i64::from);
+            let n = c
+                .execute(&s.record_file_meta, &[&&id.0[..], file_name, &size, &cksum])
+                .map_err(err)?;
+            written(n)
+        }
+        Op::SetQuota { id, quota } => {
+            let n = if quota.is_default() {
+                c.execute(&s.delete_quota, &[&&id.0[..]]).map_err(err)?
+            } else {
+                let bytes = crate::db::setting_to(quota.bytes);
+                let files = crate::db::setting_to(quota.files);
+                c.execute(&s.set_quota, &[&&id.0[..], &bytes, &files])
+                    .map_err(err)?
+            };
+            written(n)
+        }
+        Op::AddCounters(deltas) => {
+            let mut n = 0;
+            for (name, delta) in deltas.iter().filter(|(_, d)| *d > 0) {
+                let delta = i64::try_from(*delta).unwrap_or(i64::MAX);
+                n += c.execute(&s.add_counter, &[name, &delta]).map_err(err)?;
+            }
             written(n)
         }
     }
