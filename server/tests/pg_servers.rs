@@ -46,6 +46,15 @@ fn servers(url: &str, dir: &Path, n: usize) -> Vec<Running> {
         .collect()
 }
 
+/// A client that registered and exchanged keys through `addr`.
+fn keyed(name: &str, addr: SocketAddr) -> Client {
+    let mut client = Client::new(name);
+    let mut c = client.connect(addr);
+    client.register(&mut c);
+    client.exchange_key(&mut c);
+    client
+}
+
 fn verified_rows(cluster: &PgCluster, url: &str) -> u64 {
     let db = url.rsplit('/').next().unwrap();
     cluster
@@ -67,11 +76,7 @@ fn a_client_registers_on_one_server_and_uploads_through_another() {
     let dir = tempfile::tempdir().unwrap();
     let s = servers(&url, dir.path(), 2);
 
-    let mut alice = Client::new("alice");
-    let mut c = alice.connect(s[0].addr());
-    alice.register(&mut c);
-    alice.exchange_key(&mut c);
-    drop(c);
+    let mut alice = keyed("alice", s[0].addr());
 
     // The other server knows her: 1027 gives 2105, and the upload lands.
     let mut c = alice.connect(s[1].addr());
@@ -176,12 +181,8 @@ fn two_hundred_clients_spread_over_three_servers_are_all_verified() {
             let addrs = addrs.clone();
             std::thread::spawn(move || {
                 for i in (t..CLIENTS).step_by(THREADS) {
-                    let mut client = Client::new(&format!("client{i:03}"));
                     // Register on one server, upload through the next.
-                    let mut c = client.connect(addrs[i % addrs.len()]);
-                    client.register(&mut c);
-                    client.exchange_key(&mut c);
-                    drop(c);
+                    let mut client = keyed(&format!("client{i:03}"), addrs[i % addrs.len()]);
                     let mut c = client.connect(addrs[(i + 1) % addrs.len()]);
                     client.reconnect(&mut c);
                     let data = format!("file of client {i}\n").repeat(i + 1);
@@ -216,11 +217,7 @@ fn one_client_uploading_one_name_through_two_servers_ends_with_one_intact_file()
     let url = fresh_db(cluster);
     let dir = tempfile::tempdir().unwrap();
     let s = servers(&url, dir.path(), 2);
-    let mut alice = Client::new("alice");
-    let mut c = alice.connect(s[0].addr());
-    alice.register(&mut c);
-    alice.exchange_key(&mut c);
-    drop(c);
+    let alice = keyed("alice", s[0].addr());
     let payloads: Vec<Vec<u8>> = vec![vec![b'a'; 300_000], vec![b'b'; 200_000]];
     for round in 0..4 {
         let barrier = Arc::new(Barrier::new(2));
@@ -260,13 +257,7 @@ fn a_starting_server_leaves_another_servers_upload_in_flight_alone() {
     let url = fresh_db(cluster);
     let dir = tempfile::tempdir().unwrap();
     let first = inprocess::spawn(settings(&url, dir.path(), "first")).unwrap();
-    let (mut alice, _) = {
-        let mut alice = Client::new("alice");
-        let mut c = alice.connect(first.addr());
-        alice.register(&mut c);
-        alice.exchange_key(&mut c);
-        (alice, c)
-    };
+    let mut alice = keyed("alice", first.addr());
     let mut c = alice.connect(first.addr());
     alice.reconnect(&mut c);
     // Half an upload: its temporary file carries the first server's id.
@@ -316,13 +307,9 @@ fn the_records_survive_every_server_restarting() {
     let url = fresh_db(cluster);
     let dir = tempfile::tempdir().unwrap();
     let s = servers(&url, dir.path(), 2);
-    let (mut alice, mut c) = {
-        let mut alice = Client::new("alice");
-        let mut c = alice.connect(s[0].addr());
-        alice.register(&mut c);
-        alice.exchange_key(&mut c);
-        (alice, c)
-    };
+    let mut alice = keyed("alice", s[0].addr());
+    let mut c = alice.connect(s[0].addr());
+    alice.reconnect(&mut c);
     alice.upload_verified(&mut c, "a.txt", b"first");
     drop(c);
     for server in s {

@@ -363,6 +363,25 @@ pub struct JobDone {
     pub commit: Result<(), PgError>,
 }
 
+impl JobDone {
+    /// The outcome of `job` as [`run_on`] left it: a failure of the whole
+    /// job is every operation's error too.
+    fn of(job: &Job, outcome: Result<Vec<Result<Reply, PgError>>, JobFailure>) -> JobDone {
+        match outcome {
+            Ok(results) => JobDone {
+                tag: job.tag,
+                results,
+                commit: Ok(()),
+            },
+            Err((e, _)) => JobDone {
+                tag: job.tag,
+                results: job.ops.iter().map(|_| Err(e.clone())).collect(),
+                commit: Err(e),
+            },
+        }
+    }
+}
+
 /// The prepared statements, made again on every new connection.
 struct Statements {
     client_by_id: Statement,
@@ -563,18 +582,7 @@ impl Connected {
     /// Runs a job here, on the caller's thread (start-up work before the
     /// thread exists: the records' repair, an administration command).
     pub fn run_now(&mut self, job: &Job) -> JobDone {
-        match run_on(&mut self.conn, &job.ops) {
-            Ok(results) => JobDone {
-                tag: job.tag,
-                results,
-                commit: Ok(()),
-            },
-            Err((e, _)) => JobDone {
-                tag: job.tag,
-                results: job.ops.iter().map(|_| Err(e.clone())).collect(),
-                commit: Err(e),
-            },
-        }
+        JobDone::of(job, run_on(&mut self.conn, &job.ops))
     }
 
     /// Starts the thread; `waker` is woken after every finished job.
@@ -811,18 +819,7 @@ impl Thread {
                 }
             }
         }
-        match outcome {
-            Ok(results) => JobDone {
-                tag: job.tag,
-                results,
-                commit: Ok(()),
-            },
-            Err((e, _)) => JobDone {
-                tag: job.tag,
-                results: job.ops.iter().map(|_| Err(e.clone())).collect(),
-                commit: Err(e),
-            },
-        }
+        JobDone::of(job, outcome)
     }
 }
 
