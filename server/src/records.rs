@@ -482,6 +482,30 @@ impl PgRecords {
         self.in_flight.clear();
     }
 
+    /// Drops what the cache holds of client `id` (an administrator changed
+    /// it in the database directly): every connection reads it again.
+    pub fn forget_client(&mut self, id: &ClientId) {
+        self.views.remove(id);
+        let names: Vec<String> = self
+            .names
+            .iter()
+            .filter(|(_, e)| match &e.value {
+                Loaded::Ok(Some(record)) => record.id == *id,
+                _ => false,
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &names {
+            self.names.remove(name);
+        }
+        for keys in self.fresh.values_mut() {
+            keys.retain(|k| match k {
+                Key::Id(other) => other != id,
+                Key::Name(n) => !names.contains(n),
+            });
+        }
+    }
+
     /// A write: into the open batch for `conn`, and into the cache.
     fn write(&mut self, conn: Option<ConnId>, op: Op) {
         self.apply(conn, &op);

@@ -758,6 +758,24 @@ impl DiskStore {
         })
     }
 
+    /// An administrator changed client `id` (forgot it, or deleted its
+    /// `file_name`) in the shared database directly, from another process:
+    /// this server withdraws its uploads of that client (and name) still
+    /// arriving, awaiting a verdict or accepted in this pass, and reads the
+    /// client's records again. How many uploads it withdrew.
+    pub fn withdraw_changed(&mut self, id: &ClientId, file_name: Option<&str>) -> usize {
+        if let Some(pg) = self.db.pg() {
+            pg.forget_client(id);
+        }
+        let n = self.withdraw(id, file_name);
+        log::info!(
+            "administrator changed {}{}: {n} upload(s) withdrawn",
+            id.to_hex(),
+            file_name.map_or(String::new(), |f| format!(" {f:?}"))
+        );
+        n
+    }
+
     /// Withdraws the client's uploads (of one name, if given) that are
     /// arriving, awaiting a verdict, or accepted in this pass; how many.
     fn withdraw(&mut self, id: &ClientId, file_name: Option<&str>) -> usize {
