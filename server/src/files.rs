@@ -657,6 +657,20 @@ impl PartFile {
         }
     }
 
+    /// The synced file was renamed over its final path by someone else
+    /// (the database worker, under its lock): it is placed now, and no
+    /// longer this object's to delete. Only a synced file can have been.
+    pub fn placed_elsewhere(&mut self) {
+        if matches!(self.state, State::Synced) {
+            self.state = State::Placed;
+        }
+    }
+
+    /// Whether the content is on the disk (synced) and not yet placed.
+    pub fn is_synced(&self) -> bool {
+        matches!(self.state, State::Synced)
+    }
+
     /// Deletes the temporary file now (a drop does the same, but logs
     /// instead of returning the error). A placed file is left alone.
     pub fn discard(mut self) -> io::Result<()> {

@@ -435,6 +435,9 @@ impl PgRecords {
         tag: u64,
         extra: Vec<(Option<ConnId>, Op)>,
     ) -> Result<Vec<Option<ConnId>>, StoreError> {
+        for (conn, op) in &extra {
+            self.apply(*conn, op);
+        }
         let mut all = std::mem::take(&mut self.batch);
         all.extend(extra);
         let (conns, ops): (Vec<Option<ConnId>>, Vec<Op>) = all.into_iter().unzip();
@@ -610,6 +613,21 @@ impl PgRecords {
                 ));
                 entry.0.path_name.clone_from(path_name);
                 entry.0.verified = true;
+            }),
+            Op::PlaceVerified {
+                id,
+                file_name,
+                to,
+                size,
+                ..
+            } => self.update_view(id, |v| {
+                let row = FileRow {
+                    client: *id,
+                    file_name: file_name.clone(),
+                    path_name: to.to_string_lossy().into_owned(),
+                    verified: true,
+                };
+                v.files.insert(file_name.clone(), (row, Some(*size)));
             }),
             Op::MarkUnverified { id, file_name } => self.update_view(id, |v| {
                 if let Some(f) = v.files.get_mut(file_name) {

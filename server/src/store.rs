@@ -56,7 +56,7 @@ use sealdrop_protocol::ClientId;
 use crate::db::{utc_timestamp, Db, FileRow};
 use crate::files::{self, PartFile};
 use crate::pg::{DatabaseUrl, JobDone};
-use crate::records::{self, PgRecords, Records};
+use crate::records::{PgRecords, Records};
 
 pub use sealdrop_protocol::store::{
     DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_CONN, DEFAULT_ORPHAN_TTL,
@@ -822,6 +822,7 @@ impl DiskStore {
         batch: Vec<(UploadId, Pending)>,
         now: Instant,
         failed: &mut Vec<ConnId>,
+        rename: bool,
     ) -> Vec<(UploadId, Pending)> {
         if batch.is_empty() {
             return Vec::new();
@@ -850,6 +851,10 @@ impl DiskStore {
         let mut renamed = Vec::with_capacity(batch.len());
         for (uid, mut p) in batch {
             p.data.part.mark_synced();
+            if !rename {
+                renamed.push((uid, p));
+                continue;
+            }
             match p.data.part.rename_to(&p.data.final_path) {
                 Ok(()) => renamed.push((uid, p)),
                 Err(e) => self.unplaced(uid, p, &e, now, failed),
@@ -877,6 +882,7 @@ impl DiskStore {
         mut step: Vec<(UploadId, Pending)>,
         now: Instant,
         failed: &mut Vec<ConnId>,
+        rename: bool,
     ) -> Vec<(UploadId, Pending)> {
         let mut unplaced: Vec<(UploadId, Pending, std::io::Error)> = Vec::new();
         for (_, p) in step.iter_mut() {
@@ -885,15 +891,22 @@ impl DiskStore {
         let mut synced = Vec::with_capacity(step.len());
         for (uid, mut p) in step {
             let final_path = p.data.final_path.clone();
-            match p
-                .data
-                .part
-                .sync()
-                .and_then(|()| p.data.part.rename_to(&final_path))
-            {
+            match p.data.part.sync().and_then(|()| {
+                if rename {
+                    p.data.part.rename_to(&final_path)
+                } else {
+                    Ok(())
+                }
+            }) {
                 Ok(()) => synced.push((uid, p)),
                 Err(e) => unplaced.push((uid, p, e)),
             }
+        }
+        if !rename {
+            for (uid, p, e) in unplaced {
+                self.unplaced(uid, p, &e, now, failed);
+            }
+            return synced;
         }
         let mut dirs: Vec<PathBuf> = synced
             .iter()
@@ -1362,7 +1375,7 @@ impl Store for DiskStore {
         if !self.uncommitted() {
             return Commit::default();
         }
-        let flight = self.start_commit(now);
+        let flight = self.start_commit(now, true);
         let mut marking = Ok(());
         for (_, p) in &flight.placed {
             let s = p.data.summary;
@@ -1425,25 +1438,22 @@ impl Store for DiskStore {
                 ..Commit::default()
             });
         }
-        let mut flight = self.start_commit(now);
+        let mut flight = self.start_commit(now, false);
         self.batch_no += 1;
         let mut extra = Vec::new();
         for (_, p) in &flight.placed {
             let s = p.data.summary;
-            match path_text(&p.data.final_path) {
-                Ok(path) => {
-                    let conn = Some(p.conn);
-                    extra.push((
-                        conn,
-                        records::mark_verified_op(&p.client, &p.file_name, path),
-                    ));
-                    extra.push((
-                        conn,
-                        records::file_meta_op(&p.client, &p.file_name, s.plain_len, Some(s.cksum)),
-                    ));
-                }
-                Err(_) => flight.failed.push(p.conn),
-            }
+            extra.push((
+                Some(p.conn),
+                crate::pg::Op::PlaceVerified {
+                    id: p.client,
+                    file_name: p.file_name.clone(),
+                    from: p.data.part.path().to_path_buf(),
+                    to: p.data.final_path.clone(),
+                    size: s.plain_len,
+                    cksum: s.cksum,
+                },
+            ));
         }
         let mut counts = flight.flushed;
         counts.add(Outcome::Verified, flight.placed.len() as u64);
@@ -1582,17 +1592,20 @@ impl Store for DiskStore {
 impl DiskStore {
     /// A commit's first half: the accepted files placed at their final
     /// paths (synced, renamed), and what the batch takes with it.
-    fn start_commit(&mut self, now: Instant) -> InFlight {
+    /// With `rename` false (PostgreSQL) the files are only synced: the
+    /// database worker renames them under its lock
+    /// ([`crate::pg::Op::PlaceVerified`]).
+    fn start_commit(&mut self, now: Instant, rename: bool) -> InFlight {
         let mut failed = std::mem::take(&mut self.fail_at_commit);
         let mut placing = std::mem::take(&mut self.placing);
         let mut placed = Vec::new();
         if self.fs_handle.is_some() {
-            placed = self.place_all_syncfs(std::mem::take(&mut placing), now, &mut failed);
+            placed = self.place_all_syncfs(std::mem::take(&mut placing), now, &mut failed, rename);
         }
         while !placing.is_empty() {
             let rest = placing.split_off(placing.len().min(SYNC_FILES_PER_STEP));
             let step = std::mem::replace(&mut placing, rest);
-            placed.extend(self.place_step(step, now, &mut failed));
+            placed.extend(self.place_step(step, now, &mut failed, rename));
         }
         InFlight {
             batch: self.batch_no,
@@ -1622,8 +1635,13 @@ impl DiskStore {
             conns: _,
         } = flight;
         let mut committed = committed;
-        if committed.is_ok() && self.fs_handle.is_some() && !placed.is_empty() {
-            // One flush for every rename and folder of the pass.
+        if committed.is_ok()
+            && self.fs_handle.is_some()
+            && !placed.is_empty()
+            && !self.db.is_shared()
+        {
+            // One flush for every rename and folder of the pass (with
+            // PostgreSQL the worker synced each folder after its rename).
             committed = self
                 .sync_filesystem()
                 .map_err(|e| io_err("filesystem sync", e));
@@ -1702,6 +1720,9 @@ impl DiskStore {
                 "{} accepted upload(s) not recorded: pending again for a retried 1029",
                 unrecorded.len()
             );
+        }
+        for (_, p) in &mut flight.placed {
+            p.data.part.placed_elsewhere();
         }
         self.finish_commit(flight, Ok(()))
     }

@@ -212,14 +212,14 @@ fn two_hundred_clients_spread_over_three_servers_are_all_verified() {
 }
 
 #[test]
-fn one_client_uploading_one_name_through_two_servers_ends_with_one_intact_file() {
+fn one_client_uploading_one_name_through_two_servers_ends_with_one_file_its_record_describes() {
     let Some(cluster) = shared() else { return };
     let url = fresh_db(cluster);
     let dir = tempfile::tempdir().unwrap();
     let s = servers(&url, dir.path(), 2);
     let alice = keyed("alice", s[0].addr());
     let payloads: Vec<Vec<u8>> = vec![vec![b'a'; 300_000], vec![b'b'; 200_000]];
-    for round in 0..4 {
+    for round in 0..8 {
         let barrier = Arc::new(Barrier::new(2));
         let threads: Vec<_> = s
             .iter()
@@ -248,6 +248,16 @@ fn one_client_uploading_one_name_through_two_servers_ends_with_one_intact_file()
             stored.len()
         );
         assert_eq!(verified_rows(cluster, &url), 1, "round {round}");
+        // The database decided: its record describes the file on disk.
+        assert_eq!(
+            query(
+                cluster,
+                &url,
+                "SELECT Size || ' ' || Cksum FROM file_meta WHERE FileName = 'same.bin'"
+            ),
+            format!("{} {}", stored.len(), cksum(&stored)),
+            "round {round}"
+        );
     }
 }
 

@@ -246,6 +246,30 @@ pub enum Op {
     },
     /// Write: add to the lifetime counters (name, delta).
     AddCounters(Vec<(String, u64)>),
+    /// Write, and a file system change: an accepted upload, its content
+    /// synced at `from`, is renamed over its final path `to` (its folder
+    /// then fsynced), and recorded as verified with its size and cksum,
+    /// all under a transaction-long advisory lock on (client, name). Two
+    /// servers placing the same client's same name therefore take turns,
+    /// and the one that commits last is also the one whose file is at the
+    /// final path: the database decides, the records always describe the
+    /// file. A `from` already gone with `to` present is a rename an earlier
+    /// round of the same job made (the job is replayed after a failed
+    /// operation), not an error.
+    PlaceVerified {
+        /// The owner.
+        id: ClientId,
+        /// The base name.
+        file_name: String,
+        /// The synced temporary file.
+        from: std::path::PathBuf,
+        /// The final path.
+        to: std::path::PathBuf,
+        /// Its size.
+        size: u64,
+        /// Its cksum.
+        cksum: u32,
+    },
 }
 
 impl Op {
@@ -270,6 +294,7 @@ impl Op {
             Op::RecordFileMeta { .. } => "record file size",
             Op::SetQuota { .. } => "set quota",
             Op::AddCounters(_) => "add to counters",
+            Op::PlaceVerified { .. } => "place and record verified file",
         }
     }
 
@@ -287,6 +312,7 @@ impl Op {
             }
             | Op::DeleteFile { .. }
             | Op::DeleteClient(_) => 2,
+            Op::PlaceVerified { .. } => 3,
             Op::AddCounters(deltas) => deltas.iter().filter(|(_, d)| *d > 0).count(),
             _ => 1,
         }
@@ -315,7 +341,8 @@ impl std::fmt::Debug for Op {
             | Op::MarkVerified { id, file_name, .. }
             | Op::MarkUnverified { id, file_name }
             | Op::DeleteFile { id, file_name }
-            | Op::RecordFileMeta { id, file_name, .. } => {
+            | Op::RecordFileMeta { id, file_name, .. }
+            | Op::PlaceVerified { id, file_name, .. } => {
                 write!(f, "{}({} {file_name:?})", self.name(), id.to_hex())
             }
         }
@@ -405,6 +432,7 @@ struct Statements {
     record_file_meta: Statement,
     set_quota: Statement,
     add_counter: Statement,
+    lock_file: Statement,
 }
 
 impl Statements {
@@ -447,6 +475,7 @@ impl Statements {
             set_quota: p("INSERT INTO quotas (ID, MaxBytes, MaxFiles) VALUES ($1, $2, $3) \
                           ON CONFLICT (ID) DO UPDATE \
                           SET MaxBytes = EXCLUDED.MaxBytes, MaxFiles = EXCLUDED.MaxFiles")?,
+            lock_file: p("SELECT pg_advisory_xact_lock($1)")?,
             add_counter: p("INSERT INTO counters (Name, Value) VALUES ($1, $2) \
                             ON CONFLICT (Name) DO UPDATE SET Value = counters.Value + EXCLUDED.Value")?,
         })
@@ -1081,6 +1110,34 @@ fn run_op(
             };
             written(n)
         }
+        Op::PlaceVerified {
+            id,
+            file_name,
+            from,
+            to,
+            size,
+            cksum,
+        } => {
+            c.execute(&s.lock_file, &[&file_lock_key(id, file_name)])
+                .map_err(err)?;
+            if let Err(e) = place(from, to) {
+                return Ok(Err(PgError::Invalid(format!(
+                    "place {}: {e}",
+                    to.display()
+                ))));
+            }
+            let path = to.to_string_lossy();
+            c.execute(&s.mark_verified, &[&&id.0[..], file_name, &path.as_ref()])
+                .map_err(err)?;
+            let size = i64::try_from(*size).unwrap_or(i64::MAX);
+            let n = c
+                .execute(
+                    &s.record_file_meta,
+                    &[&&id.0[..], file_name, &size, &i64::from(*cksum)],
+                )
+                .map_err(err)?;
+            written(n)
+        }
         Op::AddCounters(deltas) => {
             let mut n = 0;
             for (name, delta) in deltas.iter().filter(|(_, d)| *d > 0) {
@@ -1089,6 +1146,31 @@ fn run_op(
             }
             written(n)
         }
+    }
+}
+
+/// The advisory lock key of a client's file name: FNV-1a over the id and
+/// the name, as PostgreSQL's bigint.
+pub fn file_lock_key(id: &ClientId, file_name: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.0.iter().chain([0u8].iter()).chain(file_name.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+/// Renames `from` over `to` and fsyncs the folder; a rename an earlier
+/// round made (`from` gone, `to` there) counts as done.
+fn place(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::rename(from, to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !from.exists() && to.exists() => {}
+        Err(e) => return Err(e),
+    }
+    match to.parent() {
+        Some(dir) => crate::files::sync_dir(dir),
+        None => Ok(()),
     }
 }
 
@@ -1186,6 +1268,28 @@ mod tests {
             aes_key: AesKey::from_bytes([0xee; 16]),
         };
         assert!(!format!("{op:?}").contains("ee"), "{op:?}");
+    }
+
+    #[test]
+    fn a_files_lock_key_depends_on_client_and_name_only() {
+        let (a, b) = (ClientId([1; 16]), ClientId([2; 16]));
+        assert_eq!(file_lock_key(&a, "x"), file_lock_key(&a, "x"));
+        assert_ne!(file_lock_key(&a, "x"), file_lock_key(&b, "x"));
+        assert_ne!(file_lock_key(&a, "x"), file_lock_key(&a, "y"));
+    }
+
+    #[test]
+    fn placing_twice_is_placing_once_and_a_missing_source_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join(".part-x"), dir.path().join("f"));
+        std::fs::write(&from, b"new").unwrap();
+        std::fs::write(&to, b"old").unwrap();
+        place(&from, &to).unwrap();
+        // The replayed round finds its rename made.
+        place(&from, &to).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), b"new");
+        let gone = dir.path().join("nothing");
+        assert!(place(&gone, &dir.path().join("g")).is_err());
     }
 
     #[test]
