@@ -163,6 +163,25 @@ impl PgRecords {
         }
     }
 
+    /// Records with no database behind them: every read submitted fails
+    /// at once. For the cache's unit tests.
+    #[cfg(test)]
+    fn detached() -> PgRecords {
+        PgRecords {
+            connected: None,
+            worker: None,
+            views: HashMap::new(),
+            names: HashMap::new(),
+            fresh: HashMap::new(),
+            awaiting: HashMap::new(),
+            next_read: 0,
+            ready: Vec::new(),
+            batch: Vec::new(),
+            in_flight: Vec::new(),
+            finished: None,
+        }
+    }
+
     /// Starts the worker thread, which wakes the loop through `waker`
     /// after every job.
     pub fn attach(&mut self, waker: Arc<mio::Waker>) -> Result<(), StoreError> {
@@ -869,6 +888,12 @@ impl Records {
         match self {
             Records::Sqlite(db) => db.touch(id, seen),
             Records::Pg(pg) => {
+                // Once per client and second and batch: LastSeen has
+                // one-second resolution, and each write is a round trip.
+                let same = |op: &(Option<ConnId>, Op)| matches!(&op.1, Op::Touch { id: i, seen: t } if i == id && t == seen);
+                if pg.batch.iter().any(same) {
+                    return Ok(());
+                }
                 // Not for a connection: LastSeen failing fails nobody.
                 pg.write(
                     None,
@@ -1052,5 +1077,179 @@ pub fn file_meta_op(id: &ClientId, file_name: &str, size: u64, cksum: Option<u32
         file_name: file_name.to_owned(),
         size,
         cksum,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALICE: ClientId = ClientId([0xa1; 16]);
+    const CONN: ConnId = 7;
+
+    fn record(id: ClientId, name: &str) -> ClientRecord {
+        ClientRecord {
+            id,
+            name: name.to_owned(),
+            public_key: None,
+            last_key: None,
+        }
+    }
+
+    /// `records` as if the reads for `keys` of `conn` went out as `tag`
+    /// and came back with `results`.
+    fn arrive(pg: &mut PgRecords, conn: ConnId, keys: Vec<Key>, results: Vec<Reply>) {
+        let tag = READ_TAG | 99;
+        pg.awaiting.insert(tag, Awaiting { conn, keys });
+        pg.read_arrived(JobDone {
+            tag,
+            results: results.into_iter().map(Ok).collect(),
+            commit: Ok(()),
+        });
+    }
+
+    fn alice_arrives(pg: &mut PgRecords, conn: ConnId) {
+        arrive(
+            pg,
+            conn,
+            vec![Key::Id(ALICE)],
+            vec![
+                Reply::Client(Some(record(ALICE, "alice"))),
+                Reply::Files(Vec::new()),
+                Reply::Quota(QuotaOverride::default()),
+            ],
+        );
+    }
+
+    #[test]
+    fn reads_stay_fresh_for_their_connection_only() {
+        let mut pg = PgRecords::detached();
+        alice_arrives(&mut pg, CONN);
+        assert_eq!(pg.take_ready(), vec![CONN]);
+        assert_eq!(pg.prepare(CONN, &[Lookup::Id(&ALICE)]), Readiness::Ready);
+        let records = Records::Pg(Box::new(pg));
+        assert_eq!(
+            records.client_by_id(&ALICE).unwrap().map(|r| r.name),
+            Some("alice".to_owned())
+        );
+        let Records::Pg(mut pg) = records else {
+            unreachable!()
+        };
+        // Another connection reads again (here: no database, so it fails,
+        // and its reads of alice fail until it prepares again).
+        assert_eq!(
+            pg.prepare(CONN + 1, &[Lookup::Id(&ALICE)]),
+            Readiness::Pending
+        );
+        assert_eq!(pg.take_ready(), vec![CONN + 1]);
+        let records = Records::Pg(pg);
+        assert!(records.client_by_id(&ALICE).is_err());
+    }
+
+    #[test]
+    fn a_closed_connection_releases_what_only_it_read() {
+        let mut pg = PgRecords::detached();
+        alice_arrives(&mut pg, CONN);
+        alice_arrives(&mut pg, CONN + 1);
+        pg.connection_closed(CONN);
+        assert!(pg.views.contains_key(&ALICE));
+        pg.connection_closed(CONN + 1);
+        assert!(pg.views.is_empty() && pg.fresh.is_empty());
+    }
+
+    #[test]
+    fn a_connection_keeps_at_most_its_cap_of_records() {
+        let mut pg = PgRecords::detached();
+        for i in 0..MAX_FRESH_PER_CONN + 3 {
+            let name = format!("n{i}");
+            arrive(
+                &mut pg,
+                CONN,
+                vec![Key::Name(name)],
+                vec![Reply::Client(None)],
+            );
+        }
+        assert_eq!(pg.fresh[&CONN].len(), MAX_FRESH_PER_CONN);
+        assert_eq!(pg.names.len(), MAX_FRESH_PER_CONN);
+        assert!(!pg.names.contains_key("n0"));
+    }
+
+    #[test]
+    fn own_writes_show_at_once_and_survive_a_read_that_arrives_after_them() {
+        let mut records = Records::Pg(Box::new(PgRecords::detached()));
+        let Records::Pg(pg) = &mut records else {
+            unreachable!()
+        };
+        arrive(
+            pg,
+            CONN,
+            vec![Key::Name("bob".into())],
+            vec![Reply::Client(None)],
+        );
+        let bob = ClientId([0xb0; 16]);
+        records
+            .register_client(CONN, &bob, "bob", None, "2025-01-01T00:00:00Z")
+            .unwrap();
+        assert_eq!(
+            records.client_by_name("bob").unwrap().map(|r| r.id),
+            Some(bob)
+        );
+        assert!(records.client_by_id(&bob).unwrap().is_some());
+        let key = AesKey::from_bytes([3; 16]);
+        records
+            .set_public_key(
+                CONN,
+                &bob,
+                &[1; PUBLIC_KEY_LEN],
+                &key,
+                "2025-01-01T00:00:00Z",
+            )
+            .unwrap();
+        // A read of bob by another connection comes back from before the
+        // commit: the open batch is replayed onto it.
+        let Records::Pg(pg) = &mut records else {
+            unreachable!()
+        };
+        arrive(
+            pg,
+            CONN + 1,
+            vec![Key::Id(bob)],
+            vec![
+                Reply::Client(Some(record(bob, "bob"))),
+                Reply::Files(Vec::new()),
+                Reply::Quota(QuotaOverride::default()),
+            ],
+        );
+        let seen = records.client_by_id(&bob).unwrap().unwrap();
+        assert!(seen.public_key.is_some() && seen.last_key.is_some());
+        assert!(records.has_batch());
+    }
+
+    #[test]
+    fn last_seen_is_written_once_per_client_and_second_in_a_batch() {
+        let mut records = Records::Pg(Box::new(PgRecords::detached()));
+        for _ in 0..3 {
+            records.touch(&ALICE, "2025-01-01T00:00:00Z").unwrap();
+        }
+        records.touch(&ALICE, "2025-01-01T00:00:01Z").unwrap();
+        let Records::Pg(pg) = &records else {
+            unreachable!()
+        };
+        assert_eq!(pg.batch.len(), 2);
+    }
+
+    #[test]
+    fn an_administrators_change_drops_the_client_from_the_cache() {
+        let mut pg = PgRecords::detached();
+        alice_arrives(&mut pg, CONN);
+        arrive(
+            &mut pg,
+            CONN,
+            vec![Key::Name("alice".into())],
+            vec![Reply::Client(Some(record(ALICE, "alice")))],
+        );
+        pg.forget_client(&ALICE);
+        assert!(pg.views.is_empty() && pg.names.is_empty());
+        assert_eq!(pg.prepare(CONN, &[Lookup::Id(&ALICE)]), Readiness::Pending);
     }
 }
