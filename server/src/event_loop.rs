@@ -451,6 +451,7 @@ impl Server {
     /// (`keys`, or every connection's), the metrics and the control socket.
     fn commit_done(&mut self, commit: &Commit, took: Duration, keys: Option<Vec<usize>>) {
         self.metrics.pass_ended(Some(commit), took);
+        self.metrics.files_removed(self.store.take_removed_bytes());
         if let Some(e) = commit.error.as_ref() {
             log::error!("storage sync failed: {e}; the answers that waited for it become 2107");
         }
@@ -483,6 +484,7 @@ impl Server {
         LoopView {
             open_connections: self.conns.len(),
             awaiting_verdict: self.store.pending_count(),
+            shared_sizes: self.store.shared_sizes(),
         }
     }
 

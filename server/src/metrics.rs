@@ -373,6 +373,9 @@ pub struct LoopView {
     pub open_connections: usize,
     /// Uploads awaiting a verdict (the store's count).
     pub awaiting_verdict: usize,
+    /// With PostgreSQL: the database's bytes and every server's stored
+    /// files' bytes, as last measured (they replace the local figures).
+    pub shared_sizes: Option<(u64, u64)>,
 }
 
 /// The server's metrics and, with `--metrics-listen`, their endpoint.
@@ -591,6 +594,14 @@ impl Metrics {
         self.verified
     }
 
+    /// Stored files were deleted (an administrator's removal): the running
+    /// files figure goes down by their bytes.
+    pub fn files_removed(&mut self, bytes: u64) {
+        if bytes > 0 {
+            self.h.files_size.dec_by(gauge_value(bytes));
+        }
+    }
+
     /// Uploads whose content is being received now.
     pub fn uploads_in_flight(&self) -> usize {
         self.in_flight.len()
@@ -606,8 +617,16 @@ impl Metrics {
             .set(gauge_value(self.in_flight.len() as u64));
         h.uploads_awaiting_verdict
             .set(gauge_value(view.awaiting_verdict as u64));
-        h.database_size
-            .set(gauge_value(database_size(&self.data_dir)));
+        match view.shared_sizes {
+            Some((db, files)) => {
+                h.database_size.set(gauge_value(db));
+                h.files_size.set(gauge_value(files));
+            }
+            None => {
+                h.database_size
+                    .set(gauge_value(database_size(&self.data_dir)));
+            }
+        }
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);

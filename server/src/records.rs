@@ -47,6 +47,15 @@ pub const MAX_FRESH_PER_CONN: usize = 4;
 /// number).
 const READ_TAG: u64 = 1 << 63;
 
+/// The tag of the metrics' size measurement ([`PgRecords::measure`]).
+const SIZES_TAG: u64 = u64::MAX;
+
+/// How often a server on PostgreSQL measures the database and the stored
+/// files for its metrics (`sealdrop_database_size_bytes`,
+/// `sealdrop_files_size_bytes`): two aggregate queries, so not at every
+/// scrape.
+pub const MEASURE_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The records of one server.
 #[derive(Debug)]
 pub enum Records {
@@ -124,6 +133,12 @@ pub struct PgRecords {
     in_flight: Vec<Op>,
     /// A finished commit job, until the store collects it.
     finished: Option<JobDone>,
+    /// The last measurement: the database's bytes and the stored files'.
+    sizes: Option<(u64, u64)>,
+    /// When the next measurement is due; `None` while one is out.
+    next_measure: Option<std::time::Instant>,
+    /// [`MEASURE_EVERY`] unless set otherwise.
+    measure_every: std::time::Duration,
 }
 
 impl std::fmt::Debug for PgRecords {
@@ -160,6 +175,9 @@ impl PgRecords {
             batch: Vec::new(),
             in_flight: Vec::new(),
             finished: None,
+            sizes: None,
+            next_measure: Some(std::time::Instant::now()),
+            measure_every: MEASURE_EVERY,
         }
     }
 
@@ -179,7 +197,16 @@ impl PgRecords {
             batch: Vec::new(),
             in_flight: Vec::new(),
             finished: None,
+            sizes: None,
+            next_measure: Some(std::time::Instant::now()),
+            measure_every: MEASURE_EVERY,
         }
+    }
+
+    /// How often [`PgRecords::measure`] measures (default
+    /// [`MEASURE_EVERY`]).
+    pub fn set_measure_every(&mut self, every: std::time::Duration) {
+        self.measure_every = every;
     }
 
     /// Starts the worker thread, which wakes the loop through `waker`
@@ -225,7 +252,7 @@ impl PgRecords {
             }
         }
         let tag = READ_TAG | self.next_read;
-        self.next_read = (self.next_read + 1) % READ_TAG;
+        self.next_read = (self.next_read + 1) % (READ_TAG - 1);
         let submitted = match &self.worker {
             Some(worker) => worker.submit(Job { tag, ops }),
             None => Err(PgError::WorkerGone),
@@ -354,12 +381,45 @@ impl PgRecords {
             let Some(done) = self.worker.as_ref().and_then(Worker::try_recv) else {
                 return;
             };
-            if done.tag >= READ_TAG {
+            if done.tag == SIZES_TAG {
+                self.sizes_arrived(done);
+            } else if done.tag >= READ_TAG {
                 self.read_arrived(done);
             } else {
                 self.finished = Some(done);
             }
         }
+    }
+
+    /// Sends the metrics' measurement if it is due at `now`
+    /// ([`MEASURE_EVERY`]).
+    pub fn measure(&mut self, now: std::time::Instant) {
+        if self.next_measure.is_none_or(|at| now < at) {
+            return;
+        }
+        let Some(worker) = &self.worker else {
+            return;
+        };
+        let job = Job {
+            tag: SIZES_TAG,
+            ops: vec![Op::Sizes],
+        };
+        self.next_measure = match worker.submit(job) {
+            Ok(()) => None,
+            Err(_) => Some(now + self.measure_every),
+        };
+    }
+
+    fn sizes_arrived(&mut self, done: JobDone) {
+        if let Some(Ok(Reply::Sizes(db, files))) = done.results.into_iter().next() {
+            self.sizes = Some((db, files));
+        }
+        self.next_measure = Some(std::time::Instant::now() + self.measure_every);
+    }
+
+    /// The last measurement of the database's and the stored files' bytes.
+    pub fn sizes(&self) -> Option<(u64, u64)> {
+        self.sizes
     }
 
     fn read_arrived(&mut self, done: JobDone) {
@@ -486,7 +546,9 @@ impl PgRecords {
                 return None;
             }
             let done = self.worker.as_ref()?.recv_timeout(left)?;
-            if done.tag >= READ_TAG {
+            if done.tag == SIZES_TAG {
+                self.sizes_arrived(done);
+            } else if done.tag >= READ_TAG {
                 self.read_arrived(done);
             } else {
                 self.in_flight.clear();
@@ -730,6 +792,14 @@ impl Records {
 
     /// The PostgreSQL records, if that is where they are.
     pub fn pg(&mut self) -> Option<&mut PgRecords> {
+        match self {
+            Records::Sqlite(_) => None,
+            Records::Pg(pg) => Some(pg),
+        }
+    }
+
+    /// The PostgreSQL records, if that is where they are (to read).
+    pub fn pg_ref(&self) -> Option<&PgRecords> {
         match self {
             Records::Sqlite(_) => None,
             Records::Pg(pg) => Some(pg),

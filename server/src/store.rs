@@ -112,6 +112,10 @@ pub struct StoreConfig {
     /// (PostgreSQL only): its temporary files carry it, so each server
     /// cleans up only its own. `None`: the host name.
     pub server_id: Option<String>,
+    /// PostgreSQL: how often the database and the stored files are
+    /// measured for the metrics. Default [`crate::records::MEASURE_EVERY`]
+    /// (15 s).
+    pub measure_every: Duration,
 }
 
 impl Default for StoreConfig {
@@ -124,6 +128,7 @@ impl Default for StoreConfig {
             quota: Quota::UNLIMITED,
             database: DatabaseUrl::default(),
             server_id: None,
+            measure_every: crate::records::MEASURE_EVERY,
         }
     }
 }
@@ -304,6 +309,9 @@ pub struct DiskStore {
     batch_no: u64,
     /// The commit on its way to PostgreSQL.
     in_flight: Option<InFlight>,
+    /// Bytes of stored files deleted after commits, not yet taken by the
+    /// metrics.
+    removed_bytes: u64,
     /// The only list of uploads awaiting a verdict.
     pending: PendingSet<PendingFile>,
     /// Accepted uploads waiting for the next commit.
@@ -558,6 +566,7 @@ impl DiskStore {
             .map_err(|e| StoreError::Invalid(format!("server id {server_id:?}: {e}")))?;
         let connected = crate::pg::Connected::open(url, crate::pg::Settings::default())?;
         let mut pg = PgRecords::new(connected);
+        pg.set_measure_every(config.measure_every);
         // Only this server's temporary files, and only those that are not
         // a stored file a client happened to name that way.
         let candidates = std::cell::RefCell::new(Vec::new());
@@ -644,6 +653,7 @@ impl DiskStore {
             server_id: None,
             batch_no: 0,
             in_flight: None,
+            removed_bytes: 0,
             placing: Vec::new(),
             fs_handle,
             fs_syncs: 0,
@@ -685,6 +695,7 @@ impl DiskStore {
             server_id: None,
             batch_no: 0,
             in_flight: None,
+            removed_bytes: 0,
             placing: Vec::new(),
             fs_handle: None,
             fs_syncs: 0,
@@ -972,6 +983,18 @@ impl DiskStore {
     /// The records, wherever they are.
     pub fn records(&self) -> &Records {
         &self.db
+    }
+
+    /// With PostgreSQL, the last measurement of the database's bytes and
+    /// the stored files' bytes (all servers'), for the metrics.
+    pub fn shared_sizes(&self) -> Option<(u64, u64)> {
+        self.db.pg_ref().and_then(PgRecords::sizes)
+    }
+
+    /// Bytes of stored files an administrator's removals deleted since the
+    /// last call (the metrics' running files figure goes down by them).
+    pub fn take_removed_bytes(&mut self) -> u64 {
+        std::mem::take(&mut self.removed_bytes)
     }
 
     /// Number of registered clients (SQLite only; PostgreSQL: an error).
@@ -1489,6 +1512,9 @@ impl Store for DiskStore {
     fn housekeeping(&mut self, now: Instant, wall: SystemTime) {
         self.wall_anchor = Some((now, wall));
         self.expire_orphans(now);
+        if let Some(pg) = self.db.pg() {
+            pg.measure(now);
+        }
     }
 
     fn forget_client(
@@ -1669,7 +1695,7 @@ impl DiskStore {
             };
         }
         self.since_start.add(Outcome::Verified, placed.len() as u64);
-        unlink_files(unlink, remove_dirs);
+        self.removed_bytes += unlink_files(unlink, remove_dirs);
         for (_, p) in &placed {
             log::debug!(
                 "stored {}: {} bytes, cksum {}, verified",
@@ -1752,11 +1778,17 @@ impl DiskStore {
 pub const EXIT_COMMIT_WAIT: Duration = Duration::from_secs(20);
 
 /// After a successful commit: the files an administrator removed, then
-/// their folders if empty (an upload may still be arriving there).
-fn unlink_files(unlink: Vec<PathBuf>, remove_dirs: Vec<PathBuf>) {
+/// their folders if empty (an upload may still be arriving there). The
+/// bytes deleted.
+fn unlink_files(unlink: Vec<PathBuf>, remove_dirs: Vec<PathBuf>) -> u64 {
+    let mut bytes = 0;
     for path in unlink {
+        let size = std::fs::symlink_metadata(&path).map_or(0, |m| m.len());
         match std::fs::remove_file(&path) {
-            Ok(()) => log::info!("deleted {}", path.display()),
+            Ok(()) => {
+                bytes += size;
+                log::info!("deleted {}", path.display());
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => log::warn!("cannot delete {}: {e}", path.display()),
         }
@@ -1764,6 +1796,7 @@ fn unlink_files(unlink: Vec<PathBuf>, remove_dirs: Vec<PathBuf>) {
     for dir in remove_dirs {
         let _ = std::fs::remove_dir(&dir);
     }
+    bytes
 }
 
 impl Drop for DiskStore {

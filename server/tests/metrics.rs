@@ -214,6 +214,34 @@ fn a_restart_counts_the_stored_files_once_and_an_abandoned_upload() {
 }
 
 #[test]
+fn an_administrators_deletion_takes_the_file_out_of_the_files_figure() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let (client, mut conn) = Client::setup(server.addr(), &unique_name("del"));
+    client.upload_verified(&mut conn, "kept.bin", &random_bytes(5, 5000));
+    client.upload_verified(&mut conn, "gone.bin", &random_bytes(6, 3000));
+    let files = || value(&scrape(metrics), "sealdrop_files_size_bytes");
+    assert!(wait_until(WAIT, || files() == 8000.0), "{}", files());
+    // `files delete` as the command sends it to the running server.
+    let mut sock =
+        std::os::unix::net::UnixStream::connect(dir.path().join("control.sock")).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let request = format!(
+        "{{\"op\":\"delete\",\"client\":\"{}\",\"file\":\"gone.bin\"}}\n",
+        client.id.to_hex()
+    );
+    sock.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(&sock)
+        .read_line(&mut answer)
+        .unwrap();
+    assert!(answer.contains("\"ok\":true"), "{answer}");
+    assert!(wait_until(WAIT, || files() == 5000.0), "{}", files());
+    server.stop().unwrap();
+}
+
+#[test]
 fn silent_and_endless_scrapers_neither_delay_an_upload_nor_outstay_their_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let (server, metrics) = start(dir.path());

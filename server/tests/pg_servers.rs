@@ -296,6 +296,53 @@ fn a_starting_server_leaves_another_servers_upload_in_flight_alone() {
 }
 
 #[test]
+fn every_servers_metrics_count_the_files_all_of_them_stored() {
+    let Some(cluster) = shared() else { return };
+    let url = fresh_db(cluster);
+    let dir = tempfile::tempdir().unwrap();
+    let s: Vec<Running> = (0..2)
+        .map(|i| {
+            let mut settings = settings(&url, dir.path(), &format!("m{i}"));
+            settings.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+            settings.store.measure_every = Duration::from_millis(200);
+            inprocess::spawn(settings).unwrap()
+        })
+        .collect();
+    let mut alice = keyed("alice", s[0].addr());
+    let mut c = alice.connect(s[0].addr());
+    alice.reconnect(&mut c);
+    alice.upload_verified(&mut c, "one.bin", &[1u8; 3000]);
+    let mut c = alice.connect(s[1].addr());
+    alice.reconnect(&mut c);
+    alice.upload_verified(&mut c, "two.bin", &[2u8; 2000]);
+    for server in &s {
+        let addr = server.metrics_addr().unwrap();
+        let files = || scrape_value(addr, "sealdrop_files_size_bytes");
+        assert!(
+            sealdrop_testkit::util::wait_until(Duration::from_secs(20), || files() == 5000.0),
+            "{} counts {} bytes",
+            addr,
+            files()
+        );
+        assert!(scrape_value(addr, "sealdrop_database_size_bytes") > 0.0);
+    }
+}
+
+/// One sample of `GET /metrics`.
+fn scrape_value(addr: SocketAddr, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    sealdrop_server::metrics::parse_samples(body.split_once("\r\n\r\n").unwrap().1)
+        .get(name)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+#[test]
 fn sqlite_and_postgresql_servers_never_share_a_data_directory() {
     let Some(cluster) = shared() else { return };
     let url = fresh_db(cluster);

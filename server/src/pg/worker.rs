@@ -246,6 +246,10 @@ pub enum Op {
     },
     /// Write: add to the lifetime counters (name, delta).
     AddCounters(Vec<(String, u64)>),
+    /// Read: the database's size on disk and the stored files' bytes
+    /// (verified files' recorded sizes), for the metrics
+    /// ([`Reply::Sizes`]).
+    Sizes,
     /// Write, and a file system change: an accepted upload, its content
     /// synced at `from`, is renamed over its final path `to` (its folder
     /// then fsynced), and recorded as verified with its size and cksum,
@@ -295,6 +299,7 @@ impl Op {
             Op::SetQuota { .. } => "set quota",
             Op::AddCounters(_) => "add to counters",
             Op::PlaceVerified { .. } => "place and record verified file",
+            Op::Sizes => "measure database and files",
         }
     }
 
@@ -306,7 +311,8 @@ impl Op {
             | Op::ClientCount
             | Op::File { .. }
             | Op::FilesOf(_)
-            | Op::QuotaOf(_) => 0,
+            | Op::QuotaOf(_)
+            | Op::Sizes => 0,
             Op::RegisterClient {
                 replace: Some(_), ..
             }
@@ -335,7 +341,7 @@ impl std::fmt::Debug for Op {
             Op::ClientByName(name) | Op::RegisterClient { name, .. } => {
                 write!(f, "{}({name:?})", self.name())
             }
-            Op::ClientCount => f.write_str(self.name()),
+            Op::ClientCount | Op::Sizes => f.write_str(self.name()),
             Op::File { id, file_name }
             | Op::AddUnverifiedFile { id, file_name, .. }
             | Op::MarkVerified { id, file_name, .. }
@@ -362,6 +368,8 @@ pub enum Reply {
     Files(Vec<(FileRow, Option<u64>)>),
     /// `QuotaOf`.
     Quota(QuotaOverride),
+    /// `Sizes`: the database's bytes, the stored files' bytes.
+    Sizes(u64, u64),
     /// A write: the rows it changed (0 for a `Touch` that found LastSeen
     /// already right or an unknown id, for a delete of nothing, ...).
     Written(u64),
@@ -433,6 +441,7 @@ struct Statements {
     set_quota: Statement,
     add_counter: Statement,
     lock_file: Statement,
+    sizes: Statement,
 }
 
 impl Statements {
@@ -476,6 +485,10 @@ impl Statements {
                           ON CONFLICT (ID) DO UPDATE \
                           SET MaxBytes = EXCLUDED.MaxBytes, MaxFiles = EXCLUDED.MaxFiles")?,
             lock_file: p("SELECT pg_advisory_xact_lock($1)")?,
+            sizes: p("SELECT pg_database_size(current_database()), \
+                      (SELECT coalesce(sum(m.Size), 0)::bigint FROM file_meta m \
+                       JOIN files f ON f.ID = m.ID AND f.FileName = m.FileName \
+                       WHERE f.Verified = 1)")?,
             add_counter: p("INSERT INTO counters (Name, Value) VALUES ($1, $2) \
                             ON CONFLICT (Name) DO UPDATE SET Value = counters.Value + EXCLUDED.Value")?,
         })
@@ -1137,6 +1150,11 @@ fn run_op(
                 )
                 .map_err(err)?;
             written(n)
+        }
+        Op::Sizes => {
+            let row = c.query_one(&s.sizes, &[]).map_err(err)?;
+            let (db, files): (i64, i64) = (row.get(0), row.get(1));
+            Ok(Ok(Reply::Sizes(db.unsigned_abs(), files.unsigned_abs())))
         }
         Op::AddCounters(deltas) => {
             let mut n = 0;
