@@ -761,6 +761,7 @@ mod tests {
     const VIEW: LoopView = LoopView {
         open_connections: 3,
         awaiting_verdict: 1,
+        shared_sizes: None,
     };
 
     #[test]
