@@ -414,9 +414,12 @@ fn record_missing_sizes(db: &mut Db, data_dir: &Path) -> Result<(), StoreError> 
 /// flight as its own leftovers).
 fn lock_data_dir(data_dir: &Path, shared: bool) -> Result<std::fs::File, StoreError> {
     let path = data_dir.join(LOCK_FILE_NAME);
+    // Readable too: on NFS a shared flock becomes a POSIX read lock,
+    // which needs a descriptor open for reading.
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(&path)
         .map_err(|e| io_err("open the lock file", e))?;
