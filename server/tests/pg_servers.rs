@@ -168,27 +168,34 @@ fn a_name_registered_on_two_servers_at_once_goes_to_exactly_one() {
 }
 
 #[test]
-fn two_hundred_clients_spread_over_three_servers_are_all_verified() {
+fn two_hundred_concurrent_clients_spread_over_three_servers_are_all_verified() {
     let Some(cluster) = shared() else { return };
     let url = fresh_db(cluster);
     let dir = tempfile::tempdir().unwrap();
     let s = servers(&url, dir.path(), 3);
     let addrs: Arc<Vec<SocketAddr>> = Arc::new(s.iter().map(Running::addr).collect());
     const CLIENTS: usize = 200;
-    const THREADS: usize = 20;
-    let threads: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let addrs = addrs.clone();
-            std::thread::spawn(move || {
-                for i in (t..CLIENTS).step_by(THREADS) {
+    // All at once: every client holds its connections while the others
+    // register and upload.
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (addrs, barrier) = (addrs.clone(), barrier.clone());
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    let mut client = Client::new(&format!("client{i:03}"));
+                    let mut first = client.connect(addrs[i % addrs.len()]);
+                    let mut second = client.connect(addrs[(i + 1) % addrs.len()]);
+                    barrier.wait();
                     // Register on one server, upload through the next.
-                    let mut client = keyed(&format!("client{i:03}"), addrs[i % addrs.len()]);
-                    let mut c = client.connect(addrs[(i + 1) % addrs.len()]);
-                    client.reconnect(&mut c);
+                    client.register(&mut first);
+                    client.exchange_key(&mut first);
+                    client.reconnect(&mut second);
                     let data = format!("file of client {i}\n").repeat(i + 1);
-                    client.upload_verified(&mut c, "data.txt", data.as_bytes());
-                }
-            })
+                    client.upload_verified(&mut second, "data.txt", data.as_bytes());
+                })
+                .unwrap()
         })
         .collect();
     for t in threads {
