@@ -196,7 +196,6 @@ pub fn check_stored(server: &Server, json: &str, file: &BigFile) -> Res<()> {
     let id = json_str(json, "client_id").ok_or("client printed no client_id")?;
     let stored = server
         .data
-        .path()
         .join("files")
         .join(id.to_lowercase())
         .join("big.bin");

@@ -5,6 +5,7 @@
 
 mod e2e;
 mod idle;
+mod pg;
 mod procs;
 mod profile;
 mod proto;
@@ -43,7 +44,7 @@ usage: sealdrop-bench [--quick] [--profile] [--no-build] [--only STEPS]
                server) and small sessions under strace -c, and print the results
   --no-build   do not run `cargo build --release -p sealdrop-server -p sealdrop-client`
                first; use the binaries next to this executable as they are
-  --only STEPS comma-separated subset of: e2e,sessions,crowd,idle,big
+  --only STEPS comma-separated subset of: e2e,sessions,crowd,idle,big,pg
 
 Every step is bounded in time and kills the processes it starts. Temporary
 files go under $TMPDIR (default /tmp), which should be on the disk under test.";
@@ -67,6 +68,11 @@ struct Plan {
     crowd_clients: usize,
     crowd_size: usize,
     big_size: u64,
+    pg_rounds: usize,
+    pg_threads: usize,
+    pg_limit: Duration,
+    pg_large_clients: usize,
+    pg_large_size: u64,
 }
 
 impl Plan {
@@ -111,6 +117,11 @@ impl Plan {
             crowd_clients: if quick { 200 } else { 1000 },
             crowd_size: MIB as usize,
             big_size: if quick { 256 * MIB } else { MAX_PLAINTEXT_SIZE },
+            pg_rounds: 2,
+            pg_threads: 32,
+            pg_limit: Duration::from_secs(if quick { 2 } else { 5 }),
+            pg_large_clients: 4,
+            pg_large_size: if quick { 32 * MIB } else { 256 * MIB },
         })
     }
 
@@ -176,7 +187,7 @@ fn run(plan: &Plan) -> Res<()> {
         .notes
         .push(format!("open-file limit of the bench: {nofile}"));
 
-    let keys = if ["e2e", "sessions", "crowd", "big"]
+    let keys = if ["e2e", "sessions", "crowd", "big", "pg"]
         .iter()
         .any(|s| plan.runs(s))
     {
@@ -217,8 +228,12 @@ fn run(plan: &Plan) -> Res<()> {
     if plan.runs("big") {
         steps.push(("big", step_big(plan, &bins, &base, &keys)));
     }
-    // The table keeps the order of the issue: e2e, sessions, idle, crowd, big.
-    let order = ["setup", "e2e", "sessions", "idle", "crowd", "big"];
+    if plan.runs("pg") {
+        steps.push(("pg", step_pg(plan, &bins, &base, &keys)));
+    }
+    // The table keeps the order of the issues: e2e, sessions, idle, crowd,
+    // big, then the servers on PostgreSQL (issue 17).
+    let order = ["setup", "e2e", "sessions", "idle", "crowd", "big", "pg"];
     steps.sort_by_key(|(name, _)| order.iter().position(|o| o == name));
     print_report(
         plan,
@@ -682,7 +697,7 @@ fn sessions_inner(
     step: &mut Step,
 ) -> Res<()> {
     let ref_dir = tempdir(
-        server.data.path().parent().unwrap_or(Path::new(".")),
+        server.data.parent().unwrap_or(Path::new(".")),
         "sealdrop-bench-fsync-",
     )?;
     // Reference loop, sequential and concurrent batches in turns, so drift
@@ -1130,6 +1145,200 @@ fn big_inner(
     step.breakdown
         .push(format!("{rev}: {}", sys.describe(total(srv) + total(me))));
     Ok(BigRun { mbps })
+}
+
+// ---------------------------------------------------------------------------
+// two servers on PostgreSQL vs one on SQLite
+// ---------------------------------------------------------------------------
+
+/// The servers of one side of the comparison, and what keeps them up.
+struct Side {
+    servers: Vec<Server>,
+    /// The shared data directory (PostgreSQL side only).
+    _data: Option<tempfile::TempDir>,
+}
+
+impl Side {
+    fn addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.servers.iter().map(|s| s.addr).collect()
+    }
+
+    fn cpu(&self) -> f64 {
+        self.servers.iter().map(|s| total(s.cpu())).sum()
+    }
+
+    fn check_alive(&mut self) -> Res<()> {
+        self.servers.iter_mut().try_for_each(Server::check_alive)
+    }
+}
+
+/// What one side measured.
+#[derive(Default)]
+struct PgFigures {
+    sessions: Vec<sessions::Rate>,
+    server_cpu: f64,
+    mbps: Option<f64>,
+}
+
+fn step_pg(plan: &Plan, bins: &Binaries, base: &Path, keys: &[Key]) -> Step {
+    let mut step = Step::default();
+    let what_s =
+        "sessions/s (1025, 1026, 1028 of 1 KiB, 1029), 2 servers on PostgreSQL vs 1 on SQLite";
+    let what_m = format!(
+        "{} x {} uploads at once, 2 servers on PostgreSQL vs 1 on SQLite",
+        plan.pg_large_clients,
+        size_label(plan.pg_large_size)
+    );
+    let skip = |step: &mut Step, why: &str| {
+        step.rows
+            .push(Row::skipped(what_s, "1/s", Target::None, why.to_owned()));
+        step.rows
+            .push(Row::skipped(&what_m, "MB/s", Target::None, why.to_owned()));
+    };
+    if keys.is_empty() {
+        skip(&mut step, "no client keys");
+        return step;
+    }
+    progress("pg: starting a throw-away PostgreSQL cluster (fsync on)");
+    let cluster =
+        match sealdrop_testkit::pg::PgCluster::start_with(sealdrop_testkit::pg::PgOptions {
+            fsync: true,
+            ..sealdrop_testkit::pg::PgOptions::default()
+        }) {
+            Some(c) => c,
+            None => {
+                skip(
+                    &mut step,
+                    "PostgreSQL not found (install postgresql; initdb and pg_ctl are looked up in \
+                 $SEALDROP_PG_BIN, /usr/lib/postgresql/*/bin, pg_config --bindir, PATH)",
+                );
+                return step;
+            }
+        };
+    step.notes.push(format!(
+        "pg: throw-away cluster of {} on 127.0.0.1:{}, fsync on, database bench",
+        cluster.version(),
+        cluster.port()
+    ));
+    match pg_inner(plan, bins, base, keys, &cluster, &mut step, what_s, &what_m) {
+        Ok(()) => {}
+        Err(e) => {
+            step.rows.clear();
+            skip(&mut step, &e);
+        }
+    }
+    progress("pg: stopping the cluster");
+    drop(cluster);
+    progress("pg: done");
+    step
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pg_inner(
+    plan: &Plan,
+    bins: &Binaries,
+    base: &Path,
+    keys: &[Key],
+    cluster: &sealdrop_testkit::pg::PgCluster,
+    step: &mut Step,
+    what_s: &str,
+    what_m: &str,
+) -> Res<()> {
+    let url = cluster.create_database("bench");
+    let sqlite = Side {
+        servers: vec![Server::start(&bins.server, base)?],
+        _data: None,
+    };
+    let shared = tempdir(base, "sealdrop-bench-pgdata-")?;
+    let pg_side = Side {
+        servers: (0..2)
+            .map(|i| {
+                Server::start_shared(
+                    &bins.server,
+                    shared.path(),
+                    &["--database", &url, "--server-id", &format!("bench{i}")],
+                )
+            })
+            .collect::<Res<Vec<_>>>()?,
+        _data: Some(shared),
+    };
+    let mut sides = [("SQLite", sqlite), ("PostgreSQL", pg_side)];
+    let mut figures = [PgFigures::default(), PgFigures::default()];
+    // Turns: each round runs the SQLite side, then the PostgreSQL side,
+    // so drift on a shared machine hits both alike.
+    for round in 0..plan.pg_rounds {
+        for (k, (name, side)) in sides.iter_mut().enumerate() {
+            progress(&format!(
+                "pg: round {}/{}: new-client sessions on {name}, {} threads",
+                round + 1,
+                plan.pg_rounds,
+                plan.pg_threads
+            ));
+            let cpu0 = side.cpu();
+            let rate = pg::new_client_sessions(
+                &side.addrs(),
+                keys,
+                &format!("r{round}"),
+                plan.pg_threads,
+                usize::MAX,
+                plan.pg_limit,
+            )?;
+            figures[k].server_cpu += side.cpu() - cpu0;
+            figures[k].sessions.push(rate);
+            side.check_alive()?;
+        }
+    }
+    for (k, (name, side)) in sides.iter_mut().enumerate() {
+        progress(&format!(
+            "pg: {} uploads of {} at once on {name}",
+            plan.pg_large_clients,
+            size_label(plan.pg_large_size)
+        ));
+        let addrs = side.addrs();
+        let clients = (0..plan.pg_large_clients)
+            .map(|i| {
+                proto::register(
+                    addrs[i % addrs.len()],
+                    &format!("large-{i}"),
+                    &keys[i % keys.len()],
+                )
+            })
+            .collect::<Res<Vec<_>>>()?;
+        figures[k].mbps = Some(pg::large_uploads(&addrs, &clients, plan.pg_large_size)?);
+        side.check_alive()?;
+    }
+    let rate = |f: &PgFigures| sessions::Rate::sum(&f.sessions);
+    let (sq, pgr) = (rate(&figures[0]), rate(&figures[1]));
+    let mut row = Row::info(what_s, pgr.per_sec(), "1/s")
+        .reference(format!("1 server on SQLite {}/s", num(sq.per_sec())));
+    row.ratio = (sq.per_sec() > 0.0).then(|| pgr.per_sec() / sq.per_sec());
+    step.rows.push(row);
+    if let (Some(sq_m), Some(pg_m)) = (figures[0].mbps, figures[1].mbps) {
+        let mut row = Row::info(what_m, pg_m, "MB/s")
+            .reference(format!("1 server on SQLite {} MB/s", num(sq_m)));
+        row.ratio = (sq_m > 0.0).then(|| pg_m / sq_m);
+        step.rows.push(row);
+    }
+    for (k, (name, _)) in sides.iter().enumerate() {
+        let r = rate(&figures[k]);
+        step.breakdown.push(format!(
+            "{name}: {} new-client sessions in {:.1} s over {} turns; sealdrop-server CPU \
+             {:.2} ms per session (PostgreSQL's own processes not counted)",
+            r.count,
+            r.elapsed.as_secs_f64(),
+            plan.pg_rounds,
+            1000.0 * figures[k].server_cpu / r.count.max(1) as f64
+        ));
+    }
+    progress("pg: stopping the servers, removing their data");
+    drop(sides);
+    step.notes.push(format!(
+        "pg: {} threads of new clients, each session 1025, 1026, 1028 of 1 KiB, 1029, client N \
+         on server N mod 2; {} s per side per turn",
+        plan.pg_threads,
+        plan.pg_limit.as_secs()
+    ));
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

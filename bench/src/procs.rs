@@ -290,8 +290,12 @@ pub struct Server {
     guard: Guard,
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Its data directory (removed after the server is killed).
-    pub data: tempfile::TempDir,
+    /// Its data directory.
+    pub data: PathBuf,
+    /// The data directory's guard when the server has one of its own
+    /// (removed after the server is killed); `None` when servers share
+    /// one ([`Server::start_shared`]).
+    _own_data: Option<tempfile::TempDir>,
     log: Arc<Mutex<VecDeque<String>>>,
 }
 
@@ -302,10 +306,19 @@ impl Server {
             .prefix("sealdrop-bench-data-")
             .tempdir_in(base)
             .map_err(|e| format!("cannot create a data dir in {}: {e}", base.display()))?;
+        let mut server = Server::start_shared(bin, data.path(), &[])?;
+        server._own_data = Some(data);
+        Ok(server)
+    }
+
+    /// Starts the server on data directory `data` (which the caller
+    /// keeps, and other servers may share) with `extra` flags.
+    pub fn start_shared(bin: &Path, data: &Path, extra: &[&str]) -> Res<Server> {
         let mut cmd = Command::new(bin);
         cmd.args(["--listen", "127.0.0.1:0", "--max-connections", "20000"])
             .args(["--log-level", "info", "--data-dir"])
-            .arg(data.path())
+            .arg(data)
+            .args(extra)
             .env_remove("RUST_LOG")
             .env_remove("LISTEN_FDS")
             .env_remove("NOTIFY_SOCKET")
@@ -331,7 +344,8 @@ impl Server {
         Ok(Server {
             guard,
             addr,
-            data,
+            data: data.to_path_buf(),
+            _own_data: None,
             log,
         })
     }

@@ -252,6 +252,28 @@ impl Server {
         s
     }
 
+    /// Starts a server on an existing data directory `data` (one that
+    /// other servers share: PostgreSQL mode), with a temporary folder of
+    /// its own for its working directory, and waits until it listens.
+    pub fn start_in(data: &Path, opts: ServerOpts) -> Server {
+        let tmp = tempfile::Builder::new()
+            .prefix("sealdrop-test-")
+            .tempdir()
+            .expect("temporary directory");
+        let mut s = Server {
+            child: None,
+            exit: None,
+            tmp,
+            data: DataDir::new(data),
+            opts,
+            addr: None,
+            log: Arc::new(Mutex::new(LogBuf::default())),
+        };
+        s.spawn();
+        s.wait_listening();
+        s
+    }
+
     /// Creates the temporary folder, runs `prepare(data_dir)` (to seed a
     /// database or mount something), then spawns the server without
     /// waiting for it.

@@ -1,0 +1,204 @@
+//! Several `sealdrop-server` processes on one PostgreSQL database and one
+//! data directory (issue 17): what needs real processes, a server killed
+//! with `kill -9` mid-upload while the others keep serving, and its
+//! restart under the same `--server-id`. The in-process tests of the same
+//! mode are in pg_servers.rs. Where PostgreSQL is not installed the test
+//! prints "skipped: PostgreSQL not found (install postgresql)" and passes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use sealdrop_protocol::cksum::cksum;
+use sealdrop_protocol::message::Response;
+use sealdrop_server::files;
+use sealdrop_testkit::pg::PgCluster;
+
+/// How long a part file may take to appear or go.
+const FS_WAIT: Duration = Duration::from_secs(20);
+
+/// A server process on the shared database and data directory.
+fn start(url: &str, data: &Path, id: &str) -> Server {
+    Server::start_in(
+        data,
+        ServerOpts::args(&["--database", url, "--server-id", id]),
+    )
+}
+
+/// The temporary files in `dir` that belong to server `id`.
+fn parts_of(dir: &Path, id: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|f| files::part_owner(&f.file_name().to_string_lossy()) == Some(Some(id)))
+        .map(|f| f.path())
+        .collect()
+}
+
+/// A client registered (and keyed) through `register_on`, then connected
+/// and reconnected through `upload_on`.
+fn client_on(name: &str, register_on: &Server, upload_on: &Server) -> (Client, Conn) {
+    let mut client = Client::new(name);
+    let mut c = client.connect(register_on.addr());
+    client.register(&mut c);
+    client.exchange_key(&mut c);
+    drop(c);
+    let mut c = client.connect(upload_on.addr());
+    assert!(matches!(
+        client.reconnect(&mut c),
+        Response::ReconnectAccepted { .. }
+    ));
+    (client, c)
+}
+
+#[test]
+fn a_server_killed_mid_upload_loses_only_its_own_upload_and_cleans_it_at_restart() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let db = "procs";
+    let url = cluster.create_database(db);
+    let (_tmp, data) = temp_data_dir();
+    let mut s: Vec<Server> = (0..3)
+        .map(|i| start(&url, &data, &format!("p{i}")))
+        .collect();
+
+    // Clients register on one server and upload through the next; every
+    // file is verified before the kill.
+    let mut stored: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    for i in 0..6 {
+        let (client, mut c) = client_on(&format!("before{i}"), &s[i % 3], &s[(i + 1) % 3]);
+        let bytes = random_bytes(i as u64, 50_000 + i * 1000);
+        client.upload_verified(&mut c, "before.bin", &bytes);
+        stored.push((files::final_path(&data, &client.id, "before.bin"), bytes));
+    }
+
+    // An upload in flight through p0 (it must survive p2's restart) and
+    // one through p2 (it dies with p2): half a file frame each.
+    let (bystander, mut by_conn) = client_on("bystander", &s[1], &s[0]);
+    let by_data = random_bytes(100, 1 << 20);
+    let by_frame = bystander.file_frame("flight.bin", &by_data);
+    by_conn.send(&by_frame[..by_frame.len() / 2]);
+    let by_dir = files::client_dir(&data, &bystander.id);
+
+    let (mut victim, mut victim_conn) = client_on("victim", &s[0], &s[2]);
+    let victim_data = random_bytes(200, 1 << 20);
+    let victim_frame = victim.file_frame("lost.bin", &victim_data);
+    victim_conn.send(&victim_frame[..victim_frame.len() / 2]);
+    let victim_dir = files::client_dir(&data, &victim.id);
+
+    assert!(
+        wait_until(FS_WAIT, || parts_of(&by_dir, "p0").len() == 1
+            && parts_of(&victim_dir, "p2").len() == 1),
+        "no temporary files of p0 and p2: {:?} {:?}\n{}",
+        parts_of(&by_dir, "p0"),
+        parts_of(&victim_dir, "p2"),
+        s[2].log_tail(20)
+    );
+    let victim_part = parts_of(&victim_dir, "p2").remove(0);
+    let by_part = parts_of(&by_dir, "p0").remove(0);
+
+    s[2].signal("KILL");
+    assert!(
+        s[2].wait_exit(Duration::from_secs(10)).is_some(),
+        "p2 did not die on SIGKILL"
+    );
+    drop(victim_conn);
+
+    // The other two keep serving: new clients register and upload through
+    // them while p2 is dead.
+    for i in 0..4 {
+        let (client, mut c) = client_on(&format!("during{i}"), &s[i % 2], &s[(i + 1) % 2]);
+        let bytes = random_bytes(1000 + i as u64, 30_000);
+        client.upload_verified(&mut c, "during.bin", &bytes);
+        stored.push((files::final_path(&data, &client.id, "during.bin"), bytes));
+    }
+    // Nobody cleaned the dead server's temporary file, and nothing was
+    // recorded for it.
+    assert!(
+        victim_part.exists(),
+        "p2's temporary file went before p2 restarted"
+    );
+    assert_eq!(
+        cluster
+            .psql(
+                db,
+                "SELECT count(*) FROM files WHERE FileName IN ('lost.bin', 'flight.bin')"
+            )
+            .trim(),
+        "0"
+    );
+
+    // p2 restarts under its id: its start-up clean-up removes its own
+    // temporary file, and only that one.
+    s[2].start_again();
+    assert!(
+        wait_until(FS_WAIT, || !victim_part.exists()),
+        "p2's temporary file {} is still there after its restart\n{}",
+        victim_part.display(),
+        s[2].log_tail(20)
+    );
+    assert!(
+        by_part.exists(),
+        "p2's restart removed p0's upload in flight"
+    );
+
+    // The upload in flight through p0 completes.
+    by_conn.send(&by_frame[by_frame.len() / 2..]);
+    let r = by_conn.recv();
+    bystander.check_received(&r, "flight.bin", by_data.len() as u64, cksum(&by_data));
+    bystander.verify(&mut by_conn, "flight.bin");
+    stored.push((
+        files::final_path(&data, &bystander.id, "flight.bin"),
+        by_data,
+    ));
+    drop(by_conn);
+
+    // The victim uploads again through the restarted p2.
+    let mut c = victim.connect(s[2].addr());
+    assert!(matches!(
+        victim.reconnect(&mut c),
+        Response::ReconnectAccepted { .. }
+    ));
+    victim.upload_verified(&mut c, "lost.bin", &victim_data);
+    stored.push((
+        files::final_path(&data, &victim.id, "lost.bin"),
+        victim_data,
+    ));
+
+    // Every verified file is intact on disk and recorded once; no
+    // temporary file is left.
+    for (path, bytes) in &stored {
+        assert_eq!(
+            &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+            bytes,
+            "{} differs",
+            path.display()
+        );
+    }
+    assert_eq!(
+        cluster
+            .psql(db, "SELECT count(*) FROM files WHERE Verified = 1")
+            .trim(),
+        stored.len().to_string()
+    );
+    for server in &mut s {
+        server.assert_alive();
+    }
+    let mut leftover = Vec::new();
+    for dir in std::fs::read_dir(files::files_root(&data))
+        .unwrap()
+        .flatten()
+    {
+        for id in ["p0", "p1", "p2"] {
+            leftover.extend(parts_of(&dir.path(), id));
+        }
+    }
+    assert!(leftover.is_empty(), "temporary files left: {leftover:?}");
+    for server in &mut s {
+        server.stop();
+    }
+}
