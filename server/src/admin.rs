@@ -9,6 +9,14 @@
 //! they take the data directory's lock themselves and apply the same
 //! change directly ([`control::apply`]), then commit it.
 //!
+//! With the records in PostgreSQL (`--database postgres://…`) several
+//! servers may run, on several machines: reads come from one read-only
+//! snapshot ([`crate::pg::admin`]); a change is made by the command in one
+//! transaction, after every server answering on a `control.*.sock` in the
+//! data directory was told to withdraw the uploads concerned (and told
+//! again after the commit), and files go from the shared tree once it
+//! committed.
+//!
 //! Exit status: [`EXIT_OK`], [`EXIT_ERROR`], [`EXIT_FINDINGS`] (verify),
 //! [`EXIT_NOT_FOUND`].
 

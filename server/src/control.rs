@@ -631,6 +631,18 @@ mod tests {
     }
 
     #[test]
+    fn withdraw_is_refused_by_a_server_on_sqlite() {
+        // On SQLite the server makes every change itself: an outside
+        // "withdraw" would only cut uploads off.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = DiskStore::open(dir.path(), crate::store::StoreConfig::default()).unwrap();
+        let req = json!({"op": "withdraw", "client": "00112233445566778899aabbccddeeff"});
+        let e = apply(&mut store, &req, Instant::now(), None).unwrap_err();
+        assert!(!e.not_found);
+        assert!(e.message.contains("PostgreSQL"), "{}", e.message);
+    }
+
+    #[test]
     fn tokens_of_the_control_socket_are_its_own() {
         assert!(owns(LISTENER));
         assert!(owns(Token(LISTENER.0 + MAX_CONNECTIONS)));
