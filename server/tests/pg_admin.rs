@@ -408,3 +408,43 @@ fn a_database_without_sealdrop_tables_is_an_error() {
     assert!(out.stderr.contains("no sealdrop tables"), "{out:?}");
     assert!(out.json()["error"].is_string());
 }
+
+#[test]
+fn a_file_deleted_while_its_replacement_awaits_1029_on_another_server_ends_with_2107() {
+    let Some(cluster) = shared() else { return };
+    let url = fresh_db(cluster);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = servers(&url, dir, 2);
+    let mut alice = client_with(s[0].addr(), "alice", &[("report.txt", b"version one")]);
+    let mut c = alice.connect(s[1].addr());
+    alice.reconnect(&mut c);
+    alice.send_file(&mut c, "report.txt", b"version two");
+    c.expect(2103);
+    let del = ok(
+        &url,
+        dir,
+        &["files", "delete", "alice", "report.txt", "--json"],
+    )
+    .json();
+    assert_eq!(del["had_record"], true);
+    assert_eq!(del["uploads_withdrawn"], 1, "{del}");
+    alice.send_verdict(&mut c, 1029, "report.txt");
+    c.expect(2107);
+    assert!(!files::final_path(dir, &alice.id, "report.txt").exists());
+    assert_eq!(query(cluster, &url, "SELECT count(*) FROM files"), "0");
+    // The client may send it again, through either server.
+    alice.upload_verified(&mut c, "report.txt", b"version three");
+    assert_eq!(
+        std::fs::read(files::final_path(dir, &alice.id, "report.txt")).unwrap(),
+        b"version three"
+    );
+    assert_eq!(
+        query(
+            cluster,
+            &url,
+            "SELECT count(*) FROM files WHERE Verified = 1"
+        ),
+        "1"
+    );
+}
