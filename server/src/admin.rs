@@ -9,6 +9,14 @@
 //! they take the data directory's lock themselves and apply the same
 //! change directly ([`control::apply`]), then commit it.
 //!
+//! With the records in PostgreSQL (`--database postgres://…`) several
+//! servers may run, on several machines: reads come from one read-only
+//! snapshot ([`crate::pg::admin`]); a change is made by the command in one
+//! transaction, after every server answering on a `control.*.sock` in the
+//! data directory was told to withdraw the uploads concerned (and told
+//! again after the commit), and files go from the shared tree once it
+//! committed.
+//!
 //! Exit status: [`EXIT_OK`], [`EXIT_ERROR`], [`EXIT_FINDINGS`] (verify),
 //! [`EXIT_NOT_FOUND`].
 
@@ -25,8 +33,9 @@ use sealdrop_protocol::store::{Quota, QuotaSetting, Store};
 use sealdrop_protocol::ClientId;
 
 use crate::control::{self, ApplyError, Reach};
-use crate::db::{ClientRow, Db, FileRow};
+use crate::db::{ClientRow, Db, FileMeta, FileRow};
 use crate::files;
+use crate::pg::{self, DatabaseUrl, PgError, PgUrl};
 use crate::store::{DiskStore, Outcomes, StoreConfig};
 
 /// Done (verify: nothing found).
@@ -180,6 +189,18 @@ pub struct Place {
     pub socket: PathBuf,
     /// The server's quota settings (for a change applied directly).
     pub quota: Quota,
+    /// Where the records are (`--database`, or SEALDROP_DATABASE_URL).
+    pub database: DatabaseUrl,
+}
+
+impl Place {
+    /// The PostgreSQL database, if the records are there.
+    fn pg(&self) -> Option<&PgUrl> {
+        match &self.database {
+            DatabaseUrl::Postgres(url) => Some(url),
+            DatabaseUrl::Sqlite(_) => None,
+        }
+    }
 }
 
 /// A command's failure.
@@ -199,6 +220,12 @@ impl From<ApplyError> for Failure {
             },
             message: e.message,
         }
+    }
+}
+
+impl From<PgError> for Failure {
+    fn from(e: PgError) -> Self {
+        fail(format!("PostgreSQL: {e}"))
     }
 }
 
@@ -323,7 +350,19 @@ struct View {
 }
 
 impl View {
-    fn read(data_dir: &Path) -> Result<View, Failure> {
+    /// One snapshot of the records, from SQLite or PostgreSQL.
+    fn read(place: &Place) -> Result<View, Failure> {
+        let data_dir = &place.data_dir;
+        if let Some(url) = place.pg() {
+            let snap = pg::admin::snapshot(&mut pg::admin::open(url)?)?;
+            return Ok(View::build(
+                snap.clients,
+                snap.files,
+                snap.quotas.into_iter().collect(),
+                snap.counters,
+                data_dir,
+            ));
+        }
         let db = Db::open_read_only(data_dir)
             .map_err(|e| fail(format!("cannot read {}: {e}", data_dir.display())))?;
         db.begin_snapshot()?;
@@ -337,6 +376,26 @@ impl View {
         let mut files = Vec::new();
         for row in db.files()? {
             let meta = db.file_meta(&row.client, &row.file_name)?;
+            files.push((row, meta));
+        }
+        let mut quotas = BTreeMap::new();
+        for c in &clients {
+            quotas.insert(c.id, db.quota_override(&c.id)?);
+        }
+        let counters = db.counters()?;
+        Ok(View::build(clients, files, quotas, counters, data_dir))
+    }
+
+    /// The view of rows read from either database.
+    fn build(
+        clients: Vec<ClientRow>,
+        rows: Vec<(FileRow, FileMeta)>,
+        mut quotas: BTreeMap<ClientId, sealdrop_protocol::store::QuotaOverride>,
+        counters: Vec<(String, u64)>,
+        data_dir: &Path,
+    ) -> View {
+        let mut files = Vec::new();
+        for (row, meta) in rows {
             let size = match (row.verified, meta.size) {
                 (true, Some(size)) => Some(size),
                 (true, None) => {
@@ -352,20 +411,13 @@ impl View {
                 row,
             });
         }
-        let mut quotas = BTreeMap::new();
-        for c in &clients {
-            let own = db.quota_override(&c.id)?;
-            if !own.is_default() {
-                quotas.insert(c.id, own);
-            }
-        }
-        let counters = db.counters()?;
-        Ok(View {
+        quotas.retain(|_, own| !own.is_default());
+        View {
             clients,
             files,
             quotas,
             counters: Outcomes::from_entries(counters.iter().map(|(k, n)| (k.as_str(), *n))),
-        })
+        }
     }
 
     fn names(&self) -> BTreeMap<ClientId, String> {
@@ -447,7 +499,7 @@ fn limit(v: Option<u64>) -> String {
 }
 
 fn clients_list(place: &Place) -> Done {
-    let view = View::read(&place.data_dir)?;
+    let view = View::read(place)?;
     let rows: Vec<Vec<String>> = view
         .clients
         .iter()
@@ -498,7 +550,7 @@ fn files_table(view: &View, files: &[&FileView]) -> String {
 }
 
 fn clients_show(place: &Place, client: &str) -> Done {
-    let view = View::read(&place.data_dir)?;
+    let view = View::read(place)?;
     let c = view.client(client)?;
     let mut value = view.client_json(c, place.quota);
     let names = view.names();
@@ -544,7 +596,7 @@ fn clients_show(place: &Place, client: &str) -> Done {
 }
 
 fn files_list(place: &Place, client: Option<&str>) -> Done {
-    let view = View::read(&place.data_dir)?;
+    let view = View::read(place)?;
     let id = match client {
         None => None,
         Some(text) => match view.client(text) {
@@ -565,23 +617,13 @@ fn files_list(place: &Place, client: Option<&str>) -> Done {
 }
 
 fn stats(place: &Place) -> Done {
-    let view = View::read(&place.data_dir)?;
+    let view = View::read(place)?;
     let (files, bytes) = view
         .files
         .iter()
         .filter(|f| f.row.verified)
         .fold((0u64, 0u64), |(n, b), f| (n + 1, b + f.size.unwrap_or(0)));
-    let running = match control::request(&place.socket, &json!({"op": "stats"}), ANSWER_TIMEOUT) {
-        Ok(Reach::Answer(a)) if a["ok"] == json!(true) => Some(a["result"].clone()),
-        Ok(Reach::Answer(a)) => return Err(fail(format!("the server: {}", a["error"]))),
-        Ok(Reach::NoServer) => None,
-        Err(e) => {
-            return Err(fail(format!(
-                "cannot ask the server on {}: {e}",
-                place.socket.display()
-            )))
-        }
-    };
+    let running = server_stats(place)?;
     let lifetime: serde_json::Map<String, Value> = view
         .counters
         .entries()
@@ -613,29 +655,337 @@ fn stats(place: &Place) -> Done {
     }
     if let Some(r) = &running {
         for key in [
+            "servers",
             "connections",
             "uploads_in_flight",
             "uploads_awaiting_verdict",
             "uptime_secs",
         ] {
-            rows.push(vec![
-                key.replace('_', " "),
-                String::new(),
-                opt(r[key].as_u64()),
-            ]);
+            if let Some(n) = r.get(key) {
+                rows.push(vec![key.replace('_', " "), String::new(), opt(n.as_u64())]);
+            }
         }
     }
     let text = table(&["", "LIFETIME", "SINCE START"], &rows);
     Ok((value, text, EXIT_OK))
 }
 
+/// `stats` of the running server, or on PostgreSQL of every server that
+/// answers on a control socket in the data directory, added up (`servers`
+/// says how many; `uptime_secs` is the longest). `None`: none runs.
+fn server_stats(place: &Place) -> Result<Option<Value>, Failure> {
+    let sockets = match place.pg() {
+        Some(_) => control_sockets(place),
+        None => vec![place.socket.clone()],
+    };
+    let mut answers = Vec::new();
+    for socket in &sockets {
+        match control::request(socket, &json!({"op": "stats"}), ANSWER_TIMEOUT) {
+            Ok(Reach::Answer(a)) if a["ok"] == json!(true) => answers.push(a["result"].clone()),
+            Ok(Reach::Answer(a)) => return Err(fail(format!("the server: {}", a["error"]))),
+            Ok(Reach::NoServer) => {}
+            Err(e) => {
+                return Err(fail(format!(
+                    "cannot ask the server on {}: {e}",
+                    socket.display()
+                )))
+            }
+        }
+    }
+    if place.pg().is_none() || answers.is_empty() {
+        return Ok(answers.pop());
+    }
+    let mut sum = json!({"servers": answers.len()});
+    for a in &answers {
+        for key in [
+            "connections",
+            "uploads_in_flight",
+            "uploads_awaiting_verdict",
+        ] {
+            sum[key] = json!(sum[key].as_u64().unwrap_or(0) + a[key].as_u64().unwrap_or(0));
+        }
+        let up = a["uptime_secs"].as_u64().unwrap_or(0);
+        sum["uptime_secs"] = json!(sum["uptime_secs"].as_u64().unwrap_or(0).max(up));
+        if let Some(uploads) = a["uploads"].as_object() {
+            for (k, n) in uploads {
+                let before = sum["uploads"][k].as_u64().unwrap_or(0);
+                sum["uploads"][k] = json!(before + n.as_u64().unwrap_or(0));
+            }
+        }
+    }
+    Ok(Some(sum))
+}
+
 // ---------------------------------------------------------------------------
 // Changing
 // ---------------------------------------------------------------------------
 
+/// On PostgreSQL: the control sockets of the servers sharing the data
+/// directory (`control.<server id>.sock` there), and `--control-socket`
+/// if it exists. Stale ones (a server killed with -9, or one on another
+/// machine) are among them; a request to one finds nobody accepting.
+fn control_sockets(place: &Place) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&place.data_dir)
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.strip_prefix("control.")
+                        .and_then(|rest| rest.strip_suffix(".sock"))
+                        .is_some_and(|id| !id.is_empty())
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    if !found.contains(&place.socket) && place.socket.exists() {
+        found.push(place.socket.clone());
+    }
+    found
+}
+
+/// What telling the servers to withdraw came to.
+#[derive(Debug, Default)]
+struct Told {
+    /// Servers that answered (in the round most answered).
+    servers: usize,
+    /// Uploads they withdrew.
+    withdrawn: u64,
+    /// Sockets where a server accepted but gave no proper answer.
+    failed: Vec<String>,
+}
+
+/// On PostgreSQL, before (and again after) a change to client `id` (and
+/// its `file`): every server that answers on its control socket withdraws
+/// that client's (that file's) uploads in flight and reads the client
+/// again. A socket nobody accepts on is stale and skipped; a server that
+/// accepts but does not answer properly is reported on stderr.
+fn tell_servers(place: &Place, id: &ClientId, file: Option<&str>, told: &mut Told) {
+    let req = json!({"op": "withdraw", "client": id.to_hex(), "file": file});
+    let mut answered = 0;
+    for socket in control_sockets(place) {
+        let shown = socket.display().to_string();
+        match control::request(&socket, &req, ANSWER_TIMEOUT) {
+            Ok(Reach::Answer(a)) if a["ok"] == json!(true) => {
+                answered += 1;
+                told.withdrawn += a["result"]["withdrawn"].as_u64().unwrap_or(0);
+            }
+            Ok(Reach::NoServer) => {}
+            Ok(Reach::Answer(a)) => {
+                eprintln!(
+                    "sealdrop-server: warning: the server on {shown} refused to withdraw: {}",
+                    a["error"].as_str().unwrap_or("?")
+                );
+                if !told.failed.contains(&shown) {
+                    told.failed.push(shown);
+                }
+            }
+            Err(e) => {
+                eprintln!("sealdrop-server: warning: no answer from the server on {shown}: {e}");
+                if !told.failed.contains(&shown) {
+                    told.failed.push(shown);
+                }
+            }
+        }
+    }
+    // Told before and after the change: the servers, counted once.
+    told.servers = told.servers.max(answered);
+}
+
+/// Deletes stored files once the change that removed their records
+/// committed, then the client's folder if `dir` and it is empty.
+fn unlink_after(place: &Place, id: &ClientId, names: &[&str], dir: bool) {
+    for name in names {
+        if name.is_empty() || name.contains('/') || *name == "." || *name == ".." {
+            continue;
+        }
+        let path = files::final_path(&place.data_dir, id, name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!(
+                "sealdrop-server: warning: cannot delete {}: {e}",
+                path.display()
+            ),
+        }
+    }
+    if dir {
+        let _ = std::fs::remove_dir(files::client_dir(&place.data_dir, id));
+    }
+}
+
+/// The client a command names, on PostgreSQL: 32 hex digits are an id,
+/// anything else a name.
+fn pg_resolve(db: &mut postgres::Client, text: &str) -> Result<ClientId, Failure> {
+    if let Some(id) = control::parse_id(text) {
+        return Ok(id);
+    }
+    pg::admin::client_by_name(db, text)?
+        .ok_or_else(|| not_found(format!("no client named {text:?}")))
+}
+
+/// A change on PostgreSQL, made by the command itself: the same requests
+/// and results as the control socket's, plus `servers_told` (and
+/// `servers_failed`, sockets that accepted but did not answer) for those
+/// that withdraw uploads. `running`: a server answers (temporary files
+/// are then uploads in progress).
+fn pg_apply(
+    place: &Place,
+    db: &mut postgres::Client,
+    req: &Value,
+    running: bool,
+) -> Result<Value, Failure> {
+    let text = |name: &str| {
+        req[name]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| fail(format!("request without \"{name}\"")))
+    };
+    let mut told = Told::default();
+    let told_json = |told: &Told| (json!(told.servers), json!(told.failed));
+    match req["op"].as_str().unwrap_or("") {
+        "forget" => {
+            let id = pg_resolve(db, &text("client")?)?;
+            let delete = req["delete_files"] == json!(true);
+            if !pg::admin::client_exists(db, &id)? {
+                return Err(not_found(format!(
+                    "forget client: no such client {}",
+                    id.to_hex()
+                )));
+            }
+            tell_servers(place, &id, None, &mut told);
+            let done = pg::admin::forget(db, &id, delete)?.ok_or_else(|| {
+                not_found(format!("forget client: no such client {}", id.to_hex()))
+            })?;
+            let verified = |f: &&FileRow| f.verified;
+            let names: Vec<String> = done
+                .rows
+                .iter()
+                .filter(verified)
+                .map(|f| f.file_name.clone())
+                .collect();
+            if delete {
+                let all: Vec<&str> = done.rows.iter().map(|f| f.file_name.as_str()).collect();
+                unlink_after(place, &id, &all, true);
+            }
+            tell_servers(place, &id, None, &mut told);
+            let (servers, failed) = told_json(&told);
+            Ok(json!({
+                "id": id.to_hex(),
+                "name": done.name,
+                "files_deleted": if delete { names.clone() } else { Vec::new() },
+                "files_kept": if delete { Vec::new() } else { names },
+                "uploads_withdrawn": told.withdrawn,
+                "servers_told": servers,
+                "servers_failed": failed,
+            }))
+        }
+        "delete" => {
+            let id = pg_resolve(db, &text("client")?)?;
+            let name = text("file")?;
+            tell_servers(place, &id, Some(&name), &mut told);
+            let had_record = pg::admin::delete_file(db, &id, &name, false)?;
+            if had_record {
+                unlink_after(place, &id, &[&name], false);
+            }
+            tell_servers(place, &id, Some(&name), &mut told);
+            if !had_record && told.withdrawn == 0 {
+                return Err(not_found(format!("delete file: no such file {name:?}")));
+            }
+            let (servers, failed) = told_json(&told);
+            Ok(json!({
+                "client": id.to_hex(),
+                "name": name,
+                "had_record": had_record,
+                "uploads_withdrawn": told.withdrawn,
+                "servers_told": servers,
+                "servers_failed": failed,
+            }))
+        }
+        "quota" => {
+            let id = pg_resolve(db, &text("client")?)?;
+            let setting = |name: &str| -> Result<QuotaSetting, Failure> {
+                match req.get(name) {
+                    None | Some(Value::Null) => Ok(QuotaSetting::Default),
+                    Some(Value::String(v)) => v.parse().map_err(fail),
+                    Some(_) => Err(fail(format!("\"{name}\" is not a count"))),
+                }
+            };
+            let own = sealdrop_protocol::store::QuotaOverride {
+                bytes: setting("bytes")?,
+                files: setting("files")?,
+            };
+            if !pg::admin::set_quota(db, &id, own)? {
+                return Err(not_found(format!(
+                    "set quota: no such client {}",
+                    id.to_hex()
+                )));
+            }
+            let quota = pg::admin::quota_of(db, &id)?.apply(place.quota);
+            Ok(json!({
+                "id": id.to_hex(),
+                "own": {"bytes": own.bytes.to_string(), "files": own.files.to_string()},
+                "quota": {"bytes": quota.max_bytes, "files": quota.max_files},
+            }))
+        }
+        "repair" => {
+            let id = control::parse_id(&text("client")?)
+                .ok_or_else(|| fail("repair needs a client id"))?;
+            let name = text("file")?;
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(fail(format!("unusable file name {name:?}")));
+            }
+            let path = files::final_path(&place.data_dir, &id, &name);
+            let verified = pg::admin::file(db, &id, &name)?.is_some_and(|r| r.verified);
+            let done = match text("action")?.as_str() {
+                "drop-row" => {
+                    if !verified || path.exists() {
+                        false
+                    } else {
+                        tell_servers(place, &id, Some(&name), &mut told);
+                        let done = !path.exists() && pg::admin::delete_file(db, &id, &name, true)?;
+                        tell_servers(place, &id, Some(&name), &mut told);
+                        done
+                    }
+                }
+                "delete-stray" => {
+                    let keep = if files::is_part_name(&name) {
+                        running
+                    } else {
+                        verified
+                    };
+                    !keep && std::fs::remove_file(&path).is_ok()
+                }
+                "adopt" => {
+                    let size = req["size"].as_u64();
+                    let cksum = req["cksum"].as_u64().and_then(|c| u32::try_from(c).ok());
+                    let (Some(size), Some(cksum)) = (size, cksum) else {
+                        return Err(fail("adopt needs \"size\" and \"cksum\""));
+                    };
+                    let fits =
+                        std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size);
+                    let path_name = path.to_str().ok_or_else(|| fail("the path is not UTF-8"))?;
+                    !files::is_part_name(&name)
+                        && !verified
+                        && fits
+                        && pg::admin::adopt(db, &id, &name, path_name, size, cksum)?
+                }
+                other => return Err(fail(format!("unknown repair {other:?}"))),
+            };
+            Ok(json!({ "repaired": done }))
+        }
+        other => Err(fail(format!("unknown request {other:?}"))),
+    }
+}
+
 /// Carries out a change: through the running server's control socket, or
 /// directly on the data directory when no server answers there.
 fn change(place: &Place, req: &Value) -> Result<Value, Failure> {
+    if let Some(url) = place.pg() {
+        return pg_apply(place, &mut pg::admin::open(url)?, req, false);
+    }
     match control::request(&place.socket, req, ANSWER_TIMEOUT) {
         Ok(Reach::Answer(a)) if a["ok"] == json!(true) => Ok(a["result"].clone()),
         Ok(Reach::Answer(a)) => Err(Failure {
@@ -696,6 +1046,19 @@ fn names_line(names: &Value) -> String {
     }
 }
 
+/// On PostgreSQL: how many servers were told to withdraw, and which did
+/// not answer (nothing on SQLite).
+fn servers_line(r: &Value) -> String {
+    let Some(n) = r.get("servers_told") else {
+        return String::new();
+    };
+    let mut line = format!("servers told: {n}\n");
+    if let Some(failed) = r["servers_failed"].as_array().filter(|f| !f.is_empty()) {
+        line += &format!("servers not answering: {}\n", names_line(&json!(failed)));
+    }
+    line
+}
+
 fn clients_forget(place: &Place, client: &str, delete_files: bool) -> Done {
     let r = change(
         place,
@@ -715,6 +1078,7 @@ fn clients_forget(place: &Place, client: &str, delete_files: bool) -> Done {
         );
     }
     text += &format!("uploads withdrawn: {}\n", r["uploads_withdrawn"]);
+    text += &servers_line(&r);
     Ok((r, text, EXIT_OK))
 }
 
@@ -729,7 +1093,7 @@ fn clients_quota(
         return Err(fail("say --bytes, --files or --clear"));
     }
     // A limit not given keeps its current value.
-    let view = View::read(&place.data_dir)?;
+    let view = View::read(place)?;
     let current = match view.client(client) {
         Ok(c) => view.quotas.get(&c.id).copied().unwrap_or_default(),
         Err(_) => Default::default(),
@@ -763,11 +1127,12 @@ fn files_delete(place: &Place, client: &str, name: &str) -> Done {
         place,
         &json!({"op": "delete", "client": client, "file": name}),
     )?;
-    let text = format!(
+    let mut text = format!(
         "deleted {name:?} of {}; uploads withdrawn: {}\n",
         r["client"].as_str().unwrap_or(""),
         r["uploads_withdrawn"]
     );
+    text += &servers_line(&r);
     Ok((r, text, EXIT_OK))
 }
 
@@ -808,11 +1173,21 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
             "--repair strays and adopt disagree on unrecorded files: choose one",
         ));
     }
-    let running = matches!(
-        control::request(&place.socket, &json!({"op": "ping"}), ANSWER_TIMEOUT),
-        Ok(Reach::Answer(_))
-    );
-    let view = View::read(&place.data_dir)?;
+    let running = match place.pg() {
+        // Any server of the data directory: their temporary files are
+        // uploads in progress.
+        Some(_) => control_sockets(place).iter().any(|socket| {
+            matches!(
+                control::request(socket, &json!({"op": "ping"}), ANSWER_TIMEOUT),
+                Ok(Reach::Answer(_))
+            )
+        }),
+        None => matches!(
+            control::request(&place.socket, &json!({"op": "ping"}), ANSWER_TIMEOUT),
+            Ok(Reach::Answer(_))
+        ),
+    };
+    let view = View::read(place)?;
     let mut findings = Vec::new();
     let rows: BTreeMap<(ClientId, String), &FileView> = view
         .files
@@ -996,7 +1371,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
 /// the tree can make a file look unrecorded or a record look orphaned:
 /// such findings are checked again against a fresh read.
 fn drop_raced(place: &Place, findings: &mut Vec<Finding>, cksum: bool) -> Result<(), Failure> {
-    let fresh = View::read(&place.data_dir)?;
+    let fresh = View::read(place)?;
     let row = |id: &ClientId, name: &str| {
         fresh
             .files
@@ -1031,7 +1406,11 @@ fn repair(
     what: &[Repair],
     running: bool,
 ) -> Result<(), Failure> {
-    let mut direct = if running {
+    let mut shared = match place.pg() {
+        Some(url) => Some(pg::admin::open(url)?),
+        None => None,
+    };
+    let mut direct = if running || shared.is_some() {
         None
     } else {
         Some(open_directly(place)?)
@@ -1063,9 +1442,10 @@ fn repair(
             }
             _ => continue,
         };
-        let result = match direct.as_mut() {
-            Some(store) => control::apply(store, &req, Instant::now(), None)?,
-            None => change(place, &req)?,
+        let result = match (shared.as_mut(), direct.as_mut()) {
+            (Some(db), _) => pg_apply(place, db, &req, running)?,
+            (None, Some(store)) => control::apply(store, &req, Instant::now(), None)?,
+            (None, None) => change(place, &req)?,
         };
         f.repaired = result["repaired"] == json!(true);
     }

@@ -139,8 +139,8 @@ pub struct Args {
     /// `postgres://USER@HOST[:PORT]/DBNAME[?sslmode=verify-full]`, which lets
     /// several servers share one database and one data directory. Read
     /// from SEALDROP_DATABASE_URL when not given; leave the password out
-    /// and set PGPASSWORD.
-    #[arg(long, value_name = "URL")]
+    /// and set PGPASSWORD. The administration commands take it too.
+    #[arg(long, value_name = "URL", global = true)]
     pub database: Option<String>,
 
     /// This server's name among the servers sharing a data directory
@@ -148,7 +148,7 @@ pub struct Args {
     /// (control.ID.sock) carry it, so each server cleans up only its own.
     /// Letters, digits, '.' and '_'; unique per server and the same across
     /// its restarts. Default: SEALDROP_SERVER_ID, else the host name.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", global = true)]
     pub server_id: Option<String>,
 
     /// An administration command instead of running the server.

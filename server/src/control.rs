@@ -18,6 +18,12 @@
 //!
 //! [`apply`] is what a request does; the administration commands call it
 //! themselves, on a store they opened, when no server runs.
+//!
+//! A server whose records are in PostgreSQL serves only `ping`, `stats`
+//! and `withdraw` (`{"op":"withdraw","client":"<hex>","file":null}`): the
+//! command makes its change in the shared database itself, and asks every
+//! server to withdraw the uploads the change concerns
+//! ([`DiskStore::withdraw_changed`]).
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -148,15 +154,36 @@ pub fn apply(
         now,
     };
     let op = field(req, "op")?;
-    if store.records().is_shared() && !matches!(op, "ping" | "stats") {
-        // Its reads would need a round trip to the database that this
-        // socket does not wait for yet (issue 17).
+    let shared = store.records().is_shared();
+    if shared && !matches!(op, "ping" | "stats" | "withdraw") {
+        // With PostgreSQL the command changes the database itself (several
+        // servers share it) and only asks each server to "withdraw".
         return Err(ApplyError::bad(format!(
-            "\"{op}\" is not available yet on a server whose records are in PostgreSQL"
+            "\"{op}\" is not served by a server whose records are in PostgreSQL: \
+             the command makes the change in the database itself"
         )));
     }
     match op {
         "ping" => Ok(json!({})),
+        "withdraw" => {
+            // An administrator is about to change (or just changed) this
+            // client, or one of its files, in the shared database: uploads
+            // in flight go, and the client is read again. No database read.
+            if !shared {
+                return Err(ApplyError::bad(
+                    "\"withdraw\" is for servers whose records are in PostgreSQL",
+                ));
+            }
+            let id = parse_id(field(req, "client")?)
+                .ok_or_else(|| ApplyError::bad("withdraw needs a client id (32 hex digits)"))?;
+            let file = match req.get("file") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(name)) => Some(name.as_str()),
+                Some(_) => return Err(ApplyError::bad("\"file\" is not a name")),
+            };
+            let withdrawn = store.withdraw_changed(&id, file);
+            Ok(json!({ "withdrawn": withdrawn }))
+        }
         "forget" => {
             let id = resolve_client(store, field(req, "client")?)?;
             let delete = req.get("delete_files").and_then(Value::as_bool) == Some(true);
@@ -601,6 +628,18 @@ mod tests {
         assert_eq!(id.to_hex(), "00112233445566778899aabbccddeeff");
         assert!(parse_id("alice").is_none());
         assert!(parse_id("00112233445566778899aabbccddeefg").is_none());
+    }
+
+    #[test]
+    fn withdraw_is_refused_by_a_server_on_sqlite() {
+        // On SQLite the server makes every change itself: an outside
+        // "withdraw" would only cut uploads off.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = DiskStore::open(dir.path(), crate::store::StoreConfig::default()).unwrap();
+        let req = json!({"op": "withdraw", "client": "00112233445566778899aabbccddeeff"});
+        let e = apply(&mut store, &req, Instant::now(), None).unwrap_err();
+        assert!(!e.not_found);
+        assert!(e.message.contains("PostgreSQL"), "{}", e.message);
     }
 
     #[test]

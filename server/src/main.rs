@@ -38,13 +38,34 @@ fn main() -> ExitCode {
     if let Some(command) = &args.command {
         // Only what went wrong: the command's own output is its result.
         logging::init("warn");
+        let database =
+            match sealdrop_server::pg::DatabaseUrl::resolve(args.database.as_deref(), |k| {
+                std::env::var(k).ok()
+            }) {
+                Ok(url) => url,
+                Err(e) => {
+                    eprintln!("sealdrop-server: error: --database: {e}");
+                    return ExitCode::from(admin::EXIT_ERROR);
+                }
+            };
+        // On PostgreSQL a server's socket is control.<id>.sock; the
+        // commands find every server's in the data directory anyway.
+        let socket = match (
+            &args.control_socket,
+            &args.server_id,
+            database.is_postgres(),
+        ) {
+            (None, Some(id), true) => args.data_dir.join(format!("control.{id}.sock")),
+            (explicit, _, _) => config::control_socket_path(explicit.as_deref(), &args.data_dir),
+        };
         let place = admin::Place {
             data_dir: args.data_dir.clone(),
-            socket: config::control_socket_path(args.control_socket.as_deref(), &args.data_dir),
+            socket,
             quota: sealdrop_protocol::store::Quota {
                 max_bytes: args.quota_bytes,
                 max_files: args.quota_files,
             },
+            database,
         };
         return ExitCode::from(admin::run(command, &place));
     }

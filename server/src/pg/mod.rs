@@ -19,6 +19,7 @@
 //! parameters, and messages name operations, client ids and SQLSTATE
 //! codes.
 
+pub mod admin;
 pub mod schema;
 pub mod url;
 pub mod worker;

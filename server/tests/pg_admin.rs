@@ -1,0 +1,450 @@
+//! The administration commands (`clients`, `files`, `stats`, `verify`) of
+//! the real binary on records in PostgreSQL (issue 17): populated through
+//! two in-process servers on one throw-away cluster and one data
+//! directory, then read and changed with `--database URL --data-dir DIR`,
+//! with the servers running (changes made in the database by the command,
+//! uploads in flight withdrawn through each server's control socket) and
+//! stopped. Where PostgreSQL is not installed each test prints "skipped:
+//! PostgreSQL not found (install postgresql)" and passes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use sealdrop_protocol::cksum::cksum;
+use sealdrop_protocol::message::Response;
+use sealdrop_server::config::Settings;
+use sealdrop_server::files;
+use sealdrop_server::inprocess::{self, Running};
+use sealdrop_server::pg::DatabaseUrl;
+use sealdrop_testkit::data::random_bytes;
+use sealdrop_testkit::pg::PgCluster;
+use sealdrop_testkit::util::{run_bounded, wait_until};
+use sealdrop_testkit::Client;
+
+const SERVER_BIN: &str = env!("CARGO_BIN_EXE_sealdrop-server");
+
+fn shared() -> Option<&'static PgCluster> {
+    static CLUSTER: OnceLock<Option<PgCluster>> = OnceLock::new();
+    CLUSTER.get_or_init(PgCluster::start).as_ref()
+}
+
+/// A fresh database in the shared cluster: its URL.
+fn fresh_db(cluster: &PgCluster) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    cluster.create_database(&format!("a{}", N.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// `n` servers on one database and one data directory.
+fn servers(url: &str, dir: &Path, n: usize) -> Vec<Running> {
+    (0..n)
+        .map(|i| {
+            let mut s = Settings::with_defaults(SocketAddr::from(([127, 0, 0, 1], 0)), dir);
+            s.store.database = DatabaseUrl::parse(url).unwrap();
+            s.store.server_id = Some(format!("srv{i}"));
+            inprocess::spawn(s).unwrap()
+        })
+        .collect()
+}
+
+fn query(cluster: &PgCluster, url: &str, sql: &str) -> String {
+    let db = url.rsplit('/').next().unwrap();
+    cluster.psql(db, sql).trim().to_owned()
+}
+
+/// A client that registered and exchanged keys through `addr`, with
+/// `files` uploaded and verified.
+fn client_with(addr: SocketAddr, name: &str, files: &[(&str, &[u8])]) -> Client {
+    let mut client = Client::new(name);
+    let mut c = client.connect(addr);
+    client.register(&mut c);
+    client.exchange_key(&mut c);
+    for (file, data) in files {
+        client.upload_verified(&mut c, file, data);
+    }
+    client
+}
+
+/// What one administration command did.
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// `sealdrop-server ARGS --database URL --data-dir DIR`, bounded to 60 s.
+fn admin(url: &str, dir: &Path, args: &[&str]) -> Out {
+    let mut cmd = Command::new(SERVER_BIN);
+    cmd.args(args)
+        .arg("--database")
+        .arg(url)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("SEALDROP_DATABASE_URL");
+    let ran = run_bounded(&mut cmd, Duration::from_secs(60));
+    Out {
+        code: ran.status.code().unwrap_or(-1),
+        stdout: ran.stdout,
+        stderr: ran.stderr,
+    }
+}
+
+fn ok(url: &str, dir: &Path, args: &[&str]) -> Out {
+    let out = admin(url, dir, args);
+    assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    out
+}
+
+fn part_files(dir: &Path, client: &Client) -> Vec<String> {
+    std::fs::read_dir(files::client_dir(dir, &client.id))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| files::is_part_name(n))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const A: &[u8] = b"alice's first file";
+const B: &[u8] = b"alice's second file, a little longer";
+const C: &[u8] = b"bob's file";
+
+#[test]
+fn the_commands_read_and_change_the_records_beside_two_running_servers() {
+    let Some(cluster) = shared() else { return };
+    let url = fresh_db(cluster);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = servers(&url, dir, 2);
+    let alice = client_with(s[0].addr(), "alice", &[("a.txt", A), ("b.txt", B)]);
+    let mut bob = client_with(s[1].addr(), "bob", &[("c.txt", C)]);
+
+    // Reading: the same formats as on SQLite.
+    let list = ok(&url, dir, &["clients", "list"]).stdout;
+    assert!(list.starts_with("ID "), "{list}");
+    assert!(
+        list.contains(&alice.id.to_hex()) && list.contains("bob"),
+        "{list}"
+    );
+    let list = ok(&url, dir, &["clients", "list", "--json"]).json();
+    let clients = list["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 2);
+    assert_eq!(clients[0]["name"], "alice");
+    assert_eq!(clients[0]["files"], 2);
+    assert_eq!(clients[0]["bytes"], A.len() + B.len());
+    assert_eq!(clients[0]["key_exchanged"], true);
+    assert_eq!(clients[1]["name"], "bob");
+    let show = ok(&url, dir, &["clients", "show", "alice", "--json"]).json();
+    assert_eq!(show["id"], alice.id.to_hex());
+    let file_list = show["file_list"].as_array().unwrap();
+    assert_eq!(file_list.len(), 2);
+    assert_eq!(file_list[0]["name"], "a.txt");
+    assert_eq!(file_list[0]["cksum"], cksum(A));
+    assert_eq!(file_list[0]["size"], A.len());
+    assert_eq!(
+        file_list[0]["path"],
+        files::final_path(dir, &alice.id, "a.txt").to_str().unwrap()
+    );
+    assert!(ok(&url, dir, &["clients", "show", "bob"])
+        .stdout
+        .contains("c.txt"));
+    assert_eq!(admin(&url, dir, &["clients", "show", "nobody"]).code, 3);
+    let all = ok(&url, dir, &["files", "list", "--json"]).json();
+    assert_eq!(all["files"].as_array().unwrap().len(), 3);
+    let bobs = ok(&url, dir, &["files", "list", "--client", "bob", "--json"]).json();
+    assert_eq!(bobs["files"].as_array().unwrap().len(), 1);
+    assert_eq!(bobs["files"][0]["client_name"], "bob");
+    let stats = ok(&url, dir, &["stats", "--json"]).json();
+    assert_eq!(stats["clients"], 2);
+    assert_eq!(stats["files"], 3);
+    assert_eq!(stats["bytes"], A.len() + B.len() + C.len());
+    assert_eq!(stats["server"]["servers"], 2);
+    assert_eq!(stats["server"]["uploads"]["verified"], 3);
+    assert!(ok(&url, dir, &["stats"]).stdout.contains("servers"));
+    let verify = ok(&url, dir, &["verify", "--cksum", "--json"]).json();
+    assert_eq!(verify["server_running"], true);
+    assert_eq!(verify["checked"]["cksums"], 3);
+
+    // A quota, then an upload over it refused (a new connection reads it).
+    let q = ok(
+        &url,
+        dir,
+        &["clients", "quota", "bob", "--bytes", "20", "--json"],
+    )
+    .json();
+    assert_eq!(q["quota"]["bytes"], 20);
+    assert_eq!(q["own"]["bytes"], "20");
+    assert_eq!(
+        query(cluster, &url, "SELECT MaxBytes FROM quotas"),
+        "20",
+        "the quota is in the database"
+    );
+    let mut c = bob.connect(s[0].addr());
+    bob.reconnect(&mut c);
+    bob.send_file(&mut c, "big.txt", b"bytes over bob's twenty-byte quota");
+    c.expect(2107);
+    assert_eq!(
+        admin(&url, dir, &["clients", "quota", "nobody", "--files", "1"]).code,
+        3
+    );
+
+    // Deleting a file: its record, its size and its stored file.
+    let del = ok(&url, dir, &["files", "delete", "alice", "b.txt", "--json"]).json();
+    assert_eq!(del["had_record"], true);
+    assert_eq!(del["servers_told"], 2);
+    assert!(!files::final_path(dir, &alice.id, "b.txt").exists());
+    assert_eq!(
+        query(
+            cluster,
+            &url,
+            "SELECT count(*) FROM file_meta WHERE FileName = 'b.txt'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        admin(&url, dir, &["files", "delete", "alice", "b.txt"]).code,
+        3
+    );
+
+    // Forgetting with --delete-files: rows, files and folder go, and the
+    // name is free on every server.
+    let out = ok(&url, dir, &["clients", "forget", "alice", "--delete-files"]).stdout;
+    assert!(out.contains("files deleted: a.txt"), "{out}");
+    assert!(out.contains("servers told: 2"), "{out}");
+    assert!(!files::client_dir(dir, &alice.id).exists());
+    assert_eq!(
+        query(
+            cluster,
+            &url,
+            &format!(
+                "SELECT count(*) FROM files WHERE ID = '\\x{}'",
+                alice.id.to_hex()
+            )
+        ),
+        "0"
+    );
+    assert_eq!(admin(&url, dir, &["clients", "forget", "alice"]).code, 3);
+    for server in &s {
+        let mut again = Client::new("alice");
+        let mut c = again.connect(server.addr());
+        assert!(matches!(
+            again.register_reply(&mut c),
+            Response::Registered { .. }
+        ));
+        // Free again for the next server.
+        ok(&url, dir, &["clients", "forget", "alice"]);
+    }
+
+    // Forgetting without: the files stay under the id.
+    let out = ok(&url, dir, &["clients", "forget", "bob", "--json"]).json();
+    assert_eq!(out["files_kept"], serde_json::json!(["c.txt"]));
+    assert_eq!(out["name"], "bob");
+    let kept = ok(&url, dir, &["files", "list", "--json"]).json();
+    assert_eq!(kept["files"].as_array().unwrap().len(), 1);
+    assert_eq!(kept["files"][0]["client_name"], Value::Null);
+    assert!(ok(&url, dir, &["files", "list"])
+        .stdout
+        .contains("(forgotten)"));
+    let by_id = ok(&url, dir, &["files", "list", "--client", &bob.id.to_hex()]).stdout;
+    assert!(by_id.contains("c.txt"), "{by_id}");
+
+    // verify with findings: an unrecorded file and a missing one; each
+    // repair takes, and the servers' uploads in progress are not touched.
+    let stray = files::client_dir(dir, &bob.id).join("stray.bin");
+    std::fs::write(&stray, b"nobody recorded me").unwrap();
+    std::fs::remove_file(files::final_path(dir, &bob.id, "c.txt")).unwrap();
+    let found = admin(&url, dir, &["verify", "--json"]);
+    assert_eq!(found.code, 2, "{found:?}");
+    let kinds: Vec<String> = found.json()["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["unrecorded-file", "missing-file"], "{found:?}");
+    let fixed = admin(&url, dir, &["verify", "--repair", "rows,strays", "--json"]);
+    assert_eq!(fixed.code, 2, "{fixed:?}");
+    assert!(fixed.json()["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["repaired"] == true));
+    assert!(!stray.exists());
+    assert_eq!(query(cluster, &url, "SELECT count(*) FROM files"), "0");
+    ok(&url, dir, &["verify"]);
+
+    // adopt: a file put in a client's folder becomes a verified record.
+    std::fs::write(files::final_path(dir, &bob.id, "found.txt"), C).unwrap();
+    assert_eq!(admin(&url, dir, &["verify", "--repair", "adopt"]).code, 2);
+    let adopted = ok(&url, dir, &["files", "list", "--json"]).json();
+    assert_eq!(adopted["files"][0]["name"], "found.txt");
+    assert_eq!(adopted["files"][0]["verified"], true);
+    assert_eq!(adopted["files"][0]["cksum"], cksum(C));
+    ok(&url, dir, &["verify", "--cksum"]);
+}
+
+#[test]
+fn a_client_forgotten_while_it_uploads_through_another_server_gets_2107_and_nothing_is_stored() {
+    let Some(cluster) = shared() else { return };
+    let url = fresh_db(cluster);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = servers(&url, dir, 2);
+    let mut client = client_with(s[0].addr(), "uploader", &[]);
+    let mut conn = client.connect(s[1].addr());
+    client.reconnect(&mut conn);
+    let data = random_bytes(7, 3 << 20);
+    let mut up = client
+        .begin_upload(&mut conn, "big.bin", data.len() as u64)
+        .unwrap();
+    up.write(&data[..1 << 20]).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !part_files(dir, &client)
+            .is_empty()),
+        "the upload never started"
+    );
+    let out = ok(&url, dir, &["clients", "forget", "uploader", "--json"]).json();
+    assert_eq!(out["uploads_withdrawn"], 1, "{out}");
+    assert_eq!(out["servers_told"], 2, "{out}");
+    up.write(&data[1 << 20..]).unwrap();
+    up.finish().unwrap();
+    conn.expect(2107);
+    assert!(
+        wait_until(Duration::from_secs(5), || part_files(dir, &client)
+            .is_empty()),
+        "a temporary file stayed"
+    );
+    assert!(!files::final_path(dir, &client.id, "big.bin").exists());
+    assert_eq!(query(cluster, &url, "SELECT count(*) FROM files"), "0");
+    assert_eq!(query(cluster, &url, "SELECT count(*) FROM clients"), "0");
+    let stats = ok(&url, dir, &["stats", "--json"]).json();
+    assert_eq!(stats["server"]["uploads"]["withdrawn"], 1);
+    assert_eq!(stats["server"]["uploads"]["verified"], 0);
+}
+
+#[test]
+fn the_commands_work_with_the_servers_stopped() {
+    let Some(cluster) = shared() else { return };
+    let url = fresh_db(cluster);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = servers(&url, dir, 2);
+    let alice = client_with(s[0].addr(), "alice", &[("a.txt", A)]);
+    let bob = client_with(s[1].addr(), "bob", &[("c.txt", C)]);
+    for server in s {
+        server.stop().unwrap();
+    }
+    // A stale socket (a server killed with -9): nobody accepts on it.
+    drop(std::os::unix::net::UnixListener::bind(dir.join("control.gone.sock")).unwrap());
+    // A temporary file of an upload cut off.
+    let part = files::client_dir(dir, &bob.id).join(".part-srv1-0123456789abcdef");
+    std::fs::write(&part, b"half").unwrap();
+
+    let list = ok(&url, dir, &["clients", "list", "--json"]).json();
+    assert_eq!(list["clients"].as_array().unwrap().len(), 2);
+    let stats = ok(&url, dir, &["stats", "--json"]).json();
+    assert_eq!(stats["server"], Value::Null);
+    assert_eq!(stats["files"], 2);
+    assert_eq!(stats["uploads"]["verified"], 2);
+    ok(
+        &url,
+        dir,
+        &["clients", "quota", "alice", "--files", "unlimited"],
+    );
+    let show = ok(&url, dir, &["clients", "show", "alice", "--json"]).json();
+    assert_eq!(show["own_quota"]["files"], "unlimited");
+
+    let found = admin(&url, dir, &["verify", "--json"]);
+    assert_eq!(found.code, 2, "{found:?}");
+    let v = found.json();
+    assert_eq!(v["server_running"], false);
+    assert_eq!(v["findings"][0]["kind"], "leftover");
+    assert_eq!(admin(&url, dir, &["verify", "--repair", "strays"]).code, 2);
+    assert!(!part.exists());
+
+    let del = ok(&url, dir, &["files", "delete", "bob", "c.txt", "--json"]).json();
+    assert_eq!(del["servers_told"], 0);
+    assert!(!files::final_path(dir, &bob.id, "c.txt").exists());
+    let out = ok(&url, dir, &["clients", "forget", &alice.id.to_hex()]).stdout;
+    assert!(out.contains("files kept (under its id): a.txt"), "{out}");
+    assert!(out.contains("servers told: 0"), "{out}");
+    assert_eq!(
+        query(cluster, &url, "SELECT string_agg(Name, ',') FROM clients"),
+        "bob"
+    );
+    ok(&url, dir, &["verify"]);
+
+    // Servers started again see the changes.
+    let s = servers(&url, dir, 1);
+    let mut again = Client::new("alice");
+    let mut c = again.connect(s[0].addr());
+    assert!(matches!(
+        again.register_reply(&mut c),
+        Response::Registered { .. }
+    ));
+}
+
+#[test]
+fn a_database_without_sealdrop_tables_is_an_error() {
+    let Some(cluster) = shared() else { return };
+    let url = fresh_db(cluster);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = admin(&url, tmp.path(), &["clients", "list", "--json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("no sealdrop tables"), "{out:?}");
+    assert!(out.json()["error"].is_string());
+}
+
+#[test]
+fn a_file_deleted_while_its_replacement_awaits_1029_on_another_server_ends_with_2107() {
+    let Some(cluster) = shared() else { return };
+    let url = fresh_db(cluster);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = servers(&url, dir, 2);
+    let mut alice = client_with(s[0].addr(), "alice", &[("report.txt", b"version one")]);
+    let mut c = alice.connect(s[1].addr());
+    alice.reconnect(&mut c);
+    alice.send_file(&mut c, "report.txt", b"version two");
+    c.expect(2103);
+    let del = ok(
+        &url,
+        dir,
+        &["files", "delete", "alice", "report.txt", "--json"],
+    )
+    .json();
+    assert_eq!(del["had_record"], true);
+    assert_eq!(del["uploads_withdrawn"], 1, "{del}");
+    alice.send_verdict(&mut c, 1029, "report.txt");
+    c.expect(2107);
+    assert!(!files::final_path(dir, &alice.id, "report.txt").exists());
+    assert_eq!(query(cluster, &url, "SELECT count(*) FROM files"), "0");
+    // The client may send it again, through either server.
+    alice.upload_verified(&mut c, "report.txt", b"version three");
+    assert_eq!(
+        std::fs::read(files::final_path(dir, &alice.id, "report.txt")).unwrap(),
+        b"version three"
+    );
+    assert_eq!(
+        query(
+            cluster,
+            &url,
+            "SELECT count(*) FROM files WHERE Verified = 1"
+        ),
+        "1"
+    );
+}
