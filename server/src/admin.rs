@@ -764,10 +764,16 @@ struct Told {
 /// accepts but does not answer properly is reported on stderr.
 fn tell_servers(place: &Place, id: &ClientId, file: Option<&str>, told: &mut Told) {
     let req = json!({"op": "withdraw", "client": id.to_hex(), "file": file});
+    ask_servers(place, &req, told);
+}
+
+/// Sends `req` to every server that answers on its control socket (see
+/// [`tell_servers`]).
+fn ask_servers(place: &Place, req: &Value, told: &mut Told) {
     let mut answered = 0;
     for socket in control_sockets(place) {
         let shown = socket.display().to_string();
-        match control::request(&socket, &req, ANSWER_TIMEOUT) {
+        match control::request(&socket, req, ANSWER_TIMEOUT) {
             Ok(Reach::Answer(a)) if a["ok"] == json!(true) => {
                 answered += 1;
                 told.withdrawn += a["result"]["withdrawn"].as_u64().unwrap_or(0);
@@ -775,7 +781,8 @@ fn tell_servers(place: &Place, id: &ClientId, file: Option<&str>, told: &mut Tol
             Ok(Reach::NoServer) => {}
             Ok(Reach::Answer(a)) => {
                 eprintln!(
-                    "sealdrop-server: warning: the server on {shown} refused to withdraw: {}",
+                    "sealdrop-server: warning: the server on {shown} refused {}: {}",
+                    req["op"].as_str().unwrap_or("?"),
                     a["error"].as_str().unwrap_or("?")
                 );
                 if !told.failed.contains(&shown) {
@@ -924,10 +931,18 @@ fn pg_apply(
                 )));
             }
             let quota = pg::admin::quota_of(db, &id)?.apply(place.quota);
+            // Open connections read the client again at their next request.
+            let mut told = Told::default();
+            ask_servers(
+                place,
+                &json!({"op": "refresh", "client": id.to_hex()}),
+                &mut told,
+            );
             Ok(json!({
                 "id": id.to_hex(),
                 "own": {"bytes": own.bytes.to_string(), "files": own.files.to_string()},
                 "quota": {"bytes": quota.max_bytes, "files": quota.max_files},
+                "servers_told": told.servers,
             }))
         }
         "repair" => {

@@ -155,7 +155,7 @@ pub fn apply(
     };
     let op = field(req, "op")?;
     let shared = store.records().is_shared();
-    if shared && !matches!(op, "ping" | "stats" | "withdraw") {
+    if shared && !matches!(op, "ping" | "stats" | "withdraw" | "refresh") {
         // With PostgreSQL the command changes the database itself (several
         // servers share it) and only asks each server to "withdraw".
         return Err(ApplyError::bad(format!(
@@ -183,6 +183,19 @@ pub fn apply(
             };
             let withdrawn = store.withdraw_changed(&id, file);
             Ok(json!({ "withdrawn": withdrawn }))
+        }
+        "refresh" => {
+            // An administrator changed this client's quota in the shared
+            // database: it is read again at its connections' next request.
+            if !shared {
+                return Err(ApplyError::bad(
+                    "\"refresh\" is for servers whose records are in PostgreSQL",
+                ));
+            }
+            let id = parse_id(field(req, "client")?)
+                .ok_or_else(|| ApplyError::bad("refresh needs a client id (32 hex digits)"))?;
+            store.refresh_client(&id);
+            Ok(json!({}))
         }
         "forget" => {
             let id = resolve_client(store, field(req, "client")?)?;

@@ -790,6 +790,14 @@ impl DiskStore {
         n
     }
 
+    /// An administrator changed client `id`'s quota in the shared
+    /// database: its connections read it again at their next request.
+    pub fn refresh_client(&mut self, id: &ClientId) {
+        if let Some(pg) = self.db.pg() {
+            pg.forget_client(id);
+        }
+    }
+
     /// Withdraws the client's uploads (of one name, if given) that are
     /// arriving, awaiting a verdict, or accepted in this pass; how many.
     fn withdraw(&mut self, id: &ClientId, file_name: Option<&str>) -> usize {

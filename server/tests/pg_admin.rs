@@ -179,7 +179,10 @@ fn the_commands_read_and_change_the_records_beside_two_running_servers() {
     assert_eq!(verify["server_running"], true);
     assert_eq!(verify["checked"]["cksums"], 3);
 
-    // A quota, then an upload over it refused (a new connection reads it).
+    // A quota, then an upload over it refused, even on a connection that
+    // read bob's records before the change (the servers were told).
+    let mut c = bob.connect(s[0].addr());
+    bob.reconnect(&mut c);
     let q = ok(
         &url,
         dir,
@@ -188,13 +191,12 @@ fn the_commands_read_and_change_the_records_beside_two_running_servers() {
     .json();
     assert_eq!(q["quota"]["bytes"], 20);
     assert_eq!(q["own"]["bytes"], "20");
+    assert_eq!(q["servers_told"], 2);
     assert_eq!(
         query(cluster, &url, "SELECT MaxBytes FROM quotas"),
         "20",
         "the quota is in the database"
     );
-    let mut c = bob.connect(s[0].addr());
-    bob.reconnect(&mut c);
     bob.send_file(&mut c, "big.txt", b"bytes over bob's twenty-byte quota");
     c.expect(2107);
     assert_eq!(
