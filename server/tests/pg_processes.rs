@@ -202,3 +202,83 @@ fn a_server_killed_mid_upload_loses_only_its_own_upload_and_cleans_it_at_restart
         server.stop();
     }
 }
+
+#[test]
+fn three_processes_serve_200_concurrent_clients_and_give_a_raced_name_to_one() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let db = "crowd";
+    let url = cluster.create_database(db);
+    let (_tmp, data) = temp_data_dir();
+    let mut s: Vec<Server> = (0..3)
+        .map(|i| start(&url, &data, &format!("c{i}")))
+        .collect();
+    let addrs: std::sync::Arc<Vec<std::net::SocketAddr>> =
+        std::sync::Arc::new(s.iter().map(|server| server.addr()).collect());
+
+    // 200 clients at once, each registering through one process and
+    // uploading through the next.
+    const CLIENTS: usize = 200;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (addrs, barrier) = (addrs.clone(), barrier.clone());
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    let mut client = Client::new(&format!("crowd{i:03}"));
+                    let mut first = client.connect(addrs[i % 3]);
+                    let mut second = client.connect(addrs[(i + 1) % 3]);
+                    barrier.wait();
+                    client.register(&mut first);
+                    client.exchange_key(&mut first);
+                    client.reconnect(&mut second);
+                    let bytes = random_bytes(i as u64, 1000 + i);
+                    client.upload_verified(&mut second, "crowd.bin", &bytes);
+                    (client.id, bytes)
+                })
+                .unwrap()
+        })
+        .collect();
+    for t in threads {
+        let (id, bytes) = t.join().unwrap();
+        let stored = std::fs::read(files::final_path(&data, &id, "crowd.bin")).unwrap();
+        assert_eq!(stored, bytes);
+    }
+    let verified = cluster.psql(db, "SELECT count(*) FROM files WHERE Verified = 1");
+    assert_eq!(verified.trim(), CLIENTS.to_string());
+
+    // One name registered through all three processes at once, ten times:
+    // one keyed client holds it each time.
+    for round in 0..10 {
+        let name = format!("raced{round}");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let racers: Vec<_> = (0..3)
+            .map(|i| {
+                let (addrs, barrier, name) = (addrs.clone(), barrier.clone(), name.clone());
+                std::thread::spawn(move || {
+                    let mut client = Client::new(&name);
+                    let mut c = client.connect(addrs[i]);
+                    barrier.wait();
+                    client.try_register(&mut c).is_ok() && client.try_exchange_key(&mut c).is_ok()
+                })
+            })
+            .collect();
+        let won = racers
+            .into_iter()
+            .map(|t| usize::from(t.join().unwrap()))
+            .sum::<usize>();
+        assert_eq!(won, 1, "round {round}");
+        let holders = cluster.psql(
+            db,
+            &format!(
+                "SELECT count(*) FROM clients WHERE Name = '{name}' AND PublicKey IS NOT NULL"
+            ),
+        );
+        assert_eq!(holders.trim(), "1", "round {round}");
+    }
+    for server in &mut s {
+        assert!(server.is_alive(), "a server process ended");
+    }
+}
