@@ -76,6 +76,10 @@ pub struct MemoryStore {
     /// Make the next commit fail for these connections only (their
     /// accepted uploads are not stored).
     pub fail_commit_for: Vec<ConnId>,
+    /// Make the next commit refuse these connections' accepted uploads
+    /// with this error, as a shared database does ([`Commit::refused`]):
+    /// not stored, and discarded.
+    pub refuse_commit_for: Vec<(ConnId, StoreError)>,
     /// Commits made (successful or not).
     pub commits: u64,
     batch: Option<Batch>,
@@ -150,6 +154,7 @@ impl MemoryStore {
             group_commit: false,
             fail_commit: false,
             fail_commit_for: Vec::new(),
+            refuse_commit_for: Vec::new(),
             commits: 0,
             batch: None,
             wall: None,
@@ -544,10 +549,27 @@ impl Store for MemoryStore {
                 batch: 0,
                 error: Some(StoreError::database("commit", "disk I/O error (injected)")),
                 failed: Vec::new(),
+                refused: Vec::new(),
             };
         }
         let failed = std::mem::take(&mut self.fail_commit_for);
+        let refuse = std::mem::take(&mut self.refuse_commit_for);
+        let mut refused = Vec::new();
         for (uid, p) in batch.accepted {
+            let refusal = refuse.iter().find(|(c, _)| *c == p.conn);
+            if let Some((_, error)) = refusal {
+                let key = (p.client, p.file_name.clone());
+                match batch.files.get(&key) {
+                    Some(old) => self.files.insert(key, old.clone()),
+                    None => self.files.remove(&key),
+                };
+                refused.push(CommitRefusal {
+                    conn: p.conn,
+                    client_id: p.client,
+                    error: error.clone(),
+                });
+                continue;
+            }
             if failed.contains(&p.conn) {
                 // Not placed: the old file (if any) stays, the upload
                 // waits for a retried 1029.
@@ -563,6 +585,7 @@ impl Store for MemoryStore {
             batch: 0,
             error: None,
             failed,
+            refused,
         }
     }
 

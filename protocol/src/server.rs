@@ -50,8 +50,8 @@ use crate::message::{
 };
 use crate::packets::{Granularity, PacketRun, PacketStep};
 use crate::store::{
-    Commit, ConnId, Ctx, Durability, Lookup, Readiness, Store, UploadSummary, Verdict,
-    VerdictOutcome,
+    Commit, CommitRefusal, ConnId, Ctx, Durability, Lookup, Readiness, Store, UploadSummary,
+    Verdict, VerdictOutcome,
 };
 use crate::wire::{sanitize_file_name, ClientId, FixedName};
 
@@ -135,6 +135,11 @@ pub enum CloseReason {
     /// acknowledged; they were replaced by a 2107
     /// ([`ServerSession::handle_commit`]).
     NotDurable,
+    /// The store refused, when it committed, an upload the session had
+    /// accepted (a shared database's last word: client forgotten, name
+    /// deleted, quota): the refusal was answered and counted
+    /// ([`Commit::refused`]).
+    RefusedAtCommit,
 }
 
 /// A verdict as the client sent it.
@@ -660,10 +665,32 @@ impl<U> ServerSession<U> {
         if self.out.held.is_empty() {
             return;
         }
+        if let Some(refusal) = commit.refusal(self.conn) {
+            self.refused_at_commit(refusal, store);
+            return;
+        }
         match commit.outcome(self.conn) {
             Durability::Durable => self.out.release_through(commit.batch),
             Durability::Failed => self.handle_commit(Durability::Failed, store),
         }
+    }
+
+    /// The store refused this connection's accepted upload when it
+    /// committed ([`Commit::refused`]): the held answers are withdrawn,
+    /// the refusal is answered as the 1029's (2107, or a close in a
+    /// revision without it) and counted as a refusal, and the session
+    /// closes, since answers held after it may have assumed the upload
+    /// kept.
+    fn refused_at_commit<S: Store<Upload = U>>(&mut self, refusal: &CommitRefusal, store: &mut S) {
+        self.out.withdraw();
+        let header = RequestHeader {
+            client_id: refusal.client_id,
+            kind: RequestKind::CrcOk,
+            ..NO_REQUEST
+        };
+        let error = SessionError::Refused(refusal.error.clone().into());
+        self.fail(&header, &[], error, store);
+        self.start_close(CloseReason::RefusedAtCommit, store);
     }
 
     /// The outcome of the commit the held answers waited for: released

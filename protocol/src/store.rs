@@ -195,12 +195,35 @@ pub struct Commit {
     /// Connections whose own change (an accepted upload) could not be made
     /// durable while the rest of the batch was.
     pub failed: Vec<ConnId>,
+    /// Connections whose own change the store refused when it committed
+    /// (a shared database that would not keep an accepted upload: its
+    /// client was forgotten or its name deleted meanwhile, or it would
+    /// pass the client's quota), with the refusal. Their answers fail as
+    /// `failed` ones do, but the session answers with the refusal and
+    /// counts it as one ([`Commit::refusal`]).
+    pub refused: Vec<CommitRefusal>,
+}
+
+/// A connection's change that the store refused when it committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitRefusal {
+    /// The connection that made it.
+    pub conn: ConnId,
+    /// The client it was for.
+    pub client_id: ClientId,
+    /// Why.
+    pub error: StoreError,
 }
 
 impl Commit {
+    /// Why the store refused `conn`'s change at this commit, if it did.
+    pub fn refusal(&self, conn: ConnId) -> Option<&CommitRefusal> {
+        self.refused.iter().find(|r| r.conn == conn)
+    }
+
     /// The outcome for the answers `conn` holds.
     pub fn outcome(&self, conn: ConnId) -> Durability {
-        if self.error.is_some() || self.failed.contains(&conn) {
+        if self.error.is_some() || self.failed.contains(&conn) || self.refusal(conn).is_some() {
             Durability::Failed
         } else {
             Durability::Durable
@@ -1068,6 +1091,17 @@ mod tests {
         };
         assert_eq!(partial.outcome(3), Durability::Failed);
         assert_eq!(partial.outcome(4), Durability::Durable);
+        let refused = Commit {
+            refused: vec![CommitRefusal {
+                conn: 5,
+                client_id: ALICE,
+                error: StoreError::Withdrawn { why: "test" },
+            }],
+            ..Commit::default()
+        };
+        assert_eq!(refused.outcome(5), Durability::Failed);
+        assert_eq!(refused.outcome(3), Durability::Durable);
+        assert_eq!(refused.refusal(5).map(|r| r.client_id), Some(ALICE));
         let total = Commit {
             error: Some(StoreError::Invalid("x".into())),
             failed: vec![],

@@ -10,9 +10,11 @@ use common::{alice_id, vector, with_alice};
 
 use sealdrop_protocol::consts::*;
 use sealdrop_protocol::crypto::{AesKey, RsaPrivateKey, TestEntropy};
+use sealdrop_protocol::error::Refusal;
 use sealdrop_protocol::memstore::MemoryStore;
 use sealdrop_protocol::server::{CloseReason, ServerConfig, ServerSession};
-use sealdrop_protocol::store::{Durability, Store};
+use sealdrop_protocol::store::{Durability, QuotaExceeded, QuotaLimit, Store, StoreError};
+use sealdrop_protocol::RequestKind;
 use sealdrop_protocol::{ClientId, Response, ResponseDecoder, Revision};
 
 type Session = ServerSession<<MemoryStore as Store>::Upload>;
@@ -682,6 +684,61 @@ fn held_answers_wait_for_the_commit_and_a_failed_commit_turns_them_into_one_2107
     let key = (alice_id(), "plain_1000.bin".to_string());
     assert!(!h.store.files[&key].verified);
     assert_eq!(h.store.pending_count(), 1);
+}
+
+/// A shared database may refuse an accepted upload when it commits (its
+/// client forgotten, its name deleted, its quota passed through other
+/// servers): the 2104 never comes out, the 1029 is answered 2107 and
+/// counted as a refusal with the store's reason, the session closes, and
+/// nothing is stored or left pending.
+#[test]
+fn an_upload_the_store_refuses_at_its_commit_is_answered_as_a_refusal_and_discarded() {
+    let mut store = alice_store();
+    store.group_commit = true;
+    let mut h = Harness::new(store);
+    let mut input = &vector("request_1028.bin")[..];
+    h.session
+        .handle_input(&mut input, h.now, &mut h.store, &mut h.rng);
+    let commit = h.store.commit(h.now);
+    h.session.handle_commit_of(&commit, &mut h.store);
+    let n = h.session.pending_output().len();
+    h.session.consume_output(n, h.now);
+    while h.session.poll_event().is_some() {}
+    let mut input = &vector("request_1029.bin")[..];
+    h.session
+        .handle_input(&mut input, h.now, &mut h.store, &mut h.rng);
+    assert!(h.session.holds_output(), "2104 held");
+    let quota = QuotaExceeded {
+        limit: QuotaLimit::Files,
+        max: 1,
+        would_be: 2,
+    };
+    h.store.refuse_commit_for = vec![(h.session.conn(), StoreError::OverQuota(quota))];
+    let commit = h.store.commit(h.now);
+    assert_eq!(commit.outcome(h.session.conn()), Durability::Failed);
+    h.session.handle_commit_of(&commit, &mut h.store);
+    let mut error = Vec::new();
+    Response::GeneralError.encode(Revision::R2023c, &mut error);
+    assert_eq!(h.session.pending_output(), &error[..]);
+    assert_eq!(h.session.close_reason(), Some(CloseReason::RefusedAtCommit));
+    let mut refusals = Vec::new();
+    while let Some(e) = h.session.poll_event() {
+        if let sealdrop_protocol::ServerEvent::Refused {
+            kind,
+            client_id,
+            reason,
+        } = e
+        {
+            refusals.push((kind, client_id, reason));
+        }
+    }
+    assert_eq!(
+        refusals,
+        [(RequestKind::CrcOk, alice_id(), Refusal::OverQuota(quota))]
+    );
+    let key = (alice_id(), "plain_1000.bin".to_string());
+    assert!(h.store.files.get(&key).is_none_or(|f| !f.verified));
+    assert_eq!(h.store.pending_count(), 0, "discarded, not pending again");
 }
 
 #[test]

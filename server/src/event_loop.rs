@@ -466,7 +466,9 @@ impl Server {
             if !conn.session.holds_output() {
                 continue;
             }
-            if commit.outcome(conn.serial) == Durability::Failed {
+            if commit.outcome(conn.serial) == Durability::Failed
+                && commit.refusal(conn.serial).is_none()
+            {
                 log::warn!(
                     "conn#{} {}: answers withheld (not durable): 2107 and close",
                     conn.serial,
@@ -973,7 +975,7 @@ fn step(
 fn should_linger(conn: &Conn) -> bool {
     matches!(
         conn.session.close_reason(),
-        Some(CloseReason::Decode(_) | CloseReason::NotDurable)
+        Some(CloseReason::Decode(_) | CloseReason::NotDurable | CloseReason::RefusedAtCommit)
     ) && !conn.eof
 }
 
@@ -1016,6 +1018,7 @@ fn describe_close(reason: CloseReason) -> &'static str {
         CloseReason::PeerClosedMidFrame => "peer closed inside a request",
         CloseReason::Local => "closed by the server",
         CloseReason::NotDurable => "storage sync failed (2107 sent)",
+        CloseReason::RefusedAtCommit => "accepted upload refused by the database (2107 sent)",
         CloseReason::NoErrorResponse => "request refused; the revision has no error response",
     }
 }

@@ -210,6 +210,8 @@ pub fn close_refusal(reason: CloseReason) -> Option<RefusalReason> {
         | CloseReason::TooSlow
         | CloseReason::WriteStalled => Some(RefusalReason::Timeout),
         CloseReason::NotDurable => Some(RefusalReason::ServerError),
+        // Counted by its Refused event, with the store's reason.
+        CloseReason::RefusedAtCommit => None,
         // 2022c's refusal without an answer was counted by its Refused event.
         CloseReason::PeerClosed
         | CloseReason::PeerClosedMidFrame

@@ -47,15 +47,15 @@ use std::time::{Duration, Instant, SystemTime};
 use sealdrop_protocol::consts::PUBLIC_KEY_LEN;
 use sealdrop_protocol::crypto::AesKey;
 use sealdrop_protocol::store::{
-    ClientRecord, Commit, ConnId, Ctx, Deleted, Eviction, Forgotten, LiveUploads, Lookup,
-    PendingEntry, PendingLimits, PendingSet, Quota, QuotaOverride, Readiness, Store, StoreError,
-    UploadId, UploadSummary, Usage, Verdict, VerdictOutcome, Withdrawal,
+    ClientRecord, Commit, CommitRefusal, ConnId, Ctx, Deleted, Eviction, Forgotten, LiveUploads,
+    Lookup, PendingEntry, PendingLimits, PendingSet, Quota, QuotaOverride, Readiness, Store,
+    StoreError, UploadId, UploadSummary, Usage, Verdict, VerdictOutcome, Withdrawal,
 };
 use sealdrop_protocol::ClientId;
 
 use crate::db::{utc_timestamp, Db, FileRow};
 use crate::files::{self, PartFile};
-use crate::pg::{DatabaseUrl, JobDone};
+use crate::pg::{DatabaseUrl, JobDone, PgError};
 use crate::records::{PgRecords, Records};
 
 pub use sealdrop_protocol::store::{
@@ -237,6 +237,8 @@ pub struct DiskUpload {
     part: PartFile,
     /// Set when an administrator withdraws it.
     mark: Withdrawal,
+    /// When it began (the driver's clock).
+    started: Instant,
 }
 
 impl DiskUpload {
@@ -267,6 +269,9 @@ pub struct PendingFile {
     final_path: PathBuf,
     part: PartFile,
     summary: UploadSummary,
+    /// When its upload began: with PostgreSQL, a deletion of its name
+    /// recorded after this withdraws it at its placing.
+    started: Instant,
     /// Its content is durable once [`DiskStore::fs_syncs`] reaches this:
     /// the first filesystem sync begun after it was complete covers it.
     durable_at_sync: u64,
@@ -291,6 +296,11 @@ struct InFlight {
     remove_dirs: Vec<PathBuf>,
     /// PostgreSQL: for each write of the job, the connection it was for.
     conns: Vec<Option<ConnId>>,
+    /// PostgreSQL: the index of `placed[0]`'s operation in the job (the
+    /// placements follow the open batch's writes, in `placed`'s order).
+    place_from: usize,
+    /// PostgreSQL: accepted uploads the database refused to keep.
+    refused: Vec<CommitRefusal>,
 }
 
 /// The server's storage: `<data dir>/defensive.db` and
@@ -1186,7 +1196,7 @@ impl Store for DiskStore {
 
     fn begin_upload(
         &mut self,
-        _cx: Ctx,
+        cx: Ctx,
         id: &ClientId,
         file_name: &str,
         content_size: u32,
@@ -1210,6 +1220,7 @@ impl Store for DiskStore {
             final_path: dir.join(file_name),
             part,
             mark: self.live.register(*id, file_name),
+            started: cx.now,
         })
     }
 
@@ -1264,6 +1275,7 @@ impl Store for DiskStore {
             final_path,
             part,
             mark: _,
+            started,
         } = upload;
         let name = file_name.clone();
         let uid = self.pending.insert(
@@ -1274,6 +1286,7 @@ impl Store for DiskStore {
                 final_path,
                 part,
                 summary: *summary,
+                started,
                 durable_at_sync: self.fs_syncs + 1,
             },
         );
@@ -1486,6 +1499,8 @@ impl Store for DiskStore {
                     to: p.data.final_path.clone(),
                     size: s.plain_len,
                     cksum: s.cksum,
+                    started: p.data.started,
+                    quota: self.config.quota,
                 },
             ));
         }
@@ -1499,12 +1514,14 @@ impl Store for DiskStore {
                 .collect();
             extra.push((None, crate::pg::Op::AddCounters(deltas)));
         }
+        let extra_len = extra.len();
         let submitted = match self.db.pg() {
             Some(pg) => pg.submit_commit(flight.batch, extra),
             None => Err(StoreError::database("commit", "no database")),
         };
         match submitted {
             Ok(conns) => {
+                flight.place_from = conns.len() - extra_len;
                 flight.conns = conns;
                 self.in_flight = Some(flight);
                 None
@@ -1653,6 +1670,8 @@ impl DiskStore {
             unlink: std::mem::take(&mut self.unlink_after_commit),
             remove_dirs: std::mem::take(&mut self.remove_dirs_after_commit),
             conns: Vec::new(),
+            place_from: 0,
+            refused: Vec::new(),
         }
     }
 
@@ -1670,6 +1689,8 @@ impl DiskStore {
             unlink,
             remove_dirs,
             conns: _,
+            place_from: _,
+            refused,
         } = flight;
         let mut committed = committed;
         if committed.is_ok()
@@ -1703,6 +1724,7 @@ impl DiskStore {
                 batch,
                 error: Some(e),
                 failed,
+                refused,
             };
         }
         self.since_start.add(Outcome::Verified, placed.len() as u64);
@@ -1719,6 +1741,7 @@ impl DiskStore {
             batch,
             error: None,
             failed,
+            refused,
         }
     }
 
@@ -1729,9 +1752,13 @@ impl DiskStore {
         if let Err(e) = done.commit {
             return self.finish_commit(flight, Err(e.into()));
         }
+        self.drop_refused_placements(&mut flight, &done);
         let mut unrecorded: Vec<(ClientId, String)> = Vec::new();
         for (i, result) in done.results.iter().enumerate() {
             let Err(e) = result else { continue };
+            if matches!(e, PgError::Withdrawn { .. } | PgError::OverQuota(_)) {
+                continue; // answered by drop_refused_placements
+            }
             let conn = flight.conns.get(i).copied().flatten();
             match conn {
                 Some(conn) => {
@@ -1762,6 +1789,46 @@ impl DiskStore {
             p.data.part.placed_elsewhere();
         }
         self.finish_commit(flight, Ok(()))
+    }
+
+    /// PostgreSQL refused to place some accepted uploads (an
+    /// administrator forgot the client or deleted the name while they were
+    /// in flight, or the client's files through every server would pass
+    /// its quota): their temporary files go, their connections' answers
+    /// become the revision's error, and what this server had read of
+    /// those clients is read again.
+    fn drop_refused_placements(&mut self, flight: &mut InFlight, done: &JobDone) {
+        let placed = std::mem::take(&mut flight.placed);
+        for (i, (uid, p)) in placed.into_iter().enumerate() {
+            let refusal = match done.results.get(flight.place_from + i) {
+                Some(Err(e @ (PgError::Withdrawn { .. } | PgError::OverQuota(_)))) => e.clone(),
+                _ => {
+                    flight.placed.push((uid, p));
+                    continue;
+                }
+            };
+            let outcome = match refusal {
+                PgError::OverQuota(_) => Outcome::OverQuota,
+                _ => Outcome::Withdrawn,
+            };
+            log::info!(
+                "conn#{}: upload {uid} ({}) not kept: {refusal}",
+                p.conn,
+                who(&p)
+            );
+            self.count(outcome, 1);
+            flight.refused.push(CommitRefusal {
+                conn: p.conn,
+                client_id: p.client,
+                error: refusal.into(),
+            });
+            if let Some(pg) = self.db.pg() {
+                pg.forget_client(&p.client);
+            }
+            if let Err(e) = p.data.part.discard() {
+                log::warn!("upload {uid}: cannot delete its temporary file: {e}");
+            }
+        }
     }
 
     /// Waits for the PostgreSQL commit in flight (at exit), at most

@@ -450,3 +450,187 @@ fn a_file_deleted_while_its_replacement_awaits_1029_on_another_server_ends_with_
         "1"
     );
 }
+
+/// `n` servers on `url` and `dir` whose control sockets are in `apart`,
+/// where the administration commands do not look: as servers on other
+/// machines are to a command (a Unix socket does not cross machines).
+fn servers_out_of_reach(url: &str, dir: &Path, apart: &Path, n: usize) -> Vec<Running> {
+    (0..n)
+        .map(|i| {
+            let mut s = Settings::with_defaults(SocketAddr::from(([127, 0, 0, 1], 0)), dir);
+            s.store.database = DatabaseUrl::parse(url).unwrap();
+            s.store.server_id = Some(format!("far{i}"));
+            s.control_socket = Some(apart.join(format!("far{i}.sock")));
+            inprocess::spawn(s).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_file_deleted_while_a_server_out_of_reach_holds_its_replacement_is_not_placed_again() {
+    let Some(cluster) = shared() else { return };
+    let url = fresh_db(cluster);
+    let (tmp, apart) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = tmp.path();
+    let far = servers_out_of_reach(&url, dir, apart.path(), 1);
+    let mut alice = client_with(far[0].addr(), "alice", &[("report.txt", b"version one")]);
+    let mut c = alice.connect(far[0].addr());
+    alice.reconnect(&mut c);
+    alice.send_file(&mut c, "report.txt", b"version two");
+    c.expect(2103);
+    let del = ok(
+        &url,
+        dir,
+        &["files", "delete", "alice", "report.txt", "--json"],
+    )
+    .json();
+    assert_eq!(del["had_record"], true);
+    assert_eq!(del["servers_told"], 0, "{del}");
+    assert_eq!(del["uploads_withdrawn"], 0, "{del}");
+    // The server was not told; the database refuses the placing.
+    alice.send_verdict(&mut c, 1029, "report.txt");
+    c.expect(2107);
+    assert!(!files::final_path(dir, &alice.id, "report.txt").exists());
+    assert!(
+        wait_until(Duration::from_secs(5), || part_files(dir, &alice)
+            .is_empty()),
+        "a temporary file stayed"
+    );
+    assert_eq!(query(cluster, &url, "SELECT count(*) FROM files"), "0");
+    assert_eq!(query(cluster, &url, "SELECT count(*) FROM file_meta"), "0");
+    // The refusal came with the commit, so the connection closes after
+    // its 2107 (as after any failed commit); an upload begun after the
+    // deletion, on a new connection, is kept.
+    let mut c = alice.connect(far[0].addr());
+    alice.reconnect(&mut c);
+    alice.upload_verified(&mut c, "report.txt", b"version three");
+    assert_eq!(
+        std::fs::read(files::final_path(dir, &alice.id, "report.txt")).unwrap(),
+        b"version three"
+    );
+    assert_eq!(
+        query(
+            cluster,
+            &url,
+            "SELECT count(*) FROM files WHERE Verified = 1"
+        ),
+        "1"
+    );
+    let stats = ok(&url, dir, &["stats", "--json"]).json();
+    assert_eq!(stats["uploads"]["withdrawn"], 1, "{stats}");
+}
+
+#[test]
+fn a_client_forgotten_while_it_uploads_through_a_server_out_of_reach_keeps_nothing() {
+    let Some(cluster) = shared() else { return };
+    let url = fresh_db(cluster);
+    let (tmp, apart) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = tmp.path();
+    let far = servers_out_of_reach(&url, dir, apart.path(), 1);
+    let mut client = client_with(far[0].addr(), "uploader", &[]);
+    let mut conn = client.connect(far[0].addr());
+    client.reconnect(&mut conn);
+    let data = random_bytes(8, 3 << 20);
+    let mut up = client
+        .begin_upload(&mut conn, "big.bin", data.len() as u64)
+        .unwrap();
+    up.write(&data[..1 << 20]).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !part_files(dir, &client)
+            .is_empty()),
+        "the upload never started"
+    );
+    let out = ok(&url, dir, &["clients", "forget", "uploader", "--json"]).json();
+    assert_eq!(out["servers_told"], 0, "{out}");
+    assert_eq!(out["uploads_withdrawn"], 0, "{out}");
+    up.write(&data[1 << 20..]).unwrap();
+    up.finish().unwrap();
+    // The server, not told, has the upload whole and asks for a verdict;
+    // the database refuses to place it.
+    conn.expect(2103);
+    client.send_verdict(&mut conn, 1029, "big.bin");
+    conn.expect(2107);
+    assert!(
+        wait_until(Duration::from_secs(5), || part_files(dir, &client)
+            .is_empty()),
+        "a temporary file stayed"
+    );
+    assert!(!files::final_path(dir, &client.id, "big.bin").exists());
+    assert_eq!(query(cluster, &url, "SELECT count(*) FROM files"), "0");
+    assert_eq!(query(cluster, &url, "SELECT count(*) FROM clients"), "0");
+}
+
+#[test]
+fn two_servers_accepting_one_clients_uploads_at_once_keep_it_within_its_quota() {
+    let Some(cluster) = shared() else { return };
+    let url = fresh_db(cluster);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s: Vec<Running> = (0..2)
+        .map(|i| {
+            let mut s = Settings::with_defaults(SocketAddr::from(([127, 0, 0, 1], 0)), dir);
+            s.store.database = DatabaseUrl::parse(&url).unwrap();
+            s.store.server_id = Some(format!("q{i}"));
+            s.store.quota.max_files = Some(2);
+            s.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+            inprocess::spawn(s).unwrap()
+        })
+        .collect();
+    let mut alice = client_with(s[0].addr(), "alice", &[("kept.txt", b"one")]);
+    // One connection to each server (each reconnect gives its own AES
+    // key, so each sends at once); each reads one file kept of two.
+    let mut a = alice.connect(s[0].addr());
+    alice.reconnect(&mut a);
+    alice.send_file(&mut a, "a.txt", b"through the first");
+    a.expect(2103);
+    let mut b = alice.connect(s[1].addr());
+    alice.reconnect(&mut b);
+    alice.send_file(&mut b, "b.txt", b"through the second");
+    b.expect(2103);
+    alice.send_verdict(&mut a, 1029, "a.txt");
+    a.expect(2104);
+    // The second server read one file kept; the database counts two.
+    alice.send_verdict(&mut b, 1029, "b.txt");
+    b.expect(2107);
+    // Counted as a quota refusal, not as a server error.
+    let metrics = s[1].metrics_addr().unwrap();
+    let refusals = |reason: &str| {
+        scrape_value(
+            metrics,
+            &format!("sealdrop_refusals_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(refusals("quota"), 1.0);
+    assert_eq!(refusals("server_error"), 0.0);
+    assert!(files::final_path(dir, &alice.id, "a.txt").exists());
+    assert!(!files::final_path(dir, &alice.id, "b.txt").exists());
+    assert_eq!(
+        query(
+            cluster,
+            &url,
+            "SELECT string_agg(FileName, ',' ORDER BY FileName) FROM files WHERE Verified = 1"
+        ),
+        "a.txt,kept.txt"
+    );
+    // Replacing a kept file needs no new room, through either server
+    // (on a new connection: the refusal came with the commit).
+    let mut b = alice.connect(s[1].addr());
+    alice.reconnect(&mut b);
+    alice.upload_verified(&mut b, "a.txt", b"replaced through the second");
+    let stats = ok(&url, dir, &["stats", "--json"]).json();
+    assert_eq!(stats["uploads"]["over_quota"], 1, "{stats}");
+}
+
+/// One sample of `GET /metrics`.
+fn scrape_value(addr: SocketAddr, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    sealdrop_server::metrics::parse_samples(body.split_once("\r\n\r\n").unwrap().1)
+        .get(name)
+        .copied()
+        .unwrap_or(0.0)
+}

@@ -871,3 +871,71 @@ fn find_openssl_tool() -> Option<()> {
         .filter(|o| o.status.success())
         .map(|_| ())
 }
+
+#[test]
+fn two_workers_updating_the_same_clients_in_opposite_orders_wait_instead_of_deadlocking() {
+    let cluster = cluster_or_skip!();
+    let url = fresh_db(cluster);
+    let (x, y) = (ClientId([0x10; 16]), ClientId([0x20; 16]));
+    let mut a = start(&url, named("a"));
+    let mut b = start(&url, named("b"));
+    a.ok(vec![register(x, "x"), register(y, "y")]);
+    let touch = |id, seen: &str| Op::Touch {
+        id,
+        seen: seen.into(),
+    };
+    for round in 0..3 {
+        // A third session holds both rows, so both jobs start waiting on
+        // their first row and are released together: taken in the jobs'
+        // own orders (x then y, y then x), that is a deadlock every time.
+        let mut holder = sql(&url);
+        let mut tx = holder.transaction().unwrap();
+        tx.execute(
+            "SELECT 1 FROM clients WHERE ID = ANY($1) FOR UPDATE",
+            &[&vec![&x.0[..], &y.0[..]]],
+        )
+        .unwrap();
+        let (sa, sb) = (format!("a{round}"), format!("b{round}"));
+        a.worker
+            .submit(Job {
+                tag: 1,
+                ops: vec![touch(x, &sa), touch(y, &sa)],
+            })
+            .unwrap();
+        b.worker
+            .submit(Job {
+                tag: 2,
+                ops: vec![touch(y, &sb), touch(x, &sb)],
+            })
+            .unwrap();
+        // Both are waiting on the holder (seen from pg_stat_activity).
+        let mut watcher = sql(&url);
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                let waiting: i64 = watcher
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity \
+                         WHERE application_name IN ('a', 'b') AND wait_event_type = 'Lock'",
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0);
+                waiting == 2
+            }),
+            "the jobs never waited on the held rows"
+        );
+        tx.commit().unwrap();
+        for h in [&mut a, &mut b] {
+            let done = h.wait();
+            assert!(done.commit.is_ok(), "round {round}: {:?}", done.commit);
+            for r in &done.results {
+                assert_eq!(
+                    r,
+                    &Ok(Reply::Written(1)),
+                    "round {round}: {:?}",
+                    done.results
+                );
+            }
+        }
+    }
+}

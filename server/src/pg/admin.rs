@@ -20,7 +20,7 @@ use postgres::{Client, GenericClient, IsolationLevel, Row};
 use sealdrop_protocol::store::QuotaOverride;
 use sealdrop_protocol::ClientId;
 
-use super::schema::{schema_version, SCHEMA_VERSION};
+use super::schema::{schema_version, SCHEMA_VERSION, WITHDRAWALS_KEPT};
 use super::url::PgUrl;
 use super::worker::{connect, Settings};
 use super::PgError;
@@ -242,8 +242,11 @@ pub fn forget(
 }
 
 /// Deletes one file's row (and size and cksum) in one transaction;
-/// whether it had a row. With `only_if_verified`, a row not marked
-/// verified is kept (`verify --repair rows`).
+/// whether it had a row. Without `only_if_verified` (`files delete`) the
+/// deletion is also recorded in `withdrawals`, so every server refuses
+/// to place an upload of that name that began before it, told or not.
+/// With `only_if_verified`, a row not marked verified is kept (`verify
+/// --repair rows`: a record without its file, not a deletion).
 pub fn delete_file(
     client: &mut Client,
     id: &ClientId,
@@ -252,6 +255,27 @@ pub fn delete_file(
 ) -> Result<bool, PgError> {
     let op = "delete file record";
     let mut tx = client.transaction().map_err(db_err(op))?;
+    // The servers lock the client's row while they place one of its
+    // uploads: a placement either committed before (and its row is deleted
+    // here) or comes after and finds the withdrawal.
+    tx.query_opt(
+        "SELECT 1 FROM clients WHERE ID = $1 FOR NO KEY UPDATE",
+        &[&&id.0[..]],
+    )
+    .map_err(db_err(op))?;
+    if !only_if_verified {
+        let kept = f64::from(u32::try_from(WITHDRAWALS_KEPT.as_secs()).unwrap_or(u32::MAX));
+        tx.execute(
+            "DELETE FROM withdrawals WHERE At < clock_timestamp() - $1 * interval '1 second'",
+            &[&kept],
+        )
+        .map_err(db_err(op))?;
+        tx.execute(
+            "INSERT INTO withdrawals (ID, FileName) VALUES ($1, $2)",
+            &[&&id.0[..], &name],
+        )
+        .map_err(db_err(op))?;
+    }
     let cond = if only_if_verified {
         " AND Verified <> 0"
     } else {

@@ -79,6 +79,18 @@ pub enum PgError {
     /// Data failed a consistency check: a value of the wrong shape, a
     /// schema this program does not know.
     Invalid(String),
+    /// `place and record verified file`: the database refused the upload
+    /// after its content arrived: an administrator forgot its client or
+    /// deleted its name while it was in flight (on a server the command
+    /// could not reach). Nothing was placed or recorded.
+    Withdrawn {
+        /// What was removed.
+        why: &'static str,
+    },
+    /// `place and record verified file`: with what the client keeps in
+    /// the database now (uploads through other servers included), the
+    /// upload would pass its quota. Nothing was placed or recorded.
+    OverQuota(sealdrop_protocol::store::QuotaExceeded),
 }
 
 impl PgError {
@@ -175,6 +187,10 @@ impl fmt::Display for PgError {
                 detail,
             } => write!(f, "{op}: {detail}"),
             PgError::Invalid(message) => f.write_str(message),
+            PgError::Withdrawn { why } => {
+                write!(f, "place and record verified file: withdrawn ({why})")
+            }
+            PgError::OverQuota(q) => write!(f, "place and record verified file: {q}"),
         }
     }
 }
@@ -201,6 +217,8 @@ impl From<PgError> for StoreError {
             } => StoreError::database(op, detail),
             PgError::NameTaken => StoreError::database("register client", "the name is taken"),
             PgError::IdTaken => StoreError::database("register client", "the id is taken"),
+            PgError::Withdrawn { why } => StoreError::Withdrawn { why },
+            PgError::OverQuota(q) => StoreError::OverQuota(q),
             other => StoreError::database("postgres", other),
         }
     }

@@ -25,9 +25,10 @@ use super::url::PgUrl;
 use super::worker::{connect, Settings};
 use super::PgError;
 
-/// The schema version this server creates and reads (the same numbering
-/// as `db::SCHEMA_VERSION`).
-pub const SCHEMA_VERSION: i32 = 3;
+/// The schema version this server creates and reads. Versions 1 to 3 are
+/// `db::SCHEMA_VERSION`'s; version 4 is PostgreSQL's own
+/// ([`WITHDRAWALS_TABLE_SQL`]).
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The version table: one row, `id` 1.
 pub const VERSION_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS sealdrop_schema (id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL)";
@@ -49,6 +50,20 @@ pub const FILE_META_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS file_meta (ID 
 /// Version 3: lifetime counters (as `db::COUNTERS_TABLE_SQL`).
 pub const COUNTERS_TABLE_SQL: &str =
     "CREATE TABLE IF NOT EXISTS counters (Name text PRIMARY KEY, Value bigint NOT NULL)";
+
+/// Version 4 (PostgreSQL only): names an administrator deleted, and
+/// when (the database's clock). A server about to place an upload of that
+/// name which began before the deletion refuses it, so a deletion reaches
+/// the uploads of servers that its command could not tell (on other
+/// machines). Rows older than [`WITHDRAWALS_KEPT`] are pruned by the
+/// next deletion.
+pub const WITHDRAWALS_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS withdrawals (ID bytea NOT NULL, FileName text NOT NULL, At timestamptz NOT NULL DEFAULT clock_timestamp()); \
+     CREATE INDEX IF NOT EXISTS withdrawals_id ON withdrawals (ID, FileName)";
+
+/// How long a deletion is remembered in `withdrawals`: seven days. Only
+/// an upload still in flight that long after its name was deleted (on a
+/// server the command could not tell) escapes it.
+pub const WITHDRAWALS_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// The advisory lock key [`migrate`] holds for its transaction ("sealdrop
 /// schema" in hex-ish), so two servers starting at once migrate one
@@ -127,6 +142,10 @@ pub fn migrate(client: &mut Client) -> Result<Migrated, PgError> {
         for sql in [QUOTAS_TABLE_SQL, FILE_META_TABLE_SQL, COUNTERS_TABLE_SQL] {
             tx.batch_execute(sql).map_err(db_err(op))?;
         }
+    }
+    if from < 4 {
+        tx.batch_execute(WITHDRAWALS_TABLE_SQL)
+            .map_err(db_err(op))?;
     }
     check_columns(&mut tx)?;
     if from < SCHEMA_VERSION {
@@ -211,8 +230,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn version_numbers_match_the_sqlite_schema() {
-        assert_eq!(i64::from(SCHEMA_VERSION), crate::db::SCHEMA_VERSION);
+    fn version_numbers_continue_the_sqlite_schema() {
+        // Versions up to SQLite's mean the same tables; PostgreSQL's own
+        // come after.
+        assert_eq!(crate::db::SCHEMA_VERSION, 3);
+        assert_eq!(SCHEMA_VERSION, 4);
     }
 
     #[test]

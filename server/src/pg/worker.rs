@@ -38,10 +38,14 @@
 //! # Round trips
 //!
 //! Every operation is one prepared statement, so one round trip, except
-//! `RegisterClient` with a client to replace (two: `DELETE`, `INSERT`). A
-//! job with more than one write statement adds `BEGIN` and `COMMIT` (two
-//! round trips for the whole job); a job with at most one write runs
-//! without them (one statement commits on its own).
+//! `RegisterClient` with a client to replace (two: `DELETE`, `INSERT`),
+//! `DeleteFile`/`DeleteClient` (two) and `PlaceVerified` (four: lock,
+//! check, mark verified, size and cksum). A job with more than one write
+//! statement adds `BEGIN` and `COMMIT` (two round trips for the whole
+//! job), and, when it updates more than one client's row, one statement
+//! that locks those rows in id order first ([`lock_clients`]); a job with
+//! at most one write runs without them (one statement commits on its
+//! own).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -52,7 +56,7 @@ use std::time::{Duration, Instant};
 use postgres::{Client, GenericClient, Row, Statement};
 use sealdrop_protocol::consts::PUBLIC_KEY_LEN;
 use sealdrop_protocol::crypto::AesKey;
-use sealdrop_protocol::store::{ClientRecord, QuotaOverride};
+use sealdrop_protocol::store::{ClientRecord, Quota, QuotaOverride, Usage};
 use sealdrop_protocol::ClientId;
 
 use super::schema;
@@ -252,14 +256,21 @@ pub enum Op {
     Sizes,
     /// Write, and a file system change: an accepted upload, its content
     /// synced at `from`, is renamed over its final path `to` (its folder
-    /// then fsynced), and recorded as verified with its size and cksum,
-    /// all under a transaction-long advisory lock on (client, name). Two
-    /// servers placing the same client's same name therefore take turns,
-    /// and the one that commits last is also the one whose file is at the
-    /// final path: the database decides, the records always describe the
-    /// file. A `from` already gone with `to` present is a rename an earlier
-    /// round of the same job made (the job is replayed after a failed
-    /// operation), not an error.
+    /// then fsynced), and recorded as verified with its size and cksum.
+    /// The database decides first, under a lock on the client's row
+    /// (`FOR NO KEY UPDATE`, held to the end of the transaction): the
+    /// client must still exist (not forgotten), its name must not have
+    /// been deleted by an administrator since the upload began
+    /// (`withdrawals`), and the client's files in the database, other
+    /// servers' uploads included, plus this one must fit its quota.
+    /// Otherwise the operation is refused ([`PgError::Withdrawn`],
+    /// [`PgError::OverQuota`]) and nothing is placed. Two servers placing
+    /// the same client's files therefore take turns, and the one that
+    /// commits last is also the one whose file is at the final path: the
+    /// database decides, the records always describe the file. A `from`
+    /// already gone with `to` present is a rename an earlier round of the
+    /// same job made (the job is replayed after a failed operation), not
+    /// an error.
     PlaceVerified {
         /// The owner.
         id: ClientId,
@@ -273,6 +284,11 @@ pub enum Op {
         size: u64,
         /// Its cksum.
         cksum: u32,
+        /// When its upload began (the loop's clock, which is the real
+        /// one): a deletion of its name after that withdraws it.
+        started: Instant,
+        /// The server's quota, for a client without its own.
+        quota: Quota,
     },
 }
 
@@ -300,6 +316,19 @@ impl Op {
             Op::AddCounters(_) => "add to counters",
             Op::PlaceVerified { .. } => "place and record verified file",
             Op::Sizes => "measure database and files",
+        }
+    }
+
+    /// The client whose `clients` row this operation locks for update
+    /// (an `UPDATE` or `DELETE` of it, or [`Op::PlaceVerified`]'s lock).
+    fn locks_client(&self) -> Option<&ClientId> {
+        match self {
+            Op::SetPublicKey { id, .. }
+            | Op::SetLastKey { id, .. }
+            | Op::Touch { id, .. }
+            | Op::DeleteClient(id)
+            | Op::PlaceVerified { id, .. } => Some(id),
+            _ => None,
         }
     }
 
@@ -440,7 +469,9 @@ struct Statements {
     record_file_meta: Statement,
     set_quota: Statement,
     add_counter: Statement,
-    lock_file: Statement,
+    lock_client: Statement,
+    lock_clients: Statement,
+    place_check: Statement,
     sizes: Statement,
 }
 
@@ -464,8 +495,13 @@ impl Statements {
             set_last_key: p("UPDATE clients SET AESKey = $1 WHERE ID = $2")?,
             touch: p("UPDATE clients SET LastSeen = $1 \
                       WHERE ID = $2 AND LastSeen IS DISTINCT FROM $1")?,
+            // Only for a client that still exists: one an administrator
+            // forgot meanwhile (on a server the command could not tell)
+            // leaves no row behind.
             add_unverified: p("INSERT INTO files (ID, FileName, PathName, Verified) \
-                               VALUES ($1, $2, $3, 0) ON CONFLICT (ID, FileName) DO NOTHING")?,
+                               SELECT $1, $2, $3, 0 WHERE EXISTS \
+                               (SELECT 1 FROM clients WHERE ID = $1 FOR KEY SHARE) \
+                               ON CONFLICT (ID, FileName) DO NOTHING")?,
             mark_verified: p("INSERT INTO files (ID, FileName, PathName, Verified) \
                               VALUES ($1, $2, $3, 1) ON CONFLICT (ID, FileName) \
                               DO UPDATE SET PathName = EXCLUDED.PathName, Verified = 1")?,
@@ -484,7 +520,10 @@ impl Statements {
             set_quota: p("INSERT INTO quotas (ID, MaxBytes, MaxFiles) VALUES ($1, $2, $3) \
                           ON CONFLICT (ID) DO UPDATE \
                           SET MaxBytes = EXCLUDED.MaxBytes, MaxFiles = EXCLUDED.MaxFiles")?,
-            lock_file: p("SELECT pg_advisory_xact_lock($1)")?,
+            lock_client: p("SELECT 1 FROM clients WHERE ID = $1 FOR NO KEY UPDATE")?,
+            lock_clients: p("SELECT 1 FROM clients WHERE ID = ANY($1) \
+                             ORDER BY ID FOR NO KEY UPDATE")?,
+            place_check: p(PLACE_CHECK_SQL)?,
             sizes: p("SELECT pg_database_size(current_database()), \
                       (SELECT coalesce(sum(m.Size), 0)::bigint FROM file_meta m \
                        JOIN files f ON f.ID = m.ID AND f.FileName = m.FileName \
@@ -888,6 +927,8 @@ fn run_on(conn: &mut Conn, ops: &[Op]) -> Result<Vec<Result<Reply, PgError>>, Jo
                 Ok(tx) => tx,
                 Err(e) => return Err((PgError::from_driver("begin", &e), first_round)),
             };
+            // Not one operation's fault if it fails: the job fails whole.
+            lock_clients(&mut tx, &conn.stmts, ops, &failed).map_err(|e| (e, false))?;
             for (i, op) in ops.iter().enumerate() {
                 if let Some(e) = &failed[i] {
                     results.push(Err(e.clone()));
@@ -933,6 +974,34 @@ fn run_on(conn: &mut Conn, ops: &[Op]) -> Result<Vec<Result<Reply, PgError>>, Jo
         .into_iter()
         .map(|e| Err(e.unwrap_or(PgError::Invalid("operation not run".into()))))
         .collect())
+}
+
+/// Locks, in the order of their ids, the `clients` rows the job's
+/// operations will update: every server takes them in that one order, so
+/// two servers' jobs touching the same clients wait for each other
+/// instead of deadlocking (which PostgreSQL would end after a second by
+/// failing one of them).
+fn lock_clients(
+    tx: &mut postgres::Transaction<'_>,
+    s: &Statements,
+    ops: &[Op],
+    failed: &[Option<PgError>],
+) -> Result<(), PgError> {
+    let mut ids: Vec<&[u8]> = ops
+        .iter()
+        .zip(failed)
+        .filter(|(_, f)| f.is_none())
+        .filter_map(|(op, _)| op.locks_client())
+        .map(|id| &id.0[..])
+        .collect();
+    if ids.len() < 2 {
+        return Ok(()); // one row: nothing to order
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    tx.query(&s.lock_clients, &[&ids])
+        .map(drop)
+        .map_err(|e| PgError::from_driver("lock clients", &e))
 }
 
 /// Runs one operation. `Ok(Err(..))`: the statement ran but its outcome
@@ -1130,9 +1199,26 @@ fn run_op(
             to,
             size,
             cksum,
+            started,
+            quota,
         } => {
-            c.execute(&s.lock_file, &[&file_lock_key(id, file_name)])
+            let key = &id.0[..];
+            if c.query_opt(&s.lock_client, &[&key]).map_err(err)?.is_none() {
+                return Ok(Err(PgError::Withdrawn {
+                    why: "the client was forgotten",
+                }));
+            }
+            let age_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+            let row = c
+                .query_one(&s.place_check, &[&key, file_name, &age_ms])
                 .map_err(err)?;
+            let check = match PlaceCheck::from_row(&row) {
+                Ok(check) => check,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Err(refused) = check.decide(*quota, *size) {
+                return Ok(Err(refused));
+            }
             if let Err(e) = place(from, to) {
                 return Ok(Err(PgError::Invalid(format!(
                     "place {}: {e}",
@@ -1140,13 +1226,13 @@ fn run_op(
                 ))));
             }
             let path = to.to_string_lossy();
-            c.execute(&s.mark_verified, &[&&id.0[..], file_name, &path.as_ref()])
+            c.execute(&s.mark_verified, &[&key, file_name, &path.as_ref()])
                 .map_err(err)?;
             let size = i64::try_from(*size).unwrap_or(i64::MAX);
             let n = c
                 .execute(
                     &s.record_file_meta,
-                    &[&&id.0[..], file_name, &size, &i64::from(*cksum)],
+                    &[&key, file_name, &size, &i64::from(*cksum)],
                 )
                 .map_err(err)?;
             written(n)
@@ -1167,15 +1253,75 @@ fn run_op(
     }
 }
 
-/// The advisory lock key of a client's file name: FNV-1a over the id and
-/// the name, as PostgreSQL's bigint.
-pub fn file_lock_key(id: &ClientId, file_name: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.0.iter().chain([0u8].iter()).chain(file_name.as_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+/// What [`Op::PlaceVerified`] asks the database before it places an
+/// upload of client `$1` named `$2` that began `$3` milliseconds ago: was
+/// the name deleted since (`withdrawals`), the client's own quota, and
+/// what it keeps (verified files: the others' number and bytes, and the
+/// size of the one this upload replaces).
+const PLACE_CHECK_SQL: &str = "SELECT \
+    EXISTS (SELECT 1 FROM withdrawals w WHERE w.ID = $1 AND w.FileName = $2 \
+            AND w.At > clock_timestamp() - $3::bigint * interval '1 millisecond'), \
+    (SELECT q.MaxBytes FROM quotas q WHERE q.ID = $1), \
+    (SELECT q.MaxFiles FROM quotas q WHERE q.ID = $1), \
+    (SELECT count(*) FROM files f WHERE f.ID = $1 AND f.Verified <> 0 AND f.FileName <> $2), \
+    (SELECT coalesce(sum(m.Size), 0)::bigint FROM files f JOIN file_meta m \
+       ON m.ID = f.ID AND m.FileName = f.FileName \
+       WHERE f.ID = $1 AND f.Verified <> 0 AND f.FileName <> $2), \
+    (SELECT coalesce(m.Size, 0) FROM files f LEFT JOIN file_meta m \
+       ON m.ID = f.ID AND m.FileName = f.FileName \
+       WHERE f.ID = $1 AND f.FileName = $2 AND f.Verified <> 0)";
+
+/// The answer to [`PLACE_CHECK_SQL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PlaceCheck {
+    /// An administrator deleted the name after the upload began.
+    withdrawn: bool,
+    /// The client's own quota.
+    own: QuotaOverride,
+    /// Its other verified files.
+    others: Usage,
+    /// The size of the verified file of this name, if there is one.
+    replaced: Option<u64>,
+}
+
+impl PlaceCheck {
+    fn from_row(row: &Row) -> Result<PlaceCheck, PgError> {
+        let t = "files";
+        let count: i64 = get(row, t, 3, "count")?;
+        let bytes: i64 = get(row, t, 4, "Size")?;
+        let replaced: Option<i64> = get(row, t, 5, "Size")?;
+        Ok(PlaceCheck {
+            withdrawn: get(row, "withdrawals", 0, "At")?,
+            own: QuotaOverride {
+                bytes: crate::db::setting_from(get(row, "quotas", 1, "MaxBytes")?),
+                files: crate::db::setting_from(get(row, "quotas", 2, "MaxFiles")?),
+            },
+            others: Usage {
+                files: count.unsigned_abs(),
+                bytes: bytes.unsigned_abs(),
+            },
+            replaced: replaced.map(i64::unsigned_abs),
+        })
     }
-    h as i64
+
+    /// Whether an upload of `size` bytes may be placed on a server whose
+    /// quota is `server`: the same rule as the store's check at the
+    /// upload's start and at its 1029 ([`Quota::check`]).
+    fn decide(&self, server: Quota, size: u64) -> Result<(), PgError> {
+        if self.withdrawn {
+            return Err(PgError::Withdrawn {
+                why: "its name was deleted while it was in flight",
+            });
+        }
+        let usage = Usage {
+            files: self.others.files + u64::from(self.replaced.is_some()),
+            bytes: self.others.bytes.saturating_add(self.replaced.unwrap_or(0)),
+        };
+        self.own
+            .apply(server)
+            .check(usage, self.replaced, size)
+            .map_err(PgError::OverQuota)
+    }
 }
 
 /// Renames `from` over `to` and fsyncs the folder; a rename an earlier
@@ -1289,11 +1435,48 @@ mod tests {
     }
 
     #[test]
-    fn a_files_lock_key_depends_on_client_and_name_only() {
-        let (a, b) = (ClientId([1; 16]), ClientId([2; 16]));
-        assert_eq!(file_lock_key(&a, "x"), file_lock_key(&a, "x"));
-        assert_ne!(file_lock_key(&a, "x"), file_lock_key(&b, "x"));
-        assert_ne!(file_lock_key(&a, "x"), file_lock_key(&a, "y"));
+    fn the_database_check_before_placing_follows_the_quota_rule() {
+        let check = |replaced| PlaceCheck {
+            withdrawn: false,
+            own: QuotaOverride::default(),
+            others: Usage {
+                files: 2,
+                bytes: 10,
+            },
+            replaced,
+        };
+        let server = Quota {
+            max_bytes: Some(16),
+            max_files: Some(3),
+        };
+        // A third file of 6 bytes fits exactly; 7 does not.
+        assert_eq!(check(None).decide(server, 6), Ok(()));
+        assert!(matches!(
+            check(None).decide(server, 7),
+            Err(PgError::OverQuota(q)) if q.would_be == 17 && q.max == 16
+        ));
+        // Replacing a 4-byte file: its bytes are given back, no new file.
+        assert_eq!(check(Some(4)).decide(server, 6), Ok(()));
+        let full = Quota {
+            max_bytes: None,
+            max_files: Some(2),
+        };
+        assert!(matches!(
+            check(None).decide(full, 1),
+            Err(PgError::OverQuota(q)) if q.would_be == 3
+        ));
+        assert_eq!(check(Some(1)).decide(full, 100), Ok(()));
+        // The client's own quota wins over the server's.
+        let mut own = check(None);
+        own.own.files = sealdrop_protocol::store::QuotaSetting::Unlimited;
+        assert_eq!(own.decide(full, 1), Ok(()));
+        // A deletion after the start withdraws it, whatever the quota.
+        let mut gone = check(None);
+        gone.withdrawn = true;
+        assert!(matches!(
+            gone.decide(Quota::default(), 0),
+            Err(PgError::Withdrawn { .. })
+        ));
     }
 
     #[test]
