@@ -24,7 +24,7 @@ use sealdrop_server::inprocess::{self, Running};
 use sealdrop_server::pg::DatabaseUrl;
 use sealdrop_testkit::data::random_bytes;
 use sealdrop_testkit::pg::PgCluster;
-use sealdrop_testkit::util::{run_bounded, wait_until};
+use sealdrop_testkit::util::{run_bounded, scrape_metric, wait_until};
 use sealdrop_testkit::Client;
 
 const SERVER_BIN: &str = env!("CARGO_BIN_EXE_sealdrop-server");
@@ -595,7 +595,7 @@ fn two_servers_accepting_one_clients_uploads_at_once_keep_it_within_its_quota() 
     // Counted as a quota refusal, not as a server error.
     let metrics = s[1].metrics_addr().unwrap();
     let refusals = |reason: &str| {
-        scrape_value(
+        scrape_metric(
             metrics,
             &format!("sealdrop_refusals_total{{reason=\"{reason}\"}}"),
         )
@@ -619,18 +619,4 @@ fn two_servers_accepting_one_clients_uploads_at_once_keep_it_within_its_quota() 
     alice.upload_verified(&mut b, "a.txt", b"replaced through the second");
     let stats = ok(&url, dir, &["stats", "--json"]).json();
     assert_eq!(stats["uploads"]["over_quota"], 1, "{stats}");
-}
-
-/// One sample of `GET /metrics`.
-fn scrape_value(addr: SocketAddr, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    sealdrop_server::metrics::parse_samples(body.split_once("\r\n\r\n").unwrap().1)
-        .get(name)
-        .copied()
-        .unwrap_or(0.0)
 }

@@ -19,6 +19,7 @@ use sealdrop_server::inprocess::{self, Running};
 use sealdrop_server::pg::DatabaseUrl;
 use sealdrop_server::store::{DiskStore, StoreConfig};
 use sealdrop_testkit::pg::PgCluster;
+use sealdrop_testkit::util::scrape_metric;
 use sealdrop_testkit::Client;
 
 fn shared() -> Option<&'static PgCluster> {
@@ -324,29 +325,15 @@ fn every_servers_metrics_count_the_files_all_of_them_stored() {
     alice.upload_verified(&mut c, "two.bin", &[2u8; 2000]);
     for server in &s {
         let addr = server.metrics_addr().unwrap();
-        let files = || scrape_value(addr, "sealdrop_files_size_bytes");
+        let files = || scrape_metric(addr, "sealdrop_files_size_bytes");
         assert!(
             sealdrop_testkit::util::wait_until(Duration::from_secs(20), || files() == 5000.0),
             "{} counts {} bytes",
             addr,
             files()
         );
-        assert!(scrape_value(addr, "sealdrop_database_size_bytes") > 0.0);
+        assert!(scrape_metric(addr, "sealdrop_database_size_bytes") > 0.0);
     }
-}
-
-/// One sample of `GET /metrics`.
-fn scrape_value(addr: SocketAddr, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    sealdrop_server::metrics::parse_samples(body.split_once("\r\n\r\n").unwrap().1)
-        .get(name)
-        .copied()
-        .unwrap_or(0.0)
 }
 
 #[test]

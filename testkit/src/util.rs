@@ -96,3 +96,26 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Ran {
         stderr: t_err.join().unwrap_or_default(),
     }
 }
+
+/// One sample of a server's `GET /metrics` (Prometheus text format):
+/// the value on the line whose name and labels are exactly `sample`
+/// (`sealdrop_refusals_total{reason="quota"}`), 0 if there is none. The
+/// request is bounded by a 10 s timeout.
+pub fn scrape_metric(addr: std::net::SocketAddr, sample: &str) -> f64 {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .expect("connect to the metrics address");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sealdrop\r\n\r\n")
+        .expect("send the scrape");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("read the scrape");
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}

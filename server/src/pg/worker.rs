@@ -1465,7 +1465,13 @@ mod tests {
             check(None).decide(full, 1),
             Err(PgError::OverQuota(q)) if q.would_be == 3
         ));
-        assert_eq!(check(Some(1)).decide(full, 100), Ok(()));
+        // Two others and the one replaced make three files, no more.
+        let three = Quota {
+            max_bytes: None,
+            max_files: Some(3),
+        };
+        assert_eq!(check(Some(1)).decide(three, 100), Ok(()));
+        assert!(check(Some(1)).decide(full, 100).is_err());
         // The client's own quota wins over the server's.
         let mut own = check(None);
         own.own.files = sealdrop_protocol::store::QuotaSetting::Unlimited;
