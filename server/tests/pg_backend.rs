@@ -606,19 +606,23 @@ fn a_killed_connection_fails_its_batch_and_the_worker_reconnects() {
     let url = fresh_db(cluster);
     let mut h = start(&url, named("victim"));
     let (a, b) = (ClientId([1; 16]), ClientId([2; 16]));
-    h.ok(vec![register(a, "a")]);
-    // Another session holds a's row: the worker's batch stops there.
+    let verified = || Op::MarkVerified {
+        id: a,
+        file_name: "f".into(),
+        path_name: "/f".into(),
+    };
+    h.ok(vec![register(a, "a"), verified()]);
+    // Another session holds a's file row: the worker's batch stops there,
+    // after its first write (a wait in the job's BEGIN, where it locks
+    // client rows, would be before anything and the job run again).
     let mut locker = sql(&url);
     let mut tx = locker.transaction().unwrap();
-    tx.execute(
-        "SELECT 1 FROM clients WHERE ID = $1 FOR UPDATE",
-        &[&&a.0[..]],
-    )
-    .unwrap();
+    tx.execute("SELECT 1 FROM files WHERE ID = $1 FOR UPDATE", &[&&a.0[..]])
+        .unwrap();
     h.worker
         .submit(Job {
             tag: 9,
-            ops: vec![register(b, "b"), set_last_key(a, 1)],
+            ops: vec![register(b, "b"), verified()],
         })
         .unwrap();
     let mut admin = sql(&url);

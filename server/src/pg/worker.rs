@@ -39,11 +39,11 @@
 //!
 //! Every operation is one prepared statement, so one round trip, except
 //! `RegisterClient` with a client to replace (two: `DELETE`, `INSERT`),
-//! `DeleteFile`/`DeleteClient` (two) and `PlaceVerified` (four: lock,
-//! check, mark verified, size and cksum). A job with more than one write
+//! `DeleteFile`/`DeleteClient` (two) and `PlaceVerified` (three: check,
+//! mark verified, size and cksum). A job with more than one write
 //! statement adds `BEGIN` and `COMMIT` (two round trips for the whole
-//! job), and, when it updates more than one client's row, one statement
-//! that locks those rows in id order first ([`lock_clients`]); a job with
+//! job), and, when it updates clients' rows, one statement that locks
+//! those rows in id order first ([`begin_sql`]); a job with
 //! at most one write runs without them (one statement commits on its
 //! own).
 
@@ -469,8 +469,6 @@ struct Statements {
     record_file_meta: Statement,
     set_quota: Statement,
     add_counter: Statement,
-    lock_client: Statement,
-    lock_clients: Statement,
     place_check: Statement,
     sizes: Statement,
 }
@@ -520,9 +518,6 @@ impl Statements {
             set_quota: p("INSERT INTO quotas (ID, MaxBytes, MaxFiles) VALUES ($1, $2, $3) \
                           ON CONFLICT (ID) DO UPDATE \
                           SET MaxBytes = EXCLUDED.MaxBytes, MaxFiles = EXCLUDED.MaxFiles")?,
-            lock_client: p("SELECT 1 FROM clients WHERE ID = $1 FOR NO KEY UPDATE")?,
-            lock_clients: p("SELECT 1 FROM clients WHERE ID = ANY($1) \
-                             ORDER BY ID FOR NO KEY UPDATE")?,
             place_check: p(PLACE_CHECK_SQL)?,
             sizes: p("SELECT pg_database_size(current_database()), \
                       (SELECT coalesce(sum(m.Size), 0)::bigint FROM file_meta m \
@@ -923,23 +918,24 @@ fn run_on(conn: &mut Conn, ops: &[Op]) -> Result<Vec<Result<Reply, PgError>>, Jo
         let mut results = Vec::with_capacity(ops.len());
         let mut replay = false;
         if transactional {
-            let mut tx = match conn.client.transaction() {
-                Ok(tx) => tx,
-                Err(e) => return Err((PgError::from_driver("begin", &e), first_round)),
-            };
-            // Not one operation's fault if it fails: the job fails whole.
-            lock_clients(&mut tx, &conn.stmts, ops, &failed).map_err(|e| (e, false))?;
+            // BEGIN, and the clients' rows locked in order, in one round
+            // trip.
+            if let Err(e) = conn.client.batch_execute(&begin_sql(ops, &failed)) {
+                let e = PgError::from_driver("begin", &e);
+                let _ = conn.client.batch_execute("ROLLBACK");
+                return Err((e, first_round));
+            }
             for (i, op) in ops.iter().enumerate() {
                 if let Some(e) = &failed[i] {
                     results.push(Err(e.clone()));
                     continue;
                 }
-                match run_op(&mut tx, &conn.stmts, op) {
+                match run_op(&mut conn.client, &conn.stmts, op) {
                     Ok(r) => results.push(r),
                     Err(e) if e.is_connection_lost() => return Err((e, false)),
                     Err(e) => {
                         // The server aborted the transaction: roll back
-                        // (dropping `tx`) and run the rest again.
+                        // and run the rest again.
                         log::debug!("{op:?} failed: {e}; running its batch again without it");
                         failed[i] = Some(e);
                         replay = true;
@@ -948,10 +944,13 @@ fn run_on(conn: &mut Conn, ops: &[Op]) -> Result<Vec<Result<Reply, PgError>>, Jo
                 }
             }
             if replay {
-                drop(tx);
+                conn.client
+                    .batch_execute("ROLLBACK")
+                    .map_err(|e| (PgError::from_driver("rollback", &e), false))?;
                 continue;
             }
-            tx.commit()
+            conn.client
+                .batch_execute("COMMIT")
                 .map_err(|e| (PgError::from_driver("commit", &e), false))?;
             return Ok(results);
         }
@@ -976,32 +975,36 @@ fn run_on(conn: &mut Conn, ops: &[Op]) -> Result<Vec<Result<Reply, PgError>>, Jo
         .collect())
 }
 
-/// Locks, in the order of their ids, the `clients` rows the job's
-/// operations will update: every server takes them in that one order, so
-/// two servers' jobs touching the same clients wait for each other
-/// instead of deadlocking (which PostgreSQL would end after a second by
-/// failing one of them).
-fn lock_clients(
-    tx: &mut postgres::Transaction<'_>,
-    s: &Statements,
-    ops: &[Op],
-    failed: &[Option<PgError>],
-) -> Result<(), PgError> {
-    let mut ids: Vec<&[u8]> = ops
+/// `BEGIN`, then a statement that locks, in the order of their ids, the
+/// `clients` rows the job's operations will update (not those of
+/// operations already failed), sent together as one simple query: every
+/// server takes the rows in that one order, so two servers' jobs touching
+/// the same clients wait for each other instead of deadlocking (which
+/// PostgreSQL would end after a second by failing one of them). It is
+/// also the lock [`Op::PlaceVerified`]'s check relies on: taken before the
+/// check's statement starts, so the check sees every placement and
+/// deletion that committed before it. The ids are written as `bytea` hex
+/// literals, which are hex digits only.
+fn begin_sql(ops: &[Op], failed: &[Option<PgError>]) -> String {
+    let mut ids: Vec<&ClientId> = ops
         .iter()
         .zip(failed)
         .filter(|(_, f)| f.is_none())
         .filter_map(|(op, _)| op.locks_client())
-        .map(|id| &id.0[..])
         .collect();
-    if ids.len() < 2 {
-        return Ok(()); // one row: nothing to order
+    if ids.is_empty() {
+        return "BEGIN".to_owned();
     }
-    ids.sort_unstable();
+    ids.sort_unstable_by_key(|id| id.0);
     ids.dedup();
-    tx.query(&s.lock_clients, &[&ids])
-        .map(drop)
-        .map_err(|e| PgError::from_driver("lock clients", &e))
+    let list: Vec<String> = ids
+        .iter()
+        .map(|id| format!("'\\x{}'::bytea", id.to_hex()))
+        .collect();
+    format!(
+        "BEGIN; SELECT 1 FROM clients WHERE ID IN ({}) ORDER BY ID FOR NO KEY UPDATE",
+        list.join(", ")
+    )
 }
 
 /// Runs one operation. `Ok(Err(..))`: the statement ran but its outcome
@@ -1202,12 +1205,9 @@ fn run_op(
             started,
             quota,
         } => {
+            // The client's row is locked already: a job with a placement
+            // is a transaction, and it began with begin_sql's lock.
             let key = &id.0[..];
-            if c.query_opt(&s.lock_client, &[&key]).map_err(err)?.is_none() {
-                return Ok(Err(PgError::Withdrawn {
-                    why: "the client was forgotten",
-                }));
-            }
             let age_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
             let row = c
                 .query_one(&s.place_check, &[&key, file_name, &age_ms])
@@ -1254,11 +1254,13 @@ fn run_op(
 }
 
 /// What [`Op::PlaceVerified`] asks the database before it places an
-/// upload of client `$1` named `$2` that began `$3` milliseconds ago: was
-/// the name deleted since (`withdrawals`), the client's own quota, and
+/// upload of client `$1` named `$2` that began `$3` milliseconds ago: does
+/// the client still exist, was the name deleted since (`withdrawals`),
+/// the client's own quota, and
 /// what it keeps (verified files: the others' number and bytes, and the
 /// size of the one this upload replaces).
 const PLACE_CHECK_SQL: &str = "SELECT \
+    EXISTS (SELECT 1 FROM clients c WHERE c.ID = $1), \
     EXISTS (SELECT 1 FROM withdrawals w WHERE w.ID = $1 AND w.FileName = $2 \
             AND w.At > clock_timestamp() - $3::bigint * interval '1 millisecond'), \
     (SELECT q.MaxBytes FROM quotas q WHERE q.ID = $1), \
@@ -1274,6 +1276,8 @@ const PLACE_CHECK_SQL: &str = "SELECT \
 /// The answer to [`PLACE_CHECK_SQL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PlaceCheck {
+    /// The client has a record (an administrator may have forgotten it).
+    client: bool,
     /// An administrator deleted the name after the upload began.
     withdrawn: bool,
     /// The client's own quota.
@@ -1287,14 +1291,15 @@ struct PlaceCheck {
 impl PlaceCheck {
     fn from_row(row: &Row) -> Result<PlaceCheck, PgError> {
         let t = "files";
-        let count: i64 = get(row, t, 3, "count")?;
-        let bytes: i64 = get(row, t, 4, "Size")?;
-        let replaced: Option<i64> = get(row, t, 5, "Size")?;
+        let count: i64 = get(row, t, 4, "count")?;
+        let bytes: i64 = get(row, t, 5, "Size")?;
+        let replaced: Option<i64> = get(row, t, 6, "Size")?;
         Ok(PlaceCheck {
-            withdrawn: get(row, "withdrawals", 0, "At")?,
+            client: get(row, "clients", 0, "ID")?,
+            withdrawn: get(row, "withdrawals", 1, "At")?,
             own: QuotaOverride {
-                bytes: crate::db::setting_from(get(row, "quotas", 1, "MaxBytes")?),
-                files: crate::db::setting_from(get(row, "quotas", 2, "MaxFiles")?),
+                bytes: crate::db::setting_from(get(row, "quotas", 2, "MaxBytes")?),
+                files: crate::db::setting_from(get(row, "quotas", 3, "MaxFiles")?),
             },
             others: Usage {
                 files: count.unsigned_abs(),
@@ -1308,6 +1313,11 @@ impl PlaceCheck {
     /// quota is `server`: the same rule as the store's check at the
     /// upload's start and at its 1029 ([`Quota::check`]).
     fn decide(&self, server: Quota, size: u64) -> Result<(), PgError> {
+        if !self.client {
+            return Err(PgError::Withdrawn {
+                why: "the client was forgotten",
+            });
+        }
         if self.withdrawn {
             return Err(PgError::Withdrawn {
                 why: "its name was deleted while it was in flight",
@@ -1437,6 +1447,7 @@ mod tests {
     #[test]
     fn the_database_check_before_placing_follows_the_quota_rule() {
         let check = |replaced| PlaceCheck {
+            client: true,
             withdrawn: false,
             own: QuotaOverride::default(),
             others: Usage {
@@ -1481,7 +1492,13 @@ mod tests {
         gone.withdrawn = true;
         assert!(matches!(
             gone.decide(Quota::default(), 0),
-            Err(PgError::Withdrawn { .. })
+            Err(PgError::Withdrawn { why }) if why.contains("deleted")
+        ));
+        let mut forgotten = check(None);
+        forgotten.client = false;
+        assert!(matches!(
+            forgotten.decide(Quota::default(), 0),
+            Err(PgError::Withdrawn { why }) if why.contains("forgotten")
         ));
     }
 
