@@ -25,7 +25,7 @@ use sealdrop_server::pg::DatabaseUrl;
 use sealdrop_testkit::data::random_bytes;
 use sealdrop_testkit::pg::PgCluster;
 use sealdrop_testkit::util::{run_bounded, scrape_metric, wait_until};
-use sealdrop_testkit::Client;
+use sealdrop_testkit::{Client, Conn, UploadStream};
 
 const SERVER_BIN: &str = env!("CARGO_BIN_EXE_sealdrop-server");
 
@@ -122,6 +122,41 @@ fn part_files(dir: &Path, client: &Client) -> Vec<String> {
 const A: &[u8] = b"alice's first file";
 const B: &[u8] = b"alice's second file, a little longer";
 const C: &[u8] = b"bob's file";
+
+/// Begins a 3 MiB upload of `big.bin` from `seed`'s bytes and sends its
+/// first MiB; returns the stream and the bytes once a server holds a
+/// temporary file for it.
+fn upload_in_flight<'c>(
+    client: &Client,
+    conn: &'c mut Conn,
+    dir: &Path,
+    seed: u64,
+) -> (UploadStream<'c>, Vec<u8>) {
+    let data = random_bytes(seed, 3 << 20);
+    let mut up = client
+        .begin_upload(conn, "big.bin", data.len() as u64)
+        .unwrap();
+    up.write(&data[..1 << 20]).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !part_files(dir, client)
+            .is_empty()),
+        "the upload never started"
+    );
+    (up, data)
+}
+
+/// A forgotten client's upload of `big.bin` left nothing: no temporary
+/// file, no file, no rows.
+fn assert_nothing_kept(cluster: &PgCluster, url: &str, dir: &Path, client: &Client) {
+    assert!(
+        wait_until(Duration::from_secs(5), || part_files(dir, client)
+            .is_empty()),
+        "a temporary file stayed"
+    );
+    assert!(!files::final_path(dir, &client.id, "big.bin").exists());
+    assert_eq!(query(cluster, url, "SELECT count(*) FROM files"), "0");
+    assert_eq!(query(cluster, url, "SELECT count(*) FROM clients"), "0");
+}
 
 #[test]
 fn the_commands_read_and_change_the_records_beside_two_running_servers() {
@@ -309,30 +344,14 @@ fn a_client_forgotten_while_it_uploads_through_another_server_gets_2107_and_noth
     let mut client = client_with(s[0].addr(), "uploader", &[]);
     let mut conn = client.connect(s[1].addr());
     client.reconnect(&mut conn);
-    let data = random_bytes(7, 3 << 20);
-    let mut up = client
-        .begin_upload(&mut conn, "big.bin", data.len() as u64)
-        .unwrap();
-    up.write(&data[..1 << 20]).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || !part_files(dir, &client)
-            .is_empty()),
-        "the upload never started"
-    );
+    let (mut up, data) = upload_in_flight(&client, &mut conn, dir, 7);
     let out = ok(&url, dir, &["clients", "forget", "uploader", "--json"]).json();
     assert_eq!(out["uploads_withdrawn"], 1, "{out}");
     assert_eq!(out["servers_told"], 2, "{out}");
     up.write(&data[1 << 20..]).unwrap();
     up.finish().unwrap();
     conn.expect(2107);
-    assert!(
-        wait_until(Duration::from_secs(5), || part_files(dir, &client)
-            .is_empty()),
-        "a temporary file stayed"
-    );
-    assert!(!files::final_path(dir, &client.id, "big.bin").exists());
-    assert_eq!(query(cluster, &url, "SELECT count(*) FROM files"), "0");
-    assert_eq!(query(cluster, &url, "SELECT count(*) FROM clients"), "0");
+    assert_nothing_kept(cluster, &url, dir, &client);
     let stats = ok(&url, dir, &["stats", "--json"]).json();
     assert_eq!(stats["server"]["uploads"]["withdrawn"], 1);
     assert_eq!(stats["server"]["uploads"]["verified"], 0);
@@ -530,16 +549,7 @@ fn a_client_forgotten_while_it_uploads_through_a_server_out_of_reach_keeps_nothi
     let mut client = client_with(far[0].addr(), "uploader", &[]);
     let mut conn = client.connect(far[0].addr());
     client.reconnect(&mut conn);
-    let data = random_bytes(8, 3 << 20);
-    let mut up = client
-        .begin_upload(&mut conn, "big.bin", data.len() as u64)
-        .unwrap();
-    up.write(&data[..1 << 20]).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || !part_files(dir, &client)
-            .is_empty()),
-        "the upload never started"
-    );
+    let (mut up, data) = upload_in_flight(&client, &mut conn, dir, 8);
     let out = ok(&url, dir, &["clients", "forget", "uploader", "--json"]).json();
     assert_eq!(out["servers_told"], 0, "{out}");
     assert_eq!(out["uploads_withdrawn"], 0, "{out}");
@@ -550,14 +560,7 @@ fn a_client_forgotten_while_it_uploads_through_a_server_out_of_reach_keeps_nothi
     conn.expect(2103);
     client.send_verdict(&mut conn, 1029, "big.bin");
     conn.expect(2107);
-    assert!(
-        wait_until(Duration::from_secs(5), || part_files(dir, &client)
-            .is_empty()),
-        "a temporary file stayed"
-    );
-    assert!(!files::final_path(dir, &client.id, "big.bin").exists());
-    assert_eq!(query(cluster, &url, "SELECT count(*) FROM files"), "0");
-    assert_eq!(query(cluster, &url, "SELECT count(*) FROM clients"), "0");
+    assert_nothing_kept(cluster, &url, dir, &client);
 }
 
 #[test]
