@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::consts::*;
 use crate::crypto::{AesKey, TestEntropy};
 use crate::decode::{RequestDecoder, RequestEvent, ResponseDecoder, RevisionChoice};
+use crate::error::{QuotaExceeded, QuotaLimit, StoreError};
 use crate::memstore::MemoryStore;
 use crate::message::{encode_file_header, encode_packet_header, Request, Response, Revision};
 use crate::server::{ServerConfig, ServerSession};
@@ -305,7 +306,10 @@ pub const FUZZ_AES_KEY: [u8; 16] = [
 /// output and uploads stay bounded, closing releases everything. The
 /// store runs in group commit, and some passes end in a failed commit, in
 /// whatever state the session is: held answers never come out, a 2107
-/// and a close do ([`ServerSession::handle_commit`]).
+/// and a close do ([`ServerSession::handle_commit`]). With the store that
+/// answers later, some commits refuse the connection's accepted upload as
+/// a shared database may (quota, deleted name): the held answers are
+/// withdrawn and the session closes ([`ServerSession::handle_commit_of`]).
 pub fn server_session(data: &[u8], start: Instant) {
     let choice = choice_of(data);
     let (sizes, stream) = splits(data);
@@ -340,10 +344,21 @@ pub fn server_session(data: &[u8], start: Instant) {
                 }
                 if store.commit_in_flight() && pick % 3 != 0 {
                     store.fail_commit = pick % 13 == 5;
+                    if pick % 11 == 4 {
+                        // As a shared database may: an accepted upload
+                        // refused when its commit places it.
+                        store.refuse_commit_for = vec![(session.conn(), refusal(pick))];
+                    }
                     store.finish_commit(now);
                 }
                 if let Some(commit) = store.poll_commit() {
+                    let refused =
+                        commit.refusal(session.conn()).is_some() && session.holds_output();
                     session.handle_commit_of(&commit, &mut store);
+                    if refused {
+                        assert!(!session.holds_output(), "a refusal withdraws what was held");
+                        assert!(!session.wants_input(), "a refusal at the commit closes");
+                    }
                 }
                 if store.uncommitted() && !store.commit_in_flight() {
                     if let Some(commit) = store.begin_commit(now) {
@@ -404,6 +419,21 @@ pub fn server_session(data: &[u8], start: Instant) {
         "closing releases the upload in progress"
     );
     assert!(store.pending_count() == store.orphan_count());
+}
+
+/// A refusal a shared store may give at its commit ([`crate::store::Commit::refused`]).
+fn refusal(pick: usize) -> StoreError {
+    if pick.is_multiple_of(2) {
+        StoreError::Withdrawn {
+            why: "the file was deleted",
+        }
+    } else {
+        StoreError::OverQuota(QuotaExceeded {
+            limit: QuotaLimit::Files,
+            max: 1,
+            would_be: 2,
+        })
+    }
 }
 
 /// The vector private key, parsed once.
