@@ -12,8 +12,13 @@
 //! * 2024c packet variants (`--packet-size`, `--packet-mode each`,
 //!   `--packet-base 0`, `--packet-fields packet`).
 //!
-//! Every stored file is compared with its source byte for byte. Files stay
-//! small (at most 1 MiB): the big uploads are the bench's (`make bench`).
+//! * 2 GiB over 2023c and over 2024c packets, each server's peak RSS
+//!   under the bench's bound for big uploads.
+//!
+//! Every stored file but the 2 GiB ones is compared with its source byte
+//! for byte (those are checked by their cksum, which the client's 2104
+//! confirms, and their length). The other files stay small (at most
+//! 1 MiB); the throughput of big uploads is the bench's (`make bench`).
 //!
 //! The client binary is another package's, so cargo does not build it for
 //! this test; [`client_bin`] runs `cargo build -p sealdrop-client` once
@@ -159,6 +164,19 @@ fn run_client(
     file: &Path,
     extra: &[&str],
 ) -> Outcome {
+    run_client_within(CLIENT_LIMIT, rev, addr, state, name, file, extra)
+}
+
+/// [`run_client`] with its own time limit.
+fn run_client_within(
+    limit: Duration,
+    rev: Revision,
+    addr: SocketAddr,
+    state: &Path,
+    name: &str,
+    file: &Path,
+    extra: &[&str],
+) -> Outcome {
     let mut cmd = Command::new(client_bin());
     cmd.arg("--server")
         .arg(addr.to_string())
@@ -174,7 +192,7 @@ fn run_client(
         .env_remove("SEALDROP_REVISION")
         .env_remove("RUST_LOG")
         .current_dir(state);
-    let ran = run_bounded(&mut cmd, CLIENT_LIMIT);
+    let ran = run_bounded(&mut cmd, limit);
     let what = format!("{rev} client {name:?} {extra:?}");
     assert_eq!(
         ran.status.code(),
@@ -430,6 +448,81 @@ fn packet_variants_of_2024c_with_the_real_client() {
     assert_stored(&s, &out.id, &file);
     s.assert_no_parts_within(Duration::from_secs(5));
     s.assert_alive();
+}
+
+/// The size of the big uploads below: 2 GiB.
+const BIG_FILE: u64 = 2 << 30;
+
+/// The server's peak RSS bound for a big upload, the bench's for its
+/// 4 GiB step (`BIG_RSS_MIB` in bench/src/main.rs): 32 MiB.
+const BIG_PEAK_RSS_KIB: u64 = 32 * 1024;
+
+/// How long one 2 GiB run of the debug client may take (about 20 s on an
+/// idle 2-core machine; other tests share the cores).
+const BIG_CLIENT_LIMIT: Duration = Duration::from_secs(600);
+
+/// The real client sends 2 GiB over 2023c, then over the 2024c packet path
+/// (1 MiB split packets, 2,049 of them, joined by the server into one
+/// stream), each to a server process of its own: neither server's peak RSS
+/// (`VmHWM`, the whole process life) may reach the bound, so the packet
+/// path streams in the same constant memory as 2023c.
+#[test]
+fn two_gib_over_2024c_packets_stays_under_the_rss_bound_of_2023c() {
+    let _heavy = heavy();
+    let runs: [(Revision, &[&str]); 2] = [
+        (Revision::R2023c, &[]),
+        (Revision::R2024c, &["--packet-size", "1048576"]),
+    ];
+    let mut peaks = Vec::new();
+    for (rev, flags) in runs {
+        let (mut s, ports) = start_server();
+        let scratch = s.scratch();
+        let state = scratch.join("state");
+        fs::create_dir_all(&state).unwrap();
+        // A sparse file: 2 GiB of zeros that cost no disk to hold and
+        // little to read. The cipher makes every block of it different on
+        // the wire; the client's 2104 says the server's cksum matched.
+        let file = scratch.join("big.bin");
+        fs::File::create(&file)
+            .and_then(|f| f.set_len(BIG_FILE))
+            .expect("sparse 2 GiB file");
+        let out = run_client_within(
+            BIG_CLIENT_LIMIT,
+            rev,
+            ports.of(rev),
+            &state,
+            "big",
+            &file,
+            flags,
+        );
+        let peak = s.peak_rss_kib();
+        let stored = s.final_path(&out.id, "big.bin");
+        let len = fs::metadata(&stored).map(|m| m.len());
+        let row = s.file_row(&out.id, "big.bin").expect("files row");
+        // Give the 2 GiB back before the next server writes its own.
+        fs::remove_file(&stored).ok();
+        fs::remove_file(&file).ok();
+        assert_eq!(len.ok(), Some(BIG_FILE), "{rev}: stored length");
+        assert_eq!(row.verified, 1, "{rev}");
+        if rev == Revision::R2024c {
+            assert_eq!(
+                json_value(&out.packets, "count").as_deref(),
+                Some("2049"),
+                "{}",
+                out.packets
+            );
+        }
+        eprintln!("{rev} {flags:?}: 2 GiB verified, server VmHWM {peak} KiB");
+        assert!(peak > 0, "{rev}: VmHWM not read");
+        s.assert_alive();
+        peaks.push((rev, peak));
+    }
+    for (rev, peak) in peaks {
+        assert!(
+            peak < BIG_PEAK_RSS_KIB,
+            "{rev}: server VmHWM {peak} KiB during a 2 GiB upload, bound {BIG_PEAK_RSS_KIB} KiB"
+        );
+    }
 }
 
 #[test]
