@@ -311,11 +311,31 @@ impl Server {
         Ok(server)
     }
 
+    /// Starts the server with a fresh data dir under `base` and one
+    /// listener tagged `=tag` (`2024a`: 1025-1031 mean 2024a there), the
+    /// address of which is [`Server::addr`].
+    pub fn start_tagged(bin: &Path, base: &Path, tag: &str) -> Res<Server> {
+        let data = tempfile::Builder::new()
+            .prefix("sealdrop-bench-data-")
+            .tempdir_in(base)
+            .map_err(|e| format!("cannot create a data dir in {}: {e}", base.display()))?;
+        let listen = format!("127.0.0.1:0={tag}");
+        let mut server = Server::spawn(bin, data.path(), &listen, &[])?;
+        server._own_data = Some(data);
+        Ok(server)
+    }
+
     /// Starts the server on data directory `data` (which the caller
     /// keeps, and other servers may share) with `extra` flags.
     pub fn start_shared(bin: &Path, data: &Path, extra: &[&str]) -> Res<Server> {
+        Server::spawn(bin, data, "127.0.0.1:0", extra)
+    }
+
+    /// Starts the server on `data` with one listener `listen` (a `--listen`
+    /// value) and `extra` flags.
+    fn spawn(bin: &Path, data: &Path, listen: &str, extra: &[&str]) -> Res<Server> {
         let mut cmd = Command::new(bin);
-        cmd.args(["--listen", "127.0.0.1:0", "--max-connections", "20000"])
+        cmd.args(["--listen", listen, "--max-connections", "20000"])
             .args(["--log-level", "info", "--data-dir"])
             .arg(data)
             .args(extra)
@@ -409,10 +429,11 @@ fn read_log(stderr: impl Read, tail: &Mutex<VecDeque<String>>, tx: &mpsc::Sender
     }
 }
 
-/// The address in the server's `listening on 127.0.0.1:PORT, ...` line.
+/// The first address in the server's `listening on 127.0.0.1:PORT, ...`
+/// line (a tagged listener reads `127.0.0.1:PORT=2024a`).
 fn listening_addr(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    let end = rest.find([',', ' ']).unwrap_or(rest.len());
+    let end = rest.find([',', ' ', '=']).unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
 
@@ -523,6 +544,11 @@ mod tests {
             Some("127.0.0.1:40123".parse().unwrap())
         );
         assert_eq!(listening_addr("something else"), None);
+        let tagged = "1764620000000 INFO  listening on 127.0.0.1:40124=2024a, data in /tmp/x";
+        assert_eq!(
+            listening_addr(tagged),
+            Some("127.0.0.1:40124".parse().unwrap())
+        );
     }
 
     #[test]
