@@ -29,7 +29,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use sealdrop_protocol::cksum::Cksum;
-use sealdrop_protocol::store::{Quota, QuotaSetting, Store};
+use sealdrop_protocol::store::{Quota, QuotaOverride, QuotaSetting, Store};
 use sealdrop_protocol::ClientId;
 
 use crate::control::{self, ApplyError, Reach};
@@ -187,8 +187,11 @@ pub struct Place {
     pub data_dir: PathBuf,
     /// The control socket's path.
     pub socket: PathBuf,
-    /// The server's quota settings (for a change applied directly).
+    /// The command's `--quota-*` (for a change applied directly, and what
+    /// the commands show as the server's default when no server answers).
     pub quota: Quota,
+    /// Whether `--quota-bytes` or `--quota-files` was given.
+    pub quota_given: bool,
     /// Where the records are (`--database`, or SEALDROP_DATABASE_URL).
     pub database: DatabaseUrl,
 }
@@ -444,10 +447,9 @@ impl View {
             .fold((0, 0), |(n, b), f| (n + 1, b + f.size.unwrap_or(0)))
     }
 
-    fn client_json(&self, c: &ClientRow, server: Quota) -> Value {
+    fn client_json(&self, c: &ClientRow, defaults: &Defaults) -> Value {
         let (files, bytes) = self.usage(&c.id);
         let own = self.quotas.get(&c.id).copied().unwrap_or_default();
-        let quota = own.apply(server);
         json!({
             "id": c.id.to_hex(),
             "name": c.name,
@@ -455,9 +457,160 @@ impl View {
             "key_exchanged": c.key_exchanged,
             "files": files,
             "bytes": bytes,
-            "quota": {"bytes": quota.max_bytes, "files": quota.max_files},
+            "quota": defaults.in_effect_json(own),
             "own_quota": {"bytes": own.bytes.to_string(), "files": own.files.to_string()},
         })
+    }
+}
+
+/// Where the server's default quota that the commands show comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DefaultsFrom {
+    /// The running server said (on PostgreSQL: every server that answered,
+    /// all the same).
+    Server,
+    /// No server answered: the command's own `--quota-*`.
+    Flags,
+    /// No server answered and no `--quota-*` was given (or, on
+    /// PostgreSQL, the servers that answered differ).
+    Unknown,
+}
+
+/// The server's default quota: what a client without a quota of its own
+/// gets.
+#[derive(Debug, Clone, Copy)]
+struct Defaults {
+    quota: Quota,
+    from: DefaultsFrom,
+}
+
+/// One limit in effect: `None` not known, `Some(None)` unlimited.
+type Limit = Option<Option<u64>>;
+
+impl Defaults {
+    /// One limit in effect for a client whose own setting is `own`.
+    fn limit(&self, own: QuotaSetting, default: Option<u64>) -> Limit {
+        match own {
+            QuotaSetting::Default => (self.from != DefaultsFrom::Unknown).then_some(default),
+            QuotaSetting::Unlimited => Some(None),
+            QuotaSetting::Max(n) => Some(Some(n)),
+        }
+    }
+
+    /// (bytes, files) in effect for a client whose own quota is `own`.
+    fn in_effect(&self, own: QuotaOverride) -> (Limit, Limit) {
+        (
+            self.limit(own.bytes, self.quota.max_bytes),
+            self.limit(own.files, self.quota.max_files),
+        )
+    }
+
+    /// `{"bytes": …, "files": …}`: a number, `null` (unlimited) or
+    /// `"unknown"`.
+    fn in_effect_json(&self, own: QuotaOverride) -> Value {
+        let (bytes, files) = self.in_effect(own);
+        json!({"bytes": limit_json(bytes), "files": limit_json(files)})
+    }
+
+    fn source(&self) -> &'static str {
+        match self.from {
+            DefaultsFrom::Server => "server",
+            DefaultsFrom::Flags => "flags",
+            DefaultsFrom::Unknown => "unknown",
+        }
+    }
+
+    /// `{"bytes": …, "files": …, "from": "server"|"flags"|"unknown"}`.
+    fn json(&self) -> Value {
+        let own = QuotaOverride::default();
+        let mut value = self.in_effect_json(own);
+        value["from"] = json!(self.source());
+        value
+    }
+
+    /// One line for the text output.
+    fn text(&self) -> String {
+        let q = self.quota;
+        let both = format!("bytes {}, files {}", limit(q.max_bytes), limit(q.max_files));
+        match self.from {
+            DefaultsFrom::Server => format!("{both} (the running server's)"),
+            DefaultsFrom::Flags => {
+                format!("{both} (from --quota-bytes/--quota-files: no server answers)")
+            }
+            DefaultsFrom::Unknown => {
+                "not known: no server answers and no --quota-bytes/--quota-files given".into()
+            }
+        }
+    }
+}
+
+fn limit_json(l: Limit) -> Value {
+    match l {
+        None => json!("unknown"),
+        Some(v) => json!(v),
+    }
+}
+
+fn limit_text(l: Limit) -> String {
+    match l {
+        None => "not known".into(),
+        Some(v) => limit(v),
+    }
+}
+
+/// The server's default quota: asked from the running server (on
+/// PostgreSQL every server answering in the data directory); when none
+/// answers, the command's `--quota-*` if given; else not known.
+fn server_defaults(place: &Place) -> Defaults {
+    let sockets = match place.pg() {
+        Some(_) => control_sockets(place),
+        None => vec![place.socket.clone()],
+    };
+    let mut answers: Vec<Quota> = Vec::new();
+    for socket in &sockets {
+        match control::request(socket, &json!({"op": "defaults"}), ANSWER_TIMEOUT) {
+            Ok(Reach::Answer(a)) if a["ok"] == json!(true) => {
+                let q = &a["result"]["quota"];
+                answers.push(Quota {
+                    max_bytes: q["bytes"].as_u64(),
+                    max_files: q["files"].as_u64(),
+                });
+            }
+            Ok(Reach::NoServer) => {}
+            Ok(Reach::Answer(a)) => eprintln!(
+                "sealdrop-server: warning: the server on {} did not say its default quota: {}",
+                socket.display(),
+                a["error"].as_str().unwrap_or("?")
+            ),
+            Err(e) => eprintln!(
+                "sealdrop-server: warning: no answer from the server on {}: {e}",
+                socket.display()
+            ),
+        }
+    }
+    match answers.first() {
+        Some(first) if answers.iter().all(|q| q == first) => Defaults {
+            quota: *first,
+            from: DefaultsFrom::Server,
+        },
+        Some(_) => {
+            eprintln!(
+                "sealdrop-server: warning: the servers answering have different default \
+                 quotas (--quota-*): the default is shown as not known"
+            );
+            Defaults {
+                quota: Quota::UNLIMITED,
+                from: DefaultsFrom::Unknown,
+            }
+        }
+        None if place.quota_given => Defaults {
+            quota: place.quota,
+            from: DefaultsFrom::Flags,
+        },
+        None => Defaults {
+            quota: Quota::UNLIMITED,
+            from: DefaultsFrom::Unknown,
+        },
     }
 }
 
@@ -516,12 +669,17 @@ fn clients_list(place: &Place) -> Done {
         })
         .collect();
     let text = table(&["ID", "NAME", "LAST SEEN", "KEY", "FILES", "BYTES"], &rows);
+    let defaults = server_defaults(place);
     let clients: Vec<Value> = view
         .clients
         .iter()
-        .map(|c| view.client_json(c, place.quota))
+        .map(|c| view.client_json(c, &defaults))
         .collect();
-    Ok((json!({ "clients": clients }), text, EXIT_OK))
+    Ok((
+        json!({ "clients": clients, "default_quota": defaults.json() }),
+        text,
+        EXIT_OK,
+    ))
 }
 
 fn files_table(view: &View, files: &[&FileView]) -> String {
@@ -552,16 +710,18 @@ fn files_table(view: &View, files: &[&FileView]) -> String {
 fn clients_show(place: &Place, client: &str) -> Done {
     let view = View::read(place)?;
     let c = view.client(client)?;
-    let mut value = view.client_json(c, place.quota);
+    let defaults = server_defaults(place);
+    let mut value = view.client_json(c, &defaults);
+    value["default_quota"] = defaults.json();
     let names = view.names();
     let own: Vec<&FileView> = view.files.iter().filter(|f| f.row.client == c.id).collect();
     value["file_list"] = own.iter().map(|f| f.json(&names)).collect();
     let (files, bytes) = view.usage(&c.id);
     let own_quota = view.quotas.get(&c.id).copied().unwrap_or_default();
-    let quota = own_quota.apply(place.quota);
+    let (quota_bytes, quota_files) = defaults.in_effect(own_quota);
     let whose = |s: QuotaSetting| {
         if s == QuotaSetting::Default {
-            "server's"
+            "server's default"
         } else {
             "own"
         }
@@ -580,12 +740,13 @@ fn clients_show(place: &Place, client: &str) -> Done {
             vec!["bytes".into(), bytes.to_string()],
             vec![
                 "quota bytes".into(),
-                format!("{} ({})", limit(quota.max_bytes), whose(own_quota.bytes)),
+                format!("{} ({})", limit_text(quota_bytes), whose(own_quota.bytes)),
             ],
             vec![
                 "quota files".into(),
-                format!("{} ({})", limit(quota.max_files), whose(own_quota.files)),
+                format!("{} ({})", limit_text(quota_files), whose(own_quota.files)),
             ],
+            vec!["server's default".into(), defaults.text()],
         ],
     );
     if !own.is_empty() {
@@ -1121,19 +1282,27 @@ fn clients_quota(
             files.unwrap_or(current.files),
         )
     };
-    let r = change(
+    let mut r = change(
         place,
         &json!({"op": "quota", "client": client,
                 "bytes": bytes.to_string(), "files": files.to_string()}),
     )?;
-    let text = format!(
+    // In effect: the answer's, unless no server answered and no --quota-*
+    // was given (a change applied directly does not know the default).
+    let defaults = server_defaults(place);
+    let own = QuotaOverride { bytes, files };
+    r["quota"] = defaults.in_effect_json(own);
+    r["default_quota"] = defaults.json();
+    let (in_bytes, in_files) = defaults.in_effect(own);
+    let mut text = format!(
         "quota of {}: bytes {} ({}), files {} ({})\n",
         r["id"].as_str().unwrap_or(""),
-        limit(r["quota"]["bytes"].as_u64()),
-        r["own"]["bytes"].as_str().unwrap_or(""),
-        limit(r["quota"]["files"].as_u64()),
-        r["own"]["files"].as_str().unwrap_or(""),
+        limit_text(in_bytes),
+        bytes,
+        limit_text(in_files),
+        files,
     );
+    text += &format!("server's default: {}\n", defaults.text());
     Ok((r, text, EXIT_OK))
 }
 

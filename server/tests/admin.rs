@@ -529,3 +529,61 @@ fn the_binary_serves_the_control_socket_and_removes_it_at_exit() {
     // Stopped: the same command now works directly (and finds nothing).
     assert_eq!(admin(&dir, &["clients", "forget", "alice"]).code, 3);
 }
+
+#[test]
+fn the_quota_shown_is_the_running_servers_else_the_commands_flags_else_not_known() {
+    let mut server = Server::start(&["--quota-bytes", "1M", "--quota-files", "3"]);
+    let alice = client_with(&server, "alice", &[("a", b"a")]);
+    let dir = server.data_dir().to_path_buf();
+
+    // Running: the server says its --quota-*, whatever the command's flags.
+    let shown = ok(&dir, &["clients", "show", "alice", "--json"]).json();
+    assert_eq!(shown["quota"]["bytes"], 1 << 20, "{shown}");
+    assert_eq!(shown["quota"]["files"], 3, "{shown}");
+    assert_eq!(shown["default_quota"]["from"], "server");
+    let text = ok(&dir, &["clients", "show", "alice"]).stdout;
+    assert!(text.contains("3 (server's default)"), "{text}");
+    assert!(text.contains("the running server's"), "{text}");
+    let list = ok(&dir, &["clients", "list", "--json", "--quota-files", "9"]).json();
+    assert_eq!(list["clients"][0]["quota"]["files"], 3, "{list}");
+    assert_eq!(list["default_quota"]["files"], 3);
+    // A limit of its own replaces one default, the other stays the server's.
+    let set = ok(
+        &dir,
+        &["clients", "quota", "alice", "--files", "5", "--json"],
+    )
+    .json();
+    assert_eq!(
+        (&set["quota"]["bytes"], &set["quota"]["files"]),
+        (&Value::from(1 << 20), &Value::from(5)),
+        "{set}"
+    );
+
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(20)).is_some());
+    // Stopped, no flags: the default is not known, and said so.
+    let shown = ok(&dir, &["clients", "show", &alice.id.to_hex(), "--json"]).json();
+    assert_eq!(shown["quota"]["bytes"], "unknown", "{shown}");
+    assert_eq!(shown["quota"]["files"], 5, "its own limit is known");
+    assert_eq!(shown["default_quota"]["from"], "unknown");
+    let text = ok(&dir, &["clients", "show", "alice"]).stdout;
+    assert!(text.contains("not known (server's default)"), "{text}");
+    assert!(text.contains("no server answers"), "{text}");
+    // Stopped, flags after the subcommand: those are the default shown.
+    let shown = ok(
+        &dir,
+        &["clients", "show", "alice", "--quota-bytes", "2K", "--json"],
+    )
+    .json();
+    assert_eq!(shown["quota"]["bytes"], 2048, "{shown}");
+    assert_eq!(shown["default_quota"]["from"], "flags");
+    assert_eq!(shown["default_quota"]["files"], Value::Null, "unlimited");
+    let set = ok(&dir, &["clients", "quota", "alice", "--clear", "--json"]).json();
+    assert_eq!(set["quota"]["files"], "unknown", "{set}");
+    // The flags are in the subcommands' help.
+    let help = ok(&dir, &["clients", "show", "--help"]).stdout;
+    assert!(
+        help.contains("--quota-bytes") && help.contains("--quota-files"),
+        "{help}"
+    );
+}
