@@ -1179,6 +1179,15 @@ fn change(place: &Place, req: &Value) -> Result<Value, Failure> {
             let mut store = open_directly(place)?;
             let result = control::apply(&mut store, req, Instant::now(), None)?;
             commit(&mut store)?;
+            if req["op"] == "forget" && req["delete_files"] == json!(true) {
+                // Still holding the lock: temporary files in the client's
+                // folder are leftovers of uploads cut off (a running
+                // server deletes those at its start), so they go too, and
+                // then the folder.
+                if let Some(id) = result["id"].as_str().and_then(control::parse_id) {
+                    remove_leftovers(&files::client_dir(&place.data_dir, &id));
+                }
+            }
             Ok(result)
         }
         Err(e) => Err(fail(format!(
@@ -1186,6 +1195,27 @@ fn change(place: &Place, req: &Value) -> Result<Value, Failure> {
             place.socket.display()
         ))),
     }
+}
+
+/// Deletes the temporary files (`.part-*`) in a forgotten client's folder,
+/// then the folder if nothing else is in it. Only while the data
+/// directory's lock is held and no server runs.
+fn remove_leftovers(folder: &Path) {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if files::is_part_name(&name) && e.file_type().is_ok_and(|t| t.is_file()) {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                eprintln!(
+                    "sealdrop-server: warning: cannot delete {}: {err}",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(folder);
 }
 
 /// The data directory, locked, for a change while no server runs.
@@ -1333,8 +1363,24 @@ struct Finding {
     path: PathBuf,
     /// The client and file name, for findings in a client's folder.
     file: Option<(ClientId, String)>,
+    /// The client, for `empty-folder`.
+    folder_of: Option<ClientId>,
     detail: String,
     repaired: bool,
+}
+
+/// A client's folder with nothing in it, of an id that neither a client
+/// record nor a file record has (left by a forget, or by deleting a
+/// forgotten client's files one by one).
+fn empty_folder(id: ClientId, path: PathBuf) -> Finding {
+    Finding {
+        kind: "empty-folder",
+        path,
+        file: None,
+        folder_of: Some(id),
+        detail: "empty folder of no client".into(),
+        repaired: false,
+    }
 }
 
 fn cksum_of(path: &Path) -> std::io::Result<(u64, u32)> {
@@ -1380,6 +1426,16 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
         .collect();
     let mut in_progress = 0usize;
     let mut files_seen = 0usize;
+    // Ids with a client record or a file record: their folders belong.
+    let known: std::collections::BTreeSet<ClientId> = view
+        .clients
+        .iter()
+        .map(|c| c.id)
+        .chain(view.files.iter().map(|f| f.row.client))
+        .collect();
+    // Folders of ids without any record that still hold something: once
+    // --repair strays emptied them, they go too.
+    let mut orphan_folders: Vec<(ClientId, PathBuf)> = Vec::new();
     // The file tree against the records.
     let root = files::files_root(&place.data_dir);
     let entries = match std::fs::read_dir(&root) {
@@ -1398,13 +1454,22 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                 file: None,
                 detail: "not a client's folder".into(),
                 repaired: false,
+                folder_of: None,
             });
             continue;
         };
         let Ok(inner) = std::fs::read_dir(&path) else {
             continue;
         };
-        for e in inner.flatten() {
+        let inner: Vec<_> = inner.flatten().collect();
+        if !known.contains(&id) {
+            if inner.is_empty() {
+                findings.push(empty_folder(id, path));
+                continue;
+            }
+            orphan_folders.push((id, path.clone()));
+        }
+        for e in inner {
             let file = e.file_name().to_string_lossy().into_owned();
             let fpath = e.path();
             let regular = e.file_type().is_ok_and(|t| t.is_file());
@@ -1418,6 +1483,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                         file: Some((id, file)),
                         detail: "temporary file of an upload cut off".into(),
                         repaired: false,
+                        folder_of: None,
                     });
                 }
                 continue;
@@ -1429,6 +1495,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                     file: None,
                     detail: "not a regular file".into(),
                     repaired: false,
+                    folder_of: None,
                 });
                 continue;
             }
@@ -1445,6 +1512,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                     },
                     file: Some((id, file)),
                     repaired: false,
+                    folder_of: None,
                 }),
             }
         }
@@ -1461,6 +1529,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                 file,
                 detail: "recorded as verified, not on disk".into(),
                 repaired: false,
+                folder_of: None,
             });
             continue;
         }
@@ -1475,6 +1544,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                 file,
                 detail: e.to_string(),
                 repaired: false,
+                folder_of: None,
             }),
             Ok((size, ck)) => {
                 if f.size.is_some_and(|s| s != size) {
@@ -1484,6 +1554,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                         file,
                         detail: format!("{size} bytes, recorded {}", opt(f.size)),
                         repaired: false,
+                        folder_of: None,
                     });
                 } else if f.cksum.is_some_and(|c| c != ck) {
                     findings.push(Finding {
@@ -1492,6 +1563,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                         file,
                         detail: format!("cksum {ck}, recorded {}", opt(f.cksum)),
                         repaired: false,
+                        folder_of: None,
                     });
                 }
             }
@@ -1502,6 +1574,16 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
     }
     if !args.repair.is_empty() && !findings.is_empty() {
         repair(place, &mut findings, &args.repair, running)?;
+        if args.repair.contains(&Repair::Strays) {
+            // Folders that the repair just emptied.
+            for (id, path) in orphan_folders {
+                let mut f = empty_folder(id, path);
+                f.repaired = std::fs::remove_dir(&f.path).is_ok();
+                if f.repaired {
+                    findings.push(f);
+                }
+            }
+        }
     }
     let status = if findings.is_empty() {
         EXIT_OK
@@ -1514,7 +1596,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
             json!({
                 "kind": f.kind,
                 "path": f.path.display().to_string(),
-                "client": f.file.as_ref().map(|(id, _)| id.to_hex()),
+                "client": f.file.as_ref().map(|(id, _)| id).or(f.folder_of.as_ref()).map(ClientId::to_hex),
                 "name": f.file.as_ref().map(|(_, n)| n),
                 "detail": f.detail,
                 "repaired": f.repaired,
@@ -1563,6 +1645,13 @@ fn drop_raced(place: &Place, findings: &mut Vec<Finding>, cksum: bool) -> Result
             .find(|f| f.row.client == *id && f.row.file_name == name)
     };
     findings.retain(|f| {
+        if let Some(id) = &f.folder_of {
+            // A client registered meanwhile may have begun an upload.
+            let still_empty = std::fs::read_dir(&f.path).is_ok_and(|mut d| d.next().is_none());
+            let known = fresh.clients.iter().any(|c| c.id == *id)
+                || fresh.files.iter().any(|r| r.row.client == *id);
+            return still_empty && !known;
+        }
         let Some((id, name)) = &f.file else {
             return true;
         };
@@ -1616,7 +1705,7 @@ fn repair(
                 json!({"op": "repair", "action": "adopt", "client": id.to_hex(), "file": name,
                        "size": size, "cksum": cksum})
             }
-            ("leftover", None) if what.contains(&Repair::Strays) => {
+            ("leftover" | "empty-folder", None) if what.contains(&Repair::Strays) => {
                 // Outside any client's folder: the server never touches
                 // these; a file or an empty folder goes.
                 f.repaired = std::fs::remove_file(&f.path)

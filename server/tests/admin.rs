@@ -587,3 +587,72 @@ fn the_quota_shown_is_the_running_servers_else_the_commands_flags_else_not_known
         "{help}"
     );
 }
+
+#[test]
+fn forget_with_delete_files_leaves_no_folder_and_verify_reports_and_removes_empty_ones() {
+    let (mut server, alice, bob) = populated();
+    let dir = server.data_dir().to_path_buf();
+    let alice_dir = server.client_dir(&alice.id);
+
+    // Running: alice forgotten with her files kept, then each deleted by
+    // id: her folder is empty, of no client; verify says so.
+    ok(&dir, &["clients", "forget", "alice"]);
+    ok(&dir, &["files", "delete", &alice.id.to_hex(), "a.txt"]);
+    ok(&dir, &["files", "delete", &alice.id.to_hex(), "b.txt"]);
+    assert!(alice_dir.is_dir());
+    let out = admin(&dir, &["verify", "--json"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let v = out.json();
+    let found = v["findings"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{v}");
+    assert_eq!(found[0]["kind"], "empty-folder");
+    assert_eq!(found[0]["client"], alice.id.to_hex());
+    assert_eq!(found[0]["path"], alice_dir.display().to_string());
+    assert!(alice_dir.is_dir(), "nothing changed without --repair");
+    let out = admin(&dir, &["verify", "--repair", "strays", "--json"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(out.json()["findings"][0]["repaired"], true);
+    assert!(!alice_dir.exists());
+    assert_eq!(admin(&dir, &["verify"]).code, 0);
+
+    // Stopped: a leftover temporary file in bob's folder goes with his
+    // files, and the folder with them.
+    server.stop();
+    let bob_dir = server.client_dir(&bob.id);
+    fs::write(bob_dir.join(".part-0123456789abcdef"), b"cut").unwrap();
+    let f = ok(&dir, &["clients", "forget", "bob", "--delete-files"]).stdout;
+    assert!(f.contains("files deleted: c.txt"), "{f}");
+    assert!(
+        !bob_dir.exists(),
+        "{:?}",
+        fs::read_dir(&bob_dir).map(|d| d.count())
+    );
+
+    // Stopped: a folder of no client holding only a leftover is emptied
+    // and removed by one --repair strays.
+    fs::create_dir(&alice_dir).unwrap();
+    fs::write(alice_dir.join(".part-00000000000000aa"), b"cut").unwrap();
+    let out = admin(&dir, &["verify", "--repair", "strays", "--json"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let mut kinds: Vec<(String, bool)> = out.json()["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_owned(),
+                f["repaired"] == true,
+            )
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("empty-folder".to_owned(), true),
+            ("leftover".to_owned(), true)
+        ]
+    );
+    assert!(!alice_dir.exists());
+    assert_eq!(admin(&dir, &["verify"]).code, 0);
+}
