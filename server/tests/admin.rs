@@ -2,9 +2,10 @@
 //! the real binary on a populated data directory, with the server stopped
 //! (the command takes the lock and works directly) and running (changes go
 //! through the control socket of an in-process server, whose loop applies
-//! them); a forget and a delete while an upload is in flight; quotas at,
-//! just under and over each limit over the wire; the control socket's
-//! limits.
+//! them); `clients show`, `files list` and `verify --repair` beside a
+//! running server; a forget and a delete while an upload is in flight;
+//! quotas at, just under and over each limit over the wire, and which
+//! default quota the commands show; the control socket's limits.
 
 mod common;
 
@@ -655,4 +656,189 @@ fn forget_with_delete_files_leaves_no_folder_and_verify_reports_and_removes_empt
     );
     assert!(!alice_dir.exists());
     assert_eq!(admin(&dir, &["verify"]).code, 0);
+}
+
+/// `v` without the keys that say whether a server answered.
+fn without_server_keys(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("quota");
+        o.remove("default_quota");
+    }
+    v
+}
+
+#[test]
+fn clients_show_and_files_list_beside_a_running_server_read_what_it_stored() {
+    let (mut server, alice, bob) = populated();
+    let dir = server.data_dir().to_path_buf();
+
+    // clients show, by name and by id, while the server runs.
+    let shown = ok(&dir, &["clients", "show", "alice", "--json"]).json();
+    assert_eq!(shown["id"], alice.id.to_hex());
+    assert_eq!(shown["key_exchanged"], true);
+    assert_eq!(shown["files"], 2);
+    assert_eq!(shown["bytes"], (A.len() + B.len()) as u64);
+    assert_eq!(shown["default_quota"]["from"], "server");
+    let mut listed: Vec<(String, u64, u64)> = shown["file_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_owned(),
+                f["size"].as_u64().unwrap(),
+                f["cksum"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            ("a.txt".to_owned(), A.len() as u64, cksum(A)),
+            ("b.txt".to_owned(), B.len() as u64, cksum(B))
+        ]
+    );
+    let by_id = ok(&dir, &["clients", "show", &bob.id.to_hex()]).stdout;
+    assert!(by_id.contains("bob") && by_id.contains("c.txt"), "{by_id}");
+
+    // files list: every record, one client's by name and by id.
+    let all = ok(&dir, &["files", "list", "--json"]).json();
+    assert_eq!(all["files"].as_array().unwrap().len(), 3);
+    let bobs = ok(&dir, &["files", "list", "--client", "bob", "--json"]).json();
+    let c = &bobs["files"][0];
+    assert_eq!(bobs["files"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (&c["name"], &c["size"], &c["verified"], &c["cksum"]),
+        (
+            &Value::from("c.txt"),
+            &Value::from(C.len() as u64),
+            &Value::from(true),
+            &Value::from(cksum(C))
+        )
+    );
+    assert_eq!(
+        c["path"],
+        server.final_path(&bob.id, "c.txt").display().to_string()
+    );
+    assert_eq!(
+        ok(
+            &dir,
+            &["files", "list", "--client", &bob.id.to_hex(), "--json"]
+        )
+        .json(),
+        bobs
+    );
+
+    // A file stored meanwhile is seen at once (the server committed it).
+    let mut conn = server.connect();
+    let mut bob = bob;
+    bob.reconnect(&mut conn);
+    bob.upload_verified(&mut conn, "d.txt", b"dd");
+    let bobs = ok(&dir, &["files", "list", "--client", "bob", "--json"]).json();
+    assert_eq!(bobs["files"].as_array().unwrap().len(), 2, "{bobs}");
+    assert_eq!(
+        ok(&dir, &["clients", "show", "bob", "--json"]).json()["files"],
+        2
+    );
+    drop(conn);
+
+    // The same as the commands read with the server stopped.
+    let running_files = ok(&dir, &["files", "list", "--json"]).json();
+    let running_show = ok(&dir, &["clients", "show", "alice", "--json"]).json();
+    server.stop();
+    assert_eq!(ok(&dir, &["files", "list", "--json"]).json(), running_files);
+    assert_eq!(
+        without_server_keys(ok(&dir, &["clients", "show", "alice", "--json"]).json()),
+        without_server_keys(running_show)
+    );
+}
+
+#[test]
+fn verify_repairs_beside_a_running_server_through_it_and_spares_uploads_in_progress() {
+    let (server, alice, bob) = populated();
+    let dir = server.data_dir().to_path_buf();
+    // A stored file removed by hand, a file nobody recorded, something
+    // that is not a client's folder.
+    fs::remove_file(server.final_path(&alice.id, "a.txt")).unwrap();
+    fs::write(server.client_dir(&alice.id).join("stray.bin"), b"stray").unwrap();
+    fs::write(dir.join("files").join("junk"), b"?").unwrap();
+    // An upload in progress: its temporary file is not a finding.
+    let mut conn = server.connect();
+    let mut up_client = bob;
+    up_client.reconnect(&mut conn);
+    let data = random_bytes(9, 2 << 20);
+    let mut up = up_client
+        .begin_upload(&mut conn, "big.bin", data.len() as u64)
+        .unwrap();
+    up.write(&data[..1 << 20]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.part_files().is_empty() {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let out = admin(&dir, &["verify", "--json"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let v = out.json();
+    assert_eq!(v["server_running"], true);
+    assert_eq!(v["checked"]["uploads_in_progress"], 1, "{v}");
+    let mut kinds: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["leftover", "missing-file", "unrecorded-file"],
+        "{v}"
+    );
+
+    // Adopt the stray through the server, drop the row of the missing
+    // file, delete the junk: all repaired, the upload untouched.
+    let out = admin(&dir, &["verify", "--repair", "rows,adopt", "--json"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let repaired: Vec<(String, bool)> = out.json()["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_owned(),
+                f["repaired"] == true,
+            )
+        })
+        .collect();
+    assert!(
+        repaired.contains(&("missing-file".into(), true)),
+        "{repaired:?}"
+    );
+    assert!(
+        repaired.contains(&("unrecorded-file".into(), true)),
+        "{repaired:?}"
+    );
+    assert!(server.file_row(&alice.id, "a.txt").is_none());
+    assert_eq!(server.file_row(&alice.id, "stray.bin").unwrap().verified, 1);
+    let out = admin(&dir, &["verify", "--repair", "strays", "--json"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(out.json()["findings"][0]["repaired"], true);
+    assert!(!dir.join("files").join("junk").exists());
+    assert_eq!(server.part_files().len(), 1, "the upload in progress stays");
+
+    // The running server knows the adopted file (it counts for alice) and
+    // the upload completes.
+    let shown = ok(&dir, &["clients", "show", "alice", "--json"]).json();
+    assert_eq!(shown["files"], 2);
+    assert_eq!(shown["bytes"], (B.len() + 5) as u64);
+    up.write(&data[1 << 20..]).unwrap();
+    up.finish().unwrap();
+    let r = conn.expect(2103);
+    up_client.check_received(&r, "big.bin", data.len() as u64, cksum(&data) as u32);
+    up_client.send_verdict(&mut conn, 1029, "big.bin");
+    conn.expect(2104);
+    let v = ok(&dir, &["verify", "--cksum", "--json"]).json();
+    assert_eq!(v["findings"].as_array().unwrap().len(), 0, "{v}");
+    assert_eq!(v["checked"]["cksums"], 4);
 }
