@@ -842,3 +842,93 @@ fn verify_repairs_beside_a_running_server_through_it_and_spares_uploads_in_progr
     assert_eq!(v["findings"].as_array().unwrap().len(), 0, "{v}");
     assert_eq!(v["checked"]["cksums"], 4);
 }
+
+/// `stats --json` until `ready` says yes (10 s at most).
+fn stats_when(dir: &Path, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = ok(dir, &["stats", "--json"]).json();
+        if ready(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "never came: {stats}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn stats_counts_discarded_expired_and_aborted_uploads_exactly_and_metrics_by_their_names() {
+    let mut server = InProcess::start_with(|s| {
+        s.store.orphan_ttl = Duration::from_secs(1);
+        s.store.max_pending_per_conn = 1;
+        s.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let dir = server.data_dir().to_path_buf();
+    let mut conn = server.connect();
+    let mut c = Client::new("counted");
+    c.register(&mut conn);
+    c.exchange_key(&mut conn);
+
+    // Discarded twice: a 1030 (the client sends it again), then a 1031.
+    c.send_file(&mut conn, "d", b"content");
+    conn.expect(2103);
+    c.send_verdict(&mut conn, 1030, "d");
+    c.send_file(&mut conn, "d", b"content");
+    conn.expect(2103);
+    c.send_verdict(&mut conn, 1031, "d");
+    conn.expect(2104);
+    // Expired for room: one upload may await a verdict per connection, so
+    // r2 puts r1 out; r2 is then kept.
+    c.send_file(&mut conn, "r1", b"one");
+    conn.expect(2103);
+    c.send_file(&mut conn, "r2", b"two");
+    conn.expect(2103);
+    c.verify(&mut conn, "r2");
+    // Expired without a verdict: its connection closed, --orphan-ttl
+    // passed.
+    let mut orphan = server.connect();
+    c.reconnect(&mut orphan);
+    c.send_file(&mut orphan, "o", b"orphan");
+    orphan.expect(2103);
+    drop(orphan);
+    // Aborted: the connection lost in the middle of the content.
+    let mut cut = server.connect();
+    c.reconnect(&mut cut);
+    let data = random_bytes(3, 2 << 20);
+    let mut up = c
+        .begin_upload(&mut cut, "cut.bin", data.len() as u64)
+        .unwrap();
+    up.write(&data[..1 << 20]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.part_files().is_empty() {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(up);
+    drop(cut);
+
+    let want = serde_json::json!({
+        "verified": 1, "discarded": 2, "over_quota": 0,
+        "expired": 2, "aborted": 1, "withdrawn": 0,
+    });
+    let stats = stats_when(&dir, |s| s["server"]["uploads"] == want);
+    assert_eq!(stats["files"], 1);
+    assert!(server.final_path(&c.id, "r2").exists());
+    let metrics = server.metrics_addr().unwrap();
+    let m = |sample: &str| scrape_metric(metrics, sample);
+    let outcome = |o: &str| m(&format!("sealdrop_uploads_total{{outcome=\"{o}\"}}"));
+    // The same uploads as the metrics name them (docs/operations.md,
+    // "stats and the metrics").
+    assert_eq!(outcome("verified"), 1.0);
+    assert_eq!(m("sealdrop_resends_total"), 1.0, "the 1030");
+    assert_eq!(outcome("crc_failed"), 1.0, "the 1031");
+    // Only the orphan: an upload put out for room has no count there.
+    assert_eq!(outcome("expired"), 1.0);
+    assert_eq!(outcome("abandoned"), 1.0);
+    assert_eq!(outcome("refused"), 0.0);
+    // The lifetime counts reach the database with a commit (at the latest
+    // at shutdown).
+    server.stop();
+    let stats = ok(&dir, &["stats", "--json"]).json();
+    assert_eq!(stats["uploads"], want, "{stats}");
+}
