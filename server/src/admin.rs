@@ -423,6 +423,15 @@ impl View {
         }
     }
 
+    /// Ids with a client record or a file record: their folders belong.
+    fn ids(&self) -> std::collections::BTreeSet<ClientId> {
+        self.clients
+            .iter()
+            .map(|c| c.id)
+            .chain(self.files.iter().map(|f| f.row.client))
+            .collect()
+    }
+
     fn names(&self) -> BTreeMap<ClientId, String> {
         self.clients
             .iter()
@@ -1383,6 +1392,33 @@ fn empty_folder(id: ClientId, path: PathBuf) -> Finding {
     }
 }
 
+/// After `--repair strays`: the folders its repairs emptied (a leftover
+/// deleted, the last record of a forgotten client dropped), of ids that
+/// have no record any more, go too, each reported as a repaired
+/// `empty-folder`. Read against fresh records, as a server may run.
+fn remove_emptied_folders(place: &Place, findings: &mut Vec<Finding>) -> Result<(), Failure> {
+    let known = View::read(place)?.ids();
+    let Ok(entries) = std::fs::read_dir(files::files_root(&place.data_dir)) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = control::parse_id(&name).filter(|id| id.to_hex() == name) else {
+            continue;
+        };
+        if known.contains(&id) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        // remove_dir deletes only an empty folder.
+        if std::fs::remove_dir(entry.path()).is_ok() {
+            let mut f = empty_folder(id, entry.path());
+            f.repaired = true;
+            findings.push(f);
+        }
+    }
+    Ok(())
+}
+
 fn cksum_of(path: &Path) -> std::io::Result<(u64, u32)> {
     let mut f = std::fs::File::open(path)?;
     let mut ck = Cksum::new();
@@ -1426,16 +1462,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
         .collect();
     let mut in_progress = 0usize;
     let mut files_seen = 0usize;
-    // Ids with a client record or a file record: their folders belong.
-    let known: std::collections::BTreeSet<ClientId> = view
-        .clients
-        .iter()
-        .map(|c| c.id)
-        .chain(view.files.iter().map(|f| f.row.client))
-        .collect();
-    // Folders of ids without any record that still hold something: once
-    // --repair strays emptied them, they go too.
-    let mut orphan_folders: Vec<(ClientId, PathBuf)> = Vec::new();
+    let known = view.ids();
     // The file tree against the records.
     let root = files::files_root(&place.data_dir);
     let entries = match std::fs::read_dir(&root) {
@@ -1462,12 +1489,9 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
             continue;
         };
         let inner: Vec<_> = inner.flatten().collect();
-        if !known.contains(&id) {
-            if inner.is_empty() {
-                findings.push(empty_folder(id, path));
-                continue;
-            }
-            orphan_folders.push((id, path.clone()));
+        if inner.is_empty() && !known.contains(&id) {
+            findings.push(empty_folder(id, path));
+            continue;
         }
         for e in inner {
             let file = e.file_name().to_string_lossy().into_owned();
@@ -1575,14 +1599,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
     if !args.repair.is_empty() && !findings.is_empty() {
         repair(place, &mut findings, &args.repair, running)?;
         if args.repair.contains(&Repair::Strays) {
-            // Folders that the repair just emptied.
-            for (id, path) in orphan_folders {
-                let mut f = empty_folder(id, path);
-                f.repaired = std::fs::remove_dir(&f.path).is_ok();
-                if f.repaired {
-                    findings.push(f);
-                }
-            }
+            remove_emptied_folders(place, &mut findings)?;
         }
     }
     let status = if findings.is_empty() {
