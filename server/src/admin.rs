@@ -29,7 +29,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use sealdrop_protocol::cksum::Cksum;
-use sealdrop_protocol::store::{Quota, QuotaSetting, Store};
+use sealdrop_protocol::store::{Quota, QuotaOverride, QuotaSetting, Store};
 use sealdrop_protocol::ClientId;
 
 use crate::control::{self, ApplyError, Reach};
@@ -187,8 +187,11 @@ pub struct Place {
     pub data_dir: PathBuf,
     /// The control socket's path.
     pub socket: PathBuf,
-    /// The server's quota settings (for a change applied directly).
+    /// The command's `--quota-*` (for a change applied directly, and what
+    /// the commands show as the server's default when no server answers).
     pub quota: Quota,
+    /// Whether `--quota-bytes` or `--quota-files` was given.
+    pub quota_given: bool,
     /// Where the records are (`--database`, or SEALDROP_DATABASE_URL).
     pub database: DatabaseUrl,
 }
@@ -420,6 +423,15 @@ impl View {
         }
     }
 
+    /// Ids with a client record or a file record: their folders belong.
+    fn ids(&self) -> std::collections::BTreeSet<ClientId> {
+        self.clients
+            .iter()
+            .map(|c| c.id)
+            .chain(self.files.iter().map(|f| f.row.client))
+            .collect()
+    }
+
     fn names(&self) -> BTreeMap<ClientId, String> {
         self.clients
             .iter()
@@ -444,10 +456,9 @@ impl View {
             .fold((0, 0), |(n, b), f| (n + 1, b + f.size.unwrap_or(0)))
     }
 
-    fn client_json(&self, c: &ClientRow, server: Quota) -> Value {
+    fn client_json(&self, c: &ClientRow, defaults: &Defaults) -> Value {
         let (files, bytes) = self.usage(&c.id);
         let own = self.quotas.get(&c.id).copied().unwrap_or_default();
-        let quota = own.apply(server);
         json!({
             "id": c.id.to_hex(),
             "name": c.name,
@@ -455,9 +466,160 @@ impl View {
             "key_exchanged": c.key_exchanged,
             "files": files,
             "bytes": bytes,
-            "quota": {"bytes": quota.max_bytes, "files": quota.max_files},
+            "quota": defaults.in_effect_json(own),
             "own_quota": {"bytes": own.bytes.to_string(), "files": own.files.to_string()},
         })
+    }
+}
+
+/// Where the server's default quota that the commands show comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DefaultsFrom {
+    /// The running server said (on PostgreSQL: every server that answered,
+    /// all the same).
+    Server,
+    /// No server answered: the command's own `--quota-*`.
+    Flags,
+    /// No server answered and no `--quota-*` was given (or, on
+    /// PostgreSQL, the servers that answered differ).
+    Unknown,
+}
+
+/// The server's default quota: what a client without a quota of its own
+/// gets.
+#[derive(Debug, Clone, Copy)]
+struct Defaults {
+    quota: Quota,
+    from: DefaultsFrom,
+}
+
+/// One limit in effect: `None` not known, `Some(None)` unlimited.
+type Limit = Option<Option<u64>>;
+
+impl Defaults {
+    /// One limit in effect for a client whose own setting is `own`.
+    fn limit(&self, own: QuotaSetting, default: Option<u64>) -> Limit {
+        match own {
+            QuotaSetting::Default => (self.from != DefaultsFrom::Unknown).then_some(default),
+            QuotaSetting::Unlimited => Some(None),
+            QuotaSetting::Max(n) => Some(Some(n)),
+        }
+    }
+
+    /// (bytes, files) in effect for a client whose own quota is `own`.
+    fn in_effect(&self, own: QuotaOverride) -> (Limit, Limit) {
+        (
+            self.limit(own.bytes, self.quota.max_bytes),
+            self.limit(own.files, self.quota.max_files),
+        )
+    }
+
+    /// `{"bytes": …, "files": …}`: a number, `null` (unlimited) or
+    /// `"unknown"`.
+    fn in_effect_json(&self, own: QuotaOverride) -> Value {
+        let (bytes, files) = self.in_effect(own);
+        json!({"bytes": limit_json(bytes), "files": limit_json(files)})
+    }
+
+    fn source(&self) -> &'static str {
+        match self.from {
+            DefaultsFrom::Server => "server",
+            DefaultsFrom::Flags => "flags",
+            DefaultsFrom::Unknown => "unknown",
+        }
+    }
+
+    /// `{"bytes": …, "files": …, "from": "server"|"flags"|"unknown"}`.
+    fn json(&self) -> Value {
+        let own = QuotaOverride::default();
+        let mut value = self.in_effect_json(own);
+        value["from"] = json!(self.source());
+        value
+    }
+
+    /// One line for the text output.
+    fn text(&self) -> String {
+        let q = self.quota;
+        let both = format!("bytes {}, files {}", limit(q.max_bytes), limit(q.max_files));
+        match self.from {
+            DefaultsFrom::Server => format!("{both} (the running server's)"),
+            DefaultsFrom::Flags => {
+                format!("{both} (from --quota-bytes/--quota-files: no server answers)")
+            }
+            DefaultsFrom::Unknown => {
+                "not known: no server answers and no --quota-bytes/--quota-files given".into()
+            }
+        }
+    }
+}
+
+fn limit_json(l: Limit) -> Value {
+    match l {
+        None => json!("unknown"),
+        Some(v) => json!(v),
+    }
+}
+
+fn limit_text(l: Limit) -> String {
+    match l {
+        None => "not known".into(),
+        Some(v) => limit(v),
+    }
+}
+
+/// The server's default quota: asked from the running server (on
+/// PostgreSQL every server answering in the data directory); when none
+/// answers, the command's `--quota-*` if given; else not known.
+fn server_defaults(place: &Place) -> Defaults {
+    let sockets = match place.pg() {
+        Some(_) => control_sockets(place),
+        None => vec![place.socket.clone()],
+    };
+    let mut answers: Vec<Quota> = Vec::new();
+    for socket in &sockets {
+        match control::request(socket, &json!({"op": "defaults"}), ANSWER_TIMEOUT) {
+            Ok(Reach::Answer(a)) if a["ok"] == json!(true) => {
+                let q = &a["result"]["quota"];
+                answers.push(Quota {
+                    max_bytes: q["bytes"].as_u64(),
+                    max_files: q["files"].as_u64(),
+                });
+            }
+            Ok(Reach::NoServer) => {}
+            Ok(Reach::Answer(a)) => eprintln!(
+                "sealdrop-server: warning: the server on {} did not say its default quota: {}",
+                socket.display(),
+                a["error"].as_str().unwrap_or("?")
+            ),
+            Err(e) => eprintln!(
+                "sealdrop-server: warning: no answer from the server on {}: {e}",
+                socket.display()
+            ),
+        }
+    }
+    match answers.first() {
+        Some(first) if answers.iter().all(|q| q == first) => Defaults {
+            quota: *first,
+            from: DefaultsFrom::Server,
+        },
+        Some(_) => {
+            eprintln!(
+                "sealdrop-server: warning: the servers answering have different default \
+                 quotas (--quota-*): the default is shown as not known"
+            );
+            Defaults {
+                quota: Quota::UNLIMITED,
+                from: DefaultsFrom::Unknown,
+            }
+        }
+        None if place.quota_given => Defaults {
+            quota: place.quota,
+            from: DefaultsFrom::Flags,
+        },
+        None => Defaults {
+            quota: Quota::UNLIMITED,
+            from: DefaultsFrom::Unknown,
+        },
     }
 }
 
@@ -516,12 +678,17 @@ fn clients_list(place: &Place) -> Done {
         })
         .collect();
     let text = table(&["ID", "NAME", "LAST SEEN", "KEY", "FILES", "BYTES"], &rows);
+    let defaults = server_defaults(place);
     let clients: Vec<Value> = view
         .clients
         .iter()
-        .map(|c| view.client_json(c, place.quota))
+        .map(|c| view.client_json(c, &defaults))
         .collect();
-    Ok((json!({ "clients": clients }), text, EXIT_OK))
+    Ok((
+        json!({ "clients": clients, "default_quota": defaults.json() }),
+        text,
+        EXIT_OK,
+    ))
 }
 
 fn files_table(view: &View, files: &[&FileView]) -> String {
@@ -552,16 +719,18 @@ fn files_table(view: &View, files: &[&FileView]) -> String {
 fn clients_show(place: &Place, client: &str) -> Done {
     let view = View::read(place)?;
     let c = view.client(client)?;
-    let mut value = view.client_json(c, place.quota);
+    let defaults = server_defaults(place);
+    let mut value = view.client_json(c, &defaults);
+    value["default_quota"] = defaults.json();
     let names = view.names();
     let own: Vec<&FileView> = view.files.iter().filter(|f| f.row.client == c.id).collect();
     value["file_list"] = own.iter().map(|f| f.json(&names)).collect();
     let (files, bytes) = view.usage(&c.id);
     let own_quota = view.quotas.get(&c.id).copied().unwrap_or_default();
-    let quota = own_quota.apply(place.quota);
+    let (quota_bytes, quota_files) = defaults.in_effect(own_quota);
     let whose = |s: QuotaSetting| {
         if s == QuotaSetting::Default {
-            "server's"
+            "server's default"
         } else {
             "own"
         }
@@ -580,12 +749,13 @@ fn clients_show(place: &Place, client: &str) -> Done {
             vec!["bytes".into(), bytes.to_string()],
             vec![
                 "quota bytes".into(),
-                format!("{} ({})", limit(quota.max_bytes), whose(own_quota.bytes)),
+                format!("{} ({})", limit_text(quota_bytes), whose(own_quota.bytes)),
             ],
             vec![
                 "quota files".into(),
-                format!("{} ({})", limit(quota.max_files), whose(own_quota.files)),
+                format!("{} ({})", limit_text(quota_files), whose(own_quota.files)),
             ],
+            vec!["server's default".into(), defaults.text()],
         ],
     );
     if !own.is_empty() {
@@ -1018,6 +1188,15 @@ fn change(place: &Place, req: &Value) -> Result<Value, Failure> {
             let mut store = open_directly(place)?;
             let result = control::apply(&mut store, req, Instant::now(), None)?;
             commit(&mut store)?;
+            if req["op"] == "forget" && req["delete_files"] == json!(true) {
+                // Still holding the lock: temporary files in the client's
+                // folder are leftovers of uploads cut off (a running
+                // server deletes those at its start), so they go too, and
+                // then the folder.
+                if let Some(id) = result["id"].as_str().and_then(control::parse_id) {
+                    remove_leftovers(&files::client_dir(&place.data_dir, &id));
+                }
+            }
             Ok(result)
         }
         Err(e) => Err(fail(format!(
@@ -1025,6 +1204,27 @@ fn change(place: &Place, req: &Value) -> Result<Value, Failure> {
             place.socket.display()
         ))),
     }
+}
+
+/// Deletes the temporary files (`.part-*`) in a forgotten client's folder,
+/// then the folder if nothing else is in it. Only while the data
+/// directory's lock is held and no server runs.
+fn remove_leftovers(folder: &Path) {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if files::is_part_name(&name) && e.file_type().is_ok_and(|t| t.is_file()) {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                eprintln!(
+                    "sealdrop-server: warning: cannot delete {}: {err}",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(folder);
 }
 
 /// The data directory, locked, for a change while no server runs.
@@ -1121,19 +1321,27 @@ fn clients_quota(
             files.unwrap_or(current.files),
         )
     };
-    let r = change(
+    let mut r = change(
         place,
         &json!({"op": "quota", "client": client,
                 "bytes": bytes.to_string(), "files": files.to_string()}),
     )?;
-    let text = format!(
+    // In effect: the answer's, unless no server answered and no --quota-*
+    // was given (a change applied directly does not know the default).
+    let defaults = server_defaults(place);
+    let own = QuotaOverride { bytes, files };
+    r["quota"] = defaults.in_effect_json(own);
+    r["default_quota"] = defaults.json();
+    let (in_bytes, in_files) = defaults.in_effect(own);
+    let mut text = format!(
         "quota of {}: bytes {} ({}), files {} ({})\n",
         r["id"].as_str().unwrap_or(""),
-        limit(r["quota"]["bytes"].as_u64()),
-        r["own"]["bytes"].as_str().unwrap_or(""),
-        limit(r["quota"]["files"].as_u64()),
-        r["own"]["files"].as_str().unwrap_or(""),
+        limit_text(in_bytes),
+        bytes,
+        limit_text(in_files),
+        files,
     );
+    text += &format!("server's default: {}\n", defaults.text());
     Ok((r, text, EXIT_OK))
 }
 
@@ -1164,8 +1372,51 @@ struct Finding {
     path: PathBuf,
     /// The client and file name, for findings in a client's folder.
     file: Option<(ClientId, String)>,
+    /// The client, for `empty-folder`.
+    folder_of: Option<ClientId>,
     detail: String,
     repaired: bool,
+}
+
+/// A client's folder with nothing in it, of an id that neither a client
+/// record nor a file record has (left by a forget, or by deleting a
+/// forgotten client's files one by one).
+fn empty_folder(id: ClientId, path: PathBuf) -> Finding {
+    Finding {
+        kind: "empty-folder",
+        path,
+        file: None,
+        folder_of: Some(id),
+        detail: "empty folder of no client".into(),
+        repaired: false,
+    }
+}
+
+/// After `--repair strays`: the folders its repairs emptied (a leftover
+/// deleted, the last record of a forgotten client dropped), of ids that
+/// have no record any more, go too, each reported as a repaired
+/// `empty-folder`. Read against fresh records, as a server may run.
+fn remove_emptied_folders(place: &Place, findings: &mut Vec<Finding>) -> Result<(), Failure> {
+    let known = View::read(place)?.ids();
+    let Ok(entries) = std::fs::read_dir(files::files_root(&place.data_dir)) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = control::parse_id(&name).filter(|id| id.to_hex() == name) else {
+            continue;
+        };
+        if known.contains(&id) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        // remove_dir deletes only an empty folder.
+        if std::fs::remove_dir(entry.path()).is_ok() {
+            let mut f = empty_folder(id, entry.path());
+            f.repaired = true;
+            findings.push(f);
+        }
+    }
+    Ok(())
 }
 
 fn cksum_of(path: &Path) -> std::io::Result<(u64, u32)> {
@@ -1211,6 +1462,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
         .collect();
     let mut in_progress = 0usize;
     let mut files_seen = 0usize;
+    let known = view.ids();
     // The file tree against the records.
     let root = files::files_root(&place.data_dir);
     let entries = match std::fs::read_dir(&root) {
@@ -1229,13 +1481,19 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                 file: None,
                 detail: "not a client's folder".into(),
                 repaired: false,
+                folder_of: None,
             });
             continue;
         };
         let Ok(inner) = std::fs::read_dir(&path) else {
             continue;
         };
-        for e in inner.flatten() {
+        let inner: Vec<_> = inner.flatten().collect();
+        if inner.is_empty() && !known.contains(&id) {
+            findings.push(empty_folder(id, path));
+            continue;
+        }
+        for e in inner {
             let file = e.file_name().to_string_lossy().into_owned();
             let fpath = e.path();
             let regular = e.file_type().is_ok_and(|t| t.is_file());
@@ -1249,6 +1507,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                         file: Some((id, file)),
                         detail: "temporary file of an upload cut off".into(),
                         repaired: false,
+                        folder_of: None,
                     });
                 }
                 continue;
@@ -1260,6 +1519,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                     file: None,
                     detail: "not a regular file".into(),
                     repaired: false,
+                    folder_of: None,
                 });
                 continue;
             }
@@ -1276,6 +1536,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                     },
                     file: Some((id, file)),
                     repaired: false,
+                    folder_of: None,
                 }),
             }
         }
@@ -1292,6 +1553,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                 file,
                 detail: "recorded as verified, not on disk".into(),
                 repaired: false,
+                folder_of: None,
             });
             continue;
         }
@@ -1306,6 +1568,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                 file,
                 detail: e.to_string(),
                 repaired: false,
+                folder_of: None,
             }),
             Ok((size, ck)) => {
                 if f.size.is_some_and(|s| s != size) {
@@ -1315,6 +1578,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                         file,
                         detail: format!("{size} bytes, recorded {}", opt(f.size)),
                         repaired: false,
+                        folder_of: None,
                     });
                 } else if f.cksum.is_some_and(|c| c != ck) {
                     findings.push(Finding {
@@ -1323,6 +1587,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                         file,
                         detail: format!("cksum {ck}, recorded {}", opt(f.cksum)),
                         repaired: false,
+                        folder_of: None,
                     });
                 }
             }
@@ -1333,6 +1598,9 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
     }
     if !args.repair.is_empty() && !findings.is_empty() {
         repair(place, &mut findings, &args.repair, running)?;
+        if args.repair.contains(&Repair::Strays) {
+            remove_emptied_folders(place, &mut findings)?;
+        }
     }
     let status = if findings.is_empty() {
         EXIT_OK
@@ -1345,7 +1613,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
             json!({
                 "kind": f.kind,
                 "path": f.path.display().to_string(),
-                "client": f.file.as_ref().map(|(id, _)| id.to_hex()),
+                "client": f.file.as_ref().map(|(id, _)| id).or(f.folder_of.as_ref()).map(ClientId::to_hex),
                 "name": f.file.as_ref().map(|(_, n)| n),
                 "detail": f.detail,
                 "repaired": f.repaired,
@@ -1394,6 +1662,13 @@ fn drop_raced(place: &Place, findings: &mut Vec<Finding>, cksum: bool) -> Result
             .find(|f| f.row.client == *id && f.row.file_name == name)
     };
     findings.retain(|f| {
+        if let Some(id) = &f.folder_of {
+            // A client registered meanwhile may have begun an upload.
+            let still_empty = std::fs::read_dir(&f.path).is_ok_and(|mut d| d.next().is_none());
+            let known = fresh.clients.iter().any(|c| c.id == *id)
+                || fresh.files.iter().any(|r| r.row.client == *id);
+            return still_empty && !known;
+        }
         let Some((id, name)) = &f.file else {
             return true;
         };
@@ -1447,7 +1722,7 @@ fn repair(
                 json!({"op": "repair", "action": "adopt", "client": id.to_hex(), "file": name,
                        "size": size, "cksum": cksum})
             }
-            ("leftover", None) if what.contains(&Repair::Strays) => {
+            ("leftover" | "empty-folder", None) if what.contains(&Repair::Strays) => {
                 // Outside any client's folder: the server never touches
                 // these; a file or an empty folder goes.
                 f.repaired = std::fs::remove_file(&f.path)

@@ -119,13 +119,16 @@ pub struct Args {
     /// Most bytes one client may keep (its stored files added up);
     /// suffixes K, M, G, T. An upload that would exceed it is refused with
     /// the revision's error answer. Default unlimited; a client's own quota
-    /// (`clients quota`) replaces it.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    /// (`clients quota`) replaces it. Administration commands: the server's
+    /// default to show when no server answers on the control socket.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, global = true)]
     pub quota_bytes: Option<u64>,
 
     /// Most files one client may keep. Default unlimited; a client's own
-    /// quota (`clients quota`) replaces it.
-    #[arg(long, value_name = "N")]
+    /// quota (`clients quota`) replaces it. Administration commands: the
+    /// server's default to show when no server answers on the control
+    /// socket.
+    #[arg(long, value_name = "N", global = true)]
     pub quota_files: Option<u64>,
 
     /// Unix socket on which the running server takes administration

@@ -19,10 +19,13 @@
 //! [`apply`] is what a request does; the administration commands call it
 //! themselves, on a store they opened, when no server runs.
 //!
-//! A server whose records are in PostgreSQL serves only `ping`, `stats`
-//! and `withdraw` (`{"op":"withdraw","client":"<hex>","file":null}`): the
-//! command makes its change in the shared database itself, and asks every
-//! server to withdraw the uploads the change concerns
+//! `defaults` answers the server's default quota (its `--quota-*`).
+//!
+//! A server whose records are in PostgreSQL serves only `ping`, `stats`,
+//! `defaults`, `refresh` and `withdraw`
+//! (`{"op":"withdraw","client":"<hex>","file":null}`): the command makes
+//! its change in the shared database itself, and asks every server to
+//! withdraw the uploads the change concerns
 //! ([`DiskStore::withdraw_changed`]).
 
 use std::io::{self, Read, Write};
@@ -155,7 +158,7 @@ pub fn apply(
     };
     let op = field(req, "op")?;
     let shared = store.records().is_shared();
-    if shared && !matches!(op, "ping" | "stats" | "withdraw" | "refresh") {
+    if shared && !matches!(op, "ping" | "stats" | "withdraw" | "refresh" | "defaults") {
         // With PostgreSQL the command changes the database itself (several
         // servers share it) and only asks each server to "withdraw".
         return Err(ApplyError::bad(format!(
@@ -165,6 +168,12 @@ pub fn apply(
     }
     match op {
         "ping" => Ok(json!({})),
+        "defaults" => {
+            // The server's own --quota-* (what a client without a quota of
+            // its own gets), for the commands that show quotas.
+            let quota = store.config().quota;
+            Ok(json!({"quota": {"bytes": quota.max_bytes, "files": quota.max_files}}))
+        }
         "withdraw" => {
             // An administrator is about to change (or just changed) this
             // client, or one of its files, in the shared database: uploads

@@ -65,6 +65,7 @@ fn main() -> ExitCode {
                 max_bytes: args.quota_bytes,
                 max_files: args.quota_files,
             },
+            quota_given: args.quota_bytes.is_some() || args.quota_files.is_some(),
             database,
         };
         return ExitCode::from(admin::run(command, &place));

@@ -2,9 +2,10 @@
 //! the real binary on a populated data directory, with the server stopped
 //! (the command takes the lock and works directly) and running (changes go
 //! through the control socket of an in-process server, whose loop applies
-//! them); a forget and a delete while an upload is in flight; quotas at,
-//! just under and over each limit over the wire; the control socket's
-//! limits.
+//! them); `clients show`, `files list` and `verify --repair` beside a
+//! running server; a forget and a delete while an upload is in flight;
+//! quotas at, just under and over each limit over the wire, and which
+//! default quota the commands show; the control socket's limits.
 
 mod common;
 
@@ -528,4 +529,406 @@ fn the_binary_serves_the_control_socket_and_removes_it_at_exit() {
     assert!(!dir.join("control.sock").exists());
     // Stopped: the same command now works directly (and finds nothing).
     assert_eq!(admin(&dir, &["clients", "forget", "alice"]).code, 3);
+}
+
+#[test]
+fn the_quota_shown_is_the_running_servers_else_the_commands_flags_else_not_known() {
+    let mut server = Server::start(&["--quota-bytes", "1M", "--quota-files", "3"]);
+    let alice = client_with(&server, "alice", &[("a", b"a")]);
+    let dir = server.data_dir().to_path_buf();
+
+    // Running: the server says its --quota-*, whatever the command's flags.
+    let shown = ok(&dir, &["clients", "show", "alice", "--json"]).json();
+    assert_eq!(shown["quota"]["bytes"], 1 << 20, "{shown}");
+    assert_eq!(shown["quota"]["files"], 3, "{shown}");
+    assert_eq!(shown["default_quota"]["from"], "server");
+    let text = ok(&dir, &["clients", "show", "alice"]).stdout;
+    assert!(text.contains("3 (server's default)"), "{text}");
+    assert!(text.contains("the running server's"), "{text}");
+    let list = ok(&dir, &["clients", "list", "--json", "--quota-files", "9"]).json();
+    assert_eq!(list["clients"][0]["quota"]["files"], 3, "{list}");
+    assert_eq!(list["default_quota"]["files"], 3);
+    // A limit of its own replaces one default, the other stays the server's.
+    let set = ok(
+        &dir,
+        &["clients", "quota", "alice", "--files", "5", "--json"],
+    )
+    .json();
+    assert_eq!(
+        (&set["quota"]["bytes"], &set["quota"]["files"]),
+        (&Value::from(1 << 20), &Value::from(5)),
+        "{set}"
+    );
+
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(20)).is_some());
+    // Stopped, no flags: the default is not known, and said so.
+    let shown = ok(&dir, &["clients", "show", &alice.id.to_hex(), "--json"]).json();
+    assert_eq!(shown["quota"]["bytes"], "unknown", "{shown}");
+    assert_eq!(shown["quota"]["files"], 5, "its own limit is known");
+    assert_eq!(shown["default_quota"]["from"], "unknown");
+    let text = ok(&dir, &["clients", "show", "alice"]).stdout;
+    assert!(text.contains("not known (server's default)"), "{text}");
+    assert!(text.contains("no server answers"), "{text}");
+    // Stopped, flags after the subcommand: those are the default shown.
+    let shown = ok(
+        &dir,
+        &["clients", "show", "alice", "--quota-bytes", "2K", "--json"],
+    )
+    .json();
+    assert_eq!(shown["quota"]["bytes"], 2048, "{shown}");
+    assert_eq!(shown["default_quota"]["from"], "flags");
+    assert_eq!(shown["default_quota"]["files"], Value::Null, "unlimited");
+    let set = ok(&dir, &["clients", "quota", "alice", "--clear", "--json"]).json();
+    assert_eq!(set["quota"]["files"], "unknown", "{set}");
+    // The flags are in the subcommands' help.
+    let help = ok(&dir, &["clients", "show", "--help"]).stdout;
+    assert!(
+        help.contains("--quota-bytes") && help.contains("--quota-files"),
+        "{help}"
+    );
+}
+
+#[test]
+fn forget_with_delete_files_leaves_no_folder_and_verify_reports_and_removes_empty_ones() {
+    let (mut server, alice, bob) = populated();
+    let dir = server.data_dir().to_path_buf();
+    let alice_dir = server.client_dir(&alice.id);
+
+    // Running: alice forgotten with her files kept, then each deleted by
+    // id: her folder is empty, of no client; verify says so.
+    ok(&dir, &["clients", "forget", "alice"]);
+    ok(&dir, &["files", "delete", &alice.id.to_hex(), "a.txt"]);
+    ok(&dir, &["files", "delete", &alice.id.to_hex(), "b.txt"]);
+    assert!(alice_dir.is_dir());
+    let out = admin(&dir, &["verify", "--json"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let v = out.json();
+    let found = v["findings"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{v}");
+    assert_eq!(found[0]["kind"], "empty-folder");
+    assert_eq!(found[0]["client"], alice.id.to_hex());
+    assert_eq!(found[0]["path"], alice_dir.display().to_string());
+    assert!(alice_dir.is_dir(), "nothing changed without --repair");
+    let out = admin(&dir, &["verify", "--repair", "strays", "--json"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(out.json()["findings"][0]["repaired"], true);
+    assert!(!alice_dir.exists());
+    assert_eq!(admin(&dir, &["verify"]).code, 0);
+
+    // Stopped: a leftover temporary file in bob's folder goes with his
+    // files, and the folder with them.
+    server.stop();
+    let bob_dir = server.client_dir(&bob.id);
+    fs::write(bob_dir.join(".part-0123456789abcdef"), b"cut").unwrap();
+    let f = ok(&dir, &["clients", "forget", "bob", "--delete-files"]).stdout;
+    assert!(f.contains("files deleted: c.txt"), "{f}");
+    assert!(
+        !bob_dir.exists(),
+        "{:?}",
+        fs::read_dir(&bob_dir).map(|d| d.count())
+    );
+
+    // Stopped: a folder of no client holding only a leftover is emptied
+    // and removed by one --repair strays.
+    fs::create_dir(&alice_dir).unwrap();
+    fs::write(alice_dir.join(".part-00000000000000aa"), b"cut").unwrap();
+    let out = admin(&dir, &["verify", "--repair", "strays", "--json"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let mut kinds: Vec<(String, bool)> = out.json()["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_owned(),
+                f["repaired"] == true,
+            )
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("empty-folder".to_owned(), true),
+            ("leftover".to_owned(), true)
+        ]
+    );
+    assert!(!alice_dir.exists());
+    assert_eq!(admin(&dir, &["verify"]).code, 0);
+}
+
+/// `v` without the keys that say whether a server answered.
+fn without_server_keys(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("quota");
+        o.remove("default_quota");
+    }
+    v
+}
+
+#[test]
+fn clients_show_and_files_list_beside_a_running_server_read_what_it_stored() {
+    let (mut server, alice, bob) = populated();
+    let dir = server.data_dir().to_path_buf();
+
+    // clients show, by name and by id, while the server runs.
+    let shown = ok(&dir, &["clients", "show", "alice", "--json"]).json();
+    assert_eq!(shown["id"], alice.id.to_hex());
+    assert_eq!(shown["key_exchanged"], true);
+    assert_eq!(shown["files"], 2);
+    assert_eq!(shown["bytes"], (A.len() + B.len()) as u64);
+    assert_eq!(shown["default_quota"]["from"], "server");
+    let mut listed: Vec<(String, u64, u64)> = shown["file_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_owned(),
+                f["size"].as_u64().unwrap(),
+                f["cksum"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            ("a.txt".to_owned(), A.len() as u64, cksum(A)),
+            ("b.txt".to_owned(), B.len() as u64, cksum(B))
+        ]
+    );
+    let by_id = ok(&dir, &["clients", "show", &bob.id.to_hex()]).stdout;
+    assert!(by_id.contains("bob") && by_id.contains("c.txt"), "{by_id}");
+
+    // files list: every record, one client's by name and by id.
+    let all = ok(&dir, &["files", "list", "--json"]).json();
+    assert_eq!(all["files"].as_array().unwrap().len(), 3);
+    let bobs = ok(&dir, &["files", "list", "--client", "bob", "--json"]).json();
+    let c = &bobs["files"][0];
+    assert_eq!(bobs["files"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (&c["name"], &c["size"], &c["verified"], &c["cksum"]),
+        (
+            &Value::from("c.txt"),
+            &Value::from(C.len() as u64),
+            &Value::from(true),
+            &Value::from(cksum(C))
+        )
+    );
+    assert_eq!(
+        c["path"],
+        server.final_path(&bob.id, "c.txt").display().to_string()
+    );
+    assert_eq!(
+        ok(
+            &dir,
+            &["files", "list", "--client", &bob.id.to_hex(), "--json"]
+        )
+        .json(),
+        bobs
+    );
+
+    // A file stored meanwhile is seen at once (the server committed it).
+    let mut conn = server.connect();
+    let mut bob = bob;
+    bob.reconnect(&mut conn);
+    bob.upload_verified(&mut conn, "d.txt", b"dd");
+    let bobs = ok(&dir, &["files", "list", "--client", "bob", "--json"]).json();
+    assert_eq!(bobs["files"].as_array().unwrap().len(), 2, "{bobs}");
+    assert_eq!(
+        ok(&dir, &["clients", "show", "bob", "--json"]).json()["files"],
+        2
+    );
+    drop(conn);
+
+    // The same as the commands read with the server stopped.
+    let running_files = ok(&dir, &["files", "list", "--json"]).json();
+    let running_show = ok(&dir, &["clients", "show", "alice", "--json"]).json();
+    server.stop();
+    assert_eq!(ok(&dir, &["files", "list", "--json"]).json(), running_files);
+    assert_eq!(
+        without_server_keys(ok(&dir, &["clients", "show", "alice", "--json"]).json()),
+        without_server_keys(running_show)
+    );
+}
+
+#[test]
+fn verify_repairs_beside_a_running_server_through_it_and_spares_uploads_in_progress() {
+    let (server, alice, bob) = populated();
+    let dir = server.data_dir().to_path_buf();
+    // A stored file removed by hand, a file nobody recorded, something
+    // that is not a client's folder.
+    fs::remove_file(server.final_path(&alice.id, "a.txt")).unwrap();
+    fs::write(server.client_dir(&alice.id).join("stray.bin"), b"stray").unwrap();
+    fs::write(dir.join("files").join("junk"), b"?").unwrap();
+    // An upload in progress: its temporary file is not a finding.
+    let mut conn = server.connect();
+    let mut up_client = bob;
+    up_client.reconnect(&mut conn);
+    let data = random_bytes(9, 2 << 20);
+    let mut up = up_client
+        .begin_upload(&mut conn, "big.bin", data.len() as u64)
+        .unwrap();
+    up.write(&data[..1 << 20]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.part_files().is_empty() {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let out = admin(&dir, &["verify", "--json"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let v = out.json();
+    assert_eq!(v["server_running"], true);
+    assert_eq!(v["checked"]["uploads_in_progress"], 1, "{v}");
+    let mut kinds: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["leftover", "missing-file", "unrecorded-file"],
+        "{v}"
+    );
+
+    // Adopt the stray through the server, drop the row of the missing
+    // file, delete the junk: all repaired, the upload untouched.
+    let out = admin(&dir, &["verify", "--repair", "rows,adopt", "--json"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let repaired: Vec<(String, bool)> = out.json()["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_owned(),
+                f["repaired"] == true,
+            )
+        })
+        .collect();
+    assert!(
+        repaired.contains(&("missing-file".into(), true)),
+        "{repaired:?}"
+    );
+    assert!(
+        repaired.contains(&("unrecorded-file".into(), true)),
+        "{repaired:?}"
+    );
+    assert!(server.file_row(&alice.id, "a.txt").is_none());
+    assert_eq!(server.file_row(&alice.id, "stray.bin").unwrap().verified, 1);
+    let out = admin(&dir, &["verify", "--repair", "strays", "--json"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(out.json()["findings"][0]["repaired"], true);
+    assert!(!dir.join("files").join("junk").exists());
+    assert_eq!(server.part_files().len(), 1, "the upload in progress stays");
+
+    // The running server knows the adopted file (it counts for alice) and
+    // the upload completes.
+    let shown = ok(&dir, &["clients", "show", "alice", "--json"]).json();
+    assert_eq!(shown["files"], 2);
+    assert_eq!(shown["bytes"], (B.len() + 5) as u64);
+    up.write(&data[1 << 20..]).unwrap();
+    up.finish().unwrap();
+    let r = conn.expect(2103);
+    up_client.check_received(&r, "big.bin", data.len() as u64, cksum(&data) as u32);
+    up_client.send_verdict(&mut conn, 1029, "big.bin");
+    conn.expect(2104);
+    let v = ok(&dir, &["verify", "--cksum", "--json"]).json();
+    assert_eq!(v["findings"].as_array().unwrap().len(), 0, "{v}");
+    assert_eq!(v["checked"]["cksums"], 4);
+}
+
+/// `stats --json` until `ready` says yes (10 s at most).
+fn stats_when(dir: &Path, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = ok(dir, &["stats", "--json"]).json();
+        if ready(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "never came: {stats}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn stats_counts_discarded_expired_and_aborted_uploads_exactly_and_metrics_by_their_names() {
+    let mut server = InProcess::start_with(|s| {
+        s.store.orphan_ttl = Duration::from_secs(1);
+        s.store.max_pending_per_conn = 1;
+        s.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let dir = server.data_dir().to_path_buf();
+    let mut conn = server.connect();
+    let mut c = Client::new("counted");
+    c.register(&mut conn);
+    c.exchange_key(&mut conn);
+
+    // Discarded twice: a 1030 (the client sends it again), then a 1031.
+    c.send_file(&mut conn, "d", b"content");
+    conn.expect(2103);
+    c.send_verdict(&mut conn, 1030, "d");
+    c.send_file(&mut conn, "d", b"content");
+    conn.expect(2103);
+    c.send_verdict(&mut conn, 1031, "d");
+    conn.expect(2104);
+    // Expired for room: one upload may await a verdict per connection, so
+    // r2 puts r1 out; r2 is then kept.
+    c.send_file(&mut conn, "r1", b"one");
+    conn.expect(2103);
+    c.send_file(&mut conn, "r2", b"two");
+    conn.expect(2103);
+    c.verify(&mut conn, "r2");
+    // Expired without a verdict: its connection closed, --orphan-ttl
+    // passed.
+    let mut orphan = server.connect();
+    c.reconnect(&mut orphan);
+    c.send_file(&mut orphan, "o", b"orphan");
+    orphan.expect(2103);
+    drop(orphan);
+    // Aborted: the connection lost in the middle of the content.
+    let mut cut = server.connect();
+    c.reconnect(&mut cut);
+    let data = random_bytes(3, 2 << 20);
+    let mut up = c
+        .begin_upload(&mut cut, "cut.bin", data.len() as u64)
+        .unwrap();
+    up.write(&data[..1 << 20]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.part_files().is_empty() {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(up);
+    drop(cut);
+
+    let want = serde_json::json!({
+        "verified": 1, "discarded": 2, "over_quota": 0,
+        "expired": 2, "aborted": 1, "withdrawn": 0,
+    });
+    let stats = stats_when(&dir, |s| s["server"]["uploads"] == want);
+    assert_eq!(stats["files"], 1);
+    assert!(server.final_path(&c.id, "r2").exists());
+    let metrics = server.metrics_addr().unwrap();
+    let m = |sample: &str| scrape_metric(metrics, sample);
+    let outcome = |o: &str| m(&format!("sealdrop_uploads_total{{outcome=\"{o}\"}}"));
+    // The same uploads as the metrics name them (docs/operations.md,
+    // "stats and the metrics").
+    assert_eq!(outcome("verified"), 1.0);
+    assert_eq!(m("sealdrop_resends_total"), 1.0, "the 1030");
+    assert_eq!(outcome("crc_failed"), 1.0, "the 1031");
+    // Only the orphan: an upload put out for room has no count there.
+    assert_eq!(outcome("expired"), 1.0);
+    assert_eq!(outcome("abandoned"), 1.0);
+    assert_eq!(outcome("refused"), 0.0);
+    // The lifetime counts reach the database with a commit (at the latest
+    // at shutdown).
+    server.stop();
+    let stats = ok(&dir, &["stats", "--json"]).json();
+    assert_eq!(stats["uploads"], want, "{stats}");
 }

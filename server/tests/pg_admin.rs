@@ -322,9 +322,12 @@ fn the_commands_read_and_change_the_records_beside_two_running_servers() {
         .all(|f| f["repaired"] == true));
     assert!(!stray.exists());
     assert_eq!(query(cluster, &url, "SELECT count(*) FROM files"), "0");
+    // bob's folder, emptied by the repairs and of no record now, went too.
+    assert!(!files::client_dir(dir, &bob.id).exists());
     ok(&url, dir, &["verify"]);
 
     // adopt: a file put in a client's folder becomes a verified record.
+    std::fs::create_dir(files::client_dir(dir, &bob.id)).unwrap();
     std::fs::write(files::final_path(dir, &bob.id, "found.txt"), C).unwrap();
     assert_eq!(admin(&url, dir, &["verify", "--repair", "adopt"]).code, 2);
     let adopted = ok(&url, dir, &["files", "list", "--json"]).json();

@@ -143,6 +143,11 @@ impl InProcess {
         self.running.as_ref().expect("the server is running")
     }
 
+    /// Where it serves `/metrics`, if `metrics_listen` was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.running().metrics_addr()
+    }
+
     /// Its settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
