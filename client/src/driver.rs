@@ -848,8 +848,14 @@ fn load_failure(e: LoadError) -> Failure {
             describe(&e)
         )),
         LoadError::Malformed(path, why) => Failure::usage(format!(
-            "{} is malformed: {why}; restore it, or delete it to register as a new client",
-            quoted(&path.to_string_lossy())
+            "{} is malformed: {why}. Keep it: without its key the server refuses this client's \
+             name to a new registration. Restore it from a backup, or run with --state-dir \
+             naming the folder that holds the good {} and {}; else register another name \
+             (--name) with another --state-dir, or ask the server's operator to free the name \
+             (sealdrop-server clients forget NAME)",
+            quoted(&path.to_string_lossy()),
+            identity::ME_INFO,
+            identity::PRIV_KEY
         )),
     }
 }

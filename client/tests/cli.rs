@@ -701,11 +701,17 @@ fn malformed_me_info_exits_2() {
     let server = FakeServer::vectors();
     let o = run_with(dir.path(), &server.addr(), &[]);
     assert_exit(&o, 2);
+    let err = stderr(&o);
+    assert!(err.contains("me.info' is malformed"), "{err}");
+    // Deleting it locks the name out (2101 on the next run): never advised.
+    assert!(!err.contains("delete"), "{err}");
     assert!(
-        stderr(&o).contains("me.info' is malformed"),
-        "{}",
-        stderr(&o)
+        err.contains("Restore it from a backup")
+            && err.contains("--state-dir")
+            && err.contains("sealdrop-server clients forget NAME"),
+        "{err}"
     );
+    assert!(server.codes().is_empty(), "nothing sent");
 }
 
 #[test]
