@@ -16,7 +16,7 @@ use sealdrop_protocol::consts::{MAX_ERROR_RETRIES, MAX_SENDS};
 use sealdrop_protocol::crypto::RsaPrivateKey;
 use sealdrop_protocol::{ClientSession, FileUpload, RequestKind, ResponseKind, Revision};
 
-use crate::config::{FileArg, Settings, StateDirOrigin};
+use crate::config::{FileArg, Settings, Source as ConfigSource, StateDirOrigin};
 use crate::entropy::OsEntropy;
 use crate::identity::{self, LoadError};
 use crate::net::{describe, is_timeout, ConnectError, Endpoint, Link, ReadError};
@@ -115,6 +115,9 @@ impl<'a> Job<'a> {
             .transpose()?;
         prepare_state_dir(settings, report)?;
         let identity = identity::load(&settings.state_dir).map_err(load_failure)?;
+        if let Some(id) = &identity {
+            check_saved_name(settings, report, &id.name)?;
+        }
         if let Some(id) = &identity {
             report.update(|s| s.client_id = Some(id.client_id));
         }
@@ -810,6 +813,40 @@ fn prepare_state_dir(settings: &Settings, report: &Report) -> Result<(), Failure
         ));
     }
     Ok(())
+}
+
+/// A state folder holds one client: a run whose name differs from the one
+/// in its `me.info` would act as that other client. With `--name` that is
+/// refused; with the name from `transfer.info` the saved client is used,
+/// as the original clients do, and a note says so.
+fn check_saved_name(settings: &Settings, report: &Report, saved: &str) -> Result<(), Failure> {
+    if saved == settings.name {
+        return Ok(());
+    }
+    let folder = quoted(&settings.state_dir.to_string_lossy());
+    let (saved_q, asked) = (quoted(saved), quoted(&settings.name));
+    match settings.name_source {
+        ConfigSource::Flag => Err(Failure::usage(format!(
+            "the state folder {folder} holds the client {saved_q} (its {}), and --name is \
+             {asked}: this run would send as {saved_q}, so nothing was sent. To send as \
+             {saved_q}, give --name {saved}; to send as {asked}, give it its own folder with \
+             --state-dir DIR (the folder that holds its {} if it registered before, else a new \
+             one)",
+            identity::ME_INFO,
+            identity::ME_INFO,
+        ))),
+        ConfigSource::TransferInfo => {
+            report.note(&format!(
+                "{} in {folder} is the client {saved_q} and line 2 of {} says {asked}: sending \
+                 as {saved_q}, as the original clients do (the name in {} wins); to send as \
+                 {asked}, run from another folder or give --state-dir",
+                identity::ME_INFO,
+                crate::config::TRANSFER_INFO,
+                identity::ME_INFO,
+            ));
+            Ok(())
+        }
+    }
 }
 
 /// Seeds the retry jitter from the OS (any value will do if it fails).

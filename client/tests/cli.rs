@@ -1157,3 +1157,50 @@ fn sending_a_name_again_says_it_replaced_the_earlier_copy() {
         "{log}"
     );
 }
+
+#[test]
+fn a_name_other_than_the_saved_clients_is_refused_before_any_traffic() {
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 0);
+    let before = server.codes().len();
+    // The per-server folder now holds alice; --name bob must not send as her.
+    let mut args = flags(&server.addr());
+    let at = args.iter().position(|a| a == "alice").unwrap();
+    args[at] = "bob".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(dir.path(), &args);
+    assert_exit(&o, 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains("holds the client 'alice'")
+            && err.contains("--name is 'bob'")
+            && err.contains("nothing was sent")
+            && err.contains("--state-dir DIR"),
+        "{err}"
+    );
+    assert!(!err.contains("delete"), "{err}");
+    assert_eq!(server.codes().len(), before, "no connection for bob");
+}
+
+#[test]
+fn transfer_info_naming_another_client_uses_me_info_and_says_so() {
+    let dir = workdir();
+    write_vector_me_info(dir.path());
+    let server = FakeServer::vectors();
+    std::fs::write(
+        dir.path().join("transfer.info"),
+        format!("{}\nbob\nplain_1000.bin\n", server.addr()),
+    )
+    .unwrap();
+    let o = run(dir.path(), &[]);
+    assert_exit(&o, 0);
+    assert_eq!(server.codes().first(), Some(&1027), "reconnects as alice");
+    let err = stderr(&o);
+    assert!(
+        err.contains("is the client 'alice' and line 2 of transfer.info says 'bob'")
+            && err.contains("sending as 'alice'"),
+        "{err}"
+    );
+}
