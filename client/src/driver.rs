@@ -722,7 +722,50 @@ fn refused(s: &Settings, after_denied_reconnect: bool) -> Failure {
             quoted(&s.state_dir.to_string_lossy())
         )
     };
-    Failure::new(FailKind::Refused, message)
+    Failure::new(FailKind::Refused, message + &same_port_identities(s))
+}
+
+/// After a refused registration: the per-server folders of the default
+/// location for this port, other than the one this run used, whose
+/// `me.info` holds this name. The folder is named after the host as
+/// typed, so `localhost:P` and `127.0.0.1:P` keep separate clients.
+fn same_port_identities(s: &Settings) -> String {
+    let Some(base) = crate::config::default_state_base() else {
+        return String::new();
+    };
+    let Ok(entries) = std::fs::read_dir(&base) else {
+        return String::new();
+    };
+    let used = std::fs::canonicalize(&s.state_dir).ok();
+    let suffix = format!("_{}", s.port);
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(&suffix))
+        })
+        .filter(|p| std::fs::canonicalize(p).ok() != used)
+        .filter(|p| {
+            std::fs::read_to_string(p.join(identity::ME_INFO))
+                .ok()
+                .and_then(|t| t.lines().next().map(|l| l.trim() == s.name))
+                .unwrap_or(false)
+        })
+        .collect();
+    found.sort();
+    found
+        .iter()
+        .map(|p| {
+            let dir = quoted(&p.to_string_lossy());
+            format!(
+                ". A client named {} is kept in {dir}, the folder of port {} under another \
+                 spelling of the host: if that is this server, run with --state-dir {dir}",
+                quoted(&s.name),
+                s.port
+            )
+        })
+        .collect()
 }
 
 /// A request's code in the revision (0 where it has none).

@@ -1204,3 +1204,61 @@ fn transfer_info_naming_another_client_uses_me_info_and_says_so() {
         "{err}"
     );
 }
+
+#[test]
+fn a_refused_name_points_at_the_folder_of_the_same_port_that_holds_it() {
+    let dir = workdir();
+    // The first 1025 registers alice; any later one is refused (2101), as
+    // a real server refuses a name it holds for another key.
+    let mut registrations = 0;
+    let server = FakeServer::start(move |f, _| match f.code {
+        1025 => {
+            registrations += 1;
+            match registrations {
+                1 => vector_reply(1025),
+                _ => Reply::Send(vector("response_2101.bin")),
+            }
+        }
+        c => vector_reply(c),
+    });
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 0);
+    // The same server typed as localhost: another per-server folder, no
+    // me.info there, a registration the server refuses.
+    let localhost = format!("localhost:{}", server.port);
+    let o = run_with(dir.path(), &localhost, &[]);
+    assert_exit(&o, 4);
+    let kept = dir
+        .path()
+        .join("xdg-state/sealdrop")
+        .join(format!("127.0.0.1_{}", server.port));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "A client named 'alice' is kept in '{}'",
+            kept.display()
+        )) && err.contains(&format!("run with --state-dir '{}'", kept.display())),
+        "{err}"
+    );
+    // And that folder works for this spelling of the host.
+    let kept = kept.to_string_lossy().into_owned();
+    let o = run_with(dir.path(), &localhost, &["--state-dir", &kept]);
+    assert_exit(&o, 0);
+}
+
+#[test]
+fn a_literal_tilde_in_state_dir_is_refused_not_made_a_folder() {
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &["--state-dir=~/.sealdrop"]);
+    assert_exit(&o, 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains("--state-dir '~/.sealdrop' starts with a literal ~")
+            && err.contains("--state-dir ~/.sealdrop (with a space)")
+            && err.contains("nothing was sent"),
+        "{err}"
+    );
+    assert!(!dir.path().join("~").exists(), "no folder named ~");
+    assert!(server.codes().is_empty());
+}
