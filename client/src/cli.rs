@@ -41,7 +41,9 @@ Exit codes:
      cannot carry
   3  network failure: the host name does not resolve (not retried), or the connection
      could not be opened or kept breaking for --retry-for (at least 3 retries), or no
-     answer within --timeout on the first try and 3 retries
+     answer within --timeout on the first try and 3 retries; or the port accepted the
+     connection and closed it or said nothing within --timeout, on the first try and
+     one retry, never sending a byte (not how a sealdrop server answers: check the port)
   4  the server refused us: registration failed (2101), also after a denied reconnect (2106)
   5  the cksum was still wrong after four sends (1031 sent)
   6  the server answered 2107 (general error) on the first try and on all 3 retries

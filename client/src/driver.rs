@@ -30,11 +30,18 @@ struct NetError {
     /// True if opening the connection failed.
     connecting: bool,
     error: io::Error,
-    /// A timeout on a connection that was open but from which not one
-    /// byte ever came in this run: perhaps a service of another protocol
-    /// that waits for its own request.
-    silent: bool,
+    /// No answer in time on an open connection.
+    stuck: bool,
+    /// A connection that was accepted and then timed out or was closed
+    /// before a single byte came, in a run that never heard a byte: not
+    /// what a sealdrop server does (it answers every request at once), so
+    /// one retry only ([`MAX_UNANSWERED`]).
+    unanswered: bool,
 }
+
+/// Connections accepted but never answered (see [`NetError::unanswered`])
+/// before the run gives up: the first try and one retry.
+const MAX_UNANSWERED: u32 = 2;
 
 /// One file of the run: its name and length, opened when its turn comes
 /// (standard input is read at the start).
@@ -75,6 +82,14 @@ pub struct Job<'a> {
     conns: u32,
     /// True once any byte came from the server, on any connection.
     heard: bool,
+    /// Connections accepted and never answered so far (while `heard` is false).
+    unanswered: u32,
+    /// The code of the last request sent, for messages.
+    last_request: u16,
+    /// When the current run of failed connections began (reset by an answer).
+    outage_since: Option<std::time::Instant>,
+    /// A failure found while carrying out an action, ending the run.
+    abort: Option<Failure>,
 }
 
 impl<'a> Job<'a> {
@@ -156,6 +171,10 @@ impl<'a> Job<'a> {
             last_error: None,
             conns: 0,
             heard: false,
+            unanswered: 0,
+            last_request: 0,
+            outage_since: None,
+            abort: None,
         })
     }
 
@@ -186,6 +205,12 @@ impl<'a> Job<'a> {
     fn run_session(&mut self) -> Result<(), Failure> {
         loop {
             self.drain_events()?;
+            if let Some(failure) = self.abort.take() {
+                if let Some(link) = self.link.take() {
+                    link.close();
+                }
+                return Err(failure);
+            }
             let Some(action) = self.session.poll_action() else {
                 self.receive()?;
                 continue;
@@ -324,16 +349,41 @@ impl<'a> Job<'a> {
                 response_code(rev, ResponseKind::GeneralError)
             )),
             Event::ConnectionLost { retry, delay, left } => {
-                let why = self
-                    .last_error
-                    .as_ref()
-                    .map_or("lost".into(), |e| describe(&e.error));
-                report.note(&format!(
-                    "connection problem: {why}; retry {retry} in {:.1} s (giving up in {:.0} s, \
-                     --retry-for)",
-                    delay.as_secs_f64(),
-                    (delay + left).as_secs_f64()
-                ));
+                let s = self.settings;
+                let wait = delay.as_secs_f64();
+                match &self.last_error {
+                    Some(e) if e.unanswered => report.note(&format!(
+                        "{} accepted the connection but {} in reply to request {}; a sealdrop \
+                         server answers at once: trying once more in {wait:.1} s",
+                        s.server,
+                        unanswered_what(e, s.timeout),
+                        self.last_request
+                    )),
+                    Some(e) if e.stuck => report.note(&format!(
+                        "no answer within {} s to request {}; retry {retry} of \
+                         {MAX_ERROR_RETRIES} in {wait:.1} s",
+                        s.timeout.as_secs_f64(),
+                        self.last_request
+                    )),
+                    e => {
+                        let why = e.as_ref().map_or("lost".into(), |e| describe(&e.error));
+                        let until = if left.is_zero() {
+                            format!(
+                                "--retry-for {:.0} s has passed; at least {MAX_ERROR_RETRIES} \
+                                 retries are made",
+                                s.retry_for.as_secs_f64()
+                            )
+                        } else {
+                            format!(
+                                "giving up in {:.0} s, --retry-for",
+                                (delay + left).as_secs_f64()
+                            )
+                        };
+                        report.note(&format!(
+                            "connection problem: {why}; retry {retry} in {wait:.1} s ({until})"
+                        ));
+                    }
+                }
             }
             Event::CrcMismatch {
                 attempt,
@@ -420,6 +470,7 @@ impl<'a> Job<'a> {
             .get(17..19)
             .map_or(0, |c| u16::from_le_bytes([c[0], c[1]]));
         log::debug!("conn#{} -> {code} ({} bytes)", self.conns, frame.len());
+        self.last_request = code;
         if let Err(e) = link.write_all(frame) {
             self.lost(e, false);
         }
@@ -446,6 +497,7 @@ impl<'a> Job<'a> {
                 .as_ref()
                 .map_or(String::new(), |p| format!(", {}", p.summary()))
         );
+        self.last_request = request_code(self.settings.revision, RequestKind::SendFile);
         let input = &mut self.inputs[self.current];
         let Some(source) = input.source.as_mut() else {
             return Err(Failure::local("internal: the file is not open"));
@@ -512,6 +564,7 @@ impl<'a> Job<'a> {
         self.progress.clear();
         match read {
             Ok(response) => {
+                self.outage_since = None;
                 let code = response_code(self.settings.revision, response.kind());
                 log::debug!("conn#{} <- {code}", self.conns);
                 self.session.handle_response(response, &mut self.rng)
@@ -543,14 +596,25 @@ impl<'a> Job<'a> {
         if let Some(link) = self.link.take() {
             link.close();
         }
+        self.outage_since.get_or_insert_with(std::time::Instant::now);
         let stuck = !connecting && is_timeout(&error);
-        let silent = stuck && !self.heard;
-        self.last_error = Some(NetError {
+        let unanswered = !self.heard && !connecting && (stuck || is_closed(&error));
+        let error = NetError {
             connecting,
             error,
-            silent,
-        });
-        if stuck {
+            stuck,
+            unanswered,
+        };
+        if unanswered {
+            self.unanswered += 1;
+            if self.unanswered >= MAX_UNANSWERED {
+                self.abort = Some(self.unanswered_failure(&error));
+                self.last_error = Some(error);
+                return;
+            }
+        }
+        self.last_error = Some(error);
+        if stuck || unanswered {
             self.session.handle_no_answer();
         } else {
             self.session
@@ -639,10 +703,42 @@ impl<'a> Job<'a> {
         }
     }
 
+    /// A port that accepted [`MAX_UNANSWERED`] connections and answered
+    /// none: exit 3, no more retries.
+    fn unanswered_failure(&self, e: &NetError) -> Failure {
+        let s = self.settings;
+        let port = s.server_source.hint("server", 1);
+        let tail = if e.stuck {
+            format!(
+                "not a single byte: is it a sealdrop server? A service of another protocol (an \
+                 HTTP or TLS server, say) accepts the connection and waits for its own request; \
+                 check the port in {port}, or raise --timeout if the server is only slow"
+            )
+        } else {
+            format!(
+                "is it a sealdrop server? One answers every request; check the port in {port} \
+                 (another service may hold it) and the server's log"
+            )
+        };
+        Failure::new(
+            FailKind::Network,
+            format!(
+                "{} accepted the connection but {} in reply to request {}, on the first try \
+                 and on one retry; {tail}",
+                s.server,
+                unanswered_what(e, s.timeout),
+                self.last_request
+            ),
+        )
+    }
+
     fn network_failure(&self, request: RequestKind) -> Failure {
         let s = self.settings;
+        let spent = self
+            .outage_since
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
         let tries = format!(
-            "retried for {:.0} s, --retry-for",
+            "retried for {spent:.0} s, --retry-for {:.0} s",
             s.retry_for.as_secs_f64()
         );
         let message = match &self.last_error {
@@ -656,19 +752,10 @@ impl<'a> Job<'a> {
                 describe(error),
                 s.server_source.hint("server", 1)
             ),
-            Some(NetError { silent: true, .. }) => format!(
-                "no answer from {} within {} s to {} ({tries}), not a single byte on any \
-                 connection: is it a sealdrop server? A service of another protocol (an HTTP \
-                 or TLS server, say) accepts the connection and waits for its own request; \
-                 check the port in {}, or raise --timeout if the server is only slow",
-                s.server,
-                s.timeout.as_secs_f64(),
-                request_label(s.revision, request),
-                s.server_source.hint("server", 1)
-            ),
-            Some(NetError { error, .. }) if is_timeout(error) => format!(
-                "no answer from {} within {} s to {} ({tries}); is the server overloaded or \
-                 stuck? --timeout raises the limit",
+            Some(NetError { stuck: true, .. }) => format!(
+                "no answer from {} within {} s to {} (on the first try and on \
+                 {MAX_ERROR_RETRIES} retries); is the server overloaded or stuck? --timeout \
+                 raises the limit",
                 s.server,
                 s.timeout.as_secs_f64(),
                 request_label(s.revision, request)
@@ -684,6 +771,24 @@ impl<'a> Job<'a> {
         };
         Failure::new(FailKind::Network, message)
     }
+}
+
+/// What an accepted connection did instead of answering.
+fn unanswered_what(e: &NetError, timeout: Duration) -> String {
+    if e.stuck {
+        format!("sent nothing within {} s", timeout.as_secs_f64())
+    } else {
+        format!("closed it without sending a byte ({})", describe(&e.error))
+    }
+}
+
+/// True for errors that mean the peer closed or reset the connection.
+fn is_closed(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | BrokenPipe | ConnectionReset | ConnectionAborted
+    )
 }
 
 fn refused(s: &Settings, after_denied_reconnect: bool) -> Failure {

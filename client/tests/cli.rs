@@ -413,13 +413,32 @@ fn silent_server_times_out_with_exit_3() {
         _ => Reply::Hang,
     });
     let started = Instant::now();
-    let o = run_with(dir.path(), &server.addr(), &["--timeout", "0.3", "--quiet"]);
+    let o = run_with(dir.path(), &server.addr(), &["--timeout", "0.3"]);
     assert_exit(&o, 3);
     assert!(started.elapsed() < Duration::from_secs(15));
     let err = stderr(&o);
     assert!(err.contains("no answer from"), "{err}");
     assert!(err.contains("overloaded or stuck"), "{err}");
     assert!(!err.contains("another protocol"), "{err}");
+    // The notes and the last line count what happens: 3 retries 0.2 s
+    // apart, not --retry-for.
+    for retry in 1..=3 {
+        assert!(
+            err.contains(&format!(
+                "no answer within 0.3 s to request 1026; retry {retry} of 3 in 0.2 s"
+            )),
+            "{err}"
+        );
+    }
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .contains("(on the first try and on 3 retries)"),
+        "{err}"
+    );
+    assert!(!err.contains("giving up in 0 s"), "{err}");
+    assert!(!err.contains("retried for"), "{err}");
 }
 
 #[test]
@@ -431,8 +450,10 @@ fn a_server_that_never_sends_a_byte_may_speak_another_protocol() {
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains(&format!("no answer from {} within 0.3 s", server.addr()))
-            && err.contains("not a single byte")
+        err.contains(&format!(
+            "{} accepted the connection but sent nothing within 0.3 s",
+            server.addr()
+        )) && err.contains("not a single byte")
             && err.contains("is it a sealdrop server?")
             && err.contains("another protocol")
             && err.contains("check the port in --server"),
@@ -1118,9 +1139,13 @@ fn transfer_info_runs_keep_me_info_beside_it() {
 
 #[test]
 fn connection_failures_are_retried_for_retry_for() {
-    // A server that accepts and closes at once, as one restarting might.
+    // A server that answered once, then closes every connection at once,
+    // as one restarting might.
     let dir = workdir();
-    let server = FakeServer::start(|_, _| Reply::SendAndClose(Vec::new()));
+    let server = FakeServer::start(|f, i| match i {
+        0 => vector_reply(f.code),
+        _ => Reply::SendAndClose(Vec::new()),
+    });
     let o = run_with(dir.path(), &server.addr(), &["--retry-for", "5", "--quiet"]);
     assert_exit(&o, 3);
     // The old fixed policy made 4 tries; waits doubling from 0.2 s within
@@ -1261,4 +1286,81 @@ fn a_literal_tilde_in_state_dir_is_refused_not_made_a_folder() {
     );
     assert!(!dir.path().join("~").exists(), "no folder named ~");
     assert!(server.codes().is_empty());
+}
+
+/// A port that accepts connections and, on each, reads what comes and
+/// never answers (as `python3 -m http.server` does with a request that has
+/// no line end) or, with `close`, closes at once without a byte. Counts
+/// the connections.
+fn mute_port(close: bool) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let conns = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&conns);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            if close {
+                drop(stream);
+                continue;
+            }
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[test]
+fn a_port_that_reads_and_never_answers_gets_one_retry_and_a_plain_message() {
+    let dir = workdir();
+    let (addr, conns) = mute_port(false);
+    let started = Instant::now();
+    let o = run_with(dir.path(), &addr, &["--timeout", "0.5"]);
+    assert_exit(&o, 3);
+    // The first try and one retry: 2 connections (it was 4, each waiting
+    // --timeout, before).
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{addr} accepted the connection but sent nothing within 0.5 s in reply to request \
+             1025; a sealdrop server answers at once: trying once more"
+        )),
+        "{err}"
+    );
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.contains("on the first try and on one retry")
+            && last.contains("is it a sealdrop server?")
+            && last.contains("check the port in --server"),
+        "{err}"
+    );
+    assert!(!err.contains("giving up in"), "{err}");
+}
+
+#[test]
+fn a_port_that_closes_at_once_gets_one_retry_and_a_plain_message() {
+    let dir = workdir();
+    let (addr, conns) = mute_port(true);
+    let o = run_with(dir.path(), &addr, &["--retry-for", "5", "--json"]);
+    assert_exit(&o, 3);
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let err = stderr(&o);
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.contains(&format!(
+            "{addr} accepted the connection but closed it without sending a byte"
+        )) && last.contains("on the first try and on one retry")
+            && last.contains("is it a sealdrop server?")
+            && last.contains("check the port in --server"),
+        "{err}"
+    );
+    assert_eq!(json(&o)["outcome"], "network_error");
 }
