@@ -53,8 +53,10 @@ Exit codes:
      or answered in another revision's codes (the message names the revision it
      seems to speak), or the port answered in another protocol (HTTP, SSH, TLS...):
      no sealdrop server there (not retried)
-  9  outcome unknown: the connection broke after 1029 and before the server confirmed
-     it; the server most likely kept the file (send it again to be sure)
+  9  outcome unknown: the file was sent and the server told it arrived intact (1029),
+     and the server's answer (2104) did not arrive, also when asked again; whether
+     it kept the file is not known. Run again: resending is safe (a same-name upload
+     replaces the stored copy once verified)
 With several files: the code of the first file that failed.
 The codes above are 2023c's; every revision uses its own (PROTOCOL.md §9), e.g. 1607
 for 2107 in 2024a/2024c. With --json the object's \"outcome\" names the exit code:

@@ -674,11 +674,15 @@ impl<'a> Job<'a> {
             Outcome::OutcomeUnknown { cksum, .. } => Failure::new(
                 FailKind::Unknown,
                 format!(
-                    "the connection to {server} broke after the server was told {} arrived \
-                     intact (cksum {cksum}) and before it confirmed keeping it: it most likely \
-                     has the file, but the client cannot know; send it again to be sure (the \
-                     copy replaces the earlier one once verified)",
-                    quoted(file_name)
+                    "outcome unknown: {} was sent whole and the server was told it arrived \
+                     intact (cksum {cksum}, {}), then the connection to {server} broke and the \
+                     server's answer ({}) did not arrive, nor when asked again on a new \
+                     connection; whether the server kept the file is not known. Run again to \
+                     be sure: resending is safe, an upload of the same name replaces the stored \
+                     copy once verified",
+                    quoted(file_name),
+                    request_code(rev, RequestKind::CrcOk),
+                    response_code(rev, ResponseKind::Ack)
                 ),
             ),
             Outcome::ProtocolViolation(v @ Violation::ForeignRevision { theirs, .. }) => {

@@ -1364,3 +1364,187 @@ fn a_port_that_closes_at_once_gets_one_retry_and_a_plain_message() {
     );
     assert_eq!(json(&o)["outcome"], "network_error");
 }
+
+// ---- The real server ----
+
+/// The `sealdrop-server` of this build (same target folder and profile),
+/// brought up to date by cargo once per test process.
+fn server_bin() -> &'static std::path::Path {
+    static SERVER: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        let client = std::path::Path::new(BIN);
+        let profile_dir = client.parent().expect("client binary's folder");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .args(["build", "--quiet", "-p", "sealdrop-server", "--bin"])
+            .arg("sealdrop-server")
+            .arg("--target-dir")
+            .arg(profile_dir.parent().expect("target folder"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cargo.arg("--release");
+        }
+        let built = cargo.output().expect("run cargo build");
+        assert!(
+            built.status.success(),
+            "cargo build -p sealdrop-server: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let bin = profile_dir.join("sealdrop-server");
+        assert!(bin.is_file(), "{}", bin.display());
+        bin
+    })
+}
+
+/// A real server on 127.0.0.1:`port` with its data in `data`, killed
+/// when dropped.
+struct RealServer {
+    child: std::process::Child,
+}
+
+impl RealServer {
+    fn start(port: u16, data: &std::path::Path) -> RealServer {
+        let log = fs::File::create(data.with_extension("log")).unwrap();
+        let child = Command::new(server_bin())
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sealdrop-server");
+        let mut server = RealServer { child };
+        let until = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                server.child.try_wait().unwrap().is_none(),
+                "sealdrop-server exited: {}",
+                fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+            );
+            assert!(Instant::now() < until, "sealdrop-server not listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RealServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A proxy on 127.0.0.1 to `server` that forwards everything, except
+/// that when the server's 2104 comes it cuts both connections instead of
+/// passing it on: the client's 1029 reached the server, its answer never
+/// reaches the client.
+fn cutting_proxy(server: u16) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(upstream) = TcpStream::connect(("127.0.0.1", server)) else {
+                continue;
+            };
+            let (mut c_in, mut u_out) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut u_out);
+                let _ = u_out.shutdown(Shutdown::Write);
+            });
+            let (mut u_in, mut c_out) = (upstream, client);
+            std::thread::spawn(move || loop {
+                let mut header = [0u8; 7];
+                if u_in.read_exact(&mut header).is_err() {
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    return;
+                }
+                let code = u16::from_le_bytes([header[1], header[2]]);
+                let size = u32::from_le_bytes(header[3..7].try_into().unwrap()) as usize;
+                let mut payload = vec![0u8; size.min(1 << 20)];
+                if u_in.read_exact(&mut payload).is_err() {
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    return;
+                }
+                if code == 2104 {
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    let _ = u_in.shutdown(Shutdown::Both);
+                    return;
+                }
+                if c_out.write_all(&header).is_err() || c_out.write_all(&payload).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_answer_to_1029_cut_off_by_a_proxy_is_outcome_unknown_with_exit_9() {
+    let dir = workdir();
+    let data = dir.path().join("srv");
+    let port = closed_port();
+    let _server = RealServer::start(port, &data);
+    let proxy = cutting_proxy(port);
+    let o = run_with(dir.path(), &proxy, &["--retry-for", "1", "--json"]);
+    assert_exit(&o, 9);
+    let j = json(&o);
+    assert_eq!(j["outcome"], "outcome_unknown");
+    let error = j["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("'plain_1000.bin' was sent whole")
+            && error.contains("the server's answer (2104) did not arrive")
+            && error.contains("whether the server kept the file is not known")
+            && error.contains("resending is safe"),
+        "{error}"
+    );
+    assert!(!error.contains("most likely"), "{error}");
+    assert!(stderr(&o).contains(&error), "{}", stderr(&o));
+}
+
+#[test]
+fn a_real_server_restarted_on_its_port_is_waited_out_with_retry_for() {
+    let dir = workdir();
+    let data = dir.path().join("srv");
+    let port = closed_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = RealServer::start(port, &data);
+    let o = run_with(dir.path(), &addr, &[]);
+    assert_exit(&o, 0);
+    // The server stops; the client starts and retries; the server comes back.
+    server.stop();
+    let mut args = flags(&addr);
+    args.extend(["--retry-for", "60"].map(String::from));
+    let client = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(&args)
+        .env_remove("RUST_LOG")
+        .env_remove("SEALDROP_REVISION")
+        .env_remove("SEALDROP_STATE_DIR")
+        .env("XDG_STATE_HOME", dir.path().join("xdg-state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _server = RealServer::start(port, &data);
+    let o = client.wait_with_output().unwrap();
+    assert_exit(&o, 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("connection problem: connection refused; retry 1 in"),
+        "{err}"
+    );
+    assert!(stdout(&o).starts_with("sent plain_1000.bin: 1000 bytes"), "{}", stdout(&o));
+    // One client throughout: the second run reconnected with the saved key.
+    let ids: Vec<_> = fs::read_dir(data.join("files")).unwrap().collect();
+    assert_eq!(ids.len(), 1);
+}
