@@ -57,12 +57,14 @@ Exit codes:
      and the server's answer (2104) did not arrive, also when asked again; whether
      it kept the file is not known. Run again: resending is safe (a same-name upload
      replaces the stored copy once verified)
-With several files: the code of the first file that failed.
+With several files: the code of the first file that failed; each failure line starts
+with its file, and the files a failure left unsent follow it as \"FILE: not sent\".
 The codes above are 2023c's; every revision uses its own (PROTOCOL.md §9), e.g. 1607
 for 2107 in 2024a/2024c. With --json the object's \"outcome\" names the exit code:
 verified (0), usage_error (2), network_error (3), registration_failed (4),
 crc_failed (5), server_error (6), local_io_error (7), protocol_error (8),
-outcome_unknown (9).
+outcome_unknown (9); and not_sent for a file never started because a failure ended
+the run first (no code of its own: the run's is the first failure's).
 
 Revisions and packets:
   --revision picks the protocol revision (default 2023c, or $SEALDROP_REVISION).

@@ -179,9 +179,8 @@ impl<'a> Job<'a> {
     }
 
     /// Runs the session to its end, printing each file's result as it
-    /// comes. `Err` is a failure that ends the run before or between
-    /// files (its message is printed by the caller); the files not sent
-    /// yet are then reported as not sent.
+    /// comes. A failure that ends the run before or between files is
+    /// printed too, then the files not sent yet are reported as not sent.
     pub fn run(&mut self) -> Result<Ended, Failure> {
         match self.run_session() {
             Ok(()) => {
@@ -196,10 +195,25 @@ impl<'a> Job<'a> {
                 })
             }
             Err(failure) => {
+                // The failure that ended the run first, then the files it
+                // left unsent.
+                let failure = self.named(self.current, failure);
+                self.report.file_failure(&failure);
+                let kind = *self.first_failure.get_or_insert(failure.kind);
                 self.report_unsent(self.current + 1, failure.kind);
-                Err(failure)
+                Ok(Ended::Failed(kind))
             }
         }
+    }
+
+    /// In a run of several files, a failure's line starts with the file it
+    /// is about (as given), so each line says which file it reports.
+    fn named(&self, file: usize, failure: Failure) -> Failure {
+        if self.inputs.len() < 2 {
+            return failure;
+        }
+        let path = self.inputs[file].arg.path.to_string_lossy();
+        Failure::new(failure.kind, format!("{path}: {}", failure.message))
     }
 
     fn run_session(&mut self) -> Result<(), Failure> {
@@ -314,7 +328,7 @@ impl<'a> Job<'a> {
                 self.report.file_success(&done);
             }
             other => {
-                let failure = self.failure_of(file, other);
+                let failure = self.named(file, self.failure_of(file, other));
                 self.first_failure.get_or_insert(failure.kind);
                 self.report.file_failure(&failure);
             }

@@ -1548,3 +1548,103 @@ fn a_real_server_restarted_on_its_port_is_waited_out_with_retry_for() {
     let ids: Vec<_> = fs::read_dir(data.join("files")).unwrap().collect();
     assert_eq!(ids.len(), 1);
 }
+
+/// A server answering from the vectors, the 2103 echoing whichever file
+/// name was sent; 1028s of `refused` get 2107.
+fn echoing_server(refused: &'static str) -> FakeServer {
+    FakeServer::start(move |f, _| match f.code {
+        1028 => {
+            let name = &f.bytes[23 + 4..23 + 4 + 255];
+            if name.starts_with(refused.as_bytes()) && name[refused.len()] == 0 {
+                return Reply::Send(vector("response_2107.bin"));
+            }
+            let mut r = vector("response_2103.bin");
+            r[7 + 20..7 + 20 + 255].copy_from_slice(name);
+            Reply::Send(r)
+        }
+        c => vector_reply(c),
+    })
+}
+
+#[test]
+fn two_file_flags_send_both_files() {
+    let dir = workdir();
+    std::fs::copy(dir.path().join("plain_1000.bin"), dir.path().join("b.bin")).unwrap();
+    let server = echoing_server("none");
+    // flags() gives --file plain_1000.bin; a second --file adds b.bin.
+    let o = run_with(dir.path(), &server.addr(), &["--file", "b.bin"]);
+    assert_exit(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains("sent plain_1000.bin: 1000 bytes") && out.contains("sent b.bin: 1000 bytes"),
+        "{out}"
+    );
+    assert_eq!(server.codes(), [1025, 1026, 1028, 1029, 1028, 1029]);
+}
+
+#[test]
+fn a_failed_file_among_several_is_named_on_its_line() {
+    let dir = workdir();
+    for f in ["b.bin", "c.bin"] {
+        std::fs::copy(dir.path().join("plain_1000.bin"), dir.path().join(f)).unwrap();
+    }
+    let server = echoing_server("b.bin");
+    let o = run_with(dir.path(), &server.addr(), &["b.bin", "c.bin"]);
+    assert_exit(&o, 6);
+    let err = stderr(&o);
+    assert!(
+        err.lines().any(|l| l
+            .starts_with("sealdrop-client: b.bin: server responded with an error (2107) to 1028")),
+        "{err}"
+    );
+    let out = stdout(&o);
+    assert!(
+        out.contains("sent plain_1000.bin") && out.contains("sent c.bin"),
+        "{out}"
+    );
+}
+
+#[test]
+fn not_sent_lines_follow_the_failure_that_ended_the_run() {
+    let dir = workdir();
+    for f in ["b.bin", "c.bin"] {
+        std::fs::copy(dir.path().join("plain_1000.bin"), dir.path().join(f)).unwrap();
+    }
+    let server = FakeServer::start(|f, _| match f.code {
+        1025 => Reply::Send(vector("response_2101.bin")),
+        c => vector_reply(c),
+    });
+    let o = run_with(dir.path(), &server.addr(), &["b.bin", "c.bin", "--json"]);
+    assert_exit(&o, 4);
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].starts_with("sealdrop-client: b.bin: server refused to register 'alice'"),
+        "{err}"
+    );
+    assert!(lines[1].starts_with("sealdrop-client: c.bin: not sent"), "{err}");
+    assert!(
+        lines[2].starts_with("sealdrop-client: plain_1000.bin: not sent"),
+        "{err}"
+    );
+    let out = stdout(&o);
+    let outcomes: Vec<(String, String)> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["file"].as_str().unwrap().to_string(),
+                v["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("b.bin".into(), "registration_failed".into()),
+            ("c.bin".into(), "not_sent".into()),
+            ("plain_1000.bin".into(), "not_sent".into()),
+        ]
+    );
+}
