@@ -1648,3 +1648,27 @@ fn not_sent_lines_follow_the_failure_that_ended_the_run() {
         ]
     );
 }
+
+#[test]
+fn an_old_me_info_in_the_working_folder_is_used_with_a_note_saying_where_to_move_it() {
+    let dir = workdir();
+    write_vector_me_info(dir.path());
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 0);
+    assert_eq!(server.codes().first(), Some(&1027), "the old client reconnects");
+    let default = dir
+        .path()
+        .join("xdg-state/sealdrop")
+        .join(format!("127.0.0.1_{}", server.port));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "using me.info in the current folder (the old default); move it and priv.key to \
+             '{}' (or pass --state-dir .)",
+            default.display()
+        )),
+        "{err}"
+    );
+    assert!(!default.join("me.info").exists(), "nothing written there");
+}
