@@ -279,7 +279,9 @@ fn check_no_tilde(dir: &Path) -> Result<(), Failure> {
         return Ok(());
     }
     let fix = match text.strip_prefix("~/").or((text == "~").then_some("")) {
-        Some(rest) => format!("--state-dir ~/{rest} (with a space) or --state-dir=\"$HOME/{rest}\""),
+        Some(rest) => {
+            format!("--state-dir ~/{rest} (with a space) or --state-dir=\"$HOME/{rest}\"")
+        }
         None => "--state-dir and the folder as two words, so the shell expands the ~, or the \
                  full path"
             .to_string(),

@@ -610,7 +610,8 @@ impl<'a> Job<'a> {
         if let Some(link) = self.link.take() {
             link.close();
         }
-        self.outage_since.get_or_insert_with(std::time::Instant::now);
+        self.outage_since
+            .get_or_insert_with(std::time::Instant::now);
         let stuck = !connecting && is_timeout(&error);
         let unanswered = !self.heard && !connecting && (stuck || is_closed(&error));
         let error = NetError {
@@ -752,9 +753,7 @@ impl<'a> Job<'a> {
 
     fn network_failure(&self, request: RequestKind) -> Failure {
         let s = self.settings;
-        let spent = self
-            .outage_since
-            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let spent = self.outage_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let tries = format!(
             "retried for {spent:.0} s, --retry-for {:.0} s",
             s.retry_for.as_secs_f64()

@@ -276,7 +276,7 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     #[test]
     fn a_spooled_stream_stops_one_byte_past_the_limit() {
-        let data = vec![7u8; 100];
+        let data = [7u8; 100];
         let source = super::Source::spool(&data[..], 100).unwrap();
         assert_eq!(source.len, 100);
         let err = super::Source::spool(&data[..], 99).err().unwrap();

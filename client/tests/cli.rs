@@ -1454,7 +1454,8 @@ fn cutting_proxy(server: u16) -> String {
             let Ok(upstream) = TcpStream::connect(("127.0.0.1", server)) else {
                 continue;
             };
-            let (mut c_in, mut u_out) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            let (mut c_in, mut u_out) =
+                (client.try_clone().unwrap(), upstream.try_clone().unwrap());
             std::thread::spawn(move || {
                 let _ = std::io::copy(&mut c_in, &mut u_out);
                 let _ = u_out.shutdown(Shutdown::Write);
@@ -1543,7 +1544,11 @@ fn a_real_server_restarted_on_its_port_is_waited_out_with_retry_for() {
         err.contains("connection problem: connection refused; retry 1 in"),
         "{err}"
     );
-    assert!(stdout(&o).starts_with("sent plain_1000.bin: 1000 bytes"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with("sent plain_1000.bin: 1000 bytes"),
+        "{}",
+        stdout(&o)
+    );
     // One client throughout: the second run reconnected with the saved key.
     let ids: Vec<_> = fs::read_dir(data.join("files")).unwrap().collect();
     assert_eq!(ids.len(), 1);
@@ -1623,7 +1628,10 @@ fn not_sent_lines_follow_the_failure_that_ended_the_run() {
         lines[0].starts_with("sealdrop-client: b.bin: server refused to register 'alice'"),
         "{err}"
     );
-    assert!(lines[1].starts_with("sealdrop-client: c.bin: not sent"), "{err}");
+    assert!(
+        lines[1].starts_with("sealdrop-client: c.bin: not sent"),
+        "{err}"
+    );
     assert!(
         lines[2].starts_with("sealdrop-client: plain_1000.bin: not sent"),
         "{err}"
@@ -1656,7 +1664,11 @@ fn an_old_me_info_in_the_working_folder_is_used_with_a_note_saying_where_to_move
     let server = FakeServer::vectors();
     let o = run_with(dir.path(), &server.addr(), &[]);
     assert_exit(&o, 0);
-    assert_eq!(server.codes().first(), Some(&1027), "the old client reconnects");
+    assert_eq!(
+        server.codes().first(),
+        Some(&1027),
+        "the old client reconnects"
+    );
     let default = dir
         .path()
         .join("xdg-state/sealdrop")
