@@ -613,7 +613,14 @@ impl<'a> Job<'a> {
         self.outage_since
             .get_or_insert_with(std::time::Instant::now);
         let stuck = !connecting && is_timeout(&error);
-        let unanswered = !self.heard && !connecting && (stuck || is_closed(&error));
+        // A revision without 2107 (2022c) closes without a word where the
+        // others answer an error: there a close is an answer.
+        let closes_on_error = !self
+            .settings
+            .revision
+            .has_response(ResponseKind::GeneralError);
+        let closed = is_closed(&error) && !closes_on_error;
+        let unanswered = !self.heard && !connecting && (stuck || closed);
         let error = NetError {
             connecting,
             error,
