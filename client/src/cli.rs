@@ -41,7 +41,9 @@ Exit codes:
      cannot carry
   3  network failure: the host name does not resolve (not retried), or the connection
      could not be opened or kept breaking for --retry-for (at least 3 retries), or no
-     answer within --timeout on the first try and 3 retries
+     answer within --timeout on the first try and 3 retries; or the port accepted the
+     connection and closed it or said nothing within --timeout, on the first try and
+     one retry, never sending a byte (not how a sealdrop server answers: check the port)
   4  the server refused us: registration failed (2101), also after a denied reconnect (2106)
   5  the cksum was still wrong after four sends (1031 sent)
   6  the server answered 2107 (general error) on the first try and on all 3 retries
@@ -51,14 +53,18 @@ Exit codes:
      or answered in another revision's codes (the message names the revision it
      seems to speak), or the port answered in another protocol (HTTP, SSH, TLS...):
      no sealdrop server there (not retried)
-  9  outcome unknown: the connection broke after 1029 and before the server confirmed
-     it; the server most likely kept the file (send it again to be sure)
-With several files: the code of the first file that failed.
+  9  outcome unknown: the file was sent and the server told it arrived intact (1029),
+     and the server's answer (2104) did not arrive, also when asked again; whether
+     it kept the file is not known. Run again: resending is safe (a same-name upload
+     replaces the stored copy once verified)
+With several files: the code of the first file that failed; each failure line starts
+with its file, and the files a failure left unsent follow it as \"FILE: not sent\".
 The codes above are 2023c's; every revision uses its own (PROTOCOL.md §9), e.g. 1607
 for 2107 in 2024a/2024c. With --json the object's \"outcome\" names the exit code:
 verified (0), usage_error (2), network_error (3), registration_failed (4),
 crc_failed (5), server_error (6), local_io_error (7), protocol_error (8),
-outcome_unknown (9).
+outcome_unknown (9); and not_sent for a file never started because a failure ended
+the run first (no code of its own: the run's is the first failure's).
 
 Revisions and packets:
   --revision picks the protocol revision (default 2023c, or $SEALDROP_REVISION).

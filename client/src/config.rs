@@ -234,12 +234,30 @@ fn state_dir(
     port: u16,
 ) -> Result<(PathBuf, StateDirOrigin), Failure> {
     if let Some(dir) = &args.state_dir {
+        check_no_tilde(dir)?;
         return Ok((dir.clone(), StateDirOrigin::Given));
     }
     if transfer_info {
         return Ok((PathBuf::from("."), StateDirOrigin::TransferInfo));
     }
-    let base = std::env::var_os("XDG_STATE_HOME")
+    let base = default_state_base().ok_or_else(|| {
+        Failure::usage(
+            "no folder for me.info: neither $XDG_STATE_HOME nor $HOME is set; \
+             give --state-dir DIR",
+        )
+    })?;
+    let dir = base.join(server_folder(host, port));
+    let legacy = Path::new(crate::identity::ME_INFO);
+    if legacy.is_file() && !dir.join(crate::identity::ME_INFO).exists() {
+        return Ok((PathBuf::from("."), StateDirOrigin::Legacy { default: dir }));
+    }
+    Ok((dir, StateDirOrigin::PerServer))
+}
+
+/// The folder of the per-server state folders:
+/// `$XDG_STATE_HOME/sealdrop`, else `$HOME/.local/state/sealdrop`.
+pub fn default_state_base() -> Option<PathBuf> {
+    std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .or_else(|| {
@@ -248,18 +266,31 @@ fn state_dir(
                 .filter(|p| p.is_absolute())
                 .map(|h| h.join(".local/state"))
         })
-        .ok_or_else(|| {
-            Failure::usage(
-                "no folder for me.info: neither $XDG_STATE_HOME nor $HOME is set; \
-                 give --state-dir DIR",
-            )
-        })?;
-    let dir = base.join("sealdrop").join(server_folder(host, port));
-    let legacy = Path::new(crate::identity::ME_INFO);
-    if legacy.is_file() && !dir.join(crate::identity::ME_INFO).exists() {
-        return Ok((PathBuf::from("."), StateDirOrigin::Legacy { default: dir }));
+        .map(|b| b.join("sealdrop"))
+}
+
+/// A `--state-dir` starting with a literal `~` came through a shell that
+/// did not expand it (`--state-dir=~/x`: bash expands `~` only at the
+/// start of a word): taken as it is, it would create a folder named `~`
+/// in the working directory and keep the identity there.
+fn check_no_tilde(dir: &Path) -> Result<(), Failure> {
+    let text = dir.to_string_lossy();
+    if !text.starts_with('~') {
+        return Ok(());
     }
-    Ok((dir, StateDirOrigin::PerServer))
+    let fix = match text.strip_prefix("~/").or((text == "~").then_some("")) {
+        Some(rest) => {
+            format!("--state-dir ~/{rest} (with a space) or --state-dir=\"$HOME/{rest}\"")
+        }
+        None => "--state-dir and the folder as two words, so the shell expands the ~, or the \
+                 full path"
+            .to_string(),
+    };
+    Err(Failure::usage(format!(
+        "--state-dir {} starts with a literal ~ that no shell expanded (a shell expands ~ only \
+         at the start of a word, so not in --state-dir=~/...); nothing was sent. Write {fix}",
+        crate::report::quoted(&text)
+    )))
 }
 
 /// The per-server folder name: `HOST_PORT`, with anything but letters,

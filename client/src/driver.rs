@@ -16,7 +16,7 @@ use sealdrop_protocol::consts::{MAX_ERROR_RETRIES, MAX_SENDS};
 use sealdrop_protocol::crypto::RsaPrivateKey;
 use sealdrop_protocol::{ClientSession, FileUpload, RequestKind, ResponseKind, Revision};
 
-use crate::config::{FileArg, Settings, StateDirOrigin};
+use crate::config::{FileArg, Settings, Source as ConfigSource, StateDirOrigin};
 use crate::entropy::OsEntropy;
 use crate::identity::{self, LoadError};
 use crate::net::{describe, is_timeout, ConnectError, Endpoint, Link, ReadError};
@@ -30,11 +30,18 @@ struct NetError {
     /// True if opening the connection failed.
     connecting: bool,
     error: io::Error,
-    /// A timeout on a connection that was open but from which not one
-    /// byte ever came in this run: perhaps a service of another protocol
-    /// that waits for its own request.
-    silent: bool,
+    /// No answer in time on an open connection.
+    stuck: bool,
+    /// A connection that was accepted and then timed out or was closed
+    /// before a single byte came, in a run that never heard a byte: not
+    /// what a sealdrop server does (it answers every request at once), so
+    /// one retry only ([`MAX_UNANSWERED`]).
+    unanswered: bool,
 }
+
+/// Connections accepted but never answered (see [`NetError::unanswered`])
+/// before the run gives up: the first try and one retry.
+const MAX_UNANSWERED: u32 = 2;
 
 /// One file of the run: its name and length, opened when its turn comes
 /// (standard input is read at the start).
@@ -75,6 +82,14 @@ pub struct Job<'a> {
     conns: u32,
     /// True once any byte came from the server, on any connection.
     heard: bool,
+    /// Connections accepted and never answered so far (while `heard` is false).
+    unanswered: u32,
+    /// The code of the last request sent, for messages.
+    last_request: u16,
+    /// When the current run of failed connections began (reset by an answer).
+    outage_since: Option<std::time::Instant>,
+    /// A failure found while carrying out an action, ending the run.
+    abort: Option<Failure>,
 }
 
 impl<'a> Job<'a> {
@@ -116,6 +131,9 @@ impl<'a> Job<'a> {
         prepare_state_dir(settings, report)?;
         let identity = identity::load(&settings.state_dir).map_err(load_failure)?;
         if let Some(id) = &identity {
+            check_saved_name(settings, report, &id.name)?;
+        }
+        if let Some(id) = &identity {
             report.update(|s| s.client_id = Some(id.client_id));
         }
         let session = ClientSession::new(ClientConfig {
@@ -153,13 +171,16 @@ impl<'a> Job<'a> {
             last_error: None,
             conns: 0,
             heard: false,
+            unanswered: 0,
+            last_request: 0,
+            outage_since: None,
+            abort: None,
         })
     }
 
     /// Runs the session to its end, printing each file's result as it
-    /// comes. `Err` is a failure that ends the run before or between
-    /// files (its message is printed by the caller); the files not sent
-    /// yet are then reported as not sent.
+    /// comes. A failure that ends the run before or between files is
+    /// printed too, then the files not sent yet are reported as not sent.
     pub fn run(&mut self) -> Result<Ended, Failure> {
         match self.run_session() {
             Ok(()) => {
@@ -174,15 +195,36 @@ impl<'a> Job<'a> {
                 })
             }
             Err(failure) => {
+                // The failure that ended the run first, then the files it
+                // left unsent.
+                let failure = self.named(self.current, failure);
+                self.report.file_failure(&failure);
+                let kind = *self.first_failure.get_or_insert(failure.kind);
                 self.report_unsent(self.current + 1, failure.kind);
-                Err(failure)
+                Ok(Ended::Failed(kind))
             }
         }
+    }
+
+    /// In a run of several files, a failure's line starts with the file it
+    /// is about (as given), so each line says which file it reports.
+    fn named(&self, file: usize, failure: Failure) -> Failure {
+        if self.inputs.len() < 2 {
+            return failure;
+        }
+        let path = self.inputs[file].arg.path.to_string_lossy();
+        Failure::new(failure.kind, format!("{path}: {}", failure.message))
     }
 
     fn run_session(&mut self) -> Result<(), Failure> {
         loop {
             self.drain_events()?;
+            if let Some(failure) = self.abort.take() {
+                if let Some(link) = self.link.take() {
+                    link.close();
+                }
+                return Err(failure);
+            }
             let Some(action) = self.session.poll_action() else {
                 self.receive()?;
                 continue;
@@ -286,7 +328,7 @@ impl<'a> Job<'a> {
                 self.report.file_success(&done);
             }
             other => {
-                let failure = self.failure_of(file, other);
+                let failure = self.named(file, self.failure_of(file, other));
                 self.first_failure.get_or_insert(failure.kind);
                 self.report.file_failure(&failure);
             }
@@ -321,16 +363,41 @@ impl<'a> Job<'a> {
                 response_code(rev, ResponseKind::GeneralError)
             )),
             Event::ConnectionLost { retry, delay, left } => {
-                let why = self
-                    .last_error
-                    .as_ref()
-                    .map_or("lost".into(), |e| describe(&e.error));
-                report.note(&format!(
-                    "connection problem: {why}; retry {retry} in {:.1} s (giving up in {:.0} s, \
-                     --retry-for)",
-                    delay.as_secs_f64(),
-                    (delay + left).as_secs_f64()
-                ));
+                let s = self.settings;
+                let wait = delay.as_secs_f64();
+                match &self.last_error {
+                    Some(e) if e.unanswered => report.note(&format!(
+                        "{} accepted the connection but {} in reply to request {}; a sealdrop \
+                         server answers at once: trying once more in {wait:.1} s",
+                        s.server,
+                        unanswered_what(e, s.timeout),
+                        self.last_request
+                    )),
+                    Some(e) if e.stuck => report.note(&format!(
+                        "no answer within {} s to request {}; retry {retry} of \
+                         {MAX_ERROR_RETRIES} in {wait:.1} s",
+                        s.timeout.as_secs_f64(),
+                        self.last_request
+                    )),
+                    e => {
+                        let why = e.as_ref().map_or("lost".into(), |e| describe(&e.error));
+                        let until = if left.is_zero() {
+                            format!(
+                                "--retry-for {:.0} s has passed; at least {MAX_ERROR_RETRIES} \
+                                 retries are made",
+                                s.retry_for.as_secs_f64()
+                            )
+                        } else {
+                            format!(
+                                "giving up in {:.0} s, --retry-for",
+                                (delay + left).as_secs_f64()
+                            )
+                        };
+                        report.note(&format!(
+                            "connection problem: {why}; retry {retry} in {wait:.1} s ({until})"
+                        ));
+                    }
+                }
             }
             Event::CrcMismatch {
                 attempt,
@@ -417,6 +484,7 @@ impl<'a> Job<'a> {
             .get(17..19)
             .map_or(0, |c| u16::from_le_bytes([c[0], c[1]]));
         log::debug!("conn#{} -> {code} ({} bytes)", self.conns, frame.len());
+        self.last_request = code;
         if let Err(e) = link.write_all(frame) {
             self.lost(e, false);
         }
@@ -443,6 +511,7 @@ impl<'a> Job<'a> {
                 .as_ref()
                 .map_or(String::new(), |p| format!(", {}", p.summary()))
         );
+        self.last_request = request_code(self.settings.revision, RequestKind::SendFile);
         let input = &mut self.inputs[self.current];
         let Some(source) = input.source.as_mut() else {
             return Err(Failure::local("internal: the file is not open"));
@@ -509,6 +578,7 @@ impl<'a> Job<'a> {
         self.progress.clear();
         match read {
             Ok(response) => {
+                self.outage_since = None;
                 let code = response_code(self.settings.revision, response.kind());
                 log::debug!("conn#{} <- {code}", self.conns);
                 self.session.handle_response(response, &mut self.rng)
@@ -540,14 +610,33 @@ impl<'a> Job<'a> {
         if let Some(link) = self.link.take() {
             link.close();
         }
+        self.outage_since
+            .get_or_insert_with(std::time::Instant::now);
         let stuck = !connecting && is_timeout(&error);
-        let silent = stuck && !self.heard;
-        self.last_error = Some(NetError {
+        // A revision without 2107 (2022c) closes without a word where the
+        // others answer an error: there a close is an answer.
+        let closes_on_error = !self
+            .settings
+            .revision
+            .has_response(ResponseKind::GeneralError);
+        let closed = is_closed(&error) && !closes_on_error;
+        let unanswered = !self.heard && !connecting && (stuck || closed);
+        let error = NetError {
             connecting,
             error,
-            silent,
-        });
-        if stuck {
+            stuck,
+            unanswered,
+        };
+        if unanswered {
+            self.unanswered += 1;
+            if self.unanswered >= MAX_UNANSWERED {
+                self.abort = Some(self.unanswered_failure(&error));
+                self.last_error = Some(error);
+                return;
+            }
+        }
+        self.last_error = Some(error);
+        if stuck || unanswered {
             self.session.handle_no_answer();
         } else {
             self.session
@@ -607,11 +696,15 @@ impl<'a> Job<'a> {
             Outcome::OutcomeUnknown { cksum, .. } => Failure::new(
                 FailKind::Unknown,
                 format!(
-                    "the connection to {server} broke after the server was told {} arrived \
-                     intact (cksum {cksum}) and before it confirmed keeping it: it most likely \
-                     has the file, but the client cannot know; send it again to be sure (the \
-                     copy replaces the earlier one once verified)",
-                    quoted(file_name)
+                    "outcome unknown: {} was sent whole and the server was told it arrived \
+                     intact (cksum {cksum}, {}), then the connection to {server} broke and the \
+                     server's answer ({}) did not arrive, nor when asked again on a new \
+                     connection; whether the server kept the file is not known. Run again to \
+                     be sure: resending is safe, an upload of the same name replaces the stored \
+                     copy once verified",
+                    quoted(file_name),
+                    request_code(rev, RequestKind::CrcOk),
+                    response_code(rev, ResponseKind::Ack)
                 ),
             ),
             Outcome::ProtocolViolation(v @ Violation::ForeignRevision { theirs, .. }) => {
@@ -636,10 +729,40 @@ impl<'a> Job<'a> {
         }
     }
 
+    /// A port that accepted [`MAX_UNANSWERED`] connections and answered
+    /// none: exit 3, no more retries.
+    fn unanswered_failure(&self, e: &NetError) -> Failure {
+        let s = self.settings;
+        let port = s.server_source.hint("server", 1);
+        let tail = if e.stuck {
+            format!(
+                "not a single byte: is it a sealdrop server? A service of another protocol (an \
+                 HTTP or TLS server, say) accepts the connection and waits for its own request; \
+                 check the port in {port}, or raise --timeout if the server is only slow"
+            )
+        } else {
+            format!(
+                "is it a sealdrop server? One answers every request; check the port in {port} \
+                 (another service may hold it) and the server's log"
+            )
+        };
+        Failure::new(
+            FailKind::Network,
+            format!(
+                "{} accepted the connection but {} in reply to request {}, on the first try \
+                 and on one retry; {tail}",
+                s.server,
+                unanswered_what(e, s.timeout),
+                self.last_request
+            ),
+        )
+    }
+
     fn network_failure(&self, request: RequestKind) -> Failure {
         let s = self.settings;
+        let spent = self.outage_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let tries = format!(
-            "retried for {:.0} s, --retry-for",
+            "retried for {spent:.0} s, --retry-for {:.0} s",
             s.retry_for.as_secs_f64()
         );
         let message = match &self.last_error {
@@ -653,19 +776,10 @@ impl<'a> Job<'a> {
                 describe(error),
                 s.server_source.hint("server", 1)
             ),
-            Some(NetError { silent: true, .. }) => format!(
-                "no answer from {} within {} s to {} ({tries}), not a single byte on any \
-                 connection: is it a sealdrop server? A service of another protocol (an HTTP \
-                 or TLS server, say) accepts the connection and waits for its own request; \
-                 check the port in {}, or raise --timeout if the server is only slow",
-                s.server,
-                s.timeout.as_secs_f64(),
-                request_label(s.revision, request),
-                s.server_source.hint("server", 1)
-            ),
-            Some(NetError { error, .. }) if is_timeout(error) => format!(
-                "no answer from {} within {} s to {} ({tries}); is the server overloaded or \
-                 stuck? --timeout raises the limit",
+            Some(NetError { stuck: true, .. }) => format!(
+                "no answer from {} within {} s to {} (on the first try and on \
+                 {MAX_ERROR_RETRIES} retries); is the server overloaded or stuck? --timeout \
+                 raises the limit",
                 s.server,
                 s.timeout.as_secs_f64(),
                 request_label(s.revision, request)
@@ -681,6 +795,24 @@ impl<'a> Job<'a> {
         };
         Failure::new(FailKind::Network, message)
     }
+}
+
+/// What an accepted connection did instead of answering.
+fn unanswered_what(e: &NetError, timeout: Duration) -> String {
+    if e.stuck {
+        format!("sent nothing within {} s", timeout.as_secs_f64())
+    } else {
+        format!("closed it without sending a byte ({})", describe(&e.error))
+    }
+}
+
+/// True for errors that mean the peer closed or reset the connection.
+fn is_closed(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | BrokenPipe | ConnectionReset | ConnectionAborted
+    )
 }
 
 fn refused(s: &Settings, after_denied_reconnect: bool) -> Failure {
@@ -719,7 +851,50 @@ fn refused(s: &Settings, after_denied_reconnect: bool) -> Failure {
             quoted(&s.state_dir.to_string_lossy())
         )
     };
-    Failure::new(FailKind::Refused, message)
+    Failure::new(FailKind::Refused, message + &same_port_identities(s))
+}
+
+/// After a refused registration: the per-server folders of the default
+/// location for this port, other than the one this run used, whose
+/// `me.info` holds this name. The folder is named after the host as
+/// typed, so `localhost:P` and `127.0.0.1:P` keep separate clients.
+fn same_port_identities(s: &Settings) -> String {
+    let Some(base) = crate::config::default_state_base() else {
+        return String::new();
+    };
+    let Ok(entries) = std::fs::read_dir(&base) else {
+        return String::new();
+    };
+    let used = std::fs::canonicalize(&s.state_dir).ok();
+    let suffix = format!("_{}", s.port);
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(&suffix))
+        })
+        .filter(|p| std::fs::canonicalize(p).ok() != used)
+        .filter(|p| {
+            std::fs::read_to_string(p.join(identity::ME_INFO))
+                .ok()
+                .and_then(|t| t.lines().next().map(|l| l.trim() == s.name))
+                .unwrap_or(false)
+        })
+        .collect();
+    found.sort();
+    found
+        .iter()
+        .map(|p| {
+            let dir = quoted(&p.to_string_lossy());
+            format!(
+                ". A client named {} is kept in {dir}, the folder of port {} under another \
+                 spelling of the host: if that is this server, run with --state-dir {dir}",
+                quoted(&s.name),
+                s.port
+            )
+        })
+        .collect()
 }
 
 /// A request's code in the revision (0 where it has none).
@@ -812,6 +987,40 @@ fn prepare_state_dir(settings: &Settings, report: &Report) -> Result<(), Failure
     Ok(())
 }
 
+/// A state folder holds one client: a run whose name differs from the one
+/// in its `me.info` would act as that other client. With `--name` that is
+/// refused; with the name from `transfer.info` the saved client is used,
+/// as the original clients do, and a note says so.
+fn check_saved_name(settings: &Settings, report: &Report, saved: &str) -> Result<(), Failure> {
+    if saved == settings.name {
+        return Ok(());
+    }
+    let folder = quoted(&settings.state_dir.to_string_lossy());
+    let (saved_q, asked) = (quoted(saved), quoted(&settings.name));
+    match settings.name_source {
+        ConfigSource::Flag => Err(Failure::usage(format!(
+            "the state folder {folder} holds the client {saved_q} (its {}), and --name is \
+             {asked}: this run would send as {saved_q}, so nothing was sent. To send as \
+             {saved_q}, give --name {saved}; to send as {asked}, give it its own folder with \
+             --state-dir DIR (the folder that holds its {} if it registered before, else a new \
+             one)",
+            identity::ME_INFO,
+            identity::ME_INFO,
+        ))),
+        ConfigSource::TransferInfo => {
+            report.note(&format!(
+                "{} in {folder} is the client {saved_q} and line 2 of {} says {asked}: sending \
+                 as {saved_q}, as the original clients do (the name in {} wins); to send as \
+                 {asked}, run from another folder or give --state-dir",
+                identity::ME_INFO,
+                crate::config::TRANSFER_INFO,
+                identity::ME_INFO,
+            ));
+            Ok(())
+        }
+    }
+}
+
 /// Seeds the retry jitter from the OS (any value will do if it fails).
 fn jitter_seed() -> u64 {
     let mut bytes = [0u8; 8];
@@ -848,8 +1057,14 @@ fn load_failure(e: LoadError) -> Failure {
             describe(&e)
         )),
         LoadError::Malformed(path, why) => Failure::usage(format!(
-            "{} is malformed: {why}; restore it, or delete it to register as a new client",
-            quoted(&path.to_string_lossy())
+            "{} is malformed: {why}. Keep it: without its key the server refuses this client's \
+             name to a new registration. Restore it from a backup, or run with --state-dir \
+             naming the folder that holds the good {} and {}; else register another name \
+             (--name) with another --state-dir, or ask the server's operator to free the name \
+             (sealdrop-server clients forget NAME)",
+            quoted(&path.to_string_lossy()),
+            identity::ME_INFO,
+            identity::PRIV_KEY
         )),
     }
 }

@@ -444,5 +444,11 @@ mod tests {
         let expected: Vec<(String, u8)> =
             OUTCOMES.iter().map(|(o, c)| (o.to_string(), *c)).collect();
         assert_eq!(documented, expected);
+        // not_sent has no exit code of its own, and a row of the table.
+        assert!(
+            readme.contains(&format!("| – | `{NOT_SENT}` |")),
+            "README.md lacks the not_sent row"
+        );
+        assert!(crate::cli::AFTER_HELP.contains(&format!("and {NOT_SENT} for a file")));
     }
 }

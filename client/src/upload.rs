@@ -62,6 +62,12 @@ impl Source {
                 });
             }
         }
+        Source::spool(&file, limit)
+    }
+
+    /// Copies `input` to an unnamed temporary file, at most `limit` bytes:
+    /// one byte more is an error, and the copy stops there.
+    fn spool(mut input: impl Read, limit: u64) -> Result<Source, String> {
         let mut spool = tempfile::tempfile().map_err(|e| {
             format!(
                 "cannot create a temporary file in {} to hold standard input: {}",
@@ -69,11 +75,13 @@ impl Source {
                 crate::net::describe(&e)
             )
         })?;
-        let copied = io::copy(&mut (&file).take(limit.saturating_add(1)), &mut spool)
+        let copied = io::copy(&mut (&mut input).take(limit.saturating_add(1)), &mut spool)
             .map_err(|e| format!("cannot spool standard input: {}", crate::net::describe(&e)))?;
         if copied > limit {
             return Err(format!(
-                "standard input is longer than {limit} bytes, the most this revision can carry"
+                "standard input is longer than {limit} bytes, the most this revision can \
+                 carry in one file; nothing was sent (the copy stopped there): split the \
+                 stream and send the parts under different --as names"
             ));
         }
         Ok(Source {
@@ -266,6 +274,24 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_spooled_stream_stops_one_byte_past_the_limit() {
+        let data = [7u8; 100];
+        let source = super::Source::spool(&data[..], 100).unwrap();
+        assert_eq!(source.len, 100);
+        let err = super::Source::spool(&data[..], 99).err().unwrap();
+        assert!(
+            err.starts_with("standard input is longer than 99 bytes")
+                && err.contains("nothing was sent")
+                && err.contains("--as"),
+            "{err}"
+        );
+        // A runaway stream is not read to its end.
+        let endless = std::io::repeat(1);
+        let err = super::Source::spool(endless, 10).err().unwrap();
+        assert!(err.contains("longer than 10 bytes"), "{err}");
+    }
+
     use super::*;
     use std::io::Read;
     use std::net::TcpListener;

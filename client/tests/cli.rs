@@ -413,13 +413,32 @@ fn silent_server_times_out_with_exit_3() {
         _ => Reply::Hang,
     });
     let started = Instant::now();
-    let o = run_with(dir.path(), &server.addr(), &["--timeout", "0.3", "--quiet"]);
+    let o = run_with(dir.path(), &server.addr(), &["--timeout", "0.3"]);
     assert_exit(&o, 3);
     assert!(started.elapsed() < Duration::from_secs(15));
     let err = stderr(&o);
     assert!(err.contains("no answer from"), "{err}");
     assert!(err.contains("overloaded or stuck"), "{err}");
     assert!(!err.contains("another protocol"), "{err}");
+    // The notes and the last line count what happens: 3 retries 0.2 s
+    // apart, not --retry-for.
+    for retry in 1..=3 {
+        assert!(
+            err.contains(&format!(
+                "no answer within 0.3 s to request 1026; retry {retry} of 3 in 0.2 s"
+            )),
+            "{err}"
+        );
+    }
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .contains("(on the first try and on 3 retries)"),
+        "{err}"
+    );
+    assert!(!err.contains("giving up in 0 s"), "{err}");
+    assert!(!err.contains("retried for"), "{err}");
 }
 
 #[test]
@@ -431,8 +450,10 @@ fn a_server_that_never_sends_a_byte_may_speak_another_protocol() {
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains(&format!("no answer from {} within 0.3 s", server.addr()))
-            && err.contains("not a single byte")
+        err.contains(&format!(
+            "{} accepted the connection but sent nothing within 0.3 s",
+            server.addr()
+        )) && err.contains("not a single byte")
             && err.contains("is it a sealdrop server?")
             && err.contains("another protocol")
             && err.contains("check the port in --server"),
@@ -701,11 +722,17 @@ fn malformed_me_info_exits_2() {
     let server = FakeServer::vectors();
     let o = run_with(dir.path(), &server.addr(), &[]);
     assert_exit(&o, 2);
+    let err = stderr(&o);
+    assert!(err.contains("me.info' is malformed"), "{err}");
+    // Deleting it locks the name out (2101 on the next run): never advised.
+    assert!(!err.contains("delete"), "{err}");
     assert!(
-        stderr(&o).contains("me.info' is malformed"),
-        "{}",
-        stderr(&o)
+        err.contains("Restore it from a backup")
+            && err.contains("--state-dir")
+            && err.contains("sealdrop-server clients forget NAME"),
+        "{err}"
     );
+    assert!(server.codes().is_empty(), "nothing sent");
 }
 
 #[test]
@@ -1112,9 +1139,13 @@ fn transfer_info_runs_keep_me_info_beside_it() {
 
 #[test]
 fn connection_failures_are_retried_for_retry_for() {
-    // A server that accepts and closes at once, as one restarting might.
+    // A server that answered once, then closes every connection at once,
+    // as one restarting might.
     let dir = workdir();
-    let server = FakeServer::start(|_, _| Reply::SendAndClose(Vec::new()));
+    let server = FakeServer::start(|f, i| match i {
+        0 => vector_reply(f.code),
+        _ => Reply::SendAndClose(Vec::new()),
+    });
     let o = run_with(dir.path(), &server.addr(), &["--retry-for", "5", "--quiet"]);
     assert_exit(&o, 3);
     // The old fixed policy made 4 tries; waits doubling from 0.2 s within
@@ -1150,4 +1181,506 @@ fn sending_a_name_again_says_it_replaced_the_earlier_copy() {
             .all(|l| l.ends_with(" 493196554 plain_1000.bin")),
         "{log}"
     );
+}
+
+#[test]
+fn a_name_other_than_the_saved_clients_is_refused_before_any_traffic() {
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 0);
+    let before = server.codes().len();
+    // The per-server folder now holds alice; --name bob must not send as her.
+    let mut args = flags(&server.addr());
+    let at = args.iter().position(|a| a == "alice").unwrap();
+    args[at] = "bob".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(dir.path(), &args);
+    assert_exit(&o, 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains("holds the client 'alice'")
+            && err.contains("--name is 'bob'")
+            && err.contains("nothing was sent")
+            && err.contains("--state-dir DIR"),
+        "{err}"
+    );
+    assert!(!err.contains("delete"), "{err}");
+    assert_eq!(server.codes().len(), before, "no connection for bob");
+}
+
+#[test]
+fn transfer_info_naming_another_client_uses_me_info_and_says_so() {
+    let dir = workdir();
+    write_vector_me_info(dir.path());
+    let server = FakeServer::vectors();
+    std::fs::write(
+        dir.path().join("transfer.info"),
+        format!("{}\nbob\nplain_1000.bin\n", server.addr()),
+    )
+    .unwrap();
+    let o = run(dir.path(), &[]);
+    assert_exit(&o, 0);
+    assert_eq!(server.codes().first(), Some(&1027), "reconnects as alice");
+    let err = stderr(&o);
+    assert!(
+        err.contains("is the client 'alice' and line 2 of transfer.info says 'bob'")
+            && err.contains("sending as 'alice'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_refused_name_points_at_the_folder_of_the_same_port_that_holds_it() {
+    let dir = workdir();
+    // The first 1025 registers alice; any later one is refused (2101), as
+    // a real server refuses a name it holds for another key.
+    let mut registrations = 0;
+    let server = FakeServer::start(move |f, _| match f.code {
+        1025 => {
+            registrations += 1;
+            match registrations {
+                1 => vector_reply(1025),
+                _ => Reply::Send(vector("response_2101.bin")),
+            }
+        }
+        c => vector_reply(c),
+    });
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 0);
+    // The same server typed as localhost: another per-server folder, no
+    // me.info there, a registration the server refuses.
+    let localhost = format!("localhost:{}", server.port);
+    let o = run_with(dir.path(), &localhost, &[]);
+    assert_exit(&o, 4);
+    let kept = dir
+        .path()
+        .join("xdg-state/sealdrop")
+        .join(format!("127.0.0.1_{}", server.port));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "A client named 'alice' is kept in '{}'",
+            kept.display()
+        )) && err.contains(&format!("run with --state-dir '{}'", kept.display())),
+        "{err}"
+    );
+    // And that folder works for this spelling of the host.
+    let kept = kept.to_string_lossy().into_owned();
+    let o = run_with(dir.path(), &localhost, &["--state-dir", &kept]);
+    assert_exit(&o, 0);
+}
+
+#[test]
+fn a_literal_tilde_in_state_dir_is_refused_not_made_a_folder() {
+    let dir = workdir();
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &["--state-dir=~/.sealdrop"]);
+    assert_exit(&o, 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains("--state-dir '~/.sealdrop' starts with a literal ~")
+            && err.contains("--state-dir ~/.sealdrop (with a space)")
+            && err.contains("nothing was sent"),
+        "{err}"
+    );
+    assert!(!dir.path().join("~").exists(), "no folder named ~");
+    assert!(server.codes().is_empty());
+}
+
+/// A port that accepts connections and, on each, reads what comes and
+/// never answers (as `python3 -m http.server` does with a request that has
+/// no line end) or, with `close`, closes at once without a byte. Counts
+/// the connections.
+fn mute_port(close: bool) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let conns = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&conns);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            if close {
+                drop(stream);
+                continue;
+            }
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[test]
+fn a_port_that_reads_and_never_answers_gets_one_retry_and_a_plain_message() {
+    let dir = workdir();
+    let (addr, conns) = mute_port(false);
+    let started = Instant::now();
+    let o = run_with(dir.path(), &addr, &["--timeout", "0.5"]);
+    assert_exit(&o, 3);
+    // The first try and one retry: 2 connections (it was 4, each waiting
+    // --timeout, before).
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{addr} accepted the connection but sent nothing within 0.5 s in reply to request \
+             1025; a sealdrop server answers at once: trying once more"
+        )),
+        "{err}"
+    );
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.contains("on the first try and on one retry")
+            && last.contains("is it a sealdrop server?")
+            && last.contains("check the port in --server"),
+        "{err}"
+    );
+    assert!(!err.contains("giving up in"), "{err}");
+}
+
+#[test]
+fn a_port_that_closes_at_once_gets_one_retry_and_a_plain_message() {
+    let dir = workdir();
+    let (addr, conns) = mute_port(true);
+    let o = run_with(dir.path(), &addr, &["--retry-for", "5", "--json"]);
+    assert_exit(&o, 3);
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let err = stderr(&o);
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.contains(&format!(
+            "{addr} accepted the connection but closed it without sending a byte"
+        )) && last.contains("on the first try and on one retry")
+            && last.contains("is it a sealdrop server?")
+            && last.contains("check the port in --server"),
+        "{err}"
+    );
+    assert_eq!(json(&o)["outcome"], "network_error");
+}
+
+// ---- The real server ----
+
+/// The `sealdrop-server` of this build (same target folder and profile),
+/// brought up to date by cargo once per test process.
+fn server_bin() -> &'static std::path::Path {
+    static SERVER: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        let client = std::path::Path::new(BIN);
+        let profile_dir = client.parent().expect("client binary's folder");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .args(["build", "--quiet", "-p", "sealdrop-server", "--bin"])
+            .arg("sealdrop-server")
+            .arg("--target-dir")
+            .arg(profile_dir.parent().expect("target folder"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cargo.arg("--release");
+        }
+        let built = cargo.output().expect("run cargo build");
+        assert!(
+            built.status.success(),
+            "cargo build -p sealdrop-server: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let bin = profile_dir.join("sealdrop-server");
+        assert!(bin.is_file(), "{}", bin.display());
+        bin
+    })
+}
+
+/// A real server on 127.0.0.1:`port` with its data in `data`, killed
+/// when dropped.
+struct RealServer {
+    child: std::process::Child,
+}
+
+impl RealServer {
+    fn start(port: u16, data: &std::path::Path) -> RealServer {
+        let log = fs::File::create(data.with_extension("log")).unwrap();
+        let child = Command::new(server_bin())
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sealdrop-server");
+        let mut server = RealServer { child };
+        let until = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                server.child.try_wait().unwrap().is_none(),
+                "sealdrop-server exited: {}",
+                fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+            );
+            assert!(Instant::now() < until, "sealdrop-server not listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RealServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A proxy on 127.0.0.1 to `server` that forwards everything, except
+/// that when the server's 2104 comes it cuts both connections instead of
+/// passing it on: the client's 1029 reached the server, its answer never
+/// reaches the client.
+fn cutting_proxy(server: u16) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(upstream) = TcpStream::connect(("127.0.0.1", server)) else {
+                continue;
+            };
+            let (mut c_in, mut u_out) =
+                (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut u_out);
+                let _ = u_out.shutdown(Shutdown::Write);
+            });
+            let (mut u_in, mut c_out) = (upstream, client);
+            std::thread::spawn(move || loop {
+                let mut header = [0u8; 7];
+                if u_in.read_exact(&mut header).is_err() {
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    return;
+                }
+                let code = u16::from_le_bytes([header[1], header[2]]);
+                let size = u32::from_le_bytes(header[3..7].try_into().unwrap()) as usize;
+                let mut payload = vec![0u8; size.min(1 << 20)];
+                if u_in.read_exact(&mut payload).is_err() {
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    return;
+                }
+                if code == 2104 {
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    let _ = u_in.shutdown(Shutdown::Both);
+                    return;
+                }
+                if c_out.write_all(&header).is_err() || c_out.write_all(&payload).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_answer_to_1029_cut_off_by_a_proxy_is_outcome_unknown_with_exit_9() {
+    let dir = workdir();
+    let data = dir.path().join("srv");
+    let port = closed_port();
+    let _server = RealServer::start(port, &data);
+    let proxy = cutting_proxy(port);
+    let o = run_with(dir.path(), &proxy, &["--retry-for", "1", "--json"]);
+    assert_exit(&o, 9);
+    let j = json(&o);
+    assert_eq!(j["outcome"], "outcome_unknown");
+    let error = j["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("'plain_1000.bin' was sent whole")
+            && error.contains("the server's answer (2104) did not arrive")
+            && error.contains("whether the server kept the file is not known")
+            && error.contains("resending is safe"),
+        "{error}"
+    );
+    assert!(!error.contains("most likely"), "{error}");
+    assert!(stderr(&o).contains(&error), "{}", stderr(&o));
+}
+
+#[test]
+fn a_real_server_restarted_on_its_port_is_waited_out_with_retry_for() {
+    let dir = workdir();
+    let data = dir.path().join("srv");
+    let port = closed_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = RealServer::start(port, &data);
+    let o = run_with(dir.path(), &addr, &[]);
+    assert_exit(&o, 0);
+    // The server stops; the client starts and retries; the server comes back.
+    server.stop();
+    let mut args = flags(&addr);
+    args.extend(["--retry-for", "60"].map(String::from));
+    let client = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(&args)
+        .env_remove("RUST_LOG")
+        .env_remove("SEALDROP_REVISION")
+        .env_remove("SEALDROP_STATE_DIR")
+        .env("XDG_STATE_HOME", dir.path().join("xdg-state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _server = RealServer::start(port, &data);
+    let o = client.wait_with_output().unwrap();
+    assert_exit(&o, 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("connection problem: connection refused; retry 1 in"),
+        "{err}"
+    );
+    assert!(
+        stdout(&o).starts_with("sent plain_1000.bin: 1000 bytes"),
+        "{}",
+        stdout(&o)
+    );
+    // One client throughout: the second run reconnected with the saved key.
+    let ids: Vec<_> = fs::read_dir(data.join("files")).unwrap().collect();
+    assert_eq!(ids.len(), 1);
+}
+
+/// A server answering from the vectors, the 2103 echoing whichever file
+/// name was sent; 1028s of `refused` get 2107.
+fn echoing_server(refused: &'static str) -> FakeServer {
+    FakeServer::start(move |f, _| match f.code {
+        1028 => {
+            let name = &f.bytes[23 + 4..23 + 4 + 255];
+            if name.starts_with(refused.as_bytes()) && name[refused.len()] == 0 {
+                return Reply::Send(vector("response_2107.bin"));
+            }
+            let mut r = vector("response_2103.bin");
+            r[7 + 20..7 + 20 + 255].copy_from_slice(name);
+            Reply::Send(r)
+        }
+        c => vector_reply(c),
+    })
+}
+
+#[test]
+fn two_file_flags_send_both_files() {
+    let dir = workdir();
+    std::fs::copy(dir.path().join("plain_1000.bin"), dir.path().join("b.bin")).unwrap();
+    let server = echoing_server("none");
+    // flags() gives --file plain_1000.bin; a second --file adds b.bin.
+    let o = run_with(dir.path(), &server.addr(), &["--file", "b.bin"]);
+    assert_exit(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains("sent plain_1000.bin: 1000 bytes") && out.contains("sent b.bin: 1000 bytes"),
+        "{out}"
+    );
+    assert_eq!(server.codes(), [1025, 1026, 1028, 1029, 1028, 1029]);
+}
+
+#[test]
+fn a_failed_file_among_several_is_named_on_its_line() {
+    let dir = workdir();
+    for f in ["b.bin", "c.bin"] {
+        std::fs::copy(dir.path().join("plain_1000.bin"), dir.path().join(f)).unwrap();
+    }
+    let server = echoing_server("b.bin");
+    let o = run_with(dir.path(), &server.addr(), &["b.bin", "c.bin"]);
+    assert_exit(&o, 6);
+    let err = stderr(&o);
+    assert!(
+        err.lines().any(|l| l
+            .starts_with("sealdrop-client: b.bin: server responded with an error (2107) to 1028")),
+        "{err}"
+    );
+    let out = stdout(&o);
+    assert!(
+        out.contains("sent plain_1000.bin") && out.contains("sent c.bin"),
+        "{out}"
+    );
+}
+
+#[test]
+fn not_sent_lines_follow_the_failure_that_ended_the_run() {
+    let dir = workdir();
+    for f in ["b.bin", "c.bin"] {
+        std::fs::copy(dir.path().join("plain_1000.bin"), dir.path().join(f)).unwrap();
+    }
+    let server = FakeServer::start(|f, _| match f.code {
+        1025 => Reply::Send(vector("response_2101.bin")),
+        c => vector_reply(c),
+    });
+    let o = run_with(dir.path(), &server.addr(), &["b.bin", "c.bin", "--json"]);
+    assert_exit(&o, 4);
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].starts_with("sealdrop-client: b.bin: server refused to register 'alice'"),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("sealdrop-client: c.bin: not sent"),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with("sealdrop-client: plain_1000.bin: not sent"),
+        "{err}"
+    );
+    let out = stdout(&o);
+    let outcomes: Vec<(String, String)> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["file"].as_str().unwrap().to_string(),
+                v["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("b.bin".into(), "registration_failed".into()),
+            ("c.bin".into(), "not_sent".into()),
+            ("plain_1000.bin".into(), "not_sent".into()),
+        ]
+    );
+}
+
+#[test]
+fn an_old_me_info_in_the_working_folder_is_used_with_a_note_saying_where_to_move_it() {
+    let dir = workdir();
+    write_vector_me_info(dir.path());
+    let server = FakeServer::vectors();
+    let o = run_with(dir.path(), &server.addr(), &[]);
+    assert_exit(&o, 0);
+    assert_eq!(
+        server.codes().first(),
+        Some(&1027),
+        "the old client reconnects"
+    );
+    let default = dir
+        .path()
+        .join("xdg-state/sealdrop")
+        .join(format!("127.0.0.1_{}", server.port));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "using me.info in the current folder (the old default); move it and priv.key to \
+             '{}' (or pass --state-dir .)",
+            default.display()
+        )),
+        "{err}"
+    );
+    assert!(!default.join("me.info").exists(), "nothing written there");
 }
