@@ -7,6 +7,8 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
@@ -18,6 +20,14 @@ use sealdrop_server::store::DiskStore;
 use sealdrop_server::{admin, logging, systemd};
 
 fn main() -> ExitCode {
+    // SIGHUP's default action ends the process. The event loop handles it
+    // (a log line, nothing else), but only once it is set up, after the
+    // database is open: until then this flag catches it, from the first
+    // instruction of main on, and the loop logs it when it starts.
+    let early_hup = Arc::new(AtomicBool::new(false));
+    let early_hup_id = signal_hook::flag::register(signal_hook::consts::SIGHUP, early_hup.clone())
+        .map_err(|e| eprintln!("sealdrop-server: warning: cannot catch SIGHUP at start: {e}"))
+        .ok();
     if let Some(code) = packager_output() {
         return code;
     }
@@ -36,6 +46,15 @@ fn main() -> ExitCode {
         }
     };
     if let Some(command) = &args.command {
+        // An administration command ends on SIGHUP (a closed terminal) as
+        // any command-line tool does.
+        if let Some(id) = early_hup_id {
+            signal_hook::low_level::unregister(id);
+            let _ = signal_hook::flag::register_conditional_default(
+                signal_hook::consts::SIGHUP,
+                Arc::new(AtomicBool::new(true)),
+            );
+        }
         // Only what went wrong: the command's own output is its result.
         logging::init("warn");
         let database =
@@ -70,7 +89,11 @@ fn main() -> ExitCode {
         return ExitCode::from(admin::run(command, &place));
     }
     logging::init(args.log_level.filter());
-    match run(&args) {
+    let early_hup = EarlyHup {
+        id: early_hup_id,
+        seen: early_hup,
+    };
+    match run(&args, early_hup) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if log::log_enabled!(log::Level::Error) {
@@ -86,7 +109,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<()> {
+/// SIGHUP as caught before the event loop handles it.
+struct EarlyHup {
+    id: Option<signal_hook::SigId>,
+    seen: Arc<AtomicBool>,
+}
+
+impl EarlyHup {
+    /// The event loop handles SIGHUP now: stop catching it here, and log
+    /// one that came during start-up.
+    fn hand_over(self) {
+        if let Some(id) = self.id {
+            signal_hook::low_level::unregister(id);
+        }
+        if self.seen.load(Ordering::SeqCst) {
+            log::info!(
+                "SIGHUP received during start-up: ignored (nothing to reopen: the log goes to \
+                 stderr; flags are read at start only, restart to change them)"
+            );
+        }
+    }
+}
+
+fn run(args: &Args, early_hup: EarlyHup) -> Result<()> {
     if args.check_config {
         return check_config(&args.checked_settings()?);
     }
@@ -100,6 +145,7 @@ fn run(args: &Args) -> Result<()> {
     server
         .handle_signals()
         .context("cannot set up the event loop")?;
+    early_hup.hand_over();
     log::info!(
         "listening on {shown}, data in {}, up to {} connections",
         settings.data_dir.display(),

@@ -293,6 +293,88 @@ fn sighup_is_logged_and_ignored() {
     s.stop();
 }
 
+/// True once the process runs Rust code: the standard library's start-up
+/// (before `main`) catches SIGSEGV for its stack overflow message and
+/// ignores SIGPIPE, which `/proc/PID/status` shows.
+fn runtime_started(pid: u32) -> bool {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let mask = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    const SIGSEGV: u64 = 1 << (11 - 1);
+    const SIGPIPE: u64 = 1 << (13 - 1);
+    mask("SigCgt:") & SIGSEGV != 0 || mask("SigIgn:") & SIGPIPE != 0
+}
+
+/// True once the process catches SIGHUP (`SigCgt` of `/proc/PID/status`).
+fn catches_sighup(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let v = s.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            u64::from_str_radix(v.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & 1 != 0)
+}
+
+/// SIGHUP to `pid` at once (`kill` as a command takes a millisecond or
+/// more to start, longer than the server's start-up).
+#[allow(unsafe_code)] // kill(2) has no safe wrapper in std.
+fn sighup_now(pid: u32) {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn sighup_during_start_up_is_logged_and_ignored() {
+    let mut during_start_up = 0;
+    for round in 0..5 {
+        let mut s = Server::spawn_with(ServerOpts::default(), |_| {});
+        let pid = s.pid();
+        // Polled without a pause: start-up takes a few milliseconds.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !runtime_started(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the process did not start"
+            );
+        }
+        // In main, before the database is open and the loop handles
+        // signals: as soon as SIGHUP is caught, or 2 ms after the runtime
+        // started (main follows it within microseconds; a server that
+        // catches SIGHUP only in its event loop is still opening the
+        // database then).
+        let main_by = std::time::Instant::now() + Duration::from_millis(2);
+        while !catches_sighup(pid) && std::time::Instant::now() < main_by {}
+        sighup_now(pid);
+        if let Some(st) = s.wait_exit(Duration::from_millis(100)) {
+            panic!("round {round}: the server ended ({st}):\n{}", s.recent());
+        }
+        s.wait_listening();
+        assert!(
+            s.wait_log("SIGHUP received", Duration::from_secs(10)),
+            "round {round}: no log line for SIGHUP:\n{}",
+            s.recent()
+        );
+        if s.log_contains("SIGHUP received during start-up: ignored") {
+            during_start_up += 1;
+        }
+        s.assert_alive();
+        s.good_client(5_000);
+        assert!(!s.log_contains("draining"), "{}", s.recent());
+        s.stop();
+    }
+    // The signal came before the loop was set up at least once.
+    assert!(during_start_up > 0, "every SIGHUP came after start-up");
+}
+
 // ---------------------------------------------------------------------------
 // 4. Connection numbers and in-flight uploads in the log
 // ---------------------------------------------------------------------------
