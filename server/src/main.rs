@@ -182,9 +182,14 @@ fn packager_output() -> Option<ExitCode> {
                     return Some(ExitCode::FAILURE);
                 }
             };
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Args::command(), BIN_NAME, &mut script);
+            let mut script = String::from_utf8_lossy(&script).into_owned();
+            if shell == clap_complete::Shell::Bash {
+                script = fix_bash_subcommands(&script, BIN_NAME);
+            }
             let mut out = std::io::stdout().lock();
-            clap_complete::generate(shell, &mut Args::command(), "sealdrop-server", &mut out);
-            out.flush()
+            out.write_all(script.as_bytes()).and_then(|()| out.flush())
         }
         ["--print-man"] => print_man(&mut std::io::stdout().lock()),
         _ => return None,
@@ -197,6 +202,28 @@ fn packager_output() -> Option<ExitCode> {
         }
         _ => Some(ExitCode::SUCCESS),
     }
+}
+
+/// The name the completions and man pages are written for.
+const BIN_NAME: &str = "sealdrop-server";
+
+/// Repairs clap_complete's bash script for a binary whose name has a
+/// hyphen (clap-rs/clap#6421, still in clap_complete 4.6.12): the loop
+/// that reads the command line names the state of `sealdrop-server
+/// clients` `sealdrop__server__subcmd__clients`, but the arms that
+/// complete it are spelled `sealdrop__subcmd__server__subcmd__clients`
+/// (the hyphen of the binary's name escaped as a subcommand separator),
+/// so nothing after a subcommand completed. The arms get the loop's
+/// spelling. A script without the fault (a fixed clap_complete) is left
+/// as it is.
+fn fix_bash_subcommands(script: &str, bin: &str) -> String {
+    const SEP: &str = "__subcmd__";
+    let wrong = format!("{}{SEP}", bin.replace('-', SEP));
+    let right = format!("{}{SEP}", bin.replace('-', "__"));
+    if wrong == right {
+        return script.to_owned();
+    }
+    script.replace(&wrong, &right)
 }
 
 /// `--print-man`: clap_mangen's page of the flags, with the blocks after

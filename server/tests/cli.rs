@@ -489,6 +489,106 @@ fn completions_and_man_page_are_generated_from_the_flags() {
     assert_eq!(tcsh.status.code(), Some(1), "{tcsh:?}");
 }
 
+/// What bash completes for the command line `words` (the last word is the
+/// one being completed) with the completion script `script` loaded, as
+/// bash calls the function `complete -F` named for `program`.
+fn bash_completes(tmp: &Path, script: &str, program: &str, words: &[&str]) -> Vec<String> {
+    let file = tmp.join(format!("{program}.bash"));
+    fs::write(&file, script).unwrap();
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
+        .collect();
+    let cword = words.len() - 1;
+    let prev = if cword > 0 {
+        quoted[cword - 1].clone()
+    } else {
+        "''".into()
+    };
+    let driver = format!(
+        r#"source "$1" || exit 3
+spec=$(complete -p {program}) || exit 4
+fn=$(printf '%s\n' "$spec" | sed -n 's/.* -F \([^ ]*\) .*/\1/p')
+[ -n "$fn" ] || exit 5
+COMP_WORDS=({words})
+COMP_CWORD={cword}
+COMP_LINE="${{COMP_WORDS[*]}}"
+COMP_POINT=${{#COMP_LINE}}
+COMPREPLY=()
+"$fn" {program} {cur} {prev}
+printf '%s\n' "${{COMPREPLY[@]}}"
+"#,
+        words = quoted.join(" "),
+        cur = quoted[cword],
+    );
+    let out = run(
+        Command::new("bash")
+            .arg("--norc")
+            .arg("--noprofile")
+            .arg("-c")
+            .arg(&driver)
+            .arg("completion-test")
+            .arg(&file),
+        Duration::from_secs(20),
+    );
+    assert!(out.status.success(), "bash for {words:?}: {out:?}");
+    out.stdout.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn bash_completes_the_servers_subcommands_and_their_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = server_in(tmp.path(), &["--print-completions", "bash"]);
+    assert_eq!(script.status.code(), Some(0), "{script:?}");
+    let complete =
+        |words: &[&str]| bash_completes(tmp.path(), &script.stdout, "sealdrop-server", words);
+    assert_eq!(complete(&["sealdrop-server", "cl"]), ["clients"]);
+    let has = |got: Vec<String>, want: &[&str]| {
+        for w in want {
+            assert!(got.iter().any(|g| g == w), "{w} not in {got:?}");
+        }
+        got
+    };
+    let clients = has(
+        complete(&["sealdrop-server", "clients", ""]),
+        &["list", "show", "forget", "quota"],
+    );
+    assert!(!clients.iter().any(|c| c == "verify"), "{clients:?}");
+    has(
+        complete(&["sealdrop-server", "files", ""]),
+        &["list", "delete"],
+    );
+    has(
+        complete(&["sealdrop-server", "clients", "forget", "--"]),
+        &["--delete-files", "--data-dir", "--json"],
+    );
+    has(
+        complete(&["sealdrop-server", "--data-dir", "/tmp", "verify", "--"]),
+        &["--cksum", "--repair"],
+    );
+    has(complete(&["sealdrop-server", "--sync"]), &["--sync-mode"]);
+}
+
+#[test]
+fn bash_completes_the_clients_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = client_bin();
+    let script = run(
+        Command::new(&client)
+            .current_dir(tmp.path())
+            .args(["--print-completions", "bash"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(script.status.code(), Some(0), "{script:?}");
+    let complete =
+        |words: &[&str]| bash_completes(tmp.path(), &script.stdout, "sealdrop-client", words);
+    assert_eq!(complete(&["sealdrop-client", "--state"]), ["--state-dir"]);
+    let flags = complete(&["sealdrop-client", "report.pdf", "--"]);
+    for want in ["--server", "--name", "--json", "--retry-for"] {
+        assert!(flags.iter().any(|f| f == want), "{want} not in {flags:?}");
+    }
+}
+
 /// The repository root (the Makefile's folder).
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
