@@ -36,7 +36,7 @@ use sealdrop_protocol::crypto::Entropy;
 use sealdrop_protocol::decode::RevisionChoice;
 use sealdrop_protocol::server::{CloseReason, ServerConfig, ServerEvent, VerdictKind};
 use sealdrop_protocol::store::{Commit, Durability, Store};
-use sealdrop_protocol::ServerSession;
+use sealdrop_protocol::{ResponseKind, Revision, ServerSession};
 
 use crate::config::Settings;
 use crate::control::{self, Control};
@@ -185,6 +185,25 @@ pub struct Server {
     /// When the store's commit in flight started (PostgreSQL: it ends
     /// when the database answers, some passes later).
     commit_started: Option<Instant>,
+    /// The summary lines of accepted uploads, logged once the commit that
+    /// keeps them is known to have succeeded (or failed).
+    held_verdicts: Vec<HeldVerdict>,
+}
+
+/// An accepted upload's summary line, waiting for the outcome of the
+/// commit of its batch: `outcome=verified` may only be logged for a file
+/// that is durable, or the log would claim a file a crash discarded.
+struct HeldVerdict {
+    /// The connection's serial (what a [`Commit`] names connections by).
+    serial: u64,
+    /// The store's batch the acceptance went into ([`Store::batch`]).
+    batch: u64,
+    /// The line up to its outcome.
+    line: String,
+    /// It replaces a verified file of that name.
+    replaced: bool,
+    /// What the connection's revision answers a failure with.
+    error_answer: String,
 }
 
 impl Server {
@@ -267,6 +286,7 @@ impl Server {
             metrics,
             by_serial: HashMap::new(),
             commit_started: None,
+            held_verdicts: Vec::new(),
         })
     }
 
@@ -360,9 +380,11 @@ impl Server {
             self.end_pass();
             if self.drain_done(now) {
                 if self.store.uncommitted() || self.commit_started.is_some() {
-                    if let Some(e) = self.store.commit(Instant::now()).error {
+                    let commit = self.store.commit(Instant::now());
+                    if let Some(e) = &commit.error {
                         log::error!("storage sync at exit failed: {e}");
                     }
+                    self.settle_verdicts(&commit);
                 }
                 return Ok(());
             }
@@ -435,7 +457,14 @@ impl Server {
                 if conn.session.holds_output() {
                     conn.session
                         .handle_commit(Durability::Durable, &mut self.store);
-                    log_events(key, conn, &self.observer, &mut self.metrics);
+                    log_events(
+                        key,
+                        conn,
+                        &self.observer,
+                        &mut self.metrics,
+                        &mut self.held_verdicts,
+                        self.store.batch(),
+                    );
                     self.again.push(Token(key));
                 }
             }
@@ -453,8 +482,12 @@ impl Server {
         self.metrics.pass_ended(Some(commit), took);
         self.metrics.files_removed(self.store.take_removed_bytes());
         if let Some(e) = commit.error.as_ref() {
-            log::error!("storage sync failed: {e}; the answers that waited for it become 2107");
+            log::error!(
+                "storage sync failed: {e}; the answers that waited for it become the \
+                 revision's error answer (2107, 1607 in 2024a/c; a close in 2022c)"
+            );
         }
+        self.settle_verdicts(commit);
         if let Some(c) = self.control.as_mut() {
             c.committed(self.poll.registry(), commit.error.as_ref());
         }
@@ -476,8 +509,42 @@ impl Server {
                 );
             }
             conn.session.handle_commit_of(commit, &mut self.store);
-            log_events(key, conn, &self.observer, &mut self.metrics);
+            log_events(
+                key,
+                conn,
+                &self.observer,
+                &mut self.metrics,
+                &mut self.held_verdicts,
+                self.store.batch(),
+            );
             self.again.push(Token(key));
+        }
+    }
+
+    /// Logs the summary lines of the accepted uploads `commit` decided:
+    /// `outcome=verified` for those it made durable, what happened
+    /// instead for the others. Lines of a later batch wait for theirs.
+    fn settle_verdicts(&mut self, commit: &Commit) {
+        let (decided, later) = std::mem::take(&mut self.held_verdicts)
+            .into_iter()
+            .partition(|h| h.batch <= commit.batch);
+        self.held_verdicts = later;
+        for h in decided {
+            let line = &h.line;
+            if let Some(refusal) = commit.refusal(h.serial) {
+                log::warn!(
+                    "{line} outcome=refused-at-commit({}) reason=\"{}\"",
+                    h.error_answer,
+                    refusal.error
+                );
+            } else if commit.outcome(h.serial) == Durability::Failed {
+                log::warn!("{line} outcome=commit-failed({})", h.error_answer);
+            } else if h.replaced {
+                // §6 allows it, but an operator wants to know.
+                log::info!("{line} outcome=verified replaced=earlier-file");
+            } else {
+                log::info!("{line} outcome=verified");
+            }
         }
     }
 
@@ -757,7 +824,14 @@ impl Server {
                     now,
                     &self.metrics,
                 );
-                log_events(key, conn, &self.observer, &mut self.metrics);
+                log_events(
+                    key,
+                    conn,
+                    &self.observer,
+                    &mut self.metrics,
+                    &mut self.held_verdicts,
+                    self.store.batch(),
+                );
                 let finished = conn.session.is_finished();
                 match step {
                     Step::Failed(why) => return self.close(key, &why),
@@ -856,7 +930,14 @@ impl Server {
         let mut conn = self.conns.remove(key);
         self.by_serial.remove(&conn.serial);
         conn.session.close(Instant::now(), &mut self.store);
-        log_events(key, &mut conn, &self.observer, &mut self.metrics);
+        log_events(
+            key,
+            &mut conn,
+            &self.observer,
+            &mut self.metrics,
+            &mut self.held_verdicts,
+            self.store.batch(),
+        );
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let reason = conn
             .session
@@ -1028,11 +1109,17 @@ fn describe_close(reason: CloseReason) -> &'static str {
 /// unique for the process's life; `key`, the slab key, is reused and only
 /// goes to the observer), and counts it in the metrics. Never key
 /// material or content.
+///
+/// The summary line of an accepted upload waits in `held` (with the
+/// store's current `batch`, the one its acceptance went into) until the
+/// commit that keeps it is decided ([`Server::settle_verdicts`]).
 fn log_events(
     key: usize,
     conn: &mut Conn,
     observer: &Option<Sender<Observed>>,
     metrics: &mut Metrics,
+    held: &mut Vec<HeldVerdict>,
+    batch: u64,
 ) {
     while let Some(event) = conn.session.poll_event() {
         metrics.session_event(conn.serial, conn.session.answer_revision(), &event);
@@ -1047,6 +1134,7 @@ fn log_events(
             );
         }
         let (n, p) = (conn.serial, conn.peer);
+        let rev = conn.session.answer_revision();
         match event {
             ServerEvent::Registered {
                 client_id,
@@ -1097,22 +1185,33 @@ fn log_events(
                 last,
                 duration,
             } => {
-                let outcome = match (verdict, applied) {
-                    // §6 allows it, but an operator wants to know.
-                    (VerdictKind::CrcOk, true) if replaced => "verified replaced=earlier-file",
-                    (VerdictKind::CrcOk, true) => "verified",
-                    (VerdictKind::CrcBad, _) => "crc-mismatch-resending",
-                    (VerdictKind::CrcGiveUp, _) => "crc-mismatch-gave-up",
-                    (VerdictKind::CrcOk, false) => "nothing-pending(2107)",
-                };
                 let (bytes, cksum) = match last {
                     Some(s) => (s.plain_len.to_string(), s.cksum.to_string()),
                     None => ("?".into(), "?".into()),
                 };
                 let secs = duration.map_or("?".into(), |d| format!("{:.3}s", d.as_secs_f64()));
-                log::info!(
-                    "conn#{n} {p}: upload client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempts={attempts} duration={secs} outcome={outcome}"
-                )
+                let line = format!(
+                    "conn#{n} {p}: upload client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempts={attempts} duration={secs}"
+                );
+                let outcome = match (verdict, applied) {
+                    (VerdictKind::CrcOk, true) => {
+                        held.push(HeldVerdict {
+                            serial: n,
+                            batch,
+                            line,
+                            replaced,
+                            error_answer: answer_code(rev, ResponseKind::GeneralError),
+                        });
+                        continue;
+                    }
+                    (VerdictKind::CrcBad, _) => "crc-mismatch-resending".to_owned(),
+                    (VerdictKind::CrcGiveUp, _) => "crc-mismatch-gave-up".to_owned(),
+                    (VerdictKind::CrcOk, false) => format!(
+                        "nothing-pending({})",
+                        answer_code(rev, ResponseKind::GeneralError)
+                    ),
+                };
+                log::info!("{line} outcome={outcome}")
             }
             ServerEvent::Refused {
                 kind,
@@ -1126,6 +1225,17 @@ fn log_events(
                 log::debug!("conn#{n} {p}: closing: {}", describe_close(reason))
             }
         }
+    }
+}
+
+/// The code `kind` has in revision `rev`, as the log shows an answer the
+/// server sent: `2107` in 2023c, `1607` in 2024a/c; `closed` where the
+/// revision has no such response (2022c has no 2105-2107: the session
+/// closes the connection without a word instead).
+fn answer_code(rev: Revision, kind: ResponseKind) -> String {
+    match rev.response_code(kind) {
+        Some(code) => code.to_string(),
+        None => "closed".to_owned(),
     }
 }
 

@@ -13,6 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use sealdrop_protocol::cksum::cksum;
+use sealdrop_protocol::Response;
 
 /// What a finished command did (a [`Ran`] that failure messages can show).
 #[derive(Debug)]
@@ -428,6 +430,82 @@ fn connections_are_numbered_for_the_process_life_and_upload_starts_are_logged() 
             .expect("a received line");
         assert!(start < received, "{lines:#?}");
     }
+    s.stop();
+}
+
+/// The log lines of the current run that contain every one of `parts`.
+fn lines_with(s: &Server, parts: &[&str]) -> Vec<String> {
+    s.log_lines()
+        .into_iter()
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .collect()
+}
+
+/// Alice's upload of `name` (received, 2103), awaiting its verdict.
+fn received(client: &Client, c: &mut Conn, name: &str, data: &[u8]) {
+    client.send_file(c, name, data);
+    let r = c.recv();
+    client.check_received(&r, name, data.len() as u64, cksum(data));
+}
+
+#[test]
+fn an_upload_whose_commit_failed_is_never_logged_as_verified() {
+    let mut s = Server::start(&[]);
+    let (alice, mut a) = Client::setup(s.addr(), &unique_name("blocked"));
+    let data = random_bytes(61, 20_000);
+    received(&alice, &mut a, "report.pdf", &data);
+    // A folder where the file must go: the group commit cannot place it.
+    let in_the_way = s.final_path(&alice.id, "report.pdf");
+    fs::create_dir(&in_the_way).unwrap();
+    fs::write(in_the_way.join("keep"), b"k").unwrap();
+    alice.send_verdict(&mut a, 1029, "report.pdf");
+    match a.try_recv(Duration::from_secs(20)) {
+        Ok(Response::GeneralError) => {}
+        other => panic!("expected 2107, got {other:?}\n{}", s.recent()),
+    }
+    a.expect_closed(Duration::from_secs(10));
+    let who = format!("client={}", alice.id);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            !lines_with(
+                &s,
+                &[&who, "file=\"report.pdf\"", "outcome=commit-failed(2107)"],
+            )
+            .is_empty()
+        }),
+        "no commit-failed line:\n{}",
+        s.recent()
+    );
+    let failed = lines_with(&s, &[&who, "outcome=commit-failed(2107)"]);
+    assert!(
+        failed[0].contains(" WARN ")
+            && failed[0].contains("bytes=20000 ")
+            && failed[0].contains(&format!("cksum={} ", cksum(&data))),
+        "{failed:?}"
+    );
+    assert!(
+        lines_with(&s, &[&who, "outcome=verified"]).is_empty(),
+        "a file that was not kept is logged as verified:\n{}",
+        s.recent()
+    );
+    assert_eq!(s.file_row(&alice.id, "report.pdf").unwrap().verified, 0);
+    // Once the way is clear, the retried 1029 keeps it, and only now the
+    // log says verified.
+    fs::remove_dir_all(&in_the_way).unwrap();
+    let mut a = s.connect();
+    alice.verify(&mut a, "report.pdf");
+    assert!(
+        s.wait_log("outcome=verified", Duration::from_secs(10)),
+        "{}",
+        s.recent()
+    );
+    let verified = lines_with(&s, &[&who, "file=\"report.pdf\"", "outcome=verified"]);
+    assert_eq!(verified.len(), 1, "{verified:?}");
+    assert!(verified[0].ends_with("outcome=verified"), "{verified:?}");
+    assert_eq!(
+        fs::read(s.final_path(&alice.id, "report.pdf")).unwrap(),
+        data
+    );
     s.stop();
 }
 
