@@ -509,6 +509,57 @@ fn an_upload_whose_commit_failed_is_never_logged_as_verified() {
     s.stop();
 }
 
+#[test]
+fn a_replacing_upload_is_logged_as_replacing_the_earlier_file() {
+    let mut s = Server::start(&[]);
+    let (alice, mut a) = Client::setup(s.addr(), &unique_name("replacer"));
+    let (bob, mut b) = Client::setup(s.addr(), &unique_name("beside"));
+    alice.upload_verified(&mut a, "doc.txt", b"first version");
+    // Another client's file of the same name replaces nothing of alice's.
+    bob.upload_verified(&mut b, "doc.txt", b"bob's own");
+    alice.upload_verified(&mut a, "doc.txt", b"second version");
+    alice.upload_verified(&mut a, "other.txt", b"a new name");
+    // The upload lines of a client's file, once there are `n` of them.
+    let line = |client: &Client, name: &str, n: usize| {
+        let who = format!("client={}", client.id);
+        let file = format!("file={name:?}");
+        let mut lines = Vec::new();
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                lines = lines_with(&s, &[&who, &file, " outcome="]);
+                lines.len() >= n
+            }),
+            "fewer than {n} upload lines for {name}:\n{}",
+            s.recent()
+        );
+        lines
+    };
+    let alice_doc = line(&alice, "doc.txt", 2);
+    let ends: Vec<&str> = alice_doc
+        .iter()
+        .map(|l| &l[l.find(" outcome=").unwrap()..])
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            " outcome=verified",
+            " outcome=verified replaced=earlier-file"
+        ],
+        "{alice_doc:#?}"
+    );
+    assert!(alice_doc[1].contains("bytes=14 "), "{alice_doc:?}");
+    for (client, name) in [(&bob, "doc.txt"), (&alice, "other.txt")] {
+        let lines = line(client, name, 1);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].ends_with(" outcome=verified"), "{lines:?}");
+    }
+    assert_eq!(
+        fs::read(s.final_path(&alice.id, "doc.txt")).unwrap(),
+        b"second version"
+    );
+    s.stop();
+}
+
 // ---------------------------------------------------------------------------
 // 5. Completions, man page, make install
 // ---------------------------------------------------------------------------
