@@ -34,6 +34,7 @@ use slab::Slab;
 use crate::store::DiskStore;
 use sealdrop_protocol::crypto::Entropy;
 use sealdrop_protocol::decode::RevisionChoice;
+use sealdrop_protocol::error::DecodeError;
 use sealdrop_protocol::server::{CloseReason, ServerConfig, ServerEvent, VerdictKind};
 use sealdrop_protocol::store::{Commit, Durability, Store};
 use sealdrop_protocol::{ResponseKind, Revision, ServerSession};
@@ -503,9 +504,10 @@ impl Server {
                 && commit.refusal(conn.serial).is_none()
             {
                 log::warn!(
-                    "conn#{} {}: answers withheld (not durable): 2107 and close",
+                    "conn#{} {}: answers withheld (not durable): {}",
                     conn.serial,
-                    conn.peer
+                    conn.peer,
+                    error_sent(conn.session.answer_revision()),
                 );
             }
             conn.session.handle_commit_of(commit, &mut self.store);
@@ -813,7 +815,7 @@ impl Server {
                 match linger_step(conn, &mut self.read_buf, &self.metrics) {
                     Step::Moved if now < until => {}
                     Step::Idle if now < until => break,
-                    _ => return self.close(key, "2107 sent, framing lost"),
+                    _ => return self.close(key, "framing lost"),
                 }
             } else {
                 let step = step(
@@ -890,7 +892,7 @@ impl Server {
             }
             conn.armed = None;
             if conn.linger.is_some_and(|(until, _)| now >= until) {
-                self.close(key, "2107 sent, framing lost");
+                self.close(key, "framing lost");
                 continue;
             }
             self.enter(key);
@@ -942,8 +944,8 @@ impl Server {
         let reason = conn
             .session
             .close_reason()
-            .map(describe_close)
-            .unwrap_or("closed");
+            .map(|r| describe_close(r, conn.session.answer_revision()))
+            .unwrap_or_else(|| "closed".to_owned());
         log::info!(
             "conn#{} {}: closed: {reason} ({why}); {} open",
             conn.serial,
@@ -1088,19 +1090,40 @@ fn is_descriptor_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(24) | Some(23) | Some(105) | Some(12))
 }
 
-fn describe_close(reason: CloseReason) -> &'static str {
+fn describe_close(reason: CloseReason, rev: Revision) -> String {
+    let sent = error_sent(rev);
     match reason {
-        CloseReason::Decode(_) => "undecodable frame (2107 sent)",
-        CloseReason::HeaderTimeout => "header timeout",
-        CloseReason::IdleTimeout => "idle timeout",
-        CloseReason::TooSlow => "upload slower than the minimum rate",
-        CloseReason::WriteStalled => "peer not reading its responses",
-        CloseReason::PeerClosed => "peer closed",
-        CloseReason::PeerClosedMidFrame => "peer closed inside a request",
-        CloseReason::Local => "closed by the server",
-        CloseReason::NotDurable => "storage sync failed (2107 sent)",
-        CloseReason::RefusedAtCommit => "accepted upload refused by the database (2107 sent)",
-        CloseReason::NoErrorResponse => "request refused; the revision has no error response",
+        CloseReason::Decode(DecodeError::ContentTooLarge {
+            content_size,
+            limit,
+        }) => format!(
+            "file over the size limit (--max-file-size): {content_size} encrypted bytes \
+             declared, at most {limit} accepted ({sent})"
+        ),
+        CloseReason::Decode(e) => format!("undecodable frame: {e} ({sent})"),
+        CloseReason::HeaderTimeout => "header timeout".into(),
+        CloseReason::IdleTimeout => "idle timeout".into(),
+        CloseReason::TooSlow => "upload slower than the minimum rate".into(),
+        CloseReason::WriteStalled => "peer not reading its responses".into(),
+        CloseReason::PeerClosed => "peer closed".into(),
+        CloseReason::PeerClosedMidFrame => "peer closed inside a request".into(),
+        CloseReason::Local => "closed by the server".into(),
+        CloseReason::NotDurable => format!("storage sync failed ({sent})"),
+        CloseReason::RefusedAtCommit => {
+            format!("accepted upload refused by the database ({sent})")
+        }
+        CloseReason::NoErrorResponse => {
+            "request refused; the revision has no error response".into()
+        }
+    }
+}
+
+/// What the log says of the error answer of `rev` that preceded a close:
+/// `2107 sent`, `1607 sent`, or none (2022c has no error response).
+fn error_sent(rev: Revision) -> String {
+    match rev.response_code(ResponseKind::GeneralError) {
+        Some(code) => format!("{code} sent"),
+        None => format!("no error answer in {}", rev.name()),
     }
 }
 
@@ -1145,16 +1168,28 @@ fn log_events(
                 if replaced { " (released an unkeyed record)" } else { "" }
             ),
             ServerEvent::RegistrationFailed { name, reason } => {
-                log::info!("conn#{n} {p}: 1025 {name:?} refused (2101): {reason}")
+                log::info!(
+                    "conn#{n} {p}: 1025 {name:?} refused ({}): {reason}",
+                    answer_code(rev, ResponseKind::RegistrationFailed)
+                )
             }
             ServerEvent::KeyAccepted { client_id } => {
-                log::info!("conn#{n} {p}: 1026 key accepted for {client_id} (2102)")
+                log::info!(
+                    "conn#{n} {p}: 1026 key accepted for {client_id} ({})",
+                    answer_code(rev, ResponseKind::KeyAccepted)
+                )
             }
             ServerEvent::Reconnected { client_id } => {
-                log::info!("conn#{n} {p}: 1027 reconnect accepted for {client_id} (2105)")
+                log::info!(
+                    "conn#{n} {p}: 1027 reconnect accepted for {client_id} ({})",
+                    answer_code(rev, ResponseKind::ReconnectAccepted)
+                )
             }
             ServerEvent::ReconnectDenied { client_id, reason } => {
-                log::info!("conn#{n} {p}: 1027 reconnect denied for {client_id} (2106): {reason}")
+                log::info!(
+                    "conn#{n} {p}: 1027 reconnect denied for {client_id} ({}): {reason}",
+                    answer_code(rev, ResponseKind::ReconnectDenied)
+                )
             }
             ServerEvent::UploadStarted {
                 client_id,
@@ -1172,8 +1207,9 @@ fn log_events(
                 attempt,
                 duration,
             } => log::info!(
-                "conn#{n} {p}: 1028 received client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempt={attempt} in {:.3}s (2103, awaiting verdict)",
-                duration.as_secs_f64()
+                "conn#{n} {p}: 1028 received client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempt={attempt} in {:.3}s ({}, awaiting verdict)",
+                duration.as_secs_f64(),
+                answer_code(rev, ResponseKind::FileReceived)
             ),
             ServerEvent::Verdict {
                 client_id,
@@ -1217,12 +1253,15 @@ fn log_events(
                 kind,
                 client_id,
                 reason,
-            } => log::warn!("conn#{n} {p}: {kind:?} from {client_id} refused (2107): {reason}"),
+            } => log::warn!(
+                "conn#{n} {p}: {kind:?} from {client_id} refused ({}): {reason}",
+                answer_code(rev, ResponseKind::GeneralError)
+            ),
             ServerEvent::RevisionDetected { revision } => {
                 log::info!("conn#{n} {p}: speaks revision {revision}")
             }
             ServerEvent::Closing(reason) => {
-                log::debug!("conn#{n} {p}: closing: {}", describe_close(reason))
+                log::debug!("conn#{n} {p}: closing: {}", describe_close(reason, rev))
             }
         }
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use sealdrop_protocol::cksum::cksum;
-use sealdrop_protocol::Response;
+use sealdrop_protocol::{Response, Revision};
 
 /// What a finished command did (a [`Ran`] that failure messages can show).
 #[derive(Debug)]
@@ -557,6 +557,91 @@ fn a_replacing_upload_is_logged_as_replacing_the_earlier_file() {
         fs::read(s.final_path(&alice.id, "doc.txt")).unwrap(),
         b"second version"
     );
+    s.stop();
+}
+
+/// A client of revision `rev`, registered and keyed on a new connection.
+fn keyed_in(s: &Server, rev: Revision, name: &str) -> (Client, Conn) {
+    let mut client = Client::new(&unique_name(name)).in_revision(rev);
+    let mut c = client.connect(s.addr());
+    client.register(&mut c);
+    client.exchange_key(&mut c);
+    (client, c)
+}
+
+#[test]
+fn log_lines_show_the_code_the_connections_revision_sent() {
+    let mut s = Server::start(&[]);
+    for (rev, key_accepted, error) in [
+        (Revision::R2023c, 2102, 2107),
+        (Revision::R2024c, 1602, 1607),
+    ] {
+        let (client, mut c) = keyed_in(&s, rev, "codes");
+        // A 1029 with nothing awaiting a verdict.
+        client.send_verdict(&mut c, 1029, "never-sent.txt");
+        c.expect(error);
+        let who = format!("client={}", client.id);
+        let wanted = [
+            format!("key accepted for {} ({key_accepted})", client.id),
+            format!("{who} file=\"never-sent.txt\""),
+        ];
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                s.log_contains(&wanted[0]) && s.log_contains(&wanted[1])
+            }),
+            "{rev}: {wanted:?} not logged:\n{}",
+            s.recent()
+        );
+        let verdict = lines_with(&s, &[&who, "file=\"never-sent.txt\""]);
+        assert!(
+            verdict[0].ends_with(&format!(" outcome=nothing-pending({error})")),
+            "{rev}: {verdict:?}"
+        );
+        // A verdict of an unknown client is refused with the same code.
+        let mut stranger = Client::new(&unique_name("stranger")).in_revision(rev);
+        let mut d = stranger.connect(s.addr());
+        stranger.send_verdict(&mut d, 1029, "x.txt");
+        d.expect(error);
+        let refused = format!("CrcOk from {} refused ({error}): ", stranger.id);
+        // And its 1027 is denied with the revision's code.
+        let denied_code = error - 1;
+        assert!(matches!(
+            stranger.try_reconnect(&mut d),
+            Ok(Response::ReconnectDenied { .. })
+        ));
+        let denied = format!("reconnect denied for {} ({denied_code}): ", stranger.id);
+        for line in [&refused, &denied] {
+            assert!(
+                s.wait_log(line, Duration::from_secs(10)),
+                "{rev}: no {line:?}:\n{}",
+                s.recent()
+            );
+        }
+    }
+    s.stop();
+}
+
+#[test]
+fn a_file_over_max_file_size_is_logged_as_over_the_limit() {
+    let mut s = Server::start(&["--max-file-size", "1K"]);
+    for (rev, error) in [(Revision::R2023c, 2107), (Revision::R2024c, 1607)] {
+        let (client, mut c) = keyed_in(&s, rev, "big");
+        client.send_file(&mut c, "big.bin", &random_bytes(62, 2000));
+        c.expect(error);
+        c.expect_closed(Duration::from_secs(10));
+        // 2000 plaintext bytes are 2016 encrypted; 1 KiB allows 1040.
+        let over = format!(
+            "closed: file over the size limit (--max-file-size): 2016 encrypted bytes \
+             declared, at most 1040 accepted ({error} sent)"
+        );
+        assert!(
+            s.wait_log(&over, Duration::from_secs(10)),
+            "{rev}: no {over:?}:\n{}",
+            s.recent()
+        );
+        assert!(!s.log_contains("undecodable"), "{}", s.recent());
+        assert!(s.file_row(&client.id, "big.bin").is_none());
+    }
     s.stop();
 }
 
