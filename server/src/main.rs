@@ -162,7 +162,11 @@ fn run(args: &Args, early_hup: EarlyHup) -> Result<()> {
 ///
 /// * `sealdrop-server --print-completions SHELL` prints the completion
 ///   script for bash, zsh, fish, elvish or powershell;
-/// * `sealdrop-server --print-man` prints the man page (roff, section 8).
+/// * `sealdrop-server --print-man` prints the man page (roff, section 8);
+/// * `sealdrop-server --write-man-pages DIR` writes that page and one per
+///   administration subcommand (`sealdrop-server-clients.8`,
+///   `sealdrop-server-clients-forget.8`, ...) into DIR, each path on a
+///   line of stdout: the pages the main one refers to.
 ///
 /// They are read before clap, not declared to it: clap_complete completes
 /// even hidden flags, and these belong in neither the completions, the
@@ -192,6 +196,7 @@ fn packager_output() -> Option<ExitCode> {
             out.write_all(script.as_bytes()).and_then(|()| out.flush())
         }
         ["--print-man"] => print_man(&mut std::io::stdout().lock()),
+        ["--write-man-pages", dir] => write_man_pages(Path::new(dir)),
         _ => return None,
     };
     match written {
@@ -232,7 +237,7 @@ fn fix_bash_subcommands(script: &str, bin: &str) -> String {
 /// into one paragraph).
 fn print_man(out: &mut impl Write) -> std::io::Result<()> {
     let mut page = Vec::new();
-    clap_mangen::Man::new(Args::command().after_help(None::<&str>))
+    clap_mangen::Man::new(man_command().after_help(None::<&str>))
         .section(config::MAN_SECTION)
         .render(&mut page)?;
     let page = String::from_utf8_lossy(&page);
@@ -257,6 +262,52 @@ fn print_man(out: &mut impl Write) -> std::io::Result<()> {
     out.write_all(sections.as_bytes())?;
     out.write_all(page[at..].as_bytes())?;
     out.flush()
+}
+
+/// The command as the man pages show it: without the `help` subcommands,
+/// which have no page (`--help` and `help` are the same text), so every
+/// `sealdrop-server-*(8)` a page refers to is one `--write-man-pages`
+/// writes.
+fn man_command() -> clap::Command {
+    fn without_help(cmd: clap::Command) -> clap::Command {
+        cmd.disable_help_subcommand(true)
+            .mut_subcommands(without_help)
+    }
+    let mut cmd = without_help(Args::command());
+    // Names each subcommand `sealdrop-server-clients-forget` and so on.
+    cmd.build();
+    cmd
+}
+
+/// `--write-man-pages DIR`: the page of `--print-man` as
+/// `sealdrop-server.8`, and a page per subcommand, at every depth, named
+/// as the pages refer to them (`sealdrop-server-clients-forget.8`).
+fn write_man_pages(dir: &Path) -> std::io::Result<()> {
+    fn write(dir: &Path, name: &str, page: &[u8]) -> std::io::Result<()> {
+        let path = dir.join(format!("{name}.{}", config::MAN_SECTION));
+        std::fs::write(&path, page)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", path.display())
+    }
+    fn subcommand_pages(dir: &Path, cmd: &clap::Command) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let man = clap_mangen::Man::new(sub.clone())
+                .section(config::MAN_SECTION)
+                .source(concat!("sealdrop-server ", env!("CARGO_PKG_VERSION")));
+            let mut page = Vec::new();
+            man.render(&mut page)?;
+            let name = sub.get_display_name().unwrap_or_else(|| sub.get_name());
+            write(dir, name, &page)?;
+            subcommand_pages(dir, sub)?;
+        }
+        Ok(())
+    }
+    let mut page = Vec::new();
+    print_man(&mut page)?;
+    write(dir, BIN_NAME, &page)?;
+    subcommand_pages(dir, &man_command())?;
+    std::io::stdout().flush()
 }
 
 /// Text as roff shows it literally: backslashes, hyphens (a plain `-` may

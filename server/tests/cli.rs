@@ -886,6 +886,29 @@ fn client_bin() -> PathBuf {
     client
 }
 
+/// The pages a roff man page refers to: each `sealdrop...(N)` in it (with
+/// roff's `\-` for a hyphen), as (name, section).
+fn man_references(roff: &str) -> Vec<(String, String)> {
+    let text = roff.replace("\\-", "-");
+    let mut found = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("sealdrop") {
+        let tail = &rest[at..];
+        let name_len = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+            .unwrap_or(tail.len());
+        let (name, after) = tail.split_at(name_len);
+        let mut chars = after.chars();
+        if let (Some('('), Some(section), Some(')')) = (chars.next(), chars.next(), chars.next()) {
+            if section.is_ascii_digit() {
+                found.push((name.to_owned(), section.to_string()));
+            }
+        }
+        rest = &tail[name_len..];
+    }
+    found
+}
+
 #[test]
 fn make_install_lays_out_a_packagers_tree() {
     let tmp = tempfile::tempdir().unwrap();
@@ -913,6 +936,16 @@ fn make_install_lays_out_a_packagers_tree() {
             "usr/share/fish/vendor_completions.d/sealdrop-client.fish",
             "usr/share/fish/vendor_completions.d/sealdrop-server.fish",
             "usr/share/man/man1/sealdrop-client.1",
+            "usr/share/man/man8/sealdrop-server-clients-forget.8",
+            "usr/share/man/man8/sealdrop-server-clients-list.8",
+            "usr/share/man/man8/sealdrop-server-clients-quota.8",
+            "usr/share/man/man8/sealdrop-server-clients-show.8",
+            "usr/share/man/man8/sealdrop-server-clients.8",
+            "usr/share/man/man8/sealdrop-server-files-delete.8",
+            "usr/share/man/man8/sealdrop-server-files-list.8",
+            "usr/share/man/man8/sealdrop-server-files.8",
+            "usr/share/man/man8/sealdrop-server-stats.8",
+            "usr/share/man/man8/sealdrop-server-verify.8",
             "usr/share/man/man8/sealdrop-server.8",
             "usr/share/zsh/site-functions/_sealdrop-client",
             "usr/share/zsh/site-functions/_sealdrop-server",
@@ -989,6 +1022,35 @@ fn make_install_lays_out_a_packagers_tree() {
         );
         assert_eq!(mode(&usr.join(path)), 0o644, "{path}");
     }
+    // The subcommands' pages are the server's own output too.
+    let written = tmp.path().join("man-pages");
+    fs::create_dir(&written).unwrap();
+    let listed = server(&["--write-man-pages", written.to_str().unwrap()]);
+    assert_eq!(listed.lines().count(), 11, "{listed}");
+    for page in tree(&written) {
+        let installed = usr.join("share/man/man8").join(&page);
+        assert_eq!(
+            fs::read(&installed).unwrap(),
+            fs::read(written.join(&page)).unwrap(),
+            "{page}"
+        );
+        assert_eq!(mode(&installed), 0o644, "{page}");
+    }
+    // Every page a page refers to is installed.
+    let man = usr.join("share/man");
+    let mut referred = 0;
+    for page in tree(&man) {
+        let text = fs::read_to_string(man.join(&page)).unwrap();
+        for (name, section) in man_references(&text) {
+            let file = format!("man{section}/{name}.{section}");
+            assert!(
+                man.join(&file).is_file(),
+                "{page} refers to {name}({section}), which is not installed"
+            );
+            referred += 1;
+        }
+    }
+    assert!(referred >= 10, "{referred} references");
 
     // The default PREFIX is /usr/local, where the units already point.
     let dest = tmp.path().join("dest-default");
