@@ -196,7 +196,13 @@ fn packager_output() -> Option<ExitCode> {
             out.write_all(script.as_bytes()).and_then(|()| out.flush())
         }
         ["--print-man"] => print_man(&mut std::io::stdout().lock()),
-        ["--write-man-pages", dir] => write_man_pages(Path::new(dir)),
+        ["--write-man-pages", dir] => {
+            if let Err(e) = write_man_pages(Path::new(dir)) {
+                eprintln!("sealdrop-server: error: --write-man-pages: {e}");
+                return Some(ExitCode::FAILURE);
+            }
+            Ok(())
+        }
         _ => return None,
     };
     match written {

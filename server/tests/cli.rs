@@ -701,6 +701,19 @@ fn completions_and_man_page_are_generated_from_the_flags() {
     assert!(!help.stdout.contains("print-"), "{}", help.stdout);
     let tcsh = server_in(tmp.path(), &["--print-completions", "tcsh"]);
     assert_eq!(tcsh.status.code(), Some(1), "{tcsh:?}");
+    let missing = tmp.path().join("no-such-dir");
+    let pages = server_in(
+        tmp.path(),
+        &["--write-man-pages", missing.to_str().unwrap()],
+    );
+    assert_eq!(pages.status.code(), Some(1), "{pages:?}");
+    assert!(
+        pages
+            .stderr
+            .starts_with("sealdrop-server: error: --write-man-pages: ")
+            && pages.stderr.contains("no-such-dir/sealdrop-server.8"),
+        "{pages:?}"
+    );
 }
 
 /// What bash completes for the command line `words` (the last word is the
