@@ -44,6 +44,11 @@ PROGRAMS := sealdrop-server sealdrop-client
 GENERATED := sealdrop-server sealdrop-client
 MAN_SECTION_sealdrop-server := 8
 MAN_SECTION_sealdrop-client := 1
+# Of those, the binaries with subcommands: besides their own page they
+# have one per subcommand, which their page refers to
+# (sealdrop-server-clients(8) ...); `PROGRAM --write-man-pages DIR`
+# writes them all into DIR.
+MAN_PAGES := sealdrop-server
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test interop bench fuzz build release install clean
@@ -135,9 +140,12 @@ install: ## Install the release binaries, systemd units, completions and man pag
 		$(INSTALL) -m 0644 "$$tmp/fish" "$(DESTDIR)$(FISHCOMPDIR)/$$p.fish"; \
 	done; \
 	$(foreach p,$(GENERATED),\
-		"$(BUILD_DIR)/$(p)" --print-man > "$$tmp/man"; \
+		rm -rf "$$tmp/man"; mkdir "$$tmp/man"; \
+		$(if $(filter $(p),$(MAN_PAGES)),\
+			"$(BUILD_DIR)/$(p)" --write-man-pages "$$tmp/man" > /dev/null;,\
+			"$(BUILD_DIR)/$(p)" --print-man > "$$tmp/man/$(p).$(MAN_SECTION_$(p))";) \
 		$(INSTALL) -d "$(DESTDIR)$(MANDIR)/man$(MAN_SECTION_$(p))"; \
-		$(INSTALL) -m 0644 "$$tmp/man" "$(DESTDIR)$(MANDIR)/man$(MAN_SECTION_$(p))/$(p).$(MAN_SECTION_$(p))";) \
+		$(INSTALL) -m 0644 "$$tmp/man"/* "$(DESTDIR)$(MANDIR)/man$(MAN_SECTION_$(p))/";) \
 	echo "install: done"
 
 clean: ## Remove build output (target/, and fuzz/target/ if present)

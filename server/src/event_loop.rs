@@ -34,9 +34,10 @@ use slab::Slab;
 use crate::store::DiskStore;
 use sealdrop_protocol::crypto::Entropy;
 use sealdrop_protocol::decode::RevisionChoice;
+use sealdrop_protocol::error::DecodeError;
 use sealdrop_protocol::server::{CloseReason, ServerConfig, ServerEvent, VerdictKind};
 use sealdrop_protocol::store::{Commit, Durability, Store};
-use sealdrop_protocol::ServerSession;
+use sealdrop_protocol::{ResponseKind, Revision, ServerSession};
 
 use crate::config::Settings;
 use crate::control::{self, Control};
@@ -185,6 +186,25 @@ pub struct Server {
     /// When the store's commit in flight started (PostgreSQL: it ends
     /// when the database answers, some passes later).
     commit_started: Option<Instant>,
+    /// The summary lines of accepted uploads, logged once the commit that
+    /// keeps them is known to have succeeded (or failed).
+    held_verdicts: Vec<HeldVerdict>,
+}
+
+/// An accepted upload's summary line, waiting for the outcome of the
+/// commit of its batch: `outcome=verified` may only be logged for a file
+/// that is durable, or the log would claim a file a crash discarded.
+struct HeldVerdict {
+    /// The connection's serial (what a [`Commit`] names connections by).
+    serial: u64,
+    /// The store's batch the acceptance went into ([`Store::batch`]).
+    batch: u64,
+    /// The line up to its outcome.
+    line: String,
+    /// It replaces a verified file of that name.
+    replaced: bool,
+    /// What the connection's revision answers a failure with.
+    error_answer: String,
 }
 
 impl Server {
@@ -267,6 +287,7 @@ impl Server {
             metrics,
             by_serial: HashMap::new(),
             commit_started: None,
+            held_verdicts: Vec::new(),
         })
     }
 
@@ -360,9 +381,11 @@ impl Server {
             self.end_pass();
             if self.drain_done(now) {
                 if self.store.uncommitted() || self.commit_started.is_some() {
-                    if let Some(e) = self.store.commit(Instant::now()).error {
+                    let commit = self.store.commit(Instant::now());
+                    if let Some(e) = &commit.error {
                         log::error!("storage sync at exit failed: {e}");
                     }
+                    self.settle_verdicts(&commit);
                 }
                 return Ok(());
             }
@@ -435,7 +458,14 @@ impl Server {
                 if conn.session.holds_output() {
                     conn.session
                         .handle_commit(Durability::Durable, &mut self.store);
-                    log_events(key, conn, &self.observer, &mut self.metrics);
+                    log_events(
+                        key,
+                        conn,
+                        &self.observer,
+                        &mut self.metrics,
+                        &mut self.held_verdicts,
+                        self.store.batch(),
+                    );
                     self.again.push(Token(key));
                 }
             }
@@ -453,8 +483,12 @@ impl Server {
         self.metrics.pass_ended(Some(commit), took);
         self.metrics.files_removed(self.store.take_removed_bytes());
         if let Some(e) = commit.error.as_ref() {
-            log::error!("storage sync failed: {e}; the answers that waited for it become 2107");
+            log::error!(
+                "storage sync failed: {e}; the answers that waited for it become the \
+                 revision's error answer (2107, 1607 in 2024a/c; a close in 2022c)"
+            );
         }
+        self.settle_verdicts(commit);
         if let Some(c) = self.control.as_mut() {
             c.committed(self.poll.registry(), commit.error.as_ref());
         }
@@ -470,14 +504,49 @@ impl Server {
                 && commit.refusal(conn.serial).is_none()
             {
                 log::warn!(
-                    "conn#{} {}: answers withheld (not durable): 2107 and close",
+                    "conn#{} {}: answers withheld (not durable): {}",
                     conn.serial,
-                    conn.peer
+                    conn.peer,
+                    error_sent(conn.session.answer_revision()),
                 );
             }
             conn.session.handle_commit_of(commit, &mut self.store);
-            log_events(key, conn, &self.observer, &mut self.metrics);
+            log_events(
+                key,
+                conn,
+                &self.observer,
+                &mut self.metrics,
+                &mut self.held_verdicts,
+                self.store.batch(),
+            );
             self.again.push(Token(key));
+        }
+    }
+
+    /// Logs the summary lines of the accepted uploads `commit` decided:
+    /// `outcome=verified` for those it made durable, what happened
+    /// instead for the others. Lines of a later batch wait for theirs.
+    fn settle_verdicts(&mut self, commit: &Commit) {
+        let (decided, later) = std::mem::take(&mut self.held_verdicts)
+            .into_iter()
+            .partition(|h| h.batch <= commit.batch);
+        self.held_verdicts = later;
+        for h in decided {
+            let line = &h.line;
+            if let Some(refusal) = commit.refusal(h.serial) {
+                log::warn!(
+                    "{line} outcome=refused-at-commit({}) reason=\"{}\"",
+                    h.error_answer,
+                    refusal.error
+                );
+            } else if commit.outcome(h.serial) == Durability::Failed {
+                log::warn!("{line} outcome=commit-failed({})", h.error_answer);
+            } else if h.replaced {
+                // §6 allows it, but an operator wants to know.
+                log::info!("{line} outcome=verified replaced=earlier-file");
+            } else {
+                log::info!("{line} outcome=verified");
+            }
         }
     }
 
@@ -746,7 +815,7 @@ impl Server {
                 match linger_step(conn, &mut self.read_buf, &self.metrics) {
                     Step::Moved if now < until => {}
                     Step::Idle if now < until => break,
-                    _ => return self.close(key, "2107 sent, framing lost"),
+                    _ => return self.close(key, "framing lost"),
                 }
             } else {
                 let step = step(
@@ -757,7 +826,14 @@ impl Server {
                     now,
                     &self.metrics,
                 );
-                log_events(key, conn, &self.observer, &mut self.metrics);
+                log_events(
+                    key,
+                    conn,
+                    &self.observer,
+                    &mut self.metrics,
+                    &mut self.held_verdicts,
+                    self.store.batch(),
+                );
                 let finished = conn.session.is_finished();
                 match step {
                     Step::Failed(why) => return self.close(key, &why),
@@ -816,7 +892,7 @@ impl Server {
             }
             conn.armed = None;
             if conn.linger.is_some_and(|(until, _)| now >= until) {
-                self.close(key, "2107 sent, framing lost");
+                self.close(key, "framing lost");
                 continue;
             }
             self.enter(key);
@@ -856,13 +932,20 @@ impl Server {
         let mut conn = self.conns.remove(key);
         self.by_serial.remove(&conn.serial);
         conn.session.close(Instant::now(), &mut self.store);
-        log_events(key, &mut conn, &self.observer, &mut self.metrics);
+        log_events(
+            key,
+            &mut conn,
+            &self.observer,
+            &mut self.metrics,
+            &mut self.held_verdicts,
+            self.store.batch(),
+        );
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let reason = conn
             .session
             .close_reason()
-            .map(describe_close)
-            .unwrap_or("closed");
+            .map(|r| describe_close(r, conn.session.answer_revision()))
+            .unwrap_or_else(|| "closed".to_owned());
         log::info!(
             "conn#{} {}: closed: {reason} ({why}); {} open",
             conn.serial,
@@ -1007,19 +1090,40 @@ fn is_descriptor_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(24) | Some(23) | Some(105) | Some(12))
 }
 
-fn describe_close(reason: CloseReason) -> &'static str {
+fn describe_close(reason: CloseReason, rev: Revision) -> String {
+    let sent = error_sent(rev);
     match reason {
-        CloseReason::Decode(_) => "undecodable frame (2107 sent)",
-        CloseReason::HeaderTimeout => "header timeout",
-        CloseReason::IdleTimeout => "idle timeout",
-        CloseReason::TooSlow => "upload slower than the minimum rate",
-        CloseReason::WriteStalled => "peer not reading its responses",
-        CloseReason::PeerClosed => "peer closed",
-        CloseReason::PeerClosedMidFrame => "peer closed inside a request",
-        CloseReason::Local => "closed by the server",
-        CloseReason::NotDurable => "storage sync failed (2107 sent)",
-        CloseReason::RefusedAtCommit => "accepted upload refused by the database (2107 sent)",
-        CloseReason::NoErrorResponse => "request refused; the revision has no error response",
+        CloseReason::Decode(DecodeError::ContentTooLarge {
+            content_size,
+            limit,
+        }) => format!(
+            "file over the size limit (--max-file-size): {content_size} encrypted bytes \
+             declared, at most {limit} accepted ({sent})"
+        ),
+        CloseReason::Decode(e) => format!("undecodable frame: {e} ({sent})"),
+        CloseReason::HeaderTimeout => "header timeout".into(),
+        CloseReason::IdleTimeout => "idle timeout".into(),
+        CloseReason::TooSlow => "upload slower than the minimum rate".into(),
+        CloseReason::WriteStalled => "peer not reading its responses".into(),
+        CloseReason::PeerClosed => "peer closed".into(),
+        CloseReason::PeerClosedMidFrame => "peer closed inside a request".into(),
+        CloseReason::Local => "closed by the server".into(),
+        CloseReason::NotDurable => format!("storage sync failed ({sent})"),
+        CloseReason::RefusedAtCommit => {
+            format!("accepted upload refused by the database ({sent})")
+        }
+        CloseReason::NoErrorResponse => {
+            "request refused; the revision has no error response".into()
+        }
+    }
+}
+
+/// What the log says of the error answer of `rev` that preceded a close:
+/// `2107 sent`, `1607 sent`, or none (2022c has no error response).
+fn error_sent(rev: Revision) -> String {
+    match rev.response_code(ResponseKind::GeneralError) {
+        Some(code) => format!("{code} sent"),
+        None => format!("no error answer in {}", rev.name()),
     }
 }
 
@@ -1028,11 +1132,17 @@ fn describe_close(reason: CloseReason) -> &'static str {
 /// unique for the process's life; `key`, the slab key, is reused and only
 /// goes to the observer), and counts it in the metrics. Never key
 /// material or content.
+///
+/// The summary line of an accepted upload waits in `held` (with the
+/// store's current `batch`, the one its acceptance went into) until the
+/// commit that keeps it is decided ([`Server::settle_verdicts`]).
 fn log_events(
     key: usize,
     conn: &mut Conn,
     observer: &Option<Sender<Observed>>,
     metrics: &mut Metrics,
+    held: &mut Vec<HeldVerdict>,
+    batch: u64,
 ) {
     while let Some(event) = conn.session.poll_event() {
         metrics.session_event(conn.serial, conn.session.answer_revision(), &event);
@@ -1047,6 +1157,7 @@ fn log_events(
             );
         }
         let (n, p) = (conn.serial, conn.peer);
+        let rev = conn.session.answer_revision();
         match event {
             ServerEvent::Registered {
                 client_id,
@@ -1057,16 +1168,28 @@ fn log_events(
                 if replaced { " (released an unkeyed record)" } else { "" }
             ),
             ServerEvent::RegistrationFailed { name, reason } => {
-                log::info!("conn#{n} {p}: 1025 {name:?} refused (2101): {reason}")
+                log::info!(
+                    "conn#{n} {p}: 1025 {name:?} refused ({}): {reason}",
+                    answer_code(rev, ResponseKind::RegistrationFailed)
+                )
             }
             ServerEvent::KeyAccepted { client_id } => {
-                log::info!("conn#{n} {p}: 1026 key accepted for {client_id} (2102)")
+                log::info!(
+                    "conn#{n} {p}: 1026 key accepted for {client_id} ({})",
+                    answer_code(rev, ResponseKind::KeyAccepted)
+                )
             }
             ServerEvent::Reconnected { client_id } => {
-                log::info!("conn#{n} {p}: 1027 reconnect accepted for {client_id} (2105)")
+                log::info!(
+                    "conn#{n} {p}: 1027 reconnect accepted for {client_id} ({})",
+                    answer_code(rev, ResponseKind::ReconnectAccepted)
+                )
             }
             ServerEvent::ReconnectDenied { client_id, reason } => {
-                log::info!("conn#{n} {p}: 1027 reconnect denied for {client_id} (2106): {reason}")
+                log::info!(
+                    "conn#{n} {p}: 1027 reconnect denied for {client_id} ({}): {reason}",
+                    answer_code(rev, ResponseKind::ReconnectDenied)
+                )
             }
             ServerEvent::UploadStarted {
                 client_id,
@@ -1084,8 +1207,9 @@ fn log_events(
                 attempt,
                 duration,
             } => log::info!(
-                "conn#{n} {p}: 1028 received client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempt={attempt} in {:.3}s (2103, awaiting verdict)",
-                duration.as_secs_f64()
+                "conn#{n} {p}: 1028 received client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempt={attempt} in {:.3}s ({}, awaiting verdict)",
+                duration.as_secs_f64(),
+                answer_code(rev, ResponseKind::FileReceived)
             ),
             ServerEvent::Verdict {
                 client_id,
@@ -1097,35 +1221,60 @@ fn log_events(
                 last,
                 duration,
             } => {
-                let outcome = match (verdict, applied) {
-                    // §6 allows it, but an operator wants to know.
-                    (VerdictKind::CrcOk, true) if replaced => "verified replaced=earlier-file",
-                    (VerdictKind::CrcOk, true) => "verified",
-                    (VerdictKind::CrcBad, _) => "crc-mismatch-resending",
-                    (VerdictKind::CrcGiveUp, _) => "crc-mismatch-gave-up",
-                    (VerdictKind::CrcOk, false) => "nothing-pending(2107)",
-                };
                 let (bytes, cksum) = match last {
                     Some(s) => (s.plain_len.to_string(), s.cksum.to_string()),
                     None => ("?".into(), "?".into()),
                 };
                 let secs = duration.map_or("?".into(), |d| format!("{:.3}s", d.as_secs_f64()));
-                log::info!(
-                    "conn#{n} {p}: upload client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempts={attempts} duration={secs} outcome={outcome}"
-                )
+                let line = format!(
+                    "conn#{n} {p}: upload client={client_id} file={file_name:?} bytes={bytes} cksum={cksum} attempts={attempts} duration={secs}"
+                );
+                let outcome = match (verdict, applied) {
+                    (VerdictKind::CrcOk, true) => {
+                        held.push(HeldVerdict {
+                            serial: n,
+                            batch,
+                            line,
+                            replaced,
+                            error_answer: answer_code(rev, ResponseKind::GeneralError),
+                        });
+                        continue;
+                    }
+                    (VerdictKind::CrcBad, _) => "crc-mismatch-resending".to_owned(),
+                    (VerdictKind::CrcGiveUp, _) => "crc-mismatch-gave-up".to_owned(),
+                    (VerdictKind::CrcOk, false) => format!(
+                        "nothing-pending({})",
+                        answer_code(rev, ResponseKind::GeneralError)
+                    ),
+                };
+                log::info!("{line} outcome={outcome}")
             }
             ServerEvent::Refused {
                 kind,
                 client_id,
                 reason,
-            } => log::warn!("conn#{n} {p}: {kind:?} from {client_id} refused (2107): {reason}"),
+            } => log::warn!(
+                "conn#{n} {p}: {kind:?} from {client_id} refused ({}): {reason}",
+                answer_code(rev, ResponseKind::GeneralError)
+            ),
             ServerEvent::RevisionDetected { revision } => {
                 log::info!("conn#{n} {p}: speaks revision {revision}")
             }
             ServerEvent::Closing(reason) => {
-                log::debug!("conn#{n} {p}: closing: {}", describe_close(reason))
+                log::debug!("conn#{n} {p}: closing: {}", describe_close(reason, rev))
             }
         }
+    }
+}
+
+/// The code `kind` has in revision `rev`, as the log shows an answer the
+/// server sent: `2107` in 2023c, `1607` in 2024a/c; `closed` where the
+/// revision has no such response (2022c has no 2105-2107: the session
+/// closes the connection without a word instead).
+fn answer_code(rev: Revision, kind: ResponseKind) -> String {
+    match rev.response_code(kind) {
+        Some(code) => code.to_string(),
+        None => "closed".to_owned(),
     }
 }
 

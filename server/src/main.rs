@@ -7,6 +7,8 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
@@ -18,6 +20,14 @@ use sealdrop_server::store::DiskStore;
 use sealdrop_server::{admin, logging, systemd};
 
 fn main() -> ExitCode {
+    // SIGHUP's default action ends the process. The event loop handles it
+    // (a log line, nothing else), but only once it is set up, after the
+    // database is open: until then this flag catches it, from the first
+    // instruction of main on, and the loop logs it when it starts.
+    let early_hup = Arc::new(AtomicBool::new(false));
+    let early_hup_id = signal_hook::flag::register(signal_hook::consts::SIGHUP, early_hup.clone())
+        .map_err(|e| eprintln!("sealdrop-server: warning: cannot catch SIGHUP at start: {e}"))
+        .ok();
     if let Some(code) = packager_output() {
         return code;
     }
@@ -36,6 +46,15 @@ fn main() -> ExitCode {
         }
     };
     if let Some(command) = &args.command {
+        // An administration command ends on SIGHUP (a closed terminal) as
+        // any command-line tool does.
+        if let Some(id) = early_hup_id {
+            signal_hook::low_level::unregister(id);
+            let _ = signal_hook::flag::register_conditional_default(
+                signal_hook::consts::SIGHUP,
+                Arc::new(AtomicBool::new(true)),
+            );
+        }
         // Only what went wrong: the command's own output is its result.
         logging::init("warn");
         let database =
@@ -71,7 +90,11 @@ fn main() -> ExitCode {
         return ExitCode::from(admin::run(command, &place));
     }
     logging::init(args.log_level.filter());
-    match run(&args) {
+    let early_hup = EarlyHup {
+        id: early_hup_id,
+        seen: early_hup,
+    };
+    match run(&args, early_hup) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if log::log_enabled!(log::Level::Error) {
@@ -87,7 +110,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<()> {
+/// SIGHUP as caught before the event loop handles it.
+struct EarlyHup {
+    id: Option<signal_hook::SigId>,
+    seen: Arc<AtomicBool>,
+}
+
+impl EarlyHup {
+    /// The event loop handles SIGHUP now: stop catching it here, and log
+    /// one that came during start-up.
+    fn hand_over(self) {
+        if let Some(id) = self.id {
+            signal_hook::low_level::unregister(id);
+        }
+        if self.seen.load(Ordering::SeqCst) {
+            log::info!(
+                "SIGHUP received during start-up: ignored (nothing to reopen: the log goes to \
+                 stderr; flags are read at start only, restart to change them)"
+            );
+        }
+    }
+}
+
+fn run(args: &Args, early_hup: EarlyHup) -> Result<()> {
     if args.check_config {
         return check_config(&args.checked_settings()?);
     }
@@ -101,6 +146,7 @@ fn run(args: &Args) -> Result<()> {
     server
         .handle_signals()
         .context("cannot set up the event loop")?;
+    early_hup.hand_over();
     log::info!(
         "listening on {shown}, data in {}, up to {} connections",
         settings.data_dir.display(),
@@ -117,7 +163,11 @@ fn run(args: &Args) -> Result<()> {
 ///
 /// * `sealdrop-server --print-completions SHELL` prints the completion
 ///   script for bash, zsh, fish, elvish or powershell;
-/// * `sealdrop-server --print-man` prints the man page (roff, section 8).
+/// * `sealdrop-server --print-man` prints the man page (roff, section 8);
+/// * `sealdrop-server --write-man-pages DIR` writes that page and one per
+///   administration subcommand (`sealdrop-server-clients.8`,
+///   `sealdrop-server-clients-forget.8`, ...) into DIR, each path on a
+///   line of stdout: the pages the main one refers to.
 ///
 /// They are read before clap, not declared to it: clap_complete completes
 /// even hidden flags, and these belong in neither the completions, the
@@ -137,11 +187,23 @@ fn packager_output() -> Option<ExitCode> {
                     return Some(ExitCode::FAILURE);
                 }
             };
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Args::command(), BIN_NAME, &mut script);
+            let mut script = String::from_utf8_lossy(&script).into_owned();
+            if shell == clap_complete::Shell::Bash {
+                script = fix_bash_subcommands(&script, BIN_NAME);
+            }
             let mut out = std::io::stdout().lock();
-            clap_complete::generate(shell, &mut Args::command(), "sealdrop-server", &mut out);
-            out.flush()
+            out.write_all(script.as_bytes()).and_then(|()| out.flush())
         }
         ["--print-man"] => print_man(&mut std::io::stdout().lock()),
+        ["--write-man-pages", dir] => {
+            if let Err(e) = write_man_pages(Path::new(dir)) {
+                eprintln!("sealdrop-server: error: --write-man-pages: {e}");
+                return Some(ExitCode::FAILURE);
+            }
+            Ok(())
+        }
         _ => return None,
     };
     match written {
@@ -154,13 +216,35 @@ fn packager_output() -> Option<ExitCode> {
     }
 }
 
+/// The name the completions and man pages are written for.
+const BIN_NAME: &str = "sealdrop-server";
+
+/// Repairs clap_complete's bash script for a binary whose name has a
+/// hyphen (clap-rs/clap#6421, still in clap_complete 4.6.12): the loop
+/// that reads the command line names the state of `sealdrop-server
+/// clients` `sealdrop__server__subcmd__clients`, but the arms that
+/// complete it are spelled `sealdrop__subcmd__server__subcmd__clients`
+/// (the hyphen of the binary's name escaped as a subcommand separator),
+/// so nothing after a subcommand completed. The arms get the loop's
+/// spelling. A script without the fault (a fixed clap_complete) is left
+/// as it is.
+fn fix_bash_subcommands(script: &str, bin: &str) -> String {
+    const SEP: &str = "__subcmd__";
+    let wrong = format!("{}{SEP}", bin.replace('-', SEP));
+    let right = format!("{}{SEP}", bin.replace('-', "__"));
+    if wrong == right {
+        return script.to_owned();
+    }
+    script.replace(&wrong, &right)
+}
+
 /// `--print-man`: clap_mangen's page of the flags, with the blocks after
 /// the help (environment, signals, exit status, example) as sections of
 /// their own, their lines kept as they are (clap_mangen would fill them
 /// into one paragraph).
 fn print_man(out: &mut impl Write) -> std::io::Result<()> {
     let mut page = Vec::new();
-    clap_mangen::Man::new(Args::command().after_help(None::<&str>))
+    clap_mangen::Man::new(man_command().after_help(None::<&str>))
         .section(config::MAN_SECTION)
         .render(&mut page)?;
     let page = String::from_utf8_lossy(&page);
@@ -185,6 +269,52 @@ fn print_man(out: &mut impl Write) -> std::io::Result<()> {
     out.write_all(sections.as_bytes())?;
     out.write_all(page[at..].as_bytes())?;
     out.flush()
+}
+
+/// The command as the man pages show it: without the `help` subcommands,
+/// which have no page (`--help` and `help` are the same text), so every
+/// `sealdrop-server-*(8)` a page refers to is one `--write-man-pages`
+/// writes.
+fn man_command() -> clap::Command {
+    fn without_help(cmd: clap::Command) -> clap::Command {
+        cmd.disable_help_subcommand(true)
+            .mut_subcommands(without_help)
+    }
+    let mut cmd = without_help(Args::command());
+    // Names each subcommand `sealdrop-server-clients-forget` and so on.
+    cmd.build();
+    cmd
+}
+
+/// `--write-man-pages DIR`: the page of `--print-man` as
+/// `sealdrop-server.8`, and a page per subcommand, at every depth, named
+/// as the pages refer to them (`sealdrop-server-clients-forget.8`).
+fn write_man_pages(dir: &Path) -> std::io::Result<()> {
+    fn write(dir: &Path, name: &str, page: &[u8]) -> std::io::Result<()> {
+        let path = dir.join(format!("{name}.{}", config::MAN_SECTION));
+        std::fs::write(&path, page)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", path.display())
+    }
+    fn subcommand_pages(dir: &Path, cmd: &clap::Command) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let man = clap_mangen::Man::new(sub.clone())
+                .section(config::MAN_SECTION)
+                .source(concat!("sealdrop-server ", env!("CARGO_PKG_VERSION")));
+            let mut page = Vec::new();
+            man.render(&mut page)?;
+            let name = sub.get_display_name().unwrap_or_else(|| sub.get_name());
+            write(dir, name, &page)?;
+            subcommand_pages(dir, sub)?;
+        }
+        Ok(())
+    }
+    let mut page = Vec::new();
+    print_man(&mut page)?;
+    write(dir, BIN_NAME, &page)?;
+    subcommand_pages(dir, &man_command())?;
+    std::io::stdout().flush()
 }
 
 /// Text as roff shows it literally: backslashes, hyphens (a plain `-` may

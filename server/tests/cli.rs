@@ -13,6 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use sealdrop_protocol::cksum::cksum;
+use sealdrop_protocol::{Response, Revision};
 
 /// What a finished command did (a [`Ran`] that failure messages can show).
 #[derive(Debug)]
@@ -293,6 +295,88 @@ fn sighup_is_logged_and_ignored() {
     s.stop();
 }
 
+/// True once the process runs Rust code: the standard library's start-up
+/// (before `main`) catches SIGSEGV for its stack overflow message and
+/// ignores SIGPIPE, which `/proc/PID/status` shows.
+fn runtime_started(pid: u32) -> bool {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let mask = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    const SIGSEGV: u64 = 1 << (11 - 1);
+    const SIGPIPE: u64 = 1 << (13 - 1);
+    mask("SigCgt:") & SIGSEGV != 0 || mask("SigIgn:") & SIGPIPE != 0
+}
+
+/// True once the process catches SIGHUP (`SigCgt` of `/proc/PID/status`).
+fn catches_sighup(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let v = s.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            u64::from_str_radix(v.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & 1 != 0)
+}
+
+/// SIGHUP to `pid` at once (`kill` as a command takes a millisecond or
+/// more to start, longer than the server's start-up).
+#[allow(unsafe_code)] // kill(2) has no safe wrapper in std.
+fn sighup_now(pid: u32) {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn sighup_during_start_up_is_logged_and_ignored() {
+    let mut during_start_up = 0;
+    for round in 0..5 {
+        let mut s = Server::spawn_with(ServerOpts::default(), |_| {});
+        let pid = s.pid();
+        // Polled without a pause: start-up takes a few milliseconds.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !runtime_started(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the process did not start"
+            );
+        }
+        // In main, before the database is open and the loop handles
+        // signals: as soon as SIGHUP is caught, or 5 ms after the runtime
+        // started (main follows it within microseconds; a server that
+        // catches SIGHUP only in its event loop is still opening the
+        // database then: that takes 7-55 ms in a debug build).
+        let main_by = std::time::Instant::now() + Duration::from_millis(5);
+        while !catches_sighup(pid) && std::time::Instant::now() < main_by {}
+        sighup_now(pid);
+        if let Some(st) = s.wait_exit(Duration::from_millis(100)) {
+            panic!("round {round}: the server ended ({st}):\n{}", s.recent());
+        }
+        s.wait_listening();
+        assert!(
+            s.wait_log("SIGHUP received", Duration::from_secs(10)),
+            "round {round}: no log line for SIGHUP:\n{}",
+            s.recent()
+        );
+        if s.log_contains("SIGHUP received during start-up: ignored") {
+            during_start_up += 1;
+        }
+        s.assert_alive();
+        s.good_client(5_000);
+        assert!(!s.log_contains("draining"), "{}", s.recent());
+        s.stop();
+    }
+    // The signal came before the loop was set up at least once.
+    assert!(during_start_up > 0, "every SIGHUP came after start-up");
+}
+
 // ---------------------------------------------------------------------------
 // 4. Connection numbers and in-flight uploads in the log
 // ---------------------------------------------------------------------------
@@ -345,6 +429,218 @@ fn connections_are_numbered_for_the_process_life_and_upload_starts_are_logged() 
             .position(|l| l.contains(&format!("conn#{n} ")) && l.contains("1028 received"))
             .expect("a received line");
         assert!(start < received, "{lines:#?}");
+    }
+    s.stop();
+}
+
+/// The log lines of the current run that contain every one of `parts`.
+fn lines_with(s: &Server, parts: &[&str]) -> Vec<String> {
+    s.log_lines()
+        .into_iter()
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .collect()
+}
+
+/// Alice's upload of `name` (received, 2103), awaiting its verdict.
+fn received(client: &Client, c: &mut Conn, name: &str, data: &[u8]) {
+    client.send_file(c, name, data);
+    let r = c.recv();
+    client.check_received(&r, name, data.len() as u64, cksum(data));
+}
+
+#[test]
+fn an_upload_whose_commit_failed_is_never_logged_as_verified() {
+    let mut s = Server::start(&[]);
+    let (alice, mut a) = Client::setup(s.addr(), &unique_name("blocked"));
+    let data = random_bytes(61, 20_000);
+    received(&alice, &mut a, "report.pdf", &data);
+    // A folder where the file must go: the group commit cannot place it.
+    let in_the_way = s.final_path(&alice.id, "report.pdf");
+    fs::create_dir(&in_the_way).unwrap();
+    fs::write(in_the_way.join("keep"), b"k").unwrap();
+    alice.send_verdict(&mut a, 1029, "report.pdf");
+    match a.try_recv(Duration::from_secs(20)) {
+        Ok(Response::GeneralError) => {}
+        other => panic!("expected 2107, got {other:?}\n{}", s.recent()),
+    }
+    a.expect_closed(Duration::from_secs(10));
+    let who = format!("client={}", alice.id);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            !lines_with(
+                &s,
+                &[&who, "file=\"report.pdf\"", "outcome=commit-failed(2107)"],
+            )
+            .is_empty()
+        }),
+        "no commit-failed line:\n{}",
+        s.recent()
+    );
+    let failed = lines_with(&s, &[&who, "outcome=commit-failed(2107)"]);
+    assert!(
+        failed[0].contains(" WARN ")
+            && failed[0].contains("bytes=20000 ")
+            && failed[0].contains(&format!("cksum={} ", cksum(&data))),
+        "{failed:?}"
+    );
+    assert!(
+        lines_with(&s, &[&who, "outcome=verified"]).is_empty(),
+        "a file that was not kept is logged as verified:\n{}",
+        s.recent()
+    );
+    assert_eq!(s.file_row(&alice.id, "report.pdf").unwrap().verified, 0);
+    // Once the way is clear, the retried 1029 keeps it, and only now the
+    // log says verified.
+    fs::remove_dir_all(&in_the_way).unwrap();
+    let mut a = s.connect();
+    alice.verify(&mut a, "report.pdf");
+    assert!(
+        s.wait_log("outcome=verified", Duration::from_secs(10)),
+        "{}",
+        s.recent()
+    );
+    let verified = lines_with(&s, &[&who, "file=\"report.pdf\"", "outcome=verified"]);
+    assert_eq!(verified.len(), 1, "{verified:?}");
+    assert!(verified[0].ends_with("outcome=verified"), "{verified:?}");
+    assert_eq!(
+        fs::read(s.final_path(&alice.id, "report.pdf")).unwrap(),
+        data
+    );
+    s.stop();
+}
+
+#[test]
+fn a_replacing_upload_is_logged_as_replacing_the_earlier_file() {
+    let mut s = Server::start(&[]);
+    let (alice, mut a) = Client::setup(s.addr(), &unique_name("replacer"));
+    let (bob, mut b) = Client::setup(s.addr(), &unique_name("beside"));
+    alice.upload_verified(&mut a, "doc.txt", b"first version");
+    // Another client's file of the same name replaces nothing of alice's.
+    bob.upload_verified(&mut b, "doc.txt", b"bob's own");
+    alice.upload_verified(&mut a, "doc.txt", b"second version");
+    alice.upload_verified(&mut a, "other.txt", b"a new name");
+    // The upload lines of a client's file, once there are `n` of them.
+    let line = |client: &Client, name: &str, n: usize| {
+        let who = format!("client={}", client.id);
+        let file = format!("file={name:?}");
+        let mut lines = Vec::new();
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                lines = lines_with(&s, &[&who, &file, " outcome="]);
+                lines.len() >= n
+            }),
+            "fewer than {n} upload lines for {name}:\n{}",
+            s.recent()
+        );
+        lines
+    };
+    let alice_doc = line(&alice, "doc.txt", 2);
+    let ends: Vec<&str> = alice_doc
+        .iter()
+        .map(|l| &l[l.find(" outcome=").unwrap()..])
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            " outcome=verified",
+            " outcome=verified replaced=earlier-file"
+        ],
+        "{alice_doc:#?}"
+    );
+    assert!(alice_doc[1].contains("bytes=14 "), "{alice_doc:?}");
+    for (client, name) in [(&bob, "doc.txt"), (&alice, "other.txt")] {
+        let lines = line(client, name, 1);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].ends_with(" outcome=verified"), "{lines:?}");
+    }
+    assert_eq!(
+        fs::read(s.final_path(&alice.id, "doc.txt")).unwrap(),
+        b"second version"
+    );
+    s.stop();
+}
+
+/// A client of revision `rev`, registered and keyed on a new connection.
+fn keyed_in(s: &Server, rev: Revision, name: &str) -> (Client, Conn) {
+    let mut client = Client::new(&unique_name(name)).in_revision(rev);
+    let mut c = client.connect(s.addr());
+    client.register(&mut c);
+    client.exchange_key(&mut c);
+    (client, c)
+}
+
+#[test]
+fn log_lines_show_the_code_the_connections_revision_sent() {
+    let mut s = Server::start(&[]);
+    for (rev, key_accepted, error) in [
+        (Revision::R2023c, 2102, 2107),
+        (Revision::R2024c, 1602, 1607),
+    ] {
+        let (client, mut c) = keyed_in(&s, rev, "codes");
+        // A 1029 with nothing awaiting a verdict.
+        client.send_verdict(&mut c, 1029, "never-sent.txt");
+        c.expect(error);
+        let who = format!("client={}", client.id);
+        let wanted = [
+            format!("key accepted for {} ({key_accepted})", client.id),
+            format!("{who} file=\"never-sent.txt\""),
+        ];
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                s.log_contains(&wanted[0]) && s.log_contains(&wanted[1])
+            }),
+            "{rev}: {wanted:?} not logged:\n{}",
+            s.recent()
+        );
+        let verdict = lines_with(&s, &[&who, "file=\"never-sent.txt\""]);
+        assert!(
+            verdict[0].ends_with(&format!(" outcome=nothing-pending({error})")),
+            "{rev}: {verdict:?}"
+        );
+        // A verdict of an unknown client is refused with the same code.
+        let mut stranger = Client::new(&unique_name("stranger")).in_revision(rev);
+        let mut d = stranger.connect(s.addr());
+        stranger.send_verdict(&mut d, 1029, "x.txt");
+        d.expect(error);
+        let refused = format!("CrcOk from {} refused ({error}): ", stranger.id);
+        // And its 1027 is denied with the revision's code.
+        let denied_code = error - 1;
+        assert!(matches!(
+            stranger.try_reconnect(&mut d),
+            Ok(Response::ReconnectDenied { .. })
+        ));
+        let denied = format!("reconnect denied for {} ({denied_code}): ", stranger.id);
+        for line in [&refused, &denied] {
+            assert!(
+                s.wait_log(line, Duration::from_secs(10)),
+                "{rev}: no {line:?}:\n{}",
+                s.recent()
+            );
+        }
+    }
+    s.stop();
+}
+
+#[test]
+fn a_file_over_max_file_size_is_logged_as_over_the_limit() {
+    let mut s = Server::start(&["--max-file-size", "1K"]);
+    for (rev, error) in [(Revision::R2023c, 2107), (Revision::R2024c, 1607)] {
+        let (client, mut c) = keyed_in(&s, rev, "big");
+        client.send_file(&mut c, "big.bin", &random_bytes(62, 2000));
+        c.expect(error);
+        c.expect_closed(Duration::from_secs(10));
+        // 2000 plaintext bytes are 2016 encrypted; 1 KiB allows 1040.
+        let over = format!(
+            "closed: file over the size limit (--max-file-size): 2016 encrypted bytes \
+             declared, at most 1040 accepted ({error} sent)"
+        );
+        assert!(
+            s.wait_log(&over, Duration::from_secs(10)),
+            "{rev}: no {over:?}:\n{}",
+            s.recent()
+        );
+        assert!(!s.log_contains("undecodable"), "{}", s.recent());
+        assert!(s.file_row(&client.id, "big.bin").is_none());
     }
     s.stop();
 }
@@ -405,6 +701,119 @@ fn completions_and_man_page_are_generated_from_the_flags() {
     assert!(!help.stdout.contains("print-"), "{}", help.stdout);
     let tcsh = server_in(tmp.path(), &["--print-completions", "tcsh"]);
     assert_eq!(tcsh.status.code(), Some(1), "{tcsh:?}");
+    let missing = tmp.path().join("no-such-dir");
+    let pages = server_in(
+        tmp.path(),
+        &["--write-man-pages", missing.to_str().unwrap()],
+    );
+    assert_eq!(pages.status.code(), Some(1), "{pages:?}");
+    assert!(
+        pages
+            .stderr
+            .starts_with("sealdrop-server: error: --write-man-pages: ")
+            && pages.stderr.contains("no-such-dir/sealdrop-server.8"),
+        "{pages:?}"
+    );
+}
+
+/// What bash completes for the command line `words` (the last word is the
+/// one being completed) with the completion script `script` loaded, as
+/// bash calls the function `complete -F` named for `program`.
+fn bash_completes(tmp: &Path, script: &str, program: &str, words: &[&str]) -> Vec<String> {
+    let file = tmp.join(format!("{program}.bash"));
+    fs::write(&file, script).unwrap();
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
+        .collect();
+    let cword = words.len() - 1;
+    let prev = if cword > 0 {
+        quoted[cword - 1].clone()
+    } else {
+        "''".into()
+    };
+    let driver = format!(
+        r#"source "$1" || exit 3
+spec=$(complete -p {program}) || exit 4
+fn=$(printf '%s\n' "$spec" | sed -n 's/.* -F \([^ ]*\) .*/\1/p')
+[ -n "$fn" ] || exit 5
+COMP_WORDS=({words})
+COMP_CWORD={cword}
+COMP_LINE="${{COMP_WORDS[*]}}"
+COMP_POINT=${{#COMP_LINE}}
+COMPREPLY=()
+"$fn" {program} {cur} {prev}
+printf '%s\n' "${{COMPREPLY[@]}}"
+"#,
+        words = quoted.join(" "),
+        cur = quoted[cword],
+    );
+    let out = run(
+        Command::new("bash")
+            .arg("--norc")
+            .arg("--noprofile")
+            .arg("-c")
+            .arg(&driver)
+            .arg("completion-test")
+            .arg(&file),
+        Duration::from_secs(20),
+    );
+    assert!(out.status.success(), "bash for {words:?}: {out:?}");
+    out.stdout.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn bash_completes_the_servers_subcommands_and_their_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = server_in(tmp.path(), &["--print-completions", "bash"]);
+    assert_eq!(script.status.code(), Some(0), "{script:?}");
+    let complete =
+        |words: &[&str]| bash_completes(tmp.path(), &script.stdout, "sealdrop-server", words);
+    assert_eq!(complete(&["sealdrop-server", "cl"]), ["clients"]);
+    let has = |got: Vec<String>, want: &[&str]| {
+        for w in want {
+            assert!(got.iter().any(|g| g == w), "{w} not in {got:?}");
+        }
+        got
+    };
+    let clients = has(
+        complete(&["sealdrop-server", "clients", ""]),
+        &["list", "show", "forget", "quota"],
+    );
+    assert!(!clients.iter().any(|c| c == "verify"), "{clients:?}");
+    has(
+        complete(&["sealdrop-server", "files", ""]),
+        &["list", "delete"],
+    );
+    has(
+        complete(&["sealdrop-server", "clients", "forget", "--"]),
+        &["--delete-files", "--data-dir", "--json"],
+    );
+    has(
+        complete(&["sealdrop-server", "--data-dir", "/tmp", "verify", "--"]),
+        &["--cksum", "--repair"],
+    );
+    has(complete(&["sealdrop-server", "--sync"]), &["--sync-mode"]);
+}
+
+#[test]
+fn bash_completes_the_clients_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = client_bin();
+    let script = run(
+        Command::new(&client)
+            .current_dir(tmp.path())
+            .args(["--print-completions", "bash"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(script.status.code(), Some(0), "{script:?}");
+    let complete =
+        |words: &[&str]| bash_completes(tmp.path(), &script.stdout, "sealdrop-client", words);
+    assert_eq!(complete(&["sealdrop-client", "--state"]), ["--state-dir"]);
+    let flags = complete(&["sealdrop-client", "report.pdf", "--"]);
+    for want in ["--server", "--name", "--json", "--retry-for"] {
+        assert!(flags.iter().any(|f| f == want), "{want} not in {flags:?}");
+    }
 }
 
 /// The repository root (the Makefile's folder).
@@ -490,6 +899,29 @@ fn client_bin() -> PathBuf {
     client
 }
 
+/// The pages a roff man page refers to: each `sealdrop...(N)` in it (with
+/// roff's `\-` for a hyphen), as (name, section).
+fn man_references(roff: &str) -> Vec<(String, String)> {
+    let text = roff.replace("\\-", "-");
+    let mut found = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("sealdrop") {
+        let tail = &rest[at..];
+        let name_len = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+            .unwrap_or(tail.len());
+        let (name, after) = tail.split_at(name_len);
+        let mut chars = after.chars();
+        if let (Some('('), Some(section), Some(')')) = (chars.next(), chars.next(), chars.next()) {
+            if section.is_ascii_digit() {
+                found.push((name.to_owned(), section.to_string()));
+            }
+        }
+        rest = &tail[name_len..];
+    }
+    found
+}
+
 #[test]
 fn make_install_lays_out_a_packagers_tree() {
     let tmp = tempfile::tempdir().unwrap();
@@ -517,6 +949,16 @@ fn make_install_lays_out_a_packagers_tree() {
             "usr/share/fish/vendor_completions.d/sealdrop-client.fish",
             "usr/share/fish/vendor_completions.d/sealdrop-server.fish",
             "usr/share/man/man1/sealdrop-client.1",
+            "usr/share/man/man8/sealdrop-server-clients-forget.8",
+            "usr/share/man/man8/sealdrop-server-clients-list.8",
+            "usr/share/man/man8/sealdrop-server-clients-quota.8",
+            "usr/share/man/man8/sealdrop-server-clients-show.8",
+            "usr/share/man/man8/sealdrop-server-clients.8",
+            "usr/share/man/man8/sealdrop-server-files-delete.8",
+            "usr/share/man/man8/sealdrop-server-files-list.8",
+            "usr/share/man/man8/sealdrop-server-files.8",
+            "usr/share/man/man8/sealdrop-server-stats.8",
+            "usr/share/man/man8/sealdrop-server-verify.8",
             "usr/share/man/man8/sealdrop-server.8",
             "usr/share/zsh/site-functions/_sealdrop-client",
             "usr/share/zsh/site-functions/_sealdrop-server",
@@ -593,6 +1035,35 @@ fn make_install_lays_out_a_packagers_tree() {
         );
         assert_eq!(mode(&usr.join(path)), 0o644, "{path}");
     }
+    // The subcommands' pages are the server's own output too.
+    let written = tmp.path().join("man-pages");
+    fs::create_dir(&written).unwrap();
+    let listed = server(&["--write-man-pages", written.to_str().unwrap()]);
+    assert_eq!(listed.lines().count(), 11, "{listed}");
+    for page in tree(&written) {
+        let installed = usr.join("share/man/man8").join(&page);
+        assert_eq!(
+            fs::read(&installed).unwrap(),
+            fs::read(written.join(&page)).unwrap(),
+            "{page}"
+        );
+        assert_eq!(mode(&installed), 0o644, "{page}");
+    }
+    // Every page a page refers to is installed.
+    let man = usr.join("share/man");
+    let mut referred = 0;
+    for page in tree(&man) {
+        let text = fs::read_to_string(man.join(&page)).unwrap();
+        for (name, section) in man_references(&text) {
+            let file = format!("man{section}/{name}.{section}");
+            assert!(
+                man.join(&file).is_file(),
+                "{page} refers to {name}({section}), which is not installed"
+            );
+            referred += 1;
+        }
+    }
+    assert!(referred >= 10, "{referred} references");
 
     // The default PREFIX is /usr/local, where the units already point.
     let dest = tmp.path().join("dest-default");
