@@ -79,6 +79,10 @@ pub enum RefusalReason {
     Registration,
     /// A 1027 answered with 2106.
     Reconnect,
+    /// An upload an administrator withdrew while it was in flight (its
+    /// client forgotten, its file deleted): answered with the revision's
+    /// error, a routine outcome rather than a failure.
+    Withdrawn,
     /// The server could not do its part: a storage error, answers that
     /// could not be made durable, an RSA failure.
     ServerError,
@@ -86,7 +90,7 @@ pub enum RefusalReason {
 
 impl RefusalReason {
     /// Every reason, in the order they are exported.
-    pub const ALL: [RefusalReason; 8] = [
+    pub const ALL: [RefusalReason; 9] = [
         RefusalReason::Limit,
         RefusalReason::Quota,
         RefusalReason::BadFrame,
@@ -94,6 +98,7 @@ impl RefusalReason {
         RefusalReason::Request,
         RefusalReason::Registration,
         RefusalReason::Reconnect,
+        RefusalReason::Withdrawn,
         RefusalReason::ServerError,
     ];
 
@@ -107,6 +112,7 @@ impl RefusalReason {
             RefusalReason::Request => "request",
             RefusalReason::Registration => "registration",
             RefusalReason::Reconnect => "reconnect",
+            RefusalReason::Withdrawn => "withdrawn",
             RefusalReason::ServerError => "server_error",
         }
     }
@@ -178,7 +184,10 @@ struct ReasonLabel {
 }
 
 /// The reason a [`Refusal`] (a 2107 for a well-formed request) counts
-/// under.
+/// under. A quota refusal counts as `quota` and an administrator's
+/// withdrawal as `withdrawn` whichever stage refused the upload (its
+/// header, its end, its 1029, or the commit after it); only the store's
+/// other errors are `server_error`.
 pub fn refusal_reason(refusal: &Refusal) -> RefusalReason {
     match refusal {
         Refusal::UnknownClient
@@ -190,8 +199,9 @@ pub fn refusal_reason(refusal: &Refusal) -> RefusalReason {
         | Refusal::BadPadding(_)
         | Refusal::NothingPending => RefusalReason::Request,
         Refusal::Packet(_) => RefusalReason::BadFrame,
-        Refusal::OverQuota(_) => RefusalReason::Quota,
+        Refusal::OverQuota(_) | Refusal::Store(StoreError::OverQuota(_)) => RefusalReason::Quota,
         Refusal::Store(StoreError::PendingFull { .. }) => RefusalReason::Limit,
+        Refusal::Store(StoreError::Withdrawn { .. }) => RefusalReason::Withdrawn,
         Refusal::Store(_) | Refusal::KeyEncryption(_) | Refusal::NoFreeClientId => {
             RefusalReason::ServerError
         }
@@ -882,6 +892,51 @@ mod tests {
         let s = parse_samples(&m.render(VIEW));
         assert_eq!(s["sealdrop_files_size_bytes"], 4.0);
         assert_eq!(s["sealdrop_stored_bytes_total"], 14.0);
+    }
+
+    #[test]
+    fn withdrawals_and_quotas_have_their_own_reasons_at_every_stage() {
+        use sealdrop_protocol::error::{QuotaExceeded, QuotaLimit};
+        let quota = QuotaExceeded {
+            limit: QuotaLimit::Files,
+            max: 1,
+            would_be: 2,
+        };
+        let withdrawn = StoreError::Withdrawn { why: "forgotten" };
+        // As the session builds them: from a store error (at the header,
+        // the end, the 1029, the commit) and wrapped as it is.
+        assert_eq!(
+            refusal_reason(&StoreError::OverQuota(quota).into()),
+            RefusalReason::Quota
+        );
+        assert_eq!(
+            refusal_reason(&Refusal::Store(StoreError::OverQuota(quota))),
+            RefusalReason::Quota
+        );
+        assert_eq!(
+            refusal_reason(&withdrawn.clone().into()),
+            RefusalReason::Withdrawn
+        );
+        assert_eq!(
+            refusal_reason(&Refusal::Store(StoreError::Invalid("disk".into()))),
+            RefusalReason::ServerError
+        );
+        // Refused at the commit: counted by the Refused event, not the close.
+        assert_eq!(close_refusal(CloseReason::RefusedAtCommit), None);
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = metrics(dir.path());
+        m.session_event(
+            3,
+            Revision::R2023c,
+            &ServerEvent::Refused {
+                kind: RequestKind::CrcOk,
+                client_id: ClientId([1; 16]),
+                reason: withdrawn.into(),
+            },
+        );
+        let s = parse_samples(&m.render(VIEW));
+        assert_eq!(s["sealdrop_refusals_total{reason=\"withdrawn\"}"], 1.0);
+        assert_eq!(s["sealdrop_refusals_total{reason=\"server_error\"}"], 0.0);
     }
 
     #[test]

@@ -85,6 +85,20 @@ fn moved(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> HashMap
         .collect()
 }
 
+/// One request line to the running server's control socket, as the
+/// administration commands send it; the answer line.
+fn control(data_dir: &std::path::Path, request: &str) -> String {
+    use std::io::BufRead;
+    let mut sock = std::os::unix::net::UnixStream::connect(data_dir.join("control.sock")).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    sock.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(&sock)
+        .read_line(&mut answer)
+        .unwrap();
+    answer
+}
+
 fn len_of(req: &Request) -> u64 {
     request_frame(&ClientId::ZERO, req).len() as u64
 }
@@ -215,7 +229,6 @@ fn a_restart_counts_the_stored_files_once_and_an_abandoned_upload() {
 
 #[test]
 fn an_administrators_deletion_takes_the_file_out_of_the_files_figure() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let (server, metrics) = start(dir.path());
     let (client, mut conn) = Client::setup(server.addr(), &unique_name("del"));
@@ -224,20 +237,58 @@ fn an_administrators_deletion_takes_the_file_out_of_the_files_figure() {
     let files = || value(&scrape(metrics), "sealdrop_files_size_bytes");
     assert!(wait_until(WAIT, || files() == 8000.0), "{}", files());
     // `files delete` as the command sends it to the running server.
-    let mut sock =
-        std::os::unix::net::UnixStream::connect(dir.path().join("control.sock")).unwrap();
-    sock.set_read_timeout(Some(WAIT)).unwrap();
-    let request = format!(
-        "{{\"op\":\"delete\",\"client\":\"{}\",\"file\":\"gone.bin\"}}\n",
-        client.id.to_hex()
+    let answer = control(
+        dir.path(),
+        &format!(
+            "{{\"op\":\"delete\",\"client\":\"{}\",\"file\":\"gone.bin\"}}",
+            client.id.to_hex()
+        ),
     );
-    sock.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    std::io::BufReader::new(&sock)
-        .read_line(&mut answer)
-        .unwrap();
     assert!(answer.contains("\"ok\":true"), "{answer}");
     assert!(wait_until(WAIT, || files() == 5000.0), "{}", files());
+    server.stop().unwrap();
+}
+
+#[test]
+fn an_upload_withdrawn_by_an_administrator_counts_as_withdrawn_not_server_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let (client, mut conn) = Client::setup(server.addr(), &unique_name("withdrawn"));
+    // Half of a 1028, then `clients forget` while the rest is awaited.
+    let frame = client.file_frame("cut.bin", &random_bytes(7, 4000));
+    conn.send(&frame[..frame.len() / 2]);
+    let in_flight = || value(&scrape(metrics), "sealdrop_uploads_in_flight");
+    assert!(wait_until(WAIT, || in_flight() == 1.0));
+    let before = scrape(metrics);
+    let answer = control(
+        dir.path(),
+        &format!(
+            "{{\"op\":\"forget\",\"client\":\"{}\"}}",
+            client.id.to_hex()
+        ),
+    );
+    assert!(answer.contains("\"uploads_withdrawn\":1"), "{answer}");
+    // The rest is read and dropped; the upload is answered 2107.
+    conn.send(&frame[frame.len() / 2..]);
+    let _ = conn.expect(2107);
+    let after = scrape(metrics);
+    let d = moved(&before, &after);
+    assert_eq!(
+        d.get("sealdrop_refusals_total{reason=\"withdrawn\"}"),
+        Some(&1.0),
+        "{d:?}"
+    );
+    assert_eq!(
+        d.get("sealdrop_refusals_total{reason=\"server_error\"}"),
+        None,
+        "{d:?}"
+    );
+    assert_eq!(
+        d.get("sealdrop_uploads_total{outcome=\"refused\"}"),
+        Some(&1.0),
+        "{d:?}"
+    );
+    assert_eq!(value(&after, "sealdrop_commit_failures_total"), 0.0);
     server.stop().unwrap();
 }
 
