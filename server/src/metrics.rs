@@ -10,16 +10,27 @@
 //! orphans housekeeping expired. A verified upload counts once the commit
 //! that made it durable succeeded, not when its 1029 arrived.
 //!
-//! The size of the file tree is a running figure: summed once at start
-//! (only when the endpoint is on), then moved by the size of each file a
-//! commit placed (its size after the commit minus the size of the file it
-//! replaced). Nothing walks the tree on a scrape.
+//! The stored files' size is the recorded sizes of the verified files,
+//! as the database adds them up (only when the endpoint is on): measured
+//! at start, then every [`MEASURE_EVERY`] and after each commit that
+//! carried an administrator's change (a `verify --repair` changes records
+//! without a client's event). In between it moves at once by the size of
+//! each file a commit placed (its size after the commit minus the size of
+//! the file it replaced) and of the files an administrator deleted.
+//! After start a measurement runs on a thread of its own, on a read-only
+//! connection whose snapshot the loop took between two commits: the
+//! result plus what the figure moved since that snapshot replaces the
+//! figure, so a slow sum (seconds on a million files) never holds up the
+//! loop, and nothing is counted twice. Nothing walks the tree. With
+//! PostgreSQL the database worker measures instead
+//! ([`LoopView::shared_sizes`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
@@ -36,11 +47,17 @@ use sealdrop_protocol::server::{CloseReason, ServerEvent, VerdictKind};
 use sealdrop_protocol::store::{Commit, Durability};
 use sealdrop_protocol::{RequestKind, Revision};
 
+use crate::db::Db;
 use crate::files;
 use crate::metrics_http::Endpoint;
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "sealdrop";
+
+/// How often the stored files' size is measured from the database (one
+/// aggregate query over the file records; the same interval as
+/// PostgreSQL's measurement).
+pub const MEASURE_EVERY: Duration = crate::records::MEASURE_EVERY;
 
 /// Buckets of `sealdrop_commit_duration_seconds`: 0.5 ms doubling to
 /// about 4 s (a commit is one or two filesystem syncs).
@@ -401,8 +418,35 @@ pub struct Metrics {
     placing: Vec<Placement>,
     verified: u64,
     endpoint: Option<Endpoint>,
+    /// The database file (SQLite), for its size.
+    db_path: Option<PathBuf>,
+    /// Measuring the stored files from SQLite (`None`: the endpoint is
+    /// off, or the records are in PostgreSQL).
+    measure: Option<Measure>,
     /// The last `STATUS=` sent.
     status: String,
+}
+
+/// A measurement's answer: the connection back, and the sum.
+type Measured = (Db, Result<u64, StoreError>);
+
+/// The stored files' size, measured from SQLite off the loop.
+struct Measure {
+    /// The read-only connection, while no measurement is out.
+    idle: Option<Db>,
+    /// When the next measurement is due.
+    next: Instant,
+    /// The measurement out, if one is.
+    out: Option<Outstanding>,
+}
+
+struct Outstanding {
+    answer: mpsc::Receiver<Measured>,
+    /// What the running figure moved since the measurement's snapshot.
+    moved: i64,
+    /// Another measurement was asked for meanwhile (an administrator's
+    /// change after the snapshot).
+    again: bool,
 }
 
 impl fmt::Debug for Metrics {
@@ -414,11 +458,14 @@ impl fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics for a server with data in `data_dir`; with `listen`, the
-    /// endpoint is bound and registered with `poll` and the file tree's
-    /// size is summed once.
+    /// Metrics for a server with data in `data_dir` and its records in the
+    /// SQLite file `db_path` (`None`: PostgreSQL); with `listen`, the
+    /// endpoint is bound and registered with `poll`, and the stored files'
+    /// size is measured once (a read-only connection is kept for the
+    /// later measurements).
     pub fn new(
         data_dir: &Path,
+        db_path: Option<&Path>,
         max_connections: usize,
         listen: Option<SocketAddr>,
         poll: &PollRegistry,
@@ -429,7 +476,6 @@ impl Metrics {
         let endpoint = match listen {
             Some(addr) => {
                 let endpoint = Endpoint::bind(addr, poll)?;
-                h.files_size.set(gauge_value(tree_size(data_dir)));
                 log::info!(
                     "metrics at http://{}/metrics (Prometheus text format)",
                     endpoint.addr()
@@ -438,6 +484,10 @@ impl Metrics {
             }
             None => None,
         };
+        let measure = endpoint
+            .as_ref()
+            .and(db_path)
+            .and_then(|path| start_measuring(path, &h.files_size));
         Ok(Metrics {
             registry,
             h,
@@ -445,7 +495,9 @@ impl Metrics {
             in_flight: HashSet::new(),
             placing: Vec::new(),
             verified: 0,
+            measure,
             endpoint,
+            db_path: db_path.map(Path::to_path_buf),
             status: String::new(),
         })
     }
@@ -567,9 +619,7 @@ impl Metrics {
         for p in std::mem::take(&mut self.placing) {
             let after = file_size(&p.path);
             if seen.insert(p.path.clone()) {
-                self.h
-                    .files_size
-                    .inc_by(gauge_value(after) - gauge_value(p.before));
+                self.files_moved(gauge_value(after) - gauge_value(p.before));
             }
             let durable = commit.map_or(Durability::Durable, |c| c.outcome(p.conn));
             if durable == Durability::Durable {
@@ -610,7 +660,90 @@ impl Metrics {
     /// files figure goes down by their bytes.
     pub fn files_removed(&mut self, bytes: u64) {
         if bytes > 0 {
-            self.h.files_size.dec_by(gauge_value(bytes));
+            self.files_moved(-gauge_value(bytes));
+        }
+    }
+
+    /// Measures the stored files from SQLite when due, between commits
+    /// (`quiet`: no commit pending, none in flight), and takes the answer
+    /// of the measurement out. Called once per loop pass.
+    pub fn measure(&mut self, now: Instant, quiet: bool) {
+        let Some(m) = self.measure.as_mut() else {
+            return;
+        };
+        if let Some(out) = m.out.as_ref() {
+            let (db, result) = match out.answer.try_recv() {
+                Ok(answer) => answer,
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    log::warn!("metrics: the measuring thread ended; the files figure is no longer measured");
+                    self.measure = None;
+                    return;
+                }
+            };
+            m.idle = Some(db);
+            m.next = if out.again { now } else { now + MEASURE_EVERY };
+            match result {
+                Ok(bytes) => {
+                    self.h
+                        .files_size
+                        .set(gauge_value(bytes).saturating_add(out.moved));
+                }
+                Err(e) => log::warn!("metrics: cannot measure the stored files: {e}"),
+            }
+            m.out = None;
+        }
+        if !quiet || now < m.next {
+            return;
+        }
+        let Some(db) = m.idle.take() else {
+            return;
+        };
+        if let Err(e) = db.begin_snapshot_now() {
+            log::warn!("metrics: cannot measure the stored files: {e}");
+            m.idle = Some(db);
+            m.next = now + MEASURE_EVERY;
+            return;
+        }
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("sealdrop-measure".into())
+            .spawn(move || {
+                let result = db.stored_bytes();
+                db.end_snapshot();
+                let _ = tx.send((db, result));
+            });
+        match spawned {
+            Ok(_) => {
+                m.out = Some(Outstanding {
+                    answer: rx,
+                    moved: 0,
+                    again: false,
+                })
+            }
+            Err(e) => {
+                log::warn!("metrics: cannot start the measuring thread: {e}; the files figure is no longer measured");
+                self.measure = None;
+            }
+        }
+    }
+
+    /// An administrator's change was committed: measure again as soon as
+    /// possible.
+    pub fn measure_soon(&mut self) {
+        if let Some(m) = self.measure.as_mut() {
+            match m.out.as_mut() {
+                Some(out) => out.again = true,
+                None => m.next = Instant::now(),
+            }
+        }
+    }
+
+    /// The running files figure moves by `delta` bytes.
+    fn files_moved(&mut self, delta: i64) {
+        self.h.files_size.inc_by(delta);
+        if let Some(out) = self.measure.as_mut().and_then(|m| m.out.as_mut()) {
+            out.moved = out.moved.saturating_add(delta);
         }
     }
 
@@ -635,8 +768,8 @@ impl Metrics {
                 h.files_size.set(gauge_value(files));
             }
             None => {
-                h.database_size
-                    .set(gauge_value(database_size(&self.data_dir)));
+                let size = self.db_path.as_deref().map_or(0, database_size);
+                h.database_size.set(gauge_value(size));
             }
         }
         let mut out = String::with_capacity(8 * 1024);
@@ -713,39 +846,35 @@ fn file_size(path: &Path) -> u64 {
         .map_or(0, |m| m.len())
 }
 
-/// `defensive.db` and its write-ahead log.
-fn database_size(data_dir: &Path) -> u64 {
-    let db = data_dir.join(crate::db::DB_FILE_NAME);
-    let mut wal = db.clone().into_os_string();
+/// The SQLite database file and its write-ahead log.
+fn database_size(db: &Path) -> u64 {
+    let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");
-    file_size(&db) + file_size(Path::new(&wal))
+    file_size(db) + file_size(Path::new(&wal))
 }
 
-/// The stored files under `files/<client>/`, temporary upload files not
-/// counted: the start of the running figure.
-fn tree_size(data_dir: &Path) -> u64 {
-    let Ok(clients) = std::fs::read_dir(files::files_root(data_dir)) else {
-        return 0;
-    };
-    let mut total = 0u64;
-    for client in clients.flatten() {
-        if !client.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
+/// The first measurement of the stored files, made at once (start-up),
+/// and the read-only connection kept for the next ones; `None` (and a
+/// warning) if the database cannot be read.
+fn start_measuring(db_path: &Path, files_size: &Gauge) -> Option<Measure> {
+    let measured = Db::open_read_only_at(db_path).and_then(|db| {
+        let bytes = db.stored_bytes()?;
+        Ok((db, bytes))
+    });
+    match measured {
+        Ok((db, bytes)) => {
+            files_size.set(gauge_value(bytes));
+            Some(Measure {
+                idle: Some(db),
+                next: Instant::now() + MEASURE_EVERY,
+                out: None,
+            })
         }
-        let Ok(entries) = std::fs::read_dir(client.path()) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let part = entry.file_name().to_str().is_some_and(files::is_part_name);
-            let Ok(meta) = entry.metadata() else {
-                continue;
-            };
-            if meta.is_file() && !part {
-                total = total.saturating_add(meta.len());
-            }
+        Err(e) => {
+            log::warn!("metrics: cannot measure the stored files: {e}");
+            None
         }
     }
-    total
 }
 
 /// The per-metric map of a rendered page: sample name (with labels) to
@@ -767,7 +896,7 @@ mod tests {
 
     fn metrics(dir: &Path) -> Metrics {
         let poll = mio::Poll::new().unwrap();
-        Metrics::new(dir, 100, None, poll.registry()).unwrap()
+        Metrics::new(dir, None, 100, None, poll.registry()).unwrap()
     }
 
     const VIEW: LoopView = LoopView {
@@ -940,6 +1069,49 @@ mod tests {
     }
 
     #[test]
+    fn a_measurement_counts_what_moved_after_its_snapshot_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let record = |name: &str, size: u64| {
+            let id = ClientId([3; 16]);
+            db.mark_verified(&id, name, "p").unwrap();
+            db.record_file_meta(&id, name, size, None).unwrap();
+        };
+        record("a", 100);
+        let poll = mio::Poll::new().unwrap();
+        let path = db.path().unwrap();
+        let any = "127.0.0.1:0".parse().unwrap();
+        let mut m = Metrics::new(dir.path(), Some(&path), 10, Some(any), poll.registry()).unwrap();
+        let files = |m: &Metrics| parse_samples(&m.render(VIEW))["sealdrop_files_size_bytes"];
+        assert_eq!(files(&m), 100.0);
+        // A measurement starts (its snapshot: 100 bytes recorded)...
+        m.measure_soon();
+        m.measure(Instant::now(), true);
+        assert!(m.measure.as_ref().unwrap().out.is_some());
+        // ...then a commit records 200 more, which the running figure
+        // counts, and an administrator's deletion takes 30 off.
+        record("b", 200);
+        m.files_moved(200);
+        m.files_removed(30);
+        let end = Instant::now() + Duration::from_secs(20);
+        while m.measure.as_ref().unwrap().out.is_some() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+            m.measure(Instant::now(), false);
+        }
+        // 100 measured + 200 - 30 moved since: the 200 not counted twice.
+        assert_eq!(files(&m), 270.0);
+        // The next measurement sees the 300 recorded (the 30 were a file
+        // without a record in this test).
+        m.measure_soon();
+        m.measure(Instant::now(), true);
+        while m.measure.as_ref().unwrap().out.is_some() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+            m.measure(Instant::now(), false);
+        }
+        assert_eq!(files(&m), 300.0);
+    }
+
+    #[test]
     fn the_status_line_changes_only_when_something_did() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = metrics(dir.path());
@@ -952,15 +1124,5 @@ mod tests {
             m.status_update(2, true),
             Some("draining: 2 connections open, 0 uploads in flight, 0 verified since start")
         );
-    }
-
-    #[test]
-    fn the_tree_size_skips_temporary_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let client = dir.path().join("files").join("00ff");
-        std::fs::create_dir_all(&client).unwrap();
-        std::fs::write(client.join("kept"), [0u8; 100]).unwrap();
-        std::fs::write(client.join(".part-0123456789abcdef"), [0u8; 50]).unwrap();
-        assert_eq!(tree_size(dir.path()), 100);
     }
 }

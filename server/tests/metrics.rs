@@ -250,6 +250,34 @@ fn an_administrators_deletion_takes_the_file_out_of_the_files_figure() {
 }
 
 #[test]
+fn a_repair_by_verify_moves_the_files_figure_while_the_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let (client, mut conn) = Client::setup(server.addr(), &unique_name("repair"));
+    client.upload_verified(&mut conn, "kept.bin", &random_bytes(8, 5000));
+    client.upload_verified(&mut conn, "gone.bin", &random_bytes(9, 3000));
+    let files = || value(&scrape(metrics), "sealdrop_files_size_bytes");
+    assert!(wait_until(WAIT, || files() == 8000.0), "{}", files());
+    // By hand: a stored file removed, another put beside them.
+    let folder = dir.path().join("files").join(client.id.to_hex());
+    std::fs::remove_file(folder.join("gone.bin")).unwrap();
+    std::fs::write(folder.join("stray.bin"), random_bytes(10, 700)).unwrap();
+    let out = std::process::Command::new(SERVER_BIN)
+        .args(["verify", "--repair", "rows,adopt", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("missing-file") && text.contains("unrecorded-file"));
+    // Each repair's commit asks for a measurement of the records, which
+    // now say 5000 + 700 (without it the figure stays at 8000 until a
+    // restart).
+    assert!(wait_until(WAIT, || files() == 5700.0), "{}", files());
+    server.stop().unwrap();
+}
+
+#[test]
 fn an_upload_withdrawn_by_an_administrator_counts_as_withdrawn_not_server_error() {
     let dir = tempfile::tempdir().unwrap();
     let (server, metrics) = start(dir.path());
