@@ -227,6 +227,7 @@ impl Server {
         let metrics = Metrics::new(
             &settings.data_dir,
             db_path.as_deref(),
+            &crate::metrics::store_label(&settings.store.database, db_path.as_deref()),
             settings.max_connections,
             settings.metrics_listen,
             poll.registry(),

@@ -50,6 +50,7 @@ use sealdrop_protocol::{RequestKind, Revision};
 use crate::db::Db;
 use crate::files;
 use crate::metrics_http::Endpoint;
+use crate::pg::DatabaseUrl;
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "sealdrop";
@@ -200,6 +201,63 @@ struct ReasonLabel {
     reason: RefusalReason,
 }
 
+/// The `store` label of the size gauges: which database and file tree
+/// they measure ([`store_label`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StoreLabel {
+    store: String,
+}
+
+/// The `store` label's value: 8 hex digits, the POSIX cksum of what names
+/// the records. Servers that share a PostgreSQL database get the same
+/// value (its hosts, ports and database name as the URL gives them; the
+/// user and password are left out), and every SQLite server its own (the
+/// machine's id and host name, and the database file's absolute path).
+/// A dashboard takes one figure per store (`max by (store)`) and adds
+/// the stores up.
+pub fn store_label(database: &DatabaseUrl, sqlite_file: Option<&Path>) -> String {
+    let identity = match database {
+        DatabaseUrl::Postgres(url) => {
+            let c = url.config();
+            let hosts: Vec<String> = c
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    postgres::config::Host::Tcp(name) => name.to_ascii_lowercase(),
+                    postgres::config::Host::Unix(path) => path.display().to_string(),
+                })
+                .collect();
+            let ports: Vec<String> = c.get_ports().iter().map(u16::to_string).collect();
+            format!(
+                "postgres\n{}\n{}\n{}",
+                hosts.join(","),
+                ports.join(","),
+                c.get_dbname().or(c.get_user()).unwrap_or("")
+            )
+        }
+        DatabaseUrl::Sqlite(_) => {
+            let read = |p: &str| {
+                std::fs::read_to_string(p)
+                    .map(|t| t.trim().to_owned())
+                    .unwrap_or_default()
+            };
+            let file = sqlite_file
+                .map(|f| f.canonicalize().unwrap_or_else(|_| f.to_path_buf()))
+                .unwrap_or_default();
+            format!(
+                "sqlite\n{}\n{}\n{}",
+                read("/etc/machine-id"),
+                read("/proc/sys/kernel/hostname"),
+                file.display()
+            )
+        }
+    };
+    format!(
+        "{:08x}",
+        sealdrop_protocol::cksum::cksum(identity.as_bytes())
+    )
+}
+
 /// The reason a [`Refusal`] (a 2107 for a well-formed request) counts
 /// under. A quota refusal counts as `quota` and an administrator's
 /// withdrawal as `withdrawn` whichever stage refused the upload (its
@@ -268,7 +326,13 @@ struct Handles {
 }
 
 impl Handles {
-    fn register(registry: &mut Registry) -> Handles {
+    /// Registers every metric; the size gauges carry `store`.
+    fn register(registry: &mut Registry, store: &str) -> Handles {
+        let store = StoreLabel {
+            store: store.to_owned(),
+        };
+        let database_size = Family::<StoreLabel, Gauge>::default();
+        let files_size = Family::<StoreLabel, Gauge>::default();
         let h = Handles {
             connections_accepted: Counter::default(),
             connections_open: Gauge::default(),
@@ -284,8 +348,8 @@ impl Handles {
             commit_duration: Histogram::new(commit_buckets()),
             commit_failures: Counter::default(),
             upload_duration: Histogram::new(upload_buckets()),
-            database_size: Gauge::default(),
-            files_size: Gauge::default(),
+            database_size: database_size.get_or_create(&store).clone(),
+            files_size: files_size.get_or_create(&store).clone(),
         };
         let r = registry;
         r.register(
@@ -364,15 +428,15 @@ impl Handles {
         );
         r.register_with_unit(
             "database_size",
-            "Size of defensive.db and its write-ahead log",
+            "Size of the database (SQLite: defensive.db and its write-ahead log), by store",
             Unit::Bytes,
-            h.database_size.clone(),
+            database_size,
         );
         r.register_with_unit(
             "files_size",
-            "Total size of the stored files (uploads in progress excluded)",
+            "Recorded size of the verified stored files, by store (servers sharing a database report the same)",
             Unit::Bytes,
-            h.files_size.clone(),
+            files_size,
         );
         // Every label value from the start, so rates and alerts see a 0
         // rather than no series.
@@ -459,19 +523,21 @@ impl fmt::Debug for Metrics {
 
 impl Metrics {
     /// Metrics for a server with data in `data_dir` and its records in the
-    /// SQLite file `db_path` (`None`: PostgreSQL); with `listen`, the
+    /// SQLite file `db_path` (`None`: PostgreSQL), its size gauges
+    /// labelled `store` ([`store_label`]); with `listen`, the
     /// endpoint is bound and registered with `poll`, and the stored files'
     /// size is measured once (a read-only connection is kept for the
     /// later measurements).
     pub fn new(
         data_dir: &Path,
         db_path: Option<&Path>,
+        store: &str,
         max_connections: usize,
         listen: Option<SocketAddr>,
         poll: &PollRegistry,
     ) -> io::Result<Metrics> {
         let mut registry = Registry::with_prefix(PREFIX);
-        let h = Handles::register(&mut registry);
+        let h = Handles::register(&mut registry, store);
         h.connections_max.set(gauge_value(max_connections as u64));
         let endpoint = match listen {
             Some(addr) => {
@@ -896,7 +962,7 @@ mod tests {
 
     fn metrics(dir: &Path) -> Metrics {
         let poll = mio::Poll::new().unwrap();
-        Metrics::new(dir, None, 100, None, poll.registry()).unwrap()
+        Metrics::new(dir, None, "0000abcd", 100, None, poll.registry()).unwrap()
     }
 
     const VIEW: LoopView = LoopView {
@@ -1009,7 +1075,7 @@ mod tests {
         let s = parse_samples(&m.render(VIEW));
         assert_eq!(s["sealdrop_uploads_total{outcome=\"verified\"}"], 1.0);
         assert_eq!(s["sealdrop_stored_bytes_total"], 10.0);
-        assert_eq!(s["sealdrop_files_size_bytes"], 10.0);
+        assert_eq!(s["sealdrop_files_size_bytes{store=\"0000abcd\"}"], 10.0);
         assert_eq!(s["sealdrop_commit_duration_seconds_count"], 2.0);
         assert_eq!(s["sealdrop_commit_failures_total"], 1.0);
         assert_eq!(s["sealdrop_upload_duration_seconds_count"], 1.0);
@@ -1019,7 +1085,7 @@ mod tests {
         std::fs::write(&path, b"abcd").unwrap();
         m.pass_ended(Some(&ok), Duration::from_millis(2));
         let s = parse_samples(&m.render(VIEW));
-        assert_eq!(s["sealdrop_files_size_bytes"], 4.0);
+        assert_eq!(s["sealdrop_files_size_bytes{store=\"0000abcd\"}"], 4.0);
         assert_eq!(s["sealdrop_stored_bytes_total"], 14.0);
     }
 
@@ -1081,8 +1147,18 @@ mod tests {
         let poll = mio::Poll::new().unwrap();
         let path = db.path().unwrap();
         let any = "127.0.0.1:0".parse().unwrap();
-        let mut m = Metrics::new(dir.path(), Some(&path), 10, Some(any), poll.registry()).unwrap();
-        let files = |m: &Metrics| parse_samples(&m.render(VIEW))["sealdrop_files_size_bytes"];
+        let mut m = Metrics::new(
+            dir.path(),
+            Some(&path),
+            "0000abcd",
+            10,
+            Some(any),
+            poll.registry(),
+        )
+        .unwrap();
+        let files = |m: &Metrics| {
+            parse_samples(&m.render(VIEW))["sealdrop_files_size_bytes{store=\"0000abcd\"}"]
+        };
         assert_eq!(files(&m), 100.0);
         // A measurement starts (its snapshot: 100 bytes recorded)...
         m.measure_soon();
@@ -1109,6 +1185,26 @@ mod tests {
             m.measure(Instant::now(), false);
         }
         assert_eq!(files(&m), 300.0);
+    }
+
+    #[test]
+    fn servers_on_one_database_share_a_store_label_and_others_do_not() {
+        let pg = |url: &str| store_label(&DatabaseUrl::parse(url).unwrap(), None);
+        let shared = pg("postgres://a:secret@db.example:5432/sealdrop");
+        assert_eq!(shared.len(), 8);
+        assert!(shared.bytes().all(|b| b.is_ascii_hexdigit()));
+        // Another user or password, the host's case: the same database.
+        assert_eq!(pg("postgres://b:other@DB.example:5432/sealdrop"), shared);
+        assert_ne!(pg("postgres://a@db.example:5432/other"), shared);
+        assert_ne!(pg("postgres://a@db2.example:5432/sealdrop"), shared);
+        // SQLite: one store per database file (on this machine).
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one.db"), dir.path().join("two.db"));
+        let sqlite = DatabaseUrl::default();
+        let a = store_label(&sqlite, Some(&one));
+        assert_eq!(store_label(&sqlite, Some(&one)), a);
+        assert_ne!(store_label(&sqlite, Some(&two)), a);
+        assert_ne!(a, shared);
     }
 
     #[test]

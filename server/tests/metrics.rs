@@ -69,6 +69,17 @@ fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
     samples.get(key).copied().unwrap_or(0.0)
 }
 
+/// A size gauge (`sealdrop_files_size_bytes`, `sealdrop_database_size_bytes`):
+/// its one series, labelled with the server's store.
+fn size(samples: &HashMap<String, f64>, name: &str) -> f64 {
+    let series: Vec<(&String, &f64)> = samples
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{name}{{store=\"")))
+        .collect();
+    assert_eq!(series.len(), 1, "{name}: {series:?}");
+    *series[0].1
+}
+
 /// Every counter-like sample's change from `before` to `after` (those
 /// that did not change left out).
 fn moved(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> HashMap<String, f64> {
@@ -178,10 +189,10 @@ fn counters_move_by_exactly_what_the_clients_did() {
     assert!(sum.is_some_and(|s| s > 0.0), "upload duration sum: {sum:?}");
     assert_eq!(d, expected);
 
-    assert_eq!(value(&after, "sealdrop_files_size_bytes"), 4000.0);
+    assert_eq!(size(&after, "sealdrop_files_size_bytes"), 4000.0);
     assert_eq!(value(&after, "sealdrop_uploads_in_flight"), 0.0);
     assert_eq!(value(&after, "sealdrop_uploads_awaiting_verdict"), 0.0);
-    assert!(value(&after, "sealdrop_database_size_bytes") > 0.0);
+    assert!(size(&after, "sealdrop_database_size_bytes") > 0.0);
     for outcome in UploadOutcome::ALL {
         let key = format!("sealdrop_uploads_total{{outcome=\"{}\"}}", outcome.as_str());
         assert!(after.contains_key(&key), "{key} missing");
@@ -214,12 +225,21 @@ fn a_restart_counts_the_stored_files_once_and_an_abandoned_upload() {
     };
     assert!(wait_until(WAIT, || abandoned() == 1.0));
     assert_eq!(in_flight(), 0.0);
+
+    let store = |s: &HashMap<String, f64>| {
+        s.keys()
+            .find_map(|k| k.strip_prefix("sealdrop_files_size_bytes{store=\""))
+            .expect("a store label")
+            .to_owned()
+    };
+    let first = store(&scrape(metrics));
     server.stop().unwrap();
 
-    // The running figure starts from the tree on disk.
+    // The figure starts from the records; the store is the same one.
     let (server, metrics) = start(dir.path());
     let s = scrape(metrics);
-    assert_eq!(value(&s, "sealdrop_files_size_bytes"), 5000.0);
+    assert_eq!(store(&s), first);
+    assert_eq!(size(&s, "sealdrop_files_size_bytes"), 5000.0);
     assert_eq!(
         value(&s, "sealdrop_uploads_total{outcome=\"abandoned\"}"),
         0.0
@@ -234,7 +254,7 @@ fn an_administrators_deletion_takes_the_file_out_of_the_files_figure() {
     let (client, mut conn) = Client::setup(server.addr(), &unique_name("del"));
     client.upload_verified(&mut conn, "kept.bin", &random_bytes(5, 5000));
     client.upload_verified(&mut conn, "gone.bin", &random_bytes(6, 3000));
-    let files = || value(&scrape(metrics), "sealdrop_files_size_bytes");
+    let files = || size(&scrape(metrics), "sealdrop_files_size_bytes");
     assert!(wait_until(WAIT, || files() == 8000.0), "{}", files());
     // `files delete` as the command sends it to the running server.
     let answer = control(
@@ -256,7 +276,7 @@ fn a_repair_by_verify_moves_the_files_figure_while_the_server_runs() {
     let (client, mut conn) = Client::setup(server.addr(), &unique_name("repair"));
     client.upload_verified(&mut conn, "kept.bin", &random_bytes(8, 5000));
     client.upload_verified(&mut conn, "gone.bin", &random_bytes(9, 3000));
-    let files = || value(&scrape(metrics), "sealdrop_files_size_bytes");
+    let files = || size(&scrape(metrics), "sealdrop_files_size_bytes");
     assert!(wait_until(WAIT, || files() == 8000.0), "{}", files());
     // By hand: a stored file removed, another put beside them.
     let folder = dir.path().join("files").join(client.id.to_hex());
@@ -438,6 +458,16 @@ fn every_metric_the_dashboard_uses_is_exported() {
         }
     }
     assert!(exprs.len() >= 10, "{exprs:?}");
+    // The size gauges: servers sharing a database each report the shared
+    // figure, so a total takes one per store, never a plain sum.
+    let sizes: Vec<&String> = exprs.iter().filter(|e| e.contains("_size_bytes")).collect();
+    assert!(sizes.len() >= 2, "{exprs:?}");
+    for e in sizes {
+        assert!(
+            e.starts_with("sum(max by (store) (sealdrop_") && e.ends_with("))"),
+            "{e}: sum over stores of the largest per store"
+        );
+    }
     let mut names: Vec<String> = exprs
         .iter()
         .flat_map(|e| {
