@@ -480,6 +480,9 @@ pub struct Metrics {
     in_flight: HashSet<u64>,
     /// Files placed by this pass's commit.
     placing: Vec<Placement>,
+    /// Connections whose 1029 the last commit refused (their Refused
+    /// event follows; the 1029 itself was counted at its Verdict).
+    refused_at_commit: HashSet<u64>,
     verified: u64,
     endpoint: Option<Endpoint>,
     /// The database file (SQLite), for its size.
@@ -560,6 +563,7 @@ impl Metrics {
             data_dir: data_dir.to_path_buf(),
             in_flight: HashSet::new(),
             placing: Vec::new(),
+            refused_at_commit: HashSet::new(),
             verified: 0,
             measure,
             endpoint,
@@ -648,10 +652,20 @@ impl Metrics {
                 }
             }
             ServerEvent::Refused { kind, reason, .. } => {
-                request(*kind);
-                self.refused(refusal_reason(reason));
+                // A 1029 the commit refused was counted at its Verdict.
+                let at_commit = *kind == RequestKind::CrcOk && self.refused_at_commit.remove(&conn);
+                if !at_commit {
+                    self.request(revision, *kind);
+                }
+                let why = refusal_reason(reason);
+                self.refused(why);
                 if *kind == RequestKind::SendFile {
                     self.in_flight.remove(&conn);
+                    self.upload_ended(UploadOutcome::Refused, 1);
+                } else if *kind == RequestKind::CrcOk
+                    && matches!(why, RefusalReason::Quota | RefusalReason::Withdrawn)
+                {
+                    // The upload awaiting this 1029 is discarded with it.
                     self.upload_ended(UploadOutcome::Refused, 1);
                 }
             }
@@ -672,6 +686,7 @@ impl Metrics {
     /// a durable one counts as verified, and the file tree's size moves
     /// by what is on the disk now.
     pub fn pass_ended(&mut self, commit: Option<&Commit>, took: Duration) {
+        self.refused_at_commit.clear();
         if let Some(c) = commit {
             self.h.commit_duration.observe(took.as_secs_f64());
             if c.error.is_some() {
@@ -688,6 +703,9 @@ impl Metrics {
                 self.files_moved(gauge_value(after) - gauge_value(p.before));
             }
             let durable = commit.map_or(Durability::Durable, |c| c.outcome(p.conn));
+            if commit.is_some_and(|c| c.refusal(p.conn).is_some()) {
+                self.refused_at_commit.insert(p.conn);
+            }
             if durable == Durability::Durable {
                 self.verified += 1;
                 self.upload_ended(UploadOutcome::Verified, 1);
@@ -1205,6 +1223,65 @@ mod tests {
         assert_eq!(store_label(&sqlite, Some(&one)), a);
         assert_ne!(store_label(&sqlite, Some(&two)), a);
         assert_ne!(a, shared);
+    }
+
+    #[test]
+    fn a_1029_refused_counts_its_upload_as_refused_and_its_request_once() {
+        use sealdrop_protocol::error::{QuotaExceeded, QuotaLimit};
+        use sealdrop_protocol::store::CommitRefusal;
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = metrics(dir.path());
+        let id = ClientId([4; 16]);
+        let rev = Revision::R2023c;
+        // Accepted, then refused by its commit (withdrawn meanwhile).
+        m.session_event(
+            5,
+            rev,
+            &ServerEvent::Verdict {
+                client_id: id,
+                file_name: "w".into(),
+                verdict: VerdictKind::CrcOk,
+                applied: true,
+                replaced: false,
+                attempts: 1,
+                last: None,
+                duration: None,
+            },
+        );
+        let withdrawn = StoreError::Withdrawn { why: "forgotten" };
+        let commit = Commit {
+            refused: vec![CommitRefusal {
+                conn: 5,
+                client_id: id,
+                error: withdrawn.clone(),
+            }],
+            ..Commit::default()
+        };
+        m.pass_ended(Some(&commit), Duration::from_millis(1));
+        let refused = |reason: Refusal| ServerEvent::Refused {
+            kind: RequestKind::CrcOk,
+            client_id: id,
+            reason,
+        };
+        m.session_event(5, rev, &refused(withdrawn.into()));
+        m.session_event(5, rev, &ServerEvent::Closing(CloseReason::RefusedAtCommit));
+        // Over quota at its 1029 (two uploads that each fitted).
+        let quota = QuotaExceeded {
+            limit: QuotaLimit::Files,
+            max: 1,
+            would_be: 2,
+        };
+        m.session_event(6, rev, &refused(Refusal::OverQuota(quota)));
+        // A 1029 for nothing pending: no upload ended.
+        m.session_event(7, rev, &refused(Refusal::UnknownClient));
+        let s = parse_samples(&m.render(VIEW));
+        assert_eq!(s["sealdrop_requests_total{code=\"1029\"}"], 3.0);
+        assert_eq!(s["sealdrop_uploads_total{outcome=\"refused\"}"], 2.0);
+        assert_eq!(s["sealdrop_uploads_total{outcome=\"verified\"}"], 0.0);
+        assert_eq!(s["sealdrop_refusals_total{reason=\"withdrawn\"}"], 1.0);
+        assert_eq!(s["sealdrop_refusals_total{reason=\"quota\"}"], 1.0);
+        assert_eq!(s["sealdrop_refusals_total{reason=\"request\"}"], 1.0);
+        assert_eq!(s["sealdrop_refusals_total{reason=\"server_error\"}"], 0.0);
     }
 
     #[test]
