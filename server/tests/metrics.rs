@@ -205,6 +205,380 @@ fn counters_move_by_exactly_what_the_clients_did() {
     server.stop().unwrap();
 }
 
+/// Bytes of a client's 1025 and 1026 (what `Client::setup` sends).
+fn setup_len(client: &Client) -> u64 {
+    len_of(&Request::Register {
+        name: client.name_field(),
+    }) + len_of(&Request::PublicKey {
+        name: client.name_field(),
+        public_key: Box::new([0; sealdrop_protocol::consts::PUBLIC_KEY_LEN]),
+    })
+}
+
+/// Bytes of a verdict (1029, 1030 and 1031 have one layout).
+fn verdict_len() -> u64 {
+    len_of(&Request::CrcOk {
+        file_name: fixed("x"),
+    })
+}
+
+/// A scrape once `sealdrop_connections_open` is `open` (a connection the
+/// server closed, or the client dropped, is seen by the loop a moment
+/// after the client saw it).
+fn settled(metrics: SocketAddr, open: f64) -> HashMap<String, f64> {
+    let end = Instant::now() + WAIT;
+    loop {
+        let s = scrape(metrics);
+        if value(&s, "sealdrop_connections_open") == open || Instant::now() >= end {
+            assert_eq!(value(&s, "sealdrop_connections_open"), open);
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts that from `before` to `after` the counters moved by exactly
+/// `expected` and nothing else, leaving out the commit histogram (see
+/// below) and the upload-duration buckets and sum (times).
+fn assert_moved(
+    what: &str,
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    expected: &[(&str, f64)],
+) {
+    let mut d = moved(before, after);
+    d.retain(|k, _| {
+        !k.starts_with("sealdrop_commit_duration_seconds")
+            && !k.starts_with("sealdrop_upload_duration_seconds_bucket")
+            && k != "sealdrop_upload_duration_seconds_sum"
+    });
+    let expected: HashMap<String, f64> = expected
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), *v))
+        .collect();
+    assert_eq!(d, expected, "{what}");
+    assert_eq!(
+        value(after, "sealdrop_commit_failures_total"),
+        value(before, "sealdrop_commit_failures_total"),
+        "{what}: a commit failed"
+    );
+}
+
+/// Every outcome and refusal reason a real server (SQLite) can be driven
+/// to deterministically, one step at a time, with a scrape before and
+/// after each, and one in the middle of an upload: each counter moves by
+/// exactly what the step did.
+///
+/// Commit passes are not counted exactly: how many loop passes change
+/// something depends on how the kernel hands a frame to the server (a
+/// 1028's header and its end in one read or in two), so only failures
+/// are checked (none).
+#[test]
+fn counters_move_by_exactly_each_step_including_mid_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut settings = Settings::with_defaults(any, dir.path());
+    settings.metrics_listen = Some(any);
+    // --max-file-size 20000, --quota-files 2, --quota-bytes 10000, and a
+    // short header timeout for the timeout step.
+    settings.session.max_content = sealdrop_protocol::crypto::encrypted_len(20_000);
+    settings.store.quota.max_files = Some(2);
+    settings.store.quota.max_bytes = Some(10_000);
+    settings.session.header_timeout = Duration::from_secs(1);
+    let server = inprocess::spawn(settings).expect("server starts");
+    let metrics = server.metrics_addr().unwrap();
+    let v = verdict_len();
+    let mut last = settled(metrics, 0.0);
+
+    // 1. A client registers, sends its key, and uploads 1000 bytes.
+    let mut main = Client::new(&unique_name("main"));
+    let mut conn = Conn::connect(server.addr());
+    main.register(&mut conn);
+    main.exchange_key(&mut conn);
+    let first = random_bytes(11, 1000);
+    main.upload_verified(&mut conn, "first.bin", &first);
+    let now = settled(metrics, 1.0);
+    let sent = setup_len(&main) + main.file_frame("first.bin", &first).len() as u64 + v;
+    assert_moved(
+        "registered, one upload",
+        &last,
+        &now,
+        &[
+            ("sealdrop_connections_accepted_total", 1.0),
+            ("sealdrop_requests_total{code=\"1025\"}", 1.0),
+            ("sealdrop_requests_total{code=\"1026\"}", 1.0),
+            ("sealdrop_requests_total{code=\"1028\"}", 1.0),
+            ("sealdrop_requests_total{code=\"1029\"}", 1.0),
+            ("sealdrop_uploads_total{outcome=\"verified\"}", 1.0),
+            ("sealdrop_received_bytes_total", sent as f64),
+            ("sealdrop_stored_bytes_total", 1000.0),
+            ("sealdrop_upload_duration_seconds_count", 1.0),
+        ],
+    );
+    last = now;
+
+    // 2. Part of a 1028, held: the connection and the bytes show, the
+    // upload is in flight, no request or upload is counted yet.
+    let held = random_bytes(12, 3000);
+    let frame = main.file_frame("held.bin", &held);
+    let half = frame.len() / 2;
+    conn.send(&frame[..half]);
+    let mid = {
+        let want = value(&last, "sealdrop_received_bytes_total") + half as f64;
+        let mut s = scrape(metrics);
+        let end = Instant::now() + WAIT;
+        while (value(&s, "sealdrop_uploads_in_flight") != 1.0
+            || value(&s, "sealdrop_received_bytes_total") != want)
+            && Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(20));
+            s = scrape(metrics);
+        }
+        s
+    };
+    assert_eq!(value(&mid, "sealdrop_connections_open"), 1.0);
+    assert_eq!(value(&mid, "sealdrop_uploads_in_flight"), 1.0);
+    assert_eq!(value(&mid, "sealdrop_uploads_awaiting_verdict"), 0.0);
+    assert_moved(
+        "mid-upload",
+        &last,
+        &mid,
+        &[("sealdrop_received_bytes_total", half as f64)],
+    );
+    last = mid;
+
+    // 3. The rest; a cksum mismatch (1030) and a resend, then 1029.
+    conn.send(&frame[half..]);
+    let _ = conn.expect(2103);
+    main.send_verdict(&mut conn, 1030, "held.bin");
+    main.upload_verified(&mut conn, "held.bin", &held);
+    let now = settled(metrics, 1.0);
+    assert_eq!(value(&now, "sealdrop_uploads_in_flight"), 0.0);
+    let sent = (frame.len() - half) as u64 + v + frame.len() as u64 + v;
+    assert_moved(
+        "resent once, verified",
+        &last,
+        &now,
+        &[
+            ("sealdrop_requests_total{code=\"1028\"}", 2.0),
+            ("sealdrop_requests_total{code=\"1030\"}", 1.0),
+            ("sealdrop_requests_total{code=\"1029\"}", 1.0),
+            ("sealdrop_resends_total", 1.0),
+            ("sealdrop_uploads_total{outcome=\"verified\"}", 1.0),
+            ("sealdrop_received_bytes_total", sent as f64),
+            ("sealdrop_stored_bytes_total", 3000.0),
+            ("sealdrop_upload_duration_seconds_count", 1.0),
+        ],
+    );
+    assert_eq!(size(&now, "sealdrop_files_size_bytes"), 4000.0);
+    last = now;
+
+    // 4. Another client gives up after four mismatches: three 1030s and
+    // resends, then 1031 (answered 2104). Then it hangs up.
+    let (quitter, mut qc) = Client::setup(server.addr(), &unique_name("quits"));
+    let data = random_bytes(13, 2000);
+    let gframe = quitter.file_frame("g.bin", &data);
+    for attempt in 1..=4 {
+        qc.send(&gframe);
+        let _ = qc.expect(2103);
+        let code = if attempt < 4 { 1030 } else { 1031 };
+        quitter.send_verdict(&mut qc, code, "g.bin");
+    }
+    let _ = qc.expect(2104);
+    drop(qc);
+    let now = settled(metrics, 1.0);
+    let sent = setup_len(&quitter) + 4 * (gframe.len() as u64 + v);
+    assert_moved(
+        "gave up after four mismatches",
+        &last,
+        &now,
+        &[
+            ("sealdrop_connections_accepted_total", 1.0),
+            ("sealdrop_requests_total{code=\"1025\"}", 1.0),
+            ("sealdrop_requests_total{code=\"1026\"}", 1.0),
+            ("sealdrop_requests_total{code=\"1028\"}", 4.0),
+            ("sealdrop_requests_total{code=\"1030\"}", 3.0),
+            ("sealdrop_requests_total{code=\"1031\"}", 1.0),
+            ("sealdrop_resends_total", 3.0),
+            ("sealdrop_uploads_total{outcome=\"crc_failed\"}", 1.0),
+            ("sealdrop_received_bytes_total", sent as f64),
+        ],
+    );
+    last = now;
+
+    // 5. A file over --max-file-size: its header alone is refused (2107,
+    // close).
+    let big = main.file_frame("big.bin", &random_bytes(14, 30_000));
+    let head = big.len() as u64 - main.expected_content_size(30_000);
+    let mut lc = Conn::connect(server.addr());
+    lc.send(&big[..head as usize]);
+    lc.expect_error_then_close();
+    let now = settled(metrics, 1.0);
+    assert_moved(
+        "over the file size limit",
+        &last,
+        &now,
+        &[
+            ("sealdrop_connections_accepted_total", 1.0),
+            ("sealdrop_refusals_total{reason=\"limit\"}", 1.0),
+            ("sealdrop_received_bytes_total", head as f64),
+        ],
+    );
+    last = now;
+
+    // 6. Quota, files: the client keeps 2, a third is refused at its
+    // header (its content read and dropped, then 2107).
+    let third = main.file_frame("third.bin", &random_bytes(15, 500));
+    conn.send(&third);
+    let _ = conn.expect(2107);
+    let now = settled(metrics, 1.0);
+    assert_moved(
+        "over the files quota",
+        &last,
+        &now,
+        &[
+            ("sealdrop_requests_total{code=\"1028\"}", 1.0),
+            ("sealdrop_refusals_total{reason=\"quota\"}", 1.0),
+            ("sealdrop_uploads_total{outcome=\"refused\"}", 1.0),
+            ("sealdrop_received_bytes_total", third.len() as f64),
+        ],
+    );
+    last = now;
+
+    // 7. Quota, bytes: 9000 kept; 1001 more fit by the header's bound
+    // (1008 encrypted, at least 992 plain) but not by their exact size:
+    // refused at the end, before 2103.
+    let (rich, mut rc) = Client::setup(server.addr(), &unique_name("bytes"));
+    let nine = random_bytes(16, 9000);
+    rich.upload_verified(&mut rc, "nine.bin", &nine);
+    let over = rich.file_frame("over.bin", &random_bytes(17, 1001));
+    assert_eq!(rich.expected_content_size(1001), 1008);
+    rc.send(&over);
+    let _ = rc.expect(2107);
+    let now = settled(metrics, 2.0);
+    let sent =
+        setup_len(&rich) + rich.file_frame("nine.bin", &nine).len() as u64 + v + over.len() as u64;
+    assert_moved(
+        "over the bytes quota by its exact size",
+        &last,
+        &now,
+        &[
+            ("sealdrop_connections_accepted_total", 1.0),
+            ("sealdrop_requests_total{code=\"1025\"}", 1.0),
+            ("sealdrop_requests_total{code=\"1026\"}", 1.0),
+            ("sealdrop_requests_total{code=\"1028\"}", 2.0),
+            ("sealdrop_requests_total{code=\"1029\"}", 1.0),
+            ("sealdrop_uploads_total{outcome=\"verified\"}", 1.0),
+            ("sealdrop_uploads_total{outcome=\"refused\"}", 1.0),
+            ("sealdrop_refusals_total{reason=\"quota\"}", 1.0),
+            ("sealdrop_received_bytes_total", sent as f64),
+            ("sealdrop_stored_bytes_total", 9000.0),
+            ("sealdrop_upload_duration_seconds_count", 1.0),
+        ],
+    );
+    last = now;
+
+    // 8. Quota at the 1029: two uploads that each fit (1 file kept, so 2
+    // with either) await their verdicts; the second 1029 would make 3.
+    let x = rich.file_frame("x.bin", &random_bytes(18, 200));
+    let y = rich.file_frame("y.bin", &random_bytes(19, 300));
+    rc.send(&x);
+    let _ = rc.expect(2103);
+    rc.send(&y);
+    let _ = rc.expect(2103);
+    assert_eq!(
+        value(&scrape(metrics), "sealdrop_uploads_awaiting_verdict"),
+        2.0
+    );
+    rich.verify(&mut rc, "x.bin");
+    rich.send_verdict(&mut rc, 1029, "y.bin");
+    let _ = rc.expect(2107);
+    let now = settled(metrics, 2.0);
+    assert_eq!(value(&now, "sealdrop_uploads_awaiting_verdict"), 0.0);
+    let sent = x.len() as u64 + y.len() as u64 + 2 * v;
+    // x's 1029 came after y's upload on the connection: the session times
+    // only the last upload it received, so x is verified but not timed.
+    assert_moved(
+        "over the files quota at the 1029",
+        &last,
+        &now,
+        &[
+            ("sealdrop_requests_total{code=\"1028\"}", 2.0),
+            ("sealdrop_requests_total{code=\"1029\"}", 2.0),
+            ("sealdrop_uploads_total{outcome=\"verified\"}", 1.0),
+            ("sealdrop_uploads_total{outcome=\"refused\"}", 1.0),
+            ("sealdrop_refusals_total{reason=\"quota\"}", 1.0),
+            ("sealdrop_received_bytes_total", sent as f64),
+            ("sealdrop_stored_bytes_total", 200.0),
+        ],
+    );
+    drop(rc);
+    last = settled(metrics, 1.0);
+
+    // 9. A frame that does not decode: 2107, close.
+    let mut bad = Conn::connect(server.addr());
+    let bad_frame = header(&ClientId::ZERO, 3, 1111, 0);
+    bad.send(&bad_frame);
+    bad.expect_error_then_close();
+    let now = settled(metrics, 1.0);
+    assert_moved(
+        "a bad frame",
+        &last,
+        &now,
+        &[
+            ("sealdrop_connections_accepted_total", 1.0),
+            ("sealdrop_refusals_total{reason=\"bad_frame\"}", 1.0),
+            ("sealdrop_received_bytes_total", bad_frame.len() as f64),
+        ],
+    );
+    last = now;
+
+    // 10. A header that stops after 3 bytes: closed at the header timeout.
+    let mut slow = Conn::connect(server.addr());
+    slow.send(&bad_frame[..3]);
+    let _ = slow.expect_closed(WAIT);
+    let now = settled(metrics, 1.0);
+    assert_moved(
+        "a header timeout",
+        &last,
+        &now,
+        &[
+            ("sealdrop_connections_accepted_total", 1.0),
+            ("sealdrop_refusals_total{reason=\"timeout\"}", 1.0),
+            ("sealdrop_received_bytes_total", 3.0),
+        ],
+    );
+    last = now;
+
+    // 11. Half an upload on a second connection, then the client is gone.
+    let mut cut = Conn::connect(server.addr());
+    let part = main.file_frame("cut.bin", &random_bytes(20, 3000));
+    cut.send(&part[..part.len() / 2]);
+    assert!(wait_until(WAIT, || value(
+        &scrape(metrics),
+        "sealdrop_uploads_in_flight"
+    ) == 1.0));
+    drop(cut);
+    let now = settled(metrics, 1.0);
+    assert_eq!(value(&now, "sealdrop_uploads_in_flight"), 0.0);
+    assert_moved(
+        "an abandoned upload",
+        &last,
+        &now,
+        &[
+            ("sealdrop_connections_accepted_total", 1.0),
+            ("sealdrop_uploads_total{outcome=\"abandoned\"}", 1.0),
+            ("sealdrop_received_bytes_total", (part.len() / 2) as f64),
+        ],
+    );
+    assert_eq!(
+        size(&now, "sealdrop_files_size_bytes"),
+        4000.0 + 9000.0 + 200.0
+    );
+    drop(conn);
+    server.stop().unwrap();
+}
+
 #[test]
 fn a_restart_counts_the_stored_files_once_and_an_abandoned_upload() {
     let dir = tempfile::tempdir().unwrap();
