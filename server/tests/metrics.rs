@@ -1,7 +1,10 @@
-//! `--metrics-listen`: the counters move by exactly what clients did,
+//! `--metrics-listen`: the counters move by exactly what clients did
+//! (step by step, and in the middle of an upload), an administrator's
+//! withdrawal is not a server error, a repair moves the files figure,
 //! hostile scrapers (silent, endless, oversized, too many) neither delay
 //! an upload nor stay connected past their timeout, the dashboard only
-//! names exported metrics, and `STATUS=` reaches systemd.
+//! names exported metrics and totals the size gauges per store, and
+//! `STATUS=` reaches systemd.
 //!
 //! In-process servers (`inprocess::spawn`) with a tiny HTTP GET; the
 //! STATUS= check runs the binary with a fake NOTIFY_SOCKET.
