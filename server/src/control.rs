@@ -404,8 +404,10 @@ impl Control {
     }
 
     /// The outcome of the pass's commit: answers that waited for it go
-    /// out (an error in place of each if it failed).
-    pub fn committed(&mut self, registry: &Registry, error: Option<&StoreError>) {
+    /// out (an error in place of each if it failed). Whether any did (the
+    /// commit carried an administrator's change).
+    pub fn committed(&mut self, registry: &Registry, error: Option<&StoreError>) -> bool {
+        let mut carried = false;
         for i in 0..self.conns.len() {
             let Some(conn) = self.conns[i].as_mut() else {
                 continue;
@@ -413,6 +415,7 @@ impl Control {
             let State::AwaitingCommit(answer) = &conn.state else {
                 continue;
             };
+            carried = true;
             let answer = match error {
                 None => answer.clone(),
                 Some(e) => json!({
@@ -427,6 +430,7 @@ impl Control {
                 self.ready.push(i);
             }
         }
+        carried
     }
 
     fn accept(&mut self, registry: &Registry, now: Instant) {

@@ -12,7 +12,7 @@
 //! [`Db::open`] migrates older versions step by step. Errors become
 //! [`StoreError`]s naming the operation; they never contain key bytes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::ValueRef;
@@ -674,7 +674,11 @@ impl Db {
     /// beside the writer). A newer schema is refused; an older one reads
     /// as far as it goes (no quotas, sizes or counters before version 3).
     pub fn open_read_only(data_dir: &Path) -> Result<Db, StoreError> {
-        let path = data_dir.join(DB_FILE_NAME);
+        Db::open_read_only_at(&data_dir.join(DB_FILE_NAME))
+    }
+
+    /// [`Db::open_read_only`] for the database file at `path`.
+    pub fn open_read_only_at(path: &Path) -> Result<Db, StoreError> {
         if !path.is_file() {
             return Err(StoreError::Invalid(format!(
                 "no database at {} (has a server ever run on this data directory?)",
@@ -683,7 +687,7 @@ impl Db {
         }
         let flags =
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).map_err(op_err("open read-only"))?;
+        let conn = Connection::open_with_flags(path, flags).map_err(op_err("open read-only"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(op_err("set busy timeout"))?;
         let db = Db::from_connection(conn);
@@ -695,6 +699,26 @@ impl Db {
         }
         db.check_columns()?;
         Ok(db)
+    }
+
+    /// The recorded sizes of the verified files added up (what
+    /// `sealdrop_files_size_bytes` shows; the same sum as PostgreSQL's).
+    pub fn stored_bytes(&self) -> Result<u64, StoreError> {
+        let op = "add up the stored files' sizes";
+        if !self.has_table("file_meta")? {
+            return Ok(0);
+        }
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT coalesce(sum(m.Size), 0) FROM file_meta m \
+                 JOIN files f ON f.ID = m.ID AND f.FileName = m.FileName \
+                 WHERE f.Verified = 1",
+            )
+            .map_err(op_err(op))?
+            .query_row([], |row| row.get(0))
+            .map_err(op_err(op))?;
+        Ok(n.unsigned_abs())
     }
 
     /// Whether the database has `table` (the version 3 tables are missing
@@ -916,6 +940,26 @@ impl Db {
         self.conn
             .execute_batch("BEGIN DEFERRED")
             .map_err(op_err("begin read"))
+    }
+
+    /// [`Db::begin_snapshot`], with the snapshot taken now (a deferred
+    /// transaction takes it at its first read): what later queries in it
+    /// see is the database as it is at this call.
+    pub fn begin_snapshot_now(&self) -> Result<(), StoreError> {
+        self.begin_snapshot()?;
+        if let Err(e) = self.has_table("files") {
+            self.end_snapshot();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The database file, if it is one (not in memory).
+    pub fn path(&self) -> Option<PathBuf> {
+        self.conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
     }
 
     /// Ends [`Db::begin_snapshot`].

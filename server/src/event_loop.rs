@@ -243,8 +243,11 @@ impl Server {
         store
             .attach(waker.clone())
             .map_err(|e| io::Error::other(format!("cannot start the database worker: {e}")))?;
+        let db_path = store.db().and_then(crate::db::Db::path);
         let metrics = Metrics::new(
             &settings.data_dir,
+            db_path.as_deref(),
+            &crate::metrics::store_label(&settings.store.database, db_path.as_deref()),
             settings.max_connections,
             settings.metrics_listen,
             poll.registry(),
@@ -379,6 +382,7 @@ impl Server {
             self.metrics.serve(self.poll.registry(), now, self.view());
             self.housekeeping(now);
             self.end_pass();
+            self.measure_files(Instant::now());
             if self.drain_done(now) {
                 if self.store.uncommitted() || self.commit_started.is_some() {
                     let commit = self.store.commit(Instant::now());
@@ -449,7 +453,9 @@ impl Server {
         if !self.store.uncommitted() {
             self.metrics.pass_ended(None, started.elapsed());
             if let Some(c) = self.control.as_mut() {
-                c.committed(self.poll.registry(), None);
+                if c.committed(self.poll.registry(), None) {
+                    self.metrics.measure_soon();
+                }
             }
             for key in touched {
                 let Some(conn) = self.conns.get_mut(key) else {
@@ -490,7 +496,10 @@ impl Server {
         }
         self.settle_verdicts(commit);
         if let Some(c) = self.control.as_mut() {
-            c.committed(self.poll.registry(), commit.error.as_ref());
+            if c.committed(self.poll.registry(), commit.error.as_ref()) {
+                // A repair changes records with no client event to count.
+                self.metrics.measure_soon();
+            }
         }
         let keys = keys.unwrap_or_else(|| self.conns.iter().map(|(k, _)| k).collect());
         for key in keys {
@@ -548,6 +557,14 @@ impl Server {
                 log::info!("{line} outcome=verified");
             }
         }
+    }
+
+    /// The metrics' measurement of the stored files (SQLite): started
+    /// between commits, so the snapshot it reads holds every placement the
+    /// running figure counted and none it will count.
+    fn measure_files(&mut self, now: Instant) {
+        let quiet = self.commit_started.is_none() && !self.store.uncommitted();
+        self.metrics.measure(now, quiet);
     }
 
     /// What the metrics read from the loop at a scrape.

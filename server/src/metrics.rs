@@ -10,16 +10,27 @@
 //! orphans housekeeping expired. A verified upload counts once the commit
 //! that made it durable succeeded, not when its 1029 arrived.
 //!
-//! The size of the file tree is a running figure: summed once at start
-//! (only when the endpoint is on), then moved by the size of each file a
-//! commit placed (its size after the commit minus the size of the file it
-//! replaced). Nothing walks the tree on a scrape.
+//! The stored files' size is the recorded sizes of the verified files,
+//! as the database adds them up (only when the endpoint is on): measured
+//! at start, then every [`MEASURE_EVERY`] and after each commit that
+//! carried an administrator's change (a `verify --repair` changes records
+//! without a client's event). In between it moves at once by the size of
+//! each file a commit placed (its size after the commit minus the size of
+//! the file it replaced) and of the files an administrator deleted.
+//! After start a measurement runs on a thread of its own, on a read-only
+//! connection whose snapshot the loop took between two commits: the
+//! result plus what the figure moved since that snapshot replaces the
+//! figure, so a slow sum (seconds on a million files) never holds up the
+//! loop, and nothing is counted twice. Nothing walks the tree. With
+//! PostgreSQL the database worker measures instead
+//! ([`LoopView::shared_sizes`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
@@ -36,11 +47,18 @@ use sealdrop_protocol::server::{CloseReason, ServerEvent, VerdictKind};
 use sealdrop_protocol::store::{Commit, Durability};
 use sealdrop_protocol::{RequestKind, Revision};
 
+use crate::db::Db;
 use crate::files;
 use crate::metrics_http::Endpoint;
+use crate::pg::DatabaseUrl;
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "sealdrop";
+
+/// How often the stored files' size is measured from the database (one
+/// aggregate query over the file records; the same interval as
+/// PostgreSQL's measurement).
+pub const MEASURE_EVERY: Duration = crate::records::MEASURE_EVERY;
 
 /// Buckets of `sealdrop_commit_duration_seconds`: 0.5 ms doubling to
 /// about 4 s (a commit is one or two filesystem syncs).
@@ -79,6 +97,10 @@ pub enum RefusalReason {
     Registration,
     /// A 1027 answered with 2106.
     Reconnect,
+    /// An upload an administrator withdrew while it was in flight (its
+    /// client forgotten, its file deleted): answered with the revision's
+    /// error, a routine outcome rather than a failure.
+    Withdrawn,
     /// The server could not do its part: a storage error, answers that
     /// could not be made durable, an RSA failure.
     ServerError,
@@ -86,7 +108,7 @@ pub enum RefusalReason {
 
 impl RefusalReason {
     /// Every reason, in the order they are exported.
-    pub const ALL: [RefusalReason; 8] = [
+    pub const ALL: [RefusalReason; 9] = [
         RefusalReason::Limit,
         RefusalReason::Quota,
         RefusalReason::BadFrame,
@@ -94,6 +116,7 @@ impl RefusalReason {
         RefusalReason::Request,
         RefusalReason::Registration,
         RefusalReason::Reconnect,
+        RefusalReason::Withdrawn,
         RefusalReason::ServerError,
     ];
 
@@ -107,6 +130,7 @@ impl RefusalReason {
             RefusalReason::Request => "request",
             RefusalReason::Registration => "registration",
             RefusalReason::Reconnect => "reconnect",
+            RefusalReason::Withdrawn => "withdrawn",
             RefusalReason::ServerError => "server_error",
         }
     }
@@ -177,8 +201,68 @@ struct ReasonLabel {
     reason: RefusalReason,
 }
 
+/// The `store` label of the size gauges: which database and file tree
+/// they measure ([`store_label`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StoreLabel {
+    store: String,
+}
+
+/// The `store` label's value: 8 hex digits, the POSIX cksum of what names
+/// the records. Servers that share a PostgreSQL database get the same
+/// value (its hosts, ports and database name as the URL gives them; the
+/// user and password are left out), and every SQLite server its own (the
+/// machine's id and host name, and the database file's absolute path).
+/// A dashboard takes one figure per store (`max by (store)`) and adds
+/// the stores up.
+pub fn store_label(database: &DatabaseUrl, sqlite_file: Option<&Path>) -> String {
+    let identity = match database {
+        DatabaseUrl::Postgres(url) => {
+            let c = url.config();
+            let hosts: Vec<String> = c
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    postgres::config::Host::Tcp(name) => name.to_ascii_lowercase(),
+                    postgres::config::Host::Unix(path) => path.display().to_string(),
+                })
+                .collect();
+            let ports: Vec<String> = c.get_ports().iter().map(u16::to_string).collect();
+            format!(
+                "postgres\n{}\n{}\n{}",
+                hosts.join(","),
+                ports.join(","),
+                c.get_dbname().or(c.get_user()).unwrap_or("")
+            )
+        }
+        DatabaseUrl::Sqlite(_) => {
+            let read = |p: &str| {
+                std::fs::read_to_string(p)
+                    .map(|t| t.trim().to_owned())
+                    .unwrap_or_default()
+            };
+            let file = sqlite_file
+                .map(|f| f.canonicalize().unwrap_or_else(|_| f.to_path_buf()))
+                .unwrap_or_default();
+            format!(
+                "sqlite\n{}\n{}\n{}",
+                read("/etc/machine-id"),
+                read("/proc/sys/kernel/hostname"),
+                file.display()
+            )
+        }
+    };
+    format!(
+        "{:08x}",
+        sealdrop_protocol::cksum::cksum(identity.as_bytes())
+    )
+}
+
 /// The reason a [`Refusal`] (a 2107 for a well-formed request) counts
-/// under.
+/// under. A quota refusal counts as `quota` and an administrator's
+/// withdrawal as `withdrawn` whichever stage refused the upload (its
+/// header, its end, its 1029, or the commit after it); only the store's
+/// other errors are `server_error`.
 pub fn refusal_reason(refusal: &Refusal) -> RefusalReason {
     match refusal {
         Refusal::UnknownClient
@@ -190,8 +274,9 @@ pub fn refusal_reason(refusal: &Refusal) -> RefusalReason {
         | Refusal::BadPadding(_)
         | Refusal::NothingPending => RefusalReason::Request,
         Refusal::Packet(_) => RefusalReason::BadFrame,
-        Refusal::OverQuota(_) => RefusalReason::Quota,
+        Refusal::OverQuota(_) | Refusal::Store(StoreError::OverQuota(_)) => RefusalReason::Quota,
         Refusal::Store(StoreError::PendingFull { .. }) => RefusalReason::Limit,
+        Refusal::Store(StoreError::Withdrawn { .. }) => RefusalReason::Withdrawn,
         Refusal::Store(_) | Refusal::KeyEncryption(_) | Refusal::NoFreeClientId => {
             RefusalReason::ServerError
         }
@@ -241,7 +326,13 @@ struct Handles {
 }
 
 impl Handles {
-    fn register(registry: &mut Registry) -> Handles {
+    /// Registers every metric; the size gauges carry `store`.
+    fn register(registry: &mut Registry, store: &str) -> Handles {
+        let store = StoreLabel {
+            store: store.to_owned(),
+        };
+        let database_size = Family::<StoreLabel, Gauge>::default();
+        let files_size = Family::<StoreLabel, Gauge>::default();
         let h = Handles {
             connections_accepted: Counter::default(),
             connections_open: Gauge::default(),
@@ -257,8 +348,8 @@ impl Handles {
             commit_duration: Histogram::new(commit_buckets()),
             commit_failures: Counter::default(),
             upload_duration: Histogram::new(upload_buckets()),
-            database_size: Gauge::default(),
-            files_size: Gauge::default(),
+            database_size: database_size.get_or_create(&store).clone(),
+            files_size: files_size.get_or_create(&store).clone(),
         };
         let r = registry;
         r.register(
@@ -337,15 +428,15 @@ impl Handles {
         );
         r.register_with_unit(
             "database_size",
-            "Size of defensive.db and its write-ahead log",
+            "Size of the database (SQLite: defensive.db and its write-ahead log), by store",
             Unit::Bytes,
-            h.database_size.clone(),
+            database_size,
         );
         r.register_with_unit(
             "files_size",
-            "Total size of the stored files (uploads in progress excluded)",
+            "Recorded size of the verified stored files, by store (servers sharing a database report the same)",
             Unit::Bytes,
-            h.files_size.clone(),
+            files_size,
         );
         // Every label value from the start, so rates and alerts see a 0
         // rather than no series.
@@ -389,10 +480,40 @@ pub struct Metrics {
     in_flight: HashSet<u64>,
     /// Files placed by this pass's commit.
     placing: Vec<Placement>,
+    /// Connections whose 1029 the last commit refused (their Refused
+    /// event follows; the 1029 itself was counted at its Verdict).
+    refused_at_commit: HashSet<u64>,
     verified: u64,
     endpoint: Option<Endpoint>,
+    /// The database file (SQLite), for its size.
+    db_path: Option<PathBuf>,
+    /// Measuring the stored files from SQLite (`None`: the endpoint is
+    /// off, or the records are in PostgreSQL).
+    measure: Option<Measure>,
     /// The last `STATUS=` sent.
     status: String,
+}
+
+/// A measurement's answer: the connection back, and the sum.
+type Measured = (Db, Result<u64, StoreError>);
+
+/// The stored files' size, measured from SQLite off the loop.
+struct Measure {
+    /// The read-only connection, while no measurement is out.
+    idle: Option<Db>,
+    /// When the next measurement is due.
+    next: Instant,
+    /// The measurement out, if one is.
+    out: Option<Outstanding>,
+}
+
+struct Outstanding {
+    answer: mpsc::Receiver<Measured>,
+    /// What the running figure moved since the measurement's snapshot.
+    moved: i64,
+    /// Another measurement was asked for meanwhile (an administrator's
+    /// change after the snapshot).
+    again: bool,
 }
 
 impl fmt::Debug for Metrics {
@@ -404,22 +525,26 @@ impl fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics for a server with data in `data_dir`; with `listen`, the
-    /// endpoint is bound and registered with `poll` and the file tree's
-    /// size is summed once.
+    /// Metrics for a server with data in `data_dir` and its records in the
+    /// SQLite file `db_path` (`None`: PostgreSQL), its size gauges
+    /// labelled `store` ([`store_label`]); with `listen`, the
+    /// endpoint is bound and registered with `poll`, and the stored files'
+    /// size is measured once (a read-only connection is kept for the
+    /// later measurements).
     pub fn new(
         data_dir: &Path,
+        db_path: Option<&Path>,
+        store: &str,
         max_connections: usize,
         listen: Option<SocketAddr>,
         poll: &PollRegistry,
     ) -> io::Result<Metrics> {
         let mut registry = Registry::with_prefix(PREFIX);
-        let h = Handles::register(&mut registry);
+        let h = Handles::register(&mut registry, store);
         h.connections_max.set(gauge_value(max_connections as u64));
         let endpoint = match listen {
             Some(addr) => {
                 let endpoint = Endpoint::bind(addr, poll)?;
-                h.files_size.set(gauge_value(tree_size(data_dir)));
                 log::info!(
                     "metrics at http://{}/metrics (Prometheus text format)",
                     endpoint.addr()
@@ -428,14 +553,21 @@ impl Metrics {
             }
             None => None,
         };
+        let measure = endpoint
+            .as_ref()
+            .and(db_path)
+            .and_then(|path| start_measuring(path, &h.files_size));
         Ok(Metrics {
             registry,
             h,
             data_dir: data_dir.to_path_buf(),
             in_flight: HashSet::new(),
             placing: Vec::new(),
+            refused_at_commit: HashSet::new(),
             verified: 0,
+            measure,
             endpoint,
+            db_path: db_path.map(Path::to_path_buf),
             status: String::new(),
         })
     }
@@ -520,10 +652,20 @@ impl Metrics {
                 }
             }
             ServerEvent::Refused { kind, reason, .. } => {
-                request(*kind);
-                self.refused(refusal_reason(reason));
+                // A 1029 the commit refused was counted at its Verdict.
+                let at_commit = *kind == RequestKind::CrcOk && self.refused_at_commit.remove(&conn);
+                if !at_commit {
+                    self.request(revision, *kind);
+                }
+                let why = refusal_reason(reason);
+                self.refused(why);
                 if *kind == RequestKind::SendFile {
                     self.in_flight.remove(&conn);
+                    self.upload_ended(UploadOutcome::Refused, 1);
+                } else if *kind == RequestKind::CrcOk
+                    && matches!(why, RefusalReason::Quota | RefusalReason::Withdrawn)
+                {
+                    // The upload awaiting this 1029 is discarded with it.
                     self.upload_ended(UploadOutcome::Refused, 1);
                 }
             }
@@ -544,6 +686,7 @@ impl Metrics {
     /// a durable one counts as verified, and the file tree's size moves
     /// by what is on the disk now.
     pub fn pass_ended(&mut self, commit: Option<&Commit>, took: Duration) {
+        self.refused_at_commit.clear();
         if let Some(c) = commit {
             self.h.commit_duration.observe(took.as_secs_f64());
             if c.error.is_some() {
@@ -557,11 +700,12 @@ impl Metrics {
         for p in std::mem::take(&mut self.placing) {
             let after = file_size(&p.path);
             if seen.insert(p.path.clone()) {
-                self.h
-                    .files_size
-                    .inc_by(gauge_value(after) - gauge_value(p.before));
+                self.files_moved(gauge_value(after) - gauge_value(p.before));
             }
             let durable = commit.map_or(Durability::Durable, |c| c.outcome(p.conn));
+            if commit.is_some_and(|c| c.refusal(p.conn).is_some()) {
+                self.refused_at_commit.insert(p.conn);
+            }
             if durable == Durability::Durable {
                 self.verified += 1;
                 self.upload_ended(UploadOutcome::Verified, 1);
@@ -600,7 +744,90 @@ impl Metrics {
     /// files figure goes down by their bytes.
     pub fn files_removed(&mut self, bytes: u64) {
         if bytes > 0 {
-            self.h.files_size.dec_by(gauge_value(bytes));
+            self.files_moved(-gauge_value(bytes));
+        }
+    }
+
+    /// Measures the stored files from SQLite when due, between commits
+    /// (`quiet`: no commit pending, none in flight), and takes the answer
+    /// of the measurement out. Called once per loop pass.
+    pub fn measure(&mut self, now: Instant, quiet: bool) {
+        let Some(m) = self.measure.as_mut() else {
+            return;
+        };
+        if let Some(out) = m.out.as_ref() {
+            let (db, result) = match out.answer.try_recv() {
+                Ok(answer) => answer,
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    log::warn!("metrics: the measuring thread ended; the files figure is no longer measured");
+                    self.measure = None;
+                    return;
+                }
+            };
+            m.idle = Some(db);
+            m.next = if out.again { now } else { now + MEASURE_EVERY };
+            match result {
+                Ok(bytes) => {
+                    self.h
+                        .files_size
+                        .set(gauge_value(bytes).saturating_add(out.moved));
+                }
+                Err(e) => log::warn!("metrics: cannot measure the stored files: {e}"),
+            }
+            m.out = None;
+        }
+        if !quiet || now < m.next {
+            return;
+        }
+        let Some(db) = m.idle.take() else {
+            return;
+        };
+        if let Err(e) = db.begin_snapshot_now() {
+            log::warn!("metrics: cannot measure the stored files: {e}");
+            m.idle = Some(db);
+            m.next = now + MEASURE_EVERY;
+            return;
+        }
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("sealdrop-measure".into())
+            .spawn(move || {
+                let result = db.stored_bytes();
+                db.end_snapshot();
+                let _ = tx.send((db, result));
+            });
+        match spawned {
+            Ok(_) => {
+                m.out = Some(Outstanding {
+                    answer: rx,
+                    moved: 0,
+                    again: false,
+                })
+            }
+            Err(e) => {
+                log::warn!("metrics: cannot start the measuring thread: {e}; the files figure is no longer measured");
+                self.measure = None;
+            }
+        }
+    }
+
+    /// An administrator's change was committed: measure again as soon as
+    /// possible.
+    pub fn measure_soon(&mut self) {
+        if let Some(m) = self.measure.as_mut() {
+            match m.out.as_mut() {
+                Some(out) => out.again = true,
+                None => m.next = Instant::now(),
+            }
+        }
+    }
+
+    /// The running files figure moves by `delta` bytes.
+    fn files_moved(&mut self, delta: i64) {
+        self.h.files_size.inc_by(delta);
+        if let Some(out) = self.measure.as_mut().and_then(|m| m.out.as_mut()) {
+            out.moved = out.moved.saturating_add(delta);
         }
     }
 
@@ -625,8 +852,8 @@ impl Metrics {
                 h.files_size.set(gauge_value(files));
             }
             None => {
-                h.database_size
-                    .set(gauge_value(database_size(&self.data_dir)));
+                let size = self.db_path.as_deref().map_or(0, database_size);
+                h.database_size.set(gauge_value(size));
             }
         }
         let mut out = String::with_capacity(8 * 1024);
@@ -703,39 +930,35 @@ fn file_size(path: &Path) -> u64 {
         .map_or(0, |m| m.len())
 }
 
-/// `defensive.db` and its write-ahead log.
-fn database_size(data_dir: &Path) -> u64 {
-    let db = data_dir.join(crate::db::DB_FILE_NAME);
-    let mut wal = db.clone().into_os_string();
+/// The SQLite database file and its write-ahead log.
+fn database_size(db: &Path) -> u64 {
+    let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");
-    file_size(&db) + file_size(Path::new(&wal))
+    file_size(db) + file_size(Path::new(&wal))
 }
 
-/// The stored files under `files/<client>/`, temporary upload files not
-/// counted: the start of the running figure.
-fn tree_size(data_dir: &Path) -> u64 {
-    let Ok(clients) = std::fs::read_dir(files::files_root(data_dir)) else {
-        return 0;
-    };
-    let mut total = 0u64;
-    for client in clients.flatten() {
-        if !client.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
+/// The first measurement of the stored files, made at once (start-up),
+/// and the read-only connection kept for the next ones; `None` (and a
+/// warning) if the database cannot be read.
+fn start_measuring(db_path: &Path, files_size: &Gauge) -> Option<Measure> {
+    let measured = Db::open_read_only_at(db_path).and_then(|db| {
+        let bytes = db.stored_bytes()?;
+        Ok((db, bytes))
+    });
+    match measured {
+        Ok((db, bytes)) => {
+            files_size.set(gauge_value(bytes));
+            Some(Measure {
+                idle: Some(db),
+                next: Instant::now() + MEASURE_EVERY,
+                out: None,
+            })
         }
-        let Ok(entries) = std::fs::read_dir(client.path()) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let part = entry.file_name().to_str().is_some_and(files::is_part_name);
-            let Ok(meta) = entry.metadata() else {
-                continue;
-            };
-            if meta.is_file() && !part {
-                total = total.saturating_add(meta.len());
-            }
+        Err(e) => {
+            log::warn!("metrics: cannot measure the stored files: {e}");
+            None
         }
     }
-    total
 }
 
 /// The per-metric map of a rendered page: sample name (with labels) to
@@ -757,7 +980,7 @@ mod tests {
 
     fn metrics(dir: &Path) -> Metrics {
         let poll = mio::Poll::new().unwrap();
-        Metrics::new(dir, 100, None, poll.registry()).unwrap()
+        Metrics::new(dir, None, "0000abcd", 100, None, poll.registry()).unwrap()
     }
 
     const VIEW: LoopView = LoopView {
@@ -870,7 +1093,7 @@ mod tests {
         let s = parse_samples(&m.render(VIEW));
         assert_eq!(s["sealdrop_uploads_total{outcome=\"verified\"}"], 1.0);
         assert_eq!(s["sealdrop_stored_bytes_total"], 10.0);
-        assert_eq!(s["sealdrop_files_size_bytes"], 10.0);
+        assert_eq!(s["sealdrop_files_size_bytes{store=\"0000abcd\"}"], 10.0);
         assert_eq!(s["sealdrop_commit_duration_seconds_count"], 2.0);
         assert_eq!(s["sealdrop_commit_failures_total"], 1.0);
         assert_eq!(s["sealdrop_upload_duration_seconds_count"], 1.0);
@@ -880,8 +1103,185 @@ mod tests {
         std::fs::write(&path, b"abcd").unwrap();
         m.pass_ended(Some(&ok), Duration::from_millis(2));
         let s = parse_samples(&m.render(VIEW));
-        assert_eq!(s["sealdrop_files_size_bytes"], 4.0);
+        assert_eq!(s["sealdrop_files_size_bytes{store=\"0000abcd\"}"], 4.0);
         assert_eq!(s["sealdrop_stored_bytes_total"], 14.0);
+    }
+
+    #[test]
+    fn withdrawals_and_quotas_have_their_own_reasons_at_every_stage() {
+        use sealdrop_protocol::error::{QuotaExceeded, QuotaLimit};
+        let quota = QuotaExceeded {
+            limit: QuotaLimit::Files,
+            max: 1,
+            would_be: 2,
+        };
+        let withdrawn = StoreError::Withdrawn { why: "forgotten" };
+        // As the session builds them: from a store error (at the header,
+        // the end, the 1029, the commit) and wrapped as it is.
+        assert_eq!(
+            refusal_reason(&StoreError::OverQuota(quota).into()),
+            RefusalReason::Quota
+        );
+        assert_eq!(
+            refusal_reason(&Refusal::Store(StoreError::OverQuota(quota))),
+            RefusalReason::Quota
+        );
+        assert_eq!(
+            refusal_reason(&withdrawn.clone().into()),
+            RefusalReason::Withdrawn
+        );
+        assert_eq!(
+            refusal_reason(&Refusal::Store(StoreError::Invalid("disk".into()))),
+            RefusalReason::ServerError
+        );
+        // Refused at the commit: counted by the Refused event, not the close.
+        assert_eq!(close_refusal(CloseReason::RefusedAtCommit), None);
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = metrics(dir.path());
+        m.session_event(
+            3,
+            Revision::R2023c,
+            &ServerEvent::Refused {
+                kind: RequestKind::CrcOk,
+                client_id: ClientId([1; 16]),
+                reason: withdrawn.into(),
+            },
+        );
+        let s = parse_samples(&m.render(VIEW));
+        assert_eq!(s["sealdrop_refusals_total{reason=\"withdrawn\"}"], 1.0);
+        assert_eq!(s["sealdrop_refusals_total{reason=\"server_error\"}"], 0.0);
+    }
+
+    #[test]
+    fn a_measurement_counts_what_moved_after_its_snapshot_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let record = |name: &str, size: u64| {
+            let id = ClientId([3; 16]);
+            db.mark_verified(&id, name, "p").unwrap();
+            db.record_file_meta(&id, name, size, None).unwrap();
+        };
+        record("a", 100);
+        let poll = mio::Poll::new().unwrap();
+        let path = db.path().unwrap();
+        let any = "127.0.0.1:0".parse().unwrap();
+        let mut m = Metrics::new(
+            dir.path(),
+            Some(&path),
+            "0000abcd",
+            10,
+            Some(any),
+            poll.registry(),
+        )
+        .unwrap();
+        let files = |m: &Metrics| {
+            parse_samples(&m.render(VIEW))["sealdrop_files_size_bytes{store=\"0000abcd\"}"]
+        };
+        assert_eq!(files(&m), 100.0);
+        // A measurement starts (its snapshot: 100 bytes recorded)...
+        m.measure_soon();
+        m.measure(Instant::now(), true);
+        assert!(m.measure.as_ref().unwrap().out.is_some());
+        // ...then a commit records 200 more, which the running figure
+        // counts, and an administrator's deletion takes 30 off.
+        record("b", 200);
+        m.files_moved(200);
+        m.files_removed(30);
+        let end = Instant::now() + Duration::from_secs(20);
+        while m.measure.as_ref().unwrap().out.is_some() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+            m.measure(Instant::now(), false);
+        }
+        // 100 measured + 200 - 30 moved since: the 200 not counted twice.
+        assert_eq!(files(&m), 270.0);
+        // The next measurement sees the 300 recorded (the 30 were a file
+        // without a record in this test).
+        m.measure_soon();
+        m.measure(Instant::now(), true);
+        while m.measure.as_ref().unwrap().out.is_some() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+            m.measure(Instant::now(), false);
+        }
+        assert_eq!(files(&m), 300.0);
+    }
+
+    #[test]
+    fn servers_on_one_database_share_a_store_label_and_others_do_not() {
+        let pg = |url: &str| store_label(&DatabaseUrl::parse(url).unwrap(), None);
+        let shared = pg("postgres://a:secret@db.example:5432/sealdrop");
+        assert_eq!(shared.len(), 8);
+        assert!(shared.bytes().all(|b| b.is_ascii_hexdigit()));
+        // Another user or password, the host's case: the same database.
+        assert_eq!(pg("postgres://b:other@DB.example:5432/sealdrop"), shared);
+        assert_ne!(pg("postgres://a@db.example:5432/other"), shared);
+        assert_ne!(pg("postgres://a@db2.example:5432/sealdrop"), shared);
+        // SQLite: one store per database file (on this machine).
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one.db"), dir.path().join("two.db"));
+        let sqlite = DatabaseUrl::default();
+        let a = store_label(&sqlite, Some(&one));
+        assert_eq!(store_label(&sqlite, Some(&one)), a);
+        assert_ne!(store_label(&sqlite, Some(&two)), a);
+        assert_ne!(a, shared);
+    }
+
+    #[test]
+    fn a_1029_refused_counts_its_upload_as_refused_and_its_request_once() {
+        use sealdrop_protocol::error::{QuotaExceeded, QuotaLimit};
+        use sealdrop_protocol::store::CommitRefusal;
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = metrics(dir.path());
+        let id = ClientId([4; 16]);
+        let rev = Revision::R2023c;
+        // Accepted, then refused by its commit (withdrawn meanwhile).
+        m.session_event(
+            5,
+            rev,
+            &ServerEvent::Verdict {
+                client_id: id,
+                file_name: "w".into(),
+                verdict: VerdictKind::CrcOk,
+                applied: true,
+                replaced: false,
+                attempts: 1,
+                last: None,
+                duration: None,
+            },
+        );
+        let withdrawn = StoreError::Withdrawn { why: "forgotten" };
+        let commit = Commit {
+            refused: vec![CommitRefusal {
+                conn: 5,
+                client_id: id,
+                error: withdrawn.clone(),
+            }],
+            ..Commit::default()
+        };
+        m.pass_ended(Some(&commit), Duration::from_millis(1));
+        let refused = |reason: Refusal| ServerEvent::Refused {
+            kind: RequestKind::CrcOk,
+            client_id: id,
+            reason,
+        };
+        m.session_event(5, rev, &refused(withdrawn.into()));
+        m.session_event(5, rev, &ServerEvent::Closing(CloseReason::RefusedAtCommit));
+        // Over quota at its 1029 (two uploads that each fitted).
+        let quota = QuotaExceeded {
+            limit: QuotaLimit::Files,
+            max: 1,
+            would_be: 2,
+        };
+        m.session_event(6, rev, &refused(Refusal::OverQuota(quota)));
+        // A 1029 for nothing pending: no upload ended.
+        m.session_event(7, rev, &refused(Refusal::UnknownClient));
+        let s = parse_samples(&m.render(VIEW));
+        assert_eq!(s["sealdrop_requests_total{code=\"1029\"}"], 3.0);
+        assert_eq!(s["sealdrop_uploads_total{outcome=\"refused\"}"], 2.0);
+        assert_eq!(s["sealdrop_uploads_total{outcome=\"verified\"}"], 0.0);
+        assert_eq!(s["sealdrop_refusals_total{reason=\"withdrawn\"}"], 1.0);
+        assert_eq!(s["sealdrop_refusals_total{reason=\"quota\"}"], 1.0);
+        assert_eq!(s["sealdrop_refusals_total{reason=\"request\"}"], 1.0);
+        assert_eq!(s["sealdrop_refusals_total{reason=\"server_error\"}"], 0.0);
     }
 
     #[test]
@@ -897,15 +1297,5 @@ mod tests {
             m.status_update(2, true),
             Some("draining: 2 connections open, 0 uploads in flight, 0 verified since start")
         );
-    }
-
-    #[test]
-    fn the_tree_size_skips_temporary_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let client = dir.path().join("files").join("00ff");
-        std::fs::create_dir_all(&client).unwrap();
-        std::fs::write(client.join("kept"), [0u8; 100]).unwrap();
-        std::fs::write(client.join(".part-0123456789abcdef"), [0u8; 50]).unwrap();
-        assert_eq!(tree_size(dir.path()), 100);
     }
 }

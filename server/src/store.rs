@@ -299,7 +299,8 @@ struct InFlight {
     /// PostgreSQL: the index of `placed[0]`'s operation in the job (the
     /// placements follow the open batch's writes, in `placed`'s order).
     place_from: usize,
-    /// PostgreSQL: accepted uploads the database refused to keep.
+    /// Accepted uploads withdrawn by an administrator before the commit,
+    /// and (PostgreSQL) those the database refused to keep.
     refused: Vec<CommitRefusal>,
 }
 
@@ -346,8 +347,9 @@ pub struct DiskStore {
     unlink_after_commit: Vec<PathBuf>,
     remove_dirs_after_commit: Vec<PathBuf>,
     /// Connections whose accepted upload was withdrawn before the commit:
-    /// their held answers fail at the next commit.
-    fail_at_commit: Vec<ConnId>,
+    /// the next commit refuses them with [`StoreError::Withdrawn`] (their
+    /// held answers fail, and the refusal is answered and counted as one).
+    fail_at_commit: Vec<CommitRefusal>,
 }
 
 /// Accepted files synced together per step of a commit in
@@ -818,7 +820,13 @@ impl DiskStore {
         let mut placing = 0;
         for (uid, p) in std::mem::take(&mut self.placing) {
             if p.client == *id && file_name.is_none_or(|f| f == p.file_name) {
-                self.fail_at_commit.push(p.conn);
+                self.fail_at_commit.push(CommitRefusal {
+                    conn: p.conn,
+                    client_id: p.client,
+                    error: StoreError::Withdrawn {
+                        why: "its client was forgotten or its file deleted",
+                    },
+                });
                 let name = who(&p);
                 if let Err(e) = p.data.part.discard() {
                     log::warn!(
@@ -1650,7 +1658,8 @@ impl DiskStore {
     /// database worker renames them under its lock
     /// ([`crate::pg::Op::PlaceVerified`]).
     fn start_commit(&mut self, now: Instant, rename: bool) -> InFlight {
-        let mut failed = std::mem::take(&mut self.fail_at_commit);
+        let refused = std::mem::take(&mut self.fail_at_commit);
+        let mut failed = Vec::new();
         let mut placing = std::mem::take(&mut self.placing);
         let mut placed = Vec::new();
         if self.fs_handle.is_some() {
@@ -1671,7 +1680,7 @@ impl DiskStore {
             remove_dirs: std::mem::take(&mut self.remove_dirs_after_commit),
             conns: Vec::new(),
             place_from: 0,
-            refused: Vec::new(),
+            refused,
         }
     }
 
@@ -2758,6 +2767,29 @@ mod tests {
         assert!(store.db().unwrap().client_by_id(&BOB).unwrap().is_some());
         assert_eq!(store.outcomes_since_start().get(Outcome::Withdrawn), 1);
         assert_eq!(counters_in_db(&store).get(Outcome::Withdrawn), 1);
+    }
+
+    #[test]
+    fn an_accept_withdrawn_before_its_commit_is_refused_as_withdrawn_not_failed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = open(tmp.path());
+        keyed(&mut store, &ALICE, "alice");
+        upload_on(&mut store, 5, &ALICE, "f", b"data");
+        store
+            .apply_verdict(cx(5), &ALICE, "f", Verdict::Accept)
+            .unwrap();
+        // forget in the same pass, before the commit that would place it.
+        let done = store.forget_client(cx(0), &ALICE, false).unwrap();
+        assert_eq!(done.uploads_withdrawn, 1);
+        let c = store.commit(Instant::now());
+        assert!(c.error.is_none() && c.failed.is_empty(), "{c:?}");
+        let refusal = c.refusal(5).expect("refused at the commit");
+        assert!(
+            matches!(refusal.error, StoreError::Withdrawn { .. }),
+            "{refusal:?}"
+        );
+        assert_eq!(c.outcome(5), sealdrop_protocol::store::Durability::Failed);
+        assert!(!files::final_path(tmp.path(), &ALICE, "f").exists());
     }
 
     #[test]

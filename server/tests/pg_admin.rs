@@ -608,6 +608,16 @@ fn two_servers_accepting_one_clients_uploads_at_once_keep_it_within_its_quota() 
     };
     assert_eq!(refusals("quota"), 1.0);
     assert_eq!(refusals("server_error"), 0.0);
+    // The upload ended refused, and its 1029 counts once (at its verdict,
+    // not again at the commit's refusal).
+    assert_eq!(
+        scrape_metric(metrics, "sealdrop_uploads_total{outcome=\"refused\"}"),
+        1.0
+    );
+    assert_eq!(
+        scrape_metric(metrics, "sealdrop_requests_total{code=\"1029\"}"),
+        1.0
+    );
     assert!(files::final_path(dir, &alice.id, "a.txt").exists());
     assert!(!files::final_path(dir, &alice.id, "b.txt").exists());
     assert_eq!(

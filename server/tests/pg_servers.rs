@@ -333,6 +333,13 @@ fn every_servers_metrics_count_the_files_all_of_them_stored() {
             files()
         );
         assert!(scrape_metric(addr, "sealdrop_database_size_bytes") > 0.0);
+        // Both report the same store, so a dashboard counts it once.
+        let store = sealdrop_server::metrics::store_label(
+            &sealdrop_server::pg::DatabaseUrl::parse(&url).unwrap(),
+            None,
+        );
+        let labelled = format!("sealdrop_files_size_bytes{{store=\"{store}\"}}");
+        assert_eq!(scrape_metric(addr, &labelled), 5000.0, "{labelled}");
     }
 }
 

@@ -99,8 +99,10 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Ran {
 
 /// One sample of a server's `GET /metrics` (Prometheus text format):
 /// the value on the line whose name and labels are exactly `sample`
-/// (`sealdrop_refusals_total{reason="quota"}`), 0 if there is none. The
-/// request is bounded by a 10 s timeout.
+/// (`sealdrop_refusals_total{reason="quota"}`), or, for a `sample`
+/// without labels, the first line of that name whatever its labels
+/// (`sealdrop_files_size_bytes` has only one, labelled `store`); 0 if
+/// there is none. The request is bounded by a 10 s timeout.
 pub fn scrape_metric(addr: std::net::SocketAddr, sample: &str) -> f64 {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
@@ -115,7 +117,10 @@ pub fn scrape_metric(addr: std::net::SocketAddr, sample: &str) -> f64 {
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| {
             let (name, value) = l.rsplit_once(' ')?;
-            (name == sample).then(|| value.parse().ok()).flatten()
+            let bare = !sample.contains('{') && name.split('{').next() == Some(sample);
+            (name == sample || bare)
+                .then(|| value.parse().ok())
+                .flatten()
         })
         .unwrap_or(0.0)
 }
