@@ -249,7 +249,9 @@ fn bind(settings: &Settings) -> Result<Vec<(std::net::TcpListener, ListenSpec)>>
 }
 
 /// `--check-config`: validates without side effects on the data directory,
-/// so it is safe beside a running server (no clean-up, no migration).
+/// so it is safe beside a running server (no clean-up, no migration), and
+/// says whether a start would be refused because a running server holds
+/// the data directory, the database or the server id.
 fn check_config(settings: &Settings) -> Result<()> {
     let dir = &settings.data_dir;
     let what = match &settings.store.database {
@@ -278,6 +280,11 @@ fn check_config(settings: &Settings) -> Result<()> {
             .with_context(|| format!("cannot use data directory {}", dir.display()))?
             .to_string(),
     };
+    // What another server holds that a start would need: the data
+    // directory (held shared by servers on PostgreSQL, exclusively by one
+    // on SQLite), the SQLite database, this server id.
+    sealdrop_server::store::check_locks(dir, &settings.store)
+        .context("a server started with this configuration would be refused")?;
     check_listen(settings)?;
     let listen = settings
         .listen

@@ -282,3 +282,98 @@ fn three_processes_serve_200_concurrent_clients_and_give_a_raced_name_to_one() {
         assert!(server.is_alive(), "a server process ended");
     }
 }
+
+#[test]
+fn a_second_server_with_a_live_servers_id_is_refused_and_leaves_its_upload_alone() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let url = cluster.create_database("dupid");
+    let (_tmp, data) = temp_data_dir();
+    let mut first = start(&url, &data, "twin");
+    let socket = data.join("control.twin.sock");
+    assert!(socket.exists(), "no {}", socket.display());
+
+    // An upload in flight through the first: half a file frame.
+    let (client, mut conn) = client_on("inflight", &first, &first);
+    let bytes = random_bytes(7, 1 << 20);
+    let frame = client.file_frame("flight.bin", &bytes);
+    conn.send(&frame[..frame.len() / 2]);
+    let dir = files::client_dir(&data, &client.id);
+    assert!(
+        wait_until(FS_WAIT, || parts_of(&dir, "twin").len() == 1),
+        "no temporary file of the first server\n{}",
+        first.log_tail(20)
+    );
+    let part = parts_of(&dir, "twin").remove(0);
+
+    // --check-config with the same id says a start would be refused.
+    let checked = run_bounded(
+        std::process::Command::new(SERVER_BIN)
+            .args(["--check-config", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .args(["--database", &url, "--server-id", "twin"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(checked.status.code(), Some(1), "{checked:?}");
+    assert!(
+        checked
+            .stderr
+            .contains("server id \"twin\" is in use by another sealdrop-server"),
+        "{checked:?}"
+    );
+
+    // The second with the same id: refused, naming the id, before any
+    // clean-up or socket of its own.
+    let mut second = Server::spawn_in(
+        &data,
+        ServerOpts::args(&["--database", &url, "--server-id", "twin"]),
+    );
+    let exit = second.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        exit.and_then(|e| e.code()),
+        Some(1),
+        "a second server with id twin started\n{}",
+        second.log_tail(20)
+    );
+    assert!(second.wait_log_closed(Duration::from_secs(5)));
+    assert!(
+        second.log_contains("server id \"twin\" is in use by another sealdrop-server"),
+        "{}",
+        second.log_tail(20)
+    );
+    assert!(
+        part.exists(),
+        "the refused server deleted the upload in flight"
+    );
+    assert!(
+        socket.exists(),
+        "the refused server removed the control socket"
+    );
+
+    // The first's upload completes.
+    conn.send(&frame[frame.len() / 2..]);
+    let r = conn.recv();
+    client.check_received(&r, "flight.bin", bytes.len() as u64, cksum(&bytes));
+    client.verify(&mut conn, "flight.bin");
+    assert_eq!(
+        std::fs::read(files::final_path(&data, &client.id, "flight.bin")).unwrap(),
+        bytes
+    );
+
+    // A server with another id starts beside it, and the first still
+    // answers on its control socket.
+    let mut other = start(&url, &data, "other");
+    let stats = run_bounded(
+        std::process::Command::new(SERVER_BIN)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--database", &url, "--server-id", "twin", "stats"]),
+        Duration::from_secs(30),
+    );
+    assert!(stats.status.success(), "{stats:?}");
+    other.assert_alive();
+    first.assert_alive();
+    other.stop();
+    first.stop();
+}
