@@ -293,6 +293,38 @@ fn sighup_is_logged_and_ignored() {
     s.stop();
 }
 
+#[test]
+fn a_bad_database_url_is_named_once_and_never_echoes_its_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data = data.to_str().unwrap();
+    // --check-config, and an administration command: exit 1, the flag
+    // named once.
+    let check = [
+        "--check-config",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ];
+    let stats = ["--data-dir", data, "stats"];
+    for args in [&check[..], &stats[..]] {
+        for url in [
+            "mysql://u:topsecret@h/db",
+            "postgres://u:topsecret@h/db?sslmode=require&sslcert=/etc/c.pem",
+        ] {
+            let out = server_in(tmp.path(), &[args, &["--database", url]].concat());
+            assert_eq!(out.status.code(), Some(1), "{args:?} {url}: {out:?}");
+            assert_eq!(
+                out.stderr.matches("--database").count(),
+                1,
+                "{args:?} {url}: {out:?}"
+            );
+            assert!(!out.stderr.contains("topsecret"), "{out:?}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 3b. One SQLite database, one server
 // ---------------------------------------------------------------------------

@@ -377,3 +377,94 @@ fn a_second_server_with_a_live_servers_id_is_refused_and_leaves_its_upload_alone
     other.stop();
     first.stop();
 }
+
+/// `sealdrop-server --check-config --data-dir DATA ARGS`, bounded.
+fn check_config_with(data: &Path, args: &[&str]) -> sealdrop_testkit::util::Ran {
+    run_bounded(
+        std::process::Command::new(SERVER_BIN)
+            .args(["--check-config", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(args)
+            .env_remove("SEALDROP_DATABASE_URL")
+            .env_remove("PGPASSWORD")
+            .env_remove("LISTEN_FDS")
+            .env_remove("NOTIFY_SOCKET"),
+        Duration::from_secs(30),
+    )
+}
+
+#[test]
+fn check_config_connects_to_postgresql_and_says_what_a_start_would_do() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let url = cluster.create_database("checked");
+    let (_tmp, data) = temp_data_dir();
+
+    // A good URL on an empty database: ok, the tables come at start.
+    let empty = check_config_with(&data, &["--database", &url]);
+    assert_eq!(empty.status.code(), Some(0), "{empty:?}");
+    assert!(
+        empty.stdout.starts_with("configuration ok")
+            && empty
+                .stdout
+                .contains("empty database; the tables will be created at start"),
+        "{empty:?}"
+    );
+
+    // With a server running on it: ok, with the schema version.
+    let mut server = start(&url, &data, "chk0");
+    let good = check_config_with(&data, &["--database", &url, "--server-id", "chk1"]);
+    assert_eq!(good.status.code(), Some(0), "{good:?}");
+    assert!(
+        good.stdout.starts_with("configuration ok")
+            && good.stdout.contains("schema version 4")
+            && good.stdout.contains("server id chk1"),
+        "{good:?}"
+    );
+
+    // A wrong password: exit 1, the reason, and never the password.
+    cluster.create_password_user("pwuser", "right-secret");
+    let port = cluster.port();
+    let wrong = format!("postgres://pwuser:wrong-secret@127.0.0.1:{port}/checked");
+    let out = check_config_with(&data, &["--database", &wrong, "--server-id", "chk1"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cannot use the database postgres://pwuser:***@127.0.0.1")
+            && out.stderr.contains("password authentication failed"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("wrong-secret"), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+
+    // No server listening there: exit 1, naming the address.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gone = format!("postgres://sealdrop@127.0.0.1:{closed}/checked");
+    let out = check_config_with(&data, &["--database", &gone, "--server-id", "chk1"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "cannot use the database postgres://sealdrop@127.0.0.1:{closed}/checked: \
+             no connection to PostgreSQL (lost or refused)"
+        )) && out.stderr.contains("Connection refused"),
+        "{out:?}"
+    );
+
+    // Without --database (SQLite) on the directory the servers on
+    // PostgreSQL hold: a start would be refused, and so is the check.
+    let sqlite = check_config_with(&data, &[]);
+    assert_eq!(sqlite.status.code(), Some(1), "{sqlite:?}");
+    assert!(
+        sqlite
+            .stderr
+            .contains("is in use by sealdrop-servers on PostgreSQL"),
+        "{sqlite:?}"
+    );
+    server.assert_alive();
+    server.stop();
+}

@@ -297,6 +297,22 @@ impl PgCluster {
         ran.stdout
     }
 
+    /// Creates the login role `user` with `password`, and makes TCP
+    /// connections as that role (only) authenticate with it
+    /// (scram-sha-256), so a wrong password is refused. Its line goes
+    /// first in pg_hba.conf, before the cluster's trust lines.
+    pub fn create_password_user(&self, user: &str, password: &str) {
+        self.psql(
+            "postgres",
+            &format!("CREATE ROLE \"{user}\" LOGIN PASSWORD '{password}'"),
+        );
+        let hba_path = self.data.join("pg_hba.conf");
+        let hba = std::fs::read_to_string(&hba_path).expect("read pg_hba.conf");
+        let line = format!("host all \"{user}\" 127.0.0.1/32 scram-sha-256\n");
+        std::fs::write(&hba_path, line + &hba).expect("write pg_hba.conf");
+        self.psql("postgres", "SELECT pg_reload_conf()");
+    }
+
     /// `pg_ctl restart -m fast`: every connection is cut, data kept.
     pub fn restart(&self) {
         self.pg_ctl(&["restart", "-m", "fast"]);

@@ -165,8 +165,10 @@ impl fmt::Display for PgError {
             PgError::NameTaken => f.write_str("register client: the name is taken"),
             PgError::IdTaken => f.write_str("register client: the id is taken"),
             PgError::NoSuchClient { op } => write!(f, "{op}: no such client"),
+            // Also a connection never made (a wrong port, PostgreSQL down
+            // at start): "lost" alone would mislead there.
             PgError::ConnectionLost { detail } => {
-                write!(f, "connection to PostgreSQL lost: {detail}")
+                write!(f, "no connection to PostgreSQL (lost or refused): {detail}")
             }
             PgError::QueueFull { cap } => write!(
                 f,
