@@ -1668,8 +1668,10 @@ impl Store for DiskStore {
                 },
             ));
         }
-        let mut counts = flight.flushed;
-        counts.add(Outcome::Verified, flight.placed.len() as u64);
+        // Verified uploads are counted by each placement's own statement
+        // (Op::PlaceVerified), so one the database refuses, or whose
+        // write fails, is not counted.
+        let counts = flight.flushed;
         if !counts.is_zero() {
             let deltas = counts
                 .entries()
