@@ -1,5 +1,7 @@
 //! PostgreSQL for the records, so several servers can share one database
-//! (issue 17). The pieces, not yet wired into the server:
+//! (issue 17). The store uses them through [`crate::records::PgRecords`]
+//! when `--database` is a `postgres://` URL ([`crate::store::DiskStore`]),
+//! and the administration commands through [`admin`]. The pieces:
 //!
 //! * [`url`]: `--database URL` parsing (`sqlite:`, `sqlite:PATH`,
 //!   `postgres://…`), the password from the environment, a `Display` that
