@@ -582,22 +582,52 @@ fn lock_server_id(
     }
 }
 
-/// The locks a start takes, only probed: an error says why a server
-/// started now with `config` on `data_dir` would be refused because
-/// another holds what it needs (`--check-config`). Creates no file.
-pub fn check_locks(data_dir: &Path, config: &StoreConfig) -> Result<(), StoreError> {
-    lock_data_dir(data_dir, config.database.is_postgres(), LockUse::Probe)?;
-    match sqlite_path(data_dir, config) {
-        Some(db) => {
-            lock_database(&db, LockUse::Probe)?;
-        }
-        None => {
-            if let Some(id) = &config.server_id {
-                lock_server_id(data_dir, id, LockUse::Probe)?;
+/// The locks a start takes, only probed (`--check-config`; creates no
+/// file). An error says why a start with `config` on `data_dir` would be
+/// refused because another server holds what it needs, one that stopping
+/// a server of this same configuration would not free: servers on
+/// PostgreSQL holding the directory for a configuration on SQLite (or the
+/// other way round), or a server on another data directory holding the
+/// SQLite database. `Ok(Some(note))`: a server of this configuration (on
+/// this directory and database, or with this server id) runs now, as
+/// when the check is the pre-flight of a restart; a start is refused only
+/// until it stops.
+pub fn check_locks(data_dir: &Path, config: &StoreConfig) -> Result<Option<String>, StoreError> {
+    let running = |path: &Path| {
+        format!(
+            "a server with this configuration is running now (it holds {}); a start is \
+             refused until it stops",
+            path.display()
+        )
+    };
+    let dir_lock = data_dir.join(LOCK_FILE_NAME);
+    let Some(db) = sqlite_path(data_dir, config) else {
+        // PostgreSQL: refused beside a server on SQLite.
+        lock_data_dir(data_dir, true, LockUse::Probe)?;
+        let Some(id) = &config.server_id else {
+            return Ok(None);
+        };
+        let path = server_lock_path(data_dir, id);
+        return match take_lock(&path, false, LockUse::Probe) {
+            Ok(_) => Ok(None),
+            Err(Busy::Held) => Ok(Some(running(&path))),
+            Err(Busy::Other(e)) => Err(io_err(&format!("lock {}", path.display()), e)),
+        };
+    };
+    match take_lock(&dir_lock, false, LockUse::Probe) {
+        // Nobody on this directory: the database may still be another
+        // directory's server's.
+        Ok(_) => lock_database(&db, LockUse::Probe).map(|_| None),
+        Err(Busy::Held) => {
+            if matches!(take_lock(&dir_lock, true, LockUse::Probe), Ok(Some(_))) {
+                // Held shared: servers on PostgreSQL (the error says so).
+                lock_data_dir(data_dir, false, LockUse::Probe).map(|_| None)
+            } else {
+                Ok(Some(running(&dir_lock)))
             }
         }
+        Err(Busy::Other(e)) => Err(io_err(&format!("lock {}", dir_lock.display()), e)),
     }
-    Ok(())
 }
 
 /// Maps a filesystem error to a [`StoreError`] naming the operation.
