@@ -6,7 +6,8 @@
 //! something go through the running server's control socket
 //! ([`crate::control`]) so the change applies between two passes of its
 //! loop; when no server answers there (no socket, or nobody accepting)
-//! they take the data directory's lock themselves and apply the same
+//! they take the data directory's and the database's locks themselves
+//! (`.sealdrop.lock`, `defensive.db.lock`) and apply the same
 //! change directly ([`control::apply`]), then commit it.
 //!
 //! With the records in PostgreSQL (`--database postgres://…`) several

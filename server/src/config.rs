@@ -111,8 +111,11 @@ pub struct Args {
     pub log_level: LogLevel,
 
     /// Validate the configuration (flags, port file, data directory,
-    /// database) and exit: 0 if usable, 1 if not. Without --listen (and
-    /// outside socket activation) the port file must hold a port.
+    /// database) and exit: 0 if usable, 1 if not, also 1 when other servers
+    /// hold the data directory or the SQLite database a start would need
+    /// (a running server of this same configuration: 0 and a note).
+    /// Without --listen (and outside socket activation) the port file must
+    /// hold a port.
     #[arg(long)]
     pub check_config: bool,
 

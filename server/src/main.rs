@@ -381,6 +381,10 @@ fn bind(settings: &Settings) -> Result<Vec<(std::net::TcpListener, ListenSpec)>>
 
 /// `--check-config`: validates without side effects on the data directory,
 /// so it is safe beside a running server (no clean-up, no migration).
+/// Fails when a start would be refused because another server holds the
+/// data directory or the SQLite database
+/// ([`sealdrop_server::store::check_locks`]); notes it when a server of
+/// this same configuration runs.
 fn check_config(settings: &Settings) -> Result<()> {
     let dir = &settings.data_dir;
     let what = match &settings.store.database {
@@ -409,6 +413,13 @@ fn check_config(settings: &Settings) -> Result<()> {
             .with_context(|| format!("cannot use data directory {}", dir.display()))?
             .to_string(),
     };
+    // What another server holds that a start would need: the data
+    // directory (held shared by servers on PostgreSQL, exclusively by one
+    // on SQLite), the SQLite database, this server id. Held by a server of
+    // this same configuration (the one a pre-flight check is about to
+    // restart): a note, not a failure.
+    let note = sealdrop_server::store::check_locks(dir, &settings.store)
+        .context("a server started with this configuration would be refused")?;
     check_listen(settings)?;
     let listen = settings
         .listen
@@ -420,6 +431,9 @@ fn check_config(settings: &Settings) -> Result<()> {
         "configuration ok: listen {listen}, data directory {} ({what})",
         dir.display()
     );
+    if let Some(note) = note {
+        println!("note: {note}");
+    }
     Ok(())
 }
 

@@ -308,8 +308,10 @@ struct InFlight {
 /// `<data dir>/files/<client id hex>/<base name>` (§8).
 #[derive(Debug)]
 pub struct DiskStore {
-    /// Held for the store's lifetime: one server per data directory.
-    _lock: std::fs::File,
+    /// Held for the store's lifetime: the data directory's lock
+    /// ([`LOCK_FILE_NAME`]), and the SQLite database's
+    /// ([`DB_LOCK_SUFFIX`]) or this server id's ([`SERVER_LOCK_PREFIX`]).
+    _locks: Vec<std::fs::File>,
     data_dir: PathBuf,
     config: StoreConfig,
     db: Records,
@@ -420,40 +422,213 @@ fn record_missing_sizes(db: &mut Db, data_dir: &Path) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// Locks the data directory: exclusively for a server on SQLite (alone on
-/// its directory), shared for servers on PostgreSQL (any number of them,
-/// but never beside one on SQLite, which would delete their uploads in
-/// flight as its own leftovers).
-fn lock_data_dir(data_dir: &Path, shared: bool) -> Result<std::fs::File, StoreError> {
-    let path = data_dir.join(LOCK_FILE_NAME);
+/// Beside a SQLite database file `NAME`, the file `NAME` + this suffix
+/// (`defensive.db.lock` for the default one) is held locked exclusively by
+/// the server using it, so a second server on the same database is
+/// refused even when the two have different data directories
+/// (`--database sqlite:PATH`). A lock file of its own rather than a lock
+/// on the database: SQLite locks the database file with fcntl(2), and
+/// closing any descriptor of it would drop those locks.
+pub const DB_LOCK_SUFFIX: &str = ".lock";
+
+/// With PostgreSQL, each server holds `<data dir>/` + this prefix + its
+/// server id + `.lock` locked exclusively for its whole life, taken before
+/// its start-up clean-up and before it creates its control socket: a
+/// second server started with the same `--server-id` on the same data
+/// directory is refused instead of deleting the first one's uploads in
+/// flight and replacing its control socket.
+pub const SERVER_LOCK_PREFIX: &str = ".sealdrop.server.";
+
+/// The lock file a server with id `id` holds in `data_dir`
+/// ([`SERVER_LOCK_PREFIX`]).
+pub fn server_lock_path(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join(format!("{SERVER_LOCK_PREFIX}{id}.lock"))
+}
+
+/// The lock file beside the SQLite database `db` ([`DB_LOCK_SUFFIX`]).
+pub fn db_lock_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(DB_LOCK_SUFFIX);
+    db.with_file_name(name)
+}
+
+/// The SQLite database file a configuration uses, if it uses SQLite.
+fn sqlite_path(data_dir: &Path, config: &StoreConfig) -> Option<PathBuf> {
+    match &config.database {
+        DatabaseUrl::Sqlite(Some(path)) => Some(path.clone()),
+        DatabaseUrl::Sqlite(None) => Some(data_dir.join(crate::db::DB_FILE_NAME)),
+        DatabaseUrl::Postgres(_) => None,
+    }
+}
+
+/// Whether a lock file is created when missing (a start) or only probed
+/// when present (`--check-config`, which leaves the directory as it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LockUse {
+    Hold,
+    Probe,
+}
+
+/// Why a lock was not taken.
+enum Busy {
+    /// Another process holds it (exclusively, or shared when exclusive
+    /// was asked).
+    Held,
+    /// The file cannot be opened or locked.
+    Other(std::io::Error),
+}
+
+/// Opens `path` and locks it (shared or exclusive) without waiting.
+/// `Ok(None)`: a probe of a file that does not exist (nobody holds it).
+fn take_lock(path: &Path, shared: bool, how: LockUse) -> Result<Option<std::fs::File>, Busy> {
     // Readable too: on NFS a shared flock becomes a POSIX read lock,
     // which needs a descriptor open for reading.
-    let file = std::fs::OpenOptions::new()
-        .create(true)
+    let file = match std::fs::OpenOptions::new()
+        .create(how == LockUse::Hold)
         .truncate(false)
         .read(true)
         .write(true)
-        .open(&path)
-        .map_err(|e| io_err("open the lock file", e))?;
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if how == LockUse::Probe && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        Err(e) => return Err(Busy::Other(e)),
+    };
     let locked = if shared {
         file.try_lock_shared()
     } else {
         file.try_lock()
     };
     match locked {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) if shared => Err(StoreError::Invalid(format!(
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Busy::Held),
+        Err(std::fs::TryLockError::Error(e)) => Err(Busy::Other(e)),
+    }
+}
+
+/// Locks the data directory: exclusively for a server on SQLite (alone on
+/// its directory), shared for servers on PostgreSQL (any number of them,
+/// but never beside one on SQLite, which would delete their uploads in
+/// flight as its own leftovers).
+fn lock_data_dir(
+    data_dir: &Path,
+    shared: bool,
+    how: LockUse,
+) -> Result<Option<std::fs::File>, StoreError> {
+    let path = data_dir.join(LOCK_FILE_NAME);
+    match take_lock(&path, shared, how) {
+        Ok(file) => Ok(file),
+        Err(Busy::Held) if shared => Err(StoreError::Invalid(format!(
             "{} is in use by a sealdrop-server on SQLite (it holds {}); servers on \
              PostgreSQL share a data directory only with each other",
             data_dir.display(),
             path.display()
         ))),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Invalid(format!(
-            "{} is in use by another sealdrop-server (it holds {})",
+        Err(Busy::Held) => {
+            // Held shared: by servers on PostgreSQL.
+            let by_pg = matches!(take_lock(&path, true, LockUse::Probe), Ok(Some(_)));
+            Err(StoreError::Invalid(if by_pg {
+                format!(
+                    "{} is in use by sealdrop-servers on PostgreSQL (they hold {} shared); \
+                     give this server their --database to run beside them",
+                    data_dir.display(),
+                    path.display()
+                )
+            } else {
+                format!(
+                    "{} is in use by another sealdrop-server (it holds {})",
+                    data_dir.display(),
+                    path.display()
+                )
+            }))
+        }
+        Err(Busy::Other(e)) => Err(io_err(&format!("lock {}", path.display()), e)),
+    }
+}
+
+/// Locks the SQLite database `db` for this server alone
+/// ([`DB_LOCK_SUFFIX`]).
+fn lock_database(db: &Path, how: LockUse) -> Result<Option<std::fs::File>, StoreError> {
+    let path = db_lock_path(db);
+    match take_lock(&path, false, how) {
+        Ok(file) => Ok(file),
+        Err(Busy::Held) => Err(StoreError::Invalid(format!(
+            "the database {} is in use by another sealdrop-server (it holds {}); two \
+             servers cannot share one SQLite database (use PostgreSQL for that)",
+            db.display(),
+            path.display()
+        ))),
+        Err(Busy::Other(e)) => Err(io_err(&format!("lock {}", path.display()), e)),
+    }
+}
+
+/// Locks this server's id on a data directory shared through PostgreSQL
+/// ([`SERVER_LOCK_PREFIX`]).
+fn lock_server_id(
+    data_dir: &Path,
+    id: &str,
+    how: LockUse,
+) -> Result<Option<std::fs::File>, StoreError> {
+    let path = server_lock_path(data_dir, id);
+    match take_lock(&path, false, how) {
+        Ok(file) => Ok(file),
+        Err(Busy::Held) => Err(StoreError::Invalid(format!(
+            "server id {id:?} is in use by another sealdrop-server on {} (it holds {}); \
+             give each server its own --server-id",
             data_dir.display(),
             path.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_err("lock the data directory", e)),
+        Err(Busy::Other(e)) => Err(io_err(&format!("lock {}", path.display()), e)),
+    }
+}
+
+/// The locks a start takes, only probed (`--check-config`; creates no
+/// file). An error says why a start with `config` on `data_dir` would be
+/// refused because another server holds what it needs, one that stopping
+/// a server of this same configuration would not free: servers on
+/// PostgreSQL holding the directory for a configuration on SQLite (or the
+/// other way round), or a server on another data directory holding the
+/// SQLite database. `Ok(Some(note))`: a server of this configuration (on
+/// this directory and database, or with this server id) runs now, as
+/// when the check is the pre-flight of a restart; a start is refused only
+/// until it stops.
+pub fn check_locks(data_dir: &Path, config: &StoreConfig) -> Result<Option<String>, StoreError> {
+    let running = |path: &Path| {
+        format!(
+            "a server with this configuration is running now (it holds {}); a start is \
+             refused until it stops",
+            path.display()
+        )
+    };
+    let dir_lock = data_dir.join(LOCK_FILE_NAME);
+    let Some(db) = sqlite_path(data_dir, config) else {
+        // PostgreSQL: refused beside a server on SQLite.
+        lock_data_dir(data_dir, true, LockUse::Probe)?;
+        let Some(id) = &config.server_id else {
+            return Ok(None);
+        };
+        let path = server_lock_path(data_dir, id);
+        return match take_lock(&path, false, LockUse::Probe) {
+            Ok(_) => Ok(None),
+            Err(Busy::Held) => Ok(Some(running(&path))),
+            Err(Busy::Other(e)) => Err(io_err(&format!("lock {}", path.display()), e)),
+        };
+    };
+    match take_lock(&dir_lock, false, LockUse::Probe) {
+        // Nobody on this directory: the database may still be another
+        // directory's server's.
+        Ok(_) => lock_database(&db, LockUse::Probe).map(|_| None),
+        Err(Busy::Held) => {
+            if matches!(take_lock(&dir_lock, true, LockUse::Probe), Ok(Some(_))) {
+                // Held shared: servers on PostgreSQL (the error says so).
+                lock_data_dir(data_dir, false, LockUse::Probe).map(|_| None)
+            } else {
+                Ok(Some(running(&dir_lock)))
+            }
+        }
+        Err(Busy::Other(e)) => Err(io_err(&format!("lock {}", dir_lock.display()), e)),
     }
 }
 
@@ -517,12 +692,17 @@ impl DiskStore {
         path_text(data_dir)?;
         files::ensure_dir(data_dir).map_err(|e| io_err("create data directory", e))?;
         let shared = config.database.is_postgres();
-        let lock = lock_data_dir(data_dir, shared)?;
+        let mut locks: Vec<std::fs::File> = lock_data_dir(data_dir, shared, LockUse::Hold)?
+            .into_iter()
+            .collect();
+        if let Some(db) = sqlite_path(data_dir, &config) {
+            locks.extend(lock_database(&db, LockUse::Hold)?);
+        }
         files::ensure_dir(&files::files_root(data_dir))
             .map_err(|e| io_err("create files directory", e))?;
         if let DatabaseUrl::Postgres(url) = &config.database {
             let url = (**url).clone();
-            return DiskStore::open_pg(data_dir, config, &url, lock);
+            return DiskStore::open_pg(data_dir, config, &url, locks);
         }
         let mut db = match &config.database {
             DatabaseUrl::Sqlite(Some(path)) => Db::open_path(path)?,
@@ -555,7 +735,7 @@ impl DiskStore {
         // Group commit: writes wait in one transaction for `commit`.
         db.set_batching(true)?;
         Ok(DiskStore::assemble(
-            lock,
+            locks,
             data_dir,
             config,
             Records::Sqlite(db),
@@ -571,7 +751,7 @@ impl DiskStore {
         data_dir: &Path,
         config: StoreConfig,
         url: &crate::pg::PgUrl,
-        lock: std::fs::File,
+        mut locks: Vec<std::fs::File>,
     ) -> Result<DiskStore, StoreError> {
         let server_id = config
             .server_id
@@ -579,6 +759,9 @@ impl DiskStore {
             .unwrap_or_else(files::default_server_id);
         files::check_server_id(&server_id)
             .map_err(|e| StoreError::Invalid(format!("server id {server_id:?}: {e}")))?;
+        // Before the clean-up below and the control socket: a live server
+        // with this id keeps its uploads in flight and its socket.
+        locks.extend(lock_server_id(data_dir, &server_id, LockUse::Hold)?);
         let connected = crate::pg::Connected::open(url, crate::pg::Settings::default())?;
         let mut pg = PgRecords::new(connected);
         pg.set_measure_every(config.measure_every);
@@ -630,8 +813,13 @@ impl DiskStore {
                 "fsync"
             }
         );
-        let mut store =
-            DiskStore::assemble(lock, data_dir, config, Records::Pg(Box::new(pg)), fs_handle);
+        let mut store = DiskStore::assemble(
+            locks,
+            data_dir,
+            config,
+            Records::Pg(Box::new(pg)),
+            fs_handle,
+        );
         store.server_id = Some(server_id);
         Ok(store)
     }
@@ -653,14 +841,14 @@ impl DiskStore {
     }
 
     fn assemble(
-        lock: std::fs::File,
+        locks: Vec<std::fs::File>,
         data_dir: &Path,
         config: StoreConfig,
         db: Records,
         fs_handle: Option<std::fs::File>,
     ) -> DiskStore {
         DiskStore {
-            _lock: lock,
+            _locks: locks,
             data_dir: data_dir.to_path_buf(),
             pending: PendingSet::new(config.pending_limits()),
             config,
@@ -695,11 +883,17 @@ impl DiskStore {
                 data_dir.display()
             )));
         }
-        let lock = lock_data_dir(data_dir, false)?;
+        let mut locks: Vec<std::fs::File> = lock_data_dir(data_dir, false, LockUse::Hold)?
+            .into_iter()
+            .collect();
+        locks.extend(lock_database(
+            &data_dir.join(crate::db::DB_FILE_NAME),
+            LockUse::Hold,
+        )?);
         let mut db = Db::open(data_dir)?;
         db.set_batching(true)?;
         Ok(DiskStore {
-            _lock: lock,
+            _locks: locks,
             data_dir: data_dir.to_path_buf(),
             pending: PendingSet::new(config.pending_limits()),
             config: StoreConfig {
@@ -1512,8 +1706,10 @@ impl Store for DiskStore {
                 },
             ));
         }
-        let mut counts = flight.flushed;
-        counts.add(Outcome::Verified, flight.placed.len() as u64);
+        // Verified uploads are counted by each placement's own statement
+        // (Op::PlaceVerified), so one the database refuses, or whose
+        // write fails, is not counted.
+        let counts = flight.flushed;
         if !counts.is_zero() {
             let deltas = counts
                 .entries()

@@ -377,6 +377,108 @@ fn sighup_during_start_up_is_logged_and_ignored() {
     assert!(during_start_up > 0, "every SIGHUP came after start-up");
 }
 
+#[test]
+fn a_bad_database_url_is_named_once_and_never_echoes_its_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data = data.to_str().unwrap();
+    // --check-config, and an administration command: exit 1, the flag
+    // named once.
+    let check = [
+        "--check-config",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ];
+    let stats = ["--data-dir", data, "stats"];
+    for args in [&check[..], &stats[..]] {
+        for url in [
+            "mysql://u:topsecret@h/db",
+            "postgres://u:topsecret@h/db?sslmode=require&sslcert=/etc/c.pem",
+        ] {
+            let out = server_in(tmp.path(), &[args, &["--database", url]].concat());
+            assert_eq!(out.status.code(), Some(1), "{args:?} {url}: {out:?}");
+            assert_eq!(
+                out.stderr.matches("--database").count(),
+                1,
+                "{args:?} {url}: {out:?}"
+            );
+            assert!(!out.stderr.contains("topsecret"), "{out:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3b. One SQLite database, one server
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_second_server_on_the_same_sqlite_database_is_refused_whatever_its_data_directory() {
+    // The first server: its database is defensive.db in its data directory.
+    let mut first = Server::start(&[]);
+    let client = first.good_client(10_000);
+    let db = first.data_dir().join("defensive.db");
+    let db_arg = format!("sqlite:{}", db.display());
+
+    // --check-config for the second says a start would be refused.
+    let (other_tmp, other_data) = temp_data_dir();
+    let checked = server_in(
+        other_tmp.path(),
+        &[
+            "--check-config",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            other_data.to_str().unwrap(),
+            "--database",
+            &db_arg,
+        ],
+    );
+    assert_eq!(checked.status.code(), Some(1), "{checked:?}");
+    assert!(
+        checked
+            .stderr
+            .contains(&format!("the database {} is in use", db.display())),
+        "{checked:?}"
+    );
+
+    // The second, on another data directory but the first's database:
+    // refused at start, naming the database.
+    let mut second = Server::spawn_with(ServerOpts::args(&["--database", &db_arg]), |_| {});
+    let exit = second.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        exit.and_then(|e| e.code()),
+        Some(1),
+        "a second server on {} started\n{}",
+        db.display(),
+        second.log_tail(20)
+    );
+    assert!(
+        second.wait_log_closed(Duration::from_secs(5)),
+        "the second server's log did not end"
+    );
+    assert!(
+        second.log_contains(&format!(
+            "the database {} is in use by another sealdrop-server",
+            db.display()
+        )),
+        "{}",
+        second.log_tail(20)
+    );
+    // It changed nothing of the first's: the file stays verified.
+    let row = first
+        .file_row(&client.id, "good.bin")
+        .expect("the first's row");
+    assert_eq!(row.verified, 1, "{row:?}");
+    first.assert_alive();
+    first.stop();
+
+    // With the first stopped, the second may use the database.
+    second.start_again();
+    second.assert_alive();
+}
+
 // ---------------------------------------------------------------------------
 // 4. Connection numbers and in-flight uploads in the log
 // ---------------------------------------------------------------------------

@@ -795,6 +795,13 @@ fn check_config_on_the_data_dir_of_a_running_server_does_not_disturb_it() {
     assert_eq!(s.part_files().len(), 1);
     let ran = check_config(s.data_dir());
     assert!(ran.status.success(), "{}", ran.stderr);
+    // It says a start now would be refused (the server holds the lock).
+    assert!(
+        ran.stdout
+            .contains("note: a server with this configuration is running now"),
+        "{}",
+        ran.stdout
+    );
     assert_eq!(
         s.part_files().len(),
         1,

@@ -635,4 +635,15 @@ fn two_servers_accepting_one_clients_uploads_at_once_keep_it_within_its_quota() 
     alice.upload_verified(&mut b, "a.txt", b"replaced through the second");
     let stats = ok(&url, dir, &["stats", "--json"]).json();
     assert_eq!(stats["uploads"]["over_quota"], 1, "{stats}");
+    // Verified: kept.txt, a.txt and its replacement; not b.txt, which
+    // was refused at its placing.
+    assert_eq!(stats["uploads"]["verified"], 3, "{stats}");
+    assert_eq!(
+        query(
+            cluster,
+            &url,
+            "SELECT Value FROM counters WHERE Name = 'verified'"
+        ),
+        "3"
+    );
 }

@@ -282,3 +282,192 @@ fn three_processes_serve_200_concurrent_clients_and_give_a_raced_name_to_one() {
         assert!(server.is_alive(), "a server process ended");
     }
 }
+
+#[test]
+fn a_second_server_with_a_live_servers_id_is_refused_and_leaves_its_upload_alone() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let url = cluster.create_database("dupid");
+    let (_tmp, data) = temp_data_dir();
+    let mut first = start(&url, &data, "twin");
+    let socket = data.join("control.twin.sock");
+    assert!(socket.exists(), "no {}", socket.display());
+
+    // An upload in flight through the first: half a file frame.
+    let (client, mut conn) = client_on("inflight", &first, &first);
+    let bytes = random_bytes(7, 1 << 20);
+    let frame = client.file_frame("flight.bin", &bytes);
+    conn.send(&frame[..frame.len() / 2]);
+    let dir = files::client_dir(&data, &client.id);
+    assert!(
+        wait_until(FS_WAIT, || parts_of(&dir, "twin").len() == 1),
+        "no temporary file of the first server\n{}",
+        first.log_tail(20)
+    );
+    let part = parts_of(&dir, "twin").remove(0);
+
+    // --check-config with the same id passes (it may be the pre-flight
+    // of this server's restart) but says that a start is refused now.
+    let checked = run_bounded(
+        std::process::Command::new(SERVER_BIN)
+            .args(["--check-config", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .args(["--database", &url, "--server-id", "twin"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(checked.status.code(), Some(0), "{checked:?}");
+    assert!(
+        checked.stdout.contains(&format!(
+            "note: a server with this configuration is running now (it holds {}); \
+             a start is refused until it stops",
+            data.join(".sealdrop.server.twin.lock").display()
+        )),
+        "{checked:?}"
+    );
+
+    // The second with the same id: refused, naming the id, before any
+    // clean-up or socket of its own.
+    let mut second = Server::spawn_in(
+        &data,
+        ServerOpts::args(&["--database", &url, "--server-id", "twin"]),
+    );
+    let exit = second.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        exit.and_then(|e| e.code()),
+        Some(1),
+        "a second server with id twin started\n{}",
+        second.log_tail(20)
+    );
+    assert!(second.wait_log_closed(Duration::from_secs(5)));
+    assert!(
+        second.log_contains("server id \"twin\" is in use by another sealdrop-server"),
+        "{}",
+        second.log_tail(20)
+    );
+    assert!(
+        part.exists(),
+        "the refused server deleted the upload in flight"
+    );
+    assert!(
+        socket.exists(),
+        "the refused server removed the control socket"
+    );
+
+    // The first's upload completes.
+    conn.send(&frame[frame.len() / 2..]);
+    let r = conn.recv();
+    client.check_received(&r, "flight.bin", bytes.len() as u64, cksum(&bytes));
+    client.verify(&mut conn, "flight.bin");
+    assert_eq!(
+        std::fs::read(files::final_path(&data, &client.id, "flight.bin")).unwrap(),
+        bytes
+    );
+
+    // A server with another id starts beside it, and the first still
+    // answers on its control socket.
+    let mut other = start(&url, &data, "other");
+    let stats = run_bounded(
+        std::process::Command::new(SERVER_BIN)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--database", &url, "--server-id", "twin", "stats"]),
+        Duration::from_secs(30),
+    );
+    assert!(stats.status.success(), "{stats:?}");
+    other.assert_alive();
+    first.assert_alive();
+    other.stop();
+    first.stop();
+}
+
+/// `sealdrop-server --check-config --data-dir DATA ARGS`, bounded.
+fn check_config_with(data: &Path, args: &[&str]) -> sealdrop_testkit::util::Ran {
+    run_bounded(
+        std::process::Command::new(SERVER_BIN)
+            .args(["--check-config", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(args)
+            .env_remove("SEALDROP_DATABASE_URL")
+            .env_remove("PGPASSWORD")
+            .env_remove("LISTEN_FDS")
+            .env_remove("NOTIFY_SOCKET"),
+        Duration::from_secs(30),
+    )
+}
+
+#[test]
+fn check_config_connects_to_postgresql_and_says_what_a_start_would_do() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let url = cluster.create_database("checked");
+    let (_tmp, data) = temp_data_dir();
+
+    // A good URL on an empty database: ok, the tables come at start.
+    let empty = check_config_with(&data, &["--database", &url]);
+    assert_eq!(empty.status.code(), Some(0), "{empty:?}");
+    assert!(
+        empty.stdout.starts_with("configuration ok")
+            && empty
+                .stdout
+                .contains("empty database; the tables will be created at start"),
+        "{empty:?}"
+    );
+
+    // With a server running on it: ok, with the schema version.
+    let mut server = start(&url, &data, "chk0");
+    let good = check_config_with(&data, &["--database", &url, "--server-id", "chk1"]);
+    assert_eq!(good.status.code(), Some(0), "{good:?}");
+    assert!(
+        good.stdout.starts_with("configuration ok")
+            && good.stdout.contains("schema version 4")
+            && good.stdout.contains("server id chk1"),
+        "{good:?}"
+    );
+
+    // A wrong password: exit 1, the reason, and never the password.
+    cluster.create_password_user("pwuser", "right-secret");
+    let port = cluster.port();
+    let wrong = format!("postgres://pwuser:wrong-secret@127.0.0.1:{port}/checked");
+    let out = check_config_with(&data, &["--database", &wrong, "--server-id", "chk1"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cannot use the database postgres://pwuser:***@127.0.0.1")
+            && out.stderr.contains("password authentication failed"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("wrong-secret"), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+
+    // No server listening there: exit 1, naming the address.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gone = format!("postgres://sealdrop@127.0.0.1:{closed}/checked");
+    let out = check_config_with(&data, &["--database", &gone, "--server-id", "chk1"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "cannot use the database postgres://sealdrop@127.0.0.1:{closed}/checked: \
+             no connection to PostgreSQL (lost or refused)"
+        )) && out.stderr.contains("Connection refused"),
+        "{out:?}"
+    );
+
+    // Without --database (SQLite) on the directory the servers on
+    // PostgreSQL hold: a start would be refused, and so is the check.
+    let sqlite = check_config_with(&data, &[]);
+    assert_eq!(sqlite.status.code(), Some(1), "{sqlite:?}");
+    assert!(
+        sqlite
+            .stderr
+            .contains("is in use by sealdrop-servers on PostgreSQL"),
+        "{sqlite:?}"
+    );
+    server.assert_alive();
+    server.stop();
+}

@@ -10,8 +10,11 @@
 //! The binaries are looked up in `$SEALDROP_PG_BIN`, then the newest
 //! `/usr/lib/postgresql/*/bin` (Debian), then `pg_config --bindir`, then
 //! `PATH`. Where none is found, [`PgCluster::start`] returns `None` and
-//! prints [`SKIP_MESSAGE`]: the caller returns early and the test passes
-//! (CI installs PostgreSQL, so there it runs).
+//! prints [`SKIP_MESSAGE`]: the caller returns early and the test passes.
+//! cargo shows a passing test's output only with `--nocapture`, so a run
+//! where every PostgreSQL test skipped looks like one where they all
+//! passed: with [`REQUIRE_ENV`]`=1` (CI sets it) a missing PostgreSQL
+//! fails the test instead.
 //!
 //! Each cluster is stopped (`pg_ctl stop -m immediate`) and its folder
 //! removed when the [`PgCluster`] is dropped, and also, through a small
@@ -34,6 +37,23 @@ pub const UNPRIVILEGED_USER: &str = "nobody";
 
 /// What a test prints when it cannot run.
 pub const SKIP_MESSAGE: &str = "skipped: PostgreSQL not found (install postgresql)";
+
+/// The environment variable that, set to `1`, turns that skip into a
+/// failure: for CI, which installs PostgreSQL and must not pass without
+/// running the tests that need it.
+pub const REQUIRE_ENV: &str = "SEALDROP_REQUIRE_PG";
+
+/// PostgreSQL was not found: prints [`SKIP_MESSAGE`] (the caller skips),
+/// or panics when `require` (the value of [`REQUIRE_ENV`]) is `1`.
+pub fn not_found(require: Option<&str>) {
+    if require == Some("1") {
+        panic!(
+            "PostgreSQL not found (install postgresql, or set SEALDROP_PG_BIN), and \
+             {REQUIRE_ENV}=1 says the tests that need it must not be skipped"
+        );
+    }
+    eprintln!("{SKIP_MESSAGE}");
+}
 
 /// How long `initdb`, `pg_ctl start/stop/restart` and `psql` may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -128,7 +148,8 @@ fn free_port() -> u16 {
 impl PgCluster {
     /// Starts a cluster with [`PgOptions::default`], or prints
     /// [`SKIP_MESSAGE`] and returns `None` when PostgreSQL is not
-    /// installed. Panics if it is installed but will not start.
+    /// installed ([`not_found`]: panics instead when [`REQUIRE_ENV`] is
+    /// `1`). Panics if it is installed but will not start.
     pub fn start() -> Option<PgCluster> {
         PgCluster::start_with(PgOptions::default())
     }
@@ -136,7 +157,7 @@ impl PgCluster {
     /// [`PgCluster::start`] with options.
     pub fn start_with(options: PgOptions) -> Option<PgCluster> {
         let Some(bin) = find_bin() else {
-            eprintln!("{SKIP_MESSAGE}");
+            not_found(std::env::var(REQUIRE_ENV).ok().as_deref());
             return None;
         };
         static SERIAL: AtomicU32 = AtomicU32::new(0);
@@ -297,6 +318,22 @@ impl PgCluster {
         ran.stdout
     }
 
+    /// Creates the login role `user` with `password`, and makes TCP
+    /// connections as that role (only) authenticate with it
+    /// (scram-sha-256), so a wrong password is refused. Its line goes
+    /// first in pg_hba.conf, before the cluster's trust lines.
+    pub fn create_password_user(&self, user: &str, password: &str) {
+        self.psql(
+            "postgres",
+            &format!("CREATE ROLE \"{user}\" LOGIN PASSWORD '{password}'"),
+        );
+        let hba_path = self.data.join("pg_hba.conf");
+        let hba = std::fs::read_to_string(&hba_path).expect("read pg_hba.conf");
+        let line = format!("host all \"{user}\" 127.0.0.1/32 scram-sha-256\n");
+        std::fs::write(&hba_path, line + &hba).expect("write pg_hba.conf");
+        self.psql("postgres", "SELECT pg_reload_conf()");
+    }
+
     /// `pg_ctl restart -m fast`: every connection is cut, data kept.
     pub fn restart(&self) {
         self.pg_ctl(&["restart", "-m", "fast"]);
@@ -404,5 +441,24 @@ impl Drop for PgCluster {
             let _ = cmd.status();
         }
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_postgresql_is_a_skip_unless_required() {
+        not_found(None);
+        not_found(Some("0"));
+        not_found(Some(""));
+        let required = std::panic::catch_unwind(|| not_found(Some("1")));
+        let message = required.expect_err("SEALDROP_REQUIRE_PG=1 did not fail the test");
+        let text = message
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(text.contains(REQUIRE_ENV), "{text}");
     }
 }

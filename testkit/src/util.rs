@@ -50,6 +50,7 @@ pub fn join_all<T>(handles: Vec<JoinHandle<T>>, timeout: Duration) -> Vec<T> {
 }
 
 /// Output of a command that ran to completion within its time limit.
+#[derive(Debug)]
 pub struct Ran {
     pub status: ExitStatus,
     pub stdout: String,

@@ -1,5 +1,7 @@
 //! PostgreSQL for the records, so several servers can share one database
-//! (issue 17). The pieces, not yet wired into the server:
+//! (issue 17). The store uses them through [`crate::records::PgRecords`]
+//! when `--database` is a `postgres://` URL ([`crate::store::DiskStore`]),
+//! and the administration commands through [`admin`]. The pieces:
 //!
 //! * [`url`]: `--database URL` parsing (`sqlite:`, `sqlite:PATH`,
 //!   `postgres://…`), the password from the environment, a `Display` that
@@ -165,8 +167,10 @@ impl fmt::Display for PgError {
             PgError::NameTaken => f.write_str("register client: the name is taken"),
             PgError::IdTaken => f.write_str("register client: the id is taken"),
             PgError::NoSuchClient { op } => write!(f, "{op}: no such client"),
+            // Also a connection never made (a wrong port, PostgreSQL down
+            // at start): "lost" alone would mislead there.
             PgError::ConnectionLost { detail } => {
-                write!(f, "connection to PostgreSQL lost: {detail}")
+                write!(f, "no connection to PostgreSQL (lost or refused): {detail}")
             }
             PgError::QueueFull { cap } => write!(
                 f,

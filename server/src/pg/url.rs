@@ -9,13 +9,16 @@
 //!   path as HOST works too). `sslmode=disable` (the default), `prefer`,
 //!   `require`, `verify-ca` or `verify-full` choose TLS; `sslrootcert=FILE`
 //!   names the certificate authorities for the `verify-*` modes (else the
-//!   system's). Other parameters (`connect_timeout`, `application_name`,
-//!   `options`, ...) go to the driver as they are.
+//!   system's). TLS client certificates (`sslcert`, `sslkey`,
+//!   `sslpassword`) are not supported and refused by name. Other
+//!   parameters (`connect_timeout`, `application_name`, `options`, ...)
+//!   go to the driver as they are.
 //!
 //! The URL may come from `SEALDROP_DATABASE_URL` instead of the command
 //! line, and a password missing from it from `PGPASSWORD` (a missing user
 //! from `PGUSER`), so no secret needs to be on a command line that `ps`
-//! shows. [`DatabaseUrl`]'s `Display` and `Debug` never print a password.
+//! shows. `~/.pgpass` and the other libpq files and variables are not
+//! read. [`DatabaseUrl`]'s `Display` and `Debug` never print a password.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -160,15 +163,21 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// A URL that cannot be used. The message never contains a password.
+/// A URL that cannot be used. The message never contains a password,
+/// and does not name the flag (the caller says where the URL came from:
+/// `--database: ...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UrlError(String);
 
 impl fmt::Display for UrlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "--database: {}", self.0)
+        f.write_str(&self.0)
     }
 }
+
+/// libpq's parameters for a TLS client certificate, which this server
+/// does not support: a URL with one is refused naming it.
+const CLIENT_CERT_PARAMS: [&str; 3] = ["sslcert", "sslkey", "sslpassword"];
 
 impl std::error::Error for UrlError {}
 
@@ -258,6 +267,12 @@ fn parse_postgres(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Pg
         match key {
             "sslmode" => tls = TlsMode::parse(&percent_decode(value)?)?,
             "sslrootcert" => root_cert = Some(PathBuf::from(percent_decode(value)?)),
+            key if CLIENT_CERT_PARAMS.contains(&key) => {
+                return Err(UrlError(format!(
+                    "{key}: TLS client certificates are not supported; authenticate with a \
+                     password (in the URL or {PASSWORD_ENV})"
+                )))
+            }
             _ => kept.push(pair),
         }
     }
@@ -570,6 +585,20 @@ mod tests {
     }
 
     #[test]
+    fn client_certificates_are_refused_naming_the_parameter() {
+        for key in CLIENT_CERT_PARAMS {
+            let err = DatabaseUrl::parse(&format!(
+                "postgres://u:topsecret@h/db?sslmode=verify-full&{key}=/etc/x"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with(&format!("{key}: ")), "{err}");
+            assert!(err.contains("not supported"), "{err}");
+            assert!(!err.contains("topsecret"), "{err}");
+        }
+    }
+
+    #[test]
     fn bad_urls_are_refused_without_echoing_secrets() {
         for bad in [
             "mysql://u:topsecret@h/db",
@@ -580,7 +609,7 @@ mod tests {
         ] {
             let err = DatabaseUrl::parse(bad).unwrap_err().to_string();
             assert!(!err.contains("topsecret"), "{bad}: {err}");
-            assert!(err.starts_with("--database: "), "{err}");
+            assert!(!err.contains("--database"), "{err}");
         }
         let err = DatabaseUrl::parse("mysql://u@h/db").unwrap_err();
         assert!(err.to_string().contains("\"mysql\""), "{err}");

@@ -40,7 +40,7 @@
 //! Every operation is one prepared statement, so one round trip, except
 //! `RegisterClient` with a client to replace (two: `DELETE`, `INSERT`),
 //! `DeleteFile`/`DeleteClient` (two) and `PlaceVerified` (three: check,
-//! mark verified, size and cksum). A job with more than one write
+//! mark verified, size and cksum with the `verified` counter). A job with more than one write
 //! statement adds `BEGIN` and `COMMIT` (two round trips for the whole
 //! job), and, when it updates clients' rows, one statement that locks
 //! those rows in id order first ([`begin_sql`]); a job with
@@ -270,7 +270,9 @@ pub enum Op {
     /// database decides, the records always describe the file. A `from`
     /// already gone with `to` present is a rename an earlier round of the
     /// same job made (the job is replayed after a failed operation), not
-    /// an error.
+    /// an error. A placement that succeeds also adds one to the `verified`
+    /// lifetime counter, in the same statement as its size; a refused or
+    /// failed one adds nothing.
     PlaceVerified {
         /// The owner.
         id: ClientId,
@@ -467,6 +469,7 @@ struct Statements {
     files_of: Statement,
     quota_of: Statement,
     record_file_meta: Statement,
+    place_meta_and_count: Statement,
     set_quota: Statement,
     add_counter: Statement,
     place_check: Statement,
@@ -515,6 +518,15 @@ impl Statements {
             record_file_meta: p("INSERT INTO file_meta (ID, FileName, Size, Cksum) \
                                  VALUES ($1, $2, $3, $4) ON CONFLICT (ID, FileName) \
                                  DO UPDATE SET Size = EXCLUDED.Size, Cksum = EXCLUDED.Cksum")?,
+            // record_file_meta, and the lifetime counter of verified
+            // uploads by one: in the statement (and so the transaction)
+            // that completes a placement, never for one refused or failed.
+            place_meta_and_count: p("WITH counted AS (INSERT INTO counters (Name, Value) \
+                                     VALUES ($5, 1) ON CONFLICT (Name) \
+                                     DO UPDATE SET Value = counters.Value + 1) \
+                                     INSERT INTO file_meta (ID, FileName, Size, Cksum) \
+                                     VALUES ($1, $2, $3, $4) ON CONFLICT (ID, FileName) \
+                                     DO UPDATE SET Size = EXCLUDED.Size, Cksum = EXCLUDED.Cksum")?,
             set_quota: p("INSERT INTO quotas (ID, MaxBytes, MaxFiles) VALUES ($1, $2, $3) \
                           ON CONFLICT (ID) DO UPDATE \
                           SET MaxBytes = EXCLUDED.MaxBytes, MaxFiles = EXCLUDED.MaxFiles")?,
@@ -1231,8 +1243,14 @@ fn run_op(
             let size = i64::try_from(*size).unwrap_or(i64::MAX);
             let n = c
                 .execute(
-                    &s.record_file_meta,
-                    &[&key, file_name, &size, &i64::from(*cksum)],
+                    &s.place_meta_and_count,
+                    &[
+                        &key,
+                        file_name,
+                        &size,
+                        &i64::from(*cksum),
+                        &crate::store::Outcome::Verified.key(),
+                    ],
                 )
                 .map_err(err)?;
             written(n)

@@ -256,6 +256,14 @@ impl Server {
     /// other servers share: PostgreSQL mode), with a temporary folder of
     /// its own for its working directory, and waits until it listens.
     pub fn start_in(data: &Path, opts: ServerOpts) -> Server {
+        let mut s = Server::spawn_in(data, opts);
+        s.wait_listening();
+        s
+    }
+
+    /// As [`Server::start_in`] without waiting: for a start that is
+    /// expected to fail (see [`Server::wait_exit`]).
+    pub fn spawn_in(data: &Path, opts: ServerOpts) -> Server {
         let tmp = tempfile::Builder::new()
             .prefix("sealdrop-test-")
             .tempdir()
@@ -270,7 +278,6 @@ impl Server {
             log: Arc::new(Mutex::new(LogBuf::default())),
         };
         s.spawn();
-        s.wait_listening();
         s
     }
 
