@@ -635,17 +635,7 @@ fn forget_with_delete_files_leaves_no_folder_and_verify_reports_and_removes_empt
     fs::write(alice_dir.join(".part-00000000000000aa"), b"cut").unwrap();
     let out = admin(&dir, &["verify", "--repair", "strays", "--json"]);
     assert_eq!(out.code, 2, "{out:?}");
-    let mut kinds: Vec<(String, bool)> = out.json()["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["kind"].as_str().unwrap().to_owned(),
-                f["repaired"] == true,
-            )
-        })
-        .collect();
+    let mut kinds = kinds_repaired(&out.json());
     kinds.sort();
     assert_eq!(
         kinds,
@@ -800,17 +790,7 @@ fn verify_repairs_beside_a_running_server_through_it_and_spares_uploads_in_progr
     // file, delete the junk: all repaired, the upload untouched.
     let out = admin(&dir, &["verify", "--repair", "rows,adopt", "--json"]);
     assert_eq!(out.code, 2, "{out:?}");
-    let repaired: Vec<(String, bool)> = out.json()["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["kind"].as_str().unwrap().to_owned(),
-                f["repaired"] == true,
-            )
-        })
-        .collect();
+    let repaired = kinds_repaired(&out.json());
     assert!(
         repaired.contains(&("missing-file".into(), true)),
         "{repaired:?}"
@@ -931,4 +911,20 @@ fn stats_counts_discarded_expired_and_aborted_uploads_exactly_and_metrics_by_the
     server.stop();
     let stats = ok(&dir, &["stats", "--json"]).json();
     assert_eq!(stats["uploads"], want, "{stats}");
+}
+
+/// Each finding of a `verify --json` answer: its kind and whether it was
+/// repaired.
+fn kinds_repaired(v: &Value) -> Vec<(String, bool)> {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_owned(),
+                f["repaired"] == true,
+            )
+        })
+        .collect()
 }

@@ -726,18 +726,16 @@ fn open_and_unanswered(stream: &TcpStream) -> bool {
     matches!(got, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
-#[test]
-fn silent_scrapers_holding_every_slot_neither_delay_an_upload_nor_queue_another() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server, metrics) = start(dir.path());
-    // Scrapers that connect and say nothing take every slot. They are
-    // accepted in the order they connected, before anything after them.
+/// Scrapers that connect and say nothing, one in every slot, and a check
+/// that one more is refused at once with 503 rather than queued behind
+/// them. They are accepted in the order they connected, each taking a slot
+/// before the next connection is looked at.
+fn silent_scrapers_in_every_slot(metrics: SocketAddr) -> Vec<TcpStream> {
     let silent: Vec<TcpStream> = (0..MAX_SCRAPERS)
         .map(|_| TcpStream::connect(metrics).unwrap())
         .collect();
-    // One more is refused at once with 503, not queued behind them: its
-    // answer comes while they are all still open. (It reads before it
-    // sends, so the close cannot reset the connection over unread bytes.)
+    // The refusal is written at once; this one reads before it sends, so
+    // the close cannot reset the connection over unread bytes.
     let mut extra = TcpStream::connect(metrics).unwrap();
     extra.set_read_timeout(Some(WAIT)).unwrap();
     let mut refusal = String::new();
@@ -746,6 +744,16 @@ fn silent_scrapers_holding_every_slot_neither_delay_an_upload_nor_queue_another(
         refusal.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
         "{refusal:?}"
     );
+    silent
+}
+
+#[test]
+fn silent_scrapers_holding_every_slot_neither_delay_an_upload_nor_queue_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    // One more than the slots is refused with 503 while they are all
+    // still open: not queued behind them.
+    let silent = silent_scrapers_in_every_slot(metrics);
     for (i, s) in silent.iter().enumerate() {
         assert!(open_and_unanswered(s), "silent scraper {i} after the 503");
     }
@@ -838,21 +846,7 @@ fn oversized_unknown_and_wrong_method_requests_are_refused() {
 fn scrapers_beyond_the_cap_get_503_and_the_slots_come_back() {
     let dir = tempfile::tempdir().unwrap();
     let (server, metrics) = start(dir.path());
-    let idle: Vec<TcpStream> = (0..MAX_SCRAPERS)
-        .map(|_| TcpStream::connect(metrics).unwrap())
-        .collect();
-    // Accepted in the order they connected: each takes a slot before the
-    // next connection is looked at.
-    // The refusal is written at once; this one reads before it sends, so
-    // the close cannot reset the connection over unread bytes.
-    let mut extra = TcpStream::connect(metrics).unwrap();
-    extra.set_read_timeout(Some(WAIT)).unwrap();
-    let mut refusal = String::new();
-    extra.read_to_string(&mut refusal).unwrap();
-    assert!(
-        refusal.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
-        "{refusal:?}"
-    );
+    let idle = silent_scrapers_in_every_slot(metrics);
     drop(idle);
     assert!(wait_until(WAIT, || {
         http(metrics, b"GET /metrics HTTP/1.1\r\n\r\n").0 == "HTTP/1.1 200 OK"
