@@ -420,7 +420,18 @@ fn check_config(settings: &Settings) -> Result<()> {
     // restart): a note, not a failure.
     let note = sealdrop_server::store::check_locks(dir, &settings.store)
         .context("a server started with this configuration would be refused")?;
-    check_listen(settings)?;
+    // Beside a running server of this configuration its addresses are in
+    // use by it: expected before its restart, so a note rather than a
+    // failure. Any other reason an address cannot be bound still fails.
+    let mut listen_note = None;
+    if let Err(e) = check_listen(settings) {
+        if note.is_none() || !addr_in_use(&e) {
+            return Err(e);
+        }
+        listen_note = Some(format!(
+            "{e:#}: in use by the running server, as expected while it runs"
+        ));
+    }
     let listen = settings
         .listen
         .iter()
@@ -434,7 +445,18 @@ fn check_config(settings: &Settings) -> Result<()> {
     if let Some(note) = note {
         println!("note: {note}");
     }
+    if let Some(note) = listen_note {
+        println!("note: {note}");
+    }
     Ok(())
+}
+
+/// Whether binding failed because the address is taken.
+fn addr_in_use(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    })
 }
 
 /// What `--check-config` found in the data directory.

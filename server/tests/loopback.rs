@@ -802,6 +802,31 @@ fn check_config_on_the_data_dir_of_a_running_server_does_not_disturb_it() {
         "{}",
         ran.stdout
     );
+    // The same check with the running server's own port (as
+    // ExecStartPre runs it): the port is taken by that server, which is
+    // what a pre-flight check expects to find, so a note and exit 0.
+    let own_port = run_bounded(
+        Command::new(SERVER_BIN)
+            .arg("--check-config")
+            .arg("--listen")
+            .arg(s.addr().to_string())
+            .arg("--data-dir")
+            .arg(s.data_dir())
+            .env_remove("LISTEN_FDS")
+            .env_remove("NOTIFY_SOCKET"),
+        Duration::from_secs(20),
+    );
+    assert!(own_port.status.success(), "{}", own_port.stderr);
+    assert!(
+        own_port
+            .stdout
+            .contains(&format!("note: cannot listen on {}: ", s.addr()))
+            && own_port
+                .stdout
+                .contains("in use by the running server, as expected while it runs"),
+        "{}",
+        own_port.stdout
+    );
     assert_eq!(
         s.part_files().len(),
         1,
