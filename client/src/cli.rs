@@ -152,7 +152,7 @@ pub struct Args {
     /// Protocol revision to speak (PROTOCOL.md §9): 2022c, 2023a, 2023c, 2024a or 2024c.
     /// Their default ports: 1234 (2022c, 2023a), 1357 (2023c), 1256 (2024a, 2024c)
     #[arg(long, value_name = "REV", env = REVISION_ENV, default_value = "2023c",
-          value_parser = parse_revision)]
+          value_parser = revision_parser())]
     pub revision: Revision,
 
     /// 2024a/2024c: bytes per packet, a positive multiple of 16: ciphertext bytes in split
@@ -218,8 +218,12 @@ impl From<PacketFieldsArg> for PacketFields {
     }
 }
 
-fn parse_revision(text: &str) -> Result<Revision, String> {
-    text.parse::<Revision>().map_err(|e| e.to_string())
+/// `--revision`: one of the five names, which the help and the shell
+/// completions list.
+fn revision_parser() -> impl clap::builder::TypedValueParser<Value = Revision> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Revision::ALL.map(Revision::name))
+        .try_map(|text| text.parse::<Revision>().map_err(|e| e.to_string()))
 }
 
 fn parse_packet_size(text: &str) -> Result<u32, String> {
@@ -296,7 +300,14 @@ pub fn usage_error(e: clap::Error, started: Instant) -> ExitCode {
     let text = e.to_string();
     let first = text.lines().next().unwrap_or("bad arguments");
     let first = first.trim_start_matches("error: ");
-    let message = format!("{first}; see sealdrop-client --help");
+    // clap lists the accepted values on a line of their own: keep them.
+    let values = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("[possible values: "))
+        .and_then(|v| v.strip_suffix(']'))
+        .map(|v| format!(" (one of {v})"))
+        .unwrap_or_default();
+    let message = format!("{first}{values}; see sealdrop-client --help");
     let json = std::env::args().any(|a| a == "--json");
     report::early_failure(FailKind::Usage, &message, json, started)
 }

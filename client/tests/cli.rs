@@ -691,6 +691,20 @@ fn bad_flags_exit_2() {
         assert_exit(&o, 2);
         assert_eq!(stderr(&o).lines().count(), 1, "{args:?}: {}", stderr(&o));
     }
+    // A value from a closed set: the one line lists the set.
+    for (args, values) in [
+        (
+            ["--revision", "2099"],
+            "(one of 2022c, 2023a, 2023c, 2024a, 2024c)",
+        ),
+        (["--packet-mode", "zz"], "(one of split, each)"),
+    ] {
+        let o = run(dir.path(), &args);
+        assert_exit(&o, 2);
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(values), "{args:?}: {err}");
+    }
 }
 
 #[test]

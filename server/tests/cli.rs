@@ -916,6 +916,11 @@ fn bash_completes_the_clients_flags() {
     for want in ["--server", "--name", "--json", "--retry-for"] {
         assert!(flags.iter().any(|f| f == want), "{want} not in {flags:?}");
     }
+    // The revisions by name, not file names.
+    assert_eq!(
+        complete(&["sealdrop-client", "--revision", "2024"]),
+        ["2024a", "2024c"]
+    );
 }
 
 /// The repository root (the Makefile's folder).
