@@ -936,11 +936,12 @@ fn open_input(arg: &FileArg, settings: &Settings) -> Result<Input, Failure> {
         });
     }
     let meta = std::fs::metadata(&arg.path).map_err(|e| {
-        Failure::local(format!(
-            "cannot read {file}: {}; check {}",
-            describe(&e),
-            arg.source.hint("file", 3)
-        ))
+        // A path from the command line came as an argument or a --file.
+        let fix = match arg.source {
+            ConfigSource::Flag => "the path".to_owned(),
+            ConfigSource::TransferInfo => arg.source.hint("file", 3),
+        };
+        Failure::local(format!("cannot read {file}: {}; check {fix}", describe(&e)))
     })?;
     if meta.is_dir() {
         return Err(Failure::usage(format!(

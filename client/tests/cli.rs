@@ -604,10 +604,24 @@ fn unreadable_file_exits_7_before_connecting() {
     let o = run(dir.path(), &args);
     assert_exit(&o, 7);
     assert!(
-        stderr(&o).contains("cannot read 'no-such-file.bin': not found"),
+        stderr(&o).contains("cannot read 'no-such-file.bin': not found; check the path"),
         "{}",
         stderr(&o)
     );
+    // Given as an argument rather than with --file: the same, and the
+    // message does not point at a flag that was not used.
+    let mut args = flags(&server.addr());
+    args.drain(4..6);
+    args.push("no-such-file.bin".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(dir.path(), &args);
+    assert_exit(&o, 7);
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot read 'no-such-file.bin': not found; check the path"),
+        "{err}"
+    );
+    assert!(!err.contains("--file"), "{err}");
     assert!(server.frames().is_empty());
 }
 
