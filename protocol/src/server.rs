@@ -353,7 +353,14 @@ enum FinishError {
     Store(crate::store::StoreError),
 }
 
-/// Sends of one file name on this connection, to report attempt numbers.
+/// File names a session keeps [`Attempts`] for at once: more than the
+/// uploads one connection may have awaiting a verdict
+/// ([`crate::store::DEFAULT_MAX_PENDING_PER_CONN`]), so each of those
+/// keeps its count and start; past it the oldest name's record goes.
+pub const TRACKED_FILE_NAMES: usize = 4 * crate::store::DEFAULT_MAX_PENDING_PER_CONN;
+
+/// Sends of one file name on this connection, to report attempt numbers
+/// and time the upload to its verdict.
 struct Attempts {
     client_id: ClientId,
     base: String,
@@ -468,7 +475,10 @@ pub struct ServerSession<U> {
     events: VecDeque<ServerEvent>,
     keys: Vec<(ClientId, AesKey)>,
     incoming: Option<Incoming<U>>,
-    attempts: Option<Attempts>,
+    /// One record per file name sent and not yet given its final verdict
+    /// (several can await theirs at once), oldest first, at most
+    /// [`TRACKED_FILE_NAMES`].
+    attempts: VecDeque<Attempts>,
     scratch: Vec<u8>,
     phase: Phase,
     last_activity: Instant,
@@ -491,7 +501,7 @@ impl<U> ServerSession<U> {
             events: VecDeque::new(),
             keys: Vec::new(),
             incoming: None,
-            attempts: None,
+            attempts: VecDeque::new(),
             scratch: Vec::new(),
             phase: Phase::Open,
             last_activity: now,
@@ -1283,22 +1293,28 @@ impl<U> ServerSession<U> {
     }
 
     fn count_attempt(&mut self, id: ClientId, base: &str, now: Instant) -> u32 {
-        match &mut self.attempts {
-            Some(a) if a.client_id == id && a.base == base => {
-                a.count += 1;
-                a.count
-            }
-            _ => {
-                self.attempts = Some(Attempts {
-                    client_id: id,
-                    base: base.to_owned(),
-                    count: 1,
-                    started: now,
-                    last: None,
-                });
-                1
-            }
+        if let Some(a) = self.attempts_of(id, base) {
+            a.count += 1;
+            return a.count;
         }
+        if self.attempts.len() >= TRACKED_FILE_NAMES {
+            self.attempts.pop_front();
+        }
+        self.attempts.push_back(Attempts {
+            client_id: id,
+            base: base.to_owned(),
+            count: 1,
+            started: now,
+            last: None,
+        });
+        1
+    }
+
+    /// The record of sends of `base` by `id`, if there is one.
+    fn attempts_of(&mut self, id: ClientId, base: &str) -> Option<&mut Attempts> {
+        self.attempts
+            .iter_mut()
+            .find(|a| a.client_id == id && a.base == base)
     }
 
     fn on_file_data<S: Store<Upload = U>>(&mut self, data: &[u8], store: &mut S) {
@@ -1377,10 +1393,8 @@ impl<U> ServerSession<U> {
                 if let Err(e) = store.finish_upload(self.ctx(now), sink.upload, &summary) {
                     return self.fail(&header, &[], e.into(), store);
                 }
-                if let Some(a) = self.attempts.as_mut() {
-                    if a.client_id == inc.client_id && a.base == inc.base {
-                        a.last = Some(summary);
-                    }
+                if let Some(a) = self.attempts_of(inc.client_id, &inc.base) {
+                    a.last = Some(summary);
                 }
                 self.events.push_back(ServerEvent::UploadReceived {
                     client_id: inc.client_id,
@@ -1466,16 +1480,19 @@ impl<U> ServerSession<U> {
         let outcome = store.apply_verdict(cx, &id, base, verdict)?;
         let applied = outcome != VerdictOutcome::NothingPending;
         let replaced = outcome == VerdictOutcome::Replaced;
-        let (attempts, last, duration) = match &self.attempts {
-            Some(a) if a.client_id == id && a.base == base => (
+        let (attempts, last, duration) = match self.attempts_of(id, base) {
+            Some(a) => (
                 a.count,
                 a.last,
                 Some(now.saturating_duration_since(a.started)),
             ),
-            _ => (0, None, None),
+            None => (0, None, None),
         };
         if kind != VerdictKind::CrcBad {
-            self.attempts = None;
+            // This file's sends are over; other files' records stay
+            // (their uploads may still await a verdict).
+            self.attempts
+                .retain(|a| !(a.client_id == id && a.base == base));
         }
         self.events.push_back(ServerEvent::Verdict {
             client_id: id,

@@ -499,8 +499,8 @@ fn counters_move_by_exactly_each_step_including_mid_upload() {
     let now = settled(metrics, 2.0);
     assert_eq!(value(&now, "sealdrop_uploads_awaiting_verdict"), 0.0);
     let sent = x.len() as u64 + y.len() as u64 + 2 * v;
-    // x's 1029 came after y's upload on the connection: the session times
-    // only the last upload it received, so x is verified but not timed.
+    // x's 1029 came after y's upload on the connection: x is timed all
+    // the same.
     assert_moved(
         "over the files quota at the 1029",
         &last,
@@ -513,6 +513,7 @@ fn counters_move_by_exactly_each_step_including_mid_upload() {
             ("sealdrop_refusals_total{reason=\"quota\"}", 1.0),
             ("sealdrop_received_bytes_total", sent as f64),
             ("sealdrop_stored_bytes_total", 200.0),
+            ("sealdrop_upload_duration_seconds_count", 1.0),
         ],
     );
     drop(rc);
@@ -968,4 +969,35 @@ fn check_config_refuses_a_metrics_address_it_cannot_bind() {
         "{}",
         String::from_utf8_lossy(&good.stderr)
     );
+}
+
+#[test]
+fn every_verified_upload_is_timed_when_several_await_their_verdicts_on_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let (client, mut conn) = Client::setup(server.addr(), &unique_name("two"));
+    let before = scrape(metrics);
+    // A and B received, both awaiting their verdicts; then 1029 for A
+    // (the older one), then for B.
+    client.send_file(&mut conn, "a.bin", &random_bytes(11, 1500));
+    let _ = conn.expect(2103);
+    client.send_file(&mut conn, "b.bin", &random_bytes(12, 2500));
+    let _ = conn.expect(2103);
+    client.send_verdict(&mut conn, 1029, "a.bin");
+    let _ = conn.expect(2104);
+    client.send_verdict(&mut conn, 1029, "b.bin");
+    let _ = conn.expect(2104);
+    let after = scrape(metrics);
+    let d = moved(&before, &after);
+    assert_eq!(
+        d.get("sealdrop_uploads_total{outcome=\"verified\"}"),
+        Some(&2.0),
+        "{d:?}"
+    );
+    assert_eq!(
+        d.get("sealdrop_upload_duration_seconds_count"),
+        Some(&2.0),
+        "every verified upload timed: {d:?}"
+    );
+    server.stop().unwrap();
 }
