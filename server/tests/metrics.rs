@@ -709,9 +709,15 @@ fn an_upload_withdrawn_by_an_administrator_counts_as_withdrawn_not_server_error(
         None,
         "{d:?}"
     );
+    // The upload ended withdrawn, not refused.
+    assert_eq!(
+        d.get("sealdrop_uploads_total{outcome=\"withdrawn\"}"),
+        Some(&1.0),
+        "{d:?}"
+    );
     assert_eq!(
         d.get("sealdrop_uploads_total{outcome=\"refused\"}"),
-        Some(&1.0),
+        None,
         "{d:?}"
     );
     assert_eq!(value(&after, "sealdrop_commit_failures_total"), 0.0);
@@ -971,6 +977,14 @@ fn check_config_refuses_a_metrics_address_it_cannot_bind() {
     );
 }
 
+/// The running server's uploads since start by `stats` outcome, asked
+/// over the control socket as `stats` does.
+fn stats_since_start(data_dir: &std::path::Path) -> serde_json::Value {
+    let answer = control(data_dir, "{\"op\":\"stats\"}");
+    let v: serde_json::Value = serde_json::from_str(&answer).expect("JSON answer");
+    v["result"]["uploads"].clone()
+}
+
 #[test]
 fn every_verified_upload_is_timed_when_several_await_their_verdicts_on_one_connection() {
     let dir = tempfile::tempdir().unwrap();
@@ -999,5 +1013,85 @@ fn every_verified_upload_is_timed_when_several_await_their_verdicts_on_one_conne
         Some(&2.0),
         "every verified upload timed: {d:?}"
     );
+    server.stop().unwrap();
+}
+
+#[test]
+fn an_upload_put_out_for_room_among_those_awaiting_a_verdict_counts_as_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let (client, mut conn) = Client::setup(server.addr(), &unique_name("room"));
+    let cap = sealdrop_protocol::store::DEFAULT_MAX_PENDING_PER_CONN;
+    for i in 0..cap {
+        client.send_file(
+            &mut conn,
+            &format!("f{i}.bin"),
+            &random_bytes(i as u64, 100),
+        );
+        let _ = conn.expect(2103);
+    }
+    let before = scrape(metrics);
+    assert_eq!(
+        value(&before, "sealdrop_uploads_awaiting_verdict"),
+        cap as f64
+    );
+    // One more on the same connection: its oldest (f0.bin) is put out.
+    client.send_file(&mut conn, "one-more.bin", &random_bytes(99, 100));
+    let _ = conn.expect(2103);
+    let after = scrape(metrics);
+    assert_eq!(
+        value(&after, "sealdrop_uploads_awaiting_verdict"),
+        cap as f64
+    );
+    assert_moved(
+        "an upload put out for room",
+        &before,
+        &after,
+        &[
+            ("sealdrop_requests_total{code=\"1028\"}", 1.0),
+            (
+                "sealdrop_received_bytes_total",
+                client
+                    .file_frame("one-more.bin", &random_bytes(99, 100))
+                    .len() as f64,
+            ),
+            ("sealdrop_uploads_total{outcome=\"expired\"}", 1.0),
+        ],
+    );
+    // `stats` counts it the same way.
+    assert_eq!(stats_since_start(dir.path())["expired"], 1);
+    // Its 1029 finds nothing.
+    client.send_verdict(&mut conn, 1029, "f0.bin");
+    let _ = conn.expect(2107);
+    server.stop().unwrap();
+}
+
+#[test]
+fn an_upload_withdrawn_while_it_awaits_its_verdict_counts_as_withdrawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let (client, mut conn) = Client::setup(server.addr(), &unique_name("awaiting"));
+    client.send_file(&mut conn, "kept.bin", &random_bytes(21, 900));
+    let _ = conn.expect(2103);
+    let before = scrape(metrics);
+    assert_eq!(value(&before, "sealdrop_uploads_awaiting_verdict"), 1.0);
+    let answer = control(
+        dir.path(),
+        &format!(
+            "{{\"op\":\"delete\",\"client\":\"{}\",\"file\":\"kept.bin\"}}",
+            client.id.to_hex()
+        ),
+    );
+    assert!(answer.contains("\"uploads_withdrawn\":1"), "{answer}");
+    let after = scrape(metrics);
+    assert_eq!(value(&after, "sealdrop_uploads_awaiting_verdict"), 0.0);
+    // No answer was refused (the client is told at its 1029).
+    assert_moved(
+        "an upload withdrawn while it awaited its verdict",
+        &before,
+        &after,
+        &[("sealdrop_uploads_total{outcome=\"withdrawn\"}", 1.0)],
+    );
+    assert_eq!(stats_since_start(dir.path())["withdrawn"], 1);
     server.stop().unwrap();
 }
