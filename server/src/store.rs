@@ -1806,7 +1806,9 @@ impl Store for DiskStore {
                 done.files_kept.push(f.file_name);
             }
         }
-        if delete_files {
+        if delete_files || done.files_kept.is_empty() {
+            // Its folder goes after the commit if nothing is left in it
+            // (no file kept, no leftover): an id without a record.
             self.remove_dirs_after_commit
                 .push(files::client_dir(&self.data_dir, id));
         }
@@ -1837,6 +1839,12 @@ impl Store for DiskStore {
         }
         if had_record {
             self.unlink_later(id, file_name);
+            if self.db.client_by_id(id)?.is_none() && self.db.files_of(id)?.is_empty() {
+                // A forgotten client's last file: its folder goes after
+                // the commit too, if nothing else is left in it.
+                self.remove_dirs_after_commit
+                    .push(files::client_dir(&self.data_dir, id));
+            }
         }
         log::info!(
             "administrator: file {:?} of {} deleted; {uploads_withdrawn} upload(s) withdrawn",
