@@ -234,7 +234,9 @@ pub enum ServerEvent {
         /// Plaintext bytes and cksum of the last send, if this connection
         /// received it.
         last: Option<UploadSummary>,
-        /// Time from the first send's header to the verdict.
+        /// Time from the first send's header on this connection to the
+        /// verdict; for an upload received on another connection, from
+        /// its header ([`crate::store::Store::pending_since`]).
         duration: Option<Duration>,
     },
     /// A well-formed request was answered with 2107; the connection stays.
@@ -1477,17 +1479,25 @@ impl<U> ServerSession<U> {
             VerdictKind::CrcOk => Verdict::Accept,
             _ => Verdict::Discard,
         };
-        let outcome = store.apply_verdict(cx, &id, base, verdict)?;
-        let applied = outcome != VerdictOutcome::NothingPending;
-        let replaced = outcome == VerdictOutcome::Replaced;
         let (attempts, last, duration) = match self.attempts_of(id, base) {
             Some(a) => (
                 a.count,
                 a.last,
                 Some(now.saturating_duration_since(a.started)),
             ),
-            None => (0, None, None),
+            // Sent on another connection: timed from that send's header,
+            // as the store knows it.
+            None => (
+                0,
+                None,
+                store
+                    .pending_since(cx, &id, base)
+                    .map(|t| now.saturating_duration_since(t)),
+            ),
         };
+        let outcome = store.apply_verdict(cx, &id, base, verdict)?;
+        let applied = outcome != VerdictOutcome::NothingPending;
+        let replaced = outcome == VerdictOutcome::Replaced;
         if kind != VerdictKind::CrcBad {
             // This file's sends are over; other files' records stay
             // (their uploads may still await a verdict).

@@ -1591,6 +1591,11 @@ impl Store for DiskStore {
         Ok(VerdictOutcome::Applied)
     }
 
+    fn pending_since(&self, cx: Ctx, id: &ClientId, file_name: &str) -> Option<Instant> {
+        let uid = self.pending.select(cx.conn, id, file_name)?;
+        self.pending.get(uid).map(|p| p.data.started)
+    }
+
     fn has_pending(&self, conn: ConnId) -> bool {
         self.pending.has_conn(conn)
     }

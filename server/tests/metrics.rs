@@ -1017,6 +1017,34 @@ fn every_verified_upload_is_timed_when_several_await_their_verdicts_on_one_conne
 }
 
 #[test]
+fn a_verified_upload_is_timed_when_its_1029_comes_on_another_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let (mut client, mut first) = Client::setup(server.addr(), &unique_name("moved"));
+    client.send_file(&mut first, "m.bin", &random_bytes(13, 1200));
+    let _ = first.expect(2103);
+    let before = scrape(metrics);
+    // The 1029 on a second connection (a client that reconnected).
+    let mut second = Conn::connect(server.addr());
+    client.reconnect(&mut second);
+    client.send_verdict(&mut second, 1029, "m.bin");
+    let _ = second.expect(2104);
+    let d = moved(&before, &scrape(metrics));
+    assert_eq!(
+        d.get("sealdrop_uploads_total{outcome=\"verified\"}"),
+        Some(&1.0),
+        "{d:?}"
+    );
+    assert_eq!(
+        d.get("sealdrop_upload_duration_seconds_count"),
+        Some(&1.0),
+        "timed from its header on the first connection: {d:?}"
+    );
+    drop(first);
+    server.stop().unwrap();
+}
+
+#[test]
 fn an_upload_put_out_for_room_among_those_awaiting_a_verdict_counts_as_expired() {
     let dir = tempfile::tempdir().unwrap();
     let (server, metrics) = start(dir.path());
