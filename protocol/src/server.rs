@@ -234,7 +234,9 @@ pub enum ServerEvent {
         /// Plaintext bytes and cksum of the last send, if this connection
         /// received it.
         last: Option<UploadSummary>,
-        /// Time from the first send's header to the verdict.
+        /// Time from the first send's header on this connection to the
+        /// verdict; for an upload received on another connection, from
+        /// its header ([`crate::store::Store::pending_since`]).
         duration: Option<Duration>,
     },
     /// A well-formed request was answered with 2107; the connection stays.
@@ -353,7 +355,14 @@ enum FinishError {
     Store(crate::store::StoreError),
 }
 
-/// Sends of one file name on this connection, to report attempt numbers.
+/// File names a session keeps [`Attempts`] for at once: more than the
+/// uploads one connection may have awaiting a verdict
+/// ([`crate::store::DEFAULT_MAX_PENDING_PER_CONN`]), so each of those
+/// keeps its count and start; past it the oldest name's record goes.
+pub const TRACKED_FILE_NAMES: usize = 4 * crate::store::DEFAULT_MAX_PENDING_PER_CONN;
+
+/// Sends of one file name on this connection, to report attempt numbers
+/// and time the upload to its verdict.
 struct Attempts {
     client_id: ClientId,
     base: String,
@@ -468,7 +477,10 @@ pub struct ServerSession<U> {
     events: VecDeque<ServerEvent>,
     keys: Vec<(ClientId, AesKey)>,
     incoming: Option<Incoming<U>>,
-    attempts: Option<Attempts>,
+    /// One record per file name sent and not yet given its final verdict
+    /// (several can await theirs at once), oldest first, at most
+    /// [`TRACKED_FILE_NAMES`].
+    attempts: VecDeque<Attempts>,
     scratch: Vec<u8>,
     phase: Phase,
     last_activity: Instant,
@@ -491,7 +503,7 @@ impl<U> ServerSession<U> {
             events: VecDeque::new(),
             keys: Vec::new(),
             incoming: None,
-            attempts: None,
+            attempts: VecDeque::new(),
             scratch: Vec::new(),
             phase: Phase::Open,
             last_activity: now,
@@ -1283,22 +1295,28 @@ impl<U> ServerSession<U> {
     }
 
     fn count_attempt(&mut self, id: ClientId, base: &str, now: Instant) -> u32 {
-        match &mut self.attempts {
-            Some(a) if a.client_id == id && a.base == base => {
-                a.count += 1;
-                a.count
-            }
-            _ => {
-                self.attempts = Some(Attempts {
-                    client_id: id,
-                    base: base.to_owned(),
-                    count: 1,
-                    started: now,
-                    last: None,
-                });
-                1
-            }
+        if let Some(a) = self.attempts_of(id, base) {
+            a.count += 1;
+            return a.count;
         }
+        if self.attempts.len() >= TRACKED_FILE_NAMES {
+            self.attempts.pop_front();
+        }
+        self.attempts.push_back(Attempts {
+            client_id: id,
+            base: base.to_owned(),
+            count: 1,
+            started: now,
+            last: None,
+        });
+        1
+    }
+
+    /// The record of sends of `base` by `id`, if there is one.
+    fn attempts_of(&mut self, id: ClientId, base: &str) -> Option<&mut Attempts> {
+        self.attempts
+            .iter_mut()
+            .find(|a| a.client_id == id && a.base == base)
     }
 
     fn on_file_data<S: Store<Upload = U>>(&mut self, data: &[u8], store: &mut S) {
@@ -1377,10 +1395,8 @@ impl<U> ServerSession<U> {
                 if let Err(e) = store.finish_upload(self.ctx(now), sink.upload, &summary) {
                     return self.fail(&header, &[], e.into(), store);
                 }
-                if let Some(a) = self.attempts.as_mut() {
-                    if a.client_id == inc.client_id && a.base == inc.base {
-                        a.last = Some(summary);
-                    }
+                if let Some(a) = self.attempts_of(inc.client_id, &inc.base) {
+                    a.last = Some(summary);
                 }
                 self.events.push_back(ServerEvent::UploadReceived {
                     client_id: inc.client_id,
@@ -1463,19 +1479,30 @@ impl<U> ServerSession<U> {
             VerdictKind::CrcOk => Verdict::Accept,
             _ => Verdict::Discard,
         };
-        let outcome = store.apply_verdict(cx, &id, base, verdict)?;
-        let applied = outcome != VerdictOutcome::NothingPending;
-        let replaced = outcome == VerdictOutcome::Replaced;
-        let (attempts, last, duration) = match &self.attempts {
-            Some(a) if a.client_id == id && a.base == base => (
+        let (attempts, last, duration) = match self.attempts_of(id, base) {
+            Some(a) => (
                 a.count,
                 a.last,
                 Some(now.saturating_duration_since(a.started)),
             ),
-            _ => (0, None, None),
+            // Sent on another connection: timed from that send's header,
+            // as the store knows it.
+            None => (
+                0,
+                None,
+                store
+                    .pending_since(cx, &id, base)
+                    .map(|t| now.saturating_duration_since(t)),
+            ),
         };
+        let outcome = store.apply_verdict(cx, &id, base, verdict)?;
+        let applied = outcome != VerdictOutcome::NothingPending;
+        let replaced = outcome == VerdictOutcome::Replaced;
         if kind != VerdictKind::CrcBad {
-            self.attempts = None;
+            // This file's sends are over; other files' records stay
+            // (their uploads may still await a verdict).
+            self.attempts
+                .retain(|a| !(a.client_id == id && a.base == base));
         }
         self.events.push_back(ServerEvent::Verdict {
             client_id: id,

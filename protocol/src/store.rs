@@ -554,6 +554,15 @@ pub trait Store {
         verdict: Verdict,
     ) -> Result<VerdictOutcome, StoreError>;
 
+    /// When the upload a verdict of `file_name` by `id` on `cx.conn`
+    /// would take ([`Store::apply_verdict`]'s choice) began: the
+    /// driver's clock at its 1028 header. The session times a verdict by
+    /// it when it has no record of the file's sends (the upload came on
+    /// another connection). Default: not known.
+    fn pending_since(&self, _cx: Ctx, _id: &ClientId, _file_name: &str) -> Option<Instant> {
+        None
+    }
+
     /// Whether `conn` has uploads awaiting a verdict.
     fn has_pending(&self, conn: ConnId) -> bool;
 

@@ -379,6 +379,9 @@ impl Server {
                 self.drive(token);
             }
             self.fire_timers(now);
+            // Before any scrape: what the pass's requests and the
+            // control socket's changes put out of the pending uploads.
+            self.count_dropped_pending();
             self.metrics.serve(self.poll.registry(), now, self.view());
             self.housekeeping(now);
             self.end_pass();
@@ -920,6 +923,13 @@ impl Server {
         }
     }
 
+    /// Counts in the metrics the uploads awaiting a verdict that the
+    /// store dropped without one (expired, put out for room, withdrawn).
+    fn count_dropped_pending(&mut self) {
+        let d = self.store.take_dropped_pending();
+        self.metrics.pending_dropped(d.expired, d.withdrawn);
+    }
+
     fn housekeeping(&mut self, now: Instant) {
         if let Some((every, last)) = self.watchdog {
             if now >= last + every {
@@ -928,10 +938,8 @@ impl Server {
             }
         }
         if now >= self.next_housekeeping {
-            let pending = self.store.pending_count();
             self.store.housekeeping(now, SystemTime::now());
-            self.metrics
-                .orphans_expired(pending.saturating_sub(self.store.pending_count()));
+            self.count_dropped_pending();
             if let Some(line) = self
                 .metrics
                 .status_update(self.conns.len(), self.draining.is_some())

@@ -148,18 +148,24 @@ pub enum UploadOutcome {
     /// Its connection closed while the content was arriving.
     Abandoned,
     /// Received completely, but no verdict came within `--orphan-ttl`
-    /// after its connection closed.
+    /// after its connection closed, or put out for room among the
+    /// uploads awaiting a verdict (the per-connection and server caps).
     Expired,
+    /// Withdrawn by an administrator (`clients forget`, `files delete`)
+    /// while it arrived, awaited its verdict, or waited for the commit
+    /// after its 1029.
+    Withdrawn,
 }
 
 impl UploadOutcome {
     /// Every outcome, in the order they are exported.
-    pub const ALL: [UploadOutcome; 5] = [
+    pub const ALL: [UploadOutcome; 6] = [
         UploadOutcome::Verified,
         UploadOutcome::CrcFailed,
         UploadOutcome::Refused,
         UploadOutcome::Abandoned,
         UploadOutcome::Expired,
+        UploadOutcome::Withdrawn,
     ];
 
     /// The label value.
@@ -170,6 +176,7 @@ impl UploadOutcome {
             UploadOutcome::Refused => "refused",
             UploadOutcome::Abandoned => "abandoned",
             UploadOutcome::Expired => "expired",
+            UploadOutcome::Withdrawn => "withdrawn",
         }
     }
 }
@@ -374,7 +381,7 @@ impl Handles {
         );
         r.register(
             "uploads",
-            "Uploads ended, by outcome (verified, crc_failed, refused, abandoned, expired)",
+            "Uploads ended, by outcome (verified, crc_failed, refused, abandoned, expired, withdrawn)",
             h.uploads.clone(),
         );
         r.register(
@@ -587,10 +594,15 @@ impl Metrics {
         self.h.received_bytes.inc_by(n as u64);
     }
 
-    /// Orphaned uploads expired by housekeeping.
-    pub fn orphans_expired(&self, n: usize) {
-        if n > 0 {
-            self.upload_ended(UploadOutcome::Expired, n as u64);
+    /// Uploads awaiting a verdict that the store dropped without one:
+    /// `expired` (no verdict within `--orphan-ttl`, or put out for room)
+    /// and `withdrawn` by an administrator. No connection sees these.
+    pub fn pending_dropped(&self, expired: u64, withdrawn: u64) {
+        if expired > 0 {
+            self.upload_ended(UploadOutcome::Expired, expired);
+        }
+        if withdrawn > 0 {
+            self.upload_ended(UploadOutcome::Withdrawn, withdrawn);
         }
     }
 
@@ -659,14 +671,21 @@ impl Metrics {
                 }
                 let why = refusal_reason(reason);
                 self.refused(why);
+                // An upload an administrator withdrew ends as withdrawn
+                // (its answer still counts as a refusal, reason withdrawn).
+                let ended = if why == RefusalReason::Withdrawn {
+                    UploadOutcome::Withdrawn
+                } else {
+                    UploadOutcome::Refused
+                };
                 if *kind == RequestKind::SendFile {
                     self.in_flight.remove(&conn);
-                    self.upload_ended(UploadOutcome::Refused, 1);
+                    self.upload_ended(ended, 1);
                 } else if *kind == RequestKind::CrcOk
                     && matches!(why, RefusalReason::Quota | RefusalReason::Withdrawn)
                 {
                     // The upload awaiting this 1029 is discarded with it.
-                    self.upload_ended(UploadOutcome::Refused, 1);
+                    self.upload_ended(ended, 1);
                 }
             }
             ServerEvent::RevisionDetected { .. } => {}
@@ -1226,7 +1245,7 @@ mod tests {
     }
 
     #[test]
-    fn a_1029_refused_counts_its_upload_as_refused_and_its_request_once() {
+    fn a_1029_refused_counts_its_upload_as_refused_or_withdrawn_and_its_request_once() {
         use sealdrop_protocol::error::{QuotaExceeded, QuotaLimit};
         use sealdrop_protocol::store::CommitRefusal;
         let dir = tempfile::tempdir().unwrap();
@@ -1276,7 +1295,8 @@ mod tests {
         m.session_event(7, rev, &refused(Refusal::UnknownClient));
         let s = parse_samples(&m.render(VIEW));
         assert_eq!(s["sealdrop_requests_total{code=\"1029\"}"], 3.0);
-        assert_eq!(s["sealdrop_uploads_total{outcome=\"refused\"}"], 2.0);
+        assert_eq!(s["sealdrop_uploads_total{outcome=\"refused\"}"], 1.0);
+        assert_eq!(s["sealdrop_uploads_total{outcome=\"withdrawn\"}"], 1.0);
         assert_eq!(s["sealdrop_uploads_total{outcome=\"verified\"}"], 0.0);
         assert_eq!(s["sealdrop_refusals_total{reason=\"withdrawn\"}"], 1.0);
         assert_eq!(s["sealdrop_refusals_total{reason=\"quota\"}"], 1.0);

@@ -177,6 +177,17 @@ impl Outcome {
     }
 }
 
+/// Uploads that left those awaiting a verdict without one, counted for
+/// the metrics until [`DiskStore::take_dropped_pending`] takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DroppedPending {
+    /// No verdict within `--orphan-ttl` of its connection's close, or put
+    /// out for room (the pending-upload caps): `expired` in `stats`.
+    pub expired: u64,
+    /// Withdrawn by an administrator: `withdrawn` in `stats`.
+    pub withdrawn: u64,
+}
+
 /// Uploads counted by [`Outcome`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Outcomes([u64; 6]);
@@ -352,6 +363,9 @@ pub struct DiskStore {
     /// the next commit refuses them with [`StoreError::Withdrawn`] (their
     /// held answers fail, and the refusal is answered and counted as one).
     fail_at_commit: Vec<CommitRefusal>,
+    /// Uploads awaiting a verdict dropped without one, not yet taken by
+    /// the metrics.
+    dropped_pending: DroppedPending,
 }
 
 /// Accepted files synced together per step of a commit in
@@ -867,6 +881,7 @@ impl DiskStore {
             unlink_after_commit: Vec::new(),
             remove_dirs_after_commit: Vec::new(),
             fail_at_commit: Vec::new(),
+            dropped_pending: DroppedPending::default(),
         }
     }
 
@@ -915,6 +930,7 @@ impl DiskStore {
             unlink_after_commit: Vec::new(),
             remove_dirs_after_commit: Vec::new(),
             fail_at_commit: Vec::new(),
+            dropped_pending: DroppedPending::default(),
         })
     }
 
@@ -1032,6 +1048,7 @@ impl DiskStore {
                 self.placing.push((uid, p));
             }
         }
+        self.dropped_pending.withdrawn += pending.len() as u64;
         let arriving = self.live.withdraw(id, file_name);
         let n = pending.len() + placing + arriving;
         self.count(Outcome::Withdrawn, n as u64);
@@ -1220,6 +1237,13 @@ impl DiskStore {
         std::mem::take(&mut self.removed_bytes)
     }
 
+    /// Uploads awaiting a verdict that were dropped without one (expired,
+    /// put out for room, withdrawn) since the last call: the metrics count
+    /// them, as nothing a connection sees does.
+    pub fn take_dropped_pending(&mut self) -> DroppedPending {
+        std::mem::take(&mut self.dropped_pending)
+    }
+
     /// Number of registered clients (SQLite only; PostgreSQL: an error).
     pub fn client_count(&self) -> Result<u64, StoreError> {
         self.sqlite("count clients")?.client_count()
@@ -1271,6 +1295,7 @@ impl DiskStore {
         for id in self.pending.expired(now) {
             self.drop_pending(id, &Eviction::Expired);
             self.count(Outcome::Expired, 1);
+            self.dropped_pending.expired += 1;
         }
     }
 
@@ -1566,6 +1591,11 @@ impl Store for DiskStore {
         Ok(VerdictOutcome::Applied)
     }
 
+    fn pending_since(&self, cx: Ctx, id: &ClientId, file_name: &str) -> Option<Instant> {
+        let uid = self.pending.select(cx.conn, id, file_name)?;
+        self.pending.get(uid).map(|p| p.data.started)
+    }
+
     fn has_pending(&self, conn: ConnId) -> bool {
         self.pending.has_conn(conn)
     }
@@ -1781,7 +1811,9 @@ impl Store for DiskStore {
                 done.files_kept.push(f.file_name);
             }
         }
-        if delete_files {
+        if delete_files || done.files_kept.is_empty() {
+            // Its folder goes after the commit if nothing is left in it
+            // (no file kept, no leftover): an id without a record.
             self.remove_dirs_after_commit
                 .push(files::client_dir(&self.data_dir, id));
         }
@@ -1812,6 +1844,12 @@ impl Store for DiskStore {
         }
         if had_record {
             self.unlink_later(id, file_name);
+            if self.db.client_by_id(id)?.is_none() && self.db.files_of(id)?.is_empty() {
+                // A forgotten client's last file: its folder goes after
+                // the commit too, if nothing else is left in it.
+                self.remove_dirs_after_commit
+                    .push(files::client_dir(&self.data_dir, id));
+            }
         }
         log::info!(
             "administrator: file {:?} of {} deleted; {uploads_withdrawn} upload(s) withdrawn",
@@ -2232,6 +2270,7 @@ impl DiskStore {
             }
             self.drop_pending(victim, &why);
             self.count(Outcome::Expired, 1);
+            self.dropped_pending.expired += 1;
         }
         self.db
             .add_unverified_file(&upload.client, &upload.file_name, &path)

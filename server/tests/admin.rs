@@ -596,11 +596,12 @@ fn forget_with_delete_files_leaves_no_folder_and_verify_reports_and_removes_empt
     let alice_dir = server.client_dir(&alice.id);
 
     // Running: alice forgotten with her files kept, then each deleted by
-    // id: her folder is empty, of no client; verify says so.
+    // id (the last delete takes her folder: see the test below). An
+    // empty folder of no client, made by hand: verify says so.
     ok(&dir, &["clients", "forget", "alice"]);
     ok(&dir, &["files", "delete", &alice.id.to_hex(), "a.txt"]);
     ok(&dir, &["files", "delete", &alice.id.to_hex(), "b.txt"]);
-    assert!(alice_dir.is_dir());
+    fs::create_dir_all(&alice_dir).unwrap();
     let out = admin(&dir, &["verify", "--json"]);
     assert_eq!(out.code, 2, "{out:?}");
     let v = out.json();
@@ -902,8 +903,8 @@ fn stats_counts_discarded_expired_and_aborted_uploads_exactly_and_metrics_by_the
     assert_eq!(outcome("verified"), 1.0);
     assert_eq!(m("sealdrop_resends_total"), 1.0, "the 1030");
     assert_eq!(outcome("crc_failed"), 1.0, "the 1031");
-    // Only the orphan: an upload put out for room has no count there.
-    assert_eq!(outcome("expired"), 1.0);
+    // The orphan and the upload put out for room, as in `stats`.
+    assert_eq!(outcome("expired"), 2.0);
     assert_eq!(outcome("abandoned"), 1.0);
     assert_eq!(outcome("refused"), 0.0);
     // The lifetime counts reach the database with a commit (at the latest
@@ -927,4 +928,40 @@ fn kinds_repaired(v: &Value) -> Vec<(String, bool)> {
             )
         })
         .collect()
+}
+
+#[test]
+fn deleting_a_forgotten_clients_last_file_removes_its_folder_running_and_stopped() {
+    let (mut server, alice, bob) = populated();
+    let carol = client_with(&server, "carol", &[("d.txt", C)]);
+    let dir = server.data_dir().to_path_buf();
+    let (alice_dir, bob_dir, carol_dir) = (
+        server.client_dir(&alice.id),
+        server.client_dir(&bob.id),
+        server.client_dir(&carol.id),
+    );
+
+    // Running: alice forgotten with her files kept; her folder stays
+    // while a file is in it and goes with her last one.
+    ok(&dir, &["clients", "forget", "alice"]);
+    ok(&dir, &["files", "delete", &alice.id.to_hex(), "a.txt"]);
+    assert!(alice_dir.join("b.txt").is_file());
+    ok(&dir, &["files", "delete", &alice.id.to_hex(), "b.txt"]);
+    assert!(!alice_dir.exists(), "alice's empty folder left");
+    // A client still known keeps its folder, empty or not.
+    ok(&dir, &["files", "delete", "carol", "d.txt"]);
+    assert!(carol_dir.is_dir(), "carol is still a client");
+    assert_eq!(admin(&dir, &["verify"]).code, 0);
+
+    // Stopped: bob forgotten with his file kept, then the file deleted:
+    // the folder goes with it; carol, forgotten with nothing kept, loses
+    // her empty folder at once.
+    server.stop();
+    ok(&dir, &["clients", "forget", "bob"]);
+    assert!(bob_dir.join("c.txt").is_file());
+    ok(&dir, &["files", "delete", &bob.id.to_hex(), "c.txt"]);
+    assert!(!bob_dir.exists(), "bob's empty folder left");
+    ok(&dir, &["clients", "forget", "carol"]);
+    assert!(!carol_dir.exists(), "carol's empty folder left");
+    assert_eq!(admin(&dir, &["verify"]).code, 0);
 }

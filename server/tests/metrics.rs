@@ -499,8 +499,8 @@ fn counters_move_by_exactly_each_step_including_mid_upload() {
     let now = settled(metrics, 2.0);
     assert_eq!(value(&now, "sealdrop_uploads_awaiting_verdict"), 0.0);
     let sent = x.len() as u64 + y.len() as u64 + 2 * v;
-    // x's 1029 came after y's upload on the connection: the session times
-    // only the last upload it received, so x is verified but not timed.
+    // x's 1029 came after y's upload on the connection: x is timed all
+    // the same.
     assert_moved(
         "over the files quota at the 1029",
         &last,
@@ -513,6 +513,7 @@ fn counters_move_by_exactly_each_step_including_mid_upload() {
             ("sealdrop_refusals_total{reason=\"quota\"}", 1.0),
             ("sealdrop_received_bytes_total", sent as f64),
             ("sealdrop_stored_bytes_total", 200.0),
+            ("sealdrop_upload_duration_seconds_count", 1.0),
         ],
     );
     drop(rc);
@@ -708,9 +709,15 @@ fn an_upload_withdrawn_by_an_administrator_counts_as_withdrawn_not_server_error(
         None,
         "{d:?}"
     );
+    // The upload ended withdrawn, not refused.
+    assert_eq!(
+        d.get("sealdrop_uploads_total{outcome=\"withdrawn\"}"),
+        Some(&1.0),
+        "{d:?}"
+    );
     assert_eq!(
         d.get("sealdrop_uploads_total{outcome=\"refused\"}"),
-        Some(&1.0),
+        None,
         "{d:?}"
     );
     assert_eq!(value(&after, "sealdrop_commit_failures_total"), 0.0);
@@ -968,4 +975,151 @@ fn check_config_refuses_a_metrics_address_it_cannot_bind() {
         "{}",
         String::from_utf8_lossy(&good.stderr)
     );
+}
+
+/// The running server's uploads since start by `stats` outcome, asked
+/// over the control socket as `stats` does.
+fn stats_since_start(data_dir: &std::path::Path) -> serde_json::Value {
+    let answer = control(data_dir, "{\"op\":\"stats\"}");
+    let v: serde_json::Value = serde_json::from_str(&answer).expect("JSON answer");
+    v["result"]["uploads"].clone()
+}
+
+#[test]
+fn every_verified_upload_is_timed_when_several_await_their_verdicts_on_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let (client, mut conn) = Client::setup(server.addr(), &unique_name("two"));
+    let before = scrape(metrics);
+    // A and B received, both awaiting their verdicts; then 1029 for A
+    // (the older one), then for B.
+    client.send_file(&mut conn, "a.bin", &random_bytes(11, 1500));
+    let _ = conn.expect(2103);
+    client.send_file(&mut conn, "b.bin", &random_bytes(12, 2500));
+    let _ = conn.expect(2103);
+    client.send_verdict(&mut conn, 1029, "a.bin");
+    let _ = conn.expect(2104);
+    client.send_verdict(&mut conn, 1029, "b.bin");
+    let _ = conn.expect(2104);
+    let after = scrape(metrics);
+    let d = moved(&before, &after);
+    assert_eq!(
+        d.get("sealdrop_uploads_total{outcome=\"verified\"}"),
+        Some(&2.0),
+        "{d:?}"
+    );
+    assert_eq!(
+        d.get("sealdrop_upload_duration_seconds_count"),
+        Some(&2.0),
+        "every verified upload timed: {d:?}"
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_verified_upload_is_timed_when_its_1029_comes_on_another_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let (mut client, mut first) = Client::setup(server.addr(), &unique_name("moved"));
+    client.send_file(&mut first, "m.bin", &random_bytes(13, 1200));
+    let _ = first.expect(2103);
+    let before = scrape(metrics);
+    // The 1029 on a second connection (a client that reconnected).
+    let mut second = Conn::connect(server.addr());
+    client.reconnect(&mut second);
+    client.send_verdict(&mut second, 1029, "m.bin");
+    let _ = second.expect(2104);
+    let d = moved(&before, &scrape(metrics));
+    assert_eq!(
+        d.get("sealdrop_uploads_total{outcome=\"verified\"}"),
+        Some(&1.0),
+        "{d:?}"
+    );
+    assert_eq!(
+        d.get("sealdrop_upload_duration_seconds_count"),
+        Some(&1.0),
+        "timed from its header on the first connection: {d:?}"
+    );
+    drop(first);
+    server.stop().unwrap();
+}
+
+#[test]
+fn an_upload_put_out_for_room_among_those_awaiting_a_verdict_counts_as_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let (client, mut conn) = Client::setup(server.addr(), &unique_name("room"));
+    let cap = sealdrop_protocol::store::DEFAULT_MAX_PENDING_PER_CONN;
+    for i in 0..cap {
+        client.send_file(
+            &mut conn,
+            &format!("f{i}.bin"),
+            &random_bytes(i as u64, 100),
+        );
+        let _ = conn.expect(2103);
+    }
+    let before = scrape(metrics);
+    assert_eq!(
+        value(&before, "sealdrop_uploads_awaiting_verdict"),
+        cap as f64
+    );
+    // One more on the same connection: its oldest (f0.bin) is put out.
+    client.send_file(&mut conn, "one-more.bin", &random_bytes(99, 100));
+    let _ = conn.expect(2103);
+    let after = scrape(metrics);
+    assert_eq!(
+        value(&after, "sealdrop_uploads_awaiting_verdict"),
+        cap as f64
+    );
+    assert_moved(
+        "an upload put out for room",
+        &before,
+        &after,
+        &[
+            ("sealdrop_requests_total{code=\"1028\"}", 1.0),
+            (
+                "sealdrop_received_bytes_total",
+                client
+                    .file_frame("one-more.bin", &random_bytes(99, 100))
+                    .len() as f64,
+            ),
+            ("sealdrop_uploads_total{outcome=\"expired\"}", 1.0),
+        ],
+    );
+    // `stats` counts it the same way.
+    assert_eq!(stats_since_start(dir.path())["expired"], 1);
+    // Its 1029 finds nothing.
+    client.send_verdict(&mut conn, 1029, "f0.bin");
+    let _ = conn.expect(2107);
+    server.stop().unwrap();
+}
+
+#[test]
+fn an_upload_withdrawn_while_it_awaits_its_verdict_counts_as_withdrawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let (client, mut conn) = Client::setup(server.addr(), &unique_name("awaiting"));
+    client.send_file(&mut conn, "kept.bin", &random_bytes(21, 900));
+    let _ = conn.expect(2103);
+    let before = scrape(metrics);
+    assert_eq!(value(&before, "sealdrop_uploads_awaiting_verdict"), 1.0);
+    let answer = control(
+        dir.path(),
+        &format!(
+            "{{\"op\":\"delete\",\"client\":\"{}\",\"file\":\"kept.bin\"}}",
+            client.id.to_hex()
+        ),
+    );
+    assert!(answer.contains("\"uploads_withdrawn\":1"), "{answer}");
+    let after = scrape(metrics);
+    assert_eq!(value(&after, "sealdrop_uploads_awaiting_verdict"), 0.0);
+    // No answer was refused (the client is told at its 1029).
+    assert_moved(
+        "an upload withdrawn while it awaited its verdict",
+        &before,
+        &after,
+        &[("sealdrop_uploads_total{outcome=\"withdrawn\"}", 1.0)],
+    );
+    assert_eq!(stats_since_start(dir.path())["withdrawn"], 1);
+    server.stop().unwrap();
 }
