@@ -18,7 +18,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sealdrop_protocol::{ClientId, Request};
+use sealdrop_protocol::{ClientId, Request, Response};
 use sealdrop_server::config::Settings;
 use sealdrop_server::inprocess::{self, Running};
 use sealdrop_server::metrics::{parse_samples, RefusalReason, UploadOutcome};
@@ -115,6 +115,48 @@ fn control(data_dir: &std::path::Path, request: &str) -> String {
 
 fn len_of(req: &Request) -> u64 {
     request_frame(&ClientId::ZERO, req).len() as u64
+}
+
+/// A registration refused (2101: the name is taken) and a reconnect
+/// refused (2106: the client is unknown) count once each under their
+/// reasons, beside their requests, and no other counter moves but the
+/// connection's and its bytes.
+#[test]
+fn refused_registrations_and_reconnects_count_under_their_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = start(dir.path());
+    let name = unique_name("taken");
+    let (_holder, _held) = Client::setup(server.addr(), &name);
+    let before = scrape(metrics);
+
+    let mut conn = Conn::connect(server.addr());
+    let mut second = Client::new(&name);
+    let r = second.register_reply(&mut conn);
+    assert!(matches!(r, Response::RegistrationFailed), "{r:?}");
+    let mut stranger = Client::new(&unique_name("stranger"));
+    let r = stranger.reconnect(&mut conn);
+    assert!(matches!(r, Response::ReconnectDenied { .. }), "{r:?}");
+    let sent = len_of(&Request::Register {
+        name: second.name_field(),
+    }) + len_of(&Request::Reconnect {
+        name: stranger.name_field(),
+    });
+
+    let mut d = moved(&before, &scrape(metrics));
+    d.retain(|k, _| !k.starts_with("sealdrop_commit_duration_seconds"));
+    let expected: HashMap<String, f64> = [
+        ("sealdrop_connections_accepted_total", 1.0),
+        ("sealdrop_requests_total{code=\"1025\"}", 1.0),
+        ("sealdrop_requests_total{code=\"1027\"}", 1.0),
+        ("sealdrop_refusals_total{reason=\"registration\"}", 1.0),
+        ("sealdrop_refusals_total{reason=\"reconnect\"}", 1.0),
+        ("sealdrop_received_bytes_total", sent as f64),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(d, expected);
+    server.stop().unwrap();
 }
 
 #[test]
