@@ -6,7 +6,8 @@
 //! whole file or of the packet, numbered from 0 or 1, total first, one
 //! packet, an empty file, an exactly full last packet; bad sequences get
 //! the revision's error and leave nothing stored; any split of the byte
-//! stream gives the same result.
+//! stream gives the same result. A quota refusal and an administrator's
+//! withdrawal get the revision's error answer too.
 
 use std::time::{Duration, Instant};
 
@@ -15,9 +16,11 @@ use sealdrop_protocol::consts::*;
 use sealdrop_protocol::crypto::{cbc_encrypt, AesKey, RsaPrivateKey, TestEntropy};
 use sealdrop_protocol::decode::RevisionChoice;
 use sealdrop_protocol::memstore::MemoryStore;
-use sealdrop_protocol::message::{encode_packet_header, PacketHeader, Request, RequestKind};
+use sealdrop_protocol::message::{
+    encode_packet_header, PacketHeader, Request, RequestKind, ResponseKind,
+};
 use sealdrop_protocol::server::{CloseReason, ServerConfig, ServerEvent, ServerSession};
-use sealdrop_protocol::store::{ClientRecord, Store};
+use sealdrop_protocol::store::{ClientRecord, Ctx, Quota, Store};
 use sealdrop_protocol::{ClientId, FixedName, Response, ResponseDecoder, Revision};
 
 type Session = ServerSession<<MemoryStore as Store>::Upload>;
@@ -326,6 +329,62 @@ fn the_revision_comes_from_the_listener_not_from_the_clients_history() {
         assert_ne!(last.as_bytes().len(), key.as_bytes().len(), "{range_1025}");
         assert_eq!(h.session.answer_revision(), want);
         store = h.store;
+    }
+}
+
+/// Panics unless `out` is the revision's error answer to an upload: 2107
+/// (1607 in 2024a/c), or in 2022c, which has none, nothing and a close.
+fn assert_error_answer(rev: Revision, h: &Harness, out: &[u8], what: &str) {
+    if !rev.has_response(ResponseKind::GeneralError) {
+        assert!(out.is_empty(), "{rev} {what}: {out:?}");
+        assert_eq!(
+            h.session.close_reason(),
+            Some(CloseReason::NoErrorResponse),
+            "{rev} {what}"
+        );
+    } else {
+        assert_eq!(out, response(rev, 7), "{rev} {what}");
+    }
+}
+
+/// An upload over the client's quota, and one whose client an
+/// administrator forgets while its content arrives, end in the revision's
+/// error answer in every revision (the 2024 packets included), with nothing
+/// stored and no upload left open or pending.
+#[test]
+fn quota_refusals_and_withdrawals_get_every_revisions_error_answer() {
+    for rev in Revision::ALL {
+        let frames = file_frames(rev);
+
+        // A quota of no files at all: refused, nothing written.
+        let mut store = alice_store(rev);
+        store.quota = Quota {
+            max_bytes: None,
+            max_files: Some(0),
+        };
+        let mut h = Harness::new(RevisionChoice::Fixed(rev), store);
+        let out = h.feed(&frames);
+        assert_error_answer(rev, &h, &out, "over quota");
+        assert!(h.store.files.is_empty(), "{rev} over quota");
+        assert_eq!(h.store.open_uploads, 0, "{rev} over quota");
+        assert_eq!(h.store.pending_count(), 0, "{rev} over quota");
+
+        // Forgotten ten bytes before the end of the content.
+        let mut h = Harness::fixed(rev);
+        let cut = frames.len() - 10;
+        assert!(h.feed(&frames[..cut]).is_empty(), "{rev}");
+        assert_eq!(h.store.open_uploads, 1, "{rev}");
+        let cx = Ctx {
+            conn: 0,
+            now: h.now,
+        };
+        let done = h.store.forget_client(cx, &alice(), false).unwrap();
+        assert_eq!(done.uploads_withdrawn, 1, "{rev}");
+        let out = h.feed(&frames[cut..]);
+        assert_error_answer(rev, &h, &out, "withdrawn");
+        assert!(h.store.files.is_empty(), "{rev} withdrawn");
+        assert_eq!(h.store.open_uploads, 0, "{rev} withdrawn");
+        assert_eq!(h.store.pending_count(), 0, "{rev} withdrawn");
     }
 }
 
