@@ -28,6 +28,16 @@
 //! number starts the upload over. Anything else is a [`PacketError`],
 //! answered with the revision's error response, and the partial upload is
 //! dropped.
+//!
+//! **One answer per upload.** A public 2024 client sends every packet and
+//! then reads one answer. So once an upload is refused (a bad sequence, or
+//! any refusal: quota, unknown client, bad padding, a store error) at a
+//! packet that is not its last, the packets still to come of that upload
+//! are read and dropped without an answer ([`Remainder`]): the packets
+//! from the same client that are not numbered as a first packet, until
+//! one whose number reaches the last of its total. A first packet, a
+//! packet from another client, or any other request ends the dropping and
+//! is handled as usual.
 
 use std::fmt;
 
@@ -171,15 +181,27 @@ fn padded(plain: u32) -> u64 {
     (u64::from(plain) / AES_BLOCK_LEN as u64 + 1) * AES_BLOCK_LEN as u64
 }
 
+/// A packet's number, total and field order, read as a first packet is
+/// read: the larger field is the total.
+fn read_first(p: &PacketHeader) -> (u16, u16, bool) {
+    if p.first > p.second {
+        (p.second, p.first, true)
+    } else {
+        (p.first, p.second, false)
+    }
+}
+
+/// Whether number and total, read as [`read_first`] reads them, make a
+/// first packet: number 0 or 1 of a non-zero total.
+fn is_first(number: u16, total: u16) -> bool {
+    number <= 1 && total != 0
+}
+
 impl PacketRun {
     /// Starts an upload with its first packet, carrying `data_len` bytes.
     pub fn start(p: &PacketHeader, data_len: u32) -> Result<PacketRun, PacketError> {
-        let (number, total, swapped) = if p.first > p.second {
-            (p.second, p.first, true)
-        } else {
-            (p.first, p.second, false)
-        };
-        if number > 1 || total == 0 {
+        let (number, total, swapped) = read_first(p);
+        if !is_first(number, total) {
             return Err(PacketError::BadFirst {
                 fields: (p.first, p.second),
             });
@@ -274,6 +296,97 @@ impl PacketRun {
             }
         }
         Ok(())
+    }
+}
+
+/// The rest of a refused upload: its packets still to come, which are read
+/// and dropped without an answer, so that the upload gets one answer, the
+/// refusal's (see the module docs). Holds only how the upload numbers its
+/// packets: dropping stores nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remainder {
+    /// The upload's first packet was numbered as one (0 or 1): its later
+    /// packets are read in its field order, and one numbered `base` starts
+    /// a new upload.
+    Numbered {
+        /// The first packet's number.
+        base: u16,
+        /// total_packets travels first.
+        swapped: bool,
+    },
+    /// The upload's first packet was refused as one ([`PacketError::BadFirst`]):
+    /// every packet is read as a first packet is (the larger field is the
+    /// total), any valid first packet starts a new upload, and the last
+    /// packet is the one numbered as its total (numbering from 1, as every
+    /// public client does).
+    Unnumbered,
+}
+
+impl Remainder {
+    /// The numbering of an upload that begins with `p`, whether `p` was
+    /// accepted or refused.
+    pub fn of_first(p: &PacketHeader) -> Remainder {
+        let (number, total, swapped) = read_first(p);
+        if is_first(number, total) {
+            Remainder::Numbered {
+                base: number,
+                swapped,
+            }
+        } else {
+            Remainder::Unnumbered
+        }
+    }
+
+    /// The numbering of the upload `run`.
+    pub fn of_run(run: &PacketRun) -> Remainder {
+        Remainder::Numbered {
+            base: run.base,
+            swapped: run.swapped,
+        }
+    }
+
+    /// What is left to drop when the upload is refused at its packet `p`:
+    /// nothing if `p` is its last.
+    pub fn after(self, p: &PacketHeader) -> Option<Remainder> {
+        (!self.is_last(p)).then_some(self)
+    }
+
+    /// Whether `p`, from the refused upload's client, continues it:
+    /// `Some(last)` when it is to be dropped (`last`: the dropping ends
+    /// with it), `None` when it is numbered as a first packet and starts a
+    /// new upload.
+    pub fn continues(&self, p: &PacketHeader) -> Option<bool> {
+        let starts = match *self {
+            Remainder::Numbered { base, swapped } => {
+                let number = if swapped { p.second } else { p.first };
+                number == base
+            }
+            Remainder::Unnumbered => {
+                let (number, total, _) = read_first(p);
+                is_first(number, total)
+            }
+        };
+        (!starts).then(|| self.is_last(p))
+    }
+
+    /// Whether `p`'s number reaches the last of its own total.
+    fn is_last(&self, p: &PacketHeader) -> bool {
+        let (number, total, base) = match *self {
+            Remainder::Numbered { base, swapped } => {
+                let (number, total) = if swapped {
+                    (p.second, p.first)
+                } else {
+                    (p.first, p.second)
+                };
+                (number, total, base)
+            }
+            Remainder::Unnumbered => {
+                let (number, total, _) = read_first(p);
+                (number, total, 1)
+            }
+        };
+        // number >= total - 1 + base, without underflow at total 0.
+        u32::from(number) + 1 >= u32::from(total) + u32::from(base)
     }
 }
 
@@ -392,6 +505,61 @@ mod tests {
         );
         let mut run = PacketRun::start(&pk(1008, 1000, 1, 3), 512).unwrap();
         assert!(run.next(&pk(1008, 1000, 2, 3), 512, true).is_err());
+    }
+
+    #[test]
+    fn the_rest_of_a_refused_upload_is_dropped_until_its_last_packet() {
+        // Numbered from 1, refused at packet 1 of 3: 2 is dropped, 3 is
+        // dropped and ends it, 1 starts a new upload.
+        let rest = Remainder::of_first(&pk(48, 40, 1, 3))
+            .after(&pk(48, 40, 1, 3))
+            .unwrap();
+        assert_eq!(rest.continues(&pk(48, 40, 2, 3)), Some(false));
+        assert_eq!(rest.continues(&pk(48, 40, 3, 3)), Some(true));
+        assert_eq!(rest.continues(&pk(48, 40, 4, 3)), Some(true));
+        assert_eq!(rest.continues(&pk(48, 40, 1, 3)), None);
+        assert_eq!(rest.continues(&pk(16, 1, 1, 1)), None);
+        // Refused at its last packet: nothing to drop.
+        assert_eq!(rest.after(&pk(48, 40, 3, 3)), None);
+        assert_eq!(rest.after(&pk(48, 40, 5, 3)), None);
+        assert_eq!(
+            Remainder::of_first(&pk(16, 1, 1, 1)).after(&pk(16, 1, 1, 1)),
+            None
+        );
+        // Numbered from 0: 2 of 3 is the last, 1 continues.
+        let rest = Remainder::of_first(&pk(48, 40, 0, 3));
+        assert_eq!(rest.continues(&pk(48, 40, 1, 3)), Some(false));
+        assert_eq!(rest.continues(&pk(48, 40, 2, 3)), Some(true));
+        assert_eq!(rest.continues(&pk(48, 40, 0, 3)), None);
+        // Total first: (3, 2) is packet 2 of 3.
+        let rest = Remainder::of_first(&pk(48, 40, 3, 1));
+        assert_eq!(
+            rest,
+            Remainder::Numbered {
+                base: 1,
+                swapped: true
+            }
+        );
+        assert_eq!(rest.continues(&pk(48, 40, 3, 2)), Some(false));
+        assert_eq!(rest.continues(&pk(48, 40, 3, 3)), Some(true));
+        assert_eq!(rest.continues(&pk(48, 40, 2, 1)), None);
+        // A first packet refused as one: any valid first starts anew.
+        let rest = Remainder::of_first(&pk(48, 40, 2, 3));
+        assert_eq!(rest, Remainder::Unnumbered);
+        assert_eq!(rest.after(&pk(48, 40, 2, 3)), Some(rest));
+        assert_eq!(rest.continues(&pk(48, 40, 3, 3)), Some(true));
+        assert_eq!(rest.continues(&pk(48, 40, 3, 4)), Some(false));
+        assert_eq!(rest.continues(&pk(48, 40, 0, 3)), None);
+        assert_eq!(rest.continues(&pk(48, 40, 1, 3)), None);
+        assert_eq!(rest.continues(&pk(48, 40, 5, 1)), None);
+        assert_eq!(rest.after(&pk(0, 0, 0, 0)), None);
+        assert_eq!(rest.continues(&pk(0, 0, 0, 0)), Some(true));
+        assert_eq!(rest.continues(&pk(0, 0, u16::MAX, u16::MAX)), Some(true));
+        let rest = Remainder::Numbered {
+            base: 0,
+            swapped: false,
+        };
+        assert_eq!(rest.continues(&pk(0, 0, 1, 0)), Some(true));
     }
 
     #[test]

@@ -48,7 +48,7 @@ use crate::error::{
 use crate::message::{
     PacketHeader, Request, RequestHeader, RequestKind, Response, ResponseKind, Revision,
 };
-use crate::packets::{Granularity, PacketRun, PacketStep};
+use crate::packets::{Granularity, PacketRun, PacketStep, Remainder};
 use crate::store::{
     Commit, CommitRefusal, ConnId, Ctx, Durability, Lookup, Readiness, Store, UploadSummary,
     Verdict, VerdictOutcome,
@@ -328,6 +328,9 @@ struct Incoming<U> {
     content: Content<U>,
     /// The 2024 packet sequence, in a packet layout.
     packets: Option<PacketRun>,
+    /// The packets still to come if the upload is refused at the current
+    /// one (none after its last packet, or for a single file message).
+    rest: Option<Remainder>,
 }
 
 /// Stands for "no request" in [`ServerSession::fail`] for the errors that
@@ -489,6 +492,10 @@ pub struct ServerSession<U> {
     window_bytes: u64,
     /// A request waiting for the store's reads.
     parked: Option<Parked>,
+    /// A 2024 upload refused before its last packet, and its client: its
+    /// packets still to come are read and dropped without an answer (one
+    /// answer per upload, [`crate::packets::Remainder`]).
+    leftover: Option<(ClientId, Remainder)>,
 }
 
 impl<U> ServerSession<U> {
@@ -511,6 +518,7 @@ impl<U> ServerSession<U> {
             progress_deadline: now,
             window_bytes: 0,
             parked: None,
+            leftover: None,
         }
     }
 
@@ -929,6 +937,8 @@ impl<U> ServerSession<U> {
     ) -> bool {
         match event {
             RequestEvent::Request(header, request) => {
+                // Any other request ends a refused upload's dropping.
+                self.leftover = None;
                 let done = self.dispatch_request(header, request, now, store, rng);
                 if done {
                     self.request_done(now);
@@ -946,6 +956,14 @@ impl<U> ServerSession<U> {
                 self.frame_started = None;
                 self.window_bytes = 0;
                 self.progress_deadline = now + self.config.progress_window;
+                if let Some(p) = &packet {
+                    if self.drops_leftover(&header.client_id, p) {
+                        // Its content is read and dropped (nothing is
+                        // incoming), its end answers nothing.
+                        return false;
+                    }
+                }
+                self.leftover = None;
                 let message = FileMessage {
                     header,
                     content_size,
@@ -964,6 +982,28 @@ impl<U> ServerSession<U> {
                 self.request_done(now);
                 true
             }
+        }
+    }
+
+    /// Whether packet `p` from `client_id` continues the refused upload
+    /// whose packets are being dropped: then it is dropped too, and the
+    /// dropping ends with it if it is that upload's last packet. Anything
+    /// else ends the dropping.
+    fn drops_leftover(&mut self, client_id: &ClientId, p: &PacketHeader) -> bool {
+        let Some((id, rest)) = self.leftover.take() else {
+            return false;
+        };
+        if id != *client_id {
+            return false;
+        }
+        match rest.continues(p) {
+            Some(last) => {
+                if !last {
+                    self.leftover = Some((id, rest));
+                }
+                true
+            }
+            None => false,
         }
     }
 
@@ -1160,7 +1200,7 @@ impl<U> ServerSession<U> {
     /// A single file message (1028, 1103): decide whether its content is
     /// stored or dropped.
     fn on_file_start<S: Store<Upload = U>>(&mut self, m: FileMessage, now: Instant, store: &mut S) {
-        self.start_upload(m, Ok(None), now, store);
+        self.start_upload(m, Ok(None), None, now, store);
     }
 
     /// Starts receiving an upload (a single message, or a 2024 upload's
@@ -1169,6 +1209,7 @@ impl<U> ServerSession<U> {
         &mut self,
         m: FileMessage,
         packets: Result<Option<PacketRun>, Refusal>,
+        rest: Option<Remainder>,
         now: Instant,
         store: &mut S,
     ) {
@@ -1215,12 +1256,15 @@ impl<U> ServerSession<U> {
             attempt,
             content,
             packets,
+            rest,
         });
     }
 
     /// A 2024 packet (§9, [`crate::packets`]): the first of an upload, the
     /// next one, or one that does not fit (refused once its bytes are
-    /// read, and the partial upload dropped).
+    /// read, and the partial upload dropped). Each notes what would be
+    /// left of its upload to drop unanswered if the upload is refused at
+    /// it (`rest`: nothing at the last packet).
     fn on_packet_start<S: Store<Upload = U>>(
         &mut self,
         m: FileMessage,
@@ -1228,13 +1272,18 @@ impl<U> ServerSession<U> {
         now: Instant,
         store: &mut S,
     ) {
+        let first_rest = Remainder::of_first(&p).after(&p);
         let Some(inc) = self.incoming.as_mut() else {
             let run = PacketRun::start(&p, m.data_len)
                 .map(Some)
                 .map_err(Refusal::Packet);
-            return self.start_upload(m, run, now, store);
+            return self.start_upload(m, run, first_rest, now, store);
         };
         let same_file = inc.client_id == m.header.client_id && inc.file_name == m.file_name;
+        let rest = inc
+            .packets
+            .as_ref()
+            .map_or(first_rest, |run| Remainder::of_run(run).after(&p));
         let step = match inc.packets.as_mut() {
             Some(run) => run.next(&p, m.data_len, same_file),
             // A refused first packet left nothing to continue.
@@ -1243,13 +1292,14 @@ impl<U> ServerSession<U> {
         match step {
             Ok(PacketStep::Next { .. }) => {
                 inc.content_size = m.content_size;
+                inc.rest = rest;
             }
             Ok(PacketStep::Restart) => {
                 self.abort_incoming(store);
                 let run = PacketRun::start(&p, m.data_len)
                     .map(Some)
                     .map_err(Refusal::Packet);
-                self.start_upload(m, run, now, store);
+                self.start_upload(m, run, first_rest, now, store);
             }
             Err(e) => {
                 let failed =
@@ -1259,6 +1309,7 @@ impl<U> ServerSession<U> {
                 }
                 inc.packets = None;
                 inc.client_id = m.header.client_id;
+                inc.rest = rest;
             }
         }
     }
@@ -1353,6 +1404,9 @@ impl<U> ServerSession<U> {
         let Some(mut inc) = self.incoming.take() else {
             return;
         };
+        // Refused now, a 2024 upload before its last packet leaves packets
+        // to drop; answered or continued, none.
+        self.leftover = inc.rest.take().map(|rest| (inc.client_id, rest));
         let header = RequestHeader {
             client_id: inc.client_id,
             version: PROTOCOL_VERSION,
@@ -1387,10 +1441,12 @@ impl<U> ServerSession<U> {
         match result {
             Ok(None) => {
                 // More packets to come.
+                self.leftover = None;
                 inc.content = Content::Storing(sink);
                 self.incoming = Some(inc);
             }
             Ok(Some(summary)) => {
+                self.leftover = None;
                 self.scratch = Vec::new();
                 if let Err(e) = store.finish_upload(self.ctx(now), sink.upload, &summary) {
                     return self.fail(&header, &[], e.into(), store);

@@ -6,7 +6,10 @@
 //! whole file or of the packet, numbered from 0 or 1, total first, one
 //! packet, an empty file, an exactly full last packet; bad sequences get
 //! the revision's error and leave nothing stored; any split of the byte
-//! stream gives the same result.
+//! stream gives the same result. A quota refusal and an administrator's
+//! withdrawal get the revision's error answer too. A 2024 upload refused
+//! before its last packet gets exactly one answer: its later packets are
+//! dropped unanswered, and the next upload is served.
 
 use std::time::{Duration, Instant};
 
@@ -15,9 +18,11 @@ use sealdrop_protocol::consts::*;
 use sealdrop_protocol::crypto::{cbc_encrypt, AesKey, RsaPrivateKey, TestEntropy};
 use sealdrop_protocol::decode::RevisionChoice;
 use sealdrop_protocol::memstore::MemoryStore;
-use sealdrop_protocol::message::{encode_packet_header, PacketHeader, Request, RequestKind};
+use sealdrop_protocol::message::{
+    encode_packet_header, PacketHeader, Request, RequestKind, ResponseKind,
+};
 use sealdrop_protocol::server::{CloseReason, ServerConfig, ServerEvent, ServerSession};
-use sealdrop_protocol::store::{ClientRecord, Store};
+use sealdrop_protocol::store::{ClientRecord, Ctx, Quota, Store};
 use sealdrop_protocol::{ClientId, FixedName, Response, ResponseDecoder, Revision};
 
 type Session = ServerSession<<MemoryStore as Store>::Upload>;
@@ -329,6 +334,62 @@ fn the_revision_comes_from_the_listener_not_from_the_clients_history() {
     }
 }
 
+/// Panics unless `out` is the revision's error answer to an upload: 2107
+/// (1607 in 2024a/c), or in 2022c, which has none, nothing and a close.
+fn assert_error_answer(rev: Revision, h: &Harness, out: &[u8], what: &str) {
+    if !rev.has_response(ResponseKind::GeneralError) {
+        assert!(out.is_empty(), "{rev} {what}: {out:?}");
+        assert_eq!(
+            h.session.close_reason(),
+            Some(CloseReason::NoErrorResponse),
+            "{rev} {what}"
+        );
+    } else {
+        assert_eq!(out, response(rev, 7), "{rev} {what}");
+    }
+}
+
+/// An upload over the client's quota, and one whose client an
+/// administrator forgets while its content arrives, end in the revision's
+/// error answer in every revision (the 2024 packets included), with nothing
+/// stored and no upload left open or pending.
+#[test]
+fn quota_refusals_and_withdrawals_get_every_revisions_error_answer() {
+    for rev in Revision::ALL {
+        let frames = file_frames(rev);
+
+        // A quota of no files at all: refused, nothing written.
+        let mut store = alice_store(rev);
+        store.quota = Quota {
+            max_bytes: None,
+            max_files: Some(0),
+        };
+        let mut h = Harness::new(RevisionChoice::Fixed(rev), store);
+        let out = h.feed(&frames);
+        assert_error_answer(rev, &h, &out, "over quota");
+        assert!(h.store.files.is_empty(), "{rev} over quota");
+        assert_eq!(h.store.open_uploads, 0, "{rev} over quota");
+        assert_eq!(h.store.pending_count(), 0, "{rev} over quota");
+
+        // Forgotten ten bytes before the end of the content.
+        let mut h = Harness::fixed(rev);
+        let cut = frames.len() - 10;
+        assert!(h.feed(&frames[..cut]).is_empty(), "{rev}");
+        assert_eq!(h.store.open_uploads, 1, "{rev}");
+        let cx = Ctx {
+            conn: 0,
+            now: h.now,
+        };
+        let done = h.store.forget_client(cx, &alice(), false).unwrap();
+        assert_eq!(done.uploads_withdrawn, 1, "{rev}");
+        let out = h.feed(&frames[cut..]);
+        assert_error_answer(rev, &h, &out, "withdrawn");
+        assert!(h.store.files.is_empty(), "{rev} withdrawn");
+        assert_eq!(h.store.open_uploads, 0, "{rev} withdrawn");
+        assert_eq!(h.store.pending_count(), 0, "{rev} withdrawn");
+    }
+}
+
 /// 2022c has no 2107: a request the server cannot serve closes the
 /// connection without a word; an undecided 2022c/2023a connection too.
 #[test]
@@ -545,7 +606,10 @@ fn the_answer_echoes_the_last_packets_content_size() {
 }
 
 /// A bad sequence: the revision's error once the offending packet is read,
-/// nothing stored or pending, and the connection still serves.
+/// and no other answer: the packets after it that continue the upload are
+/// dropped unanswered (a public client reads one answer per upload).
+/// Nothing is stored or pending, and the connection then serves a good
+/// upload with exactly its answer.
 #[test]
 fn bad_packet_sequences_get_1607_and_leave_nothing() {
     let rev = Revision::R2024c;
@@ -600,28 +664,169 @@ fn bad_packet_sequences_get_1607_and_leave_nothing() {
     ];
     for (what, frames, bad_at) in cases {
         let mut h = Harness::fixed(rev);
-        let mut out = Vec::new();
         for (i, f) in frames.iter().enumerate() {
             let o = h.feed(f);
-            if i < bad_at {
-                assert!(o.is_empty(), "{what}: answer before the bad packet");
+            match i.cmp(&bad_at) {
+                std::cmp::Ordering::Less => {
+                    assert!(o.is_empty(), "{what}: answer before the bad packet")
+                }
+                std::cmp::Ordering::Equal => {
+                    assert_eq!(o, error, "{what}: one error at the bad packet")
+                }
+                std::cmp::Ordering::Greater => {
+                    assert!(o.is_empty(), "{what}: packet {i} answered: {o:?}")
+                }
             }
-            out.extend(o);
         }
-        assert!(out.starts_with(&error), "{what}: {out:?}");
         assert_eq!(h.store.pending_count(), 0, "{what}");
         assert_eq!(h.store.open_uploads, 0, "{what}");
         assert_eq!(h.stored("f.bin"), None, "{what}");
         assert_eq!(h.session.close_reason(), None, "{what}");
-        // The connection still serves a good upload.
-        let again = h.feed(&good);
-        let again = if again.starts_with(&error) {
-            again[7..].to_vec()
-        } else {
-            again
-        };
-        file_received(rev, &again);
+        // The connection still serves a good upload, with exactly its
+        // answer.
+        file_received(rev, &h.feed(&good));
+        assert_eq!(h.store.pending_count(), 1, "{what}");
     }
+}
+
+/// The frames of a packet stream, one by one.
+fn frames_of(stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let len = 23 + u32::from_le_bytes(rest[19..23].try_into().unwrap()) as usize;
+        frames.push(rest[..len].to_vec());
+        rest = &rest[len..];
+    }
+    frames
+}
+
+/// An upload refused at its first packet (over quota, a file name it
+/// cannot use, a client it does not know, bad padding in a separately
+/// encrypted packet) while more packets follow, in every way a public
+/// client numbers and cuts them: one error answer at the first packet,
+/// the rest dropped unanswered, and the next upload is served with exactly
+/// its answer, whether it follows the refused upload's last packet or
+/// starts right after its first.
+#[test]
+fn an_upload_refused_at_its_first_packet_gets_one_answer() {
+    let plain = sample(5000);
+    for rev in [Revision::R2024a, Revision::R2024c] {
+        let key = key_of(rev);
+        let error = response(rev, 7);
+        for v in variants() {
+            let good = packets(rev, &key, "f.bin", &plain, v);
+            let bad_name = frames_of(&packets(rev, &key, "..", &plain, v));
+            assert!(bad_name.len() > 1, "{v:?}");
+            let mut stranger = bad_name.clone();
+            for f in &mut stranger {
+                f[..16].copy_from_slice(&[0x5a; 16]);
+            }
+            let mut bad_padding = frames_of(&good);
+            let first = bad_padding[0].len() - 1;
+            bad_padding[0][first] ^= 0x55;
+            let mut cases = vec![
+                ("over quota", frames_of(&good)),
+                ("unusable name", bad_name),
+                ("unknown client", stranger),
+            ];
+            if v.each {
+                cases.push(("bad padding", bad_padding));
+            }
+            for (what, frames) in cases {
+                let fresh = |store_quota: bool| {
+                    let mut h = Harness::fixed(rev);
+                    if store_quota {
+                        h.store.quota = Quota {
+                            max_bytes: None,
+                            max_files: Some(0),
+                        };
+                    }
+                    h
+                };
+                let quota = what == "over quota";
+                let lift = |h: &mut Harness| {
+                    h.store.quota = Quota::UNLIMITED;
+                    // The refused padding retired the stored key: the
+                    // client's next reconnect brings the key it uses.
+                    h.store.clients.get_mut(&alice()).unwrap().last_key = Some(key.clone());
+                };
+                // All its packets, then a good upload.
+                let mut h = fresh(quota);
+                assert_eq!(h.feed(&frames[0]), error, "{rev} {v:?} {what}");
+                for (i, f) in frames.iter().enumerate().skip(1) {
+                    let o = h.feed(f);
+                    assert!(o.is_empty(), "{rev} {v:?} {what}: packet {i}: {o:?}");
+                }
+                assert_eq!(h.store.open_uploads, 0, "{rev} {v:?} {what}");
+                lift(&mut h);
+                file_received(rev, &h.feed(&good));
+                assert_eq!(h.store.pending_count(), 1, "{rev} {v:?} {what}");
+                // Its first packet only, then a good upload right away.
+                let mut h = fresh(quota);
+                assert_eq!(h.feed(&frames[0]), error, "{rev} {v:?} {what}");
+                lift(&mut h);
+                file_received(rev, &h.feed(&good));
+                assert_eq!(h.store.pending_count(), 1, "{rev} {v:?} {what}");
+                assert_eq!(h.session.close_reason(), None, "{rev} {v:?} {what}");
+            }
+        }
+    }
+}
+
+/// While a refused upload's packets are dropped, the limits that hold for
+/// any packet still hold: a client that stops inside a dropped packet is
+/// closed for slowness, one that stops between them by the idle timeout;
+/// another request, or a packet from another client, ends the dropping
+/// and is answered as usual.
+#[test]
+fn dropping_a_refused_uploads_packets_keeps_every_limit() {
+    let rev = Revision::R2024c;
+    let v = Variant {
+        each: false,
+        per_packet_sizes: false,
+        base: 1,
+        swapped: false,
+        piece: 1024,
+    };
+    let plain = sample(5000);
+    let frames = frames_of(&packets(rev, &key_of(rev), "..", &plain, v));
+    let error = response(rev, 7);
+    let refused = || {
+        let mut h = Harness::fixed(rev);
+        assert_eq!(h.feed(&frames[0]), error);
+        h
+    };
+    // Inside a dropped packet.
+    let mut h = refused();
+    assert!(h.feed(&frames[1][..500]).is_empty());
+    assert!(!h.session.is_idle());
+    h.now += Duration::from_secs(11);
+    h.session.handle_timeout(h.now, &mut h.store);
+    assert_eq!(h.session.close_reason(), Some(CloseReason::TooSlow));
+    // Between dropped packets.
+    let mut h = refused();
+    assert!(h.feed(&frames[1]).is_empty());
+    h.now += Duration::from_secs(121);
+    h.session.handle_timeout(h.now, &mut h.store);
+    assert_eq!(h.session.close_reason(), Some(CloseReason::IdleTimeout));
+    // A verdict in the middle is answered (nothing pending: an error), and
+    // the refused upload's next packet is then a bad first packet.
+    let mut h = refused();
+    assert!(h.feed(&frames[1]).is_empty());
+    let mut verdict = Vec::new();
+    Request::CrcOk {
+        file_name: FixedName::new(b"f.bin").unwrap(),
+    }
+    .encode(rev, &alice(), &mut verdict);
+    assert_eq!(h.feed(&verdict), error);
+    assert_eq!(h.feed(&frames[2]), error);
+    // A packet from another client is its own upload.
+    let mut h = refused();
+    let mut other = frames[1].clone();
+    other[..16].copy_from_slice(&[0x5a; 16]);
+    assert_eq!(h.feed(&other), error);
+    assert_eq!(h.session.close_reason(), None);
 }
 
 /// A client that stops in the middle of an upload: nothing is kept.
