@@ -904,7 +904,7 @@ fn scrapers_beyond_the_cap_get_503_and_the_slots_come_back() {
 }
 
 #[test]
-fn every_metric_the_dashboard_uses_is_exported() {
+fn every_metric_the_dashboard_and_the_alert_rules_use_is_exported() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/grafana/sealdrop.json");
     let text = std::fs::read_to_string(path).unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
@@ -925,8 +925,22 @@ fn every_metric_the_dashboard_uses_is_exported() {
             "{e}: sum over stores of the largest per store"
         );
     }
+    // The alert rules (not JSON: their expressions are the lines that
+    // name a metric).
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/prometheus/sealdrop-alerts.yml"
+    );
+    let rules = std::fs::read_to_string(rules).unwrap();
+    let in_rules: Vec<String> = rules
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains("sealdrop_"))
+        .map(str::to_owned)
+        .collect();
+    assert!(in_rules.len() >= 6, "{in_rules:?}");
     let mut names: Vec<String> = exprs
         .iter()
+        .chain(&in_rules)
         .flat_map(|e| {
             e.match_indices("sealdrop_").map(|(i, _)| {
                 e[i..]
@@ -952,7 +966,7 @@ fn every_metric_the_dashboard_uses_is_exported() {
     for name in &names {
         assert!(
             exported.contains(&name.as_str()),
-            "the dashboard uses {name}, which is not exported"
+            "the dashboard or the alert rules use {name}, which is not exported"
         );
     }
     server.stop().unwrap();
