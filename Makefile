@@ -59,9 +59,10 @@ help: ## List the targets
 demo: ## Build in release, run a server and two client uploads on loopback, check the results
 	@bash $(ROOT)/scripts/demo.sh
 
-test: ## Formatting check, clippy with warnings as errors, all tests
+test: ## Formatting check, clippy and rustdoc with warnings as errors, all tests
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 	$(CARGO) test --workspace
 
 interop: ## Tests against the Python reference peer (skipped if python3, pycryptodome or the peer is missing)

@@ -3,7 +3,7 @@
 //! Every number the rest of the crate checks lives here, with the section of
 //! PROTOCOL.md it comes from.
 
-/// Length of a request header: client_id[16], version u8, code u16, payload_size u32 (§1).
+/// Length of a request header: `client_id[16]`, version u8, code u16, payload_size u32 (§1).
 pub const REQUEST_HEADER_LEN: usize = 23;
 /// Length of a response header: version u8, code u16, payload_size u32 (§1).
 pub const RESPONSE_HEADER_LEN: usize = 7;
@@ -25,7 +25,7 @@ pub const ENCRYPTED_KEY_LEN: usize = 128;
 pub const AES_KEY_LEN: usize = 16;
 /// AES block length; the CBC IV is this many zero bytes (§4).
 pub const AES_BLOCK_LEN: usize = 16;
-/// Fixed part of a 1028 payload before the content: content_size u32 + file_name[255] (§2).
+/// Fixed part of a 1028 payload before the content: content_size u32 + `file_name[255]` (§2).
 pub const FILE_PREFIX_LEN: usize = 4 + NAME_LEN;
 /// Largest legal 1028 content_size: the payload_size field tops out at
 /// u32::MAX, less the 259-byte prefix, rounded down to a multiple of 16 (§2).

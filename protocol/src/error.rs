@@ -283,7 +283,7 @@ pub enum StoreError {
     },
     /// A filesystem operation failed.
     Files {
-        /// The operation ("write upload", "accept <client> <name>", ...).
+        /// The operation ("write upload", `accept <client> <name>`, ...).
         op: String,
         /// The kind of the I/O error.
         kind: std::io::ErrorKind,

@@ -34,11 +34,11 @@ pub enum Revision {
 /// How a revision lays out its file message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileLayout {
-    /// One message per file: content_size u32, file_name[255], then the
+    /// One message per file: content_size u32, `file_name[255]`, then the
     /// whole content (payload_size = prefix + content_size).
     Single,
     /// The 2024 packet: content_size u32, orig_file_size u32, two u16
-    /// (packet number and total, in either order, §9.1), file_name[255],
+    /// (packet number and total, in either order, §9.1), `file_name[255]`,
     /// then this packet's part of the content.
     Packets,
 }

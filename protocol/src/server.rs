@@ -358,7 +358,7 @@ enum FinishError {
     Store(crate::store::StoreError),
 }
 
-/// File names a session keeps [`Attempts`] for at once: more than the
+/// File names a session keeps `Attempts` for at once: more than the
 /// uploads one connection may have awaiting a verdict
 /// ([`crate::store::DEFAULT_MAX_PENDING_PER_CONN`]), so each of those
 /// keeps its count and start; past it the oldest name's record goes.

@@ -39,7 +39,7 @@ pub struct Args {
     pub port_file: PathBuf,
 
     /// Directory for the database (defensive.db) and received files
-    /// (files/<client id hex>/<name>).
+    /// (`files/<client id hex>/<name>`).
     #[arg(long, value_name = "DIR", default_value = ".", global = true)]
     pub data_dir: PathBuf,
 

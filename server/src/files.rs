@@ -328,7 +328,7 @@ fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
 /// [`PartFile::place`] makes it durable at its final path. Dropped before
 /// that, it deletes its file.
 ///
-/// Its life is a [`State`]: `Writing` (the start), then `Closed`,
+/// Its life is a `State`: `Writing` (the start), then `Closed`,
 /// `Syncing` and `Synced` on the way to `Placed`; a failed write leads to
 /// `Failed` for good, and a deletion to `Removed`.
 #[derive(Debug)]

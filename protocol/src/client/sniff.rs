@@ -42,8 +42,8 @@ pub struct ForeignService {
     /// recognised.
     pub protocol: Option<&'static str>,
     /// What it sent, printable: the first line of a text answer (at most
-    /// [`MAX_SHOWN_CHARS`] characters, "..." when cut), else the first
-    /// [`MAX_SHOWN_HEX_BYTES`] bytes in hex ("15 03 01 00 02 02 28").
+    /// `MAX_SHOWN_CHARS` characters, "..." when cut), else the first
+    /// `MAX_SHOWN_HEX_BYTES` bytes in hex ("15 03 01 00 02 02 28").
     pub shown: String,
 }
 

@@ -43,7 +43,7 @@
 //! mark verified, size and cksum with the `verified` counter). A job with more than one write
 //! statement adds `BEGIN` and `COMMIT` (two round trips for the whole
 //! job), and, when it updates clients' rows, one statement that locks
-//! those rows in id order first ([`begin_sql`]); a job with
+//! those rows in id order first (`begin_sql`); a job with
 //! at most one write runs without them (one statement commits on its
 //! own).
 
