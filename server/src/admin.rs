@@ -367,8 +367,13 @@ impl View {
                 data_dir,
             ));
         }
-        let db = Db::open_read_only(data_dir)
-            .map_err(|e| fail(format!("cannot read {}: {e}", data_dir.display())))?;
+        let path = crate::store::sqlite_path(data_dir, &StoreConfig {
+            database: place.database.clone(),
+            ..StoreConfig::default()
+        })
+        .ok_or_else(|| fail("no SQLite database"))?;
+        let db = Db::open_read_only_at(&path)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
         db.begin_snapshot()?;
         let view = View::read_from(&db, data_dir);
         db.end_snapshot();
@@ -1232,6 +1237,7 @@ fn remove_leftovers(folder: &Path) {
 fn open_directly(place: &Place) -> Result<DiskStore, Failure> {
     let config = StoreConfig {
         quota: place.quota,
+        database: place.database.clone(),
         ..StoreConfig::default()
     };
     DiskStore::open_for_admin(&place.data_dir, config).map_err(|e| {

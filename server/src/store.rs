@@ -453,7 +453,7 @@ pub fn db_lock_path(db: &Path) -> PathBuf {
 }
 
 /// The SQLite database file a configuration uses, if it uses SQLite.
-fn sqlite_path(data_dir: &Path, config: &StoreConfig) -> Option<PathBuf> {
+pub fn sqlite_path(data_dir: &Path, config: &StoreConfig) -> Option<PathBuf> {
     match &config.database {
         DatabaseUrl::Sqlite(Some(path)) => Some(path.clone()),
         DatabaseUrl::Sqlite(None) => Some(data_dir.join(crate::db::DB_FILE_NAME)),
@@ -877,20 +877,24 @@ impl DiskStore {
     /// exactly what it says. Files are synced file by file.
     pub fn open_for_admin(data_dir: &Path, config: StoreConfig) -> Result<DiskStore, StoreError> {
         path_text(data_dir)?;
-        if !data_dir.join(crate::db::DB_FILE_NAME).is_file() {
+        // The database the flags name (`--database sqlite:PATH`), as the
+        // server opens it; never a stray defensive.db in the directory.
+        let Some(db_path) = sqlite_path(data_dir, &config) else {
+            return Err(StoreError::Invalid(
+                "open_for_admin is for SQLite databases".into(),
+            ));
+        };
+        if !db_path.is_file() {
             return Err(StoreError::Invalid(format!(
-                "no database in {} (has a server ever run on this data directory?)",
-                data_dir.display()
+                "no database at {} (has a server ever run with this --data-dir and --database?)",
+                db_path.display()
             )));
         }
         let mut locks: Vec<std::fs::File> = lock_data_dir(data_dir, false, LockUse::Hold)?
             .into_iter()
             .collect();
-        locks.extend(lock_database(
-            &data_dir.join(crate::db::DB_FILE_NAME),
-            LockUse::Hold,
-        )?);
-        let mut db = Db::open(data_dir)?;
+        locks.extend(lock_database(&db_path, LockUse::Hold)?);
+        let mut db = Db::open_path(&db_path)?;
         db.set_batching(true)?;
         Ok(DiskStore {
             _locks: locks,

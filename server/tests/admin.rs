@@ -928,3 +928,73 @@ fn kinds_repaired(v: &Value) -> Vec<(String, bool)> {
         })
         .collect()
 }
+
+/// Every administration command uses the database `--database sqlite:PATH`
+/// names, as the server does, with the server running and stopped; the
+/// data directory holds no defensive.db of its own.
+#[test]
+fn every_command_uses_the_sqlite_database_the_flags_name_running_and_stopped() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let db = elsewhere.path().join("records.db");
+    let url = format!("sqlite:{}", db.display());
+    let mut server = Server::start(&["--database", &url]);
+    let alice = client_with(&server, "alice", &[("a.txt", A)]);
+    let _bob = client_with(&server, "bob", &[("c.txt", C)]);
+    let dir = server.data_dir().to_path_buf();
+    assert!(db.is_file());
+    assert!(!dir.join("defensive.db").exists());
+    let with = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.push("--database".into());
+        v.push(url.clone());
+        v
+    };
+    let run = |args: &[&str]| {
+        let v = with(args);
+        let v: Vec<&str> = v.iter().map(String::as_str).collect();
+        admin(&dir, &v)
+    };
+    let check_reads = |running: bool| {
+        let stats = run(&["stats", "--json"]);
+        assert_eq!(stats.code, 0, "{stats:?}");
+        let stats = stats.json();
+        assert_eq!(stats["clients"], 2, "{stats}");
+        assert_eq!(stats["files"], 2, "{stats}");
+        assert_eq!(stats["server"].is_null(), !running, "{stats}");
+        let list = run(&["clients", "list", "--json"]);
+        assert_eq!(list.code, 0, "{list:?}");
+        assert!(list.stdout.contains("alice"), "{list:?}");
+        let files = run(&["files", "list", "--client", "alice", "--json"]);
+        assert_eq!(files.code, 0, "{files:?}");
+        assert_eq!(files.json()["files"][0]["cksum"], cksum(A), "{files:?}");
+        let show = run(&["clients", "show", "bob"]);
+        assert_eq!(show.code, 0, "{show:?}");
+        let verify = run(&["verify", "--cksum", "--json"]);
+        assert_eq!(verify.code, 0, "{verify:?}");
+        assert_eq!(verify.json()["server_running"], running, "{verify:?}");
+        assert_eq!(verify.json()["checked"]["records"], 2, "{verify:?}");
+    };
+    check_reads(true);
+    let quota = run(&["clients", "quota", "bob", "--files", "5", "--json"]);
+    assert_eq!(quota.code, 0, "{quota:?}");
+    server.stop();
+    check_reads(false);
+    // Changes, applied directly to that database (no server runs).
+    let quota = run(&["clients", "quota", "alice", "--bytes", "1000", "--json"]);
+    assert_eq!(quota.code, 0, "{quota:?}");
+    let delete = run(&["files", "delete", "bob", "c.txt"]);
+    assert_eq!(delete.code, 0, "{delete:?}");
+    let forget = run(&["clients", "forget", "alice", "--delete-files"]);
+    assert_eq!(forget.code, 0, "{forget:?}");
+    assert!(!server.final_path(&alice.id, "a.txt").exists());
+    let stats = run(&["stats", "--json"]).json();
+    assert_eq!(stats["clients"], 1, "{stats}");
+    assert_eq!(stats["files"], 0, "{stats}");
+    let shown = run(&["clients", "show", "bob", "--json"]).json();
+    assert_eq!(shown["own_quota"]["files"], "5", "{shown}");
+    assert!(!dir.join("defensive.db").exists());
+    // The server sees the changes at its next start.
+    server.start_again();
+    let list = run(&["clients", "list", "--json"]);
+    assert!(!list.stdout.contains("alice") && list.stdout.contains("bob"), "{list:?}");
+}
