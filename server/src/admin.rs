@@ -154,7 +154,9 @@ pub struct VerifyArgs {
     pub cksum: bool,
     /// What to repair (comma-separated): `rows` deletes records of missing
     /// files; `strays` deletes unrecorded files and leftovers; `adopt`
-    /// records unrecorded files as verified instead.
+    /// records unrecorded files as verified instead; `mismatched` drops the
+    /// records of files whose size or cksum differ and keeps the files
+    /// (then unrecorded: the next run's `adopt` or `strays`).
     #[arg(long, value_name = "WHAT", value_delimiter = ',', value_enum)]
     pub repair: Vec<Repair>,
     #[command(flatten)]
@@ -170,6 +172,9 @@ pub enum Repair {
     Strays,
     /// Record files that no record claims as verified.
     Adopt,
+    /// Drop the records of files whose size or cksum differ from the
+    /// recorded ones; the files stay, unrecorded.
+    Mismatched,
 }
 
 fn parse_setting_bytes(text: &str) -> Result<QuotaSetting, String> {
@@ -367,10 +372,13 @@ impl View {
                 data_dir,
             ));
         }
-        let path = crate::store::sqlite_path(data_dir, &StoreConfig {
-            database: place.database.clone(),
-            ..StoreConfig::default()
-        })
+        let path = crate::store::sqlite_path(
+            data_dir,
+            &StoreConfig {
+                database: place.database.clone(),
+                ..StoreConfig::default()
+            },
+        )
         .ok_or_else(|| fail("no SQLite database"))?;
         let db = Db::open_read_only_at(&path)
             .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
@@ -1163,6 +1171,23 @@ fn pg_apply(
                         && fits
                         && pg::admin::adopt(db, &id, &name, path_name, size, cksum)?
                 }
+                "drop-mismatched" => {
+                    let recorded = control::recorded_meta(req).ok_or_else(|| {
+                        fail("drop-mismatched needs \"recorded_size\" and \"recorded_cksum\"")
+                    })?;
+                    let done = verified
+                        && path.is_file()
+                        && pg::admin::drop_if_recorded(db, &id, &name, recorded)?;
+                    if done {
+                        // Open connections read the client again.
+                        ask_servers(
+                            place,
+                            &json!({"op": "refresh", "client": id.to_hex()}),
+                            &mut told,
+                        );
+                    }
+                    done
+                }
                 other => return Err(fail(format!("unknown repair {other:?}"))),
             };
             Ok(json!({ "repaired": done }))
@@ -1383,6 +1408,10 @@ struct Finding {
     folder_of: Option<ClientId>,
     detail: String,
     repaired: bool,
+    /// For `size-mismatch` and `cksum-mismatch`: the size and cksum the
+    /// record held when it was read (`--repair mismatched` drops the
+    /// record only if it still holds them).
+    recorded: Option<FileMeta>,
 }
 
 /// A client's folder with nothing in it, of an id that neither a client
@@ -1394,6 +1423,7 @@ fn empty_folder(id: ClientId, path: PathBuf) -> Finding {
         path,
         file: None,
         folder_of: Some(id),
+        recorded: None,
         detail: "empty folder of no client".into(),
         repaired: false,
     }
@@ -1489,6 +1519,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                 detail: "not a client's folder".into(),
                 repaired: false,
                 folder_of: None,
+                recorded: None,
             });
             continue;
         };
@@ -1515,6 +1546,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                         detail: "temporary file of an upload cut off".into(),
                         repaired: false,
                         folder_of: None,
+                        recorded: None,
                     });
                 }
                 continue;
@@ -1527,6 +1559,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                     detail: "not a regular file".into(),
                     repaired: false,
                     folder_of: None,
+                    recorded: None,
                 });
                 continue;
             }
@@ -1544,6 +1577,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                     file: Some((id, file)),
                     repaired: false,
                     folder_of: None,
+                    recorded: None,
                 }),
             }
         }
@@ -1561,10 +1595,33 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                 detail: "recorded as verified, not on disk".into(),
                 repaired: false,
                 folder_of: None,
+                recorded: None,
             });
             continue;
         }
+        let recorded = Some(FileMeta {
+            size: f.size,
+            cksum: f.cksum,
+        });
         if !args.cksum {
+            // The size costs a stat: a record that describes another
+            // version of the file (an accept cut off between its rename
+            // and its commit) shows without --cksum.
+            if let Some(len) = std::fs::metadata(&path)
+                .ok()
+                .map(|m| m.len())
+                .filter(|&len| f.size.is_some_and(|s| s != len))
+            {
+                findings.push(Finding {
+                    kind: "size-mismatch",
+                    path,
+                    file,
+                    detail: format!("{len} bytes, recorded {}", opt(f.size)),
+                    repaired: false,
+                    folder_of: None,
+                    recorded,
+                });
+            }
             continue;
         }
         cksums += 1;
@@ -1576,6 +1633,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                 detail: e.to_string(),
                 repaired: false,
                 folder_of: None,
+                recorded: None,
             }),
             Ok((size, ck)) => {
                 if f.size.is_some_and(|s| s != size) {
@@ -1586,6 +1644,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                         detail: format!("{size} bytes, recorded {}", opt(f.size)),
                         repaired: false,
                         folder_of: None,
+                        recorded,
                     });
                 } else if f.cksum.is_some_and(|c| c != ck) {
                     findings.push(Finding {
@@ -1595,6 +1654,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                         detail: format!("cksum {ck}, recorded {}", opt(f.cksum)),
                         repaired: false,
                         folder_of: None,
+                        recorded,
                     });
                 }
             }
@@ -1691,6 +1751,10 @@ fn drop_raced(place: &Place, findings: &mut Vec<Finding>, cksum: bool) -> Result
                     _ => true,
                 }
             }
+            "size-mismatch" => match (row(id, name), std::fs::metadata(&f.path)) {
+                (Some(r), Ok(m)) => r.size.is_some_and(|s| s != m.len()),
+                _ => true,
+            },
             _ => true,
         }
     });
@@ -1728,6 +1792,14 @@ fn repair(
                 };
                 json!({"op": "repair", "action": "adopt", "client": id.to_hex(), "file": name,
                        "size": size, "cksum": cksum})
+            }
+            ("size-mismatch" | "cksum-mismatch", Some((id, name)))
+                if what.contains(&Repair::Mismatched) =>
+            {
+                let recorded = f.recorded.unwrap_or_default();
+                json!({"op": "repair", "action": "drop-mismatched", "client": id.to_hex(),
+                       "file": name, "recorded_size": recorded.size,
+                       "recorded_cksum": recorded.cksum})
             }
             ("leftover" | "empty-folder", None) if what.contains(&Repair::Strays) => {
                 // Outside any client's folder: the server never touches

@@ -2172,6 +2172,42 @@ impl DiskStore {
         }
     }
 
+    /// `verify --repair mismatched`: drops the record (and size and cksum)
+    /// of a verified file whose file on disk has another size or cksum,
+    /// if the record still holds the `recorded` values the command saw (a
+    /// new accept of the name since then has replaced them: nothing to
+    /// do), and keeps the file, now unrecorded (for `adopt` or `strays`).
+    /// Such a record is left by an accept cut off between its rename and
+    /// its commit, whose client was told the outcome is unknown and sends
+    /// again. Whether it did.
+    pub fn repair_drop_mismatched(
+        &mut self,
+        id: &ClientId,
+        file_name: &str,
+        recorded: crate::db::FileMeta,
+    ) -> Result<bool, StoreError> {
+        check_base_name(file_name)?;
+        if files::is_part_name(file_name)
+            || !self.db.file(id, file_name)?.is_some_and(|r| r.verified)
+            || self.db.file_meta(id, file_name)? != recorded
+        {
+            return Ok(false);
+        }
+        let path = files::final_path(&self.data_dir, id, file_name);
+        if !path.is_file() {
+            return Ok(false);
+        }
+        self.db.delete_file_row(id, file_name)?;
+        log::warn!(
+            "administrator: dropped the record of {} (size {:?}, cksum {:?}), which does not \
+             describe the file; the file stays, unrecorded",
+            path.display(),
+            recorded.size,
+            recorded.cksum
+        );
+        Ok(true)
+    }
+
     /// `verify --repair adopt`: records a file at its final path that no
     /// verified record claims as verified, with the size and cksum the
     /// command read from it (if its size still matches); whether it did.
