@@ -698,12 +698,12 @@ impl DiskStore {
         if let Some(db) = sqlite_path(data_dir, &config) {
             locks.extend(lock_database(&db, LockUse::Hold)?);
         }
-        files::ensure_dir(&files::files_root(data_dir))
-            .map_err(|e| io_err("create files directory", e))?;
         if let DatabaseUrl::Postgres(url) = &config.database {
             let url = (**url).clone();
             return DiskStore::open_pg(data_dir, config, &url, locks);
         }
+        files::ensure_dir(&files::files_root(data_dir))
+            .map_err(|e| io_err("create files directory", e))?;
         let mut db = match &config.database {
             DatabaseUrl::Sqlite(Some(path)) => Db::open_path(path)?,
             _ => Db::open(data_dir)?,
@@ -763,6 +763,16 @@ impl DiskStore {
         // with this id keeps its uploads in flight and its socket.
         locks.extend(lock_server_id(data_dir, &server_id, LockUse::Hold)?);
         let connected = crate::pg::Connected::open(url, crate::pg::Settings::default())?;
+        // Before anything is created or cleaned up in the directory: it
+        // must be the one the database's files are in (not, say, an empty
+        // mount point).
+        crate::pg::identity::check(
+            &mut crate::pg::worker::connect(url, &crate::pg::Settings::default())?,
+            url,
+            data_dir,
+        )?;
+        files::ensure_dir(&files::files_root(data_dir))
+            .map_err(|e| io_err("create files directory", e))?;
         let mut pg = PgRecords::new(connected);
         pg.set_measure_every(config.measure_every);
         // Only this server's temporary files, and only those that are not

@@ -1,7 +1,8 @@
 //! Several `sealdrop-server` processes on one PostgreSQL database and one
 //! data directory (issue 17): what needs real processes, a server killed
 //! with `kill -9` mid-upload while the others keep serving, and its
-//! restart under the same `--server-id`. The in-process tests of the same
+//! restart under the same `--server-id`; a process on another data
+//! directory of the same database refused. The in-process tests of the same
 //! mode are in pg_servers.rs. Where PostgreSQL is not installed the test
 //! prints "skipped: PostgreSQL not found (install postgresql)" and passes.
 
@@ -470,4 +471,141 @@ fn check_config_connects_to_postgresql_and_says_what_a_start_would_do() {
     );
     server.assert_alive();
     server.stop();
+}
+
+/// Issue 17, a data directory that is not the shared one (the share not
+/// mounted, a wrong `--data-dir`): the first start on a new database
+/// binds it and its directory by a token in `.sealdrop-store-id`; a
+/// server on another directory with the same database is refused (even
+/// with a live server's id) and creates nothing there; a database without
+/// a token (made before the check) takes its directory's at the next
+/// start, but not an empty directory's while it records stored files.
+#[test]
+fn a_server_on_another_data_directory_of_the_same_database_is_refused_and_stores_nothing() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let db = "twodirs";
+    let url = cluster.create_database(db);
+    let token_of_db = || {
+        cluster
+            .psql(db, "SELECT COALESCE(store_id, 'none') FROM sealdrop_schema")
+            .trim()
+            .to_owned()
+    };
+    let (_tmp, data) = temp_data_dir();
+    let mut first = start(&url, &data, "a");
+    let token = std::fs::read_to_string(data.join(".sealdrop-store-id")).unwrap();
+    assert_eq!(token.trim().len(), 32, "{token:?}");
+    assert_eq!(token_of_db(), token.trim());
+    let (client, mut conn) = client_on("shared", &first, &first);
+    client.upload_verified(&mut conn, "small.txt", b"on the share");
+
+    // An empty directory (an unmounted mount point), with a live
+    // server's id and with another.
+    let other = tempfile::tempdir().unwrap();
+    let checked = check_config_with(other.path(), &["--database", &url, "--server-id", "b"]);
+    assert_eq!(checked.status.code(), Some(1), "{checked:?}");
+    assert!(
+        checked
+            .stderr
+            .contains("has no .sealdrop-store-id, but the database"),
+        "{checked:?}"
+    );
+    let checked = check_config_with(&data, &["--database", &url, "--server-id", "b"]);
+    assert_eq!(checked.status.code(), Some(0), "{checked:?}");
+    for id in ["a", "b"] {
+        let mut refused = Server::spawn_in(
+            other.path(),
+            ServerOpts::args(&["--database", &url, "--server-id", id]),
+        );
+        let exit = refused.wait_exit(Duration::from_secs(30));
+        assert_eq!(
+            exit.and_then(|e| e.code()),
+            Some(1),
+            "a server on another directory started\n{}",
+            refused.log_tail(20)
+        );
+        assert!(refused.wait_log_closed(Duration::from_secs(5)));
+        let expected = format!(
+            "{} has no .sealdrop-store-id, but the database",
+            other.path().display()
+        );
+        assert!(
+            refused.log_contains(&expected)
+                && refused.log_contains("is the shared directory mounted"),
+            "{}",
+            refused.log_tail(20)
+        );
+        let left: Vec<String> = std::fs::read_dir(other.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert!(left.is_empty(), "the refused server created {left:?}");
+    }
+    // Another directory's identity.
+    std::fs::write(
+        other.path().join(".sealdrop-store-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    let mut refused = Server::spawn_in(
+        other.path(),
+        ServerOpts::args(&["--database", &url, "--server-id", "b"]),
+    );
+    assert_eq!(
+        refused
+            .wait_exit(Duration::from_secs(30))
+            .and_then(|e| e.code()),
+        Some(1)
+    );
+    assert!(refused.wait_log_closed(Duration::from_secs(5)));
+    assert!(
+        refused.log_contains("is not the data directory of the database")
+            && refused.log_contains("0123456789abcdef0123456789abcdef")
+            && refused.log_contains(token.trim()),
+        "{}",
+        refused.log_tail(20)
+    );
+    assert!(!other.path().join("files").exists());
+    // The share still holds the file and its record; nothing else.
+    assert_eq!(
+        std::fs::read(files::final_path(&data, &client.id, "small.txt")).unwrap(),
+        b"on the share"
+    );
+    first.assert_alive();
+    first.stop();
+
+    // A database from before the check: no token recorded. A server on
+    // an empty directory is still refused (the database records a
+    // stored file), and the shared directory's token is taken.
+    cluster.psql(db, "UPDATE sealdrop_schema SET store_id = NULL");
+    let empty = tempfile::tempdir().unwrap();
+    let mut refused = Server::spawn_in(
+        empty.path(),
+        ServerOpts::args(&["--database", &url, "--server-id", "b"]),
+    );
+    assert_eq!(
+        refused
+            .wait_exit(Duration::from_secs(30))
+            .and_then(|e| e.code()),
+        Some(1)
+    );
+    assert!(refused.wait_log_closed(Duration::from_secs(5)));
+    assert!(
+        refused.log_contains("records 1 stored file(s)"),
+        "{}",
+        refused.log_tail(20)
+    );
+    assert_eq!(token_of_db(), "none");
+    first.start_again();
+    assert!(
+        first.log_contains("had no data directory identity: recorded"),
+        "{}",
+        first.log_tail(20)
+    );
+    assert_eq!(token_of_db(), token.trim());
+    first.stop();
 }
