@@ -272,7 +272,16 @@ pub fn run(cmd: &AdminCommand, place: &Place) -> u8 {
         AdminCommand::Stats(o) => o.json,
         AdminCommand::Verify(v) => v.output.json,
     };
-    let result = match cmd {
+    // On PostgreSQL, a data directory that is not the database's (the
+    // share not mounted) would show every file missing, and `verify
+    // --repair rows` would drop their records: refused as at start.
+    let bound = match place.pg() {
+        Some(url) => pg::identity::probe(url, &place.data_dir)
+            .map(|_| ())
+            .map_err(|e| fail(e.to_string())),
+        None => Ok(()),
+    };
+    let result = bound.and_then(|()| match cmd {
         AdminCommand::Clients(ClientsCommand::List(_)) => clients_list(place),
         AdminCommand::Clients(ClientsCommand::Show { client, .. }) => clients_show(place, client),
         AdminCommand::Clients(ClientsCommand::Forget {
@@ -295,7 +304,7 @@ pub fn run(cmd: &AdminCommand, place: &Place) -> u8 {
         }
         AdminCommand::Stats(_) => stats(place),
         AdminCommand::Verify(v) => verify(place, v),
-    };
+    });
     match result {
         Ok((value, text, status)) => {
             if json {

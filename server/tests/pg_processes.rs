@@ -570,6 +570,23 @@ fn a_server_on_another_data_directory_of_the_same_database_is_refused_and_stores
         refused.log_tail(20)
     );
     assert!(!other.path().join("files").exists());
+    // The administration commands refuse that directory too: there every
+    // file would look missing, and `--repair rows` drop its record.
+    let repair = run_bounded(
+        std::process::Command::new(SERVER_BIN)
+            .args(["verify", "--repair", "rows", "--data-dir"])
+            .arg(other.path())
+            .args(["--database", &url]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(repair.status.code(), Some(1), "{repair:?}");
+    assert!(
+        repair
+            .stderr
+            .contains("is not the data directory of the database"),
+        "{repair:?}"
+    );
+    assert_eq!(cluster.psql(db, "SELECT count(*) FROM files").trim(), "1");
     // The share still holds the file and its record; nothing else.
     assert_eq!(
         std::fs::read(files::final_path(&data, &client.id, "small.txt")).unwrap(),
