@@ -2,7 +2,8 @@
 //! data directory (issue 17): what needs real processes, a server killed
 //! with `kill -9` mid-upload while the others keep serving, and its
 //! restart under the same `--server-id`; a process on another data
-//! directory of the same database refused. The in-process tests of the same
+//! directory of the same database refused; one killed between the rename
+//! of an upload and its commit. The in-process tests of the same
 //! mode are in pg_servers.rs. Where PostgreSQL is not installed the test
 //! prints "skipped: PostgreSQL not found (install postgresql)" and passes.
 
@@ -625,4 +626,111 @@ fn a_server_on_another_data_directory_of_the_same_database_is_refused_and_stores
     );
     assert_eq!(token_of_db(), token.trim());
     first.stop();
+}
+
+/// `sealdrop-server ARGS --data-dir DATA --database URL`, bounded.
+fn admin_on(data: &Path, url: &str, args: &[&str]) -> sealdrop_testkit::util::Ran {
+    run_bounded(
+        std::process::Command::new(SERVER_BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--database", url])
+            .env_remove("SEALDROP_DATABASE_URL"),
+        Duration::from_secs(30),
+    )
+}
+
+/// Issue 17, gap B: `kill -9` after the worker renamed a new version of a
+/// file over its final path and before its COMMIT (held there by a
+/// session locking the `verified` counter, which the placing statement
+/// updates right after the rename). The client was not answered; the tree
+/// has the new version, the record the old one. `verify` reports it,
+/// `--repair mismatched` drops the record and keeps the file, and the
+/// client's resend after the restart is stored and recorded.
+#[test]
+fn a_server_killed_between_its_rename_and_its_commit_leaves_a_mismatch_verify_settles() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    const OLD: &[u8] = b"version one.";
+    const NEW: &[u8] = b"version two, longer.";
+    let db = "killwindow";
+    let url = cluster.create_database(db);
+    let (_tmp, data) = temp_data_dir();
+    let mut m1 = start(&url, &data, "m1");
+    let (mut client, mut c) = client_on("racer", &m1, &m1);
+    client.upload_verified(&mut c, "r.txt", OLD);
+    let path = files::final_path(&data, &client.id, "r.txt");
+    let meta = || {
+        cluster
+            .psql(
+                db,
+                "SELECT COALESCE(string_agg(f.Verified || ':' || m.Size || ':' || m.Cksum, ','), \
+                 'none') FROM files f JOIN file_meta m USING (ID, FileName) \
+                 WHERE f.FileName = 'r.txt'",
+            )
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(meta(), format!("1:12:{}", cksum(OLD)));
+
+    let pg_url = match sealdrop_server::pg::DatabaseUrl::parse(&url).unwrap() {
+        sealdrop_server::pg::DatabaseUrl::Postgres(u) => *u,
+        sealdrop_server::pg::DatabaseUrl::Sqlite(_) => unreachable!(),
+    };
+    let mut holder = sealdrop_server::pg::admin::open(&pg_url).unwrap();
+    let mut hold = holder.transaction().unwrap();
+    hold.query(
+        "SELECT 1 FROM counters WHERE Name = 'verified' FOR UPDATE",
+        &[],
+    )
+    .unwrap();
+    client.send_file(&mut c, "r.txt", NEW);
+    let r = c.recv();
+    client.check_received(&r, "r.txt", NEW.len() as u64, cksum(NEW));
+    client.send_verdict(&mut c, 1029, "r.txt");
+    assert!(
+        wait_until(FS_WAIT, || std::fs::read(&path).is_ok_and(|b| b == NEW)),
+        "the new version was not renamed into place\n{}",
+        m1.log_tail(20)
+    );
+    m1.kill9();
+    drop(hold);
+    drop(holder);
+    // The window's state: new file, old record.
+    assert!(
+        wait_until(FS_WAIT, || meta() == format!("1:12:{}", cksum(OLD))),
+        "{}",
+        meta()
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), NEW);
+
+    let out = admin_on(&data, &url, &["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["findings"][0]["kind"], "size-mismatch", "{out:?}");
+    assert_eq!(
+        v["findings"][0]["detail"], "20 bytes, recorded 12",
+        "{out:?}"
+    );
+    let out = admin_on(&data, &url, &["verify", "--repair", "mismatched", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["findings"][0]["repaired"], true, "{out:?}");
+    assert_eq!(meta(), "none");
+    assert_eq!(std::fs::read(&path).unwrap(), NEW);
+
+    // The client, told nothing (outcome unknown), sends again after the
+    // restart: stored and recorded; nothing left for verify.
+    m1.start_again();
+    let mut c = client.connect(m1.addr());
+    assert!(matches!(
+        client.reconnect(&mut c),
+        Response::ReconnectAccepted { .. }
+    ));
+    client.upload_verified(&mut c, "r.txt", NEW);
+    assert_eq!(meta(), format!("1:20:{}", cksum(NEW)));
+    let out = admin_on(&data, &url, &["verify", "--cksum"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    m1.stop();
 }
