@@ -275,11 +275,13 @@ pub fn run(cmd: &AdminCommand, place: &Place) -> u8 {
     // On PostgreSQL, a data directory that is not the database's (the
     // share not mounted) would show every file missing, and `verify
     // --repair rows` would drop their records: refused as at start.
-    let bound = match place.pg() {
-        Some(url) => pg::identity::probe(url, &place.data_dir)
-            .map(|_| ())
-            .map_err(|e| fail(e.to_string())),
-        None => Ok(()),
+    // A database it cannot reach or read: the command itself says so.
+    let bound = match place
+        .pg()
+        .map(|url| pg::identity::probe(url, &place.data_dir))
+    {
+        Some(Err(sealdrop_protocol::store::StoreError::Invalid(why))) => Err(fail(why)),
+        _ => Ok(()),
     };
     let result = bound.and_then(|()| match cmd {
         AdminCommand::Clients(ClientsCommand::List(_)) => clients_list(place),
