@@ -163,12 +163,13 @@ fn verified_files(c: &mut impl GenericClient, op: &'static str) -> Result<i64, S
 /// missing; refuses with a message naming both and what to check.
 pub fn check(client: &mut Client, url: &PgUrl, data_dir: &Path) -> Result<(), StoreError> {
     let op = "check the data directory's identity";
-    let dir_token = read_token(data_dir)?;
     let mut tx = client.transaction().map_err(db_err(op))?;
     // Servers starting together on a new database and directory agree on
-    // one token: the second waits here, then finds the first's.
+    // one token: the second waits here, then finds the first's (in the
+    // database and, read only now, in the directory).
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
         .map_err(db_err(op))?;
+    let dir_token = read_token(data_dir)?;
     let db_token: Option<String> = tx
         .query_opt("SELECT store_id FROM sealdrop_schema WHERE id = 1", &[])
         .map_err(db_err(op))?
