@@ -154,7 +154,9 @@ pub struct VerifyArgs {
     pub cksum: bool,
     /// What to repair (comma-separated): `rows` deletes records of missing
     /// files; `strays` deletes unrecorded files and leftovers; `adopt`
-    /// records unrecorded files as verified instead.
+    /// records unrecorded files as verified instead; `mismatched` drops the
+    /// records of files whose size or cksum differ and keeps the files
+    /// (then unrecorded: the next run's `adopt` or `strays`).
     #[arg(long, value_name = "WHAT", value_delimiter = ',', value_enum)]
     pub repair: Vec<Repair>,
     #[command(flatten)]
@@ -170,6 +172,9 @@ pub enum Repair {
     Strays,
     /// Record files that no record claims as verified.
     Adopt,
+    /// Drop the records of files whose size or cksum differ from the
+    /// recorded ones; the files stay, unrecorded.
+    Mismatched,
 }
 
 fn parse_setting_bytes(text: &str) -> Result<QuotaSetting, String> {
@@ -267,7 +272,18 @@ pub fn run(cmd: &AdminCommand, place: &Place) -> u8 {
         AdminCommand::Stats(o) => o.json,
         AdminCommand::Verify(v) => v.output.json,
     };
-    let result = match cmd {
+    // On PostgreSQL, a data directory that is not the database's (the
+    // share not mounted) would show every file missing, and `verify
+    // --repair rows` would drop their records: refused as at start.
+    // A database it cannot reach or read: the command itself says so.
+    let bound = match place
+        .pg()
+        .map(|url| pg::identity::probe(url, &place.data_dir))
+    {
+        Some(Err(sealdrop_protocol::store::StoreError::Invalid(why))) => Err(fail(why)),
+        _ => Ok(()),
+    };
+    let result = bound.and_then(|()| match cmd {
         AdminCommand::Clients(ClientsCommand::List(_)) => clients_list(place),
         AdminCommand::Clients(ClientsCommand::Show { client, .. }) => clients_show(place, client),
         AdminCommand::Clients(ClientsCommand::Forget {
@@ -290,7 +306,7 @@ pub fn run(cmd: &AdminCommand, place: &Place) -> u8 {
         }
         AdminCommand::Stats(_) => stats(place),
         AdminCommand::Verify(v) => verify(place, v),
-    };
+    });
     match result {
         Ok((value, text, status)) => {
             if json {
@@ -367,8 +383,16 @@ impl View {
                 data_dir,
             ));
         }
-        let db = Db::open_read_only(data_dir)
-            .map_err(|e| fail(format!("cannot read {}: {e}", data_dir.display())))?;
+        let path = crate::store::sqlite_path(
+            data_dir,
+            &StoreConfig {
+                database: place.database.clone(),
+                ..StoreConfig::default()
+            },
+        )
+        .ok_or_else(|| fail("no SQLite database"))?;
+        let db = Db::open_read_only_at(&path)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
         db.begin_snapshot()?;
         let view = View::read_from(&db, data_dir);
         db.end_snapshot();
@@ -1158,6 +1182,23 @@ fn pg_apply(
                         && fits
                         && pg::admin::adopt(db, &id, &name, path_name, size, cksum)?
                 }
+                "drop-mismatched" => {
+                    let recorded = control::recorded_meta(req).ok_or_else(|| {
+                        fail("drop-mismatched needs \"recorded_size\" and \"recorded_cksum\"")
+                    })?;
+                    let done = verified
+                        && path.is_file()
+                        && pg::admin::drop_if_recorded(db, &id, &name, recorded)?;
+                    if done {
+                        // Open connections read the client again.
+                        ask_servers(
+                            place,
+                            &json!({"op": "refresh", "client": id.to_hex()}),
+                            &mut told,
+                        );
+                    }
+                    done
+                }
                 other => return Err(fail(format!("unknown repair {other:?}"))),
             };
             Ok(json!({ "repaired": done }))
@@ -1232,6 +1273,7 @@ fn remove_leftovers(folder: &Path) {
 fn open_directly(place: &Place) -> Result<DiskStore, Failure> {
     let config = StoreConfig {
         quota: place.quota,
+        database: place.database.clone(),
         ..StoreConfig::default()
     };
     DiskStore::open_for_admin(&place.data_dir, config).map_err(|e| {
@@ -1377,6 +1419,10 @@ struct Finding {
     folder_of: Option<ClientId>,
     detail: String,
     repaired: bool,
+    /// For `size-mismatch` and `cksum-mismatch`: the size and cksum the
+    /// record held when it was read (`--repair mismatched` drops the
+    /// record only if it still holds them).
+    recorded: Option<FileMeta>,
 }
 
 /// A client's folder with nothing in it, of an id that neither a client
@@ -1388,6 +1434,7 @@ fn empty_folder(id: ClientId, path: PathBuf) -> Finding {
         path,
         file: None,
         folder_of: Some(id),
+        recorded: None,
         detail: "empty folder of no client".into(),
         repaired: false,
     }
@@ -1483,6 +1530,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                 detail: "not a client's folder".into(),
                 repaired: false,
                 folder_of: None,
+                recorded: None,
             });
             continue;
         };
@@ -1509,6 +1557,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                         detail: "temporary file of an upload cut off".into(),
                         repaired: false,
                         folder_of: None,
+                        recorded: None,
                     });
                 }
                 continue;
@@ -1521,6 +1570,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                     detail: "not a regular file".into(),
                     repaired: false,
                     folder_of: None,
+                    recorded: None,
                 });
                 continue;
             }
@@ -1538,6 +1588,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                     file: Some((id, file)),
                     repaired: false,
                     folder_of: None,
+                    recorded: None,
                 }),
             }
         }
@@ -1555,10 +1606,33 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                 detail: "recorded as verified, not on disk".into(),
                 repaired: false,
                 folder_of: None,
+                recorded: None,
             });
             continue;
         }
+        let recorded = Some(FileMeta {
+            size: f.size,
+            cksum: f.cksum,
+        });
         if !args.cksum {
+            // The size costs a stat: a record that describes another
+            // version of the file (an accept cut off between its rename
+            // and its commit) shows without --cksum.
+            if let Some(len) = std::fs::metadata(&path)
+                .ok()
+                .map(|m| m.len())
+                .filter(|&len| f.size.is_some_and(|s| s != len))
+            {
+                findings.push(Finding {
+                    kind: "size-mismatch",
+                    path,
+                    file,
+                    detail: format!("{len} bytes, recorded {}", opt(f.size)),
+                    repaired: false,
+                    folder_of: None,
+                    recorded,
+                });
+            }
             continue;
         }
         cksums += 1;
@@ -1570,6 +1644,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                 detail: e.to_string(),
                 repaired: false,
                 folder_of: None,
+                recorded: None,
             }),
             Ok((size, ck)) => {
                 if f.size.is_some_and(|s| s != size) {
@@ -1580,6 +1655,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                         detail: format!("{size} bytes, recorded {}", opt(f.size)),
                         repaired: false,
                         folder_of: None,
+                        recorded,
                     });
                 } else if f.cksum.is_some_and(|c| c != ck) {
                     findings.push(Finding {
@@ -1589,6 +1665,7 @@ fn verify(place: &Place, args: &VerifyArgs) -> Done {
                         detail: format!("cksum {ck}, recorded {}", opt(f.cksum)),
                         repaired: false,
                         folder_of: None,
+                        recorded,
                     });
                 }
             }
@@ -1685,6 +1762,10 @@ fn drop_raced(place: &Place, findings: &mut Vec<Finding>, cksum: bool) -> Result
                     _ => true,
                 }
             }
+            "size-mismatch" => match (row(id, name), std::fs::metadata(&f.path)) {
+                (Some(r), Ok(m)) => r.size.is_some_and(|s| s != m.len()),
+                _ => true,
+            },
             _ => true,
         }
     });
@@ -1722,6 +1803,14 @@ fn repair(
                 };
                 json!({"op": "repair", "action": "adopt", "client": id.to_hex(), "file": name,
                        "size": size, "cksum": cksum})
+            }
+            ("size-mismatch" | "cksum-mismatch", Some((id, name)))
+                if what.contains(&Repair::Mismatched) =>
+            {
+                let recorded = f.recorded.unwrap_or_default();
+                json!({"op": "repair", "action": "drop-mismatched", "client": id.to_hex(),
+                       "file": name, "recorded_size": recorded.size,
+                       "recorded_cksum": recorded.cksum})
             }
             ("leftover" | "empty-folder", None) if what.contains(&Repair::Strays) => {
                 // Outside any client's folder: the server never touches

@@ -278,12 +278,34 @@ pub fn apply(
                     };
                     store.repair_adopt(&id, name, size, cksum)?
                 }
+                "drop-mismatched" => {
+                    let recorded = recorded_meta(req).ok_or_else(|| {
+                        ApplyError::bad(
+                            "drop-mismatched needs \"recorded_size\" and \"recorded_cksum\"",
+                        )
+                    })?;
+                    store.repair_drop_mismatched(&id, name, recorded)?
+                }
                 other => return Err(ApplyError::bad(format!("unknown repair {other:?}"))),
             };
             Ok(json!({ "repaired": done }))
         }
         other => Err(ApplyError::bad(format!("unknown request {other:?}"))),
     }
+}
+
+/// The `recorded_size` and `recorded_cksum` of a `drop-mismatched`
+/// repair (each a number or null); `None` if either is something else.
+pub fn recorded_meta(req: &Value) -> Option<crate::db::FileMeta> {
+    let size = match &req["recorded_size"] {
+        Value::Null => None,
+        v => Some(v.as_u64()?),
+    };
+    let cksum = match &req["recorded_cksum"] {
+        Value::Null => None,
+        v => Some(u32::try_from(v.as_u64()?).ok()?),
+    };
+    Some(crate::db::FileMeta { size, cksum })
 }
 
 /// Where a control connection is.

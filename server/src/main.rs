@@ -394,9 +394,14 @@ fn check_config(settings: &Settings) -> Result<()> {
             let found =
                 sealdrop_server::pg::schema::check(url, &sealdrop_server::pg::Settings::default())
                     .with_context(|| format!("cannot use the database {url}"))?;
+            // A directory that is not the database's (the share not
+            // mounted) is refused at start: so here too.
+            let bound = sealdrop_server::pg::identity::probe(url, dir)
+                .context("a server started with this configuration would be refused")?;
             format!(
-                "records in {found}; server id {}",
-                settings.store.server_id.as_deref().unwrap_or("?")
+                "records in {found}; server id {}{}",
+                settings.store.server_id.as_deref().unwrap_or("?"),
+                bound.map(|b| format!("; {b}")).unwrap_or_default()
             )
         }
         sealdrop_server::pg::DatabaseUrl::Sqlite(Some(path)) => {

@@ -467,7 +467,7 @@ pub fn db_lock_path(db: &Path) -> PathBuf {
 }
 
 /// The SQLite database file a configuration uses, if it uses SQLite.
-fn sqlite_path(data_dir: &Path, config: &StoreConfig) -> Option<PathBuf> {
+pub fn sqlite_path(data_dir: &Path, config: &StoreConfig) -> Option<PathBuf> {
     match &config.database {
         DatabaseUrl::Sqlite(Some(path)) => Some(path.clone()),
         DatabaseUrl::Sqlite(None) => Some(data_dir.join(crate::db::DB_FILE_NAME)),
@@ -712,12 +712,12 @@ impl DiskStore {
         if let Some(db) = sqlite_path(data_dir, &config) {
             locks.extend(lock_database(&db, LockUse::Hold)?);
         }
-        files::ensure_dir(&files::files_root(data_dir))
-            .map_err(|e| io_err("create files directory", e))?;
         if let DatabaseUrl::Postgres(url) = &config.database {
             let url = (**url).clone();
             return DiskStore::open_pg(data_dir, config, &url, locks);
         }
+        files::ensure_dir(&files::files_root(data_dir))
+            .map_err(|e| io_err("create files directory", e))?;
         let mut db = match &config.database {
             DatabaseUrl::Sqlite(Some(path)) => Db::open_path(path)?,
             _ => Db::open(data_dir)?,
@@ -777,6 +777,16 @@ impl DiskStore {
         // with this id keeps its uploads in flight and its socket.
         locks.extend(lock_server_id(data_dir, &server_id, LockUse::Hold)?);
         let connected = crate::pg::Connected::open(url, crate::pg::Settings::default())?;
+        // Before anything is created or cleaned up in the directory: it
+        // must be the one the database's files are in (not, say, an empty
+        // mount point).
+        crate::pg::identity::check(
+            &mut crate::pg::worker::connect(url, &crate::pg::Settings::default())?,
+            url,
+            data_dir,
+        )?;
+        files::ensure_dir(&files::files_root(data_dir))
+            .map_err(|e| io_err("create files directory", e))?;
         let mut pg = PgRecords::new(connected);
         pg.set_measure_every(config.measure_every);
         // Only this server's temporary files, and only those that are not
@@ -892,20 +902,24 @@ impl DiskStore {
     /// exactly what it says. Files are synced file by file.
     pub fn open_for_admin(data_dir: &Path, config: StoreConfig) -> Result<DiskStore, StoreError> {
         path_text(data_dir)?;
-        if !data_dir.join(crate::db::DB_FILE_NAME).is_file() {
+        // The database the flags name (`--database sqlite:PATH`), as the
+        // server opens it; never a stray defensive.db in the directory.
+        let Some(db_path) = sqlite_path(data_dir, &config) else {
+            return Err(StoreError::Invalid(
+                "open_for_admin is for SQLite databases".into(),
+            ));
+        };
+        if !db_path.is_file() {
             return Err(StoreError::Invalid(format!(
-                "no database in {} (has a server ever run on this data directory?)",
-                data_dir.display()
+                "no database at {} (has a server ever run with this --data-dir and --database?)",
+                db_path.display()
             )));
         }
         let mut locks: Vec<std::fs::File> = lock_data_dir(data_dir, false, LockUse::Hold)?
             .into_iter()
             .collect();
-        locks.extend(lock_database(
-            &data_dir.join(crate::db::DB_FILE_NAME),
-            LockUse::Hold,
-        )?);
-        let mut db = Db::open(data_dir)?;
+        locks.extend(lock_database(&db_path, LockUse::Hold)?);
+        let mut db = Db::open_path(&db_path)?;
         db.set_batching(true)?;
         Ok(DiskStore {
             _locks: locks,
@@ -2204,6 +2218,42 @@ impl DiskStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io_err("delete an unrecorded file", e)),
         }
+    }
+
+    /// `verify --repair mismatched`: drops the record (and size and cksum)
+    /// of a verified file whose file on disk has another size or cksum,
+    /// if the record still holds the `recorded` values the command saw (a
+    /// new accept of the name since then has replaced them: nothing to
+    /// do), and keeps the file, now unrecorded (for `adopt` or `strays`).
+    /// Such a record is left by an accept cut off between its rename and
+    /// its commit, whose client was told the outcome is unknown and sends
+    /// again. Whether it did.
+    pub fn repair_drop_mismatched(
+        &mut self,
+        id: &ClientId,
+        file_name: &str,
+        recorded: crate::db::FileMeta,
+    ) -> Result<bool, StoreError> {
+        check_base_name(file_name)?;
+        if files::is_part_name(file_name)
+            || !self.db.file(id, file_name)?.is_some_and(|r| r.verified)
+            || self.db.file_meta(id, file_name)? != recorded
+        {
+            return Ok(false);
+        }
+        let path = files::final_path(&self.data_dir, id, file_name);
+        if !path.is_file() {
+            return Ok(false);
+        }
+        self.db.delete_file_row(id, file_name)?;
+        log::warn!(
+            "administrator: dropped the record of {} (size {:?}, cksum {:?}), which does not \
+             describe the file; the file stays, unrecorded",
+            path.display(),
+            recorded.size,
+            recorded.cksum
+        );
+        Ok(true)
     }
 
     /// `verify --repair adopt`: records a file at its final path that no

@@ -965,3 +965,190 @@ fn deleting_a_forgotten_clients_last_file_removes_its_folder_running_and_stopped
     assert!(!carol_dir.exists(), "carol's empty folder left");
     assert_eq!(admin(&dir, &["verify"]).code, 0);
 }
+
+/// Every administration command uses the database `--database sqlite:PATH`
+/// names, as the server does, with the server running and stopped; the
+/// data directory holds no defensive.db of its own.
+#[test]
+fn every_command_uses_the_sqlite_database_the_flags_name_running_and_stopped() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let db = elsewhere.path().join("records.db");
+    let url = format!("sqlite:{}", db.display());
+    let mut server = Server::start(&["--database", &url]);
+    let alice = client_with(&server, "alice", &[("a.txt", A)]);
+    let _bob = client_with(&server, "bob", &[("c.txt", C)]);
+    let dir = server.data_dir().to_path_buf();
+    assert!(db.is_file());
+    assert!(!dir.join("defensive.db").exists());
+    let with = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.push("--database".into());
+        v.push(url.clone());
+        v
+    };
+    let run = |args: &[&str]| {
+        let v = with(args);
+        let v: Vec<&str> = v.iter().map(String::as_str).collect();
+        admin(&dir, &v)
+    };
+    let check_reads = |running: bool| {
+        let stats = run(&["stats", "--json"]);
+        assert_eq!(stats.code, 0, "{stats:?}");
+        let stats = stats.json();
+        assert_eq!(stats["clients"], 2, "{stats}");
+        assert_eq!(stats["files"], 2, "{stats}");
+        assert_eq!(stats["server"].is_null(), !running, "{stats}");
+        let list = run(&["clients", "list", "--json"]);
+        assert_eq!(list.code, 0, "{list:?}");
+        assert!(list.stdout.contains("alice"), "{list:?}");
+        let files = run(&["files", "list", "--client", "alice", "--json"]);
+        assert_eq!(files.code, 0, "{files:?}");
+        assert_eq!(files.json()["files"][0]["cksum"], cksum(A), "{files:?}");
+        let show = run(&["clients", "show", "bob"]);
+        assert_eq!(show.code, 0, "{show:?}");
+        let verify = run(&["verify", "--cksum", "--json"]);
+        assert_eq!(verify.code, 0, "{verify:?}");
+        assert_eq!(verify.json()["server_running"], running, "{verify:?}");
+        assert_eq!(verify.json()["checked"]["records"], 2, "{verify:?}");
+    };
+    check_reads(true);
+    let quota = run(&["clients", "quota", "bob", "--files", "5", "--json"]);
+    assert_eq!(quota.code, 0, "{quota:?}");
+    server.stop();
+    check_reads(false);
+    // Changes, applied directly to that database (no server runs).
+    let quota = run(&["clients", "quota", "alice", "--bytes", "1000", "--json"]);
+    assert_eq!(quota.code, 0, "{quota:?}");
+    let delete = run(&["files", "delete", "bob", "c.txt"]);
+    assert_eq!(delete.code, 0, "{delete:?}");
+    let forget = run(&["clients", "forget", "alice", "--delete-files"]);
+    assert_eq!(forget.code, 0, "{forget:?}");
+    assert!(!server.final_path(&alice.id, "a.txt").exists());
+    let stats = run(&["stats", "--json"]).json();
+    assert_eq!(stats["clients"], 1, "{stats}");
+    assert_eq!(stats["files"], 0, "{stats}");
+    let shown = run(&["clients", "show", "bob", "--json"]).json();
+    assert_eq!(shown["own_quota"]["files"], "5", "{shown}");
+    assert!(!dir.join("defensive.db").exists());
+    // The server sees the changes at its next start.
+    server.start_again();
+    let list = run(&["clients", "list", "--json"]);
+    assert!(
+        !list.stdout.contains("alice") && list.stdout.contains("bob"),
+        "{list:?}"
+    );
+}
+
+/// What an accept cut off between its rename and its commit leaves: the
+/// new version of a file at its final path, the record still describing
+/// the old one (verified, old size and cksum). Plain `verify` sees the
+/// size; `--repair mismatched` drops the record and keeps the file, which
+/// the next run reports unrecorded and `adopt` records as it is now. With
+/// the server stopped (directly) and running (through its socket), and a
+/// request whose recorded values are no longer the record's changes
+/// nothing.
+#[test]
+fn a_record_describing_another_version_of_its_file_is_dropped_by_repair_mismatched_and_the_file_adopted(
+) {
+    const OLD: &[u8] = b"version one.";
+    const NEW: &[u8] = b"version two, longer.";
+    let mut server = InProcess::start();
+    let alice = client_with(&server, "alice", &[("r.txt", OLD), ("s.txt", OLD)]);
+    let dir = server.data_dir().to_path_buf();
+    let finding = |v: &Value, name: &str| -> Value {
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    for running in [false, true] {
+        let name = if running { "s.txt" } else { "r.txt" };
+        if !running {
+            server.stop();
+        }
+        // The rename of the new version happened, its commit did not.
+        fs::write(server.final_path(&alice.id, name), NEW).unwrap();
+        let out = admin(&dir, &["verify", "--json"]);
+        assert_eq!(out.code, 2, "{out:?}");
+        let f = finding(&out.json(), name);
+        assert_eq!(f["kind"], "size-mismatch", "{out:?}");
+        assert_eq!(f["detail"], "20 bytes, recorded 12", "{out:?}");
+        assert_eq!(out.json()["server_running"], running, "{out:?}");
+        // The other repairs leave it alone.
+        let out = admin(
+            &dir,
+            &["verify", "--cksum", "--repair", "rows,adopt", "--json"],
+        );
+        assert_eq!(
+            kinds_repaired(&out.json()),
+            [("size-mismatch".into(), false)]
+        );
+        assert_eq!(server.file_row(&alice.id, name).unwrap().verified, 1);
+        let out = admin(&dir, &["verify", "--repair", "mismatched", "--json"]);
+        assert_eq!(out.code, 2, "{out:?}");
+        assert_eq!(
+            kinds_repaired(&out.json()),
+            [("size-mismatch".into(), true)]
+        );
+        assert!(server.file_row(&alice.id, name).is_none());
+        assert_eq!(fs::read(server.final_path(&alice.id, name)).unwrap(), NEW);
+        let out = admin(&dir, &["verify", "--json"]);
+        let f = finding(&out.json(), name);
+        assert_eq!(f["kind"], "unrecorded-file", "{out:?}");
+        assert_eq!(f["detail"], "no record", "{out:?}");
+        let out = admin(&dir, &["verify", "--repair", "adopt", "--json"]);
+        assert_eq!(
+            kinds_repaired(&out.json()),
+            [("unrecorded-file".into(), true)]
+        );
+        assert_eq!(admin(&dir, &["verify", "--cksum"]).code, 0);
+        let files = ok(&dir, &["files", "list", "--json"]).json();
+        let row = files["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (row["size"].clone(), row["cksum"].clone()),
+            (20.into(), cksum(NEW).into())
+        );
+        if !running {
+            server.start_again();
+        }
+    }
+    // The same size, other bytes: only --cksum sees it, and the repair
+    // takes it too.
+    let mut same_size = NEW.to_vec();
+    same_size[0] ^= 1;
+    fs::write(server.final_path(&alice.id, "r.txt"), &same_size).unwrap();
+    assert_eq!(admin(&dir, &["verify"]).code, 0);
+    // A request whose recorded values the record no longer holds (a new
+    // accept replaced them) changes nothing.
+    let socket = dir.join("control.sock");
+    let mut s = UnixStream::connect(&socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let stale = serde_json::json!({"op": "repair", "action": "drop-mismatched",
+        "client": alice.id.to_hex(), "file": "r.txt",
+        "recorded_size": 12, "recorded_cksum": cksum(OLD)});
+    s.write_all(format!("{stale}\n").as_bytes()).unwrap();
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer).unwrap();
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["result"]["repaired"], false, "{answer}");
+    assert!(server.file_row(&alice.id, "r.txt").is_some());
+    let out = admin(
+        &dir,
+        &["verify", "--cksum", "--repair", "mismatched", "--json"],
+    );
+    assert_eq!(
+        kinds_repaired(&out.json()),
+        [("cksum-mismatch".into(), true)]
+    );
+    assert!(server.file_row(&alice.id, "r.txt").is_none());
+    assert!(server.final_path(&alice.id, "r.txt").exists());
+}

@@ -409,6 +409,32 @@ fn a_bad_database_url_is_named_once_and_never_echoes_its_password() {
     }
 }
 
+/// An administration command against a PostgreSQL server that does not
+/// answer: exit 1 with the command's own message, once, and no password.
+#[test]
+fn an_admin_command_against_an_unreachable_postgresql_says_so_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://u:topsecret@127.0.0.1:{port}/db");
+    let out = server_in(
+        tmp.path(),
+        &["--data-dir", ".", "stats", "--database", &url],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .starts_with("sealdrop-server: error: PostgreSQL: no connection to PostgreSQL"),
+        "{out:?}"
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    assert!(!out.stderr.contains("topsecret"), "{out:?}");
+}
+
 // ---------------------------------------------------------------------------
 // 3b. One SQLite database, one server
 // ---------------------------------------------------------------------------

@@ -235,6 +235,70 @@ fn servers_starting_together_on_an_empty_database_all_succeed() {
     );
 }
 
+/// Servers starting together on a new database and one new data directory
+/// agree on one identity: held at the advisory lock until all four wait
+/// there, each then reads the directory's token and the database's.
+#[test]
+fn servers_starting_together_on_a_new_database_and_directory_agree_on_one_identity() {
+    let cluster = cluster_or_skip!();
+    let url = fresh_db(cluster);
+    schema::migrate(&mut sql(&url)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gate = sql(&url);
+    gate.execute(
+        "SELECT pg_advisory_lock($1)",
+        &[&schema::MIGRATION_LOCK_KEY],
+    )
+    .unwrap();
+    let pg_url = match DatabaseUrl::parse(&url).unwrap() {
+        DatabaseUrl::Postgres(u) => *u,
+        DatabaseUrl::Sqlite(_) => unreachable!(),
+    };
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, dir) = (pg_url.clone(), dir.path().to_path_buf());
+            std::thread::spawn(move || {
+                let mut c =
+                    sealdrop_server::pg::worker::connect(&url, &Settings::default()).unwrap();
+                sealdrop_server::pg::identity::check(&mut c, &url, &dir)
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(20), || {
+        let waiting: i64 = gate
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        waiting == 4
+    }));
+    gate.execute(
+        "SELECT pg_advisory_unlock($1)",
+        &[&schema::MIGRATION_LOCK_KEY],
+    )
+    .unwrap();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    let token = sealdrop_server::pg::identity::read_token(dir.path())
+        .unwrap()
+        .unwrap();
+    let recorded: Option<String> = gate
+        .query_one("SELECT store_id FROM sealdrop_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, Some(token));
+    // No temporary file of the losers is left.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [".sealdrop-store-id"]);
+}
+
 #[test]
 fn a_version_1_database_migrates_and_a_newer_or_foreign_one_is_refused() {
     let cluster = cluster_or_skip!();

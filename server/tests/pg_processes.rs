@@ -1,7 +1,9 @@
 //! Several `sealdrop-server` processes on one PostgreSQL database and one
 //! data directory (issue 17): what needs real processes, a server killed
 //! with `kill -9` mid-upload while the others keep serving, and its
-//! restart under the same `--server-id`. The in-process tests of the same
+//! restart under the same `--server-id`; a process on another data
+//! directory of the same database refused; one killed between the rename
+//! of an upload and its commit. The in-process tests of the same
 //! mode are in pg_servers.rs. Where PostgreSQL is not installed the test
 //! prints "skipped: PostgreSQL not found (install postgresql)" and passes.
 
@@ -470,4 +472,265 @@ fn check_config_connects_to_postgresql_and_says_what_a_start_would_do() {
     );
     server.assert_alive();
     server.stop();
+}
+
+/// Issue 17, a data directory that is not the shared one (the share not
+/// mounted, a wrong `--data-dir`): the first start on a new database
+/// binds it and its directory by a token in `.sealdrop-store-id`; a
+/// server on another directory with the same database is refused (even
+/// with a live server's id) and creates nothing there; a database without
+/// a token (made before the check) takes its directory's at the next
+/// start, but not an empty directory's while it records stored files.
+#[test]
+fn a_server_on_another_data_directory_of_the_same_database_is_refused_and_stores_nothing() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let db = "twodirs";
+    let url = cluster.create_database(db);
+    let token_of_db = || {
+        cluster
+            .psql(db, "SELECT COALESCE(store_id, 'none') FROM sealdrop_schema")
+            .trim()
+            .to_owned()
+    };
+    let (_tmp, data) = temp_data_dir();
+    let mut first = start(&url, &data, "a");
+    let token = std::fs::read_to_string(data.join(".sealdrop-store-id")).unwrap();
+    assert_eq!(token.trim().len(), 32, "{token:?}");
+    assert_eq!(token_of_db(), token.trim());
+    let (client, mut conn) = client_on("shared", &first, &first);
+    client.upload_verified(&mut conn, "small.txt", b"on the share");
+
+    // An empty directory (an unmounted mount point), with a live
+    // server's id and with another.
+    let other = tempfile::tempdir().unwrap();
+    let checked = check_config_with(other.path(), &["--database", &url, "--server-id", "b"]);
+    assert_eq!(checked.status.code(), Some(1), "{checked:?}");
+    assert!(
+        checked
+            .stderr
+            .contains("has no .sealdrop-store-id, but the database"),
+        "{checked:?}"
+    );
+    let checked = check_config_with(&data, &["--database", &url, "--server-id", "b"]);
+    assert_eq!(checked.status.code(), Some(0), "{checked:?}");
+    for id in ["a", "b"] {
+        let mut refused = Server::spawn_in(
+            other.path(),
+            ServerOpts::args(&["--database", &url, "--server-id", id]),
+        );
+        let exit = refused.wait_exit(Duration::from_secs(30));
+        assert_eq!(
+            exit.and_then(|e| e.code()),
+            Some(1),
+            "a server on another directory started\n{}",
+            refused.log_tail(20)
+        );
+        assert!(refused.wait_log_closed(Duration::from_secs(5)));
+        let expected = format!(
+            "{} has no .sealdrop-store-id, but the database",
+            other.path().display()
+        );
+        assert!(
+            refused.log_contains(&expected)
+                && refused.log_contains("is the shared directory mounted"),
+            "{}",
+            refused.log_tail(20)
+        );
+        let left: Vec<String> = std::fs::read_dir(other.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert!(left.is_empty(), "the refused server created {left:?}");
+    }
+    // Another directory's identity.
+    std::fs::write(
+        other.path().join(".sealdrop-store-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    let mut refused = Server::spawn_in(
+        other.path(),
+        ServerOpts::args(&["--database", &url, "--server-id", "b"]),
+    );
+    assert_eq!(
+        refused
+            .wait_exit(Duration::from_secs(30))
+            .and_then(|e| e.code()),
+        Some(1)
+    );
+    assert!(refused.wait_log_closed(Duration::from_secs(5)));
+    assert!(
+        refused.log_contains("is not the data directory of the database")
+            && refused.log_contains("0123456789abcdef0123456789abcdef")
+            && refused.log_contains(token.trim()),
+        "{}",
+        refused.log_tail(20)
+    );
+    assert!(!other.path().join("files").exists());
+    // The administration commands refuse that directory too: there every
+    // file would look missing, and `--repair rows` drop its record.
+    let repair = run_bounded(
+        std::process::Command::new(SERVER_BIN)
+            .args(["verify", "--repair", "rows", "--data-dir"])
+            .arg(other.path())
+            .args(["--database", &url]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(repair.status.code(), Some(1), "{repair:?}");
+    assert!(
+        repair
+            .stderr
+            .contains("is not the data directory of the database"),
+        "{repair:?}"
+    );
+    assert_eq!(cluster.psql(db, "SELECT count(*) FROM files").trim(), "1");
+    // The share still holds the file and its record; nothing else.
+    assert_eq!(
+        std::fs::read(files::final_path(&data, &client.id, "small.txt")).unwrap(),
+        b"on the share"
+    );
+    first.assert_alive();
+    first.stop();
+
+    // A database from before the check: no token recorded. A server on
+    // an empty directory is still refused (the database records a
+    // stored file), and the shared directory's token is taken.
+    cluster.psql(db, "UPDATE sealdrop_schema SET store_id = NULL");
+    let empty = tempfile::tempdir().unwrap();
+    let mut refused = Server::spawn_in(
+        empty.path(),
+        ServerOpts::args(&["--database", &url, "--server-id", "b"]),
+    );
+    assert_eq!(
+        refused
+            .wait_exit(Duration::from_secs(30))
+            .and_then(|e| e.code()),
+        Some(1)
+    );
+    assert!(refused.wait_log_closed(Duration::from_secs(5)));
+    assert!(
+        refused.log_contains("records 1 stored file(s)"),
+        "{}",
+        refused.log_tail(20)
+    );
+    assert_eq!(token_of_db(), "none");
+    first.start_again();
+    assert!(
+        first.log_contains("had no data directory identity: recorded"),
+        "{}",
+        first.log_tail(20)
+    );
+    assert_eq!(token_of_db(), token.trim());
+    first.stop();
+}
+
+/// `sealdrop-server ARGS --data-dir DATA --database URL`, bounded.
+fn admin_on(data: &Path, url: &str, args: &[&str]) -> sealdrop_testkit::util::Ran {
+    run_bounded(
+        std::process::Command::new(SERVER_BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--database", url])
+            .env_remove("SEALDROP_DATABASE_URL"),
+        Duration::from_secs(30),
+    )
+}
+
+/// Issue 17, gap B: `kill -9` after the worker renamed a new version of a
+/// file over its final path and before its COMMIT (held there by a
+/// session locking the `verified` counter, which the placing statement
+/// updates right after the rename). The client was not answered; the tree
+/// has the new version, the record the old one. `verify` reports it,
+/// `--repair mismatched` drops the record and keeps the file, and the
+/// client's resend after the restart is stored and recorded.
+#[test]
+fn a_server_killed_between_its_rename_and_its_commit_leaves_a_mismatch_verify_settles() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    const OLD: &[u8] = b"version one.";
+    const NEW: &[u8] = b"version two, longer.";
+    let db = "killwindow";
+    let url = cluster.create_database(db);
+    let (_tmp, data) = temp_data_dir();
+    let mut m1 = start(&url, &data, "m1");
+    let (mut client, mut c) = client_on("racer", &m1, &m1);
+    client.upload_verified(&mut c, "r.txt", OLD);
+    let path = files::final_path(&data, &client.id, "r.txt");
+    let meta = || {
+        cluster
+            .psql(
+                db,
+                "SELECT COALESCE(string_agg(f.Verified || ':' || m.Size || ':' || m.Cksum, ','), \
+                 'none') FROM files f JOIN file_meta m USING (ID, FileName) \
+                 WHERE f.FileName = 'r.txt'",
+            )
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(meta(), format!("1:12:{}", cksum(OLD)));
+
+    let pg_url = match sealdrop_server::pg::DatabaseUrl::parse(&url).unwrap() {
+        sealdrop_server::pg::DatabaseUrl::Postgres(u) => *u,
+        sealdrop_server::pg::DatabaseUrl::Sqlite(_) => unreachable!(),
+    };
+    let mut holder = sealdrop_server::pg::admin::open(&pg_url).unwrap();
+    let mut hold = holder.transaction().unwrap();
+    hold.query(
+        "SELECT 1 FROM counters WHERE Name = 'verified' FOR UPDATE",
+        &[],
+    )
+    .unwrap();
+    client.send_file(&mut c, "r.txt", NEW);
+    let r = c.recv();
+    client.check_received(&r, "r.txt", NEW.len() as u64, cksum(NEW));
+    client.send_verdict(&mut c, 1029, "r.txt");
+    assert!(
+        wait_until(FS_WAIT, || std::fs::read(&path).is_ok_and(|b| b == NEW)),
+        "the new version was not renamed into place\n{}",
+        m1.log_tail(20)
+    );
+    m1.kill9();
+    drop(hold);
+    drop(holder);
+    // The window's state: new file, old record.
+    assert!(
+        wait_until(FS_WAIT, || meta() == format!("1:12:{}", cksum(OLD))),
+        "{}",
+        meta()
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), NEW);
+
+    let out = admin_on(&data, &url, &["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["findings"][0]["kind"], "size-mismatch", "{out:?}");
+    assert_eq!(
+        v["findings"][0]["detail"], "20 bytes, recorded 12",
+        "{out:?}"
+    );
+    let out = admin_on(&data, &url, &["verify", "--repair", "mismatched", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["findings"][0]["repaired"], true, "{out:?}");
+    assert_eq!(meta(), "none");
+    assert_eq!(std::fs::read(&path).unwrap(), NEW);
+
+    // The client, told nothing (outcome unknown), sends again after the
+    // restart: stored and recorded; nothing left for verify.
+    m1.start_again();
+    let mut c = client.connect(m1.addr());
+    assert!(matches!(
+        client.reconnect(&mut c),
+        Response::ReconnectAccepted { .. }
+    ));
+    client.upload_verified(&mut c, "r.txt", NEW);
+    assert_eq!(meta(), format!("1:20:{}", cksum(NEW)));
+    let out = admin_on(&data, &url, &["verify", "--cksum"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    m1.stop();
 }

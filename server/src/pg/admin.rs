@@ -370,3 +370,49 @@ pub fn adopt(
     tx.commit().map_err(db_err("commit"))?;
     Ok(true)
 }
+
+/// `verify --repair mismatched`: deletes the verified row of file `name`
+/// (and its size and cksum) if its size and cksum are still `recorded`,
+/// under the client's row lock, which a server placing an upload of that
+/// client holds from before its rename until its commit: so no placement
+/// is half done meanwhile, and one that committed since the command read
+/// the records has changed them (nothing is deleted). The file is left
+/// alone. Whether it deleted the row.
+pub fn drop_if_recorded(
+    client: &mut Client,
+    id: &ClientId,
+    name: &str,
+    recorded: crate::db::FileMeta,
+) -> Result<bool, PgError> {
+    let op = "drop a mismatched record";
+    let key = &id.0[..];
+    let mut tx = client.transaction().map_err(db_err(op))?;
+    tx.query_opt(
+        "SELECT 1 FROM clients WHERE ID = $1 FOR NO KEY UPDATE",
+        &[&key],
+    )
+    .map_err(db_err(op))?;
+    let size = recorded.size.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+    let cksum = recorded.cksum.map(i64::from);
+    let n = tx
+        .execute(
+            "DELETE FROM files f WHERE f.ID = $1 AND f.FileName = $2 \
+             AND COALESCE(f.Verified, 0) <> 0 \
+             AND (SELECT m.Size FROM file_meta m WHERE m.ID = $1 AND m.FileName = $2) \
+                 IS NOT DISTINCT FROM $3::bigint \
+             AND (SELECT m.Cksum FROM file_meta m WHERE m.ID = $1 AND m.FileName = $2) \
+                 IS NOT DISTINCT FROM $4::bigint",
+            &[&key, &name, &size, &cksum],
+        )
+        .map_err(db_err(op))?;
+    if n == 0 {
+        return Ok(false);
+    }
+    tx.execute(
+        "DELETE FROM file_meta WHERE ID = $1 AND FileName = $2",
+        &[&key, &name],
+    )
+    .map_err(db_err(op))?;
+    tx.commit().map_err(db_err("commit"))?;
+    Ok(true)
+}

@@ -22,6 +22,7 @@
 //! codes.
 
 pub mod admin;
+pub mod identity;
 pub mod schema;
 pub mod url;
 pub mod worker;

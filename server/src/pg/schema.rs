@@ -12,7 +12,9 @@
 //!
 //! `sealdrop_schema(id = 1, version)` holds the schema version, which
 //! counts as `PRAGMA user_version` does in `db.rs` (1: the §8 tables, 2:
-//! 32-byte AES keys), so one number describes both back ends. Unquoted
+//! 32-byte AES keys), so one number describes both back ends. Its column
+//! `store_id` (added without a new version: older servers ignore it)
+//! holds the identity of the data directory ([`super::identity`]). Unquoted
 //! names fold to lower case in PostgreSQL (`clients.name`).
 //!
 //! [`migrate`] runs at start, in one transaction under an advisory lock,
@@ -24,6 +26,11 @@ use postgres::{Client, GenericClient};
 use super::url::PgUrl;
 use super::worker::{connect, Settings};
 use super::PgError;
+
+/// The identity of the data directory the database belongs to
+/// ([`super::identity`]).
+pub const STORE_ID_COLUMN_SQL: &str =
+    "ALTER TABLE sealdrop_schema ADD COLUMN IF NOT EXISTS store_id text";
 
 /// The schema version this server creates and reads. Versions 1 to 3 are
 /// `db::SCHEMA_VERSION`'s; version 4 is PostgreSQL's own
@@ -146,6 +153,14 @@ pub fn migrate(client: &mut Client) -> Result<Migrated, PgError> {
     if from < 4 {
         tx.batch_execute(WITHDRAWALS_TABLE_SQL)
             .map_err(db_err(op))?;
+    }
+    // The data directory's identity (`identity.rs`): a column servers of
+    // this version fill and older ones ignore, so no new version.
+    if !columns(&mut tx, "sealdrop_schema")?
+        .iter()
+        .any(|c| c == "store_id")
+    {
+        tx.batch_execute(STORE_ID_COLUMN_SQL).map_err(db_err(op))?;
     }
     check_columns(&mut tx)?;
     if from < SCHEMA_VERSION {
