@@ -212,7 +212,10 @@ fn bad_revision_and_packet_flags_are_usage_errors() {
     let dir = workdir();
     let server = FakeServer::vectors();
     for (extra, needle) in [
-        (&["--revision", "2025a"][..], "unknown protocol revision"),
+        (
+            &["--revision", "2025a"][..],
+            "(one of 2022c, 2023a, 2023c, 2024a, 2024c)",
+        ),
         (
             &["--packet-size", "1024"][..],
             "--packet-size applies to revisions 2024a and 2024c only",
