@@ -1031,6 +1031,12 @@ const BIG_PACKET_SIZE: u32 = 1 << 20;
 struct BigRun {
     /// MB/s (10^6 bytes/s) of the whole session, 2104 included.
     mbps: f64,
+    /// GB (10^9 bytes) the server took in per second of its own CPU time
+    /// (user + system): its cost of the path, whoever is the bottleneck.
+    server_gb_per_cpu_s: f64,
+    /// The in-bench client's CPU time over the wall time (1.0: it never
+    /// waited, so it was the limit).
+    client_busy: f64,
 }
 
 /// The revisions the big upload goes over, each with how it cuts the file.
@@ -1064,6 +1070,7 @@ fn step_big(plan: &Plan, bins: &Binaries, base: &Path, keys: &[Key]) -> Step {
         size_label(plan.big_size)
     };
     let mut rates = Vec::new();
+    let mut costs: Vec<(Revision, f64, f64)> = Vec::new();
     // Each upload on a server of its own: VmHWM is a process's peak, and
     // the first stored file is gone (with its server) before the second.
     for (rev, packets, how) in big_revisions() {
@@ -1073,7 +1080,10 @@ fn step_big(plan: &Plan, bins: &Binaries, base: &Path, keys: &[Key]) -> Step {
             None => Err("no client key".to_owned()),
         };
         match result {
-            Ok(run) => rates.push((rev, Some(run.mbps), None)),
+            Ok(run) => {
+                costs.push((rev, run.server_gb_per_cpu_s, run.client_busy));
+                rates.push((rev, Some(run.mbps), None));
+            }
             Err(e) => {
                 step.rows.push(Row::skipped(
                     &format!("{what}: server peak RSS (VmHWM)"),
@@ -1101,6 +1111,29 @@ fn step_big(plan: &Plan, bins: &Binaries, base: &Path, keys: &[Key]) -> Step {
                 Row::skipped(&what, "MB/s", Target::RatioAtLeast(BIG_2024C_VS_2023C), why)
             }
         });
+    // The same comparison by the server's own CPU: what the 2024 packet
+    // path costs the server, apart from the load generator (whose AES-256
+    // is serial CBC and on 2 cores often the limit of the row above).
+    let cost = |r: Revision| costs.iter().find(|(x, _, _)| *x == r);
+    if let (Some(&(_, old, old_busy)), Some(&(_, new, new_busy))) =
+        (cost(Revision::R2023c), cost(Revision::R2024c))
+    {
+        step.rows.push(
+            Row::info(
+                &format!("{label} upload over 2024c vs 2023c: server GB per CPU-second"),
+                new,
+                "GB/s",
+            )
+            .reference(format!("2023c {} GB/s", num(old)))
+            .ratio(old, BIG_2024C_VS_2023C),
+        );
+        step.notes.push(format!(
+            "big: the in-bench client was busy {:.0}% (2023c) and {:.0}% (2024c) of the wall time; \
+             near 100% it, not the server, set the throughput",
+            old_busy * 100.0,
+            new_busy * 100.0
+        ));
+    }
     step
 }
 
@@ -1162,6 +1195,9 @@ fn big_inner(
     let sys = SysCpu::now().since(sys0);
     let hwm = server.status_kib("VmHWM").ok_or("cannot read VmHWM")?;
     let mbps = plan.big_size as f64 / 1e6 / wall.as_secs_f64();
+    let server_cpu = (srv.user + srv.sys).max(1e-3);
+    let server_gb_per_cpu_s = plan.big_size as f64 / 1e9 / server_cpu;
+    let client_busy = (me.user + me.sys) / wall.as_secs_f64();
     step.rows.push(
         Row::info(
             &format!("{what}: server peak RSS (VmHWM)"),
@@ -1198,7 +1234,11 @@ fn big_inner(
     ));
     step.breakdown
         .push(format!("{rev}: {}", sys.describe(total(srv) + total(me))));
-    Ok(BigRun { mbps })
+    Ok(BigRun {
+        mbps,
+        server_gb_per_cpu_s,
+        client_busy,
+    })
 }
 
 // ---------------------------------------------------------------------------
