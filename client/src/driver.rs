@@ -90,6 +90,9 @@ pub struct Job<'a> {
     outage_since: Option<std::time::Instant>,
     /// A failure found while carrying out an action, ending the run.
     abort: Option<Failure>,
+    /// This run created the state folder (it did not exist before): if
+    /// the run ends with nothing saved in it, it is removed again.
+    made_state_dir: bool,
 }
 
 impl<'a> Job<'a> {
@@ -128,6 +131,7 @@ impl<'a> Job<'a> {
             .as_deref()
             .map(load_fixed_key)
             .transpose()?;
+        let made_state_dir = !settings.state_dir.exists();
         prepare_state_dir(settings, report)?;
         let identity = identity::load(&settings.state_dir).map_err(load_failure)?;
         if let Some(id) = &identity {
@@ -175,6 +179,7 @@ impl<'a> Job<'a> {
             last_request: 0,
             outage_since: None,
             abort: None,
+            made_state_dir,
         })
     }
 
@@ -182,6 +187,17 @@ impl<'a> Job<'a> {
     /// comes. A failure that ends the run before or between files is
     /// printed too, then the files not sent yet are reported as not sent.
     pub fn run(&mut self) -> Result<Ended, Failure> {
+        let ended = self.run_to_end();
+        if self.made_state_dir {
+            // Only an empty folder goes (a refused registration, say), so
+            // a failed first run leaves no trace; remove_dir refuses a
+            // folder that holds anything.
+            let _ = std::fs::remove_dir(&self.settings.state_dir);
+        }
+        ended
+    }
+
+    fn run_to_end(&mut self) -> Result<Ended, Failure> {
         match self.run_session() {
             Ok(()) => {
                 let unsent = self.reported;

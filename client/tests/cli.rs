@@ -307,6 +307,12 @@ fn registration_failed_exits_4() {
         "{}",
         stderr(&o)
     );
+    // The per-server state folder this run created holds nothing, so it
+    // is gone again; the per-user folder above it stays.
+    let state = dir.path().join("xdg-state").join("sealdrop");
+    assert!(state.is_dir());
+    let left: Vec<_> = std::fs::read_dir(&state).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
