@@ -29,6 +29,25 @@ fn start(url: &str, data: &Path, id: &str) -> Server {
     )
 }
 
+/// A server process on `data` and the database `url` that must be refused
+/// at start: exit 1, its log complete. Returned for its log.
+fn refused_start(url: &str, data: &Path, id: &str) -> Server {
+    let mut refused = Server::spawn_in(
+        data,
+        ServerOpts::args(&["--database", url, "--server-id", id]),
+    );
+    let exit = refused.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        exit.and_then(|e| e.code()),
+        Some(1),
+        "a server with id {id} on {} started\n{}",
+        data.display(),
+        refused.log_tail(20)
+    );
+    assert!(refused.wait_log_closed(Duration::from_secs(5)));
+    refused
+}
+
 /// The temporary files in `dir` that belong to server `id`.
 fn parts_of(dir: &Path, id: &str) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
@@ -311,13 +330,7 @@ fn a_second_server_with_a_live_servers_id_is_refused_and_leaves_its_upload_alone
 
     // --check-config with the same id passes (it may be the pre-flight
     // of this server's restart) but says that a start is refused now.
-    let checked = run_bounded(
-        std::process::Command::new(SERVER_BIN)
-            .args(["--check-config", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .args(["--database", &url, "--server-id", "twin"]),
-        Duration::from_secs(30),
-    );
+    let checked = check_config_with(&data, &["--database", &url, "--server-id", "twin"]);
     assert_eq!(checked.status.code(), Some(0), "{checked:?}");
     assert!(
         checked.stdout.contains(&format!(
@@ -330,18 +343,7 @@ fn a_second_server_with_a_live_servers_id_is_refused_and_leaves_its_upload_alone
 
     // The second with the same id: refused, naming the id, before any
     // clean-up or socket of its own.
-    let mut second = Server::spawn_in(
-        &data,
-        ServerOpts::args(&["--database", &url, "--server-id", "twin"]),
-    );
-    let exit = second.wait_exit(Duration::from_secs(30));
-    assert_eq!(
-        exit.and_then(|e| e.code()),
-        Some(1),
-        "a second server with id twin started\n{}",
-        second.log_tail(20)
-    );
-    assert!(second.wait_log_closed(Duration::from_secs(5)));
+    let second = refused_start(&url, &data, "twin");
     assert!(
         second.log_contains("server id \"twin\" is in use by another sealdrop-server"),
         "{}",
@@ -369,13 +371,7 @@ fn a_second_server_with_a_live_servers_id_is_refused_and_leaves_its_upload_alone
     // A server with another id starts beside it, and the first still
     // answers on its control socket.
     let mut other = start(&url, &data, "other");
-    let stats = run_bounded(
-        std::process::Command::new(SERVER_BIN)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--database", &url, "--server-id", "twin", "stats"]),
-        Duration::from_secs(30),
-    );
+    let stats = admin_on(&data, &url, &["stats", "--server-id", "twin"]);
     assert!(stats.status.success(), "{stats:?}");
     other.assert_alive();
     first.assert_alive();
@@ -516,18 +512,7 @@ fn a_server_on_another_data_directory_of_the_same_database_is_refused_and_stores
     let checked = check_config_with(&data, &["--database", &url, "--server-id", "b"]);
     assert_eq!(checked.status.code(), Some(0), "{checked:?}");
     for id in ["a", "b"] {
-        let mut refused = Server::spawn_in(
-            other.path(),
-            ServerOpts::args(&["--database", &url, "--server-id", id]),
-        );
-        let exit = refused.wait_exit(Duration::from_secs(30));
-        assert_eq!(
-            exit.and_then(|e| e.code()),
-            Some(1),
-            "a server on another directory started\n{}",
-            refused.log_tail(20)
-        );
-        assert!(refused.wait_log_closed(Duration::from_secs(5)));
+        let refused = refused_start(&url, other.path(), id);
         let expected = format!(
             "{} has no .sealdrop-store-id, but the database",
             other.path().display()
@@ -552,17 +537,7 @@ fn a_server_on_another_data_directory_of_the_same_database_is_refused_and_stores
         "0123456789abcdef0123456789abcdef\n",
     )
     .unwrap();
-    let mut refused = Server::spawn_in(
-        other.path(),
-        ServerOpts::args(&["--database", &url, "--server-id", "b"]),
-    );
-    assert_eq!(
-        refused
-            .wait_exit(Duration::from_secs(30))
-            .and_then(|e| e.code()),
-        Some(1)
-    );
-    assert!(refused.wait_log_closed(Duration::from_secs(5)));
+    let refused = refused_start(&url, other.path(), "b");
     assert!(
         refused.log_contains("is not the data directory of the database")
             && refused.log_contains("0123456789abcdef0123456789abcdef")
@@ -573,13 +548,7 @@ fn a_server_on_another_data_directory_of_the_same_database_is_refused_and_stores
     assert!(!other.path().join("files").exists());
     // The administration commands refuse that directory too: there every
     // file would look missing, and `--repair rows` drop its record.
-    let repair = run_bounded(
-        std::process::Command::new(SERVER_BIN)
-            .args(["verify", "--repair", "rows", "--data-dir"])
-            .arg(other.path())
-            .args(["--database", &url]),
-        Duration::from_secs(30),
-    );
+    let repair = admin_on(other.path(), &url, &["verify", "--repair", "rows"]);
     assert_eq!(repair.status.code(), Some(1), "{repair:?}");
     assert!(
         repair
@@ -601,17 +570,7 @@ fn a_server_on_another_data_directory_of_the_same_database_is_refused_and_stores
     // stored file), and the shared directory's token is taken.
     cluster.psql(db, "UPDATE sealdrop_schema SET store_id = NULL");
     let empty = tempfile::tempdir().unwrap();
-    let mut refused = Server::spawn_in(
-        empty.path(),
-        ServerOpts::args(&["--database", &url, "--server-id", "b"]),
-    );
-    assert_eq!(
-        refused
-            .wait_exit(Duration::from_secs(30))
-            .and_then(|e| e.code()),
-        Some(1)
-    );
-    assert!(refused.wait_log_closed(Duration::from_secs(5)));
+    let refused = refused_start(&url, empty.path(), "b");
     assert!(
         refused.log_contains("records 1 stored file(s)"),
         "{}",
