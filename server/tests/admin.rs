@@ -355,11 +355,10 @@ fn a_client_forgotten_while_it_uploads_gets_2107_and_nothing_is_stored() {
         .unwrap();
     up.write(&data[..1 << 20]).unwrap();
     // The server has begun storing it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.part_files().is_empty() {
-        assert!(Instant::now() < deadline, "the upload never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(Duration::from_secs(10), || !server.part_files().is_empty()),
+        "the upload never started"
+    );
     let out = ok(
         server.data_dir(),
         &["clients", "forget", "uploader", "--json"],
@@ -763,11 +762,10 @@ fn verify_repairs_beside_a_running_server_through_it_and_spares_uploads_in_progr
         .begin_upload(&mut conn, "big.bin", data.len() as u64)
         .unwrap();
     up.write(&data[..1 << 20]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.part_files().is_empty() {
-        assert!(Instant::now() < deadline, "the upload never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(Duration::from_secs(10), || !server.part_files().is_empty()),
+        "the upload never started"
+    );
 
     let out = admin(&dir, &["verify", "--json"]);
     assert_eq!(out.code, 2, "{out:?}");
@@ -880,11 +878,10 @@ fn stats_counts_discarded_expired_and_aborted_uploads_exactly_and_metrics_by_the
         .begin_upload(&mut cut, "cut.bin", data.len() as u64)
         .unwrap();
     up.write(&data[..1 << 20]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.part_files().is_empty() {
-        assert!(Instant::now() < deadline, "the upload never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(Duration::from_secs(10), || !server.part_files().is_empty()),
+        "the upload never started"
+    );
     drop(up);
     drop(cut);
 
