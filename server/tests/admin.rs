@@ -350,15 +350,7 @@ fn a_client_forgotten_while_it_uploads_gets_2107_and_nothing_is_stored() {
     client.register(&mut conn);
     client.exchange_key(&mut conn);
     let data = random_bytes(7, 3 << 20);
-    let mut up = client
-        .begin_upload(&mut conn, "big.bin", data.len() as u64)
-        .unwrap();
-    up.write(&data[..1 << 20]).unwrap();
-    // The server has begun storing it.
-    assert!(
-        wait_until(Duration::from_secs(10), || !server.part_files().is_empty()),
-        "the upload never started"
-    );
+    let mut up = upload_in_flight(&server, &client, &mut conn, "big.bin", &data);
     let out = ok(
         server.data_dir(),
         &["clients", "forget", "uploader", "--json"],
@@ -758,14 +750,7 @@ fn verify_repairs_beside_a_running_server_through_it_and_spares_uploads_in_progr
     let mut up_client = bob;
     up_client.reconnect(&mut conn);
     let data = random_bytes(9, 2 << 20);
-    let mut up = up_client
-        .begin_upload(&mut conn, "big.bin", data.len() as u64)
-        .unwrap();
-    up.write(&data[..1 << 20]).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || !server.part_files().is_empty()),
-        "the upload never started"
-    );
+    let mut up = upload_in_flight(&server, &up_client, &mut conn, "big.bin", &data);
 
     let out = admin(&dir, &["verify", "--json"]);
     assert_eq!(out.code, 2, "{out:?}");
@@ -874,14 +859,7 @@ fn stats_counts_discarded_expired_and_aborted_uploads_exactly_and_metrics_by_the
     let mut cut = server.connect();
     c.reconnect(&mut cut);
     let data = random_bytes(3, 2 << 20);
-    let mut up = c
-        .begin_upload(&mut cut, "cut.bin", data.len() as u64)
-        .unwrap();
-    up.write(&data[..1 << 20]).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || !server.part_files().is_empty()),
-        "the upload never started"
-    );
+    let up = upload_in_flight(&server, &c, &mut cut, "cut.bin", &data);
     drop(up);
     drop(cut);
 
@@ -1148,4 +1126,23 @@ fn a_record_describing_another_version_of_its_file_is_dropped_by_repair_mismatch
     );
     assert!(server.file_row(&alice.id, "r.txt").is_none());
     assert!(server.final_path(&alice.id, "r.txt").exists());
+}
+
+/// Begins an upload of `data` as `name` and sends its first MiB, then
+/// waits (bounded) until the server has begun storing it: an upload in
+/// flight, its temporary file on disk.
+fn upload_in_flight<'c>(
+    server: &InProcess,
+    client: &Client,
+    conn: &'c mut Conn,
+    name: &str,
+    data: &[u8],
+) -> UploadStream<'c> {
+    let mut up = client.begin_upload(conn, name, data.len() as u64).unwrap();
+    up.write(&data[..1 << 20]).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !server.part_files().is_empty()),
+        "the upload never started"
+    );
+    up
 }
