@@ -539,11 +539,10 @@ impl Server {
     /// `outcome=verified` for those it made durable, what happened
     /// instead for the others. Lines of a later batch wait for theirs.
     fn settle_verdicts(&mut self, commit: &Commit) {
-        let (decided, later) = std::mem::take(&mut self.held_verdicts)
-            .into_iter()
-            .partition(|h| h.batch <= commit.batch);
-        self.held_verdicts = later;
-        for h in decided {
+        for h in self
+            .held_verdicts
+            .extract_if(.., |h| h.batch <= commit.batch)
+        {
             let line = &h.line;
             if let Some(refusal) = commit.refusal(h.serial) {
                 log::warn!(
